@@ -1,0 +1,175 @@
+//! Bodies that stream through the proxy while counting their bytes.
+//!
+//! [`UpBody`] wraps a client's request body on its way to the origin; [`DownBody`] is every
+//! response the proxy sends, whether the origin's streamed body or a short text of its own.
+//! A `DownBody` also carries the exchange's pending access record and the connection's
+//! in-flight guard, so both end exactly when the client has the last byte (or goes away).
+//! Neither buffers: each frame passes through as it comes.
+
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access::{PendingRecord, Traffic};
+use crate::server::InFlight;
+
+pin_project_lite::pin_project! {
+    /// A client's request body on its way upstream, counted into `Traffic::up`.
+    pub struct UpBody {
+        #[pin]
+        inner: Incoming,
+        traffic: Arc<Traffic>,
+    }
+}
+
+impl UpBody {
+    /// Wraps `inner`, counting into `traffic.up`.
+    pub fn new(inner: Incoming, traffic: Arc<Traffic>) -> Self {
+        UpBody { inner, traffic }
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        count(&frame, &this.traffic.up);
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn count(frame: &Option<Result<Frame<Bytes>, hyper::Error>>, counter: &AtomicU64) {
+    if let Some(Ok(frame)) = frame {
+        if let Some(data) = frame.data_ref() {
+            Traffic::add(counter, data.len());
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Every response body the proxy sends.
+    pub struct DownBody {
+        #[pin]
+        content: Content,
+        traffic: Option<Arc<Traffic>>,
+        record: Option<PendingRecord>,
+        in_flight: Option<InFlight>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What a response body holds: the origin's body, streamed, or a body the proxy wrote
+    /// itself (an error text, a page), or nothing.
+    #[project = ContentProj]
+    enum Content {
+        Origin { #[pin] body: Incoming },
+        Own { data: Option<Bytes> },
+    }
+}
+
+impl DownBody {
+    /// The origin's body, streamed.
+    pub fn origin(body: Incoming) -> Self {
+        DownBody::from_content(Content::Origin { body })
+    }
+
+    /// A body of the proxy's own.
+    pub fn text(text: impl Into<Bytes>) -> Self {
+        let data: Bytes = text.into();
+        DownBody::from_content(Content::Own {
+            data: (!data.is_empty()).then_some(data),
+        })
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        DownBody::from_content(Content::Own { data: None })
+    }
+
+    fn from_content(content: Content) -> Self {
+        DownBody {
+            content,
+            traffic: None,
+            record: None,
+            in_flight: None,
+        }
+    }
+
+    /// Attaches the exchange's record (its bytes counted into the record's traffic) and the
+    /// connection's in-flight guard; both are released when the body ends or is dropped.
+    pub fn finish_with(&mut self, record: Option<PendingRecord>, in_flight: Option<InFlight>) {
+        if let Some(record) = &record {
+            self.traffic = Some(record.traffic().clone());
+        }
+        self.record = record;
+        self.in_flight = in_flight;
+    }
+}
+
+impl Body for DownBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let frame = match this.content.project() {
+            ContentProj::Origin { body } => ready!(body.poll_frame(cx)),
+            ContentProj::Own { data } => data.take().map(|d| Ok(Frame::data(d))),
+        };
+        match &frame {
+            Some(Ok(_)) => {
+                if let Some(traffic) = this.traffic.as_ref() {
+                    count(&frame, &traffic.down);
+                }
+            }
+            Some(Err(e)) => {
+                if let Some(record) = this.record.as_mut() {
+                    record.note(format!("the origin's response body failed: {e}"));
+                }
+            }
+            None => {
+                // The client has everything: end the record and free the connection now
+                // rather than when hyper drops the body.
+                this.record.take();
+                this.in_flight.take();
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.content {
+            Content::Origin { body } => body.is_end_stream(),
+            Content::Own { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.content {
+            Content::Origin { body } => body.size_hint(),
+            Content::Own { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The configuration file: serde structs that mirror `config/portcullis.toml`, their built-in
+//! defaults, and validation into [`Settings`], the runtime state the request path reads.
+//!
+//! Parsing is strict (`deny_unknown_fields`: a typo is an error, not a silently ignored key)
+//! and validation reports every problem at once, each naming the key and entry at fault.
+//! Nothing here opens a socket; binding the listeners is the server's job.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::policy::{default_client_networks, Policy};
+use crate::ports::{PortSet, PortSpec};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to accept proxy clients on.
+    pub listen: Vec<SocketAddr>,
+    /// Which clients may use the proxy.
+    pub clients: ClientsConfig,
+    /// Which destination ports plain HTTP and CONNECT may reach.
+    pub ports: PortsConfig,
+    /// Guards on destination addresses.
+    pub destinations: DestinationsConfig,
+    /// How long the proxy waits for things.
+    pub timeouts: TimeoutsConfig,
+}
+
+/// `[clients]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientsConfig {
+    /// Client networks (CIDRs; a bare address means just that address).
+    pub allow: Vec<Network>,
+}
+
+/// `[ports]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortsConfig {
+    /// Ports plain (absolute-form) HTTP requests may reach.
+    pub http: Vec<PortSpec>,
+    /// Ports CONNECT tunnels may reach.
+    pub connect: Vec<PortSpec>,
+}
+
+/// `[destinations]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DestinationsConfig {
+    /// Let clients reach loopback addresses (for local development and tests).
+    pub allow_loopback: bool,
+}
+
+/// `[timeouts]`, written like `"10s"`, `"2m"`, `"1h 30m"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Resolving and dialling an origin.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// A client's whole request head must arrive within this.
+    #[serde(with = "humantime_serde")]
+    pub request_header: Duration,
+    /// An idle client connection between requests is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// A tunnel with no byte either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_idle: Duration,
+    /// On SIGINT or SIGTERM, in-flight requests and tunnels get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 3128))],
+            clients: ClientsConfig::default(),
+            ports: PortsConfig::default(),
+            destinations: DestinationsConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+        }
+    }
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        ClientsConfig {
+            allow: default_client_networks().into_iter().map(Network).collect(),
+        }
+    }
+}
+
+impl Default for PortsConfig {
+    fn default() -> Self {
+        PortsConfig {
+            http: vec!["http".into(), "1025-65535".into()],
+            connect: vec!["https".into()],
+        }
+    }
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect: Duration::from_secs(10),
+            request_header: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(120),
+            tunnel_idle: Duration::from_secs(15 * 60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A client network: a CIDR such as `192.168.0.0/16`, or a bare address for one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network(pub IpNet);
+
+impl FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(Network(net.trunc()));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| Network(IpNet::from(ip)))
+            .map_err(|_| format!("\"{s}\" is not a network (CIDR such as 192.168.0.0/16) or an address"))
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Network {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message has line and column).
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file, or `<built-in>`.
+        origin: String,
+        /// toml's message, with line, column and the offending text.
+        message: String,
+    },
+    /// The file parsed but some values are not acceptable; one line per problem.
+    #[error("{origin}: invalid configuration:\n  - {}", problems.join("\n  - "))]
+    Invalid {
+        /// The file, or `<built-in>`.
+        origin: String,
+        /// Each problem, naming its key.
+        problems: Vec<String>,
+    },
+}
+
+/// Timeouts as the request path uses them.
+pub type Timeouts = TimeoutsConfig;
+
+/// The validated runtime state: what the request path reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The decision data.
+    pub policy: Policy,
+    /// The timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Validates the configuration into runtime [`Settings`], listing every problem.
+    pub fn validate(&self, origin: &str) -> Result<Settings, ConfigError> {
+        let mut problems = Vec::new();
+        if self.listen.is_empty() {
+            problems.push("listen: the list is empty; give at least one address such as \"0.0.0.0:3128\"".to_owned());
+        }
+        if self.clients.allow.is_empty() {
+            problems.push(
+                "clients.allow: the list is empty, so no client could use the proxy".to_owned(),
+            );
+        }
+        let http_ports = port_set("ports.http", &self.ports.http, &mut problems);
+        let connect_ports = port_set("ports.connect", &self.ports.connect, &mut problems);
+        let t = &self.timeouts;
+        for (key, value) in [
+            ("connect", t.connect),
+            ("request_header", t.request_header),
+            ("keep_alive", t.keep_alive),
+            ("tunnel_idle", t.tunnel_idle),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("timeouts.{key}: must be longer than zero"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            });
+        }
+        Ok(Settings {
+            policy: Policy {
+                clients: self.clients.allow.iter().map(|n| n.0).collect(),
+                http_ports,
+                connect_ports,
+                allow_loopback: self.destinations.allow_loopback,
+                listen: self.listen.clone(),
+            },
+            timeouts: self.timeouts.clone(),
+        })
+    }
+}
+
+fn port_set(key: &str, specs: &[PortSpec], problems: &mut Vec<String>) -> PortSet {
+    if specs.is_empty() {
+        problems.push(format!(
+            "{key}: the list is empty; list at least one port, range or service name"
+        ));
+        return PortSet::empty();
+    }
+    let mut set = PortSet::empty();
+    for spec in specs {
+        match spec.range() {
+            Ok((lo, hi)) => set.insert_range(lo, hi),
+            Err(e) => problems.push(format!("{key}: entry {spec}: {e}")),
+        }
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let config = Config::from_toml("", "t").unwrap();
+        assert_eq!(config, Config::default());
+        let settings = config.validate("t").unwrap();
+        assert!(settings.policy.http_ports.contains(80));
+        assert!(settings.policy.http_ports.contains(3128));
+        assert!(!settings.policy.http_ports.contains(25));
+        assert!(settings.policy.connect_ports.contains(443));
+        assert!(!settings.policy.connect_ports.contains(80));
+        assert!(!settings.policy.allow_loopback);
+        assert_eq!(settings.timeouts.keep_alive, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn values_parse() {
+        let config = Config::from_toml(
+            r#"
+            listen = ["127.0.0.1:8080", "[::1]:8080"]
+            [clients]
+            allow = ["192.168.1.0/24", "10.0.0.7", "192.168.2.9/24"]
+            [ports]
+            http = [80, "8000-8100", "http-alt"]
+            connect = ["https", 22]
+            [destinations]
+            allow_loopback = true
+            [timeouts]
+            connect = "3s"
+            keep_alive = "1m 30s"
+            tunnel_idle = "1h"
+            "#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.listen.len(), 2);
+        assert_eq!(config.clients.allow[1].to_string(), "10.0.0.7/32");
+        assert_eq!(config.clients.allow[2].to_string(), "192.168.2.0/24");
+        assert_eq!(config.timeouts.connect, Duration::from_secs(3));
+        assert_eq!(config.timeouts.keep_alive, Duration::from_secs(90));
+        assert_eq!(config.timeouts.tunnel_idle, Duration::from_secs(3600));
+        assert_eq!(config.timeouts.request_header, Duration::from_secs(10));
+        let settings = config.validate("t").unwrap();
+        assert!(settings.policy.connect_ports.contains(22));
+        assert!(settings.policy.http_ports.contains(8050));
+        assert!(settings.policy.allow_loopback);
+    }
+
+    #[test]
+    fn parse_errors_name_line_and_column() {
+        let cases: &[(&str, &str)] = &[
+            ("listen = [\"nope\"]", "line 1"),
+            ("[ports]\nhtp = [80]", "unknown field `htp`"),
+            ("[ports]\nhttp = [80]\n[timeouts]\nconnect = \"soon\"", "line 4"),
+            ("[clients]\nallow = [\"300.1.1.1/8\"]", "not a network"),
+            ("bogus = 1", "unknown field `bogus`"),
+            ("[ports]\nhttp = [true]", "line 2"),
+        ];
+        for (text, fragment) in cases {
+            let err = Config::from_toml(text, "f.toml").unwrap_err().to_string();
+            assert!(err.starts_with("f.toml: "), "{err}");
+            assert!(err.contains(fragment), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn validation_names_every_bad_entry() {
+        let cases: &[(&str, &[&str])] = &[
+            ("[ports]\nhttp = []", &["ports.http: the list is empty"]),
+            (
+                "[ports]\nconnect = [\"htps\"]",
+                &["ports.connect: entry \"htps\": unknown service name \"htps\""],
+            ),
+            (
+                "[ports]\nhttp = [0, \"90-80\", \"1-70000\"]\nconnect = [65536]",
+                &[
+                    "ports.http: entry 0: port 0 is out of range",
+                    "ports.http: entry \"90-80\": range \"90-80\" is reversed",
+                    "ports.http: entry \"1-70000\": range \"1-70000\" is out of range",
+                    "ports.connect: entry 65536: port 65536 is out of range",
+                ],
+            ),
+            ("listen = []", &["listen: the list is empty"]),
+            ("[clients]\nallow = []", &["clients.allow: the list is empty"]),
+            (
+                "[timeouts]\nconnect = \"0s\"",
+                &["timeouts.connect: must be longer than zero"],
+            ),
+        ];
+        for (text, wanted) in cases {
+            let err = Config::from_toml(text, "f.toml")
+                .unwrap()
+                .validate("f.toml")
+                .unwrap_err();
+            let ConfigError::Invalid { problems, .. } = &err else {
+                panic!("{text}: {err}");
+            };
+            assert_eq!(problems.len(), wanted.len(), "{text}: {problems:?}");
+            for (problem, want) in problems.iter().zip(wanted.iter()) {
+                assert!(problem.starts_with(want), "{text}: {problem:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_file_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config, Config::default());
+        config.validate("example").unwrap();
+    }
+
+    #[test]
+    fn every_shipped_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = Config::load(&path).unwrap();
+                config.validate(&path.display().to_string()).unwrap();
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1);
+    }
+}

@@ -1,0 +1,138 @@
+//! The one error type at the edge: everything that ends a request without the origin's answer
+//! becomes an [`EdgeError`] with a status code, a one-line reason and, for refusals, the rule
+//! that decided. The same reason goes to the client and into the access record.
+
+use http::StatusCode;
+
+use crate::dial::DialError;
+use crate::policy::Denial;
+use crate::target::TargetError;
+
+/// Which side of the proxy a failure comes from; it picks the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something wrong or was refused (4xx).
+    Client,
+    /// The origin could not be reached or failed (5xx).
+    Upstream,
+}
+
+/// A request that ends at the proxy: what the client is told and what is logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeError {
+    /// The status code answered.
+    pub status: StatusCode,
+    /// The configuration entry that decided, for refusals.
+    pub rule: Option<&'static str>,
+    /// One line a person can read.
+    pub reason: String,
+    /// Whose fault.
+    pub side: Side,
+}
+
+impl EdgeError {
+    /// A client-side error with `status`.
+    pub fn client(status: StatusCode, reason: impl Into<String>) -> Self {
+        EdgeError {
+            status,
+            rule: None,
+            reason: reason.into(),
+            side: Side::Client,
+        }
+    }
+
+    /// An upstream failure with `status` (502 or 504).
+    pub fn upstream(status: StatusCode, reason: impl Into<String>) -> Self {
+        EdgeError {
+            status,
+            rule: None,
+            reason: reason.into(),
+            side: Side::Upstream,
+        }
+    }
+
+    /// The body the client reads: the reason, and what decided it.
+    pub fn body_text(&self) -> String {
+        match self.rule {
+            Some(rule) => format!("{} (decided by {rule})\n", self.reason),
+            None => format!("{}\n", self.reason),
+        }
+    }
+
+    /// Whether the connection should be closed after answering (the request may not have
+    /// been framed as the client meant, or the client is not welcome).
+    pub fn closes_connection(&self) -> bool {
+        self.status == StatusCode::BAD_REQUEST || self.rule == Some("clients.allow")
+    }
+}
+
+impl From<Denial> for EdgeError {
+    fn from(d: Denial) -> Self {
+        EdgeError {
+            status: StatusCode::FORBIDDEN,
+            rule: Some(d.rule),
+            reason: d.reason,
+            side: Side::Client,
+        }
+    }
+}
+
+impl From<TargetError> for EdgeError {
+    fn from(e: TargetError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        EdgeError::client(status, e.to_string())
+    }
+}
+
+impl From<DialError> for EdgeError {
+    fn from(e: DialError) -> Self {
+        EdgeError::from(&e)
+    }
+}
+
+impl From<&DialError> for EdgeError {
+    fn from(e: &DialError) -> Self {
+        match e {
+            DialError::Denied(d) => d.clone().into(),
+            DialError::TimedOut { .. } => {
+                EdgeError::upstream(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+            }
+            _ => EdgeError::upstream(StatusCode::BAD_GATEWAY, e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_cause() {
+        let denial = Denial {
+            rule: "ports.connect",
+            reason: "port 25 (smtp) is not allowed for CONNECT".into(),
+        };
+        let e = EdgeError::from(denial);
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            e.body_text(),
+            "port 25 (smtp) is not allowed for CONNECT (decided by ports.connect)\n"
+        );
+        assert!(!e.closes_connection());
+        let e = EdgeError::from(TargetError::Unsupported("ftp".into()));
+        assert_eq!(e.status, StatusCode::NOT_IMPLEMENTED);
+        let e = EdgeError::from(TargetError::Malformed("bad".into()));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.closes_connection());
+        let e = EdgeError::from(DialError::TimedOut {
+            target: "h:1".into(),
+            after: std::time::Duration::from_secs(10),
+        });
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.side, Side::Upstream);
+        let e = EdgeError::from(DialError::NoAddress {
+            host: "h".into(),
+        });
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+    }
+}

@@ -1,0 +1,305 @@
+//! Plain-HTTP forwarding: an absolute-form request goes to its origin over the pooled client,
+//! and the origin's response comes back, both bodies streaming.
+//!
+//! Header hygiene follows RFC 9110 §7.6: the hop-by-hop fields (`Connection` and every field
+//! it names, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authorization`, `Proxy-Authenticate`,
+//! `TE`, `Upgrade`, and `Transfer-Encoding`, which hyper re-derives) are removed in both
+//! directions; `Trailer` is end-to-end and stays. `Host` is set from the request target, and
+//! `Via` names this proxy. `Max-Forwards` is honoured for TRACE and OPTIONS.
+
+use std::error::Error as StdError;
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpInfo;
+
+use crate::body::{DownBody, UpBody};
+use crate::dial::DialError;
+use crate::error::EdgeError;
+use crate::policy::Kind;
+use crate::service::Exchange;
+use crate::target::Target;
+
+/// The name this proxy gives itself in `Via`.
+pub const VIA_NAME: &str = "portcullis";
+
+/// The methods the proxy forwards, as listed in its answer to `OPTIONS` with `Max-Forwards: 0`.
+const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT";
+
+/// Forwards an absolute-form request to `target`.
+pub async fn forward(
+    ex: &mut Exchange,
+    req: Request<Incoming>,
+    target: Target,
+) -> Result<Response<DownBody>, EdgeError> {
+    let rule = ex
+        .shared
+        .settings
+        .policy
+        .check_port(Kind::Http, target.port)?;
+    ex.record.allow(rule, 0);
+
+    let (mut parts, body) = req.into_parts();
+    if let Some(reply) = max_forwards(&parts.method, &mut parts.headers, &parts.uri, parts.version) {
+        ex.record.allow(rule, reply.status().as_u16());
+        return Ok(reply);
+    }
+
+    let had_transfer_encoding = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    strip_hop_by_hop(&mut parts.headers);
+    if had_transfer_encoding {
+        // A chunked body's length is hyper's to state; a stray Content-Length must not travel.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let host = HeaderValue::from_str(&target.host_header())
+        .map_err(|_| EdgeError::client(StatusCode::BAD_REQUEST, "the host cannot be sent"))?;
+    parts.headers.insert(header::HOST, host);
+    append_via(&mut parts.headers, parts.version);
+    parts.uri = upstream_uri(&target, &parts.uri)?;
+    parts.version = Version::HTTP_11;
+
+    let upstream = Request::from_parts(parts, UpBody::new(body, ex.record.traffic().clone()));
+    let response = ex
+        .shared
+        .client
+        .request(upstream)
+        .await
+        .map_err(|e| upstream_error(&target, &e))?;
+
+    if let Some(info) = response.extensions().get::<HttpInfo>() {
+        ex.record.upstream(info.remote_addr());
+    }
+    ex.record.allow(rule, response.status().as_u16());
+    let (mut parts, body) = response.into_parts();
+    let had_transfer_encoding = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    strip_hop_by_hop(&mut parts.headers);
+    if had_transfer_encoding {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    append_via(&mut parts.headers, parts.version);
+    parts.version = Version::HTTP_11;
+    parts.extensions.clear();
+    Ok(Response::from_parts(parts, DownBody::origin(body)))
+}
+
+/// Removes the hop-by-hop fields, including every field that `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Appends this proxy to `Via` (RFC 9110 §7.6.3), with the protocol version it received.
+fn append_via(headers: &mut HeaderMap, received: Version) {
+    let version = match received {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        _ => "1.1",
+    };
+    let ours = format!("{version} {VIA_NAME}");
+    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ours}"),
+        None => ours,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(header::VIA, value);
+    }
+}
+
+/// The absolute URI the pooled client dials and rewrites to origin form.
+fn upstream_uri(target: &Target, original: &Uri) -> Result<Uri, EdgeError> {
+    let path = match original.path_and_query().map(|pq| pq.as_str()) {
+        Some(pq) if pq.starts_with('/') => pq.to_owned(),
+        Some(pq) if pq.starts_with('?') => format!("/{pq}"),
+        _ => "/".to_owned(),
+    };
+    format!("http://{target}{path}")
+        .parse()
+        .map_err(|_| EdgeError::client(StatusCode::BAD_REQUEST, "the request target cannot be forwarded"))
+}
+
+/// Honours `Max-Forwards` on TRACE and OPTIONS (RFC 9110 §7.6.2): at zero the proxy answers
+/// itself; otherwise the value is decremented on the way.
+fn max_forwards(
+    method: &Method,
+    headers: &mut HeaderMap,
+    uri: &Uri,
+    version: Version,
+) -> Option<Response<DownBody>> {
+    if method != Method::TRACE && method != Method::OPTIONS {
+        return None;
+    }
+    let value: u64 = headers
+        .get(header::MAX_FORWARDS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if value > 0 {
+        headers.insert(header::MAX_FORWARDS, HeaderValue::from(value - 1));
+        return None;
+    }
+    let mut response = if method == Method::OPTIONS {
+        let mut r = Response::new(DownBody::empty());
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        r
+    } else {
+        let mut r = Response::new(DownBody::text(trace_echo(method, uri, version, headers)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("message/http"),
+        );
+        r
+    };
+    append_via(response.headers_mut(), Version::HTTP_11);
+    Some(response)
+}
+
+/// The request as received, for TRACE; credentials and cookies are left out.
+fn trace_echo(method: &Method, uri: &Uri, version: Version, headers: &HeaderMap) -> bytes::Bytes {
+    let mut out = BytesMut::new();
+    out.put_slice(format!("{method} {uri} {version:?}\r\n").as_bytes());
+    for (name, value) in headers {
+        if name == header::PROXY_AUTHORIZATION
+            || name == header::AUTHORIZATION
+            || name == header::COOKIE
+        {
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+/// Maps a failure of the pooled client to what the client is told.
+fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> EdgeError {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(dial) = err.downcast_ref::<DialError>() {
+            return EdgeError::from(dial);
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            let what = if h.is_incomplete_message() {
+                "closed the connection before a complete response".to_owned()
+            } else if h.is_parse() {
+                format!("sent a response that is not valid HTTP ({h})")
+            } else {
+                format!("failed: {h}")
+            };
+            return EdgeError::upstream(
+                StatusCode::BAD_GATEWAY,
+                format!("the origin {target} {what}"),
+            );
+        }
+        source = err.source();
+    }
+    EdgeError::upstream(
+        StatusCode::BAD_GATEWAY,
+        format!("the request to {target} failed: {e}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_fields_go_and_end_to_end_fields_stay() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("proxy-authenticate", "Basic"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("trailer", "x-checksum"),
+            ("accept", "*/*"),
+            ("content-length", "5"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["accept", "content-length", "trailer"]);
+    }
+
+    #[test]
+    fn via_is_appended() {
+        let mut h = HeaderMap::new();
+        append_via(&mut h, Version::HTTP_10);
+        assert_eq!(h[header::VIA], "1.0 portcullis");
+        append_via(&mut h, Version::HTTP_11);
+        assert_eq!(h[header::VIA], "1.0 portcullis, 1.1 portcullis");
+    }
+
+    #[test]
+    fn max_forwards_is_honoured_for_trace_and_options() {
+        let uri: Uri = "http://h/x".parse().unwrap();
+        let mut h = headers(&[("max-forwards", "2")]);
+        assert!(max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11).is_none());
+        assert_eq!(h[header::MAX_FORWARDS], "1");
+        let mut h = headers(&[("max-forwards", "0"), ("cookie", "s=1"), ("x-a", "b")]);
+        let r = max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11).unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "message/http");
+        let r = max_forwards(&Method::OPTIONS, &mut h, &uri, Version::HTTP_11).unwrap();
+        assert!(r.headers()[header::ALLOW].to_str().unwrap().contains("CONNECT"));
+        let mut h = headers(&[("max-forwards", "0")]);
+        assert!(max_forwards(&Method::GET, &mut h, &uri, Version::HTTP_11).is_none());
+        let echo = trace_echo(&Method::TRACE, &uri, Version::HTTP_11, &headers(&[("cookie", "s"), ("x-a", "b")]));
+        assert_eq!(&echo[..], b"TRACE http://h/x HTTP/1.1\r\nx-a: b\r\n\r\n");
+    }
+
+    #[test]
+    fn upstream_uri_keeps_path_and_query() {
+        let t = crate::target::parse_authority("example.com:8080", Some(80)).unwrap();
+        let uri = upstream_uri(&t, &"http://example.com:8080/a/b?c=d".parse().unwrap()).unwrap();
+        assert_eq!(uri, "http://example.com:8080/a/b?c=d");
+        let uri = upstream_uri(&t, &"http://example.com:8080".parse().unwrap()).unwrap();
+        assert_eq!(uri, "http://example.com:8080/");
+        let uri = upstream_uri(&t, &"http://example.com:8080?q".parse().unwrap()).unwrap();
+        assert_eq!(uri, "http://example.com:8080/?q");
+    }
+}

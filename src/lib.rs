@@ -1,0 +1,49 @@
+//! Portcullis: a LAN HTTP forward proxy that forwards plain HTTP, tunnels HTTPS with CONNECT,
+//! lets clients reach only the destination ports its owner allows, and records who used which
+//! outbound port and how much.
+//!
+//! # Layout
+//!
+//! Pure modules decide; I/O modules ask and act.
+//!
+//! - [`config`]: the TOML file, its defaults, validation into [`config::Settings`]. (pure)
+//! - [`ports`]: port specs, [`ports::PortSet`] and the service-name table. (pure)
+//! - [`target`]: what the client asked for: CONNECT authority, absolute URI, or the proxy's own page. (pure)
+//! - [`policy`]: THE decision: client admission, port lists, destination-address guards. (pure)
+//! - [`error`]: the edge error: status, reason, deciding rule. (pure)
+//! - [`access`]: the access record, one per request or tunnel, and its sinks.
+//! - [`server`]: listeners, per-connection tasks, client timeouts, graceful shutdown.
+//! - [`service`]: the hyper service that routes each request; the only place refusals become responses.
+//! - [`forward`]: plain-HTTP forwarding with header hygiene over the pooled client.
+//! - [`tunnel`]: CONNECT: dial, 200, counted relay with half-close and idle timeout.
+//! - [`dial`]: the only place outbound sockets open: resolve, re-check each address, connect.
+//! - [`body`]: streaming bodies that count bytes and carry the access record.
+//! - [`pages`]: the page shown to someone who opens the proxy's address in a browser.
+//! - [`signal`]: SIGINT and SIGTERM as a shutdown future.
+//! - [`cli`]: the command line.
+//!
+//! The request path: accept ([`server`]) → classify ([`target`]) → decide ([`policy`]) →
+//! forward ([`forward`]) or tunnel ([`tunnel`]) through [`dial`] → record ([`access`]).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod access;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod dial;
+pub mod error;
+pub mod forward;
+pub mod pages;
+pub mod policy;
+pub mod ports;
+pub mod server;
+pub mod service;
+pub mod signal;
+pub mod target;
+pub mod tunnel;
+
+pub use access::{AccessRecord, AccessSink, Recorder};
+pub use config::{Config, Settings};
+pub use server::run;

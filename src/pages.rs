@@ -1,0 +1,118 @@
+//! The proxy's own pages: what someone sees who opens the proxy's address in a browser
+//! (an origin-form request such as `GET / HTTP/1.1`) instead of setting it as their proxy.
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+
+use crate::body::DownBody;
+use crate::service::Exchange;
+
+/// Answers an origin-form request to the proxy itself.
+pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
+    let shown_host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| ex.local.to_string());
+    ex.record.destination(shown_host.clone(), ex.local.port());
+
+    let (status, body, html) = if req.method() != Method::GET && req.method() != Method::HEAD {
+        let text = format!("{} is not supported on the proxy's own pages\n", req.method());
+        (StatusCode::METHOD_NOT_ALLOWED, text, false)
+    } else if req.uri().path() != "/" {
+        let text = format!("{} is not a page of this proxy\n", req.uri().path());
+        (StatusCode::NOT_FOUND, text, false)
+    } else if wants_html(req) {
+        (StatusCode::OK, welcome_html(&shown_host), true)
+    } else {
+        (StatusCode::OK, welcome_text(&shown_host), false)
+    };
+
+    if status == StatusCode::OK {
+        ex.record.allow("local", status.as_u16());
+    } else {
+        ex.record
+            .fail(status.as_u16(), Some("local"), body.trim_end().to_owned());
+    }
+    let mut response = Response::new(DownBody::text(body));
+    *response.status_mut() = status;
+    let content_type = if html {
+        "text/html; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    response
+}
+
+fn wants_html<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"))
+}
+
+fn welcome_text(host: &str) -> String {
+    format!(
+        "This is Portcullis, a web proxy, not a web site.\n\
+         To browse through it, set {host} as the HTTP and HTTPS proxy in your browser's or \
+         system's proxy settings (Windows: Internet Options > Connections > LAN settings), \
+         or for command-line tools: export http_proxy=http://{host} https_proxy=http://{host}\n"
+    )
+}
+
+fn welcome_html(host: &str) -> String {
+    let host = escape_html(host);
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>Portcullis proxy</title>\
+         <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}}\
+         code{{background:#eee;padding:0 .3em}}</style></head><body>\
+         <h1>This is a web proxy</h1>\
+         <p>You have reached <b>Portcullis</b>, the proxy that shares this network's internet \
+         connection. It is not a web site.</p>\
+         <p>To browse through it, set <code>{host}</code> as the proxy for HTTP and HTTPS:</p>\
+         <ul><li>Windows: Settings &rarr; Network &amp; Internet &rarr; Proxy, or Internet \
+         Options &rarr; Connections &rarr; LAN settings</li>\
+         <li>macOS: System Settings &rarr; Network &rarr; Details &rarr; Proxies</li>\
+         <li>Linux and command-line tools: <code>export http_proxy=http://{host} \
+         https_proxy=http://{host}</code></li></ul>\
+         </body></html>\n"
+    )
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape_html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert!(!welcome_html("<script>").contains("<script>"));
+    }
+}

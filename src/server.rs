@@ -1,0 +1,349 @@
+//! Listeners, connections and shutdown.
+//!
+//! [`run`] takes listeners that are already bound (the binary binds them; tests bind
+//! `127.0.0.1:0`) and a shutdown future. Each accepted connection gets one task and one
+//! tracing span and is served by hyper's HTTP/1 server with upgrades on (CONNECT needs them).
+//! The accept loop survives accept errors. On shutdown the listeners close, idle connections
+//! close, and in-flight requests and tunnels get `timeouts.shutdown_grace` to finish before
+//! they are cut.
+//!
+//! hyper's own header timeout also runs while a keep-alive connection is idle, so the two
+//! client timeouts are kept here instead: [`ConnState`] follows each connection's phase
+//! (waiting for a request head, or busy with an exchange), [`WatchedIo`] notes when a head
+//! starts to arrive, and a per-connection watchdog closes the connection when a head is too
+//! slow (`request_header`, answered `408`) or the connection idles too long (`keep_alive`).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::access::Recorder;
+use crate::config::Settings;
+use crate::service::{ProxyService, Shared};
+
+/// Runs the proxy on `listeners` until `shutdown` completes, then drains: stops accepting,
+/// lets in-flight requests and tunnels finish within `timeouts.shutdown_grace`, and returns.
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    settings: Settings,
+    recorder: Recorder,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let grace = settings.timeouts.shutdown_grace;
+    let shared = Arc::new(Shared::new(settings, recorder));
+    let stop_accepting = CancellationToken::new();
+    let tracker = shared.tracker.clone();
+
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        info!(%addr, "listening");
+        tracker.spawn(accept_loop(listener, shared.clone(), stop_accepting.clone()));
+    }
+
+    shutdown.await;
+    info!(grace = ?grace, "shutting down: no new connections; waiting for open requests and tunnels");
+    stop_accepting.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(open = tracker.len(), "grace period over: closing what is still open");
+        shared.hard_stop.cancel();
+        // Cut tasks wind down at once; this bound only guards against a stuck one.
+        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let shared_for_task = shared.clone();
+                let stop_for_task = stop.clone();
+                shared.tracker.spawn(
+                    serve_connection(stream, peer, shared_for_task, stop_for_task)
+                        .instrument(tracing::info_span!("conn", client = %peer)),
+                );
+            }
+            Err(e) => {
+                // Out of file descriptors or memory, or a connection reset before accept:
+                // none of these should end the proxy. Pause so a persistent error does not spin.
+                warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let timeouts = shared.settings.timeouts.clone();
+    let state = Arc::new(ConnState::new());
+    let local = match stream.local_addr() {
+        Ok(local) => local,
+        Err(e) => {
+            debug!(error = %e, "connection gone before it was served");
+            return;
+        }
+    };
+    let service = ProxyService::new(shared.clone(), peer, local, state.clone());
+    let io = TokioIo::new(WatchedIo {
+        inner: stream,
+        state: state.clone(),
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .preserve_header_case(true)
+        .max_buf_size(64 * 1024)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+
+    let mut draining = false;
+    let mut expired = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = stop.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            expiry = state.watch(&timeouts), if !expired => {
+                expired = true;
+                debug!(?expiry, "closing the connection");
+                // Polling the connection again lets WatchedIo end it (see `poll_read`).
+                state.expire(expiry);
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)), if expired => {
+                break Ok(());
+            }
+            _ = shared.hard_stop.cancelled() => break Ok(()),
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Why the watchdog closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Idle between requests for `keep_alive`, or no byte at all: close quietly.
+    Idle = 1,
+    /// A request head started but did not complete within `request_header`: answer 408.
+    SlowHead = 2,
+}
+
+const NONE: u64 = u64::MAX;
+
+/// What the watchdog and the I/O wrapper know about one client connection.
+pub struct ConnState {
+    start: Instant,
+    /// Exchanges whose response has not been fully sent.
+    in_flight: AtomicU32,
+    /// When the connection last became idle (ms since `start`).
+    idle_since: AtomicU64,
+    /// When the first byte of the awaited request head arrived (ms since `start`), or NONE.
+    head_started: AtomicU64,
+    /// Set by the watchdog: an [`Expiry`] as u8, or 0.
+    expired: AtomicU8,
+    /// 0 while the first line of the awaited request is being read, 1 when it was read
+    /// without a fragment, 2 when it held a `#fragment` (which `http::Uri` drops silently).
+    first_line: AtomicU8,
+    changed: Notify,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            start: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(NONE),
+            expired: AtomicU8::new(0),
+            first_line: AtomicU8::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// A request head has arrived: the exchange is in flight until its guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(NONE, Ordering::Release);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// Whether the request line just served carried a `#fragment`; resets for the next one.
+    pub fn take_fragment(&self) -> bool {
+        self.first_line.swap(1, Ordering::AcqRel) == 2
+    }
+
+    fn expire(&self, expiry: Expiry) {
+        self.expired.store(expiry as u8, Ordering::Release);
+    }
+
+    /// Completes when the connection has idled for `keep_alive`, or a request head has taken
+    /// longer than `request_header` (the first head is timed from the connection's start).
+    async fn watch(&self, t: &crate::config::Timeouts) -> Expiry {
+        loop {
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                self.changed.notified().await;
+                continue;
+            }
+            let head = self.head_started.load(Ordering::Acquire);
+            let idle = self.idle_since.load(Ordering::Acquire);
+            let first = idle == 0 && head == NONE;
+            let (deadline_ms, expiry) = if head != NONE {
+                (head + t.request_header.as_millis() as u64, Expiry::SlowHead)
+            } else if first {
+                (t.request_header.as_millis() as u64, Expiry::Idle)
+            } else {
+                (idle + t.keep_alive.as_millis() as u64, Expiry::Idle)
+            };
+            let deadline = self.start + Duration::from_millis(deadline_ms);
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    let unchanged = self.in_flight.load(Ordering::Acquire) == 0
+                        && self.head_started.load(Ordering::Acquire) == head
+                        && self.idle_since.load(Ordering::Acquire) == idle;
+                    if unchanged {
+                        return expiry;
+                    }
+                }
+                _ = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+/// Holds a connection busy while an exchange is in flight; dropping it marks the end.
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.0;
+        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            state.idle_since.store(state.now_ms().max(1), Ordering::Release);
+            state.head_started.store(NONE, Ordering::Release);
+            state.first_line.store(0, Ordering::Release);
+            state.changed.notify_one();
+        }
+    }
+}
+
+/// The client socket as hyper sees it: notes when a request head starts to arrive and ends
+/// the connection when the watchdog says so.
+struct WatchedIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 50\r\nConnection: close\r\n\r\nthe request head did not arrive in time; closing\n";
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.state.expired.load(Ordering::Acquire) {
+            0 => {}
+            e if e == Expiry::SlowHead as u8 => {
+                // Best effort: the socket's send buffer is empty while a head is awaited.
+                let _ = self.inner.try_write(REQUEST_TIMEOUT_RESPONSE);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head timed out",
+                )));
+            }
+            _ => return Poll::Ready(Ok(())),
+        }
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if !new.is_empty() && this.state.in_flight.load(Ordering::Acquire) == 0 {
+            let state = &this.state;
+            if state.head_started.load(Ordering::Acquire) == NONE {
+                state
+                    .head_started
+                    .store(state.now_ms(), Ordering::Release);
+                state.changed.notify_one();
+            }
+            if state.first_line.load(Ordering::Acquire) == 0 {
+                let line_end = new.iter().position(|b| *b == b'\n');
+                let line = &new[..line_end.unwrap_or(new.len())];
+                if line.contains(&b'#') {
+                    state.first_line.store(2, Ordering::Release);
+                } else if line_end.is_some() {
+                    state.first_line.store(1, Ordering::Release);
+                }
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,327 @@
+//! What a client asked for: the request target of a proxy request, parsed and checked.
+//!
+//! A forward proxy sees three shapes of request target (RFC 9112 §3.2): the authority form of
+//! `CONNECT host:port`, the absolute form of `GET http://host:port/path`, and the origin form
+//! `GET /path` that a browser sends when someone opens the proxy's own address. [`classify`]
+//! turns a method and a URI into one of these, or into a [`TargetError`] that says, in one
+//! line, what is wrong. Pure: no DNS, no sockets.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+
+use http::{Method, Uri};
+
+/// The destination host as the client named it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A DNS name, lower-cased, without a trailing dot.
+    Name(String),
+    /// An IP literal (IPv6 literals come in brackets on the wire).
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(name) => f.write_str(name),
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// A destination: host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Where to.
+    pub host: Host,
+    /// Which TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl Target {
+    /// The value of a `Host` header for this target: the port is left out when it is the
+    /// scheme's default (80 for plain HTTP).
+    pub fn host_header(&self) -> String {
+        if self.port == 80 {
+            self.host.to_string()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+/// How a request is to be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classified {
+    /// `CONNECT host:port`: a tunnel.
+    Connect(Target),
+    /// `METHOD http://host:port/path`: forwarded plain HTTP.
+    Forward(Target),
+    /// `METHOD /path`: a request for the proxy's own pages.
+    Local,
+}
+
+/// Why a request target cannot be served, with the status to answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// The target is malformed (400).
+    #[error("{0}")]
+    Malformed(String),
+    /// The target uses a scheme or method the proxy does not handle (501).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl TargetError {
+    /// The HTTP status that answers this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            TargetError::Malformed(_) => 400,
+            TargetError::Unsupported(_) => 501,
+        }
+    }
+}
+
+fn malformed(reason: impl Into<String>) -> TargetError {
+    TargetError::Malformed(reason.into())
+}
+
+/// Classifies a request by method and target.
+pub fn classify(method: &Method, uri: &Uri) -> Result<Classified, TargetError> {
+    if method == Method::CONNECT {
+        if uri.scheme().is_some() || uri.path_and_query().is_some() {
+            return Err(malformed(
+                "CONNECT needs an authority-form target (host:port)",
+            ));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| malformed("CONNECT needs an authority-form target (host:port)"))?;
+        return parse_authority(authority.as_str(), None).map(Classified::Connect);
+    }
+    match uri.scheme_str() {
+        None if uri.authority().is_none() => {
+            if uri.path().starts_with('/') {
+                Ok(Classified::Local)
+            } else {
+                Err(malformed(format!(
+                    "{method} {uri} is not a request target a proxy can serve"
+                )))
+            }
+        }
+        None => Err(malformed(format!(
+            "an authority-form target is only valid with CONNECT, not {method}"
+        ))),
+        Some(scheme) if scheme.eq_ignore_ascii_case("http") => {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| malformed("the URL has no host"))?;
+            parse_authority(authority.as_str(), Some(80)).map(Classified::Forward)
+        }
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => Err(TargetError::Unsupported(
+            "https:// URLs are not fetched by the proxy: clients tunnel HTTPS with CONNECT"
+                .to_owned(),
+        )),
+        Some(scheme) => Err(TargetError::Unsupported(format!(
+            "the {} scheme is not supported (only http:// and CONNECT)",
+            scheme.to_ascii_lowercase()
+        ))),
+    }
+}
+
+/// Parses `host:port`, `[v6]:port` or (when `default_port` is given) a bare host.
+pub fn parse_authority(text: &str, default_port: Option<u16>) -> Result<Target, TargetError> {
+    if text.contains('@') {
+        return Err(malformed(
+            "user information (user@host) is not allowed in the request target",
+        ));
+    }
+    let (host_text, port_text) = split_host_port(text)?;
+    let port = match port_text {
+        Some(p) => parse_port(p)?,
+        None => default_port.ok_or_else(|| {
+            malformed(format!("the target \"{text}\" has no port (host:port is needed)"))
+        })?,
+    };
+    let host = parse_host(host_text)?;
+    Ok(Target { host, port })
+}
+
+fn split_host_port(text: &str) -> Result<(&str, Option<&str>), TargetError> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let end = rest
+            .find(']')
+            .ok_or_else(|| malformed(format!("unclosed IPv6 bracket in \"{text}\"")))?;
+        let host = &text[..end + 2];
+        return match &rest[end + 1..] {
+            "" => Ok((host, None)),
+            tail => match tail.strip_prefix(':') {
+                Some(port) => Ok((host, Some(port))),
+                None => Err(malformed(format!("junk after the IPv6 literal in \"{text}\""))),
+            },
+        };
+    }
+    match text.rsplit_once(':') {
+        Some((host, _)) if host.contains(':') => Err(malformed(format!(
+            "an IPv6 address must be in brackets, as in [{host}]"
+        ))),
+        Some((host, port)) => Ok((host, Some(port))),
+        None => Ok((text, None)),
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, TargetError> {
+    if text.is_empty() {
+        return Err(malformed("the port is missing after ':'"));
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed(format!("the port \"{text}\" is not a number")));
+    }
+    match text.parse::<u32>() {
+        Ok(0) => Err(malformed("port 0 is not a valid destination port")),
+        Ok(n) if n <= u32::from(u16::MAX) => Ok(n as u16),
+        _ => Err(malformed(format!(
+            "port {text} is out of range (1-65535)"
+        ))),
+    }
+}
+
+fn parse_host(text: &str) -> Result<Host, TargetError> {
+    if let Some(inner) = text.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').unwrap_or(inner);
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(|ip| Host::Ip(IpAddr::V6(ip)))
+            .map_err(|_| malformed(format!("\"{inner}\" is not an IPv6 address")));
+    }
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if name.is_empty() {
+        return Err(malformed("the host is empty"));
+    }
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(Host::Ip(ip));
+    }
+    if name.len() > 253 {
+        return Err(malformed("the host name is longer than 253 characters"));
+    }
+    let valid_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !name.split('.').all(valid_label) {
+        return Err(malformed(format!("\"{text}\" is not a valid host name")));
+    }
+    Ok(Host::Name(name.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn name(n: &str, port: u16) -> Target {
+        Target {
+            host: Host::Name(n.to_owned()),
+            port,
+        }
+    }
+
+    fn ip(ip: IpAddr, port: u16) -> Target {
+        Target {
+            host: Host::Ip(ip),
+            port,
+        }
+    }
+
+    fn run(method: &str, uri: &str) -> Result<Classified, TargetError> {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        classify(&method, &uri.parse().unwrap())
+    }
+
+    #[test]
+    fn classifies_the_three_forms() {
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let ok: &[(&str, &str, Classified)] = &[
+            ("CONNECT", "example.com:443", Classified::Connect(name("example.com", 443))),
+            ("CONNECT", "Example.COM.:443", Classified::Connect(name("example.com", 443))),
+            ("CONNECT", "[::1]:8443", Classified::Connect(ip(v6, 8443))),
+            ("CONNECT", "127.0.0.1:25", Classified::Connect(ip(lo, 25))),
+            ("GET", "http://example.com/a?b", Classified::Forward(name("example.com", 80))),
+            ("GET", "HTTP://Example.com:8080/", Classified::Forward(name("example.com", 8080))),
+            ("POST", "http://[::1]:81/x", Classified::Forward(ip(v6, 81))),
+            ("GET", "http://my_host.lan/", Classified::Forward(name("my_host.lan", 80))),
+            ("GET", "/", Classified::Local),
+            ("GET", "/proxy.pac", Classified::Local),
+        ];
+        for (method, uri, want) in ok {
+            assert_eq!(&run(method, uri).unwrap(), want, "{method} {uri}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_targets_with_status_and_reason() {
+        let bad: &[(&str, &str, u16, &str)] = &[
+            ("CONNECT", "example.com", 400, "no port"),
+            ("CONNECT", "example.com:", 400, "port is missing"),
+            ("CONNECT", "example.com:abc", 400, "not a number"),
+            ("CONNECT", "example.com:0", 400, "port 0"),
+            ("CONNECT", "example.com:65536", 400, "out of range"),
+            ("CONNECT", "user@example.com:443", 400, "user information"),
+            ("CONNECT", "user:pw@example.com:443", 400, "user information"),
+            ("CONNECT", ":443", 400, "host is empty"),
+            ("CONNECT", "[zz]:443", 400, "not an IPv6"),
+            ("CONNECT", "/path", 400, "authority-form"),
+            ("CONNECT", "http://example.com:443/", 400, "authority-form"),
+            ("GET", "http://127.0.0.1:99999/", 400, "out of range"),
+            ("GET", "http://h:0/", 400, "port 0"),
+            ("GET", "http://user:pw@h/", 400, "user information"),
+            ("GET", "http://bad_host!/", 400, "not a valid host"),
+            ("GET", "http://a..b/", 400, "not a valid host"),
+            ("GET", "example.com:80", 400, "only valid with CONNECT"),
+            ("GET", "*", 400, "not a request target"),
+            ("GET", "https://example.com/", 501, "CONNECT"),
+            ("GET", "ftp://example.com/", 501, "ftp scheme"),
+        ];
+        for (method, uri, status, fragment) in bad {
+            let err = run(method, uri).unwrap_err();
+            assert_eq!(err.status(), *status, "{method} {uri}: {err}");
+            assert!(
+                err.to_string().contains(fragment),
+                "{method} {uri}: {err:?} lacks {fragment:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn authorities_hyper_would_pass_on_are_checked_too() {
+        // http::Uri refuses these before a request reaches the proxy; the parser must too.
+        for text in ["[::1:443", "[::1]x:443", "::1:443", "a b:80"] {
+            assert!(parse_authority(text, None).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn host_header_omits_default_port() {
+        assert_eq!(name("a.b", 80).host_header(), "a.b");
+        assert_eq!(name("a.b", 8080).host_header(), "a.b:8080");
+        assert_eq!(
+            ip(IpAddr::V6(Ipv6Addr::LOCALHOST), 80).host_header(),
+            "[::1]"
+        );
+        assert_eq!(
+            ip(IpAddr::V6(Ipv6Addr::LOCALHOST), 81).to_string(),
+            "[::1]:81"
+        );
+    }
+}

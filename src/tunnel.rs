@@ -1,0 +1,151 @@
+//! CONNECT tunnels: check the port, dial the destination, and only then answer `200` and relay
+//! bytes both ways until both sides are done.
+//!
+//! A client's end of data (its FIN) is passed on to the origin while the other direction keeps
+//! flowing, so half-closing protocols work. Bytes are counted as they are delivered, so the
+//! record is right however the tunnel ends: both sides done, an error, `tunnel_idle` with no
+//! byte either way, or the end of the shutdown grace period.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::access::{PendingRecord, Traffic};
+use crate::dial::dial;
+use crate::error::EdgeError;
+use crate::policy::Kind;
+use crate::service::{Exchange, Shared};
+use crate::target::Target;
+
+/// Bytes read at once in each direction of a tunnel.
+const RELAY_BUFFER: usize = 16 * 1024;
+
+/// A destination dialled for a CONNECT request, waiting for the client's side to upgrade.
+pub struct Dialled {
+    upgrade: OnUpgrade,
+    upstream: TcpStream,
+}
+
+/// Checks and dials a CONNECT destination. The caller answers 200 and spawns [`relay`].
+pub async fn open(
+    ex: &mut Exchange,
+    mut req: Request<Incoming>,
+    target: Target,
+) -> Result<Dialled, EdgeError> {
+    let settings = &ex.shared.settings;
+    let rule = settings.policy.check_port(Kind::Connect, target.port)?;
+    ex.record.allow(rule, 200);
+    let (upstream, addr) = dial(&settings.policy, &target, settings.timeouts.connect).await?;
+    ex.record.upstream(addr);
+    Ok(Dialled {
+        upgrade: hyper::upgrade::on(&mut req),
+        upstream,
+    })
+}
+
+/// How a tunnel ended.
+#[derive(Debug)]
+enum End {
+    /// Both sides finished.
+    Done,
+    /// No byte either way for `tunnel_idle`.
+    Idle,
+    /// The shutdown grace period ran out.
+    Shutdown,
+}
+
+/// Relays a dialled tunnel once the client's connection is handed over; ends the record.
+pub async fn relay(dialled: Dialled, mut record: PendingRecord, shared: Arc<Shared>) {
+    let client = match dialled.upgrade.await {
+        Ok(upgraded) => TokioIo::new(upgraded),
+        Err(e) => {
+            record.note(format!("the client left before the tunnel opened: {e}"));
+            return;
+        }
+    };
+    let idle = shared.settings.timeouts.tunnel_idle;
+    let traffic = record.traffic().clone();
+    let end = tokio::select! {
+        result = copy_both_ways(client, dialled.upstream, &traffic, idle) => result,
+        _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
+    };
+    match end {
+        Ok(End::Done) => {}
+        Ok(End::Idle) => record.note(format!(
+            "closed after {} without traffic",
+            humantime::format_duration(idle)
+        )),
+        Ok(End::Shutdown) => record.note("cut at the end of the shutdown grace period".into()),
+        Err(e) => {
+            debug!(error = %e, "tunnel ended with an error");
+            record.note(format!("the tunnel ended with an error: {e}"));
+        }
+    }
+}
+
+async fn copy_both_ways<C>(
+    client: C,
+    upstream: TcpStream,
+    traffic: &Traffic,
+    idle: Duration,
+) -> io::Result<End>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let up = pump(client_read, upstream_write, &traffic.up, &last_activity, start);
+    let down = pump(upstream_read, client_write, &traffic.down, &last_activity, start);
+    tokio::select! {
+        result = async { tokio::try_join!(up, down) } => result.map(|_| End::Done),
+        _ = idle_for(idle, &last_activity, start) => Ok(End::Idle),
+    }
+}
+
+/// Copies one direction until its reader ends, then passes the end on (half-close).
+async fn pump<R, W>(
+    mut reader: R,
+    mut writer: W,
+    counter: &AtomicU64,
+    last_activity: &AtomicU64,
+    start: Instant,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        writer.write_all(&buf[..n]).await?;
+        Traffic::add(counter, n);
+        last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Completes once no byte has moved for `idle`.
+async fn idle_for(idle: Duration, last_activity: &AtomicU64, start: Instant) {
+    loop {
+        let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+        tokio::time::sleep_until(start + last + idle).await;
+        if last_activity.load(Ordering::Relaxed) == last.as_millis() as u64 {
+            return;
+        }
+    }
+}
