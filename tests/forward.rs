@@ -1,0 +1,380 @@
+//! Plain-HTTP forwarding through the real proxy to real loopback origins.
+
+mod support;
+
+use std::time::Duration;
+
+use portcullis::access::Verdict;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[tokio::test]
+async fn get_post_and_head_are_forwarded() {
+    let origin = HttpOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let base = format!("http://{}", origin.addr);
+
+    let r = get(proxy.addr, &format!("{base}/x?y=1")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello GET /x");
+
+    let r = raw(
+        proxy.addr,
+        format!(
+            "POST {base}/sha256 HTTP/1.1\r\nHost: {}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            origin.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text(),
+        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824 5"
+    );
+
+    let r = raw(
+        proxy.addr,
+        format!(
+            "HEAD {base}/bytes/1000 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            origin.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length").as_deref(), Some("1000"));
+    assert!(r.body.is_empty());
+
+    let records = proxy.wait_records(3).await;
+    let methods: Vec<&str> = records.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["GET", "POST", "HEAD"]);
+    for record in &records {
+        assert_eq!(record.status, 200);
+        assert_eq!(record.verdict, Verdict::Allow);
+        assert_eq!(record.rule, "ports.http");
+        assert_eq!(record.host, "127.0.0.1");
+        assert_eq!(record.port, origin.addr.port());
+        assert_eq!(record.upstream, Some(origin.addr));
+        assert_eq!(record.client.ip(), proxy.addr.ip());
+    }
+    assert_eq!((records[0].bytes_up, records[0].bytes_down), (0, 12));
+    assert_eq!((records[1].bytes_up, records[1].bytes_down), (5, 66));
+    assert_eq!((records[2].bytes_up, records[2].bytes_down), (0, 0));
+}
+
+#[tokio::test]
+async fn ten_mib_chunked_upload_and_download_arrive_intact() {
+    const SIZE: usize = 10 * 1024 * 1024;
+    let origin = HttpOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+
+    // Upload: chunked, from a raw client, in uneven chunks.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "PUT http://{}/sha256 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        origin.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let data: Vec<u8> = (0..SIZE).map(pattern).collect();
+    for chunk in data.chunks(100_003) {
+        stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        stream.write_all(chunk).await.unwrap();
+        stream.write_all(b"\r\n").await.unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut stream, &mut buf, false).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), format!("{} {SIZE}", pattern_sha256(SIZE)));
+
+    // Download with a Content-Length, then chunked, on the same client connection.
+    for query in ["", "?chunked"] {
+        let request = format!(
+            "GET http://{}/bytes/{SIZE}{query} HTTP/1.1\r\nHost: x\r\n\r\n",
+            origin.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let r = read_response(&mut stream, &mut buf, false).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), SIZE, "download {query}");
+        let digest = {
+            use sha2::Digest;
+            hex(&sha2::Sha256::digest(&r.body))
+        };
+        assert_eq!(digest, pattern_sha256(SIZE), "download {query}");
+    }
+
+    let records = proxy.wait_records(3).await;
+    assert_eq!(records[0].bytes_up, SIZE as u64);
+    assert_eq!(records[1].bytes_down, SIZE as u64);
+    assert_eq!(records[2].bytes_down, SIZE as u64);
+}
+
+#[tokio::test]
+async fn one_client_connection_carries_many_requests_and_origin_connections_are_pooled() {
+    let origin = HttpOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for i in 0..5 {
+        let request = format!(
+            "GET http://{}/n{i} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            origin.addr, origin.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let r = read_response(&mut stream, &mut buf, false).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("hello GET /n{i}"));
+    }
+    let records = proxy.wait_records(5).await;
+    let local = stream.local_addr().unwrap();
+    assert!(records.iter().all(|r| r.client == local), "{records:#?}");
+    assert_eq!(origin.accepts(), 1, "the origin connection is reused");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_and_via_and_host_set() {
+    let origin = RawOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let request = format!(
+        "GET http://{}/p?q=1 HTTP/1.1\r\n\
+         Host: somewhere.else.example\r\n\
+         Connection: keep-alive, X-Secret\r\n\
+         X-Secret: 1\r\n\
+         Keep-Alive: timeout=5\r\n\
+         Proxy-Connection: keep-alive\r\n\
+         Proxy-Authorization: Basic dXNlcjpwYXNz\r\n\
+         TE: trailers\r\n\
+         Upgrade: websocket\r\n\
+         Trailer: X-Checksum\r\n\
+         Via: 1.1 upstream-cache\r\n\
+         X-End-To-End: kept\r\n\r\n",
+        origin.addr
+    );
+    let r = raw(proxy.addr, request.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello /p?q=1");
+    assert_eq!(
+        r.header("via").as_deref(),
+        Some("1.1 portcullis"),
+        "the response carries Via"
+    );
+
+    let heads = origin.heads();
+    let head = heads.last().unwrap();
+    assert!(head.starts_with("GET /p?q=1 HTTP/1.1\r\n"), "{head}");
+    for name in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+    ] {
+        assert_eq!(header_value(head, name), None, "{name} reached the origin:\n{head}");
+    }
+    assert_eq!(header_value(head, "trailer").as_deref(), Some("X-Checksum"));
+    assert_eq!(header_value(head, "x-end-to-end").as_deref(), Some("kept"));
+    assert_eq!(
+        header_value(head, "via").as_deref(),
+        Some("1.1 upstream-cache, 1.1 portcullis")
+    );
+    assert_eq!(
+        header_value(head, "host"),
+        Some(origin.addr.to_string()),
+        "Host comes from the request target"
+    );
+}
+
+/// An origin that answers one request with `response` and then closes.
+async fn one_shot_origin(response: &'static [u8]) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 65536];
+            let mut seen = Vec::new();
+            while find(&seen, b"\r\n\r\n").is_none() {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(response).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn response_hop_by_hop_headers_are_removed() {
+    let origin = one_shot_origin(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: secret\r\nKeep-Alive: timeout=9\r\nProxy-Authenticate: Basic\r\nContent-Length: 2\r\nX-Kept: yes\r\n\r\nok",
+    )
+    .await;
+    let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
+    let r = get(proxy.addr, &format!("http://{origin}/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ok");
+    for name in ["x-internal", "keep-alive", "proxy-authenticate"] {
+        assert_eq!(r.header(name), None, "{name} reached the client:\n{}", r.head);
+    }
+    assert_eq!(r.header("x-kept").as_deref(), Some("yes"));
+}
+
+#[tokio::test]
+async fn close_delimited_responses_are_relayed_whole() {
+    let origin = one_shot_origin(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nthe body ends when the connection does",
+    )
+    .await;
+    let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
+    let r = get(proxy.addr, &format!("http://{origin}/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "the body ends when the connection does");
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records[0].bytes_down, 38);
+}
+
+#[tokio::test]
+async fn http_1_0_clients_are_served() {
+    let origin = RawOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let r = raw(
+        proxy.addr,
+        format!("GET http://{}/old HTTP/1.0\r\n\r\n", origin.addr).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello /old");
+    let head = origin.heads().pop().unwrap();
+    assert!(head.starts_with("GET /old HTTP/1.1\r\n"), "{head}");
+    assert_eq!(header_value(&head, "via").as_deref(), Some("1.0 portcullis"));
+    assert_eq!(header_value(&head, "host"), Some(origin.addr.to_string()));
+}
+
+#[tokio::test]
+async fn bodiless_statuses_keep_the_connection_usable() {
+    let origin = HttpOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for path in ["/status/204", "/status/304", "/after"] {
+        let request = format!("GET http://{}{path} HTTP/1.1\r\nHost: x\r\n\r\n", origin.addr);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let r = read_response(&mut stream, &mut buf, false).await.unwrap();
+        match path {
+            "/after" => assert_eq!(r.text(), "hello GET /after"),
+            _ => {
+                assert_eq!(r.status.to_string(), path.trim_start_matches("/status/"));
+                assert!(r.body.is_empty());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn max_forwards_is_honoured_for_trace_and_options() {
+    let origin = RawOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let r = raw(
+        proxy.addr,
+        format!(
+            "OPTIONS http://{}/ HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+            origin.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("allow").unwrap().contains("CONNECT"));
+    let r = raw(
+        proxy.addr,
+        format!(
+            "TRACE http://{}/t HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\nCookie: secret\r\nX-Mine: 1\r\nConnection: close\r\n\r\n",
+            origin.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type").as_deref(), Some("message/http"));
+    assert!(r.text().starts_with("TRACE http://"), "{}", r.text());
+    assert!(r.text().contains("x-mine: 1"), "{}", r.text());
+    assert!(!r.text().contains("secret"), "{}", r.text());
+    assert_eq!(origin.accepts(), 0, "Max-Forwards: 0 is answered by the proxy");
+
+    let r = raw(
+        proxy.addr,
+        format!(
+            "OPTIONS http://{}/o HTTP/1.1\r\nHost: x\r\nMax-Forwards: 3\r\nConnection: close\r\n\r\n",
+            origin.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let head = origin.heads().pop().unwrap();
+    assert_eq!(header_value(&head, "max-forwards").as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn the_proxy_itself_answers_origin_form_requests() {
+    let proxy = Proxy::start(&loopback_config(&[80], &[443])).await;
+    let r = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: proxy.lan:3128\r\nAccept: text/html\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(r.text().contains("This is a web proxy"), "{}", r.text());
+    assert!(r.text().contains("proxy.lan:3128"));
+    let r = raw(
+        proxy.addr,
+        b"GET /nothing HTTP/1.1\r\nHost: proxy.lan\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = raw(
+        proxy.addr,
+        b"DELETE / HTTP/1.1\r\nHost: proxy.lan\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    let records = proxy.wait_records(3).await;
+    assert_eq!(records[0].rule, "local");
+    assert_eq!(records[0].verdict, Verdict::Allow);
+}
+
+#[tokio::test]
+async fn an_unreachable_origin_is_a_502_within_a_second() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = Proxy::start(&loopback_config(&[closed.port()], &[closed.port()])).await;
+    let started = std::time::Instant::now();
+    let r = get(proxy.addr, &format!("http://{closed}/")).await;
+    assert_eq!(r.status, 502);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(r.text().contains("cannot connect"), "{}", r.text());
+    assert!(r.text().contains(&closed.to_string()), "{}", r.text());
+
+    let started = std::time::Instant::now();
+    let (r, _) = connect(proxy.addr, &closed.to_string()).await;
+    assert_eq!(r.status, 502);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let records = proxy.wait_records(2).await;
+    assert!(records.iter().all(|r| r.status == 502 && r.reason.is_some()));
+}
