@@ -169,7 +169,9 @@ impl Body for DownBody {
     fn size_hint(&self) -> SizeHint {
         match &self.content {
             Content::Origin { body } => body.size_hint(),
-            Content::Own { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Content::Own { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

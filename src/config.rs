@@ -135,7 +135,9 @@ impl FromStr for Network {
         }
         s.parse::<IpAddr>()
             .map(|ip| Network(IpNet::from(ip)))
-            .map_err(|_| format!("\"{s}\" is not a network (CIDR such as 192.168.0.0/16) or an address"))
+            .map_err(|_| {
+                format!("\"{s}\" is not a network (CIDR such as 192.168.0.0/16) or an address")
+            })
     }
 }
 
@@ -221,7 +223,10 @@ impl Config {
     pub fn validate(&self, origin: &str) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
         if self.listen.is_empty() {
-            problems.push("listen: the list is empty; give at least one address such as \"0.0.0.0:3128\"".to_owned());
+            problems.push(
+                "listen: the list is empty; give at least one address such as \"0.0.0.0:3128\""
+                    .to_owned(),
+            );
         }
         if self.clients.allow.is_empty() {
             problems.push(
@@ -333,7 +338,10 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("listen = [\"nope\"]", "line 1"),
             ("[ports]\nhtp = [80]", "unknown field `htp`"),
-            ("[ports]\nhttp = [80]\n[timeouts]\nconnect = \"soon\"", "line 4"),
+            (
+                "[ports]\nhttp = [80]\n[timeouts]\nconnect = \"soon\"",
+                "line 4",
+            ),
             ("[clients]\nallow = [\"300.1.1.1/8\"]", "not a network"),
             ("bogus = 1", "unknown field `bogus`"),
             ("[ports]\nhttp = [true]", "line 2"),
@@ -363,7 +371,10 @@ mod tests {
                 ],
             ),
             ("listen = []", &["listen: the list is empty"]),
-            ("[clients]\nallow = []", &["clients.allow: the list is empty"]),
+            (
+                "[clients]\nallow = []",
+                &["clients.allow: the list is empty"],
+            ),
             (
                 "[timeouts]\nconnect = \"0s\"",
                 &["timeouts.connect: must be longer than zero"],

@@ -130,9 +130,7 @@ mod tests {
         });
         assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(e.side, Side::Upstream);
-        let e = EdgeError::from(DialError::NoAddress {
-            host: "h".into(),
-        });
+        let e = EdgeError::from(DialError::NoAddress { host: "h".into() });
         assert_eq!(e.status, StatusCode::BAD_GATEWAY);
     }
 }

@@ -42,7 +42,8 @@ pub async fn forward(
     ex.record.allow(rule, 0);
 
     let (mut parts, body) = req.into_parts();
-    if let Some(reply) = max_forwards(&parts.method, &mut parts.headers, &parts.uri, parts.version) {
+    if let Some(reply) = max_forwards(&parts.method, &mut parts.headers, &parts.uri, parts.version)
+    {
         ex.record.allow(rule, reply.status().as_u16());
         return Ok(reply);
     }
@@ -134,9 +135,12 @@ fn upstream_uri(target: &Target, original: &Uri) -> Result<Uri, EdgeError> {
         Some(pq) if pq.starts_with('?') => format!("/{pq}"),
         _ => "/".to_owned(),
     };
-    format!("http://{target}{path}")
-        .parse()
-        .map_err(|_| EdgeError::client(StatusCode::BAD_REQUEST, "the request target cannot be forwarded"))
+    format!("http://{target}{path}").parse().map_err(|_| {
+        EdgeError::client(
+            StatusCode::BAD_REQUEST,
+            "the request target cannot be forwarded",
+        )
+    })
 }
 
 /// Honours `Max-Forwards` on TRACE and OPTIONS (RFC 9110 §7.6.2): at zero the proxy answers
@@ -285,10 +289,18 @@ mod tests {
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "message/http");
         let r = max_forwards(&Method::OPTIONS, &mut h, &uri, Version::HTTP_11).unwrap();
-        assert!(r.headers()[header::ALLOW].to_str().unwrap().contains("CONNECT"));
+        assert!(r.headers()[header::ALLOW]
+            .to_str()
+            .unwrap()
+            .contains("CONNECT"));
         let mut h = headers(&[("max-forwards", "0")]);
         assert!(max_forwards(&Method::GET, &mut h, &uri, Version::HTTP_11).is_none());
-        let echo = trace_echo(&Method::TRACE, &uri, Version::HTTP_11, &headers(&[("cookie", "s"), ("x-a", "b")]));
+        let echo = trace_echo(
+            &Method::TRACE,
+            &uri,
+            Version::HTTP_11,
+            &headers(&[("cookie", "s"), ("x-a", "b")]),
+        );
         assert_eq!(&echo[..], b"TRACE http://h/x HTTP/1.1\r\nx-a: b\r\n\r\n");
     }
 

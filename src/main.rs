@@ -53,7 +53,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .filter_map(|l| l.local_addr().ok())
         .collect();
     tracing::info!(config = %origin, "starting");
-    portcullis::run(listeners, settings, Recorder::tracing(), portcullis::signal::shutdown())
-        .await?;
+    portcullis::run(
+        listeners,
+        settings,
+        Recorder::tracing(),
+        portcullis::signal::shutdown(),
+    )
+    .await?;
     Ok(())
 }

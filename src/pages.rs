@@ -17,7 +17,10 @@ pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
     ex.record.destination(shown_host.clone(), ex.local.port());
 
     let (status, body, html) = if req.method() != Method::GET && req.method() != Method::HEAD {
-        let text = format!("{} is not supported on the proxy's own pages\n", req.method());
+        let text = format!(
+            "{} is not supported on the proxy's own pages\n",
+            req.method()
+        );
         (StatusCode::METHOD_NOT_ALLOWED, text, false)
     } else if req.uri().path() != "/" {
         let text = format!("{} is not a page of this proxy\n", req.uri().path());

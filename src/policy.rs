@@ -161,10 +161,7 @@ impl Policy {
             );
         }
         if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
-            return refuse(
-                "destinations.unicast",
-                "not a unicast address",
-            );
+            return refuse("destinations.unicast", "not a unicast address");
         }
         Ok(())
     }
@@ -255,12 +252,32 @@ mod tests {
         let cases: &[(Kind, u16, Result<&str, &str>)] = &[
             (Kind::Http, 80, Ok("ports.http")),
             (Kind::Http, 8080, Ok("ports.http")),
-            (Kind::Http, 443, Err("port 443 (https) is not allowed for plain HTTP")),
-            (Kind::Http, 25, Err("port 25 (smtp) is not allowed for plain HTTP")),
-            (Kind::Http, 1024, Err("port 1024 is not allowed for plain HTTP")),
+            (
+                Kind::Http,
+                443,
+                Err("port 443 (https) is not allowed for plain HTTP"),
+            ),
+            (
+                Kind::Http,
+                25,
+                Err("port 25 (smtp) is not allowed for plain HTTP"),
+            ),
+            (
+                Kind::Http,
+                1024,
+                Err("port 1024 is not allowed for plain HTTP"),
+            ),
             (Kind::Connect, 443, Ok("ports.connect")),
-            (Kind::Connect, 25, Err("port 25 (smtp) is not allowed for CONNECT")),
-            (Kind::Connect, 8443, Err("port 8443 (https-alt) is not allowed for CONNECT")),
+            (
+                Kind::Connect,
+                25,
+                Err("port 25 (smtp) is not allowed for CONNECT"),
+            ),
+            (
+                Kind::Connect,
+                8443,
+                Err("port 8443 (https-alt) is not allowed for CONNECT"),
+            ),
         ];
         for (kind, port, want) in cases {
             let got = p.check_port(*kind, *port);
@@ -288,16 +305,52 @@ mod tests {
             ("127.1.2.3:8080", Some("destinations.loopback"), None),
             ("[::1]:80", Some("destinations.loopback"), None),
             ("[::ffff:127.0.0.1]:80", Some("destinations.loopback"), None),
-            ("0.0.0.0:80", Some("destinations.unspecified"), Some("destinations.unspecified")),
-            ("0.1.2.3:80", Some("destinations.unspecified"), Some("destinations.unspecified")),
-            ("[::]:80", Some("destinations.unspecified"), Some("destinations.unspecified")),
-            ("169.254.169.254:80", Some("destinations.link_local"), Some("destinations.link_local")),
-            ("[fe80::1]:80", Some("destinations.link_local"), Some("destinations.link_local")),
-            ("100.100.100.200:80", Some("destinations.link_local"), Some("destinations.link_local")),
-            ("[fd00:ec2::254]:80", Some("destinations.link_local"), Some("destinations.link_local")),
-            ("224.0.0.1:80", Some("destinations.unicast"), Some("destinations.unicast")),
+            (
+                "0.0.0.0:80",
+                Some("destinations.unspecified"),
+                Some("destinations.unspecified"),
+            ),
+            (
+                "0.1.2.3:80",
+                Some("destinations.unspecified"),
+                Some("destinations.unspecified"),
+            ),
+            (
+                "[::]:80",
+                Some("destinations.unspecified"),
+                Some("destinations.unspecified"),
+            ),
+            (
+                "169.254.169.254:80",
+                Some("destinations.link_local"),
+                Some("destinations.link_local"),
+            ),
+            (
+                "[fe80::1]:80",
+                Some("destinations.link_local"),
+                Some("destinations.link_local"),
+            ),
+            (
+                "100.100.100.200:80",
+                Some("destinations.link_local"),
+                Some("destinations.link_local"),
+            ),
+            (
+                "[fd00:ec2::254]:80",
+                Some("destinations.link_local"),
+                Some("destinations.link_local"),
+            ),
+            (
+                "224.0.0.1:80",
+                Some("destinations.unicast"),
+                Some("destinations.unicast"),
+            ),
             // The listener 127.0.0.1:3130 is this proxy, even with loopback allowed.
-            ("127.0.0.1:3130", Some("destinations.self"), Some("destinations.self")),
+            (
+                "127.0.0.1:3130",
+                Some("destinations.self"),
+                Some("destinations.self"),
+            ),
             ("127.0.0.1:3131", Some("destinations.loopback"), None),
         ];
         for (addr, strict_rule, dev_rule) in cases {

@@ -53,13 +53,25 @@ pub const SERVICES: &[Service] = &[
     svc(&["nntp"], 119, "NNTP: Usenet news"),
     svc(&["ntp"], 123, "NTP: time"),
     svc(&["epmap", "msrpc"], 135, "Microsoft RPC endpoint mapper"),
-    svc(&["netbios", "netbios-ssn"], 139, "NetBIOS session: Windows file sharing"),
+    svc(
+        &["netbios", "netbios-ssn"],
+        139,
+        "NetBIOS session: Windows file sharing",
+    ),
     svc(&["imap"], 143, "IMAP: mail folders"),
     svc(&["snmp"], 161, "SNMP: device management"),
     svc(&["irc-alt"], 194, "IRC (registered port)"),
-    svc(&["ldap", "ils"], 389, "LDAP; NetMeeting Internet Locator Server"),
+    svc(
+        &["ldap", "ils"],
+        389,
+        "LDAP; NetMeeting Internet Locator Server",
+    ),
     svc(&["https"], 443, "HTTPS: secure web pages"),
-    svc(&["microsoft-ds", "smb"], 445, "SMB: Windows file sharing over TCP"),
+    svc(
+        &["microsoft-ds", "smb"],
+        445,
+        "SMB: Windows file sharing over TCP",
+    ),
     svc(&["smtps"], 465, "SMTP over TLS (mail submission)"),
     svc(&["uls"], 522, "NetMeeting User Location Server"),
     svc(&["nntps"], 563, "NNTP over TLS"),
@@ -76,7 +88,11 @@ pub const SERVICES: &[Service] = &[
     svc(&["t120"], 1503, "T.120: NetMeeting data conferencing"),
     svc(&["h323"], 1720, "H.323 call setup (NetMeeting)"),
     svc(&["pptp"], 1723, "PPTP VPN"),
-    svc(&["netmeeting-audio", "msiccp"], 1731, "NetMeeting audio call control"),
+    svc(
+        &["netmeeting-audio", "msiccp"],
+        1731,
+        "NetMeeting audio call control",
+    ),
     svc(&["nfs"], 2049, "NFS"),
     svc(&["squid", "proxy"], 3128, "HTTP proxy (Squid, Portcullis)"),
     svc(&["mysql"], 3306, "MySQL"),
@@ -300,11 +316,15 @@ mod tests {
 
     #[test]
     fn specs_parse_to_ranges() {
-        let cases: &[(PortSpec, Result<(u16, u16), PortSpecError>)] = &[
+        type Case = (PortSpec, Result<(u16, u16), PortSpecError>);
+        let cases: &[Case] = &[
             (PortSpec::Number(80), Ok((80, 80))),
             (PortSpec::Number(65535), Ok((65535, 65535))),
             (PortSpec::Number(0), Err(PortSpecError::OutOfRange(0))),
-            (PortSpec::Number(65536), Err(PortSpecError::OutOfRange(65536))),
+            (
+                PortSpec::Number(65536),
+                Err(PortSpecError::OutOfRange(65536)),
+            ),
             (PortSpec::Number(-1), Err(PortSpecError::OutOfRange(-1))),
             ("1025-65535".into(), Ok((1025, 65535))),
             (" 10 - 20 ".into(), Ok((10, 20))),

@@ -51,7 +51,11 @@ pub async fn run(
     for listener in listeners {
         let addr = listener.local_addr()?;
         info!(%addr, "listening");
-        tracker.spawn(accept_loop(listener, shared.clone(), stop_accepting.clone()));
+        tracker.spawn(accept_loop(
+            listener,
+            shared.clone(),
+            stop_accepting.clone(),
+        ));
     }
 
     shutdown.await;
@@ -59,7 +63,10 @@ pub async fn run(
     stop_accepting.cancel();
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(open = tracker.len(), "grace period over: closing what is still open");
+        warn!(
+            open = tracker.len(),
+            "grace period over: closing what is still open"
+        );
         shared.hard_stop.cancel();
         // Cut tasks wind down at once; this bound only guards against a stuck one.
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
@@ -257,7 +264,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let state = &self.0;
         if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            state.idle_since.store(state.now_ms().max(1), Ordering::Release);
+            state
+                .idle_since
+                .store(state.now_ms().max(1), Ordering::Release);
             state.head_started.store(NONE, Ordering::Release);
             state.first_line.store(0, Ordering::Release);
             state.changed.notify_one();
@@ -299,9 +308,7 @@ impl AsyncRead for WatchedIo {
         if !new.is_empty() && this.state.in_flight.load(Ordering::Acquire) == 0 {
             let state = &this.state;
             if state.head_started.load(Ordering::Acquire) == NONE {
-                state
-                    .head_started
-                    .store(state.now_ms(), Ordering::Release);
+                state.head_started.store(state.now_ms(), Ordering::Release);
                 state.changed.notify_one();
             }
             if state.first_line.load(Ordering::Acquire) == 0 {

@@ -121,6 +121,9 @@ pub struct Exchange {
 }
 
 /// How a request is answered.
+// A short-lived value moved once per request: boxing the response would cost more than the
+// size difference does.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     /// A response to send (forwarded, a page of the proxy's own).
     Response(Response<DownBody>),
@@ -180,9 +183,9 @@ impl ProxyService {
         }
         match classified? {
             Classified::Connect(target) => tunnel::open(ex, req, target).await.map(Reply::Tunnel),
-            Classified::Forward(target) => forward::forward(ex, req, target)
-                .await
-                .map(Reply::Response),
+            Classified::Forward(target) => {
+                forward::forward(ex, req, target).await.map(Reply::Response)
+            }
             Classified::Local => Ok(Reply::Response(pages::local(ex, &req))),
         }
     }
@@ -192,7 +195,9 @@ impl ProxyService {
 fn refusal(ex: &mut Exchange, error: EdgeError) -> Response<DownBody> {
     match error.side {
         Side::Client => debug!(status = error.status.as_u16(), reason = %error.reason, "refused"),
-        Side::Upstream => debug!(status = error.status.as_u16(), reason = %error.reason, "upstream failure"),
+        Side::Upstream => {
+            debug!(status = error.status.as_u16(), reason = %error.reason, "upstream failure")
+        }
     }
     ex.record
         .fail(error.status.as_u16(), error.rule, error.reason.clone());

@@ -147,7 +147,9 @@ pub fn parse_authority(text: &str, default_port: Option<u16>) -> Result<Target, 
     let port = match port_text {
         Some(p) => parse_port(p)?,
         None => default_port.ok_or_else(|| {
-            malformed(format!("the target \"{text}\" has no port (host:port is needed)"))
+            malformed(format!(
+                "the target \"{text}\" has no port (host:port is needed)"
+            ))
         })?,
     };
     let host = parse_host(host_text)?;
@@ -164,7 +166,9 @@ fn split_host_port(text: &str) -> Result<(&str, Option<&str>), TargetError> {
             "" => Ok((host, None)),
             tail => match tail.strip_prefix(':') {
                 Some(port) => Ok((host, Some(port))),
-                None => Err(malformed(format!("junk after the IPv6 literal in \"{text}\""))),
+                None => Err(malformed(format!(
+                    "junk after the IPv6 literal in \"{text}\""
+                ))),
             },
         };
     }
@@ -187,9 +191,7 @@ fn parse_port(text: &str) -> Result<u16, TargetError> {
     match text.parse::<u32>() {
         Ok(0) => Err(malformed("port 0 is not a valid destination port")),
         Ok(n) if n <= u32::from(u16::MAX) => Ok(n as u16),
-        _ => Err(malformed(format!(
-            "port {text} is out of range (1-65535)"
-        ))),
+        _ => Err(malformed(format!("port {text} is out of range (1-65535)"))),
     }
 }
 
@@ -253,14 +255,34 @@ mod tests {
         let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let ok: &[(&str, &str, Classified)] = &[
-            ("CONNECT", "example.com:443", Classified::Connect(name("example.com", 443))),
-            ("CONNECT", "Example.COM.:443", Classified::Connect(name("example.com", 443))),
+            (
+                "CONNECT",
+                "example.com:443",
+                Classified::Connect(name("example.com", 443)),
+            ),
+            (
+                "CONNECT",
+                "Example.COM.:443",
+                Classified::Connect(name("example.com", 443)),
+            ),
             ("CONNECT", "[::1]:8443", Classified::Connect(ip(v6, 8443))),
             ("CONNECT", "127.0.0.1:25", Classified::Connect(ip(lo, 25))),
-            ("GET", "http://example.com/a?b", Classified::Forward(name("example.com", 80))),
-            ("GET", "HTTP://Example.com:8080/", Classified::Forward(name("example.com", 8080))),
+            (
+                "GET",
+                "http://example.com/a?b",
+                Classified::Forward(name("example.com", 80)),
+            ),
+            (
+                "GET",
+                "HTTP://Example.com:8080/",
+                Classified::Forward(name("example.com", 8080)),
+            ),
             ("POST", "http://[::1]:81/x", Classified::Forward(ip(v6, 81))),
-            ("GET", "http://my_host.lan/", Classified::Forward(name("my_host.lan", 80))),
+            (
+                "GET",
+                "http://my_host.lan/",
+                Classified::Forward(name("my_host.lan", 80)),
+            ),
             ("GET", "/", Classified::Local),
             ("GET", "/proxy.pac", Classified::Local),
         ];
@@ -278,7 +300,12 @@ mod tests {
             ("CONNECT", "example.com:0", 400, "port 0"),
             ("CONNECT", "example.com:65536", 400, "out of range"),
             ("CONNECT", "user@example.com:443", 400, "user information"),
-            ("CONNECT", "user:pw@example.com:443", 400, "user information"),
+            (
+                "CONNECT",
+                "user:pw@example.com:443",
+                400,
+                "user information",
+            ),
             ("CONNECT", ":443", 400, "host is empty"),
             ("CONNECT", "[zz]:443", 400, "not an IPv6"),
             ("CONNECT", "/path", 400, "authority-form"),

@@ -106,8 +106,20 @@ where
     let last_activity = AtomicU64::new(0);
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = upstream.into_split();
-    let up = pump(client_read, upstream_write, &traffic.up, &last_activity, start);
-    let down = pump(upstream_read, client_write, &traffic.down, &last_activity, start);
+    let up = pump(
+        client_read,
+        upstream_write,
+        &traffic.up,
+        &last_activity,
+        start,
+    );
+    let down = pump(
+        upstream_read,
+        client_write,
+        &traffic.down,
+        &last_activity,
+        start,
+    );
     tokio::select! {
         result = async { tokio::try_join!(up, down) } => result.map(|_| End::Done),
         _ = idle_for(idle, &last_activity, start) => Ok(End::Idle),

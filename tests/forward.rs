@@ -177,7 +177,11 @@ async fn hop_by_hop_headers_are_removed_and_via_and_host_set() {
         "te",
         "upgrade",
     ] {
-        assert_eq!(header_value(head, name), None, "{name} reached the origin:\n{head}");
+        assert_eq!(
+            header_value(head, name),
+            None,
+            "{name} reached the origin:\n{head}"
+        );
     }
     assert_eq!(header_value(head, "trailer").as_deref(), Some("X-Checksum"));
     assert_eq!(header_value(head, "x-end-to-end").as_deref(), Some("kept"));
@@ -227,7 +231,12 @@ async fn response_hop_by_hop_headers_are_removed() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "ok");
     for name in ["x-internal", "keep-alive", "proxy-authenticate"] {
-        assert_eq!(r.header(name), None, "{name} reached the client:\n{}", r.head);
+        assert_eq!(
+            r.header(name),
+            None,
+            "{name} reached the client:\n{}",
+            r.head
+        );
     }
     assert_eq!(r.header("x-kept").as_deref(), Some("yes"));
 }
@@ -259,7 +268,10 @@ async fn http_1_0_clients_are_served() {
     assert_eq!(r.text(), "hello /old");
     let head = origin.heads().pop().unwrap();
     assert!(head.starts_with("GET /old HTTP/1.1\r\n"), "{head}");
-    assert_eq!(header_value(&head, "via").as_deref(), Some("1.0 portcullis"));
+    assert_eq!(
+        header_value(&head, "via").as_deref(),
+        Some("1.0 portcullis")
+    );
     assert_eq!(header_value(&head, "host"), Some(origin.addr.to_string()));
 }
 
@@ -270,7 +282,10 @@ async fn bodiless_statuses_keep_the_connection_usable() {
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     let mut buf = Vec::new();
     for path in ["/status/204", "/status/304", "/after"] {
-        let request = format!("GET http://{}{path} HTTP/1.1\r\nHost: x\r\n\r\n", origin.addr);
+        let request = format!(
+            "GET http://{}{path} HTTP/1.1\r\nHost: x\r\n\r\n",
+            origin.addr
+        );
         stream.write_all(request.as_bytes()).await.unwrap();
         let r = read_response(&mut stream, &mut buf, false).await.unwrap();
         match path {
@@ -312,7 +327,11 @@ async fn max_forwards_is_honoured_for_trace_and_options() {
     assert!(r.text().starts_with("TRACE http://"), "{}", r.text());
     assert!(r.text().contains("x-mine: 1"), "{}", r.text());
     assert!(!r.text().contains("secret"), "{}", r.text());
-    assert_eq!(origin.accepts(), 0, "Max-Forwards: 0 is answered by the proxy");
+    assert_eq!(
+        origin.accepts(),
+        0,
+        "Max-Forwards: 0 is answered by the proxy"
+    );
 
     let r = raw(
         proxy.addr,
@@ -376,5 +395,7 @@ async fn an_unreachable_origin_is_a_502_within_a_second() {
     assert_eq!(r.status, 502);
     assert!(started.elapsed() < Duration::from_secs(1));
     let records = proxy.wait_records(2).await;
-    assert!(records.iter().all(|r| r.status == 502 && r.reason.is_some()));
+    assert!(records
+        .iter()
+        .all(|r| r.status == 502 && r.reason.is_some()));
 }

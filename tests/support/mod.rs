@@ -378,7 +378,10 @@ async fn origin(req: Request<Incoming>) -> Result<Response<OriginBody>, Infallib
         *response.status_mut() = code.parse::<u16>().unwrap_or(500).try_into().unwrap();
         return Ok(response);
     }
-    Ok(Response::new(full(format!("hello {} {path}", req.method()))))
+    Ok(Response::new(full(format!(
+        "hello {} {path}",
+        req.method()
+    ))))
 }
 
 /// A body of `total` pattern bytes, made 64 KiB at a time as the proxy reads it.

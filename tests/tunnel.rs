@@ -1,0 +1,238 @@
+//! CONNECT tunnels through the real proxy: TLS end to end, exact byte counts, half-close,
+//! refusals and the idle timeout.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::access::Verdict;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A TLS origin with a fresh self-signed certificate for `localhost`; answers one HTTP
+/// request per connection with `hello over tls`. Returns its address and the certificate.
+async fn tls_origin() -> (std::net::SocketAddr, CertificateDer<'static>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while find(&seen, b"\r\n\r\n").is_none() {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nConnection: close\r\n\r\nhello over tls")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, cert)
+}
+
+#[tokio::test]
+async fn a_tls_session_runs_through_connect() {
+    let (origin, cert) = tls_origin().await;
+    let proxy = Proxy::start(&loopback_config(&[], &[origin.port()])).await;
+
+    let (answer, stream) = connect(proxy.addr, &origin.to_string()).await;
+    assert_eq!(answer.status, 200);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let server_name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(server_name, stream).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut tls, &mut buf, false).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello over tls");
+    drop(tls);
+
+    let records = proxy.wait_records(1).await;
+    let record = &records[0];
+    assert_eq!(record.method, "CONNECT");
+    assert_eq!(record.status, 200);
+    assert_eq!(record.verdict, Verdict::Allow);
+    assert_eq!(record.rule, "ports.connect");
+    assert_eq!(record.upstream, Some(origin));
+    // A TLS handshake and a request each way: hundreds of bytes, not zero.
+    assert!(record.bytes_up > 200, "{record:?}");
+    assert!(record.bytes_down > 200, "{record:?}");
+}
+
+/// An origin that reads until the client half-closes, then answers how much it got.
+async fn counting_origin() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut total = 0usize;
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+                        Ok(Ok(0)) => break,
+                        Ok(Ok(n)) => total += n,
+                        _ => return,
+                    }
+                }
+                let _ = stream
+                    .write_all(format!("got {total} bytes").as_bytes())
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn half_close_is_relayed_and_bytes_are_counted_exactly() {
+    let origin = counting_origin().await;
+    let proxy = Proxy::start(&loopback_config(&[], &[origin.port()])).await;
+    let (answer, mut stream) = connect(proxy.addr, &origin.to_string()).await;
+    assert_eq!(answer.status, 200);
+    let data = vec![7u8; 300_001];
+    stream.write_all(&data).await.unwrap();
+    // The origin answers only after it sees our end of data.
+    stream.shutdown().await.unwrap();
+    let back = read_to_close(&mut stream).await;
+    assert_eq!(String::from_utf8_lossy(&back), "got 300001 bytes");
+
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records[0].bytes_up, 300_001);
+    assert_eq!(records[0].bytes_down, back.len() as u64);
+}
+
+#[tokio::test]
+async fn ipv6_literals_in_brackets_are_tunnelled() {
+    let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    };
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.write_all(b"v6 hello").await;
+        }
+    });
+    let proxy = Proxy::start(&loopback_config(&[], &[addr.port()])).await;
+    let (answer, mut stream) = connect(proxy.addr, &format!("[::1]:{}", addr.port())).await;
+    assert_eq!(answer.status, 200);
+    let mut got = [0u8; 8];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"v6 hello");
+    drop(stream);
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records[0].host, "[::1]");
+    assert_eq!(records[0].upstream, Some(addr));
+}
+
+#[tokio::test]
+async fn denied_connect_ports_are_403_and_never_dialled() {
+    let denied = Counter::start().await;
+    let http_only = Counter::start().await;
+    let proxy = Proxy::start(&loopback_config(&[http_only.addr.port()], &[443])).await;
+
+    let (answer, _) = connect(proxy.addr, &denied.addr.to_string()).await;
+    assert_eq!(answer.status, 403);
+    assert_eq!(
+        answer.text(),
+        format!(
+            "port {} is not allowed for CONNECT (decided by ports.connect)\n",
+            denied.addr.port()
+        )
+    );
+    // The lists are separate: a port open to plain HTTP is not open to CONNECT.
+    let (answer, _) = connect(proxy.addr, &http_only.addr.to_string()).await;
+    assert_eq!(answer.status, 403);
+    let (answer, _) = connect(proxy.addr, "127.0.0.1:25").await;
+    assert_eq!(answer.status, 403);
+    assert_eq!(
+        answer.text(),
+        "port 25 (smtp) is not allowed for CONNECT (decided by ports.connect)\n"
+    );
+
+    let records = proxy.wait_records(3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(denied.accepts(), 0);
+    assert_eq!(http_only.accepts(), 0);
+    let smtp = &records[2];
+    assert_eq!(
+        (smtp.status, smtp.verdict, smtp.rule, smtp.service),
+        (403, Verdict::Deny, "ports.connect", Some("smtp"))
+    );
+    assert_eq!(
+        smtp.reason.as_deref(),
+        Some("port 25 (smtp) is not allowed for CONNECT")
+    );
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_after_tunnel_idle() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    // An origin that sends one greeting, then waits without a word.
+    tokio::spawn(async move {
+        if let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.write_all(b"hi").await;
+            tokio::time::sleep(WAIT).await;
+        }
+    });
+    let config = format!(
+        "{}[timeouts]\ntunnel_idle = \"400ms\"\n",
+        loopback_config(&[], &[origin.port()])
+    );
+    let proxy = Proxy::start(&config).await;
+    let (answer, mut stream) = connect(proxy.addr, &origin.to_string()).await;
+    assert_eq!(answer.status, 200);
+    let started = std::time::Instant::now();
+    let got = read_to_close(&mut stream).await;
+    assert_eq!(got, b"hi");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    let records = proxy.wait_records(1).await;
+    assert!(
+        records[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("without traffic"),
+        "{:?}",
+        records[0]
+    );
+    assert_eq!(records[0].bytes_down, 2);
+}
