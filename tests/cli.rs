@@ -1,0 +1,187 @@
+//! The `portcullis` binary as a user runs it: configuration file, `--listen`, the access
+//! record on stdout, clear errors for bad configuration, and exit 0 after SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// The running binary and its stdout, line by line.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines: rx }
+    }
+
+    /// Waits for a stdout line containing all of `needles`.
+    fn line_with(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        panic!("no stdout line with {needles:?}");
+    }
+
+    fn listening_addr(&self) -> SocketAddr {
+        let line = self.line_with(&["listening"]);
+        let addr = line.rsplit("addr=").next().unwrap().trim();
+        addr.parse().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+#[test]
+fn runs_from_a_config_file_logs_access_and_exits_0_on_sigterm() {
+    // A one-request origin.
+    let origin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = origin.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
+        }
+    });
+    let config = write_config(&format!(
+        "listen = [\"127.0.0.1:1\"]\n[ports]\nhttp = [{}]\n[destinations]\nallow_loopback = true\n",
+        origin_addr.port()
+    ));
+    let path = config.path().to_str().unwrap();
+    // --listen replaces the file's listen list.
+    let running = Running::start(&["--config", path, "--listen", "127.0.0.1:0"]);
+    let addr = running.listening_addr();
+
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        client,
+        "GET http://{origin_addr}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = client.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.ends_with("hi"), "{response}");
+
+    let access = running.line_with(&["portcullis::access"]);
+    for field in [
+        "client=127.0.0.1",
+        "method=GET",
+        "host=127.0.0.1",
+        &format!("port={}", origin_addr.port()),
+        "status=200",
+        "decision=\"allow\"",
+        "rule=\"ports.http\"",
+        "bytes_down=2",
+        "duration_ms=",
+    ] {
+        assert!(access.contains(field), "{field} missing from {access}");
+    }
+
+    let mut running = running;
+    let status = Command::new("kill")
+        .args(["-TERM", &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = running.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn a_bad_configuration_stops_start_up_with_a_clear_message() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[ports]\nconnect = [\"htps\"]\n",
+            "ports.connect: entry \"htps\": unknown service name",
+        ),
+        ("[ports]\nhttp = []\n", "ports.http: the list is empty"),
+        (
+            "[ports]\nhttp = [\"90-80\"]\n",
+            "range \"90-80\" is reversed",
+        ),
+        ("[porst]\nhttp = [80]\n", "unknown field `porst`"),
+        ("listen = [\"127.0.0.1:80:80\"]\n", "line 1"),
+    ];
+    for (text, message) in cases {
+        let config = write_config(text);
+        let output = Command::new(BIN)
+            .args(["--config", config.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{text}: {stderr}");
+    }
+    let output = Command::new(BIN)
+        .args(["--config", "/nonexistent/portcullis.toml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("cannot read /nonexistent/portcullis.toml"));
+}
+
+#[test]
+fn a_listen_address_in_use_is_reported() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(BIN)
+        .args(["--listen", &addr])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
