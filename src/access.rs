@@ -49,7 +49,8 @@ pub struct AccessRecord {
     pub service: Option<&'static str>,
     /// The address the proxy connected to, when it did.
     pub upstream: Option<SocketAddr>,
-    /// The status answered to the client (499 when the client left before any answer).
+    /// The status answered to the client (499 when the exchange ended before any answer:
+    /// the client left, or the shutdown grace period ran out).
     pub status: u16,
     /// Allowed or refused.
     pub verdict: Verdict,
@@ -143,6 +144,9 @@ impl Traffic {
     }
 }
 
+/// The reason of a record whose exchange ended before any answer was sent.
+const NO_ANSWER: &str = "no answer was sent: the client left, or the proxy shut down";
+
 /// A record being filled in; emitted when dropped.
 pub struct PendingRecord {
     record: AccessRecord,
@@ -166,7 +170,7 @@ impl PendingRecord {
                 status: 499,
                 verdict: Verdict::Deny,
                 rule: "-",
-                reason: Some("the client closed the connection before the answer".into()),
+                reason: Some(NO_ANSWER.into()),
                 bytes_up: 0,
                 bytes_down: 0,
                 duration: Duration::ZERO,
@@ -194,10 +198,14 @@ impl PendingRecord {
         self.record.upstream = Some(addr);
     }
 
-    /// Marks the request allowed by `rule`, answered with `status`.
-    pub fn allow(&mut self, rule: &'static str, status: u16) {
+    /// Marks the request allowed by `rule`.
+    pub fn allow(&mut self, rule: &'static str) {
         self.record.verdict = Verdict::Allow;
         self.record.rule = rule;
+    }
+
+    /// Notes the status answered to the client.
+    pub fn answered(&mut self, status: u16) {
         self.record.status = status;
         self.record.reason = None;
     }

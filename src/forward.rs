@@ -39,12 +39,12 @@ pub async fn forward(
         .settings
         .policy
         .check_port(Kind::Http, target.port)?;
-    ex.record.allow(rule, 0);
+    ex.record.allow(rule);
 
     let (mut parts, body) = req.into_parts();
     if let Some(reply) = max_forwards(&parts.method, &mut parts.headers, &parts.uri, parts.version)
     {
-        ex.record.allow(rule, reply.status().as_u16());
+        ex.record.answered(reply.status().as_u16());
         return Ok(reply);
     }
 
@@ -72,7 +72,7 @@ pub async fn forward(
     if let Some(info) = response.extensions().get::<HttpInfo>() {
         ex.record.upstream(info.remote_addr());
     }
-    ex.record.allow(rule, response.status().as_u16());
+    ex.record.answered(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     let had_transfer_encoding = parts.headers.contains_key(header::TRANSFER_ENCODING);
     strip_hop_by_hop(&mut parts.headers);

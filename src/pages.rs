@@ -32,7 +32,8 @@ pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
     };
 
     if status == StatusCode::OK {
-        ex.record.allow("local", status.as_u16());
+        ex.record.allow("local");
+        ex.record.answered(status.as_u16());
     } else {
         ex.record
             .fail(status.as_u16(), Some("local"), body.trim_end().to_owned());

@@ -44,9 +44,10 @@ pub async fn open(
 ) -> Result<Dialled, EdgeError> {
     let settings = &ex.shared.settings;
     let rule = settings.policy.check_port(Kind::Connect, target.port)?;
-    ex.record.allow(rule, 200);
+    ex.record.allow(rule);
     let (upstream, addr) = dial(&settings.policy, &target, settings.timeouts.connect).await?;
     ex.record.upstream(addr);
+    ex.record.answered(200);
     Ok(Dialled {
         upgrade: hyper::upgrade::on(&mut req),
         upstream,

@@ -78,6 +78,12 @@ async fn shutdown_cuts_what_outlives_the_grace_period() {
     assert!(slow.await.unwrap().is_empty(), "the slow response was cut");
     assert!(closes_within(&mut tunnel, Duration::from_secs(2)).await);
     let records = proxy.wait_records(2).await;
+    let cut = records.iter().find(|r| r.method == "GET").unwrap();
+    assert_eq!(cut.status, 499, "{cut:?}");
+    assert!(
+        cut.reason.as_deref().unwrap_or("").contains("no answer"),
+        "{cut:?}"
+    );
     let tunnel_record = records.iter().find(|r| r.method == "CONNECT").unwrap();
     assert!(
         tunnel_record
