@@ -80,6 +80,7 @@ impl AccessSink for TracingSink {
     fn record(&self, r: &AccessRecord) {
         tracing::info!(
             target: "portcullis::access",
+            started = %humantime::format_rfc3339_millis(r.time),
             client = %r.client.ip(),
             method = %r.method,
             host = %r.host,

@@ -23,7 +23,6 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("portcullis: {e:#}");
             ExitCode::FAILURE
         }

@@ -142,7 +142,7 @@ impl Policy {
         if is_self {
             return refuse(
                 "destinations.self",
-                "this proxy's own address (a request loop)",
+                "this proxy's own address, so the request would loop",
             );
         }
         if ip.is_unspecified() || in_this_network(ip) {

@@ -171,8 +171,16 @@ impl ProxyService {
         had_fragment: bool,
     ) -> Result<Reply, EdgeError> {
         let classified = classify(req.method(), req.uri());
-        if let Ok(Classified::Connect(t) | Classified::Forward(t)) = &classified {
-            ex.record.destination(t.host.to_string(), t.port);
+        match &classified {
+            Ok(Classified::Connect(t) | Classified::Forward(t)) => {
+                ex.record.destination(t.host.to_string(), t.port);
+            }
+            Ok(Classified::Local) => {}
+            // Log what can be read of a target that cannot be served.
+            Err(_) => ex.record.destination(
+                req.uri().host().unwrap_or_default().to_ascii_lowercase(),
+                req.uri().port_u16().unwrap_or(0),
+            ),
         }
         self.admitted.clone()?;
         if had_fragment {
