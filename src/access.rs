@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use crate::policy::Decider;
+
 /// Whether the proxy let the request through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -54,8 +56,8 @@ pub struct AccessRecord {
     pub status: u16,
     /// Allowed or refused.
     pub verdict: Verdict,
-    /// What decided (`ports.http`, `clients.allow`, `local` …).
-    pub rule: &'static str,
+    /// What decided (`ports.http`, `clients.allow`, `rule "no ads"`, `local` …).
+    pub rule: Decider,
     /// The one-line reason of a refusal or failure.
     pub reason: Option<String>,
     /// Payload bytes from the client to the destination (request body, or tunnel upstream).
@@ -89,7 +91,7 @@ impl AccessSink for TracingSink {
             upstream = %r.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             status = r.status,
             decision = r.verdict.as_str(),
-            rule = r.rule,
+            rule = %r.rule,
             reason = r.reason.as_deref().unwrap_or("-"),
             bytes_up = r.bytes_up,
             bytes_down = r.bytes_down,
@@ -170,7 +172,7 @@ impl PendingRecord {
                 upstream: None,
                 status: 499,
                 verdict: Verdict::Deny,
-                rule: "-",
+                rule: Decider::Builtin("-"),
                 reason: Some(NO_ANSWER.into()),
                 bytes_up: 0,
                 bytes_down: 0,
@@ -200,9 +202,9 @@ impl PendingRecord {
     }
 
     /// Marks the request allowed by `rule`.
-    pub fn allow(&mut self, rule: &'static str) {
+    pub fn allow(&mut self, rule: impl Into<Decider>) {
         self.record.verdict = Verdict::Allow;
-        self.record.rule = rule;
+        self.record.rule = rule.into();
     }
 
     /// Notes the status answered to the client.
@@ -213,12 +215,13 @@ impl PendingRecord {
 
     /// Marks the request as ended by the proxy with `status` and `reason`; `rule` is set when
     /// a policy rule refused it (the verdict is then `deny`).
-    pub fn fail(&mut self, status: u16, rule: Option<&'static str>, reason: String) {
+    pub fn fail(&mut self, status: u16, rule: Option<Decider>, reason: String) {
         if let Some(rule) = rule {
             self.record.verdict = Verdict::Deny;
             self.record.rule = rule;
-        } else if self.record.verdict == Verdict::Deny {
-            self.record.rule = "request";
+        } else if self.record.verdict == Verdict::Deny && status < 500 {
+            // Refused before any rule was asked: the request itself was at fault.
+            self.record.rule = Decider::Builtin("request");
         }
         self.record.status = status;
         self.record.reason = Some(reason);

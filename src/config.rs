@@ -5,16 +5,19 @@
 //! and validation reports every problem at once, each naming the key and entry at fault.
 //! Nothing here opens a socket; binding the listeners is the server's job.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::policy::{default_client_networks, Policy};
+use crate::hosts::{HostPattern, HostSet};
+use crate::policy::{default_client_networks, Action, Policy, Rule};
 use crate::ports::{PortSet, PortSpec};
 
 /// The whole configuration file.
@@ -31,6 +34,112 @@ pub struct Config {
     pub destinations: DestinationsConfig,
     /// How long the proxy waits for things.
     pub timeouts: TimeoutsConfig,
+    /// Bounds on connections and request heads.
+    pub limits: LimitsConfig,
+    /// Proxy authentication.
+    pub auth: AuthConfig,
+    /// Ordered rules, first match wins, checked before the port lists.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Client connections open at once; past it new ones get `503`.
+    pub max_connections: usize,
+    /// Client connections open at once from one address; past it new ones get `429`.
+    pub max_connections_per_client: usize,
+    /// Bytes of one request head (request line and headers); past it `431`.
+    pub max_header_bytes: usize,
+    /// Bytes of the request line; past it `414`.
+    pub max_request_line: usize,
+    /// Header fields in one request; past it `431`.
+    pub max_headers: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 4096,
+            max_connections_per_client: 256,
+            max_header_bytes: 64 * 1024,
+            max_request_line: 8 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// An htpasswd file; when set, every request must authenticate.
+    pub htpasswd: Option<PathBuf>,
+    /// The realm the browser shows in its log-in prompt.
+    pub realm: String,
+    /// How long a verified credential is remembered.
+    #[serde(with = "humantime_serde")]
+    pub cache: Duration,
+    /// Failed attempts from one address within `failure_window` that block it.
+    pub max_failures: u32,
+    /// The window in which failures are counted.
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// How long a blocked address stays blocked.
+    #[serde(with = "humantime_serde")]
+    pub block_for: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            htpasswd: None,
+            realm: "Portcullis proxy".to_owned(),
+            cache: Duration::from_secs(300),
+            max_failures: 10,
+            failure_window: Duration::from_secs(60),
+            block_for: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One `[[rules]]` entry as written. A condition left out matches everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Shown in refusals and logs.
+    pub name: String,
+    /// Client networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<Network>>,
+    /// Authenticated users (needs `[auth]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<String>>,
+    /// Host patterns: `example.com`, `.example.com`, `10.0.0.0/8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    /// A file of host patterns, one a line; relative to the configuration file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_file: Option<PathBuf>,
+    /// Destination ports, as in `[ports]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<PortSpec>>,
+    /// Request methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// `allow` or `deny`.
+    pub action: RuleAction,
+}
+
+/// `action = "allow" | "deny"`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    /// Let the request through.
+    Allow,
+    /// Refuse it.
+    Deny,
 }
 
 /// `[clients]`
@@ -88,6 +197,9 @@ impl Default for Config {
             ports: PortsConfig::default(),
             destinations: DestinationsConfig::default(),
             timeouts: TimeoutsConfig::default(),
+            limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            rules: Vec::new(),
         }
     }
 }
@@ -199,6 +311,19 @@ pub struct Settings {
     pub policy: Policy,
     /// The timeouts.
     pub timeouts: Timeouts,
+    /// The limits.
+    pub limits: LimitsConfig,
+    /// Authentication, when configured.
+    pub auth: Option<AuthSettings>,
+}
+
+/// Authentication as the request path uses it.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The users and their password hashes.
+    pub users: Arc<crate::auth::Htpasswd>,
+    /// The configuration (realm, cache and failure settings).
+    pub config: AuthConfig,
 }
 
 impl Config {
@@ -219,8 +344,14 @@ impl Config {
         Config::from_toml(&text, &path.display().to_string())
     }
 
-    /// Validates the configuration into runtime [`Settings`], listing every problem.
+    /// Validates the configuration into runtime [`Settings`], listing every problem. Files
+    /// the configuration names (`htpasswd`, `hosts_file`) are read relative to the directory
+    /// of `origin` when it is a file path.
     pub fn validate(&self, origin: &str) -> Result<Settings, ConfigError> {
+        let base = Path::new(origin)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let mut problems = Vec::new();
         if self.listen.is_empty() {
             problems.push(
@@ -246,6 +377,24 @@ impl Config {
                 problems.push(format!("timeouts.{key}: must be longer than zero"));
             }
         }
+        let l = &self.limits;
+        for (key, value, least) in [
+            ("max_connections", l.max_connections, 1),
+            (
+                "max_connections_per_client",
+                l.max_connections_per_client,
+                1,
+            ),
+            ("max_header_bytes", l.max_header_bytes, 1024),
+            ("max_request_line", l.max_request_line, 256),
+            ("max_headers", l.max_headers, 8),
+        ] {
+            if value < least {
+                problems.push(format!("limits.{key}: must be at least {least}"));
+            }
+        }
+        let auth = self.auth_settings(base, &mut problems);
+        let rules = self.compile_rules(base, auth.is_some(), &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 origin: origin.to_owned(),
@@ -259,9 +408,134 @@ impl Config {
                 connect_ports,
                 allow_loopback: self.destinations.allow_loopback,
                 listen: self.listen.clone(),
+                rules,
             },
             timeouts: self.timeouts.clone(),
+            limits: self.limits.clone(),
+            auth,
         })
+    }
+
+    fn auth_settings(&self, base: &Path, problems: &mut Vec<String>) -> Option<AuthSettings> {
+        let path = self.auth.htpasswd.as_ref()?;
+        let a = &self.auth;
+        if a.realm.is_empty() || a.realm.chars().any(|c| c.is_control()) {
+            problems.push("auth.realm: must be non-empty text on one line".to_owned());
+        }
+        if a.cache.is_zero() || a.failure_window.is_zero() || a.max_failures == 0 {
+            problems
+                .push("auth: cache, failure_window and max_failures must be above zero".to_owned());
+        }
+        match crate::auth::Htpasswd::load(&base.join(path)) {
+            Ok(users) => Some(AuthSettings {
+                users: Arc::new(users),
+                config: a.clone(),
+            }),
+            Err(e) => {
+                problems.push(format!("auth.htpasswd: {e}"));
+                None
+            }
+        }
+    }
+
+    fn compile_rules(&self, base: &Path, has_auth: bool, problems: &mut Vec<String>) -> Vec<Rule> {
+        let mut names = HashSet::new();
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (index, r) in self.rules.iter().enumerate() {
+            let key = format!("rules[{}] \"{}\"", index + 1, r.name);
+            let before = problems.len();
+            if r.name.trim().is_empty() {
+                problems.push(format!("rules[{}]: the name is empty", index + 1));
+            } else if !names.insert(r.name.as_str()) {
+                problems.push(format!("{key}: another rule has the same name"));
+            }
+            let empty = |field: &str, problems: &mut Vec<String>| {
+                problems.push(format!(
+                    "{key}: {field} is an empty list, which matches nothing; leave the key out to match everything"
+                ))
+            };
+            let clients = r.clients.as_ref().map(|c| {
+                if c.is_empty() {
+                    empty("clients", problems);
+                }
+                c.iter().map(|n| n.0).collect::<Vec<_>>()
+            });
+            let users = r.users.clone().inspect(|u| {
+                if u.is_empty() {
+                    empty("users", problems);
+                }
+                if !has_auth {
+                    problems.push(format!(
+                        "{key}: users needs [auth] htpasswd, or no request would have a user"
+                    ));
+                }
+            });
+            let hosts = if r.hosts.is_some() || r.hosts_file.is_some() {
+                let mut set = HostSet::new();
+                for text in r.hosts.iter().flatten() {
+                    match HostPattern::parse(text) {
+                        Ok(p) => set.insert(p),
+                        Err(e) => problems.push(format!("{key}: hosts: {e}")),
+                    }
+                }
+                if r.hosts.as_ref().is_some_and(|h| h.is_empty()) && r.hosts_file.is_none() {
+                    empty("hosts", problems);
+                }
+                if let Some(file) = &r.hosts_file {
+                    let path = base.join(file);
+                    match std::fs::read_to_string(&path) {
+                        Ok(text) => match HostSet::parse_file(&text, &path.display().to_string()) {
+                            Ok(loaded) => set.extend(loaded),
+                            Err(e) => problems.push(format!("{key}: hosts_file: {e}")),
+                        },
+                        Err(e) => problems.push(format!(
+                            "{key}: hosts_file: cannot read {}: {e}",
+                            path.display()
+                        )),
+                    }
+                }
+                Some(Arc::new(set))
+            } else {
+                None
+            };
+            let ports = r
+                .ports
+                .as_ref()
+                .map(|specs| port_set(&format!("{key}: ports"), specs, problems));
+            let methods = r.methods.as_ref().map(|methods| {
+                if methods.is_empty() {
+                    empty("methods", problems);
+                }
+                methods
+                    .iter()
+                    .map(|m| {
+                        let upper = m.trim().to_ascii_uppercase();
+                        if upper.is_empty()
+                            || !upper.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-')
+                        {
+                            problems.push(format!("{key}: methods: \"{m}\" is not a method name"));
+                        }
+                        upper
+                    })
+                    .collect::<Vec<_>>()
+            });
+            if problems.len() > before {
+                continue;
+            }
+            rules.push(Rule {
+                name: r.name.as_str().into(),
+                clients,
+                users,
+                hosts,
+                ports,
+                methods,
+                action: match r.action {
+                    RuleAction::Allow => Action::Allow,
+                    RuleAction::Deny => Action::Deny,
+                },
+            });
+        }
+        rules
     }
 }
 

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::Settings;
-use crate::policy::{Denial, Policy};
+use crate::policy::{Decider, Decision, Denial, Facts, Policy};
 use crate::target::{parse_authority, Host, Target};
 
 /// Why a destination could not be reached.
@@ -60,66 +60,139 @@ pub enum DialError {
     },
 }
 
-/// Resolves `target`, checks each address against `policy` and connects to the first address
-/// that is allowed and answers, all within `timeout`. Returns the stream and its address.
+/// A connection made by [`dial`].
+#[derive(Debug)]
+pub struct Connected {
+    /// The socket.
+    pub stream: TcpStream,
+    /// The address it is connected to.
+    pub addr: SocketAddr,
+    /// The rule that allowed this address, when the decision needed it ([`Decision::NeedAddress`]).
+    pub decider: Option<Decider>,
+}
+
+/// Resolves `target`, checks each address against `policy` (the hard guards, and the rules
+/// when `facts` is given because the decision needs the address) and connects to the first
+/// address that is allowed and answers, all within `timeout`.
 pub async fn dial(
     policy: &Policy,
     target: &Target,
+    facts: Option<&Facts<'_>>,
     timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), DialError> {
-    match tokio::time::timeout(timeout, dial_inner(policy, target)).await {
-        Ok(result) => result,
-        Err(_) => Err(DialError::TimedOut {
-            target: target.to_string(),
-            after: timeout,
-        }),
+) -> Result<Connected, DialError> {
+    let attempt = async {
+        let addrs = resolve(target).await?;
+        let mut denied = None;
+        let mut failed = None;
+        for addr in addrs {
+            let decider = match permit(policy, target, facts, addr) {
+                Ok(decider) => decider,
+                Err(denial) => {
+                    denied.get_or_insert(denial);
+                    continue;
+                }
+            };
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    // Small writes (request heads, TLS records) should not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Connected {
+                        stream,
+                        addr,
+                        decider,
+                    });
+                }
+                Err(error) => failed = Some((addr, error)),
+            }
+        }
+        Err(match (failed, denied) {
+            (Some((addr, error)), _) => DialError::Connect {
+                target: target.to_string(),
+                addr,
+                error,
+            },
+            (None, Some(denial)) => DialError::Denied(denial),
+            (None, None) => DialError::NoAddress {
+                host: target.host.to_string(),
+            },
+        })
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(timed_out(target, timeout)))
+}
+
+/// Resolves and checks `target` like [`dial`] without connecting: the first allowed address
+/// and the rule that allowed it. For plain HTTP whose decision needs the address.
+pub async fn choose(
+    policy: &Policy,
+    target: &Target,
+    facts: &Facts<'_>,
+    timeout: Duration,
+) -> Result<(SocketAddr, Option<Decider>), DialError> {
+    let attempt = async {
+        let mut denied = None;
+        for addr in resolve(target).await? {
+            match permit(policy, target, Some(facts), addr) {
+                Ok(decider) => return Ok((addr, decider)),
+                Err(denial) => {
+                    denied.get_or_insert(denial);
+                }
+            }
+        }
+        Err(match denied {
+            Some(denial) => DialError::Denied(denial),
+            None => DialError::NoAddress {
+                host: target.host.to_string(),
+            },
+        })
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(timed_out(target, timeout)))
+}
+
+fn timed_out(target: &Target, after: Duration) -> DialError {
+    DialError::TimedOut {
+        target: target.to_string(),
+        after,
     }
 }
 
-async fn dial_inner(
+/// The addresses of `target`: its IP literal, or what the system resolver answers.
+async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, DialError> {
+    match &target.host {
+        Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, target.port)]),
+        Host::Name(name) => Ok(tokio::net::lookup_host((name.as_str(), target.port))
+            .await
+            .map_err(|e| DialError::Resolve {
+                host: name.clone(),
+                error: resolver_message(&e),
+            })?
+            .collect()),
+    }
+}
+
+/// The hard guards on `addr`, then (when the decision needs the address) the rules.
+fn permit(
     policy: &Policy,
     target: &Target,
-) -> Result<(TcpStream, SocketAddr), DialError> {
-    let (host_text, addrs) = match &target.host {
-        Host::Ip(ip) => (ip.to_string(), vec![SocketAddr::new(*ip, target.port)]),
-        Host::Name(name) => {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), target.port))
-                .await
-                .map_err(|e| DialError::Resolve {
-                    host: name.clone(),
-                    error: resolver_message(&e),
-                })?
-                .collect();
-            (name.clone(), addrs)
-        }
+    facts: Option<&Facts<'_>>,
+    addr: SocketAddr,
+) -> Result<Option<Decider>, Denial> {
+    policy.check_address(&target.host.to_string(), addr, is_local_address)?;
+    let Some(facts) = facts else {
+        return Ok(None);
     };
-    let mut denied = None;
-    let mut failed = None;
-    for addr in addrs {
-        if let Err(denial) = policy.check_address(&host_text, addr, is_local_address) {
-            denied.get_or_insert(denial);
-            continue;
-        }
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                // Small writes (request heads, TLS records) should not wait for Nagle.
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, addr));
-            }
-            Err(error) => failed = Some((addr, error)),
-        }
+    match policy.decide(facts, Some(addr.ip())) {
+        Decision::Allow(decider) => Ok(Some(decider)),
+        Decision::Deny(denial) => Err(denial),
+        // With the address known a decision is always reached; refuse rather than guess.
+        Decision::NeedAddress => Err(Denial {
+            rule: Decider::Builtin("rules"),
+            reason: format!("no decision could be reached for {target}"),
+        }),
     }
-    if let Some((addr, error)) = failed {
-        return Err(DialError::Connect {
-            target: target.to_string(),
-            addr,
-            error,
-        });
-    }
-    Err(match denied {
-        Some(denial) => DialError::Denied(denial),
-        None => DialError::NoAddress { host: host_text },
-    })
 }
 
 /// ` (address)` when the target was a name, nothing when it was the address itself.
@@ -140,7 +213,7 @@ fn resolver_message(e: &io::Error) -> String {
 }
 
 /// Whether `ip` is an address of this machine: binding a socket to it succeeds only then.
-fn is_local_address(ip: IpAddr) -> bool {
+pub fn is_local_address(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
@@ -175,8 +248,9 @@ impl tower_service::Service<http::Uri> for Dialer {
                 host: authority.to_owned(),
                 error: e.to_string(),
             })?;
-            let (stream, _) = dial(&settings.policy, &target, settings.timeouts.connect).await?;
-            Ok(TokioIo::new(stream))
+            let connected =
+                dial(&settings.policy, &target, None, settings.timeouts.connect).await?;
+            Ok(TokioIo::new(connected.stream))
         })
     }
 }

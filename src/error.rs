@@ -5,7 +5,7 @@
 use http::StatusCode;
 
 use crate::dial::DialError;
-use crate::policy::Denial;
+use crate::policy::{Decider, Denial};
 use crate::target::TargetError;
 
 /// Which side of the proxy a failure comes from; it picks the log level.
@@ -22,8 +22,8 @@ pub enum Side {
 pub struct EdgeError {
     /// The status code answered.
     pub status: StatusCode,
-    /// The configuration entry that decided, for refusals.
-    pub rule: Option<&'static str>,
+    /// What decided, for refusals.
+    pub rule: Option<Decider>,
     /// One line a person can read.
     pub reason: String,
     /// Whose fault.
@@ -53,7 +53,7 @@ impl EdgeError {
 
     /// The body the client reads: the reason, and what decided it.
     pub fn body_text(&self) -> String {
-        match self.rule {
+        match &self.rule {
             Some(rule) => format!("{} (decided by {rule})\n", self.reason),
             None => format!("{}\n", self.reason),
         }
@@ -62,7 +62,15 @@ impl EdgeError {
     /// Whether the connection should be closed after answering (the request may not have
     /// been framed as the client meant, or the client is not welcome).
     pub fn closes_connection(&self) -> bool {
-        self.status == StatusCode::BAD_REQUEST || self.rule == Some("clients.allow")
+        matches!(
+            self.status,
+            StatusCode::BAD_REQUEST
+                | StatusCode::URI_TOO_LONG
+                | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                | StatusCode::LOOP_DETECTED
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::SERVICE_UNAVAILABLE
+        ) || self.rule == Some(Decider::Builtin("clients.allow"))
     }
 }
 
@@ -109,7 +117,7 @@ mod tests {
     #[test]
     fn statuses_follow_the_cause() {
         let denial = Denial {
-            rule: "ports.connect",
+            rule: Decider::Builtin("ports.connect"),
             reason: "port 25 (smtp) is not allowed for CONNECT".into(),
         };
         let e = EdgeError::from(denial);

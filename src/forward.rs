@@ -15,15 +15,15 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 
-use crate::body::{DownBody, UpBody};
-use crate::dial::DialError;
-use crate::error::EdgeError;
-use crate::policy::Kind;
-use crate::service::Exchange;
-use crate::target::Target;
+use std::net::SocketAddr;
 
-/// The name this proxy gives itself in `Via`.
-pub const VIA_NAME: &str = "portcullis";
+use crate::body::{DownBody, UpBody};
+use crate::dial::{self, is_local_address, DialError};
+use crate::error::EdgeError;
+use crate::pages;
+use crate::policy::{Decision, Facts, Kind};
+use crate::service::Exchange;
+use crate::target::{Host, Target};
 
 /// The methods the proxy forwards, as listed in its answer to `OPTIONS` with `Max-Forwards: 0`.
 const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT";
@@ -34,16 +34,47 @@ pub async fn forward(
     req: Request<Incoming>,
     target: Target,
 ) -> Result<Response<DownBody>, EdgeError> {
-    let rule = ex
-        .shared
-        .settings
-        .policy
-        .check_port(Kind::Http, target.port)?;
-    ex.record.allow(rule);
+    let settings = ex.shared.settings.clone();
+    let policy = &settings.policy;
+    // An absolute URL naming this proxy is a request for its own page, never dialled.
+    if let Host::Ip(ip) = target.host {
+        if policy.is_listener(SocketAddr::new(ip, target.port), is_local_address) {
+            return Ok(pages::local(ex, &req));
+        }
+    }
+    let user = ex.user.clone();
+    let facts = Facts {
+        client: ex.client.ip(),
+        user: user.as_deref(),
+        method: req.method().as_str(),
+        kind: Kind::Http,
+        host: &target.host,
+        port: target.port,
+    };
+    // When a rule needs the address, resolve and choose here, and send the pooled client
+    // to that address so it cannot pick another.
+    let mut dial_to = None;
+    match policy.decide(&facts, None) {
+        Decision::Allow(decider) => ex.record.allow(decider),
+        Decision::Deny(denial) => return Err(denial.into()),
+        Decision::NeedAddress => {
+            let (addr, decider) =
+                dial::choose(policy, &target, &facts, settings.timeouts.connect).await?;
+            if let Some(decider) = decider {
+                ex.record.allow(decider);
+            }
+            dial_to = Some(addr);
+        }
+    }
 
     let (mut parts, body) = req.into_parts();
-    if let Some(reply) = max_forwards(&parts.method, &mut parts.headers, &parts.uri, parts.version)
-    {
+    if let Some(reply) = max_forwards(
+        &parts.method,
+        &mut parts.headers,
+        &parts.uri,
+        parts.version,
+        &ex.shared.via,
+    ) {
         ex.record.answered(reply.status().as_u16());
         return Ok(reply);
     }
@@ -57,8 +88,8 @@ pub async fn forward(
     let host = HeaderValue::from_str(&target.host_header())
         .map_err(|_| EdgeError::client(StatusCode::BAD_REQUEST, "the host cannot be sent"))?;
     parts.headers.insert(header::HOST, host);
-    append_via(&mut parts.headers, parts.version);
-    parts.uri = upstream_uri(&target, &parts.uri)?;
+    append_via(&mut parts.headers, parts.version, &ex.shared.via);
+    parts.uri = upstream_uri(&target, dial_to, &parts.uri)?;
     parts.version = Version::HTTP_11;
 
     let upstream = Request::from_parts(parts, UpBody::new(body, ex.record.traffic().clone()));
@@ -79,7 +110,7 @@ pub async fn forward(
     if had_transfer_encoding {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    append_via(&mut parts.headers, parts.version);
+    append_via(&mut parts.headers, parts.version, &ex.shared.via);
     parts.version = Version::HTTP_11;
     parts.extensions.clear();
     Ok(Response::from_parts(parts, DownBody::origin(body)))
@@ -111,14 +142,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends this proxy to `Via` (RFC 9110 §7.6.3), with the protocol version it received.
-fn append_via(headers: &mut HeaderMap, received: Version) {
+/// Appends this proxy (`name`) to `Via` (RFC 9110 §7.6.3), with the protocol version it
+/// received.
+pub fn append_via(headers: &mut HeaderMap, received: Version, name: &str) {
     let version = match received {
         Version::HTTP_10 => "1.0",
         Version::HTTP_2 => "2",
         _ => "1.1",
     };
-    let ours = format!("{version} {VIA_NAME}");
+    let ours = format!("{version} {name}");
     let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
         Some(existing) => format!("{existing}, {ours}"),
         None => ours,
@@ -128,14 +160,23 @@ fn append_via(headers: &mut HeaderMap, received: Version) {
     }
 }
 
-/// The absolute URI the pooled client dials and rewrites to origin form.
-fn upstream_uri(target: &Target, original: &Uri) -> Result<Uri, EdgeError> {
+/// The absolute URI the pooled client dials (at `dial_to` when given, else the target) and
+/// rewrites to origin form.
+fn upstream_uri(
+    target: &Target,
+    dial_to: Option<SocketAddr>,
+    original: &Uri,
+) -> Result<Uri, EdgeError> {
     let path = match original.path_and_query().map(|pq| pq.as_str()) {
         Some(pq) if pq.starts_with('/') => pq.to_owned(),
         Some(pq) if pq.starts_with('?') => format!("/{pq}"),
         _ => "/".to_owned(),
     };
-    format!("http://{target}{path}").parse().map_err(|_| {
+    let authority = match dial_to {
+        Some(addr) => addr.to_string(),
+        None => target.to_string(),
+    };
+    format!("http://{authority}{path}").parse().map_err(|_| {
         EdgeError::client(
             StatusCode::BAD_REQUEST,
             "the request target cannot be forwarded",
@@ -150,6 +191,7 @@ fn max_forwards(
     headers: &mut HeaderMap,
     uri: &Uri,
     version: Version,
+    via: &str,
 ) -> Option<Response<DownBody>> {
     if method != Method::TRACE && method != Method::OPTIONS {
         return None;
@@ -178,7 +220,7 @@ fn max_forwards(
         );
         r
     };
-    append_via(response.headers_mut(), Version::HTTP_11);
+    append_via(response.headers_mut(), Version::HTTP_11, via);
     Some(response)
 }
 
@@ -272,29 +314,29 @@ mod tests {
     #[test]
     fn via_is_appended() {
         let mut h = HeaderMap::new();
-        append_via(&mut h, Version::HTTP_10);
-        assert_eq!(h[header::VIA], "1.0 portcullis");
-        append_via(&mut h, Version::HTTP_11);
-        assert_eq!(h[header::VIA], "1.0 portcullis, 1.1 portcullis");
+        append_via(&mut h, Version::HTTP_10, "portcullis-1");
+        assert_eq!(h[header::VIA], "1.0 portcullis-1");
+        append_via(&mut h, Version::HTTP_11, "portcullis-2");
+        assert_eq!(h[header::VIA], "1.0 portcullis-1, 1.1 portcullis-2");
     }
 
     #[test]
     fn max_forwards_is_honoured_for_trace_and_options() {
         let uri: Uri = "http://h/x".parse().unwrap();
         let mut h = headers(&[("max-forwards", "2")]);
-        assert!(max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11).is_none());
+        assert!(max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11, "p").is_none());
         assert_eq!(h[header::MAX_FORWARDS], "1");
         let mut h = headers(&[("max-forwards", "0"), ("cookie", "s=1"), ("x-a", "b")]);
-        let r = max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11).unwrap();
+        let r = max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11, "p").unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "message/http");
-        let r = max_forwards(&Method::OPTIONS, &mut h, &uri, Version::HTTP_11).unwrap();
+        let r = max_forwards(&Method::OPTIONS, &mut h, &uri, Version::HTTP_11, "p").unwrap();
         assert!(r.headers()[header::ALLOW]
             .to_str()
             .unwrap()
             .contains("CONNECT"));
         let mut h = headers(&[("max-forwards", "0")]);
-        assert!(max_forwards(&Method::GET, &mut h, &uri, Version::HTTP_11).is_none());
+        assert!(max_forwards(&Method::GET, &mut h, &uri, Version::HTTP_11, "p").is_none());
         let echo = trace_echo(
             &Method::TRACE,
             &uri,
@@ -307,11 +349,19 @@ mod tests {
     #[test]
     fn upstream_uri_keeps_path_and_query() {
         let t = crate::target::parse_authority("example.com:8080", Some(80)).unwrap();
-        let uri = upstream_uri(&t, &"http://example.com:8080/a/b?c=d".parse().unwrap()).unwrap();
+        let uri = upstream_uri(
+            &t,
+            None,
+            &"http://example.com:8080/a/b?c=d".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(uri, "http://example.com:8080/a/b?c=d");
-        let uri = upstream_uri(&t, &"http://example.com:8080".parse().unwrap()).unwrap();
+        let uri = upstream_uri(&t, None, &"http://example.com:8080".parse().unwrap()).unwrap();
         assert_eq!(uri, "http://example.com:8080/");
-        let uri = upstream_uri(&t, &"http://example.com:8080?q".parse().unwrap()).unwrap();
+        let uri = upstream_uri(&t, None, &"http://example.com:8080?q".parse().unwrap()).unwrap();
         assert_eq!(uri, "http://example.com:8080/?q");
+        let at = Some("10.0.0.5:8080".parse().unwrap());
+        let uri = upstream_uri(&t, at, &"http://example.com:8080/x".parse().unwrap()).unwrap();
+        assert_eq!(uri, "http://10.0.0.5:8080/x");
     }
 }

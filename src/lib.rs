@@ -9,7 +9,8 @@
 //! - [`config`]: the TOML file, its defaults, validation into [`config::Settings`]. (pure)
 //! - [`ports`]: port specs, [`ports::PortSet`] and the service-name table. (pure)
 //! - [`target`]: what the client asked for: CONNECT authority, absolute URI, or the proxy's own page. (pure)
-//! - [`policy`]: THE decision: client admission, port lists, destination-address guards. (pure)
+//! - [`policy`]: THE decision: client admission, rules, port lists, destination-address guards. (pure)
+//! - [`hosts`]: host patterns of the rules (names, .domains, CIDRs) and block-list files. (pure)
 //! - [`error`]: the edge error: status, reason, deciding rule. (pure)
 //! - [`access`]: the access record, one per request or tunnel, and its sinks.
 //! - [`server`]: listeners, per-connection tasks, client timeouts, graceful shutdown.
@@ -29,13 +30,16 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod dial;
 pub mod error;
 pub mod forward;
+pub mod hosts;
 pub mod pages;
+pub mod passwd;
 pub mod policy;
 pub mod ports;
 pub mod server;

@@ -8,11 +8,15 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use portcullis::cli::Cli;
+use portcullis::cli::{Cli, Command};
 use portcullis::{Config, Recorder};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Passwd { file, user }) => return passwd(file, user),
+        None => {}
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -60,4 +64,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// `portcullis passwd FILE USER`: what happened on stderr, exit 1 with one line on error.
+fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
+    match portcullis::passwd::run(file, user) {
+        Ok(message) => {
+            eprintln!("portcullis: {message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

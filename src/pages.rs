@@ -35,8 +35,11 @@ pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
         ex.record.allow("local");
         ex.record.answered(status.as_u16());
     } else {
-        ex.record
-            .fail(status.as_u16(), Some("local"), body.trim_end().to_owned());
+        ex.record.fail(
+            status.as_u16(),
+            Some("local".into()),
+            body.trim_end().to_owned(),
+        );
     }
     let mut response = Response::new(DownBody::text(body));
     *response.status_mut() = status;

@@ -31,8 +31,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::access::Recorder;
-use crate::config::Settings;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Mutex;
+
+use http::StatusCode;
+
+use crate::access::{PendingRecord, Recorder};
+use crate::config::{LimitsConfig, Settings};
+use crate::error::{EdgeError, Side};
+use crate::policy::Decider;
 use crate::service::{ProxyService, Shared};
 
 /// Runs the proxy on `listeners` until `shutdown` completes, then drains: stops accepting,
@@ -85,10 +94,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                let admitted = match shared.admission.admit(peer.ip(), &shared.settings.limits) {
+                    Admit::Yes(slot) => (slot, None),
+                    Admit::Refuse(refusal, slot) => (slot, Some(refusal)),
+                    Admit::Drop => {
+                        debug!(client = %peer, "connection dropped: far over the connection limit");
+                        continue;
+                    }
+                };
                 let shared_for_task = shared.clone();
                 let stop_for_task = stop.clone();
                 shared.tracker.spawn(
-                    serve_connection(stream, peer, shared_for_task, stop_for_task)
+                    serve_connection(stream, peer, admitted, shared_for_task, stop_for_task)
                         .instrument(tracing::info_span!("conn", client = %peer)),
                 );
             }
@@ -109,6 +126,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    (_slot, refusal): (Slot, Option<EdgeError>),
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -122,7 +140,8 @@ async fn serve_connection(
             return;
         }
     };
-    let service = ProxyService::new(shared.clone(), peer, local, state.clone());
+    let service = ProxyService::new(shared.clone(), peer, local, state.clone(), refusal);
+    let limits = &shared.settings.limits;
     let io = TokioIo::new(WatchedIo {
         inner: stream,
         state: state.clone(),
@@ -130,7 +149,10 @@ async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .preserve_header_case(true)
-        .max_buf_size(64 * 1024)
+        // hyper's own bounds sit above the limits, so that the service can answer heads just
+        // over them with a reason; far larger heads get hyper's bare 431 or 414.
+        .max_buf_size((limits.max_header_bytes + limits.max_request_line).max(8192))
+        .max_headers(limits.max_headers * 2 + 16)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -147,6 +169,12 @@ async fn serve_connection(
             expiry = state.watch(&timeouts), if !expired => {
                 expired = true;
                 debug!(?expiry, "closing the connection");
+                if expiry == Expiry::SlowHead {
+                    connection_record(&shared, peer, 408, "request_header", format!(
+                        "the request head did not arrive within {} (timeouts.request_header)",
+                        humantime::format_duration(timeouts.request_header)
+                    ));
+                }
                 // Polling the connection again lets WatchedIo end it (see `poll_read`).
                 state.expire(expiry);
             }
@@ -158,6 +186,131 @@ async fn serve_connection(
     };
     if let Err(e) = result {
         debug!(error = %e, "connection ended with an error");
+        // hyper answered a head it could not parse itself; the record is still ours to write.
+        if e.is_parse_too_large() || e.is_parse() {
+            let status = if e.is_parse_too_large() {
+                if e.to_string().contains("URI") {
+                    414
+                } else {
+                    431
+                }
+            } else {
+                400
+            };
+            connection_record(
+                &shared,
+                peer,
+                status,
+                "request",
+                format!("the request could not be parsed: {e}"),
+            );
+        }
+    }
+}
+
+/// Writes the record of a request that never reached the service.
+fn connection_record(
+    shared: &Shared,
+    peer: SocketAddr,
+    status: u16,
+    rule: &'static str,
+    reason: String,
+) {
+    let mut record = PendingRecord::open(shared.recorder.clone(), peer, "-");
+    record.fail(status, Some(Decider::Builtin(rule)), reason);
+}
+
+/// The outcome of [`Admission::admit`].
+pub enum Admit {
+    /// Served; the slot frees itself when dropped.
+    Yes(Slot),
+    /// Answered with this refusal, then closed; counted meanwhile.
+    Refuse(EdgeError, Slot),
+    /// Closed at once: so far over the limit that even a refusal costs too much.
+    Drop,
+}
+
+/// Counts open client connections, in all and per client address (`[limits]`).
+#[derive(Default)]
+pub struct Admission {
+    total: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Connections answered with a refusal beyond the limit before new ones are dropped unanswered.
+const REFUSAL_ALLOWANCE: usize = 64;
+
+impl Admission {
+    /// Admits a connection from `ip`, or says how to turn it away.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &LimitsConfig) -> Admit {
+        let ip = ip.to_canonical();
+        let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut slot = Slot {
+            admission: self.clone(),
+            ip: None,
+        };
+        if total > limits.max_connections + REFUSAL_ALLOWANCE {
+            return Admit::Drop;
+        }
+        if total > limits.max_connections {
+            let refusal = EdgeError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                rule: Some(Decider::Builtin("limits.max_connections")),
+                reason: format!(
+                    "the proxy is serving its maximum of {} connections; try again shortly",
+                    limits.max_connections
+                ),
+                side: Side::Client,
+            };
+            return Admit::Refuse(refusal, slot);
+        }
+        let mut per_client = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_client.entry(ip).or_insert(0);
+        if *count >= limits.max_connections_per_client {
+            let refusal = EdgeError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                rule: Some(Decider::Builtin("limits.max_connections_per_client")),
+                reason: format!(
+                    "{ip} already has {} connections open, the most one client may have",
+                    limits.max_connections_per_client
+                ),
+                side: Side::Client,
+            };
+            return Admit::Refuse(refusal, slot);
+        }
+        *count += 1;
+        slot.ip = Some(ip);
+        Admit::Yes(slot)
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+/// One admitted (or refused) connection's place in the counts; freed on drop.
+pub struct Slot {
+    admission: Arc<Admission>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let admission = &self.admission;
+        admission.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut per_client = admission
+                .per_client
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = per_client.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_client.remove(&ip);
+                }
+            }
+        }
     }
 }
 

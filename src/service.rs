@@ -18,10 +18,9 @@ use tracing::{debug, info, Instrument};
 
 use crate::access::{PendingRecord, Recorder};
 use crate::body::{DownBody, UpBody};
-use crate::config::Settings;
+use crate::config::{LimitsConfig, Settings};
 use crate::dial::Dialer;
 use crate::error::{EdgeError, Side};
-use crate::policy::Denial;
 use crate::server::ConnState;
 use crate::target::{classify, Classified};
 use crate::{forward, pages, tunnel};
@@ -41,6 +40,11 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Cancelled when the shutdown grace period is over: cuts what is still open.
     pub hard_stop: CancellationToken,
+    /// Open client connections, for `[limits]`.
+    pub admission: Arc<crate::server::Admission>,
+    /// This proxy's name in `Via`, with a token unique to this process: a request that
+    /// already carries it has looped back.
+    pub via: String,
 }
 
 impl Shared {
@@ -60,8 +64,18 @@ impl Shared {
             client,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            admission: Arc::default(),
+            via: format!("portcullis-{:08x}", instance_token()),
         }
     }
+}
+
+/// A random number for this process, from the standard library's randomly keyed hasher.
+fn instance_token() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish() as u32
 }
 
 /// Serves the requests of one client connection.
@@ -72,20 +86,29 @@ pub struct ProxyService {
     local: SocketAddr,
     conn: Arc<ConnState>,
     /// The client admission decision, made once per connection.
-    admitted: Result<(), Denial>,
+    admitted: Result<(), EdgeError>,
 }
 
 impl ProxyService {
-    /// The service for a connection from `client` that arrived on `local`.
+    /// The service for a connection from `client` that arrived on `local`; `refusal`, when
+    /// given, answers every request (a connection over the limits).
     pub fn new(
         shared: Arc<Shared>,
         client: SocketAddr,
         local: SocketAddr,
         conn: Arc<ConnState>,
+        refusal: Option<EdgeError>,
     ) -> Self {
-        let admitted = shared.settings.policy.admit_client(client.ip());
-        if let Err(denial) = &admitted {
-            info!(reason = %denial.reason, "client refused");
+        let admitted = match refusal {
+            Some(refusal) => Err(refusal),
+            None => shared
+                .settings
+                .policy
+                .admit_client(client.ip())
+                .map_err(EdgeError::from),
+        };
+        if let Err(refusal) = &admitted {
+            info!(reason = %refusal.reason, "client refused");
         }
         ProxyService {
             shared,
@@ -116,6 +139,8 @@ pub struct Exchange {
     pub client: SocketAddr,
     /// The proxy address the request arrived on.
     pub local: SocketAddr,
+    /// The authenticated user, when `[auth]` is on.
+    pub user: Option<String>,
     /// The record, filled in as the request goes.
     pub record: PendingRecord,
 }
@@ -139,6 +164,7 @@ impl ProxyService {
             shared: self.shared.clone(),
             client: self.client,
             local: self.local,
+            user: None,
             record: PendingRecord::open(
                 self.shared.recorder.clone(),
                 self.client,
@@ -189,6 +215,13 @@ impl ProxyService {
                 "a request target must not carry a #fragment",
             ));
         }
+        check_head(&req, &self.shared.settings.limits)?;
+        if carries_token(req.headers(), &self.shared.via) {
+            return Err(EdgeError::client(
+                StatusCode::LOOP_DETECTED,
+                "this request has already passed through this proxy: a forwarding loop",
+            ));
+        }
         match classified? {
             Classified::Connect(target) => tunnel::open(ex, req, target).await.map(Reply::Tunnel),
             Classified::Forward(target) => {
@@ -207,8 +240,11 @@ fn refusal(ex: &mut Exchange, error: EdgeError) -> Response<DownBody> {
             debug!(status = error.status.as_u16(), reason = %error.reason, "upstream failure")
         }
     }
-    ex.record
-        .fail(error.status.as_u16(), error.rule, error.reason.clone());
+    ex.record.fail(
+        error.status.as_u16(),
+        error.rule.clone(),
+        error.reason.clone(),
+    );
     let mut response = Response::new(DownBody::text(error.body_text()));
     *response.status_mut() = error.status;
     let headers = response.headers_mut();
@@ -221,4 +257,68 @@ fn refusal(ex: &mut Exchange, error: EdgeError) -> Response<DownBody> {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Refuses request heads beyond the `[limits]`, and framing a downstream server could read
+/// differently than hyper did (request smuggling).
+fn check_head<B>(req: &Request<B>, limits: &LimitsConfig) -> Result<(), EdgeError> {
+    let uri = req.uri();
+    let target_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let line_len = req.method().as_str().len() + target_len + 10;
+    if line_len > limits.max_request_line {
+        return Err(EdgeError::client(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the request line is longer than {} bytes (limits.max_request_line)",
+                limits.max_request_line
+            ),
+        ));
+    }
+    let headers = req.headers();
+    if headers.len() > limits.max_headers {
+        return Err(EdgeError::client(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request has more than {} header fields (limits.max_headers)",
+                limits.max_headers
+            ),
+        ));
+    }
+    let head_len = line_len
+        + headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head_len > limits.max_header_bytes {
+        return Err(EdgeError::client(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request head is larger than {} bytes (limits.max_header_bytes)",
+                limits.max_header_bytes
+            ),
+        ));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(EdgeError::client(
+            StatusCode::BAD_REQUEST,
+            "a request must not carry both Content-Length and Transfer-Encoding",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a `Via` header names this very proxy instance.
+fn carries_token(headers: &http::HeaderMap, via: &str) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|hop| hop.split_whitespace().nth(1) == Some(via))
+        })
 }

@@ -23,7 +23,7 @@ use tracing::debug;
 use crate::access::{PendingRecord, Traffic};
 use crate::dial::dial;
 use crate::error::EdgeError;
-use crate::policy::Kind;
+use crate::policy::{Decision, Facts, Kind};
 use crate::service::{Exchange, Shared};
 use crate::target::Target;
 
@@ -42,15 +42,39 @@ pub async fn open(
     mut req: Request<Incoming>,
     target: Target,
 ) -> Result<Dialled, EdgeError> {
-    let settings = &ex.shared.settings;
-    let rule = settings.policy.check_port(Kind::Connect, target.port)?;
-    ex.record.allow(rule);
-    let (upstream, addr) = dial(&settings.policy, &target, settings.timeouts.connect).await?;
-    ex.record.upstream(addr);
+    let settings = ex.shared.settings.clone();
+    let user = ex.user.clone();
+    let facts = Facts {
+        client: ex.client.ip(),
+        user: user.as_deref(),
+        method: req.method().as_str(),
+        kind: Kind::Connect,
+        host: &target.host,
+        port: target.port,
+    };
+    let per_address = match settings.policy.decide(&facts, None) {
+        Decision::Allow(decider) => {
+            ex.record.allow(decider);
+            None
+        }
+        Decision::Deny(denial) => return Err(denial.into()),
+        Decision::NeedAddress => Some(&facts),
+    };
+    let connected = dial(
+        &settings.policy,
+        &target,
+        per_address,
+        settings.timeouts.connect,
+    )
+    .await?;
+    if let Some(decider) = connected.decider {
+        ex.record.allow(decider);
+    }
+    ex.record.upstream(connected.addr);
     ex.record.answered(200);
     Ok(Dialled {
         upgrade: hyper::upgrade::on(&mut req),
-        upstream,
+        upstream: connected.stream,
     })
 }
 

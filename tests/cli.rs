@@ -112,7 +112,7 @@ fn runs_from_a_config_file_logs_access_and_exits_0_on_sigterm() {
         &format!("port={}", origin_addr.port()),
         "status=200",
         "decision=\"allow\"",
-        "rule=\"ports.http\"",
+        "rule=ports.http",
         "bytes_down=2",
         "duration_ms=",
     ] {

@@ -81,13 +81,14 @@ async fn the_proxy_never_connects_to_itself() {
     assert_eq!(r.status, 403);
     assert!(r.text().contains("own address"), "{}", r.text());
     assert!(r.text().contains("destinations.self"), "{}", r.text());
+    // A plain-HTTP URL naming the proxy is a request for its own page: served, not dialled.
     let r = get(own, &format!("http://{own}/")).await;
-    assert_eq!(r.status, 403);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("This is Portcullis"), "{}", r.text());
     let records = proxy.wait_records(2).await;
-    assert!(
-        records.iter().all(|r| r.rule == "destinations.self"),
-        "{records:#?}"
-    );
+    assert_eq!(records[0].rule, "destinations.self");
+    assert_eq!(records[1].rule, "local");
+    assert_eq!(records[1].upstream, None);
 }
 
 #[tokio::test]
