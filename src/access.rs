@@ -41,6 +41,8 @@ pub struct AccessRecord {
     pub time: SystemTime,
     /// The client's address and port.
     pub client: SocketAddr,
+    /// The authenticated user, when `[auth]` is on and the request authenticated.
+    pub user: Option<String>,
     /// The request method (`GET`, `CONNECT` …).
     pub method: String,
     /// The destination host as the client named it (empty when the target was unreadable).
@@ -84,6 +86,7 @@ impl AccessSink for TracingSink {
             target: "portcullis::access",
             started = %humantime::format_rfc3339_millis(r.time),
             client = %r.client.ip(),
+            user = r.user.as_deref().unwrap_or("-"),
             method = %r.method,
             host = %r.host,
             port = r.port,
@@ -165,6 +168,7 @@ impl PendingRecord {
             record: AccessRecord {
                 time: SystemTime::now(),
                 client,
+                user: None,
                 method: method.to_owned(),
                 host: String::new(),
                 port: 0,
@@ -194,6 +198,11 @@ impl PendingRecord {
         self.record.service = crate::ports::service_name(port);
         self.record.host = host;
         self.record.port = port;
+    }
+
+    /// Sets the authenticated user.
+    pub fn user(&mut self, user: &str) {
+        self.record.user = Some(user.to_owned());
     }
 
     /// Sets the address the proxy connected to.

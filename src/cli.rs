@@ -32,7 +32,7 @@ pub enum Command {
     /// Add or replace USER's entry in the htpasswd FILE (bcrypt), creating the file if needed.
     ///
     /// The password is read twice without echo from the terminal, or from the first line of
-    /// standard input when it is not a terminal: `echo "$PW" | portcullis passwd FILE USER`.
+    /// standard input when it is not a terminal: `printf '%s\n' "$PW" | portcullis passwd FILE USER`.
     Passwd {
         /// The htpasswd file (created with mode 0600 if it does not exist).
         #[arg(value_name = "FILE")]

@@ -2,7 +2,7 @@
 //! becomes an [`EdgeError`] with a status code, a one-line reason and, for refusals, the rule
 //! that decided. The same reason goes to the client and into the access record.
 
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::dial::DialError;
 use crate::policy::{Decider, Denial};
@@ -28,6 +28,8 @@ pub struct EdgeError {
     pub reason: String,
     /// Whose fault.
     pub side: Side,
+    /// Headers the answer must carry (`Proxy-Authenticate`, `Retry-After`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl EdgeError {
@@ -38,7 +40,22 @@ impl EdgeError {
             rule: None,
             reason: reason.into(),
             side: Side::Client,
+            headers: Vec::new(),
         }
+    }
+
+    /// A refusal with `status` decided by `rule`.
+    pub fn refusal(status: StatusCode, rule: &'static str, reason: impl Into<String>) -> Self {
+        EdgeError {
+            rule: Some(Decider::Builtin(rule)),
+            ..EdgeError::client(status, reason)
+        }
+    }
+
+    /// Adds a header to the answer.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// An upstream failure with `status` (502 or 504).
@@ -48,6 +65,7 @@ impl EdgeError {
             rule: None,
             reason: reason.into(),
             side: Side::Upstream,
+            headers: Vec::new(),
         }
     }
 
@@ -77,10 +95,8 @@ impl EdgeError {
 impl From<Denial> for EdgeError {
     fn from(d: Denial) -> Self {
         EdgeError {
-            status: StatusCode::FORBIDDEN,
             rule: Some(d.rule),
-            reason: d.reason,
-            side: Side::Client,
+            ..EdgeError::client(StatusCode::FORBIDDEN, d.reason)
         }
     }
 }

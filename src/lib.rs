@@ -10,7 +10,10 @@
 //! - [`ports`]: port specs, [`ports::PortSet`] and the service-name table. (pure)
 //! - [`target`]: what the client asked for: CONNECT authority, absolute URI, or the proxy's own page. (pure)
 //! - [`policy`]: THE decision: client admission, rules, port lists, destination-address guards. (pure)
+//! - [`lint`]: start-up warnings: open proxy, SMTP through CONNECT, rules that never match. (pure)
 //! - [`hosts`]: host patterns of the rules (names, .domains, CIDRs) and block-list files. (pure)
+//! - [`auth`]: Basic credentials, htpasswd files, the credential cache and failure tracker. (pure)
+//! - [`passwd`]: `portcullis passwd FILE USER`: add or replace an htpasswd entry.
 //! - [`error`]: the edge error: status, reason, deciding rule. (pure)
 //! - [`access`]: the access record, one per request or tunnel, and its sinks.
 //! - [`server`]: listeners, per-connection tasks, client timeouts, graceful shutdown.
@@ -38,6 +41,7 @@ pub mod dial;
 pub mod error;
 pub mod forward;
 pub mod hosts;
+pub mod lint;
 pub mod pages;
 pub mod passwd;
 pub mod policy;

@@ -43,6 +43,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config.listen = cli.listen.clone();
     }
     let mut settings = config.validate(&origin)?;
+    for warning in portcullis::lint::lint(&config, &settings) {
+        tracing::warn!(target: "portcullis::lint", "{warning}");
+    }
     let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
         let listener = TcpListener::bind(addr)

@@ -272,6 +272,14 @@ impl PortSet {
         self.bits[usize::from(port / 64)] & (1 << (port % 64)) != 0
     }
 
+    /// Whether every port of `self` is in `other`.
+    pub fn is_subset(&self, other: &PortSet) -> bool {
+        self.bits
+            .iter()
+            .zip(other.bits.iter())
+            .all(|(a, b)| a & !b == 0)
+    }
+
     /// Whether no port is in the set.
     pub fn is_empty(&self) -> bool {
         self.bits.iter().all(|w| *w == 0)

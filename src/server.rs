@@ -40,7 +40,7 @@ use http::StatusCode;
 
 use crate::access::{PendingRecord, Recorder};
 use crate::config::{LimitsConfig, Settings};
-use crate::error::{EdgeError, Side};
+use crate::error::EdgeError;
 use crate::policy::Decider;
 use crate::service::{ProxyService, Shared};
 
@@ -145,6 +145,7 @@ async fn serve_connection(
     let io = TokioIo::new(WatchedIo {
         inner: stream,
         state: state.clone(),
+        scan: HeadScan::new(0),
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -253,29 +254,27 @@ impl Admission {
             return Admit::Drop;
         }
         if total > limits.max_connections {
-            let refusal = EdgeError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                rule: Some(Decider::Builtin("limits.max_connections")),
-                reason: format!(
+            let refusal = EdgeError::refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "limits.max_connections",
+                format!(
                     "the proxy is serving its maximum of {} connections; try again shortly",
                     limits.max_connections
                 ),
-                side: Side::Client,
-            };
+            );
             return Admit::Refuse(refusal, slot);
         }
         let mut per_client = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_client.entry(ip).or_insert(0);
         if *count >= limits.max_connections_per_client {
-            let refusal = EdgeError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                rule: Some(Decider::Builtin("limits.max_connections_per_client")),
-                reason: format!(
+            let refusal = EdgeError::refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "limits.max_connections_per_client",
+                format!(
                     "{ip} already has {} connections open, the most one client may have",
                     limits.max_connections_per_client
                 ),
-                side: Side::Client,
-            };
+            );
             return Admit::Refuse(refusal, slot);
         }
         *count += 1;
@@ -336,9 +335,10 @@ pub struct ConnState {
     head_started: AtomicU64,
     /// Set by the watchdog: an [`Expiry`] as u8, or 0.
     expired: AtomicU8,
-    /// 0 while the first line of the awaited request is being read, 1 when it was read
-    /// without a fragment, 2 when it held a `#fragment` (which `http::Uri` drops silently).
-    first_line: AtomicU8,
+    /// What [`HeadScan`] saw in the request head just read ([`HeadFlags`] bits).
+    head_flags: AtomicU8,
+    /// Bumped each time the connection becomes idle, so the scanner starts afresh.
+    head_generation: AtomicU32,
     changed: Notify,
 }
 
@@ -350,7 +350,8 @@ impl ConnState {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
             expired: AtomicU8::new(0),
-            first_line: AtomicU8::new(0),
+            head_flags: AtomicU8::new(0),
+            head_generation: AtomicU32::new(0),
             changed: Notify::new(),
         }
     }
@@ -367,9 +368,9 @@ impl ConnState {
         InFlight(self.clone())
     }
 
-    /// Whether the request line just served carried a `#fragment`; resets for the next one.
-    pub fn take_fragment(&self) -> bool {
-        self.first_line.swap(1, Ordering::AcqRel) == 2
+    /// What the scanner saw in the head of the request being served; resets for the next.
+    pub fn take_head_flags(&self) -> HeadFlags {
+        HeadFlags(self.head_flags.swap(0, Ordering::AcqRel))
     }
 
     fn expire(&self, expiry: Expiry) {
@@ -421,7 +422,8 @@ impl Drop for InFlight {
                 .idle_since
                 .store(state.now_ms().max(1), Ordering::Release);
             state.head_started.store(NONE, Ordering::Release);
-            state.first_line.store(0, Ordering::Release);
+            state.head_flags.store(0, Ordering::Release);
+            state.head_generation.fetch_add(1, Ordering::AcqRel);
             state.changed.notify_one();
         }
     }
@@ -432,6 +434,96 @@ impl Drop for InFlight {
 struct WatchedIo {
     inner: TcpStream,
     state: Arc<ConnState>,
+    scan: HeadScan,
+}
+
+/// What the head scanner saw, as bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeadFlags(pub u8);
+
+impl HeadFlags {
+    /// The request line carried a `#fragment` (which `http::Uri` drops silently).
+    pub const FRAGMENT: u8 = 1;
+    /// A `Content-Length` field.
+    pub const CONTENT_LENGTH: u8 = 2;
+    /// A `Transfer-Encoding` field.
+    pub const TRANSFER_ENCODING: u8 = 4;
+
+    /// Whether the bit is set.
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+/// Scans the raw bytes of a request head as they arrive, for what hyper's parsed request no
+/// longer shows: a `#fragment` in the request line (`http::Uri` drops it), and whether both
+/// `Content-Length` and `Transfer-Encoding` were sent (hyper keeps only the latter). Only
+/// the head is scanned; it stops at the blank line.
+#[derive(Debug, Clone)]
+struct HeadScan {
+    generation: u32,
+    done: bool,
+    line: u32,
+    /// The start of the current line, lower-cased, up to the longest name looked for.
+    start: [u8; 18],
+    start_len: usize,
+    /// Bytes of the current line so far (beyond `start` only counted).
+    line_len: usize,
+}
+
+impl HeadScan {
+    fn new(generation: u32) -> Self {
+        HeadScan {
+            generation,
+            done: false,
+            line: 0,
+            start: [0; 18],
+            start_len: 0,
+            line_len: 0,
+        }
+    }
+
+    /// Feeds bytes; returns the [`HeadFlags`] bits found in them.
+    fn feed(&mut self, bytes: &[u8]) -> u8 {
+        let mut flags = 0;
+        for &b in bytes {
+            if self.done {
+                break;
+            }
+            match b {
+                b'\n' => {
+                    let blank =
+                        self.line_len == 0 || (self.line_len == 1 && self.start[0] == b'\r');
+                    // Leading blank lines before the request line are tolerated by hyper.
+                    if blank && self.line > 0 {
+                        self.done = true;
+                    }
+                    if !blank || self.line > 0 {
+                        self.line += 1;
+                    }
+                    self.start_len = 0;
+                    self.line_len = 0;
+                }
+                _ => {
+                    if self.line == 0 && b == b'#' {
+                        flags |= HeadFlags::FRAGMENT;
+                    }
+                    if self.start_len < self.start.len() {
+                        self.start[self.start_len] = b.to_ascii_lowercase();
+                        self.start_len += 1;
+                        let start = &self.start[..self.start_len];
+                        if start == b"content-length:" {
+                            flags |= HeadFlags::CONTENT_LENGTH;
+                        } else if start == b"transfer-encoding:" {
+                            flags |= HeadFlags::TRANSFER_ENCODING;
+                        }
+                    }
+                    self.line_len += 1;
+                }
+            }
+        }
+        flags
+    }
 }
 
 const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 50\r\nConnection: close\r\n\r\nthe request head did not arrive in time; closing\n";
@@ -464,14 +556,13 @@ impl AsyncRead for WatchedIo {
                 state.head_started.store(state.now_ms(), Ordering::Release);
                 state.changed.notify_one();
             }
-            if state.first_line.load(Ordering::Acquire) == 0 {
-                let line_end = new.iter().position(|b| *b == b'\n');
-                let line = &new[..line_end.unwrap_or(new.len())];
-                if line.contains(&b'#') {
-                    state.first_line.store(2, Ordering::Release);
-                } else if line_end.is_some() {
-                    state.first_line.store(1, Ordering::Release);
-                }
+            let generation = state.head_generation.load(Ordering::Acquire);
+            if this.scan.generation != generation {
+                this.scan = HeadScan::new(generation);
+            }
+            let flags = this.scan.feed(new);
+            if flags != 0 {
+                state.head_flags.fetch_or(flags, Ordering::AcqRel);
             }
         }
         result
@@ -505,5 +596,43 @@ impl AsyncWrite for WatchedIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> HeadFlags {
+        let mut s = HeadScan::new(0);
+        HeadFlags(chunks.iter().fold(0, |acc, c| acc | s.feed(c)))
+    }
+
+    #[test]
+    fn the_head_scanner_sees_what_hyper_hides() {
+        let f = scan(&[b"GET http://h/p#frag HTTP/1.1\r\nHost: h\r\n\r\n"]);
+        assert!(f.has(HeadFlags::FRAGMENT));
+        let f = scan(&[b"GET http://h/p HTTP/1.1\r\nX-A: #1\r\n\r\n"]);
+        assert_eq!(f, HeadFlags(0));
+        let both =
+            b"POST http://h/ HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let f = scan(&[both]);
+        assert!(f.has(HeadFlags::CONTENT_LENGTH) && f.has(HeadFlags::TRANSFER_ENCODING));
+        // Split anywhere, in any case.
+        for cut in 1..both.len() {
+            let f = scan(&[&both[..cut], &both[cut..]]);
+            assert!(
+                f.has(HeadFlags::CONTENT_LENGTH) && f.has(HeadFlags::TRANSFER_ENCODING),
+                "{cut}"
+            );
+        }
+        let f = scan(&[b"POST / HTTP/1.1\r\ncOnTeNt-LeNgTh: 5\r\n\r\nTransfer-Encoding: x\r\n"]);
+        assert_eq!(
+            f,
+            HeadFlags(HeadFlags::CONTENT_LENGTH),
+            "the body is not scanned"
+        );
+        let f = scan(&[b"\r\nGET / HTTP/1.1\r\nX-Content-Length: 1\r\n\r\n"]);
+        assert_eq!(f, HeadFlags(0));
     }
 }

@@ -14,14 +14,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::auth::{challenge, parse_basic, CredentialCache, FailureTracker};
 
 use crate::access::{PendingRecord, Recorder};
 use crate::body::{DownBody, UpBody};
 use crate::config::{LimitsConfig, Settings};
 use crate::dial::Dialer;
 use crate::error::{EdgeError, Side};
-use crate::server::ConnState;
+use crate::server::{ConnState, HeadFlags};
 use crate::target::{classify, Classified};
 use crate::{forward, pages, tunnel};
 
@@ -40,6 +42,10 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Cancelled when the shutdown grace period is over: cuts what is still open.
     pub hard_stop: CancellationToken,
+    /// Credentials verified recently (`[auth] cache`).
+    pub credentials: CredentialCache,
+    /// Failed log-ins per client address (`[auth] max_failures`).
+    pub failures: FailureTracker,
     /// Open client connections, for `[limits]`.
     pub admission: Arc<crate::server::Admission>,
     /// This proxy's name in `Via`, with a token unique to this process: a request that
@@ -51,6 +57,11 @@ impl Shared {
     /// Builds the shared state (and the upstream client) from validated settings.
     pub fn new(settings: Settings, recorder: Recorder) -> Self {
         let settings = Arc::new(settings);
+        let auth = settings
+            .auth
+            .as_ref()
+            .map(|a| a.config.clone())
+            .unwrap_or_default();
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
@@ -64,11 +75,23 @@ impl Shared {
             client,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            credentials: CredentialCache::new(auth.cache, CREDENTIAL_CACHE_ENTRIES),
+            failures: FailureTracker::new(
+                auth.max_failures,
+                auth.failure_window,
+                auth.block_for,
+                FAILURE_TRACKER_ENTRIES,
+            ),
             admission: Arc::default(),
             via: format!("portcullis-{:08x}", instance_token()),
         }
     }
 }
+
+/// Verified credentials remembered at most (each a hash and a user name).
+const CREDENTIAL_CACHE_ENTRIES: usize = 4096;
+/// Client addresses whose failed log-ins are remembered at most.
+const FAILURE_TRACKER_ENTRIES: usize = 16_384;
 
 /// A random number for this process, from the standard library's randomly keyed hasher.
 fn instance_token() -> u32 {
@@ -159,7 +182,7 @@ pub enum Reply {
 impl ProxyService {
     async fn handle(self, req: Request<Incoming>) -> Response<DownBody> {
         let in_flight = self.conn.begin();
-        let had_fragment = self.conn.take_fragment();
+        let head = self.conn.take_head_flags();
         let mut ex = Exchange {
             shared: self.shared.clone(),
             client: self.client,
@@ -171,7 +194,7 @@ impl ProxyService {
                 req.method().as_str(),
             ),
         };
-        let (mut response, record) = match self.route(&mut ex, req, had_fragment).await {
+        let (mut response, record) = match self.route(&mut ex, req, head).await {
             Ok(Reply::Response(response)) => (response, Some(ex.record)),
             Ok(Reply::Tunnel(dialled)) => {
                 // The tunnel task owns the record from here: it ends when the tunnel does.
@@ -194,7 +217,7 @@ impl ProxyService {
         &self,
         ex: &mut Exchange,
         req: Request<Incoming>,
-        had_fragment: bool,
+        head: HeadFlags,
     ) -> Result<Reply, EdgeError> {
         let classified = classify(req.method(), req.uri());
         match &classified {
@@ -209,10 +232,16 @@ impl ProxyService {
             ),
         }
         self.admitted.clone()?;
-        if had_fragment {
+        if head.has(HeadFlags::FRAGMENT) {
             return Err(EdgeError::client(
                 StatusCode::BAD_REQUEST,
                 "a request target must not carry a #fragment",
+            ));
+        }
+        if head.has(HeadFlags::CONTENT_LENGTH) && head.has(HeadFlags::TRANSFER_ENCODING) {
+            return Err(EdgeError::client(
+                StatusCode::BAD_REQUEST,
+                "a request must not carry both Content-Length and Transfer-Encoding",
             ));
         }
         check_head(&req, &self.shared.settings.limits)?;
@@ -222,13 +251,95 @@ impl ProxyService {
                 "this request has already passed through this proxy: a forwarding loop",
             ));
         }
-        match classified? {
+        let classified = classified?;
+        if classified != Classified::Local {
+            self.authenticate(ex, &req).await?;
+        }
+        match classified {
             Classified::Connect(target) => tunnel::open(ex, req, target).await.map(Reply::Tunnel),
             Classified::Forward(target) => {
                 forward::forward(ex, req, target).await.map(Reply::Response)
             }
             Classified::Local => Ok(Reply::Response(pages::local(ex, &req))),
         }
+    }
+}
+
+impl ProxyService {
+    /// Checks `Proxy-Authorization` when `[auth]` is on; sets the exchange's user.
+    async fn authenticate<B>(&self, ex: &mut Exchange, req: &Request<B>) -> Result<(), EdgeError> {
+        let Some(auth) = &self.shared.settings.auth else {
+            return Ok(());
+        };
+        let shared = &self.shared;
+        let ip = self.client.ip();
+        let now = std::time::Instant::now();
+        if let Some(left) = shared.failures.blocked_for(ip, now) {
+            let seconds = left.as_secs().max(1);
+            return Err(EdgeError::refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "auth.max_failures",
+                format!("too many failed log-ins from {ip}; try again in {seconds} s"),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from(seconds)));
+        }
+        let challenge = || {
+            HeaderValue::from_str(&challenge(&auth.config.realm))
+                .unwrap_or_else(|_| HeaderValue::from_static("Basic"))
+        };
+        let Some(value) = req.headers().get(header::PROXY_AUTHORIZATION) else {
+            return Err(EdgeError::refusal(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "auth",
+                "this proxy needs a user name and password",
+            )
+            .with_header(header::PROXY_AUTHENTICATE, challenge()));
+        };
+        if let Some(user) = shared.credentials.get(value.as_bytes(), now) {
+            ex.record.user(&user);
+            ex.user = Some(user);
+            return Ok(());
+        }
+        let (user, verified) = match parse_basic(value.as_bytes()) {
+            Ok(credentials) => {
+                let users = auth.users.clone();
+                let user = credentials.user.clone();
+                // bcrypt takes tens of milliseconds on purpose: keep it off the reactor.
+                let verified = tokio::task::spawn_blocking(move || {
+                    users.verify(&credentials.user, &credentials.password)
+                })
+                .await
+                .unwrap_or(false);
+                (user, verified)
+            }
+            Err(e) => {
+                warn!(target: "portcullis::auth", client = %ip, user = "-", reason = %e, "authentication failed");
+                shared.failures.note_failure(ip, now);
+                return Err(EdgeError::refusal(
+                    StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                    "auth",
+                    format!("the Proxy-Authorization header is not usable: {e}"),
+                )
+                .with_header(header::PROXY_AUTHENTICATE, challenge()));
+            }
+        };
+        if verified {
+            shared.failures.note_success(ip);
+            shared
+                .credentials
+                .insert(value.as_bytes(), user.clone(), now);
+            ex.record.user(&user);
+            ex.user = Some(user);
+            return Ok(());
+        }
+        warn!(target: "portcullis::auth", client = %ip, user = %user, "authentication failed");
+        shared.failures.note_failure(ip, now);
+        Err(EdgeError::refusal(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "auth",
+            format!("wrong user name or password for user {user:?}"),
+        )
+        .with_header(header::PROXY_AUTHENTICATE, challenge()))
     }
 }
 
@@ -247,14 +358,18 @@ fn refusal(ex: &mut Exchange, error: EdgeError) -> Response<DownBody> {
     );
     let mut response = Response::new(DownBody::text(error.body_text()));
     *response.status_mut() = error.status;
+    let closes = error.closes_connection();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if error.closes_connection() {
+    if closes {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    for (name, value) in error.headers {
+        headers.append(name, value);
     }
     response
 }
