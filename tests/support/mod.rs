@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use portcullis::{AccessRecord, AccessSink, Config, Recorder};
+use portcullis::{AccessRecord, AccessSink, Config, Recorder, Settings};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,11 +59,16 @@ impl Proxy {
     /// Starts the proxy on `127.0.0.1:0` with the configuration in `toml` (its `listen` is
     /// replaced).
     pub async fn start(toml: &str) -> Proxy {
-        let mut config = Config::from_toml(toml, "test").expect("test config parses");
+        let config = Config::from_toml(toml, "test").expect("test config parses");
+        let settings = config.validate("test").expect("test config is valid");
+        Proxy::start_with(settings).await
+    }
+
+    /// Starts the proxy on `127.0.0.1:0` with validated settings (their `listen` is replaced).
+    pub async fn start_with(mut settings: Settings) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        config.listen = vec![addr];
-        let settings = config.validate("test").expect("test config is valid");
+        settings.policy.listen = vec![addr];
         let records = Arc::new(Mutex::new(Vec::new()));
         let recorder = Recorder::new().with_sink(Arc::new(Collect(records.clone())));
         let (tx, rx) = oneshot::channel::<()>();

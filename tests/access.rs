@@ -1,0 +1,349 @@
+//! Who may use the proxy and where they may go, end to end: rules, block-list files,
+//! authentication with users in rules, and the connection limits.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use base64::Engine;
+use portcullis::access::Verdict;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn basic(user: &str, password: &str) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Proxy-Authorization: Basic {token}\r\n")
+}
+
+/// GET `url` through the proxy with extra header lines.
+async fn get_with(proxy: std::net::SocketAddr, url: &str, extra: &str) -> RawResponse {
+    raw(
+        proxy,
+        format!("GET {url} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn rules_decide_first_match_and_name_themselves() {
+    let web = RawOrigin::start().await;
+    let mail = Counter::start().await;
+    let (w, m) = (web.addr.port(), mail.addr.port());
+    let config = format!(
+        r#"
+[destinations]
+allow_loopback = true
+[ports]
+http = [{w}]
+connect = [443]
+
+[[rules]]
+name = "no second loopback"
+hosts = ["127.0.0.2"]
+action = "deny"
+
+[[rules]]
+name = "this host may tunnel to mail"
+clients = ["127.0.0.1/32"]
+ports = [{m}]
+methods = ["CONNECT"]
+action = "allow"
+
+[[rules]]
+name = "read only"
+ports = [{w}]
+methods = ["POST", "PUT", "DELETE"]
+action = "deny"
+"#
+    );
+    let proxy = Proxy::start(&config).await;
+
+    let r = get(proxy.addr, &format!("http://127.0.0.2:{w}/")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.text(),
+        format!("plain HTTP to 127.0.0.2 port {w} is not allowed (decided by rule \"no second loopback\")\n")
+    );
+    let r = get(proxy.addr, &format!("http://127.0.0.1:{w}/ok")).await;
+    assert_eq!(r.status, 200);
+
+    // A rule opens a port that ports.connect does not list, for CONNECT only.
+    let (r, _) = connect(proxy.addr, &mail.addr.to_string()).await;
+    assert_eq!(r.status, 200);
+    let r = get(proxy.addr, &format!("http://{}/", mail.addr)).await;
+    assert_eq!(r.status, 403, "the mail rule is for CONNECT only");
+
+    let r = raw(
+        proxy.addr,
+        format!("POST http://127.0.0.1:{w}/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("rule \"read only\""), "{}", r.text());
+
+    let records = proxy.wait_records(5).await;
+    let rules: Vec<String> = records.iter().map(|r| r.rule.to_string()).collect();
+    assert_eq!(
+        rules,
+        [
+            "rule \"no second loopback\"",
+            "ports.http",
+            "rule \"this host may tunnel to mail\"",
+            "ports.http",
+            "rule \"read only\"",
+        ]
+    );
+    assert_eq!(records[2].verdict, Verdict::Allow);
+    assert_eq!(web.accepts(), 1, "only the allowed GET reached the origin");
+}
+
+#[tokio::test]
+async fn network_patterns_see_the_addresses_a_name_resolves_to() {
+    let web = RawOrigin::start().await;
+    let w = web.addr.port();
+    // `localhost` resolves to 127.0.0.1 (and ::1): a CIDR rule must see through the name.
+    let config = format!(
+        "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{w}]\nconnect = [{w}]\n\
+         [[rules]]\nname = \"no loopback by any name\"\nhosts = [\"127.0.0.0/8\", \"::1\"]\naction = \"deny\"\n"
+    );
+    let proxy = Proxy::start(&config).await;
+    let r = get(proxy.addr, &format!("http://localhost:{w}/")).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("rule \"no loopback by any name\""),
+        "{}",
+        r.text()
+    );
+    let (r, _) = connect(proxy.addr, &format!("localhost:{w}")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(web.accepts(), 0);
+
+    // The same rule with a name pattern that matches first: allowed by the port list.
+    let config = format!(
+        "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{w}]\n\
+         [[rules]]\nname = \"localhost is fine\"\nhosts = [\"localhost\"]\naction = \"allow\"\n\
+         [[rules]]\nname = \"no loopback by any name\"\nhosts = [\"127.0.0.0/8\", \"::1\"]\naction = \"deny\"\n"
+    );
+    let proxy = Proxy::start(&config).await;
+    let r = get(proxy.addr, &format!("http://LOCALHOST.:{w}/yes")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records[0].rule, "rule \"localhost is fine\"");
+}
+
+#[tokio::test]
+async fn a_hosts_file_blocks_its_domains() {
+    let web = RawOrigin::start().await;
+    let w = web.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut list = std::fs::File::create(dir.path().join("blocked.txt")).unwrap();
+    writeln!(list, "# family block list").unwrap();
+    for i in 0..20_000 {
+        writeln!(list, "ads{i}.example").unwrap();
+    }
+    writeln!(list, ".tracker.example   # and everything under it").unwrap();
+    writeln!(list, "127.0.0.3").unwrap();
+    drop(list);
+    let config_path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{w}]\n\
+             [[rules]]\nname = \"family block list\"\nhosts_file = \"blocked.txt\"\naction = \"deny\"\n"
+        ),
+    )
+    .unwrap();
+    // Relative to the configuration file, as the proxy binary loads it.
+    let config = portcullis::Config::load(&config_path).unwrap();
+    let settings = config.validate(&config_path.display().to_string()).unwrap();
+    assert_eq!(
+        settings.policy.rules[0].hosts.as_ref().unwrap().len(),
+        20_002
+    );
+
+    let proxy = Proxy::start_with(settings).await;
+    for (url, status) in [
+        (format!("http://127.0.0.3:{w}/"), 403),
+        (format!("http://127.0.0.1:{w}/"), 200),
+    ] {
+        let r = get(proxy.addr, &url).await;
+        assert_eq!(r.status, status, "{url}: {}", r.text());
+    }
+    // Names are refused before any DNS lookup: these do not exist and need none.
+    for host in [
+        "ads19999.example",
+        "x.y.tracker.example",
+        "TRACKER.example.",
+    ] {
+        let (r, _) = connect(proxy.addr, &format!("{host}:443")).await;
+        assert_eq!(r.status, 403, "{host}");
+        assert!(r.text().contains("family block list"), "{}", r.text());
+    }
+}
+
+/// An htpasswd file with alice and bob (bcrypt at the lowest cost, to keep tests fast).
+fn htpasswd(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("users.htpasswd");
+    let alice = bcrypt::hash("alice pw", 4).unwrap();
+    let bob = bcrypt::hash("bob pw", 4).unwrap();
+    std::fs::write(&path, format!("alice:{alice}\nbob:{bob}\n")).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn users_authenticate_and_rules_can_name_them() {
+    let web = RawOrigin::start().await;
+    let ssh = Counter::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path());
+    let config = format!(
+        "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{}]\n\
+         [auth]\nhtpasswd = {:?}\nrealm = \"the office\"\n\
+         [[rules]]\nname = \"alice may ssh\"\nusers = [\"alice\"]\nports = [{}]\naction = \"allow\"\n",
+        web.addr.port(),
+        users.display().to_string(),
+        ssh.addr.port()
+    );
+    let proxy = Proxy::start(&config).await;
+    let url = format!("http://{}/", web.addr);
+
+    let r = get(proxy.addr, &url).await;
+    assert_eq!(r.status, 407);
+    assert_eq!(
+        r.header("proxy-authenticate").as_deref(),
+        Some("Basic realm=\"the office\", charset=\"UTF-8\"")
+    );
+    let r = get_with(proxy.addr, &url, &basic("alice", "wrong")).await;
+    assert_eq!(r.status, 407);
+    let r = get_with(proxy.addr, &url, &basic("alice", "alice pw")).await;
+    assert_eq!(r.status, 200);
+    // Cached: the same credentials again, and bob's.
+    let r = get_with(proxy.addr, &url, &basic("alice", "alice pw")).await;
+    assert_eq!(r.status, 200);
+    let r = get_with(proxy.addr, &url, &basic("bob", "bob pw")).await;
+    assert_eq!(r.status, 200);
+    assert!(web
+        .heads()
+        .iter()
+        .all(|h| header_value(h, "proxy-authorization").is_none()));
+
+    // Only alice may tunnel to the ssh port.
+    for (user, pw, status) in [("alice", "alice pw", 200), ("bob", "bob pw", 403)] {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!(
+            "CONNECT {} HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            ssh.addr,
+            basic(user, pw)
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let r = read_response(&mut s, &mut buf, true).await.unwrap();
+        assert_eq!(r.status, status, "{user}");
+    }
+
+    let records = proxy.wait_records(7).await;
+    let users: Vec<Option<&str>> = records.iter().map(|r| r.user.as_deref()).collect();
+    assert_eq!(
+        users,
+        [
+            None,
+            None,
+            Some("alice"),
+            Some("alice"),
+            Some("bob"),
+            Some("alice"),
+            Some("bob")
+        ]
+    );
+    assert_eq!(records[0].rule, "auth");
+    assert_eq!(records[5].rule, "rule \"alice may ssh\"");
+}
+
+#[tokio::test]
+async fn repeated_failures_block_the_address_for_a_while() {
+    let web = RawOrigin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path());
+    let config = format!(
+        "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{}]\n\
+         [auth]\nhtpasswd = {:?}\nmax_failures = 3\nfailure_window = \"1m\"\nblock_for = \"1m\"\n",
+        web.addr.port(),
+        users.display().to_string()
+    );
+    let proxy = Proxy::start(&config).await;
+    let url = format!("http://{}/", web.addr);
+    for _ in 0..3 {
+        let r = get_with(proxy.addr, &url, &basic("alice", "guess")).await;
+        assert_eq!(r.status, 407);
+    }
+    // Blocked now, even with the right password.
+    let r = get_with(proxy.addr, &url, &basic("alice", "alice pw")).await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    assert!(r.text().contains("too many failed log-ins"), "{}", r.text());
+    assert_eq!(web.accepts(), 0);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limits_are_refused() {
+    let config = "[limits]\nmax_connections = 6\nmax_connections_per_client = 3\n";
+    let proxy = Proxy::start(config).await;
+    // Three idle connections from 127.0.0.1 use up its share.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(
+        r.text().contains("limits.max_connections_per_client"),
+        "{}",
+        r.text()
+    );
+    drop(held);
+    // Freed: served again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let records = proxy.wait_records(2).await;
+    assert_eq!(records[0].status, 429);
+    assert_eq!(records[0].rule, "limits.max_connections_per_client");
+}
+
+/// A connection to `proxy` from the loopback address `from` (any 127/8 address is local).
+async fn connect_from(from: &str, proxy: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(proxy).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_total_connection_limit_answers_503() {
+    let config = "[limits]\nmax_connections = 4\nmax_connections_per_client = 3\n";
+    let proxy = Proxy::start(config).await;
+    let mut held = Vec::new();
+    for from in ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"] {
+        held.push(connect_from(from, proxy.addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = connect_from("127.0.0.3", proxy.addr).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf, false).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("limits.max_connections"), "{}", r.text());
+    assert!(closes_within(&mut s, Duration::from_secs(2)).await);
+}
