@@ -405,3 +405,76 @@ async fn an_unreachable_origin_is_a_502_within_a_second() {
         .iter()
         .all(|r| r.status == 502 && r.reason.is_some()));
 }
+
+/// An origin that answers each request on a connection with the next of `responses`.
+async fn scripted_origin(
+    responses: Vec<&'static [u8]>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepts.clone();
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let responses = responses.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                for response in responses {
+                    while find(&seen, b"\r\n\r\n").is_none() {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = find(&seen, b"\r\n\r\n").unwrap();
+                    seen.drain(..end + 4);
+                    if stream.write_all(response).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepts)
+}
+
+#[tokio::test]
+async fn a_response_smuggled_after_a_body_never_reaches_a_client() {
+    let (origin, accepts) = scripted_origin(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ninjected",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond",
+    ])
+    .await;
+    let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
+    let first = get(proxy.addr, &format!("http://{origin}/1")).await;
+    assert_eq!(first.text(), "hi");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = get(proxy.addr, &format!("http://{origin}/2")).await;
+    // The connection with bytes left over after a complete response is not reused: the
+    // second request goes on a fresh connection, whose script starts again with "hi".
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "hi", "a smuggled response reached a client");
+    assert_eq!(accepts.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_response_with_both_lengths_is_read_as_chunked() {
+    let (origin, _) = scripted_origin(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond",
+    ])
+    .await;
+    let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
+    let r = get(proxy.addr, &format!("http://{origin}/1")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello");
+    assert_eq!(r.header("content-length"), None, "{}", r.head);
+}

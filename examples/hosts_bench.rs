@@ -1,0 +1,110 @@
+//! How fast a `hosts_file` block list loads and answers, beside a naive baseline.
+//!
+//! To try this example:
+//!
+//! 1. `cargo run --release --example hosts_bench` (100 000 entries)
+//! 2. `cargo run --release --example hosts_bench -- 1000000` (a million)
+//!
+//! It builds a block list of N entries (names, `.domains` and networks, in equal parts),
+//! times loading it into a `HostSet`, then times lookups of names that hit and names that
+//! miss, and the same lookups done by a linear scan over the patterns in the same process.
+//! The ratio between the two is the figure to read; absolute times depend on the machine.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use portcullis::hosts::{HostPattern, HostSet};
+use portcullis::target::Host;
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let mut text = String::new();
+    for i in 0..n {
+        match i % 3 {
+            0 => text.push_str(&format!("ads{i}.example.com\n")),
+            1 => text.push_str(&format!(".tracker{i}.example.net\n")),
+            _ => text.push_str(&format!("10.{}.{}.0/24\n", (i >> 8) & 255, i & 255)),
+        }
+    }
+
+    let started = Instant::now();
+    let set = HostSet::parse_file(&text, "bench").expect("the generated list parses");
+    let load = started.elapsed();
+    println!(
+        "loaded {} patterns ({} KiB of text) in {:.1} ms",
+        set.len(),
+        text.len() / 1024,
+        ms(load)
+    );
+
+    let queries: Vec<Host> = (0..10_000)
+        .map(|i| {
+            let name = match i % 4 {
+                0 => format!("ads{}.example.com", (i * 3) % n),
+                1 => format!("a.b.tracker{}.example.net", (i * 3 + 1) % n),
+                2 => format!("miss{i}.example.org"),
+                _ => format!("www.site{i}.example.com"),
+            };
+            Host::Name(name)
+        })
+        .collect();
+    let addr = Some("10.1.2.3".parse().expect("literal address"));
+
+    let (indexed, hits) = time(|| {
+        queries
+            .iter()
+            .filter(|q| set.matches(q, addr) == portcullis::hosts::HostMatch::Yes)
+            .count()
+    });
+    println!(
+        "indexed: {} lookups in {:.2} ms, {:.0} ns each ({hits} hits)",
+        queries.len(),
+        ms(indexed),
+        indexed.as_nanos() as f64 / queries.len() as f64
+    );
+
+    // The baseline: the same answers by scanning every pattern, on a tenth of the queries.
+    let patterns: Vec<HostPattern> = text
+        .lines()
+        .filter_map(|l| HostPattern::parse(l).ok())
+        .collect();
+    let sample = &queries[..queries.len() / 10];
+    let ip = addr.expect("set above");
+    let (scanned, _) = time(|| sample.iter().filter(|q| linear(&patterns, q, ip)).count());
+    let per_scan = scanned.as_nanos() as f64 / sample.len() as f64;
+    let per_indexed = indexed.as_nanos() as f64 / queries.len() as f64;
+    println!(
+        "linear scan: {:.0} ns each; the index is {:.0}x faster",
+        per_scan,
+        per_scan / per_indexed.max(1.0)
+    );
+}
+
+fn linear(patterns: &[HostPattern], host: &Host, ip: std::net::IpAddr) -> bool {
+    let Host::Name(name) = host else {
+        return false;
+    };
+    patterns.iter().any(|p| match p {
+        HostPattern::Exact(e) => e == name,
+        HostPattern::Domain(d) => {
+            name == d
+                || name
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|r| r.ends_with('.'))
+        }
+        HostPattern::Network(net) => net.contains(&ip),
+    })
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
+    let started = Instant::now();
+    let out = black_box(f());
+    (started.elapsed(), out)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
