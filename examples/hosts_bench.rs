@@ -51,7 +51,8 @@ fn main() {
             Host::Name(name)
         })
         .collect();
-    let addr = Some("10.1.2.3".parse().expect("literal address"));
+    let ip: std::net::IpAddr = "10.1.2.3".parse().expect("literal address");
+    let addr = Some(ip);
 
     let (indexed, hits) = time(|| {
         queries
@@ -72,7 +73,6 @@ fn main() {
         .filter_map(|l| HostPattern::parse(l).ok())
         .collect();
     let sample = &queries[..queries.len() / 10];
-    let ip = addr.expect("set above");
     let (scanned, _) = time(|| sample.iter().filter(|q| linear(&patterns, q, ip)).count());
     let per_scan = scanned.as_nanos() as f64 / sample.len() as f64;
     let per_indexed = indexed.as_nanos() as f64 / queries.len() as f64;
