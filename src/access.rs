@@ -43,8 +43,13 @@ pub struct AccessRecord {
     pub client: SocketAddr,
     /// The authenticated user, when `[auth]` is on and the request authenticated.
     pub user: Option<String>,
-    /// The request method (`GET`, `CONNECT` …).
+    /// The request method (`GET`, `CONNECT` …; `NONE` when no request could be read).
     pub method: String,
+    /// The request's HTTP version (`HTTP/1.1`).
+    pub version: &'static str,
+    /// The path of a plain-HTTP request, without its query (which may hold secrets);
+    /// `None` for tunnels.
+    pub path: Option<String>,
     /// The destination host as the client named it (empty when the target was unreadable).
     pub host: String,
     /// The destination port (0 when unknown).
@@ -76,38 +81,11 @@ pub trait AccessSink: Send + Sync + 'static {
     fn record(&self, record: &AccessRecord);
 }
 
-/// Writes each record as one structured `tracing` event with target `portcullis::access`.
-#[derive(Debug, Default)]
-pub struct TracingSink;
-
-impl AccessSink for TracingSink {
-    fn record(&self, r: &AccessRecord) {
-        tracing::info!(
-            target: "portcullis::access",
-            started = %humantime::format_rfc3339_millis(r.time),
-            client = %r.client.ip(),
-            user = r.user.as_deref().unwrap_or("-"),
-            method = %r.method,
-            host = %r.host,
-            port = r.port,
-            service = r.service.unwrap_or("-"),
-            upstream = %r.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-            status = r.status,
-            decision = r.verdict.as_str(),
-            rule = %r.rule,
-            reason = r.reason.as_deref().unwrap_or("-"),
-            bytes_up = r.bytes_up,
-            bytes_down = r.bytes_down,
-            duration_ms = r.duration.as_millis() as u64,
-            "access"
-        );
-    }
-}
-
 /// Every sink a record goes to.
 #[derive(Clone, Default)]
 pub struct Recorder {
     sinks: Vec<Arc<dyn AccessSink>>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -116,9 +94,9 @@ impl Recorder {
         Recorder::default()
     }
 
-    /// The default: records go to `tracing`.
-    pub fn tracing() -> Self {
-        Recorder::new().with_sink(Arc::new(TracingSink))
+    /// The count of records a sink had to drop (a full log queue); the statistics show it.
+    pub fn dropped_counter(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
     }
 
     /// Adds a sink.
@@ -170,6 +148,8 @@ impl PendingRecord {
                 client,
                 user: None,
                 method: method.to_owned(),
+                version: "HTTP/1.1",
+                path: None,
                 host: String::new(),
                 port: 0,
                 service: None,
@@ -198,6 +178,12 @@ impl PendingRecord {
         self.record.service = crate::ports::service_name(port);
         self.record.host = host;
         self.record.port = port;
+    }
+
+    /// Sets the request's version and, for plain HTTP, its path.
+    pub fn request(&mut self, version: &'static str, path: Option<&str>) {
+        self.record.version = version;
+        self.record.path = path.map(str::to_owned);
     }
 
     /// Sets the authenticated user.

@@ -40,6 +40,74 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Ordered rules, first match wins, checked before the port lists.
     pub rules: Vec<RuleConfig>,
+    /// The access log and diagnostics.
+    pub log: LogConfig,
+    /// The admin listener: metrics, status pages, health.
+    pub admin: AdminConfig,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"stdout"`, `"off"` or a file path for the access log.
+    pub access: String,
+    /// `"squid"`, `"common"` or `"json"`.
+    pub format: crate::log::Format,
+    /// The diagnostics level when `RUST_LOG` is not set (`error` … `trace`).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            access: "stdout".to_owned(),
+            format: crate::log::Format::Squid,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Where the access log goes; a relative path is relative to `base`.
+    pub fn destination(&self, base: &Path) -> crate::log::Destination {
+        match self.access.as_str() {
+            "stdout" | "-" => crate::log::Destination::Stdout,
+            "off" => crate::log::Destination::Off,
+            path => crate::log::Destination::File(base.join(path)),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where `/metrics`, `/status`, `/status.json` and `/healthz` are served; `"off"` for none.
+    pub listen: String,
+    /// Who may read them.
+    pub allow: Vec<Network>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:3129".to_owned(),
+            allow: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The admin address, or `None` when off.
+    pub fn address(&self) -> Option<SocketAddr> {
+        (self.listen != "off")
+            .then(|| self.listen.parse().ok())
+            .flatten()
+    }
 }
 
 /// `[limits]`
@@ -148,6 +216,8 @@ pub enum RuleAction {
 pub struct ClientsConfig {
     /// Client networks (CIDRs; a bare address means just that address).
     pub allow: Vec<Network>,
+    /// Friendly names of client addresses, shown wherever the address is.
+    pub names: std::collections::BTreeMap<IpAddr, String>,
 }
 
 /// `[ports]`
@@ -200,6 +270,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             rules: Vec::new(),
+            log: LogConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -208,6 +280,7 @@ impl Default for ClientsConfig {
     fn default() -> Self {
         ClientsConfig {
             allow: default_client_networks().into_iter().map(Network).collect(),
+            names: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -315,6 +388,21 @@ pub struct Settings {
     pub limits: LimitsConfig,
     /// Authentication, when configured.
     pub auth: Option<AuthSettings>,
+    /// Friendly names of client addresses.
+    pub client_names: Arc<std::collections::BTreeMap<IpAddr, String>>,
+    /// The admin listener's address and who may use it.
+    pub admin: Option<(SocketAddr, Vec<IpNet>)>,
+    /// Where the access log goes, and its format.
+    pub access_log: (crate::log::Destination, crate::log::Format),
+}
+
+impl Settings {
+    /// The friendly name of a client address, if it has one.
+    pub fn client_name(&self, ip: IpAddr) -> Option<&str> {
+        self.client_names
+            .get(&ip.to_canonical())
+            .map(String::as_str)
+    }
 }
 
 /// Authentication as the request path uses it.
@@ -393,6 +481,31 @@ impl Config {
                 problems.push(format!("limits.{key}: must be at least {least}"));
             }
         }
+        let admin = match self.admin.listen.as_str() {
+            "off" => None,
+            text => match text.parse::<SocketAddr>() {
+                Ok(addr) => Some((addr, self.admin.allow.iter().map(|n| n.0).collect())),
+                Err(_) => {
+                    problems.push(format!(
+                        "admin.listen: \"{text}\" is not an address such as \"127.0.0.1:3129\", or \"off\""
+                    ));
+                    None
+                }
+            },
+        };
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problems.push(format!(
+                "log.level: \"{}\" is not a level (error, warn, info, debug, trace)",
+                self.log.level
+            ));
+        }
+        for (ip, name) in &self.clients.names {
+            if name.trim().is_empty() || name.chars().any(|c| c.is_control()) {
+                problems.push(format!(
+                    "clients.names: the name of {ip} must be one line of text"
+                ));
+            }
+        }
         let auth = self.auth_settings(base, &mut problems);
         let rules = self.compile_rules(base, auth.is_some(), &mut problems);
         if !problems.is_empty() {
@@ -413,6 +526,15 @@ impl Config {
             timeouts: self.timeouts.clone(),
             limits: self.limits.clone(),
             auth,
+            client_names: Arc::new(
+                self.clients
+                    .names
+                    .iter()
+                    .map(|(ip, name)| (ip.to_canonical(), name.clone()))
+                    .collect(),
+            ),
+            admin,
+            access_log: (self.log.destination(base), self.log.format),
         })
     }
 
@@ -581,6 +703,7 @@ mod tests {
             listen = ["127.0.0.1:8080", "[::1]:8080"]
             [clients]
             allow = ["192.168.1.0/24", "10.0.0.7", "192.168.2.9/24"]
+            names = { "192.168.1.20" = "kids-laptop", "::ffff:10.0.0.7" = "printer" }
             [ports]
             http = [80, "8000-8100", "http-alt"]
             connect = ["https", 22]
@@ -602,6 +725,14 @@ mod tests {
         assert_eq!(config.timeouts.tunnel_idle, Duration::from_secs(3600));
         assert_eq!(config.timeouts.request_header, Duration::from_secs(10));
         let settings = config.validate("t").unwrap();
+        assert_eq!(
+            settings.client_name("192.168.1.20".parse().unwrap()),
+            Some("kids-laptop")
+        );
+        assert_eq!(
+            settings.client_name("10.0.0.7".parse().unwrap()),
+            Some("printer")
+        );
         assert!(settings.policy.connect_ports.contains(22));
         assert!(settings.policy.http_ports.contains(8050));
         assert!(settings.policy.allow_loopback);

@@ -16,6 +16,9 @@
 //! - [`passwd`]: `portcullis passwd FILE USER`: add or replace an htpasswd entry.
 //! - [`error`]: the edge error: status, reason, deciding rule. (pure)
 //! - [`access`]: the access record, one per request or tunnel, and its sinks.
+//! - [`admin`]: the admin listener: `/metrics`, `/status`, `/status.json`, `/healthz`.
+//! - [`log`]: the access log: Squid, Common and JSON lines, bounded queue, reopen on SIGUSR1.
+//! - [`stats`]: live counters per port, client, user and host; recent refusals.
 //! - [`server`]: listeners, per-connection tasks, client timeouts, graceful shutdown.
 //! - [`service`]: the hyper service that routes each request; the only place refusals become responses.
 //! - [`forward`]: plain-HTTP forwarding with header hygiene over the pooled client.
@@ -33,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod cli;
@@ -42,6 +46,7 @@ pub mod error;
 pub mod forward;
 pub mod hosts;
 pub mod lint;
+pub mod log;
 pub mod pages;
 pub mod passwd;
 pub mod policy;
@@ -49,9 +54,10 @@ pub mod ports;
 pub mod server;
 pub mod service;
 pub mod signal;
+pub mod stats;
 pub mod target;
 pub mod tunnel;
 
 pub use access::{AccessRecord, AccessSink, Recorder};
 pub use config::{Config, Settings};
-pub use server::run;
+pub use server::{run, serve};

@@ -2,6 +2,7 @@
 //! installs logging and signals, and runs the proxy until SIGINT or SIGTERM.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,6 +10,7 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use portcullis::cli::{Cli, Command};
+use portcullis::log::AccessLog;
 use portcullis::{Config, Recorder};
 
 fn main() -> ExitCode {
@@ -17,13 +19,6 @@ fn main() -> ExitCode {
         Some(Command::Passwd { file, user }) => return passwd(file, user),
         None => {}
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stdout)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -31,6 +26,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Diagnostics go to stderr, so that stdout can carry the access log alone.
+fn init_diagnostics(level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 #[tokio::main]
@@ -43,6 +49,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config.listen = cli.listen.clone();
     }
     let mut settings = config.validate(&origin)?;
+    init_diagnostics(&config.log.level);
     for warning in portcullis::lint::lint(&config, &settings) {
         tracing::warn!(target: "portcullis::lint", "{warning}");
     }
@@ -58,11 +65,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
+    let admin = match &settings.admin {
+        Some((addr, _)) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot listen on the admin address; continuing without /metrics and /status");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let recorder = Recorder::new();
+    let names = settings.client_names.clone();
+    let (destination, format) = settings.access_log.clone();
+    let access_log = AccessLog::start(
+        destination,
+        format,
+        recorder.dropped_counter(),
+        Arc::new(move |ip| names.get(&ip.to_canonical()).cloned()),
+    )
+    .context("cannot open the access log")?
+    .map(Arc::new);
+    let recorder = match &access_log {
+        Some(log) => recorder.with_sink(log.clone()),
+        None => recorder,
+    };
+    if let Some(log) = access_log {
+        tokio::spawn(portcullis::signal::on_reopen(move || log.reopen()));
+    }
+
     tracing::info!(config = %origin, "starting");
-    portcullis::run(
+    portcullis::serve(
         listeners,
+        admin,
         settings,
-        Recorder::tracing(),
+        recorder,
         portcullis::signal::shutdown(),
     )
     .await?;

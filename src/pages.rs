@@ -5,6 +5,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::body::DownBody;
 use crate::service::Exchange;
+use crate::stats::RecentDenial;
 
 /// Answers an origin-form request to the proxy itself.
 pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
@@ -25,10 +26,20 @@ pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
     } else if req.uri().path() != "/" {
         let text = format!("{} is not a page of this proxy\n", req.uri().path());
         (StatusCode::NOT_FOUND, text, false)
-    } else if wants_html(req) {
-        (StatusCode::OK, welcome_html(&shown_host), true)
     } else {
-        (StatusCode::OK, welcome_text(&shown_host), false)
+        let denials = ex.shared.stats.denials_of(ex.client.ip());
+        if wants_html(req) {
+            let mut page = welcome_html(&shown_host);
+            page.insert_str(
+                page.rfind("</body>").unwrap_or(page.len()),
+                &denials_html(ex.client.ip(), &denials),
+            );
+            (StatusCode::OK, page, true)
+        } else {
+            let mut text = welcome_text(&shown_host);
+            text.push_str(&denials_text(ex.client.ip(), &denials));
+            (StatusCode::OK, text, false)
+        }
     };
 
     if status == StatusCode::OK {
@@ -92,6 +103,45 @@ fn welcome_html(host: &str) -> String {
          https_proxy=http://{host}</code></li></ul>\
          </body></html>\n"
     )
+}
+
+/// The self-service part of the page: this client's own recent refusals, and nobody else's.
+/// Browsers hide a proxy's answer to a refused CONNECT, so this is where people can see why.
+fn denials_html(client: std::net::IpAddr, denials: &[RecentDenial]) -> String {
+    let mut out = format!("<h2>Recently refused for your address ({client})</h2>");
+    if denials.is_empty() {
+        out.push_str("<p>Nothing has been refused for your address recently.</p>");
+        return out;
+    }
+    out.push_str(
+        "<table id=\"denials\"><tr><th>time (UTC)</th><th>destination</th><th>why</th></tr>",
+    );
+    for d in denials {
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{} {}</td><td>{} ({})</td></tr>",
+            escape_html(&d.time),
+            escape_html(&d.method),
+            escape_html(&d.destination),
+            escape_html(&d.reason),
+            escape_html(&d.rule)
+        ));
+    }
+    out.push_str("</table><p>If you need one of these, ask the person who runs this proxy.</p>");
+    out
+}
+
+fn denials_text(client: std::net::IpAddr, denials: &[RecentDenial]) -> String {
+    let mut out = format!("\nRecently refused for your address ({client}):\n");
+    if denials.is_empty() {
+        out.push_str("  nothing\n");
+    }
+    for d in denials {
+        out.push_str(&format!(
+            "  {}  {} {}  {} ({})\n",
+            d.time, d.method, d.destination, d.reason, d.rule
+        ));
+    }
+    out
 }
 
 /// Escapes text for HTML element content and attribute values.

@@ -52,7 +52,23 @@ pub async fn run(
     recorder: Recorder,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve(listeners, None, settings, recorder, shutdown).await
+}
+
+/// [`run`], with the admin listener (`/metrics`, `/status` …) on `admin` when given.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+    settings: Settings,
+    recorder: Recorder,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let grace = settings.timeouts.shutdown_grace;
+    let admin_allow = settings
+        .admin
+        .as_ref()
+        .map(|(_, allow)| allow.clone())
+        .unwrap_or_default();
     let shared = Arc::new(Shared::new(settings, recorder));
     let stop_accepting = CancellationToken::new();
     let tracker = shared.tracker.clone();
@@ -62,6 +78,14 @@ pub async fn run(
         info!(%addr, "listening");
         tracker.spawn(accept_loop(
             listener,
+            shared.clone(),
+            stop_accepting.clone(),
+        ));
+    }
+    if let Some(admin) = admin {
+        tracker.spawn(crate::admin::serve(
+            admin,
+            admin_allow,
             shared.clone(),
             stop_accepting.clone(),
         ));
@@ -217,7 +241,7 @@ fn connection_record(
     rule: &'static str,
     reason: String,
 ) {
-    let mut record = PendingRecord::open(shared.recorder.clone(), peer, "-");
+    let mut record = PendingRecord::open(shared.recorder.clone(), peer, "NONE");
     record.fail(status, Some(Decider::Builtin(rule)), reason);
 }
 

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::{challenge, parse_basic, CredentialCache, FailureTracker};
+use crate::stats::Stats;
 
 use crate::access::{PendingRecord, Recorder};
 use crate::body::{DownBody, UpBody};
@@ -34,8 +35,10 @@ pub type UpstreamClient = Client<Dialer, UpBody>;
 pub struct Shared {
     /// The validated configuration.
     pub settings: Arc<Settings>,
-    /// Where access records go.
+    /// Where access records go (the statistics among them).
     pub recorder: Arc<Recorder>,
+    /// Live counters of port use.
+    pub stats: Arc<Stats>,
     /// Keep-alive connections to origins.
     pub client: UpstreamClient,
     /// Every connection and tunnel task, so shutdown can wait for them.
@@ -69,9 +72,11 @@ impl Shared {
             .http1_preserve_header_case(true)
             .set_host(false)
             .build(Dialer::new(settings.clone()));
+        let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
         Shared {
             settings,
-            recorder: Arc::new(recorder),
+            recorder: Arc::new(recorder.with_sink(stats.clone())),
+            stats,
             client,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
@@ -220,6 +225,13 @@ impl ProxyService {
         head: HeadFlags,
     ) -> Result<Reply, EdgeError> {
         let classified = classify(req.method(), req.uri());
+        let version = match req.version() {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_09 => "HTTP/0.9",
+            _ => "HTTP/1.1",
+        };
+        let path = matches!(classified, Ok(Classified::Forward(_))).then(|| req.uri().path());
+        ex.record.request(version, path);
         match &classified {
             Ok(Classified::Connect(t) | Classified::Forward(t)) => {
                 ex.record.destination(t.host.to_string(), t.port);

@@ -1,4 +1,4 @@
-//! Process signals: SIGINT and SIGTERM end the proxy gracefully.
+//! Process signals: SIGINT and SIGTERM end the proxy gracefully; SIGUSR1 reopens the access log.
 
 /// Completes on the first SIGINT or SIGTERM (Ctrl-C where there are no Unix signals).
 pub async fn shutdown() {
@@ -26,5 +26,26 @@ pub async fn shutdown() {
     {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown requested");
+    }
+}
+
+/// Calls `reopen` on every SIGUSR1 (the signal `logrotate` sends), for as long as it runs.
+pub async fn on_reopen(reopen: impl Fn()) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+            tracing::warn!("cannot install the SIGUSR1 handler; the access log will not reopen");
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            tracing::info!("SIGUSR1: reopening the access log");
+            reopen();
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reopen;
+        std::future::pending::<()>().await;
     }
 }

@@ -34,6 +34,7 @@ const RELAY_BUFFER: usize = 16 * 1024;
 pub struct Dialled {
     upgrade: OnUpgrade,
     upstream: TcpStream,
+    port: u16,
 }
 
 /// Checks and dials a CONNECT destination. The caller answers 200 and spawns [`relay`].
@@ -75,6 +76,7 @@ pub async fn open(
     Ok(Dialled {
         upgrade: hyper::upgrade::on(&mut req),
         upstream: connected.stream,
+        port: target.port,
     })
 }
 
@@ -100,10 +102,13 @@ pub async fn relay(dialled: Dialled, mut record: PendingRecord, shared: Arc<Shar
     };
     let idle = shared.settings.timeouts.tunnel_idle;
     let traffic = record.traffic().clone();
+    let port = dialled.port;
+    shared.stats.tunnel_opened(port);
     let end = tokio::select! {
         result = copy_both_ways(client, dialled.upstream, &traffic, idle) => result,
         _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
     };
+    shared.stats.tunnel_closed(port);
     match end {
         Ok(End::Done) => {}
         Ok(End::Idle) => record.note(format!(

@@ -1,0 +1,482 @@
+//! The access log: each [`AccessRecord`] as one line, in Squid's native format, the Common
+//! Log Format or JSON, written to stdout or a file.
+//!
+//! Lines are formatted on the request path and handed to a writer thread through a bounded
+//! queue, so a slow or full disk never blocks a request: when the queue is full the line is
+//! dropped and counted, and the count is reported in the diagnostics and in `/metrics`.
+//! SIGUSR1 (or [`AccessLog::reopen`]) makes the writer reopen the file, for `logrotate`.
+//!
+//! The formats, field by field, are in the README; [`crate::report`] reads them back.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::access::{AccessRecord, AccessSink, Verdict};
+
+/// Where access lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Standard output.
+    Stdout,
+    /// Nowhere (statistics still count).
+    Off,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// The line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Squid's native `access.log` format, which SARG, Calamaris and other Squid tools read.
+    #[default]
+    Squid,
+    /// The Common Log Format of web servers.
+    Common,
+    /// One JSON object a line, with every field of the record.
+    Json,
+}
+
+/// Lines waiting for the writer at most; past it lines are dropped and counted.
+pub const QUEUE_LINES: usize = 16_384;
+
+enum Message {
+    Line(String),
+    Reopen,
+}
+
+/// The access log sink.
+pub struct AccessLog {
+    format: Format,
+    queue: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+    reopen_pending: Arc<AtomicBool>,
+    names: Arc<dyn Fn(std::net::IpAddr) -> Option<String> + Send + Sync>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread for `destination`. `dropped` counts lines lost to a full
+    /// queue (shared with the statistics); `names` gives a client's friendly name.
+    pub fn start(
+        destination: Destination,
+        format: Format,
+        dropped: Arc<AtomicU64>,
+        names: Arc<dyn Fn(std::net::IpAddr) -> Option<String> + Send + Sync>,
+    ) -> io::Result<Option<AccessLog>> {
+        let out: Box<dyn Write + Send> = match &destination {
+            Destination::Off => return Ok(None),
+            Destination::Stdout => Box::new(io::stdout()),
+            Destination::File(path) => Box::new(open(path)?),
+        };
+        let (queue, lines) = sync_channel::<Message>(QUEUE_LINES);
+        let reopen_pending = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            destination,
+            out: BufWriter::with_capacity(64 * 1024, out),
+            dropped: dropped.clone(),
+            reported: 0,
+        };
+        let pending = reopen_pending.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer.run(lines, pending))?;
+        Ok(Some(AccessLog {
+            format,
+            queue,
+            dropped,
+            reopen_pending,
+            names,
+        }))
+    }
+
+    /// Asks the writer to reopen its file (after `logrotate` moved it).
+    pub fn reopen(&self) {
+        self.reopen_pending.store(true, Ordering::Release);
+        let _ = self.queue.try_send(Message::Reopen);
+    }
+
+    /// Lines dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl AccessSink for AccessLog {
+    fn record(&self, record: &AccessRecord) {
+        let name = (self.names)(record.client.ip());
+        let line = format_line(self.format, record, name.as_deref());
+        match self.queue.try_send(Message::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn open(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))
+}
+
+struct Writer {
+    destination: Destination,
+    out: BufWriter<Box<dyn Write + Send>>,
+    dropped: Arc<AtomicU64>,
+    reported: u64,
+}
+
+impl Writer {
+    fn run(mut self, lines: std::sync::mpsc::Receiver<Message>, reopen: Arc<AtomicBool>) {
+        loop {
+            let message = match lines.recv_timeout(Duration::from_secs(1)) {
+                Ok(message) => Some(message),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.out.flush();
+                    return;
+                }
+            };
+            if let Some(Message::Line(line)) = message {
+                self.write(&line);
+                // Write whatever else is queued before flushing once.
+                while let Ok(message) = lines.try_recv() {
+                    match message {
+                        Message::Line(line) => self.write(&line),
+                        Message::Reopen => reopen.store(true, Ordering::Release),
+                    }
+                }
+            }
+            if let Err(e) = self.out.flush() {
+                tracing::warn!(error = %e, "cannot write the access log");
+            }
+            if reopen.swap(false, Ordering::AcqRel) {
+                self.reopen();
+            }
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            if dropped > self.reported {
+                tracing::warn!(
+                    dropped = dropped - self.reported,
+                    total = dropped,
+                    "the access log could not keep up: records dropped"
+                );
+                self.reported = dropped;
+            }
+        }
+    }
+
+    fn write(&mut self, line: &str) {
+        if self.out.write_all(line.as_bytes()).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn reopen(&mut self) {
+        let Destination::File(path) = &self.destination else {
+            return;
+        };
+        match open(path) {
+            Ok(file) => {
+                let _ = self.out.flush();
+                self.out = BufWriter::with_capacity(64 * 1024, Box::new(file));
+                tracing::info!(path = %path.display(), "access log reopened");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reopen the access log; still writing to the old file")
+            }
+        }
+    }
+}
+
+/// One record as one line (ending in `\n`) in `format`; `name` is the client's friendly name.
+pub fn format_line(format: Format, r: &AccessRecord, name: Option<&str>) -> String {
+    match format {
+        Format::Squid => squid(r),
+        Format::Common => common(r),
+        Format::Json => json(r, name),
+    }
+}
+
+/// The URL as logged: `http://host[:port]/path` for plain HTTP, `host:port` for CONNECT.
+pub fn logged_url(r: &AccessRecord) -> String {
+    if r.host.is_empty() {
+        return "-".to_owned();
+    }
+    let host = &r.host;
+    match &r.path {
+        Some(path) if r.port == 80 => format!("http://{host}{path}"),
+        Some(path) => format!("http://{host}:{}{path}", r.port),
+        None if r.port == 0 => host.clone(),
+        None => format!("{host}:{}", r.port),
+    }
+}
+
+/// Squid's result code for a record (`TCP_MISS`, `TCP_TUNNEL`, `TCP_DENIED` …).
+pub fn squid_code(r: &AccessRecord) -> &'static str {
+    let aborted = r.status == 499;
+    match (r.verdict, r.method.as_str()) {
+        (Verdict::Deny, _) if matches!(r.status, 403 | 407 | 429) => "TCP_DENIED",
+        (Verdict::Deny, _) => {
+            if aborted {
+                "NONE_NONE_ABORTED"
+            } else {
+                "NONE_NONE"
+            }
+        }
+        (Verdict::Allow, _) if r.rule == "local" => "TCP_MEM_HIT",
+        (Verdict::Allow, "CONNECT") => "TCP_TUNNEL",
+        (Verdict::Allow, _) if aborted => "TCP_MISS_ABORTED",
+        (Verdict::Allow, _) => "TCP_MISS",
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> (u64, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs(), d.subsec_millis())
+}
+
+/// Replaces what would split a whitespace-separated field.
+fn field(text: &str) -> String {
+    if text.is_empty() {
+        return "-".to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_whitespace() || c.is_control() || c == '"' || c == '%' {
+            for b in c.to_string().bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn squid(r: &AccessRecord) -> String {
+    let (secs, millis) = unix_seconds(r.time + r.duration);
+    let status = if r.status == 499 { 0 } else { r.status };
+    let hierarchy = match r.upstream {
+        Some(addr) => format!("HIER_DIRECT/{}", addr.ip()),
+        None => "HIER_NONE/-".to_owned(),
+    };
+    format!(
+        "{secs}.{millis:03} {:>6} {} {}/{status:03} {} {} {} {} {hierarchy} -\n",
+        r.duration.as_millis(),
+        r.client.ip(),
+        squid_code(r),
+        r.bytes_down,
+        field(&r.method),
+        field(&logged_url(r)),
+        field(r.user.as_deref().unwrap_or("")),
+    )
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// `26/Nov/2026:10:20:29 +0000`
+pub fn clf_time(t: SystemTime) -> String {
+    let (secs, _) = unix_seconds(t);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(m - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's method).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn common(r: &AccessRecord) -> String {
+    let status = if r.status == 499 { 0 } else { r.status };
+    format!(
+        "{} - {} [{}] \"{} {} {}\" {status} {}\n",
+        r.client.ip(),
+        field(r.user.as_deref().unwrap_or("")),
+        clf_time(r.time),
+        field(&r.method),
+        field(&logged_url(r)),
+        r.version,
+        r.bytes_down
+    )
+}
+
+/// The JSON form of a record: every field, with stable names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonRecord {
+    /// When the request arrived (RFC 3339, UTC, milliseconds).
+    pub time: String,
+    /// From arrival to the end of the exchange.
+    pub duration_ms: u64,
+    /// The client's address.
+    pub client: String,
+    /// The client's port.
+    pub client_port: u16,
+    /// The client's friendly name (`[clients.names]`).
+    pub client_name: Option<String>,
+    /// The authenticated user.
+    pub user: Option<String>,
+    /// The method.
+    pub method: String,
+    /// The URL as in the Squid format.
+    pub url: String,
+    /// The destination host.
+    pub host: String,
+    /// The destination port.
+    pub port: u16,
+    /// The port's service name.
+    pub service: Option<String>,
+    /// The address the proxy connected to.
+    pub upstream: Option<String>,
+    /// The status answered (499: none).
+    pub status: u16,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// What decided.
+    pub rule: String,
+    /// Why, for refusals and failures.
+    pub reason: Option<String>,
+    /// Payload bytes client to destination.
+    pub bytes_up: u64,
+    /// Payload bytes destination to client.
+    pub bytes_down: u64,
+}
+
+impl JsonRecord {
+    /// The JSON form of `r`.
+    pub fn from_record(r: &AccessRecord, name: Option<&str>) -> Self {
+        JsonRecord {
+            time: humantime::format_rfc3339_millis(r.time).to_string(),
+            duration_ms: r.duration.as_millis() as u64,
+            client: r.client.ip().to_string(),
+            client_port: r.client.port(),
+            client_name: name.map(str::to_owned),
+            user: r.user.clone(),
+            method: r.method.clone(),
+            url: logged_url(r),
+            host: r.host.clone(),
+            port: r.port,
+            service: r.service.map(str::to_owned),
+            upstream: r.upstream.map(|a| a.to_string()),
+            status: r.status,
+            decision: r.verdict.as_str().to_owned(),
+            rule: r.rule.to_string(),
+            reason: r.reason.clone(),
+            bytes_up: r.bytes_up,
+            bytes_down: r.bytes_down,
+        }
+    }
+}
+
+fn json(r: &AccessRecord, name: Option<&str>) -> String {
+    let mut line = serde_json::to_string(&JsonRecord::from_record(r, name))
+        .unwrap_or_else(|e| format!("{{\"error\":\"unserializable record: {e}\"}}"));
+    line.push('\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Decider;
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            time: UNIX_EPOCH + Duration::from_millis(1_764_152_429_123),
+            client: "192.168.1.20:50000".parse().unwrap(),
+            user: Some("alice smith".into()),
+            method: "GET".into(),
+            version: "HTTP/1.1",
+            path: Some("/index.html".into()),
+            host: "example.com".into(),
+            port: 80,
+            service: Some("http"),
+            upstream: Some("93.184.216.34:80".parse().unwrap()),
+            status: 200,
+            verdict: Verdict::Allow,
+            rule: Decider::Builtin("ports.http"),
+            reason: None,
+            bytes_up: 0,
+            bytes_down: 5120,
+            duration: Duration::from_millis(105),
+        }
+    }
+
+    #[test]
+    fn squid_lines_follow_the_native_layout() {
+        let line = format_line(Format::Squid, &record(), None);
+        assert_eq!(
+            line,
+            "1764152429.228    105 192.168.1.20 TCP_MISS/200 5120 GET http://example.com/index.html alice%20smith HIER_DIRECT/93.184.216.34 -\n"
+        );
+        let mut tunnel = record();
+        tunnel.method = "CONNECT".into();
+        tunnel.path = None;
+        tunnel.port = 443;
+        tunnel.user = None;
+        let line = format_line(Format::Squid, &tunnel, None);
+        assert!(
+            line.contains(" TCP_TUNNEL/200 5120 CONNECT example.com:443 - HIER_DIRECT/"),
+            "{line}"
+        );
+        let mut denied = tunnel.clone();
+        denied.verdict = Verdict::Deny;
+        denied.status = 403;
+        denied.upstream = None;
+        let line = format_line(Format::Squid, &denied, None);
+        assert!(
+            line.contains(" TCP_DENIED/403 5120 CONNECT example.com:443 - HIER_NONE/- -"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn common_and_json_lines() {
+        assert_eq!(
+            format_line(Format::Common, &record(), None),
+            "192.168.1.20 - alice%20smith [26/Nov/2025:10:20:29 +0000] \"GET http://example.com/index.html HTTP/1.1\" 200 5120\n"
+        );
+        let line = format_line(Format::Json, &record(), Some("kids-laptop"));
+        let parsed: JsonRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed.client_name.as_deref(), Some("kids-laptop"));
+        assert_eq!(parsed.url, "http://example.com/index.html");
+        assert_eq!(parsed.time, "2025-11-26T10:20:29.123Z");
+        assert_eq!(
+            (parsed.port, parsed.status, parsed.bytes_down),
+            (80, 200, 5120)
+        );
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+}
