@@ -209,14 +209,12 @@ impl PendingRecord {
     }
 
     /// Marks the request as ended by the proxy with `status` and `reason`; `rule` is set when
-    /// a policy rule refused it (the verdict is then `deny`).
+    /// something refused it (the verdict is then `deny`); without it the verdict stays (an
+    /// allowed request whose origin failed).
     pub fn fail(&mut self, status: u16, rule: Option<Decider>, reason: String) {
         if let Some(rule) = rule {
             self.record.verdict = Verdict::Deny;
             self.record.rule = rule;
-        } else if self.record.verdict == Verdict::Deny && status < 500 {
-            // Refused before any rule was asked: the request itself was at fault.
-            self.record.rule = Decider::Builtin("request");
         }
         self.record.status = status;
         self.record.reason = Some(reason);

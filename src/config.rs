@@ -507,7 +507,7 @@ impl Config {
             }
         }
         let auth = self.auth_settings(base, &mut problems);
-        let rules = self.compile_rules(base, auth.is_some(), &mut problems);
+        let rules = self.compile_rules(base, self.auth.htpasswd.is_some(), &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 origin: origin.to_owned(),

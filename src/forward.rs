@@ -105,15 +105,37 @@ pub async fn forward(
     }
     ex.record.answered(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
+    let codings = transfer_codings_besides_chunked(&parts.headers);
     let had_transfer_encoding = parts.headers.contains_key(header::TRANSFER_ENCODING);
     strip_hop_by_hop(&mut parts.headers);
     if had_transfer_encoding {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
+    // hyper decoded the chunked framing; other codings (gzip …) are the body's and must stay
+    // named, or the client would read compressed bytes as plain. hyper adds chunked again.
+    if let Some(codings) = codings {
+        parts.headers.insert(header::TRANSFER_ENCODING, codings);
+    }
     append_via(&mut parts.headers, parts.version, &ex.shared.via);
     parts.version = Version::HTTP_11;
     parts.extensions.clear();
     Ok(Response::from_parts(parts, DownBody::origin(body)))
+}
+
+/// The transfer codings of a message other than `chunked`, as one header value, if any.
+fn transfer_codings_besides_chunked(headers: &HeaderMap) -> Option<HeaderValue> {
+    let codings: Vec<&str> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
+        .collect();
+    if codings.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&codings.join(", ")).ok()
 }
 
 /// Removes the hop-by-hop fields, including every field that `Connection` names.
@@ -252,6 +274,17 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
             return EdgeError::from(dial);
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                // The request body the client sent broke off or was malformed.
+                let cause = h
+                    .source()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| h.to_string());
+                return EdgeError::client(
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {cause}"),
+                );
+            }
             let what = if h.is_incomplete_message() {
                 "closed the connection before a complete response".to_owned()
             } else if h.is_parse() {

@@ -18,6 +18,7 @@
 //! - [`access`]: the access record, one per request or tunnel, and its sinks.
 //! - [`admin`]: the admin listener: `/metrics`, `/status`, `/status.json`, `/healthz`.
 //! - [`log`]: the access log: Squid, Common and JSON lines, bounded queue, reopen on SIGUSR1.
+//! - [`report`]: `portcullis report`: usage per port, client, host or user, read back from access logs.
 //! - [`stats`]: live counters per port, client, user and host; recent refusals.
 //! - [`server`]: listeners, per-connection tasks, client timeouts, graceful shutdown.
 //! - [`service`]: the hyper service that routes each request; the only place refusals become responses.
@@ -51,6 +52,7 @@ pub mod pages;
 pub mod passwd;
 pub mod policy;
 pub mod ports;
+pub mod report;
 pub mod server;
 pub mod service;
 pub mod signal;

@@ -61,6 +61,19 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
         }
     }
 
+    if let Some(auth) = &settings.auth {
+        for rule in &policy.rules {
+            for user in rule.users.iter().flatten() {
+                if !auth.users.users().any(|u| u == user) {
+                    out.push(format!(
+                        "rule \"{}\" names user \"{user}\", who is not in the htpasswd file",
+                        rule.name
+                    ));
+                }
+            }
+        }
+    }
+
     for (j, later) in policy.rules.iter().enumerate() {
         if is_unconditional(later) && j + 1 < policy.rules.len() {
             out.push(format!(

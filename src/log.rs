@@ -82,6 +82,7 @@ impl AccessLog {
             out: BufWriter::with_capacity(64 * 1024, out),
             dropped: dropped.clone(),
             reported: 0,
+            buffered: 0,
         };
         let pending = reopen_pending.clone();
         std::thread::Builder::new()
@@ -134,6 +135,8 @@ struct Writer {
     out: BufWriter<Box<dyn Write + Send>>,
     dropped: Arc<AtomicU64>,
     reported: u64,
+    /// Lines in `out`'s buffer, not yet flushed.
+    buffered: u64,
 }
 
 impl Writer {
@@ -143,7 +146,7 @@ impl Writer {
                 Ok(message) => Some(message),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.out.flush();
+                    self.flush();
                     return;
                 }
             };
@@ -157,9 +160,7 @@ impl Writer {
                     }
                 }
             }
-            if let Err(e) = self.out.flush() {
-                tracing::warn!(error = %e, "cannot write the access log");
-            }
+            self.flush();
             if reopen.swap(false, Ordering::AcqRel) {
                 self.reopen();
             }
@@ -176,18 +177,37 @@ impl Writer {
     }
 
     fn write(&mut self, line: &str) {
-        if self.out.write_all(line.as_bytes()).is_err() {
+        if self.out.write_all(line.as_bytes()).is_ok() {
+            self.buffered += 1;
+        } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Flushes; lines that cannot be written (a full disk) are discarded and counted, so the
+    /// buffer does not grow and later lines get their chance.
+    fn flush(&mut self) {
+        if self.buffered == 0 {
+            return;
+        }
+        if let Err(e) = self.out.flush() {
+            tracing::warn!(error = %e, "cannot write the access log");
+            self.dropped.fetch_add(self.buffered, Ordering::Relaxed);
+            let placeholder: Box<dyn Write + Send> = Box::new(io::sink());
+            let failed = std::mem::replace(&mut self.out, BufWriter::new(placeholder));
+            let (inner, _unwritten) = failed.into_parts();
+            self.out = BufWriter::with_capacity(64 * 1024, inner);
+        }
+        self.buffered = 0;
+    }
+
     fn reopen(&mut self) {
-        let Destination::File(path) = &self.destination else {
+        let Destination::File(path) = self.destination.clone() else {
             return;
         };
-        match open(path) {
+        match open(&path) {
             Ok(file) => {
-                let _ = self.out.flush();
+                self.flush();
                 self.out = BufWriter::with_capacity(64 * 1024, Box::new(file));
                 tracing::info!(path = %path.display(), "access log reopened");
             }

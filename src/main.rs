@@ -17,6 +17,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Passwd { file, user }) => return passwd(file, user),
+        Some(Command::Report {
+            files,
+            by,
+            since,
+            until,
+            format,
+        }) => {
+            return report(&portcullis::report::Options {
+                files: files.clone(),
+                by: *by,
+                format: *format,
+                since: *since,
+                until: *until,
+            })
+        }
         None => {}
     }
     match run(cli) {
@@ -105,6 +120,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// `portcullis report [FILES…]`: the report on stdout, notes on stderr; exit 1 when an input
+/// could not be read.
+fn report(options: &portcullis::report::Options) -> ExitCode {
+    match portcullis::report::run(options) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("portcullis report: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `portcullis passwd FILE USER`: what happened on stderr, exit 1 with one line on error.

@@ -9,11 +9,17 @@ use crate::stats::RecentDenial;
 
 /// Answers an origin-form request to the proxy itself.
 pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
+    // An absolute URL names the proxy itself; otherwise the Host header does.
     let shown_host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| ex.local.to_string());
     ex.record.destination(shown_host.clone(), ex.local.port());
 

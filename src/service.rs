@@ -363,11 +363,12 @@ fn refusal(ex: &mut Exchange, error: EdgeError) -> Response<DownBody> {
             debug!(status = error.status.as_u16(), reason = %error.reason, "upstream failure")
         }
     }
-    ex.record.fail(
-        error.status.as_u16(),
-        error.rule.clone(),
-        error.reason.clone(),
-    );
+    // A client-side error no rule decided is the request's own fault.
+    let rule = error.rule.clone().or_else(|| {
+        (error.side == Side::Client).then_some(crate::policy::Decider::Builtin("request"))
+    });
+    ex.record
+        .fail(error.status.as_u16(), rule, error.reason.clone());
     let mut response = Response::new(DownBody::text(error.body_text()));
     *response.status_mut() = error.status;
     let closes = error.closes_connection();
@@ -427,12 +428,24 @@ fn check_head<B>(req: &Request<B>, limits: &LimitsConfig) -> Result<(), EdgeErro
             ),
         ));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
-    {
+    // hyper accepts a Transfer-Encoding whose last coding is chunked; the proxy re-frames
+    // the body as chunked alone, so any other coding would be silently lost.
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    if codings.any(|c| !c.eq_ignore_ascii_case("chunked")) {
+        return Err(EdgeError::client(
+            StatusCode::NOT_IMPLEMENTED,
+            "only the chunked transfer coding is supported in requests",
+        ));
+    }
+    if headers.get_all(header::TRANSFER_ENCODING).iter().count() > 1 {
         return Err(EdgeError::client(
             StatusCode::BAD_REQUEST,
-            "a request must not carry both Content-Length and Transfer-Encoding",
+            "Transfer-Encoding must be sent once",
         ));
     }
     Ok(())

@@ -478,3 +478,17 @@ async fn a_response_with_both_lengths_is_read_as_chunked() {
     assert_eq!(r.text(), "hello");
     assert_eq!(r.header("content-length"), None, "{}", r.head);
 }
+
+#[tokio::test]
+async fn response_codings_other_than_chunked_stay_named() {
+    let (origin, _) = scripted_origin(vec![
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ])
+    .await;
+    let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
+    let r = get(proxy.addr, &format!("http://{origin}/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "abc");
+    let te = r.header("transfer-encoding").unwrap_or_default();
+    assert!(te.starts_with("gzip"), "the gzip coding was lost: {te:?}");
+}

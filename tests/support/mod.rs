@@ -42,6 +42,8 @@ pub fn loopback_config(http_ports: &[u16], connect_ports: &[u16]) -> String {
 pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
+    /// The admin listener, when started with one.
+    pub admin: Option<SocketAddr>,
     records: Arc<Mutex<Vec<AccessRecord>>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -65,18 +67,44 @@ impl Proxy {
     }
 
     /// Starts the proxy on `127.0.0.1:0` with validated settings (their `listen` is replaced).
-    pub async fn start_with(mut settings: Settings) -> Proxy {
+    pub async fn start_with(settings: Settings) -> Proxy {
+        Proxy::start_observed(settings, false, None).await
+    }
+
+    /// Starts the proxy with an admin listener on `127.0.0.1:0` when `admin`, and `sink`
+    /// (an access log, say) among its record sinks.
+    pub async fn start_observed(
+        mut settings: Settings,
+        admin: bool,
+        sink: Option<Arc<dyn AccessSink>>,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         settings.policy.listen = vec![addr];
+        let admin_listener = if admin {
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let admin_addr = admin_listener.as_ref().map(|l| l.local_addr().unwrap());
         let records = Arc::new(Mutex::new(Vec::new()));
-        let recorder = Recorder::new().with_sink(Arc::new(Collect(records.clone())));
+        let mut recorder = Recorder::new().with_sink(Arc::new(Collect(records.clone())));
+        if let Some(sink) = sink {
+            recorder = recorder.with_sink(sink);
+        }
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(portcullis::run(vec![listener], settings, recorder, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(portcullis::serve(
+            vec![listener],
+            admin_listener,
+            settings,
+            recorder,
+            async {
+                let _ = rx.await;
+            },
+        ));
         Proxy {
             addr,
+            admin: admin_addr,
             records,
             shutdown: Some(tx),
             task: Some(task),
