@@ -391,11 +391,11 @@ fn chart(h: &mut String, ports: &[PortUse]) {
         .max()
         .unwrap_or(0)
         .max(1);
-    let (label_w, bar_w, row_h) = (170.0, 420.0, 24.0);
+    let (label_w, bar_w, row_h) = (170.0, 360.0, 24.0);
     let height = row_h * rows.len() as f64 + 8.0;
     let _ = write!(
         h,
-        "<svg id=\"chart\" role=\"img\" aria-label=\"traffic by destination port\" width=\"760\" height=\"{height}\" viewBox=\"0 0 760 {height}\">"
+        "<svg id=\"chart\" role=\"img\" aria-label=\"traffic by destination port\" width=\"900\" height=\"{height}\" viewBox=\"0 0 900 {height}\">"
     );
     for (i, p) in rows.iter().enumerate() {
         let y = i as f64 * row_h + 4.0;

@@ -114,10 +114,12 @@ impl DownBody {
         }
     }
 
-    /// Attaches the exchange's record (its bytes counted into the record's traffic) and the
-    /// connection's in-flight guard; both are released when the body ends or is dropped.
+    /// Attaches the exchange's record (an origin body's bytes are counted into the record's
+    /// traffic) and the connection's in-flight guard; both are released when the body ends
+    /// or is dropped.
     pub fn finish_with(&mut self, record: Option<PendingRecord>, in_flight: Option<InFlight>) {
-        if let Some(record) = &record {
+        // Only bytes from the destination count as its traffic, not the proxy's own texts.
+        if let (Some(record), Content::Origin { .. }) = (&record, &self.content) {
             self.traffic = Some(record.traffic().clone());
         }
         self.record = record;

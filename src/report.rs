@@ -217,11 +217,15 @@ fn squid_url(url: &str) -> Result<(Cow<'_, str>, u16), BadLine> {
     }
     let (default_port, rest) = match url.split_once("://") {
         Some((scheme, rest)) => {
-            let port = match scheme.to_ascii_lowercase().as_str() {
-                "http" | "ws" => 80,
-                "https" | "wss" => 443,
-                "ftp" => 21,
-                _ => 0,
+            let is = |name: &str| scheme.eq_ignore_ascii_case(name);
+            let port = if is("http") || is("ws") {
+                80
+            } else if is("https") || is("wss") {
+                443
+            } else if is("ftp") {
+                21
+            } else {
+                0
             };
             (port, rest)
         }

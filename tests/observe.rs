@@ -322,7 +322,7 @@ async fn counters_equal_the_traffic_and_metrics_parse() {
         .validate("t")
         .unwrap();
     let proxy = Proxy::start_observed(settings, true, None).await;
-    let refusal = traffic.send(proxy.addr).await as f64;
+    let _ = traffic.send(proxy.addr).await;
     proxy.wait_records(7).await;
     let admin = proxy.admin.unwrap();
 
@@ -404,7 +404,7 @@ async fn counters_equal_the_traffic_and_metrics_parse() {
     assert_eq!(value("portcullis_client_bytes_up_total", &me), Some(1000.0));
     assert_eq!(
         value("portcullis_client_bytes_down_total", &me),
-        Some(52.0 + 2.0 * refusal + 14.0)
+        Some(52.0 + 14.0)
     );
     assert_eq!(value("portcullis_access_log_dropped_total", &[]), Some(0.0));
 
