@@ -2,8 +2,8 @@
 //! from access logs in the `squid` and `json` formats that [`crate::log`] writes.
 //!
 //! The core is pure: [`parse_line`] turns one line into an [`Entry`], [`Report`] aggregates
-//! entries into one [`Group`](Row) per port, client, host or user, and [`Report::render`] prints
-//! the groups as a table, CSV or JSON. The thin outer part ([`collect`], [`run`]) opens the
+//! entries into one [`Row`] per port, client, host or user, and [`Report::render`] prints
+//! the rows as a table, CSV or JSON. The thin outer part ([`collect`], [`run`]) opens the
 //! inputs (files or standard input, gzip or plain, told apart by the gzip magic bytes), reads
 //! them line by line with a bounded buffer and draws a progress line on a terminal. Memory does
 //! not grow with the size of the input: lines are never kept, a line longer than

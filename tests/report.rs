@@ -1,0 +1,680 @@
+//! `portcullis report` as a user runs it, on generated access logs of known content: one
+//! Squid-format file (plain) and one JSON-format file (gzip), written by the proxy's own
+//! `log::format_line`. Every total of the JSON output is checked against totals computed here
+//! from the records themselves; CSV, the table, standard input, time windows, malformed lines
+//! and unreadable inputs are checked too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flate2::write::GzEncoder;
+use serde_json::Value;
+
+use portcullis::access::{AccessRecord, Verdict};
+use portcullis::log::{format_line, Format};
+use portcullis::policy::Decider;
+use portcullis::ports::service_name;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// 2025-11-26T20:00:00Z: the generated logs cross midnight.
+const BASE_MS: u64 = 1_764_187_200_000;
+const MIDNIGHT_MS: u64 = BASE_MS + 4 * 3_600_000;
+
+const SQUID_LINES: usize = 50_000;
+const JSON_LINES: usize = 20_000;
+
+/// A small deterministic generator (SplitMix64), so the logs are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// (host, port, CONNECT?): the destinations of the generated traffic. The empty host is the
+/// proxy's own page.
+const DESTINATIONS: [(&str, u16, bool); 8] = [
+    ("example.com", 443, true),
+    ("example.com", 80, false),
+    ("api.example.net", 8080, false),
+    ("mail.example.org", 25, true),
+    ("[2001:db8::5]", 8443, true),
+    ("git.example.com", 9418, true),
+    ("www.example.org", 80, false),
+    ("", 0, false),
+];
+
+const USERS: [Option<&str>; 5] = [
+    None,
+    Some("alice"),
+    Some("bob"),
+    Some("carol smith"),
+    Some("dave, \"the boss\""),
+];
+
+/// `n` records, one about every second from `BASE_MS` (each arrival on a whole millisecond).
+fn records(n: usize, seed: u64) -> Vec<AccessRecord> {
+    let mut rng = Rng(seed);
+    let clients: Vec<String> = (1..=40)
+        .map(|i| format!("192.168.1.{i}:40000"))
+        .chain((1..=5).map(|i| format!("[fd00::{i:x}]:40000")))
+        .collect();
+    (0..n)
+        .map(|i| {
+            let (host, port, connect) = *rng.pick(&DESTINATIONS);
+            let denied = port == 25 || rng.below(10) == 0;
+            let status = if denied {
+                *rng.pick(&[403, 407, 429, 400, 499])
+            } else {
+                *rng.pick(&[200, 200, 200, 404, 502, 499])
+            };
+            let local = host.is_empty();
+            AccessRecord {
+                time: UNIX_EPOCH
+                    + Duration::from_millis(BASE_MS + i as u64 * 1000 + rng.below(1000)),
+                client: rng.pick(&clients).parse().unwrap(),
+                user: rng.pick(&USERS).map(str::to_owned),
+                method: if connect { "CONNECT" } else { "GET" }.into(),
+                version: "HTTP/1.1",
+                path: (!connect && !local).then(|| format!("/p/{}", rng.below(100))),
+                host: host.into(),
+                port,
+                service: service_name(port),
+                upstream: None,
+                status,
+                verdict: if denied {
+                    Verdict::Deny
+                } else {
+                    Verdict::Allow
+                },
+                rule: Decider::Builtin(if local { "local" } else { "ports.http" }),
+                reason: None,
+                bytes_up: if denied { 0 } else { rng.below(200_000) },
+                bytes_down: if denied {
+                    rng.below(500)
+                } else {
+                    rng.below(5_000_000)
+                },
+                duration: Duration::from_millis(rng.below(120_000)),
+            }
+        })
+        .collect()
+}
+
+/// The totals of one group, as the report should print them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Want {
+    requests: u64,
+    denied: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+    clients: BTreeSet<String>,
+    first: u64,
+    last: u64,
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The key of a record for `by`, as the report writes it.
+fn key(r: &AccessRecord, by: &str) -> String {
+    match by {
+        "port" => r.port.to_string(),
+        "client" => r.client.ip().to_string(),
+        "host" if r.host.is_empty() => "-".into(),
+        "host" => r.host.clone(),
+        "user" => r.user.clone().unwrap_or_else(|| "-".into()),
+        _ => unreachable!(),
+    }
+}
+
+/// Expected groups of `records` (from a log of `format`) inside `since <= time < until`.
+fn expected<'a>(
+    records: impl IntoIterator<Item = (&'a AccessRecord, Format)>,
+    by: &str,
+    since: u64,
+    until: u64,
+) -> BTreeMap<String, Want> {
+    let mut groups: BTreeMap<String, Want> = BTreeMap::new();
+    for (r, format) in records {
+        let t = ms(r.time);
+        if t < since || t >= until {
+            continue;
+        }
+        let g = groups.entry(key(r, by)).or_default();
+        if g.requests == 0 {
+            (g.first, g.last) = (t, t);
+        }
+        g.requests += 1;
+        g.denied += u64::from(r.verdict == Verdict::Deny);
+        g.bytes_up += if format == Format::Squid {
+            0
+        } else {
+            r.bytes_up
+        };
+        g.bytes_down += r.bytes_down;
+        g.clients.insert(r.client.ip().to_string());
+        g.first = g.first.min(t);
+        g.last = g.last.max(t);
+    }
+    groups
+}
+
+/// Checks a `--format json` output against `want`, row by row, order included.
+fn check_json(stdout: &[u8], by: &str, want: &BTreeMap<String, Want>) {
+    let rows: Vec<Value> = serde_json::from_slice(stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(stdout)));
+    assert_eq!(rows.len(), want.len(), "{by}: {rows:#?}");
+    let mut order: Vec<(&String, &Want)> = want.iter().collect();
+    let port = |k: &str| k.parse::<u32>().unwrap_or(0);
+    order.sort_by(|a, b| {
+        b.1.requests.cmp(&a.1.requests).then_with(|| {
+            if by == "port" {
+                port(a.0).cmp(&port(b.0))
+            } else {
+                a.0.cmp(b.0)
+            }
+        })
+    });
+    for (row, (k, w)) in rows.iter().zip(order) {
+        let object = row.as_object().unwrap();
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut want_keys = vec![
+            by,
+            "requests",
+            "denied",
+            "bytes_up",
+            "bytes_down",
+            "clients",
+            "first_seen",
+            "last_seen",
+        ];
+        if by == "port" {
+            want_keys.push("service");
+            let p: u16 = k.parse().unwrap();
+            assert_eq!(
+                row["port"],
+                Value::from(p),
+                "the port is a JSON number: {row}"
+            );
+            assert_eq!(
+                row["service"],
+                service_name(p).map_or(Value::Null, Value::from)
+            );
+        } else {
+            assert_eq!(row[by], Value::from(k.as_str()), "{row}");
+        }
+        want_keys.sort_unstable();
+        assert_eq!(keys, want_keys, "{row}");
+        let got = (
+            row["requests"].as_u64(),
+            row["denied"].as_u64(),
+            row["bytes_up"].as_u64(),
+            row["bytes_down"].as_u64(),
+            row["clients"].as_u64(),
+            row["first_seen"].as_str().map(str::to_owned),
+            row["last_seen"].as_str().map(str::to_owned),
+        );
+        let want = (
+            Some(w.requests),
+            Some(w.denied),
+            Some(w.bytes_up),
+            Some(w.bytes_down),
+            Some(w.clients.len() as u64),
+            Some(rfc3339(w.first)),
+            Some(rfc3339(w.last)),
+        );
+        assert_eq!(got, want, "{by} {k}: {row}");
+    }
+}
+
+/// The generated logs, written once per test binary.
+struct Logs {
+    _dir: tempfile::TempDir,
+    squid: PathBuf,
+    json_gz: PathBuf,
+    squid_records: Vec<AccessRecord>,
+    json_records: Vec<AccessRecord>,
+}
+
+fn logs() -> &'static Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let squid_records = records(SQUID_LINES, 1);
+        let json_records = records(JSON_LINES, 2);
+        let squid = dir.path().join("access.log");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&squid).unwrap());
+        for r in &squid_records {
+            out.write_all(format_line(Format::Squid, r, None).as_bytes())
+                .unwrap();
+        }
+        out.flush().unwrap();
+        let json_gz = dir.path().join("access.json.gz");
+        let file = std::fs::File::create(&json_gz).unwrap();
+        let mut gz = GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::fast());
+        for r in &json_records {
+            gz.write_all(format_line(Format::Json, r, Some("laptop")).as_bytes())
+                .unwrap();
+        }
+        gz.finish().unwrap().flush().unwrap();
+        Logs {
+            _dir: dir,
+            squid,
+            json_gz,
+            squid_records,
+            json_records,
+        }
+    })
+}
+
+impl Logs {
+    fn squid(&self) -> impl Iterator<Item = (&AccessRecord, Format)> {
+        self.squid_records.iter().map(|r| (r, Format::Squid))
+    }
+
+    fn json(&self) -> impl Iterator<Item = (&AccessRecord, Format)> {
+        self.json_records.iter().map(|r| (r, Format::Json))
+    }
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+/// Runs `portcullis ARGS` with `stdin` piped in; gives up after 60 seconds.
+fn portcullis(args: &[&str], stdin: Vec<u8>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let read_all = |mut stream: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            stream.read_to_end(&mut bytes).unwrap();
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("portcullis {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    writer.join().unwrap();
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: String::from_utf8(stderr.join().unwrap()).unwrap(),
+    }
+}
+
+fn report(args: &[&str]) -> Output {
+    let mut all = vec!["report"];
+    all.extend_from_slice(args);
+    let out = portcullis(&all, Vec::new());
+    assert!(out.status.success(), "{args:?}: {}", out.stderr);
+    out
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn squid_log_totals_by_every_key() {
+    let logs = logs();
+    for by in ["port", "client", "host", "user"] {
+        let out = report(&["--by", by, "--format", "json", path(&logs.squid)]);
+        assert_eq!(out.stderr, "", "{by}");
+        check_json(&out.stdout, by, &expected(logs.squid(), by, 0, u64::MAX));
+    }
+    // The default grouping is by port.
+    let out = report(&["--format", "json", path(&logs.squid)]);
+    check_json(
+        &out.stdout,
+        "port",
+        &expected(logs.squid(), "port", 0, u64::MAX),
+    );
+}
+
+#[test]
+fn gzip_json_log_totals_and_both_logs_together() {
+    let logs = logs();
+    for by in ["port", "user"] {
+        let out = report(&["--by", by, "--format", "json", path(&logs.json_gz)]);
+        check_json(&out.stdout, by, &expected(logs.json(), by, 0, u64::MAX));
+    }
+    let both = || logs.squid().chain(logs.json());
+    for by in ["port", "client", "host"] {
+        let out = report(&[
+            "--format",
+            "json",
+            "--by",
+            by,
+            path(&logs.squid),
+            path(&logs.json_gz),
+        ]);
+        check_json(&out.stdout, by, &expected(both(), by, 0, u64::MAX));
+    }
+}
+
+#[test]
+fn standard_input_plain_or_gzip() {
+    let logs = logs();
+    let squid = std::fs::read(&logs.squid).unwrap();
+    let out = portcullis(&["report", "--by", "client", "--format", "json"], squid);
+    assert!(out.status.success(), "{}", out.stderr);
+    check_json(
+        &out.stdout,
+        "client",
+        &expected(logs.squid(), "client", 0, u64::MAX),
+    );
+    let gz = std::fs::read(&logs.json_gz).unwrap();
+    let out = portcullis(&["report", "--format", "json", "-"], gz);
+    assert!(out.status.success(), "{}", out.stderr);
+    check_json(
+        &out.stdout,
+        "port",
+        &expected(logs.json(), "port", 0, u64::MAX),
+    );
+}
+
+#[test]
+fn since_and_until_select_by_arrival_time() {
+    let logs = logs();
+    let both = || logs.squid().chain(logs.json());
+    let files = [path(&logs.squid), path(&logs.json_gz)];
+    // Dates: --until a day takes that whole day, --since a day starts at its midnight.
+    let cases: [(&[&str], u64, u64); 4] = [
+        (&["--until", "2025-11-26"], 0, MIDNIGHT_MS),
+        (&["--since", "2025-11-27"], MIDNIGHT_MS, u64::MAX),
+        (
+            &[
+                "--since",
+                "2025-11-26T21:00:00.500Z",
+                "--until",
+                "2025-11-27 02:30:00",
+            ],
+            BASE_MS + 3_600_500,
+            BASE_MS + 6 * 3_600_000 + 1_800_000,
+        ),
+        (&["--since", "2025-11-28"], u64::MAX, u64::MAX),
+    ];
+    for (window, since, until) in cases {
+        for by in ["port", "user"] {
+            let mut args = vec!["--format", "json", "--by", by];
+            args.extend_from_slice(window);
+            args.extend_from_slice(&files);
+            let out = report(&args);
+            let want = expected(both(), by, since, until);
+            if since == u64::MAX {
+                assert!(want.is_empty());
+            } else {
+                assert!(!want.is_empty(), "{window:?}");
+            }
+            check_json(&out.stdout, by, &want);
+        }
+    }
+    // Both halves of a day boundary add up to everything.
+    let count = |args: &[&str]| -> u64 {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&files);
+        let rows: Vec<Value> = serde_json::from_slice(&report(&all).stdout).unwrap();
+        rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum()
+    };
+    let before = count(&["--until", "2025-11-26"]);
+    let after = count(&["--since", "2025-11-27"]);
+    assert_eq!(before + after, (SQUID_LINES + JSON_LINES) as u64);
+    assert!(before > 0 && after > 0);
+    let out = portcullis(
+        &[
+            "report",
+            "--since",
+            "2025-11-27",
+            "--until",
+            "2025-11-26T12:00:00Z",
+        ],
+        Vec::new(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("--since must be before --until"),
+        "{}",
+        out.stderr
+    );
+    let out = portcullis(&["report", "--since", "last tuesday"], Vec::new());
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("RFC 3339"), "{}", out.stderr);
+}
+
+/// A minimal RFC 4180 reader: records of fields, quoted fields may hold commas, quotes, CRLF.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut records = Vec::new();
+    let (mut record, mut field) = (Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.is_empty() => quoted = true,
+            (false, ',') => record.push(std::mem::take(&mut field)),
+            (false, '\r') => assert_eq!(chars.next(), Some('\n'), "a bare CR"),
+            (false, '\n') => panic!("lines end in CRLF"),
+            (false, c) => field.push(c),
+        }
+        if !quoted && c == '\r' {
+            record.push(std::mem::take(&mut field));
+            records.push(std::mem::take(&mut record));
+        }
+    }
+    assert!(
+        field.is_empty() && record.is_empty(),
+        "the last line has no CRLF"
+    );
+    records
+}
+
+#[test]
+fn csv_has_a_header_and_raw_numbers() {
+    let logs = logs();
+    let out = report(&["--by", "user", "--format", "csv", path(&logs.json_gz)]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let records = parse_csv(&text);
+    assert_eq!(
+        records[0],
+        [
+            "user",
+            "requests",
+            "denied",
+            "bytes_up",
+            "bytes_down",
+            "clients",
+            "first_seen",
+            "last_seen"
+        ]
+    );
+    let want = expected(logs.json(), "user", 0, u64::MAX);
+    assert_eq!(records.len(), want.len() + 1);
+    for record in &records[1..] {
+        let w = &want[&record[0]];
+        let numbers: Vec<u64> = record[1..6].iter().map(|n| n.parse().unwrap()).collect();
+        assert_eq!(
+            numbers,
+            [
+                w.requests,
+                w.denied,
+                w.bytes_up,
+                w.bytes_down,
+                w.clients.len() as u64
+            ]
+        );
+        assert_eq!(record[6..], [rfc3339(w.first), rfc3339(w.last)]);
+    }
+    // The user with a comma and quotes is one quoted field.
+    assert!(text.contains("\r\n\"dave, \"\"the boss\"\"\","), "{text}");
+    let out = report(&["--format", "csv", path(&logs.squid)]);
+    let records = parse_csv(std::str::from_utf8(&out.stdout).unwrap());
+    assert_eq!(&records[0][..3], ["port", "service", "requests"]);
+    let https = records.iter().find(|r| r[0] == "443").unwrap();
+    assert_eq!(https[1], "https");
+}
+
+#[test]
+fn table_has_aligned_columns_sizes_and_totals() {
+    let logs = logs();
+    let out = report(&[path(&logs.squid)]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines[0];
+    for title in [
+        "PORT",
+        "SERVICE",
+        "REQUESTS",
+        "DENIED",
+        "BYTES UP",
+        "BYTES DOWN",
+        "CLIENTS",
+    ] {
+        assert!(header.contains(title), "{header}");
+    }
+    let want = expected(logs.squid(), "port", 0, u64::MAX);
+    // Header, one row per port, the totals, the note on bytes up.
+    assert_eq!(lines.len(), want.len() + 3, "{text}");
+    let total = lines[want.len() + 1];
+    let fields: Vec<&str> = total.split_whitespace().collect();
+    assert_eq!(fields[..2], ["TOTAL", &SQUID_LINES.to_string()], "{total}");
+    assert!(total.contains(" MiB") || total.contains(" GiB"), "{total}");
+    assert!(lines
+        .last()
+        .unwrap()
+        .contains("Bytes up are not recorded in the Squid format"));
+    // Every row ends its REQUESTS column where the header does.
+    let end = header.find("REQUESTS").unwrap() + "REQUESTS".len();
+    for line in &lines[1..=want.len() + 1] {
+        assert!(line.as_bytes()[end - 1].is_ascii_digit(), "{line}");
+        assert_eq!(line.as_bytes()[end], b' ', "{line}");
+    }
+    let out = report(&["--by", "host", path(&logs.json_gz)]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("HOST "), "{text}");
+    assert!(text.contains("\n[2001:db8::5] "), "{text}");
+    assert!(!text.contains("Squid"), "{text}");
+}
+
+#[test]
+fn malformed_lines_are_counted_and_located_and_unreadable_inputs_reported() {
+    let logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    let messy = dir.path().join("messy.log");
+    let records = &logs.squid_records[..1000];
+    let mut text = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        match i {
+            10 => text.extend(b"this is not an access log line\n"),
+            500 => text.extend(b"{\"time\": \"broken\n"),
+            700 => text.extend(b"1764152429.228 105 10.0.0.1 TCP_MISS/200 \xff\xfe GET\n"),
+            _ => {}
+        }
+        text.extend(format_line(Format::Squid, r, None).bytes());
+    }
+    std::fs::write(&messy, &text).unwrap();
+    let out = report(&["--format", "json", path(&messy)]);
+    let want = expected(
+        records.iter().map(|r| (r, Format::Squid)),
+        "port",
+        0,
+        u64::MAX,
+    );
+    check_json(&out.stdout, "port", &want);
+    assert!(
+        out.stderr.contains(&format!(
+            "skipped 3 malformed lines of 1003; the first: {} line 11 (fewer than 10 fields)",
+            messy.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    // A missing file is reported and the exit status says so, but the others are read.
+    let missing = dir.path().join("missing.log");
+    let out = portcullis(
+        &["report", "--format", "json", path(&missing), path(&messy)],
+        Vec::new(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr
+            .contains(&format!("cannot open {}", missing.display())),
+        "{}",
+        out.stderr
+    );
+    check_json(&out.stdout, "port", &want);
+    // A truncated gzip file: what could be read is reported, and the error too.
+    let gz = std::fs::read(&logs.json_gz).unwrap();
+    let cut = dir.path().join("cut.json.gz");
+    std::fs::write(&cut, &gz[..gz.len() / 2]).unwrap();
+    let out = portcullis(&["report", "--format", "json", path(&cut)], Vec::new());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("cannot read"), "{}", out.stderr);
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let read: u64 = rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+    assert!(read > 0 && read < JSON_LINES as u64, "{read}");
+    // A log in the common format is not read, and the note says which formats are.
+    let mut common = Vec::new();
+    for r in records.iter().take(20) {
+        common.extend(format_line(Format::Common, r, None).bytes());
+    }
+    let out = portcullis(&["report"], common);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.contains("skipped 20 malformed lines of 20"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("not common"), "{}", out.stderr);
+}
