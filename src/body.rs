@@ -6,44 +6,101 @@
 //! in-flight guard, so both end exactly when the client has the last byte (or goes away).
 //! Neither buffers: each frame passes through as it comes.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use tokio::time::{Instant, Sleep};
+
 use crate::access::{PendingRecord, Traffic};
 use crate::server::InFlight;
 
+/// The error type of the bodies: hyper's, or a stall.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Ends a body that goes `limit` without a frame.
+struct Stall {
+    limit: Duration,
+    timer: Pin<Box<Sleep>>,
+    what: &'static str,
+}
+
+impl Stall {
+    fn new(limit: Duration, what: &'static str) -> Self {
+        Stall {
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+            what,
+        }
+    }
+
+    /// Call with the inner poll's result: restarts the clock on progress, and turns a
+    /// pending poll past the limit into an error.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<Option<Result<T, hyper::Error>>>,
+    ) -> Poll<Option<Result<T, BodyError>>> {
+        match polled {
+            Poll::Ready(frame) => {
+                self.timer.as_mut().reset(Instant::now() + self.limit);
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{} sent nothing for {}",
+                        self.what,
+                        humantime::format_duration(self.limit)
+                    ),
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A client's request body on its way upstream, counted into `Traffic::up`.
+    /// A client's request body on its way upstream, counted into `Traffic::up`, and ended
+    /// when the client stalls for `timeouts.request_body`.
     pub struct UpBody {
         #[pin]
         inner: Incoming,
         traffic: Arc<Traffic>,
+        stall: Stall,
     }
 }
 
 impl UpBody {
-    /// Wraps `inner`, counting into `traffic.up`.
-    pub fn new(inner: Incoming, traffic: Arc<Traffic>) -> Self {
-        UpBody { inner, traffic }
+    /// Wraps `inner`, counting into `traffic.up`; a gap of `stall` between frames ends it.
+    pub fn new(inner: Incoming, traffic: Arc<Traffic>, stall: Duration) -> Self {
+        UpBody {
+            inner,
+            traffic,
+            stall: Stall::new(stall, "the client's request body"),
+        }
     }
 }
 
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let polled = this.inner.poll_frame(cx);
+        let frame = ready!(this.stall.check(cx, polled));
         count(&frame, &this.traffic.up);
         Poll::Ready(frame)
     }
@@ -57,7 +114,7 @@ impl Body for UpBody {
     }
 }
 
-fn count(frame: &Option<Result<Frame<Bytes>, hyper::Error>>, counter: &AtomicU64) {
+fn count(frame: &Option<Result<Frame<Bytes>, BodyError>>, counter: &AtomicU64) {
     if let Some(Ok(frame)) = frame {
         if let Some(data) = frame.data_ref() {
             Traffic::add(counter, data.len());
@@ -81,15 +138,18 @@ pin_project_lite::pin_project! {
     /// itself (an error text, a page), or nothing.
     #[project = ContentProj]
     enum Content {
-        Origin { #[pin] body: Incoming },
+        Origin { #[pin] body: Incoming, stall: Stall },
         Own { data: Option<Bytes> },
     }
 }
 
 impl DownBody {
-    /// The origin's body, streamed.
-    pub fn origin(body: Incoming) -> Self {
-        DownBody::from_content(Content::Origin { body })
+    /// The origin's body, streamed; a gap of `stall` between its frames ends it.
+    pub fn origin(body: Incoming, stall: Duration) -> Self {
+        DownBody::from_content(Content::Origin {
+            body,
+            stall: Stall::new(stall, "the origin's response body"),
+        })
     }
 
     /// A body of the proxy's own.
@@ -129,15 +189,18 @@ impl DownBody {
 
 impl Body for DownBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
         let frame = match this.content.project() {
-            ContentProj::Origin { body } => ready!(body.poll_frame(cx)),
+            ContentProj::Origin { body, stall } => {
+                let polled = body.poll_frame(cx);
+                ready!(stall.check(cx, polled))
+            }
             ContentProj::Own { data } => data.take().map(|d| Ok(Frame::data(d))),
         };
         match &frame {
@@ -163,14 +226,14 @@ impl Body for DownBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.content {
-            Content::Origin { body } => body.is_end_stream(),
+            Content::Origin { body, .. } => body.is_end_stream(),
             Content::Own { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.content {
-            Content::Origin { body } => body.size_hint(),
+            Content::Origin { body, .. } => body.size_hint(),
             Content::Own { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

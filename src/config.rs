@@ -251,6 +251,12 @@ pub struct TimeoutsConfig {
     /// An idle client connection between requests is closed after this.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// A request body with no byte from the client for this long is cut (slow uploads).
+    #[serde(with = "humantime_serde")]
+    pub request_body: Duration,
+    /// How long the origin may take to begin its answer, and to send each next piece of it.
+    #[serde(with = "humantime_serde")]
+    pub response: Duration,
     /// A tunnel with no byte either way for this long is closed.
     #[serde(with = "humantime_serde")]
     pub tunnel_idle: Duration,
@@ -300,6 +306,8 @@ impl Default for TimeoutsConfig {
             connect: Duration::from_secs(10),
             request_header: Duration::from_secs(10),
             keep_alive: Duration::from_secs(120),
+            request_body: Duration::from_secs(60),
+            response: Duration::from_secs(300),
             tunnel_idle: Duration::from_secs(15 * 60),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -459,6 +467,8 @@ impl Config {
             ("connect", t.connect),
             ("request_header", t.request_header),
             ("keep_alive", t.keep_alive),
+            ("request_body", t.request_body),
+            ("response", t.response),
             ("tunnel_idle", t.tunnel_idle),
         ] {
             if value.is_zero() {

@@ -83,6 +83,7 @@ impl EdgeError {
         matches!(
             self.status,
             StatusCode::BAD_REQUEST
+                | StatusCode::REQUEST_TIMEOUT
                 | StatusCode::URI_TOO_LONG
                 | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
                 | StatusCode::LOOP_DETECTED

@@ -92,12 +92,20 @@ pub async fn forward(
     parts.uri = upstream_uri(&target, dial_to, &parts.uri)?;
     parts.version = Version::HTTP_11;
 
-    let upstream = Request::from_parts(parts, UpBody::new(body, ex.record.traffic().clone()));
-    let response = ex
-        .shared
-        .client
-        .request(upstream)
+    let timeouts = &settings.timeouts;
+    let body = UpBody::new(body, ex.record.traffic().clone(), timeouts.request_body);
+    let upstream = Request::from_parts(parts, body);
+    let response = tokio::time::timeout(timeouts.response, ex.shared.client.request(upstream))
         .await
+        .map_err(|_| {
+            EdgeError::upstream(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the origin {target} did not answer within {} (timeouts.response)",
+                    humantime::format_duration(timeouts.response)
+                ),
+            )
+        })?
         .map_err(|e| upstream_error(&target, &e))?;
 
     if let Some(info) = response.extensions().get::<HttpInfo>() {
@@ -119,7 +127,10 @@ pub async fn forward(
     append_via(&mut parts.headers, parts.version, &ex.shared.via);
     parts.version = Version::HTTP_11;
     parts.extensions.clear();
-    Ok(Response::from_parts(parts, DownBody::origin(body)))
+    Ok(Response::from_parts(
+        parts,
+        DownBody::origin(body, timeouts.response),
+    ))
 }
 
 /// The transfer codings of a message other than `chunked`, as one header value, if any.
@@ -275,13 +286,21 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             if h.is_user() {
-                // The request body the client sent broke off or was malformed.
-                let cause = h
-                    .source()
+                // The request body the client sent broke off, stalled or was malformed.
+                let cause = h.source();
+                let stalled = cause
+                    .and_then(|c| c.downcast_ref::<std::io::Error>())
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+                let cause = cause
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| h.to_string());
+                let status = if stalled {
+                    StatusCode::REQUEST_TIMEOUT
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
                 return EdgeError::client(
-                    StatusCode::BAD_REQUEST,
+                    status,
                     format!("the request body could not be read: {cause}"),
                 );
             }

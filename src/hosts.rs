@@ -41,7 +41,11 @@ impl HostPattern {
                     format!("\"{text}\" is not a valid network (CIDR such as 10.0.0.0/8)")
                 });
         }
-        let bare = text.trim_start_matches('[').trim_end_matches(']');
+        let bare = text
+            .strip_suffix('.')
+            .unwrap_or(text)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return Ok(HostPattern::Network(IpNet::from(ip.to_canonical())));
         }

@@ -442,10 +442,16 @@ fn check_head<B>(req: &Request<B>, limits: &LimitsConfig) -> Result<(), EdgeErro
             "only the chunked transfer coding is supported in requests",
         ));
     }
-    if headers.get_all(header::TRANSFER_ENCODING).iter().count() > 1 {
+    let chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .filter(|c| !c.trim().is_empty())
+        .count();
+    if chunked > 1 {
         return Err(EdgeError::client(
             StatusCode::BAD_REQUEST,
-            "Transfer-Encoding must be sent once",
+            "chunked may be applied once (one Transfer-Encoding: chunked)",
         ));
     }
     Ok(())

@@ -18,10 +18,14 @@ pub fn chromium() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PORTCULLIS_CHROMIUM") {
         return Some(PathBuf::from(path));
     }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// Runs headless Chromium with `args` and a fresh profile; returns its stdout.
@@ -68,10 +72,18 @@ async fn chromium_renders_the_status_page_with_the_traffic_sent() {
         "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{}]\n[clients.names]\n\"127.0.0.1\" = \"office-pc\"\n",
         web.addr.port()
     );
-    let settings = Config::from_toml(&config, "t").unwrap().validate("t").unwrap();
+    let settings = Config::from_toml(&config, "t")
+        .unwrap()
+        .validate("t")
+        .unwrap();
     let proxy = Proxy::start_observed(settings, true, None).await;
     for i in 0..5 {
-        assert_eq!(get(proxy.addr, &format!("http://{}/page{i}", web.addr)).await.status, 200);
+        assert_eq!(
+            get(proxy.addr, &format!("http://{}/page{i}", web.addr))
+                .await
+                .status,
+            200
+        );
     }
     for _ in 0..2 {
         let (r, _) = connect(proxy.addr, &mail.addr.to_string()).await;
@@ -88,10 +100,19 @@ async fn chromium_renders_the_status_page_with_the_traffic_sent() {
     .unwrap();
     assert!(dom.contains("<b id=\"total-requests\">7</b>"), "{dom}");
     assert!(dom.contains("<b id=\"total-denied\">2</b>"), "{dom}");
-    assert!(dom.contains(&format!("data-port=\"{}\"", web.addr.port())), "{dom}");
+    assert!(
+        dom.contains(&format!("data-port=\"{}\"", web.addr.port())),
+        "{dom}"
+    );
     assert!(dom.contains("office-pc"), "client names show: {dom}");
-    assert!(dom.contains("<svg id=\"chart\""), "the chart is there: {dom}");
-    assert!(dom.contains("is not allowed for CONNECT"), "recent refusals show: {dom}");
+    assert!(
+        dom.contains("<svg id=\"chart\""),
+        "the chart is there: {dom}"
+    );
+    assert!(
+        dom.contains("is not allowed for CONNECT"),
+        "recent refusals show: {dom}"
+    );
 
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let _ = std::fs::remove_file(&shot);
@@ -111,6 +132,10 @@ async fn chromium_renders_the_status_page_with_the_traffic_sent() {
     .await
     .unwrap();
     let png = std::fs::read(&shot).expect("Chromium saved a screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
     eprintln!("screenshot: {}", shot.display());
 }
