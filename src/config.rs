@@ -44,6 +44,80 @@ pub struct Config {
     pub log: LogConfig,
     /// The admin listener: metrics, status pages, health.
     pub admin: AdminConfig,
+    /// The proxy auto-config file served at `/proxy.pac` and `/wpad.dat`.
+    pub pac: PacConfig,
+    /// The pages browsers show for refusals.
+    pub pages: PagesConfig,
+    /// Parent proxies, for networks whose only way out is another proxy.
+    pub upstream: UpstreamConfig,
+}
+
+/// `[pac]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PacConfig {
+    /// Hosts browsers reach without the proxy: names, `.domains`, CIDRs. Left out: the
+    /// private networks of `clients.allow`. `[]`: everything but plain host names goes
+    /// through the proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct: Option<Vec<String>>,
+    /// Proxies to offer, in order (`host:port`); left empty, this proxy itself.
+    pub proxies: Vec<String>,
+    /// The name or address of this proxy as clients should use it; left out, the address
+    /// the PAC request arrived on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_host: Option<String>,
+}
+
+/// `[pages]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PagesConfig {
+    /// Whom to ask when something is refused, shown on error pages.
+    pub contact: String,
+    /// A directory of the owner's page templates, replacing the built-in ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for PagesConfig {
+    fn default() -> Self {
+        PagesConfig {
+            contact: "the person who runs this network".to_owned(),
+            dir: None,
+        }
+    }
+}
+
+/// One value or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// `proxy = "http://parent:8080"`
+    One(String),
+    /// `proxy = ["http://a:8080", "http://b:8080"]`
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values, in order.
+    pub fn values(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Parent proxies (`http://[user:password@]host:port`), tried in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<OneOrMany>,
+    /// Hosts reached directly rather than through the parent: names, `.domains`, CIDRs.
+    pub direct: Vec<String>,
 }
 
 /// `[log]`
@@ -278,6 +352,9 @@ impl Default for Config {
             rules: Vec::new(),
             log: LogConfig::default(),
             admin: AdminConfig::default(),
+            pac: PacConfig::default(),
+            pages: PagesConfig::default(),
+            upstream: UpstreamConfig::default(),
         }
     }
 }
@@ -402,6 +479,54 @@ pub struct Settings {
     pub admin: Option<(SocketAddr, Vec<IpNet>)>,
     /// Where the access log goes, and its format.
     pub access_log: (crate::log::Destination, crate::log::Format),
+    /// The PAC file's content settings.
+    pub pac: PacSettings,
+    /// Error pages.
+    pub pages: PagesSettings,
+    /// Parent proxies, when configured.
+    pub upstream: Option<UpstreamSettings>,
+}
+
+/// `[pac]` as the request path uses it.
+#[derive(Debug, Clone)]
+pub struct PacSettings {
+    /// Patterns browsers reach directly.
+    pub direct: Vec<HostPattern>,
+    /// Proxies offered in order; empty: this proxy.
+    pub proxies: Vec<String>,
+    /// This proxy's name for clients, if set.
+    pub proxy_host: Option<String>,
+}
+
+/// `[pages]` as the request path uses it.
+#[derive(Debug, Clone)]
+pub struct PagesSettings {
+    /// Whom to ask.
+    pub contact: String,
+    /// The owner's `error.html` template, replacing the built-in one.
+    pub error_template: Option<Arc<str>>,
+}
+
+/// One parent proxy.
+#[derive(Debug, Clone)]
+pub struct Parent {
+    /// `host:port` as written, without credentials: how logs and errors name it.
+    pub name: String,
+    /// Its host.
+    pub host: crate::target::Host,
+    /// Its port.
+    pub port: u16,
+    /// `Proxy-Authorization` for it, from the URL's credentials.
+    pub authorization: Option<http::HeaderValue>,
+}
+
+/// `[upstream]` as the request path uses it.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Parents, tried in order.
+    pub parents: Vec<Parent>,
+    /// Hosts reached without a parent.
+    pub direct: Arc<HostSet>,
 }
 
 impl Settings {
@@ -516,6 +641,56 @@ impl Config {
                 ));
             }
         }
+        let pac = PacSettings {
+            direct: match &self.pac.direct {
+                Some(patterns) => patterns
+                    .iter()
+                    .filter_map(|p| match HostPattern::parse(p) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            problems.push(format!("pac.direct: {e}"));
+                            None
+                        }
+                    })
+                    .collect(),
+                // The private networks clients come from: a LAN reaches its own hosts directly.
+                None => self
+                    .clients
+                    .allow
+                    .iter()
+                    .filter(|n| !n.0.addr().is_loopback())
+                    .map(|n| HostPattern::Network(n.0))
+                    .collect(),
+            },
+            proxies: self.pac.proxies.clone(),
+            proxy_host: self.pac.proxy_host.clone(),
+        };
+        for proxy in &pac.proxies {
+            if crate::target::parse_authority(proxy, None).is_err() {
+                problems.push(format!("pac.proxies: \"{proxy}\" is not host:port"));
+            }
+        }
+        if let Some(host) = &pac.proxy_host {
+            if crate::target::parse_authority(host, Some(1)).is_err() {
+                problems.push(format!(
+                    "pac.proxy_host: \"{host}\" is not a host name or address"
+                ));
+            }
+        }
+        let pages = PagesSettings {
+            contact: self.pages.contact.clone(),
+            error_template: self.pages.dir.as_ref().and_then(|dir| {
+                let path = base.join(dir).join("error.html");
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(Arc::from(text)),
+                    Err(e) => {
+                        problems.push(format!("pages.dir: cannot read {}: {e}", path.display()));
+                        None
+                    }
+                }
+            }),
+        };
+        let upstream = self.upstream_settings(&mut problems);
         let auth = self.auth_settings(base, &mut problems);
         let rules = self.compile_rules(base, self.auth.htpasswd.is_some(), &mut problems);
         if !problems.is_empty() {
@@ -545,6 +720,39 @@ impl Config {
             ),
             admin,
             access_log: (self.log.destination(base), self.log.format),
+            pac,
+            pages,
+            upstream,
+        })
+    }
+
+    fn upstream_settings(&self, problems: &mut Vec<String>) -> Option<UpstreamSettings> {
+        let urls = self.upstream.proxy.as_ref()?.values();
+        if urls.is_empty() {
+            problems.push(
+                "upstream.proxy: the list is empty; leave the key out for no parent".to_owned(),
+            );
+        }
+        let mut parents = Vec::new();
+        for url in &urls {
+            match parse_parent(url) {
+                Ok(parent) => parents.push(parent),
+                Err(e) => problems.push(format!(
+                    "upstream.proxy: \"{}\": {e}",
+                    mask_credentials(url)
+                )),
+            }
+        }
+        let mut direct = HostSet::new();
+        for text in &self.upstream.direct {
+            match HostPattern::parse(text) {
+                Ok(p) => direct.insert(p),
+                Err(e) => problems.push(format!("upstream.direct: {e}")),
+            }
+        }
+        Some(UpstreamSettings {
+            parents,
+            direct: Arc::new(direct),
         })
     }
 
@@ -668,6 +876,69 @@ impl Config {
             });
         }
         rules
+    }
+}
+
+/// `http://[user:password@]host:port` → a [`Parent`]. The password may be percent-encoded.
+fn parse_parent(url: &str) -> Result<Parent, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("a parent proxy is written http://[user:password@]host:port")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (credentials, authority) = match rest.rsplit_once('@') {
+        Some((c, a)) => (Some(c), a),
+        None => (None, rest),
+    };
+    let target =
+        crate::target::parse_authority(authority, Some(3128)).map_err(|e| e.to_string())?;
+    let authorization = match credentials {
+        None => None,
+        Some(c) => {
+            use base64::Engine;
+            let decoded =
+                percent_decode(c).ok_or("the credentials are not valid percent-encoding")?;
+            if !decoded.contains(':') {
+                return Err("credentials are written user:password".to_owned());
+            }
+            let token = base64::engine::general_purpose::STANDARD.encode(decoded);
+            let value = http::HeaderValue::from_str(&format!("Basic {token}"))
+                .map_err(|_| "the credentials cannot be sent".to_owned())?;
+            Some(value)
+        }
+    };
+    Ok(Parent {
+        name: target.to_string(),
+        host: target.host,
+        port: target.port,
+        authorization,
+    })
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A parent URL with its password replaced, for messages.
+fn mask_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, rest)), Some((_, host))) if rest.contains('@') => {
+            let user = rest.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -808,6 +1079,32 @@ mod tests {
                 assert!(problem.starts_with(want), "{text}: {problem:?} vs {want:?}");
             }
         }
+    }
+
+    #[test]
+    fn parents_parse_with_and_without_credentials() {
+        let p = parse_parent("http://alice:p%40ss@parent.lan:8080").unwrap();
+        assert_eq!(p.name, "parent.lan:8080");
+        assert_eq!(p.authorization.unwrap(), "Basic YWxpY2U6cEBzcw==");
+        let p = parse_parent("http://10.0.0.1:3128/").unwrap();
+        assert_eq!((p.name.as_str(), p.authorization), ("10.0.0.1:3128", None));
+        assert_eq!(parse_parent("http://parent.lan").unwrap().port, 3128);
+        for bad in [
+            "parent:8080",
+            "https://p:1",
+            "http://u@p:1",
+            "http://p:0",
+            "http://a b:1",
+        ] {
+            assert!(parse_parent(bad).is_err(), "{bad}");
+        }
+        assert_eq!(mask_credentials("http://u:secret@h:1"), "http://u:***@h:1");
+        let err = Config::from_toml("[upstream]\nproxy = \"http://u:secret@h:0\"", "t")
+            .unwrap()
+            .validate("t")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]
