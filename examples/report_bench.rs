@@ -86,6 +86,7 @@ fn generate(file: &File, lines: u64, format: Format) -> anyhow::Result<()> {
             port,
             service: service_name(port),
             upstream: Some(SocketAddr::from(([93, 184, 216, 34], port))),
+            parent: None,
             status: if denied { 403 } else { 200 },
             verdict: if denied {
                 Verdict::Deny

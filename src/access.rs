@@ -58,6 +58,8 @@ pub struct AccessRecord {
     pub service: Option<&'static str>,
     /// The address the proxy connected to, when it did.
     pub upstream: Option<SocketAddr>,
+    /// The parent proxy the exchange went through (`host:port`), if any.
+    pub parent: Option<String>,
     /// The status answered to the client (499 when the exchange ended before any answer:
     /// the client left, or the shutdown grace period ran out).
     pub status: u16,
@@ -154,6 +156,7 @@ impl PendingRecord {
                 port: 0,
                 service: None,
                 upstream: None,
+                parent: None,
                 status: 499,
                 verdict: Verdict::Deny,
                 rule: Decider::Builtin("-"),
@@ -189,6 +192,11 @@ impl PendingRecord {
     /// Sets the authenticated user.
     pub fn user(&mut self, user: &str) {
         self.record.user = Some(user.to_owned());
+    }
+
+    /// Notes the parent proxy the exchange goes through.
+    pub fn parent(&mut self, name: &str) {
+        self.record.parent = Some(name.to_owned());
     }
 
     /// Sets the address the proxy connected to.

@@ -72,8 +72,9 @@ pin_project_lite::pin_project! {
     /// A client's request body on its way upstream, counted into `Traffic::up`, and ended
     /// when the client stalls for `timeouts.request_body`.
     pub struct UpBody {
+        // `None`: no body (a request sent again to another parent proxy).
         #[pin]
-        inner: Incoming,
+        inner: Option<Incoming>,
         traffic: Arc<Traffic>,
         stall: Stall,
     }
@@ -83,9 +84,18 @@ impl UpBody {
     /// Wraps `inner`, counting into `traffic.up`; a gap of `stall` between frames ends it.
     pub fn new(inner: Incoming, traffic: Arc<Traffic>, stall: Duration) -> Self {
         UpBody {
-            inner,
+            inner: Some(inner),
             traffic,
             stall: Stall::new(stall, "the client's request body"),
+        }
+    }
+
+    /// An empty body, for sending a bodiless request again.
+    pub fn empty(traffic: Arc<Traffic>) -> Self {
+        UpBody {
+            inner: None,
+            traffic,
+            stall: Stall::new(Duration::from_secs(3600), "nothing"),
         }
     }
 }
@@ -99,18 +109,23 @@ impl Body for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = inner.poll_frame(cx);
         let frame = ready!(this.stall.check(cx, polled));
         count(&frame, &this.traffic.up);
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 

@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use crate::body::{DownBody, UpBody};
 use crate::dial::{self, is_local_address, DialError};
 use crate::error::EdgeError;
-use crate::pages;
 use crate::policy::{Decision, Facts, Kind};
 use crate::service::Exchange;
 use crate::target::{Host, Target};
@@ -36,12 +35,6 @@ pub async fn forward(
 ) -> Result<Response<DownBody>, EdgeError> {
     let settings = ex.shared.settings.clone();
     let policy = &settings.policy;
-    // An absolute URL naming this proxy is a request for its own page, never dialled.
-    if let Host::Ip(ip) = target.host {
-        if policy.is_listener(SocketAddr::new(ip, target.port), is_local_address) {
-            return Ok(pages::local(ex, &req));
-        }
-    }
     let user = ex.user.clone();
     let facts = Facts {
         client: ex.client.ip(),
@@ -51,8 +44,19 @@ pub async fn forward(
         host: &target.host,
         port: target.port,
     };
+    let via_parent = ex
+        .shared
+        .parents
+        .as_ref()
+        .is_some_and(|parents| parents.serves(&target.host));
+    // Through a parent, which resolves names itself, the address guards can only see targets
+    // written as addresses.
+    if let (true, Host::Ip(ip)) = (via_parent, &target.host) {
+        let addr = SocketAddr::new(*ip, target.port);
+        policy.check_address(&target.host.to_string(), addr, is_local_address)?;
+    }
     // When a rule needs the address, resolve and choose here, and send the pooled client
-    // to that address so it cannot pick another.
+    // to that address so it cannot pick another (a parent gets the name).
     let mut dial_to = None;
     match policy.decide(&facts, None) {
         Decision::Allow(decider) => ex.record.allow(decider),
@@ -63,7 +67,7 @@ pub async fn forward(
             if let Some(decider) = decider {
                 ex.record.allow(decider);
             }
-            dial_to = Some(addr);
+            dial_to = (!via_parent).then_some(addr);
         }
     }
 
@@ -94,19 +98,18 @@ pub async fn forward(
 
     let timeouts = &settings.timeouts;
     let body = UpBody::new(body, ex.record.traffic().clone(), timeouts.request_body);
-    let upstream = Request::from_parts(parts, body);
-    let response = tokio::time::timeout(timeouts.response, ex.shared.client.request(upstream))
-        .await
-        .map_err(|_| {
-            EdgeError::upstream(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the origin {target} did not answer within {} (timeouts.response)",
-                    humantime::format_duration(timeouts.response)
-                ),
-            )
-        })?
-        .map_err(|e| upstream_error(&target, &e))?;
+    let response = if via_parent {
+        through_parent(ex, parts, body, &target).await?
+    } else {
+        let upstream = Request::from_parts(parts, body);
+        within(
+            timeouts.response,
+            &target,
+            ex.shared.client.request(upstream),
+        )
+        .await?
+        .map_err(|e| upstream_error(&target, &e))?
+    };
 
     if let Some(info) = response.extensions().get::<HttpInfo>() {
         ex.record.upstream(info.remote_addr());
@@ -131,6 +134,97 @@ pub async fn forward(
         parts,
         DownBody::origin(body, timeouts.response),
     ))
+}
+
+/// Waits for an answer at most `limit` (`timeouts.response`).
+async fn within<T>(
+    limit: std::time::Duration,
+    target: &Target,
+    answer: impl std::future::Future<Output = T>,
+) -> Result<T, EdgeError> {
+    tokio::time::timeout(limit, answer).await.map_err(|_| {
+        EdgeError::upstream(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the origin {target} did not answer within {} (timeouts.response)",
+                humantime::format_duration(limit)
+            ),
+        )
+    })
+}
+
+/// Sends a request through the parent proxies, in order. A parent that cannot be reached is
+/// marked down and, when the request has no body (it can be sent again), the next is tried.
+async fn through_parent(
+    ex: &mut Exchange,
+    parts: http::request::Parts,
+    body: UpBody,
+    target: &Target,
+) -> Result<Response<Incoming>, EdgeError> {
+    let shared = ex.shared.clone();
+    let Some(parents) = shared.parents.as_ref() else {
+        return Err(EdgeError::upstream(
+            StatusCode::BAD_GATEWAY,
+            "no parent proxy is configured",
+        ));
+    };
+    let limit = shared.settings.timeouts.response;
+    let resendable = http_body::Body::is_end_stream(&body);
+    let mut body = Some(body);
+    let mut last = None;
+    for route in parents.in_order() {
+        let mut head = http::request::Parts::clone(&parts);
+        head.extensions = http::Extensions::new();
+        if let Some(auth) = &route.parent.authorization {
+            head.headers
+                .insert(header::PROXY_AUTHORIZATION, auth.clone());
+        }
+        let attempt_body = match body.take() {
+            Some(body) => body,
+            None if resendable => UpBody::empty(ex.record.traffic().clone()),
+            None => break,
+        };
+        ex.record.parent(&route.parent.name);
+        let sent = within(
+            limit,
+            target,
+            route
+                .client
+                .request(Request::from_parts(head, attempt_body)),
+        )
+        .await?;
+        match sent {
+            Ok(response) if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
+                parents.mark_up(route);
+                return Err(EdgeError::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "the parent proxy {} wants credentials (407): check upstream.proxy",
+                        route.parent.name
+                    ),
+                ));
+            }
+            Ok(response) => {
+                parents.mark_up(route);
+                return Ok(response);
+            }
+            Err(e) => {
+                let unreachable = e.is_connect();
+                let error = upstream_error(target, &e);
+                if !unreachable {
+                    return Err(error);
+                }
+                parents.mark_down(route);
+                last = Some(error);
+                if !resendable {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        EdgeError::upstream(StatusCode::BAD_GATEWAY, "no parent proxy could be reached")
+    }))
 }
 
 /// The transfer codings of a message other than `chunked`, as one header value, if any.
@@ -283,6 +377,9 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
     while let Some(err) = source {
         if let Some(dial) = err.downcast_ref::<DialError>() {
             return EdgeError::from(dial);
+        }
+        if let Some(parent) = err.downcast_ref::<crate::upstream::ParentError>() {
+            return EdgeError::upstream(StatusCode::BAD_GATEWAY, parent.to_string());
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             if h.is_user() {

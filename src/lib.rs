@@ -15,6 +15,7 @@
 //! - [`auth`]: Basic credentials, htpasswd files, the credential cache and failure tracker. (pure)
 //! - [`passwd`]: `portcullis passwd FILE USER`: add or replace an htpasswd entry.
 //! - [`error`]: the edge error: status, reason, deciding rule. (pure)
+//! - [`errorpage`]: the HTML error page browsers get, built-in or the owner's template. (pure)
 //! - [`access`]: the access record, one per request or tunnel, and its sinks.
 //! - [`admin`]: the admin listener: `/metrics`, `/status`, `/status.json`, `/healthz`.
 //! - [`log`]: the access log: Squid, Common and JSON lines, bounded queue, reopen on SIGUSR1.
@@ -24,9 +25,11 @@
 //! - [`service`]: the hyper service that routes each request; the only place refusals become responses.
 //! - [`forward`]: plain-HTTP forwarding with header hygiene over the pooled client.
 //! - [`tunnel`]: CONNECT: dial, 200, counted relay with half-close and idle timeout.
+//! - [`upstream`]: parent proxies: pooled clients per parent, CONNECT through a parent, failover.
 //! - [`dial`]: the only place outbound sockets open: resolve, re-check each address, connect.
 //! - [`body`]: streaming bodies that count bytes and carry the access record.
 //! - [`pages`]: the page shown to someone who opens the proxy's address in a browser.
+//! - [`pac`]: the proxy auto-config file (`/proxy.pac`, `/wpad.dat`) generated from `[pac]`. (pure)
 //! - [`signal`]: SIGINT and SIGTERM as a shutdown future.
 //! - [`cli`]: the command line.
 //!
@@ -44,10 +47,12 @@ pub mod cli;
 pub mod config;
 pub mod dial;
 pub mod error;
+pub mod errorpage;
 pub mod forward;
 pub mod hosts;
 pub mod lint;
 pub mod log;
+pub mod pac;
 pub mod pages;
 pub mod passwd;
 pub mod policy;
@@ -59,6 +64,7 @@ pub mod signal;
 pub mod stats;
 pub mod target;
 pub mod tunnel;
+pub mod upstream;
 
 pub use access::{AccessRecord, AccessSink, Recorder};
 pub use config::{Config, Settings};

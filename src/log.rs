@@ -286,9 +286,10 @@ fn field(text: &str) -> String {
 fn squid(r: &AccessRecord) -> String {
     let (secs, millis) = unix_seconds(r.time + r.duration);
     let status = if r.status == 499 { 0 } else { r.status };
-    let hierarchy = match r.upstream {
-        Some(addr) => format!("HIER_DIRECT/{}", addr.ip()),
-        None => "HIER_NONE/-".to_owned(),
+    let hierarchy = match (r.upstream, &r.parent) {
+        (Some(addr), Some(_)) => format!("FIRSTUP_PARENT/{}", addr.ip()),
+        (Some(addr), None) => format!("HIER_DIRECT/{}", addr.ip()),
+        (None, _) => "HIER_NONE/-".to_owned(),
     };
     format!(
         "{secs}.{millis:03} {:>6} {} {}/{status:03} {} {} {} {} {hierarchy} -\n",
@@ -374,6 +375,9 @@ pub struct JsonRecord {
     pub service: Option<String>,
     /// The address the proxy connected to.
     pub upstream: Option<String>,
+    /// The parent proxy used, if any.
+    #[serde(default)]
+    pub parent: Option<String>,
     /// The status answered (499: none).
     pub status: u16,
     /// `allow` or `deny`.
@@ -404,6 +408,7 @@ impl JsonRecord {
             port: r.port,
             service: r.service.map(str::to_owned),
             upstream: r.upstream.map(|a| a.to_string()),
+            parent: r.parent.clone(),
             status: r.status,
             decision: r.verdict.as_str().to_owned(),
             rule: r.rule.to_string(),
@@ -438,6 +443,7 @@ mod tests {
             port: 80,
             service: Some("http"),
             upstream: Some("93.184.216.34:80".parse().unwrap()),
+            parent: None,
             status: 200,
             verdict: Verdict::Allow,
             rule: Decider::Builtin("ports.http"),

@@ -1,5 +1,6 @@
 //! The proxy's own pages: what someone sees who opens the proxy's address in a browser
-//! (an origin-form request such as `GET / HTTP/1.1`) instead of setting it as their proxy.
+//! (an origin-form request such as `GET / HTTP/1.1`) instead of setting it as their proxy,
+//! and the proxy auto-config file at `/proxy.pac` and `/wpad.dat` (its text is [`crate::pac`]'s).
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
@@ -22,6 +23,10 @@ pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
         })
         .unwrap_or_else(|| ex.local.to_string());
     ex.record.destination(shown_host.clone(), ex.local.port());
+    let read = req.method() == Method::GET || req.method() == Method::HEAD;
+    if read && crate::pac::PATHS.contains(&req.uri().path()) {
+        return pac_file(ex, req);
+    }
 
     let (status, body, html) = if req.method() != Method::GET && req.method() != Method::HEAD {
         let text = format!(
@@ -71,6 +76,36 @@ pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
     if status == StatusCode::METHOD_NOT_ALLOWED {
         headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
+    response
+}
+
+/// `/proxy.pac` and `/wpad.dat`: the PAC file naming this proxy as the client reached it.
+/// Browsers fetch it without credentials, so it needs none (the service skips authentication
+/// for the proxy's own pages).
+fn pac_file<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
+    // The name the client used for the proxy (it reached the proxy, so the name works
+    // there), checked, since the client wrote it; else the address the request arrived on.
+    let named = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    let arrived_on = crate::pac::proxy_authority(named, ex.local);
+    let pac = crate::pac::render(&ex.shared.settings.pac, &arrived_on);
+    ex.record.allow("local");
+    ex.record.answered(StatusCode::OK.as_u16());
+    let mut response = Response::new(DownBody::text(pac));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::pac::CONTENT_TYPE),
+    );
+    // Browsers fetch the PAC at start-up and on network changes; five minutes bounds how long
+    // a changed configuration takes to reach them through caches.
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
     response
 }
 

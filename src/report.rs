@@ -1263,6 +1263,7 @@ mod tests {
             port: 80,
             service: Some("http"),
             upstream: Some("93.184.216.34:80".parse().unwrap()),
+            parent: None,
             status: 200,
             verdict: Verdict::Allow,
             rule: Decider::Builtin("ports.http"),

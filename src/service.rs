@@ -22,10 +22,11 @@ use crate::stats::Stats;
 use crate::access::{PendingRecord, Recorder};
 use crate::body::{DownBody, UpBody};
 use crate::config::{LimitsConfig, Settings};
+use crate::dial::is_local_address;
 use crate::dial::Dialer;
 use crate::error::{EdgeError, Side};
 use crate::server::{ConnState, HeadFlags};
-use crate::target::{classify, Classified};
+use crate::target::{classify, Classified, Host};
 use crate::{forward, pages, tunnel};
 
 /// The pooled client that carries plain HTTP to origins.
@@ -41,6 +42,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Keep-alive connections to origins.
     pub client: UpstreamClient,
+    /// Parent proxies, when `[upstream]` names any.
+    pub parents: Option<crate::upstream::Parents>,
     /// Every connection and tunnel task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Cancelled when the shutdown grace period is over: cuts what is still open.
@@ -73,11 +76,16 @@ impl Shared {
             .set_host(false)
             .build(Dialer::new(settings.clone()));
         let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
+        let parents = settings
+            .upstream
+            .as_ref()
+            .map(|u| crate::upstream::Parents::new(u, settings.timeouts.connect));
         Shared {
             settings,
             recorder: Arc::new(recorder.with_sink(stats.clone())),
             stats,
             client,
+            parents,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             credentials: CredentialCache::new(auth.cache, CREDENTIAL_CACHE_ENTRIES),
@@ -199,6 +207,8 @@ impl ProxyService {
                 req.method().as_str(),
             ),
         };
+        // Read before the request is consumed: an error answers it with a page or a line.
+        let page = crate::errorpage::Asked::for_page(&req);
         let (mut response, record) = match self.route(&mut ex, req, head).await {
             Ok(Reply::Response(response)) => (response, Some(ex.record)),
             Ok(Reply::Tunnel(dialled)) => {
@@ -210,7 +220,7 @@ impl ProxyService {
                 (Response::new(DownBody::empty()), None)
             }
             Err(error) => {
-                let response = refusal(&mut ex, error);
+                let response = refusal(&mut ex, error, page.as_ref());
                 (response, Some(ex.record))
             }
         };
@@ -264,9 +274,24 @@ impl ProxyService {
             ));
         }
         let classified = classified?;
-        if classified != Classified::Local {
-            self.authenticate(ex, &req).await?;
+        // An absolute URL naming this proxy is a request for its own pages (the PAC file, the
+        // welcome page): served like an origin-form request, never dialled, no log-in.
+        let own_page = match &classified {
+            Classified::Local => true,
+            Classified::Forward(target) => match target.host {
+                Host::Ip(ip) => self
+                    .shared
+                    .settings
+                    .policy
+                    .is_listener(std::net::SocketAddr::new(ip, target.port), is_local_address),
+                Host::Name(_) => false,
+            },
+            Classified::Connect(_) => false,
+        };
+        if own_page {
+            return Ok(Reply::Response(pages::local(ex, &req)));
         }
+        self.authenticate(ex, &req).await?;
         match classified {
             Classified::Connect(target) => tunnel::open(ex, req, target).await.map(Reply::Tunnel),
             Classified::Forward(target) => {
@@ -355,8 +380,13 @@ impl ProxyService {
     }
 }
 
-/// Turns an error into the response the client sees, and notes it in the record.
-fn refusal(ex: &mut Exchange, error: EdgeError) -> Response<DownBody> {
+/// Turns an error into the response the client sees, and notes it in the record: an HTML
+/// page when `page` says what a browser asked for, else the one-line text.
+fn refusal(
+    ex: &mut Exchange,
+    error: EdgeError,
+    page: Option<&crate::errorpage::Asked>,
+) -> Response<DownBody> {
     match error.side {
         Side::Client => debug!(status = error.status.as_u16(), reason = %error.reason, "refused"),
         Side::Upstream => {
@@ -369,14 +399,26 @@ fn refusal(ex: &mut Exchange, error: EdgeError) -> Response<DownBody> {
     });
     ex.record
         .fail(error.status.as_u16(), rule, error.reason.clone());
-    let mut response = Response::new(DownBody::text(error.body_text()));
+    let (body, content_type) = match page {
+        Some(asked) => {
+            let pages = &ex.shared.settings.pages;
+            let values = crate::errorpage::PageValues::new(
+                &error,
+                asked,
+                ex.client.ip(),
+                &pages.contact,
+                std::time::SystemTime::now(),
+            );
+            let html = crate::errorpage::render(&values, pages.error_template.as_deref());
+            (html, "text/html; charset=utf-8")
+        }
+        None => (error.body_text(), "text/plain; charset=utf-8"),
+    };
+    let mut response = Response::new(DownBody::text(body));
     *response.status_mut() = error.status;
     let closes = error.closes_connection();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if closes {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -538,6 +538,7 @@ mod tests {
             port,
             service: service_name(port),
             upstream: None,
+            parent: None,
             status: if verdict == Verdict::Allow { 200 } else { 403 },
             verdict,
             rule: Decider::Builtin("ports.http"),

@@ -7,6 +7,7 @@
 //! byte either way, or the end of the shutdown grace period.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,11 +22,11 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::access::{PendingRecord, Traffic};
-use crate::dial::dial;
+use crate::dial::{choose, dial, is_local_address};
 use crate::error::EdgeError;
 use crate::policy::{Decision, Facts, Kind};
 use crate::service::{Exchange, Shared};
-use crate::target::Target;
+use crate::target::{Host, Target};
 
 /// Bytes read at once in each direction of a tunnel.
 const RELAY_BUFFER: usize = 16 * 1024;
@@ -61,21 +62,45 @@ pub async fn open(
         Decision::Deny(denial) => return Err(denial.into()),
         Decision::NeedAddress => Some(&facts),
     };
-    let connected = dial(
-        &settings.policy,
-        &target,
-        per_address,
-        settings.timeouts.connect,
-    )
-    .await?;
-    if let Some(decider) = connected.decider {
-        ex.record.allow(decider);
-    }
-    ex.record.upstream(connected.addr);
+    let timeout = settings.timeouts.connect;
+    let shared = ex.shared.clone();
+    let upstream = match shared.parents.as_ref().filter(|p| p.serves(&target.host)) {
+        Some(parents) => {
+            // The parent resolves names; the guards see addresses written as such, and a
+            // rule that needs the address gets it from a lookup here.
+            if let Host::Ip(ip) = &target.host {
+                let addr = SocketAddr::new(*ip, target.port);
+                settings
+                    .policy
+                    .check_address(&target.host.to_string(), addr, is_local_address)?;
+            }
+            if let Some(facts) = per_address {
+                let (_, decider) = choose(&settings.policy, &target, facts, timeout).await?;
+                if let Some(decider) = decider {
+                    ex.record.allow(decider);
+                }
+            }
+            let (stream, addr, parent) = parents
+                .tunnel(&target, timeout)
+                .await
+                .map_err(|e| EdgeError::upstream(http::StatusCode::BAD_GATEWAY, e.to_string()))?;
+            ex.record.parent(&parent);
+            ex.record.upstream(addr);
+            stream
+        }
+        None => {
+            let connected = dial(&settings.policy, &target, per_address, timeout).await?;
+            if let Some(decider) = connected.decider {
+                ex.record.allow(decider);
+            }
+            ex.record.upstream(connected.addr);
+            connected.stream
+        }
+    };
     ex.record.answered(200);
     Ok(Dialled {
         upgrade: hyper::upgrade::on(&mut req),
-        upstream: connected.stream,
+        upstream,
         port: target.port,
     })
 }

@@ -1,6 +1,6 @@
-//! The status page in a real browser: headless Chromium renders `/status` after known
-//! traffic; the test reads the numbers from the rendered page and saves a screenshot (the
-//! one the README shows is a copy of it).
+//! Portcullis in a real browser (headless Chromium): pages loaded through the proxy over
+//! HTTP and HTTPS, the HTML error page for a refused port, the PAC file, and the status page
+//! (a screenshot of it is what the README shows).
 //!
 //! Without Chromium the test is skipped, except when `CI` is set: then it fails, since
 //! `.ci/run` installs Chromium.
@@ -9,6 +9,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
 use portcullis::Config;
 use support::*;
@@ -28,6 +30,44 @@ pub fn chromium() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
+/// Runs a command, killing it after `limit`.
+fn run_bounded(mut command: Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("Chromium starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b);
+        b
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
 /// Runs headless Chromium with `args` and a fresh profile; returns its stdout.
 fn run_chromium(binary: &Path, args: &[String]) -> String {
     let profile = tempfile::tempdir().unwrap();
@@ -44,10 +84,13 @@ fn run_chromium(binary: &Path, args: &[String]) -> String {
             "--disable-extensions",
             "--no-first-run",
             "--hide-scrollbars",
+            "--disable-quic",
+            "--dns-prefetch-disable",
+            "--no-default-browser-check",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args);
-    let output = command.output().expect("Chromium runs");
+    let output = run_bounded(command, Duration::from_secs(60));
     assert!(
         output.status.success(),
         "Chromium failed: {}",
@@ -56,14 +99,214 @@ fn run_chromium(binary: &Path, args: &[String]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_renders_the_status_page_with_the_traffic_sent() {
-    let Some(binary) = chromium() else {
+/// Chromium, or `None` (the test is skipped) when this machine has none and CI is not set.
+fn chromium_or_skip() -> Option<PathBuf> {
+    let binary = chromium();
+    if binary.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI is set but Chromium is missing: .ci/run installs it"
         );
         eprintln!("skipped: no Chromium on this machine (apt-get install chromium)");
+    }
+    binary
+}
+
+/// Runs Chromium off the async runtime.
+async fn chromium_async(binary: &Path, args: Vec<String>) -> String {
+    let binary = binary.to_path_buf();
+    tokio::task::spawn_blocking(move || run_chromium(&binary, &args))
+        .await
+        .unwrap()
+}
+
+/// A TLS origin with a self-signed certificate that serves `page` for every request.
+async fn tls_page_origin(page: &'static str) -> std::net::SocketAddr {
+    use rustls::pki_types::PrivateKeyDer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                for _ in 0..64 {
+                    while find(&seen, b"\r\n\r\n").is_none() {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = find(&seen, b"\r\n\r\n").unwrap();
+                    seen.drain(..end + 4);
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+                        page.len()
+                    );
+                    if tls.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP origin that serves `page` for every request.
+async fn page_origin(page: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                for _ in 0..64 {
+                    while find(&seen, b"\r\n\r\n").is_none() {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = find(&seen, b"\r\n\r\n").unwrap();
+                    seen.drain(..end + 4);
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+                        page.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_browses_through_the_proxy_and_sees_its_refusals() {
+    let Some(binary) = chromium_or_skip() else {
+        return;
+    };
+    let http =
+        page_origin("<html><body><h1 id=m>plain-page-through-portcullis</h1></body></html>").await;
+    let https =
+        tls_page_origin("<html><body><h1 id=m>tls-page-through-portcullis</h1></body></html>")
+            .await;
+    let denied = Counter::start().await;
+    // Only the two origins' ports are open, so whatever else Chromium asks for is refused
+    // before any DNS lookup.
+    let config = format!(
+        "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{}]\nconnect = [{}]\n[pac]\ndirect = []\n[pages]\ncontact = \"the test desk\"\n",
+        http.port(),
+        https.port()
+    );
+    let proxy = Proxy::start(&config).await;
+    let proxy_flags = |url: String| {
+        vec![
+            format!("--proxy-server=http://{}", proxy.addr),
+            "--proxy-bypass-list=<-loopback>".to_owned(),
+            "--ignore-certificate-errors".to_owned(),
+            "--dump-dom".to_owned(),
+            url,
+        ]
+    };
+
+    let dom = chromium_async(&binary, proxy_flags(format!("http://{http}/page"))).await;
+    assert!(dom.contains("plain-page-through-portcullis"), "{dom}");
+    let dom = chromium_async(
+        &binary,
+        proxy_flags(format!("https://localhost:{}/secure", https.port())),
+    )
+    .await;
+    assert!(dom.contains("tls-page-through-portcullis"), "{dom}");
+    let dom = chromium_async(&binary, proxy_flags(format!("http://{}/nope", denied.addr))).await;
+    assert!(
+        dom.contains(&denied.addr.port().to_string()),
+        "the error page names the port: {dom}"
+    );
+    assert!(
+        dom.contains("the test desk"),
+        "the error page names the contact: {dom}"
+    );
+    assert_eq!(denied.accepts(), 0);
+
+    let records = proxy.records();
+    let page = records
+        .iter()
+        .find(|r| r.method == "GET" && r.port == http.port() && r.status == 200)
+        .unwrap_or_else(|| panic!("no record of the HTTP page: {records:#?}"));
+    assert_eq!(page.path.as_deref(), Some("/page"));
+    let tunnel = records
+        .iter()
+        .find(|r| r.method == "CONNECT" && r.port == https.port())
+        .unwrap_or_else(|| panic!("no record of the HTTPS tunnel: {records:#?}"));
+    assert_eq!((tunnel.status, tunnel.host.as_str()), (200, "localhost"));
+    assert!(
+        tunnel.bytes_down > 500,
+        "a TLS session went through: {tunnel:?}"
+    );
+    let refused = records
+        .iter()
+        .find(|r| r.port == denied.addr.port())
+        .unwrap_or_else(|| panic!("no record of the refusal: {records:#?}"));
+    assert_eq!(refused.status, 403);
+
+    // Under a PAC, Chromium sends loopback hosts DIRECT whatever the bypass list: a loopback
+    // page must not reach the proxy ...
+    let before = proxy.records().len();
+    let pac = vec![format!("--proxy-pac-url=http://{}/proxy.pac", proxy.addr)];
+    let mut args = pac.clone();
+    args.extend(["--dump-dom".to_owned(), format!("http://{http}/direct")]);
+    let dom = chromium_async(&binary, args).await;
+    assert!(dom.contains("plain-page-through-portcullis"), "{dom}");
+    // ... so ask for a name on a refused port: only the proxy can answer, before any lookup.
+    let mut args = pac;
+    args.extend([
+        "--dump-dom".to_owned(),
+        "http://pac-check.invalid:19999/".to_owned(),
+    ]);
+    let dom = chromium_async(&binary, args).await;
+    assert!(dom.contains("19999"), "the proxy's refusal page: {dom}");
+    assert!(dom.contains("pac-check.invalid"), "{dom}");
+    let records = proxy.records();
+    let after: Vec<_> = records[before..].iter().collect();
+    assert!(
+        after
+            .iter()
+            .any(|r| r.path.is_none() && r.rule == "local" && r.status == 200),
+        "the proxy served the PAC: {after:#?}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|r| r.host == "pac-check.invalid" && r.status == 403),
+        "the PAC sent the name through the proxy: {after:#?}"
+    );
+    assert!(
+        !after.iter().any(|r| r.port == http.port()),
+        "the loopback page went direct under the PAC: {after:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_renders_the_status_page_with_the_traffic_sent() {
+    let Some(binary) = chromium_or_skip() else {
         return;
     };
     let web = HttpOrigin::start().await;

@@ -98,6 +98,7 @@ fn records(n: usize, seed: u64) -> Vec<AccessRecord> {
                 port,
                 service: service_name(port),
                 upstream: None,
+                parent: None,
                 status,
                 verdict: if denied {
                     Verdict::Deny

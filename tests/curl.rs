@@ -1,0 +1,132 @@
+//! curl, as people use it with a proxy: `-x` for plain HTTP, `-p` (`--proxytunnel`) for
+//! plain HTTP through CONNECT, HTTPS through CONNECT, proxy credentials with `-U`, and the
+//! status a refused port gets.
+//!
+//! Skipped when this machine has no curl, except when `CI` is set (`.ci/run` installs it).
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+/// curl's stdout and the status it reports (`-w %{http_code}` as the last line).
+fn curl(args: &[String]) -> (String, u16) {
+    let output = Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--noproxy",
+            "",
+            "--max-time",
+            "10",
+        ])
+        .args(["--write-out", "\n%{http_code}"])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (body.to_owned(), code.trim().parse().unwrap_or(0))
+}
+
+fn have_curl() -> bool {
+    let found = Command::new("curl").arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but curl is missing"
+        );
+        eprintln!("skipped: no curl on this machine");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_through_the_proxy() {
+    if !have_curl() {
+        return;
+    }
+    let web = HttpOrigin::start().await;
+    let denied = Counter::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(
+        &users,
+        format!("ann:{}\n", bcrypt::hash("ann pw", 4).unwrap()),
+    )
+    .unwrap();
+    let w = web.addr.port();
+    let plain = Proxy::start(&loopback_config(&[w], &[w])).await;
+    let authed = Proxy::start(&format!(
+        "{}[auth]\nhtpasswd = {:?}\n",
+        loopback_config(&[w], &[w]),
+        users.display().to_string()
+    ))
+    .await;
+    let proxy = |p: &Proxy| format!("http://{}", p.addr);
+    let url = format!("http://{}/curl", web.addr);
+
+    let run = |args: Vec<String>| tokio::task::spawn_blocking(move || curl(&args));
+    let (body, code) = run(vec!["-x".into(), proxy(&plain), url.clone()])
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "hello GET /curl"));
+    let (body, code) = run(vec!["-p".into(), "-x".into(), proxy(&plain), url.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "hello GET /curl"),
+        "--proxytunnel"
+    );
+    let (body, code) = run(vec![
+        "-x".into(),
+        proxy(&plain),
+        format!("http://{}/", denied.addr),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 403);
+    assert!(body.contains("is not allowed for plain HTTP"), "{body}");
+    let (_, code) = run(vec!["-x".into(), proxy(&authed), url.clone()])
+        .await
+        .unwrap();
+    assert_eq!(code, 407);
+    let (body, code) = run(vec![
+        "-x".into(),
+        proxy(&authed),
+        "-U".into(),
+        "ann:ann pw".into(),
+        url.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "hello GET /curl"),
+        "-U credentials"
+    );
+    let (_, code) = run(vec![
+        "-p".into(),
+        "-x".into(),
+        proxy(&authed),
+        "-U".into(),
+        "ann:ann pw".into(),
+        url.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "-U with --proxytunnel");
+    assert_eq!(denied.accepts(), 0);
+
+    let records = plain.wait_records(3).await;
+    assert_eq!(records[1].method, "CONNECT");
+    let records = authed.wait_records(3).await;
+    assert_eq!(records[1].user.as_deref(), Some("ann"));
+}

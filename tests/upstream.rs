@@ -1,0 +1,220 @@
+//! Parent proxies: a chain of two real Portcullis instances (child → parent → origin) for
+//! plain HTTP and CONNECT, with parent credentials, failover, and a parent that is down.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An origin that echoes whatever a tunnel sends, until the client half-closes.
+async fn echo_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(Ok(n)) = tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn child_config(web: u16, tunnel: u16, upstream: &str) -> String {
+    format!(
+        "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{web}]\nconnect = [{tunnel}]\n[upstream]\n{upstream}\n"
+    )
+}
+
+/// An htpasswd file with `child:child pw`.
+fn htpasswd(dir: &std::path::Path) -> String {
+    let path = dir.join("parent.htpasswd");
+    let hash = bcrypt::hash("child pw", 4).unwrap();
+    std::fs::write(&path, format!("child:{hash}\n")).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn http_and_connect_go_through_the_parent() {
+    let web = RawOrigin::start().await;
+    let tunnel = echo_origin().await;
+    let (w, t) = (web.addr.port(), tunnel.port());
+    let parent = Proxy::start(&loopback_config(&[w], &[t])).await;
+    let child = Proxy::start(&child_config(
+        w,
+        t,
+        &format!("proxy = \"http://{}\"", parent.addr),
+    ))
+    .await;
+
+    let r = get(child.addr, &format!("http://{}/chain?x=1", web.addr)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello /chain?x=1");
+    let head = web.heads().pop().unwrap();
+    assert!(head.starts_with("GET /chain?x=1 HTTP/1.1\r\n"), "{head}");
+    let via = header_value(&head, "via").unwrap();
+    assert_eq!(via.split(',').count(), 2, "both proxies in Via: {via}");
+    assert_eq!(header_value(&head, "proxy-authorization"), None);
+
+    let (answer, mut stream) = connect(child.addr, &tunnel.to_string()).await;
+    assert_eq!(answer.status, 200);
+    stream.write_all(b"ping through two proxies").await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert_eq!(
+        read_to_close(&mut stream).await,
+        b"ping through two proxies"
+    );
+
+    let records = child.wait_records(2).await;
+    for record in &records {
+        assert_eq!(
+            record.parent.as_deref(),
+            Some(parent.addr.to_string().as_str())
+        );
+        assert_eq!(record.upstream, Some(parent.addr));
+    }
+    assert_eq!((records[1].bytes_up, records[1].bytes_down), (24, 24));
+    let parent_records = parent.wait_records(2).await;
+    assert_eq!(parent_records[0].upstream, Some(web.addr));
+    assert_eq!(parent_records[0].parent, None);
+    assert_eq!(parent_records[1].upstream, Some(tunnel));
+}
+
+#[tokio::test]
+async fn credentials_go_to_the_parent_only() {
+    let web = RawOrigin::start().await;
+    let tunnel = echo_origin().await;
+    let (w, t) = (web.addr.port(), tunnel.port());
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Proxy::start(&format!(
+        "{}[auth]\nhtpasswd = {:?}\n",
+        loopback_config(&[w], &[t]),
+        htpasswd(dir.path())
+    ))
+    .await;
+
+    let good = Proxy::start(&child_config(
+        w,
+        t,
+        &format!("proxy = \"http://child:child%20pw@{}\"", parent.addr),
+    ))
+    .await;
+    let r = get(good.addr, &format!("http://{}/authed", web.addr)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let head = web.heads().pop().unwrap();
+    assert_eq!(header_value(&head, "proxy-authorization"), None, "{head}");
+    let (answer, _) = connect(good.addr, &tunnel.to_string()).await;
+    assert_eq!(answer.status, 200);
+    let parent_records = parent.wait_records(2).await;
+    assert!(parent_records
+        .iter()
+        .all(|r| r.user.as_deref() == Some("child")));
+
+    let bad = Proxy::start(&child_config(
+        w,
+        t,
+        &format!("proxy = \"http://child:wrong@{}\"", parent.addr),
+    ))
+    .await;
+    let r = get(bad.addr, &format!("http://{}/x", web.addr)).await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.text().contains(&format!(
+            "the parent proxy {} wants credentials",
+            parent.addr
+        )),
+        "{}",
+        r.text()
+    );
+    let (answer, _) = connect(bad.addr, &tunnel.to_string()).await;
+    assert_eq!(answer.status, 502);
+    assert!(
+        answer.text().contains("refused CONNECT"),
+        "{}",
+        answer.text()
+    );
+    assert!(answer.text().contains("407"), "{}", answer.text());
+}
+
+#[tokio::test]
+async fn a_parent_that_is_down_gives_502_and_the_next_one_is_used() {
+    let web = RawOrigin::start().await;
+    let tunnel = echo_origin().await;
+    let (w, t) = (web.addr.port(), tunnel.port());
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let only_down = Proxy::start(&child_config(w, t, &format!("proxy = \"http://{down}\""))).await;
+    let started = Instant::now();
+    let r = get(only_down.addr, &format!("http://{}/", web.addr)).await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.text()
+            .contains(&format!("the parent proxy {down} cannot be reached")),
+        "{}",
+        r.text()
+    );
+    let (answer, _) = connect(only_down.addr, &tunnel.to_string()).await;
+    assert_eq!(answer.status, 502);
+    assert!(
+        answer.text().contains(&down.to_string()),
+        "{}",
+        answer.text()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(web.accepts(), 0);
+
+    let parent = Proxy::start(&loopback_config(&[w], &[t])).await;
+    let failover = Proxy::start(&child_config(
+        w,
+        t,
+        &format!("proxy = [\"http://{down}\", \"http://{}\"]", parent.addr),
+    ))
+    .await;
+    for i in 0..2 {
+        let r = get(failover.addr, &format!("http://{}/f{i}", web.addr)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let (answer, _) = connect(failover.addr, &tunnel.to_string()).await;
+    assert_eq!(answer.status, 200);
+    let records = failover.wait_records(3).await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r.parent.as_deref() == Some(parent.addr.to_string().as_str())),
+        "{records:#?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_direct_hosts_skip_the_parent() {
+    let web = RawOrigin::start().await;
+    let w = web.addr.port();
+    let counter = Counter::start().await;
+    // The "parent" is a listener that must never be reached.
+    let child = Proxy::start(&child_config(
+        w,
+        443,
+        &format!(
+            "proxy = \"http://{}\"\ndirect = [\"127.0.0.0/8\"]",
+            counter.addr
+        ),
+    ))
+    .await;
+    let r = get(child.addr, &format!("http://{}/direct", web.addr)).await;
+    assert_eq!(r.status, 200);
+    let records = child.wait_records(1).await;
+    assert_eq!(records[0].parent, None);
+    assert_eq!(records[0].upstream, Some(web.addr));
+    assert_eq!(counter.accepts(), 0);
+}
