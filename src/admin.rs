@@ -94,7 +94,8 @@ fn answer(
             format!("{} is not supported here\n", req.method()),
         );
     }
-    let names = |ip: IpAddr| shared.settings.client_name(ip).map(str::to_owned);
+    let settings = shared.settings();
+    let names = |ip: IpAddr| settings.client_name(ip).map(str::to_owned);
     match req.uri().path() {
         "/metrics" => with_type(
             render_metrics(&shared.stats, &names, shared.admission.open()),
@@ -186,6 +187,7 @@ impl Snapshot {
         let (clients, other_clients) = stats.clients();
         let (users, other_users) = stats.users();
         let (hosts, other_hosts) = stats.hosts();
+        let settings = shared.settings();
         let keyed = |rows: Vec<(String, Usage)>, other: Usage, limit: usize| -> Vec<KeyRow> {
             rows.into_iter()
                 .take(limit)
@@ -208,7 +210,7 @@ impl Snapshot {
                 .into_iter()
                 .map(|(ip, usage)| ClientRow {
                     client: ip.to_string(),
-                    name: shared.settings.client_name(ip).map(str::to_owned),
+                    name: settings.client_name(ip).map(str::to_owned),
                     usage,
                 })
                 .chain((other_clients.requests > 0).then(|| ClientRow {

@@ -16,6 +16,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use arc_swap::ArcSwap;
+
 use crate::config::Settings;
 use crate::policy::{Decider, Decision, Denial, Facts, Policy};
 use crate::target::{parse_authority, Host, Target};
@@ -220,12 +222,12 @@ pub fn is_local_address(ip: IpAddr) -> bool {
 /// The connector of the pooled plain-HTTP client: [`dial`] behind `tower::Service<Uri>`.
 #[derive(Clone)]
 pub struct Dialer {
-    settings: Arc<Settings>,
+    settings: Arc<ArcSwap<Settings>>,
 }
 
 impl Dialer {
-    /// A dialer that checks addresses against `settings.policy`.
-    pub fn new(settings: Arc<Settings>) -> Self {
+    /// A dialer that checks addresses against the policy in force when it dials.
+    pub fn new(settings: Arc<ArcSwap<Settings>>) -> Self {
         Dialer { settings }
     }
 }
@@ -240,7 +242,7 @@ impl tower_service::Service<http::Uri> for Dialer {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let settings = self.settings.clone();
+        let settings = self.settings.load_full();
         Box::pin(async move {
             // The forwarder built this URI from a checked target, so it parses.
             let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();

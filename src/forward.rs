@@ -33,7 +33,7 @@ pub async fn forward(
     req: Request<Incoming>,
     target: Target,
 ) -> Result<Response<DownBody>, EdgeError> {
-    let settings = ex.shared.settings.clone();
+    let settings = ex.settings.clone();
     let policy = &settings.policy;
     let user = ex.user.clone();
     let facts = Facts {
@@ -44,9 +44,8 @@ pub async fn forward(
         host: &target.host,
         port: target.port,
     };
-    let via_parent = ex
-        .shared
-        .parents
+    let parents = ex.shared.parents.load_full();
+    let via_parent = parents
         .as_ref()
         .is_some_and(|parents| parents.serves(&target.host));
     // Through a parent, which resolves names itself, the address guards can only see targets
@@ -162,13 +161,14 @@ async fn through_parent(
     target: &Target,
 ) -> Result<Response<Incoming>, EdgeError> {
     let shared = ex.shared.clone();
-    let Some(parents) = shared.parents.as_ref() else {
+    let parents = shared.parents.load_full();
+    let Some(parents) = parents.as_ref() else {
         return Err(EdgeError::upstream(
             StatusCode::BAD_GATEWAY,
             "no parent proxy is configured",
         ));
     };
-    let limit = shared.settings.timeouts.response;
+    let limit = ex.settings.timeouts.response;
     let resendable = http_body::Body::is_end_stream(&body);
     let mut body = Some(body);
     let mut last = None;

@@ -91,7 +91,7 @@ fn pac_file<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
             .and_then(|h| h.to_str().ok())
     });
     let arrived_on = crate::pac::proxy_authority(named, ex.local);
-    let pac = crate::pac::render(&ex.shared.settings.pac, &arrived_on);
+    let pac = crate::pac::render(&ex.settings.pac, &arrived_on);
     ex.record.allow("local");
     ex.record.answered(StatusCode::OK.as_u16());
     let mut response = Response::new(DownBody::text(pac));

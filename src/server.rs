@@ -118,7 +118,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let admitted = match shared.admission.admit(peer.ip(), &shared.settings.limits) {
+                let limits = shared.settings().limits.clone();
+                let admitted = match shared.admission.admit(peer.ip(), &limits) {
                     Admit::Yes(slot) => (slot, None),
                     Admit::Refuse(refusal, slot) => (slot, Some(refusal)),
                     Admit::Drop => {
@@ -155,7 +156,8 @@ async fn serve_connection(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let timeouts = shared.settings.timeouts.clone();
+    let settings = shared.settings();
+    let timeouts = settings.timeouts.clone();
     let state = Arc::new(ConnState::new());
     let local = match stream.local_addr() {
         Ok(local) => local,
@@ -165,7 +167,7 @@ async fn serve_connection(
         }
     };
     let service = ProxyService::new(shared.clone(), peer, local, state.clone(), refusal);
-    let limits = &shared.settings.limits;
+    let limits = &settings.limits;
     let io = TokioIo::new(WatchedIo {
         inner: stream,
         state: state.clone(),

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
+
 use crate::auth::{challenge, parse_basic, CredentialCache, FailureTracker};
 use crate::stats::Stats;
 
@@ -34,24 +36,22 @@ pub type UpstreamClient = Client<Dialer, UpBody>;
 
 /// What every connection of the proxy shares.
 pub struct Shared {
-    /// The validated configuration.
-    pub settings: Arc<Settings>,
+    /// The validated configuration in force; a reload swaps it whole.
+    pub live: Arc<ArcSwap<Settings>>,
     /// Where access records go (the statistics among them).
     pub recorder: Arc<Recorder>,
     /// Live counters of port use.
     pub stats: Arc<Stats>,
     /// Keep-alive connections to origins.
     pub client: UpstreamClient,
-    /// Parent proxies, when `[upstream]` names any.
-    pub parents: Option<crate::upstream::Parents>,
+    /// Parent proxies, when `[upstream]` names any; rebuilt on reload.
+    pub parents: ArcSwapOption<crate::upstream::Parents>,
     /// Every connection and tunnel task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Cancelled when the shutdown grace period is over: cuts what is still open.
     pub hard_stop: CancellationToken,
-    /// Credentials verified recently (`[auth] cache`).
-    pub credentials: CredentialCache,
-    /// Failed log-ins per client address (`[auth] max_failures`).
-    pub failures: FailureTracker,
+    /// Verified credentials and failed log-ins; rebuilt on reload.
+    pub login: ArcSwap<Login>,
     /// Open client connections, for `[limits]`.
     pub admission: Arc<crate::server::Admission>,
     /// This proxy's name in `Via`, with a token unique to this process: a request that
@@ -59,35 +59,22 @@ pub struct Shared {
     pub via: String,
 }
 
-impl Shared {
-    /// Builds the shared state (and the upstream client) from validated settings.
-    pub fn new(settings: Settings, recorder: Recorder) -> Self {
-        let settings = Arc::new(settings);
+/// What authentication remembers between requests.
+pub struct Login {
+    /// Credentials verified recently (`[auth] cache`).
+    pub credentials: CredentialCache,
+    /// Failed log-ins per client address (`[auth] max_failures`).
+    pub failures: FailureTracker,
+}
+
+impl Login {
+    fn new(settings: &Settings) -> Login {
         let auth = settings
             .auth
             .as_ref()
             .map(|a| a.config.clone())
             .unwrap_or_default();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .pool_max_idle_per_host(16)
-            .http1_preserve_header_case(true)
-            .set_host(false)
-            .build(Dialer::new(settings.clone()));
-        let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
-        let parents = settings
-            .upstream
-            .as_ref()
-            .map(|u| crate::upstream::Parents::new(u, settings.timeouts.connect));
-        Shared {
-            settings,
-            recorder: Arc::new(recorder.with_sink(stats.clone())),
-            stats,
-            client,
-            parents,
-            tracker: TaskTracker::new(),
-            hard_stop: CancellationToken::new(),
+        Login {
             credentials: CredentialCache::new(auth.cache, CREDENTIAL_CACHE_ENTRIES),
             failures: FailureTracker::new(
                 auth.max_failures,
@@ -95,9 +82,55 @@ impl Shared {
                 auth.block_for,
                 FAILURE_TRACKER_ENTRIES,
             ),
+        }
+    }
+}
+
+fn parents_for(settings: &Settings) -> Option<Arc<crate::upstream::Parents>> {
+    settings
+        .upstream
+        .as_ref()
+        .map(|u| Arc::new(crate::upstream::Parents::new(u, settings.timeouts.connect)))
+}
+
+impl Shared {
+    /// Builds the shared state (and the upstream client) from validated settings.
+    pub fn new(settings: Settings, recorder: Recorder) -> Self {
+        let live = Arc::new(ArcSwap::from_pointee(settings));
+        let settings = live.load_full();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(16)
+            .http1_preserve_header_case(true)
+            .set_host(false)
+            .build(Dialer::new(live.clone()));
+        let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
+        Shared {
+            live,
+            recorder: Arc::new(recorder.with_sink(stats.clone())),
+            stats,
+            client,
+            parents: ArcSwapOption::new(parents_for(&settings)),
+            tracker: TaskTracker::new(),
+            hard_stop: CancellationToken::new(),
+            login: ArcSwap::from_pointee(Login::new(&settings)),
             admission: Arc::default(),
             via: format!("portcullis-{:08x}", instance_token()),
         }
+    }
+
+    /// The configuration in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.live.load_full()
+    }
+
+    /// Puts new settings in force for new requests: parents and log-in state follow them.
+    /// Requests and tunnels already running keep the settings they started with.
+    pub fn swap(&self, settings: Settings) {
+        self.parents.store(parents_for(&settings));
+        self.login.store(Arc::new(Login::new(&settings)));
+        self.live.store(Arc::new(settings));
     }
 }
 
@@ -121,8 +154,8 @@ pub struct ProxyService {
     client: SocketAddr,
     local: SocketAddr,
     conn: Arc<ConnState>,
-    /// The client admission decision, made once per connection.
-    admitted: Result<(), EdgeError>,
+    /// A refusal for every request of this connection (over the connection limits).
+    refusal: Option<EdgeError>,
 }
 
 impl ProxyService {
@@ -135,23 +168,15 @@ impl ProxyService {
         conn: Arc<ConnState>,
         refusal: Option<EdgeError>,
     ) -> Self {
-        let admitted = match refusal {
-            Some(refusal) => Err(refusal),
-            None => shared
-                .settings
-                .policy
-                .admit_client(client.ip())
-                .map_err(EdgeError::from),
-        };
-        if let Err(refusal) = &admitted {
-            info!(reason = %refusal.reason, "client refused");
+        if let Err(denial) = shared.settings().policy.admit_client(client.ip()) {
+            info!(reason = %denial.reason, "client refused");
         }
         ProxyService {
             shared,
             client,
             local,
             conn,
-            admitted,
+            refusal,
         }
     }
 }
@@ -171,6 +196,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 pub struct Exchange {
     /// The shared state.
     pub shared: Arc<Shared>,
+    /// The configuration this request is served under (one snapshot, whatever reloads).
+    pub settings: Arc<Settings>,
     /// The client's address.
     pub client: SocketAddr,
     /// The proxy address the request arrived on.
@@ -198,6 +225,7 @@ impl ProxyService {
         let head = self.conn.take_head_flags();
         let mut ex = Exchange {
             shared: self.shared.clone(),
+            settings: self.shared.settings(),
             client: self.client,
             local: self.local,
             user: None,
@@ -253,7 +281,11 @@ impl ProxyService {
                 req.uri().port_u16().unwrap_or(0),
             ),
         }
-        self.admitted.clone()?;
+        if let Some(refusal) = &self.refusal {
+            return Err(refusal.clone());
+        }
+        // Checked per request, so that a reload that narrows clients.allow applies at once.
+        ex.settings.policy.admit_client(self.client.ip())?;
         if head.has(HeadFlags::FRAGMENT) {
             return Err(EdgeError::client(
                 StatusCode::BAD_REQUEST,
@@ -266,7 +298,7 @@ impl ProxyService {
                 "a request must not carry both Content-Length and Transfer-Encoding",
             ));
         }
-        check_head(&req, &self.shared.settings.limits)?;
+        check_head(&req, &ex.settings.limits)?;
         if carries_token(req.headers(), &self.shared.via) {
             return Err(EdgeError::client(
                 StatusCode::LOOP_DETECTED,
@@ -279,8 +311,7 @@ impl ProxyService {
         let own_page = match &classified {
             Classified::Local => true,
             Classified::Forward(target) => match target.host {
-                Host::Ip(ip) => self
-                    .shared
+                Host::Ip(ip) => ex
                     .settings
                     .policy
                     .is_listener(std::net::SocketAddr::new(ip, target.port), is_local_address),
@@ -305,13 +336,14 @@ impl ProxyService {
 impl ProxyService {
     /// Checks `Proxy-Authorization` when `[auth]` is on; sets the exchange's user.
     async fn authenticate<B>(&self, ex: &mut Exchange, req: &Request<B>) -> Result<(), EdgeError> {
-        let Some(auth) = &self.shared.settings.auth else {
+        let settings = ex.settings.clone();
+        let Some(auth) = &settings.auth else {
             return Ok(());
         };
-        let shared = &self.shared;
+        let login = self.shared.login.load_full();
         let ip = self.client.ip();
         let now = std::time::Instant::now();
-        if let Some(left) = shared.failures.blocked_for(ip, now) {
+        if let Some(left) = login.failures.blocked_for(ip, now) {
             let seconds = left.as_secs().max(1);
             return Err(EdgeError::refusal(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -332,7 +364,7 @@ impl ProxyService {
             )
             .with_header(header::PROXY_AUTHENTICATE, challenge()));
         };
-        if let Some(user) = shared.credentials.get(value.as_bytes(), now) {
+        if let Some(user) = login.credentials.get(value.as_bytes(), now) {
             ex.record.user(&user);
             ex.user = Some(user);
             return Ok(());
@@ -351,7 +383,7 @@ impl ProxyService {
             }
             Err(e) => {
                 warn!(target: "portcullis::auth", client = %ip, user = "-", reason = %e, "authentication failed");
-                shared.failures.note_failure(ip, now);
+                login.failures.note_failure(ip, now);
                 return Err(EdgeError::refusal(
                     StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                     "auth",
@@ -361,8 +393,8 @@ impl ProxyService {
             }
         };
         if verified {
-            shared.failures.note_success(ip);
-            shared
+            login.failures.note_success(ip);
+            login
                 .credentials
                 .insert(value.as_bytes(), user.clone(), now);
             ex.record.user(&user);
@@ -370,7 +402,7 @@ impl ProxyService {
             return Ok(());
         }
         warn!(target: "portcullis::auth", client = %ip, user = %user, "authentication failed");
-        shared.failures.note_failure(ip, now);
+        login.failures.note_failure(ip, now);
         Err(EdgeError::refusal(
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             "auth",
@@ -401,7 +433,7 @@ fn refusal(
         .fail(error.status.as_u16(), rule, error.reason.clone());
     let (body, content_type) = match page {
         Some(asked) => {
-            let pages = &ex.shared.settings.pages;
+            let pages = &ex.settings.pages;
             let values = crate::errorpage::PageValues::new(
                 &error,
                 asked,

@@ -36,6 +36,7 @@ pub struct Dialled {
     upgrade: OnUpgrade,
     upstream: TcpStream,
     port: u16,
+    tunnel_idle: std::time::Duration,
 }
 
 /// Checks and dials a CONNECT destination. The caller answers 200 and spawns [`relay`].
@@ -44,7 +45,7 @@ pub async fn open(
     mut req: Request<Incoming>,
     target: Target,
 ) -> Result<Dialled, EdgeError> {
-    let settings = ex.shared.settings.clone();
+    let settings = ex.settings.clone();
     let user = ex.user.clone();
     let facts = Facts {
         client: ex.client.ip(),
@@ -64,7 +65,8 @@ pub async fn open(
     };
     let timeout = settings.timeouts.connect;
     let shared = ex.shared.clone();
-    let upstream = match shared.parents.as_ref().filter(|p| p.serves(&target.host)) {
+    let parents = shared.parents.load_full();
+    let upstream = match parents.as_ref().filter(|p| p.serves(&target.host)) {
         Some(parents) => {
             // The parent resolves names; the guards see addresses written as such, and a
             // rule that needs the address gets it from a lookup here.
@@ -102,6 +104,7 @@ pub async fn open(
         upgrade: hyper::upgrade::on(&mut req),
         upstream,
         port: target.port,
+        tunnel_idle: settings.timeouts.tunnel_idle,
     })
 }
 
@@ -125,7 +128,7 @@ pub async fn relay(dialled: Dialled, mut record: PendingRecord, shared: Arc<Shar
             return;
         }
     };
-    let idle = shared.settings.timeouts.tunnel_idle;
+    let idle = dialled.tunnel_idle;
     let traffic = record.traffic().clone();
     let port = dialled.port;
     shared.stats.tunnel_opened(port);
