@@ -1,6 +1,6 @@
 //! The admin listener (`[admin] listen`, loopback by default): `/metrics` for Prometheus,
 //! `/status` (an HTML page: a chart of port use, top clients, top destinations, recent
-//! refusals), `/status.json` (the same data) and `/healthz`.
+//! refusals), `/status.json` (the same data), `/healthz`, and `POST /reload`.
 //!
 //! Only addresses in `admin.allow` are answered; anyone else gets `403`. Everything is
 //! rendered on the server from [`Stats`]: the page loads no script, style sheet or font.
@@ -56,7 +56,7 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 let allow = allow.clone();
-                async move { Ok::<_, Infallible>(answer(&shared, &allow, peer, &req)) }
+                async move { Ok::<_, Infallible>(answer(&shared, &allow, peer, &req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -75,7 +75,7 @@ pub async fn serve(
     }
 }
 
-fn answer(
+async fn answer(
     shared: &Shared,
     allow: &[IpNet],
     peer: SocketAddr,
@@ -87,6 +87,30 @@ fn answer(
             StatusCode::FORBIDDEN,
             format!("{ip} may not read this proxy's status (admin.allow)\n"),
         );
+    }
+    if req.uri().path() == "/reload" {
+        if req.method() != Method::POST {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST /reload to reload the configuration\n".to_owned(),
+            );
+        }
+        return match &shared.reload {
+            None => text(
+                StatusCode::CONFLICT,
+                "the proxy was started without a configuration file: nothing to reload\n"
+                    .to_owned(),
+            ),
+            Some(reload) => match reload.request().await {
+                Ok(summary) => text(StatusCode::OK, format!("reloaded: {summary}\n")),
+                Err(errors) => text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "not reloaded; still running on the previous configuration:\n{errors}\n"
+                    ),
+                ),
+            },
+        };
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(

@@ -77,6 +77,8 @@ pin_project_lite::pin_project! {
         inner: Option<Incoming>,
         traffic: Arc<Traffic>,
         stall: Stall,
+        // Told when the body has been read to its end (or failed).
+        ended: Arc<tokio::sync::Notify>,
     }
 }
 
@@ -87,6 +89,17 @@ impl UpBody {
             inner: Some(inner),
             traffic,
             stall: Stall::new(stall, "the client's request body"),
+            ended: Arc::default(),
+        }
+    }
+
+    /// Completes once the body has been read to its end (at once for an empty body).
+    pub fn sent(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (ended, empty) = (self.ended.clone(), self.is_end_stream());
+        async move {
+            if !empty {
+                ended.notified().await;
+            }
         }
     }
 
@@ -96,6 +109,7 @@ impl UpBody {
             inner: None,
             traffic,
             stall: Stall::new(Duration::from_secs(3600), "nothing"),
+            ended: Arc::default(),
         }
     }
 }
@@ -115,6 +129,9 @@ impl Body for UpBody {
         let polled = inner.poll_frame(cx);
         let frame = ready!(this.stall.check(cx, polled));
         count(&frame, &this.traffic.up);
+        if matches!(frame, None | Some(Err(_))) {
+            this.ended.notify_one();
+        }
         Poll::Ready(frame)
     }
 

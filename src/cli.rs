@@ -1,6 +1,6 @@
 //! The command line.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -75,6 +75,78 @@ pub enum Command {
         /// The output: an aligned table with a totals row, CSV (RFC 4180) or a JSON array.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+    },
+    /// Validate a configuration file, summarize what it sets up, and warn about likely mistakes.
+    ///
+    /// Reads the file as the proxy does at start-up and on reload (without --config: the
+    /// built-in defaults) and prints the effective configuration in a few lines (listeners,
+    /// clients, port lists with service names, destination guards, timeouts, limits, log-in,
+    /// rules, logs, admin, PAC, parent proxies), then every warning: an open proxy, SMTP
+    /// through CONNECT, rules that can never match, rules that name users not in the htpasswd
+    /// file.
+    ///
+    /// Errors go to standard error as FILE:LINE:COLUMN: problem, each saying what would be
+    /// valid. Exit status: 0 valid, 1 invalid, 2 valid with warnings under --strict.
+    Check {
+        /// The configuration file; without it, the built-in defaults are checked.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Exit with status 2 when the configuration is valid but draws warnings.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Say whether the proxy would allow a request, and which rule or list decides it.
+    ///
+    /// Runs the proxy's own checks in the proxy's order (client allow-list, the request
+    /// target, the proxy's own pages, log-in, the [[rules]] then the port lists, the guards on
+    /// destination addresses) without sending anything anywhere. TARGET is host:port for
+    /// CONNECT, or an absolute http:// URL for other methods; METHOD is taken in upper case.
+    ///
+    /// Names are not resolved unless --resolve is given: then the system resolver is asked
+    /// and every address is checked as the proxy would before dialling it.
+    ///
+    /// Exit status: 0 allowed, 1 refused, 2 usage or configuration error, 3 undecided (a
+    /// rule needs the destination's address: run again with --resolve).
+    ///
+    /// Example: portcullis explain --config /etc/portcullis/portcullis.toml --client 192.168.1.20 CONNECT example.com:25
+    Explain {
+        /// The configuration file; without it, the built-in defaults.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The client's address, as the proxy would see it.
+        #[arg(long, value_name = "IP")]
+        client: IpAddr,
+        /// The user the client logs in as (taken as logged in if the htpasswd file has that
+        /// user; passwords are not asked).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Resolve a destination name with the system resolver and check each address.
+        #[arg(long)]
+        resolve: bool,
+        /// The request method: CONNECT, GET, POST …
+        #[arg(value_name = "METHOD")]
+        method: String,
+        /// host:port for CONNECT, http://host[:port]/path for the other methods.
+        #[arg(value_name = "TARGET")]
+        target: String,
+    },
+    /// Print a shell completion script to standard output.
+    ///
+    /// For example: portcullis completions bash > /etc/bash_completion.d/portcullis, or
+    /// portcullis completions zsh > "${fpath[1]}/_portcullis".
+    Completions {
+        /// The shell.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to standard output.
+    ///
+    /// Without COMMAND, portcullis(1); with one, the page of that subcommand,
+    /// portcullis-COMMAND(1). For example: portcullis man | man -l -
+    Man {
+        /// A subcommand whose page to print (check, explain, report, passwd …).
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
     },
 }
 
@@ -172,5 +244,69 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn check_and_explain_arguments() {
+        let cli =
+            Cli::try_parse_from(["portcullis", "check", "--config", "p.toml", "--strict"]).unwrap();
+        let Some(Command::Check { config, strict }) = cli.command else {
+            panic!("not a check: {cli:?}");
+        };
+        assert_eq!(config.as_deref(), Some(std::path::Path::new("p.toml")));
+        assert!(strict);
+        let args = [
+            "portcullis",
+            "explain",
+            "--client",
+            "192.168.1.20",
+            "--user",
+            "alice",
+            "--resolve",
+            "CONNECT",
+            "example.com:25",
+        ];
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Some(Command::Explain {
+            config,
+            client,
+            user,
+            resolve,
+            method,
+            target,
+        }) = cli.command
+        else {
+            panic!("not an explain: {cli:?}");
+        };
+        assert_eq!(config, None);
+        assert_eq!(client, "192.168.1.20".parse::<IpAddr>().unwrap());
+        assert_eq!(user.as_deref(), Some("alice"));
+        assert!(resolve);
+        assert_eq!(
+            (method.as_str(), target.as_str()),
+            ("CONNECT", "example.com:25")
+        );
+        for bad in [
+            &["portcullis", "explain", "CONNECT", "example.com:25"][..],
+            &[
+                "portcullis",
+                "explain",
+                "--client",
+                "lan",
+                "GET",
+                "http://x/",
+            ],
+            &["portcullis", "explain", "--client", "10.0.0.1", "GET"],
+            &["portcullis", "completions", "tcsh"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["portcullis", "completions", "zsh"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Completions {
+                shell: clap_complete::Shell::Zsh
+            })
+        ));
     }
 }

@@ -628,7 +628,7 @@ impl Config {
                 }
             },
         };
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        if !valid_log_level(&self.log.level) {
             problems.push(format!(
                 "log.level: \"{}\" is not a level (error, warn, info, debug, trace)",
                 self.log.level
@@ -942,6 +942,21 @@ fn mask_credentials(url: &str) -> String {
     }
 }
 
+/// A level (`info`), or directives with targets (`info,portcullis::auth=debug`): a bare word
+/// must be a level, not a target name that silences everything by accident.
+fn valid_log_level(text: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l.trim()));
+    !text.trim().is_empty()
+        && text
+            .split(',')
+            .all(|directive| match directive.split_once('=') {
+                Some((target, level)) => !target.trim().is_empty() && is_level(level),
+                None => is_level(directive),
+            })
+        && tracing_subscriber::EnvFilter::try_new(text).is_ok()
+}
+
 fn port_set(key: &str, specs: &[PortSpec], problems: &mut Vec<String>) -> PortSet {
     if specs.is_empty() {
         problems.push(format!(
@@ -957,6 +972,372 @@ fn port_set(key: &str, specs: &[PortSpec], problems: &mut Vec<String>) -> PortSe
         }
     }
     set
+}
+
+/// Where in the file `text` a validation problem of [`Config::validate`] lies: the 1-based
+/// line and column (in characters) of the entry it quotes, or of its key when it quotes none.
+///
+/// A problem starts with its key and quotes the entry at fault (`ports.connect: entry
+/// "smtpx": …`, `rules[2] "mail": ports: entry "smtpx": …`, `timeouts.connect: …`). The key is
+/// found by a light scan of the TOML text (tables, arrays of tables, dotted and quoted keys,
+/// values over several lines, strings, comments), then the quoted entry within its value.
+/// When the key is not in the file as a line of its own (an inline table, say), the answer is
+/// the first occurrence of the quoted entry anywhere; `None` when neither is found.
+pub fn locate(text: &str, problem: &str) -> Option<(usize, usize)> {
+    let (place, detail) = ProblemPlace::parse(problem)?;
+    let needle = problem_needle(detail);
+    let layout = TomlLayout::scan(text);
+    let found = match &place {
+        ProblemPlace::Rule { index, field } => layout
+            .assignments
+            .iter()
+            .find(|a| {
+                a.table == ["rules"]
+                    && a.occurrence == *index
+                    && a.key.len() == 1
+                    && a.key[0] == *field
+            })
+            .map(|a| (a.start, a.end))
+            .or_else(|| {
+                layout
+                    .headers
+                    .iter()
+                    .find(|h| h.path == ["rules"] && h.occurrence == *index)
+                    .map(|h| (h.start, h.end))
+            }),
+        ProblemPlace::Key(path) => {
+            let full = |a: &TomlAssignment| -> Vec<String> {
+                a.table.iter().chain(a.key.iter()).cloned().collect()
+            };
+            layout
+                .assignments
+                .iter()
+                .find(|a| full(a) == *path)
+                .map(|a| (a.start, a.end))
+                .or_else(|| {
+                    let h = layout.headers.iter().find(|h| h.path == *path)?;
+                    Some((h.start, h.end))
+                })
+                .or_else(|| {
+                    let a = layout.assignments.iter().find(|a| {
+                        let f = full(a);
+                        f.len() < path.len() && path.starts_with(&f)
+                    })?;
+                    Some((a.start, a.end))
+                })
+                .or_else(|| {
+                    let h = layout
+                        .headers
+                        .iter()
+                        .filter(|h| !h.path.is_empty() && h.path.len() < path.len())
+                        .filter(|h| path.starts_with(&h.path))
+                        .max_by_key(|h| h.path.len())?;
+                    Some((h.start, h.end))
+                })
+        }
+    };
+    let offset = match (found, needle) {
+        (Some((start, end)), Some(needle)) => find_entry(text, start, end, needle).unwrap_or(start),
+        (Some((start, _)), None) => start,
+        (None, Some(needle)) => find_entry(text, 0, text.len(), needle)?,
+        (None, None) => return None,
+    };
+    Some(line_and_column(text, offset))
+}
+
+/// The key a validation problem names.
+enum ProblemPlace {
+    /// `listen`, `ports.connect`, `clients.names` …
+    Key(Vec<String>),
+    /// A field of the `index`-th (1-based) `[[rules]]` table.
+    Rule { index: usize, field: &'static str },
+}
+
+impl ProblemPlace {
+    /// The place, and the rest of the message after the key.
+    fn parse(problem: &str) -> Option<(ProblemPlace, &str)> {
+        if let Some(rest) = problem.strip_prefix("rules[") {
+            let (index, rest) = rest.split_once(']')?;
+            let index: usize = index.parse().ok()?;
+            let rest = match rest.strip_prefix(" \"") {
+                Some(named) => named.split_once("\": ")?.1,
+                None => rest.strip_prefix(": ")?,
+            };
+            const FIELDS: [&str; 8] = [
+                "hosts_file",
+                "hosts",
+                "ports",
+                "methods",
+                "clients",
+                "users",
+                "name",
+                "action",
+            ];
+            let word = rest.split([':', ' ']).next().unwrap_or("");
+            let (field, detail) = match FIELDS.iter().find(|f| **f == word) {
+                Some(field) => {
+                    let detail = rest[word.len()..].trim_start_matches(':').trim_start();
+                    (*field, detail)
+                }
+                None => ("name", rest),
+            };
+            return Some((ProblemPlace::Rule { index, field }, detail));
+        }
+        let (key, detail) = problem.split_once(": ")?;
+        let valid = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        valid.then(|| {
+            let path = key.split('.').map(str::to_owned).collect();
+            (ProblemPlace::Key(path), detail)
+        })
+    }
+}
+
+/// The entry a problem quotes: `entry "x"`, `entry 0`, `the name of 10.0.0.7`, or the first
+/// quoted text.
+fn problem_needle(detail: &str) -> Option<&str> {
+    if let Some(entry) = detail.strip_prefix("entry ") {
+        if let Some(quoted) = entry.strip_prefix('"') {
+            return quoted.split_once('"').map(|(inner, _)| inner);
+        }
+        let end = entry
+            .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+            .unwrap_or(entry.len());
+        return (end > 0).then(|| &entry[..end]);
+    }
+    if let Some(rest) = detail.strip_prefix("the name of ") {
+        return rest.split_whitespace().next();
+    }
+    let (_, after) = detail.split_once('"')?;
+    let (inner, _) = after.split_once('"')?;
+    (!inner.is_empty()).then_some(inner)
+}
+
+/// Where `needle` is written between `start` and `end`: as a quoted string first, then as a
+/// bare token (a number, an address).
+fn find_entry(text: &str, start: usize, end: usize, needle: &str) -> Option<usize> {
+    let region = &text[start..end];
+    for quote in ['"', '\''] {
+        if let Some(at) = region.find(&format!("{quote}{needle}{quote}")) {
+            return Some(start + at);
+        }
+    }
+    if needle.is_empty() {
+        return None;
+    }
+    let boundary = |c: Option<char>| {
+        c.is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.'))
+    };
+    let mut from = 0;
+    while let Some(i) = region[from..].find(needle) {
+        let at = from + i;
+        let after = at + needle.len();
+        if boundary(region[..at].chars().next_back()) && boundary(region[after..].chars().next()) {
+            return Some(start + at);
+        }
+        from = after;
+    }
+    None
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// The tables and key assignments of a TOML text, with their byte spans.
+struct TomlLayout {
+    headers: Vec<TomlHeader>,
+    assignments: Vec<TomlAssignment>,
+}
+
+/// `[table]` or `[[array]]`: from its line to the next header.
+struct TomlHeader {
+    path: Vec<String>,
+    /// For `[[array]]` tables, which one (1-based); 0 for plain tables.
+    occurrence: usize,
+    start: usize,
+    end: usize,
+}
+
+/// `key = value`: from the key to the end of the value (which may span lines).
+struct TomlAssignment {
+    table: Vec<String>,
+    occurrence: usize,
+    key: Vec<String>,
+    start: usize,
+    end: usize,
+}
+
+impl TomlLayout {
+    fn scan(text: &str) -> TomlLayout {
+        let mut layout = TomlLayout {
+            headers: Vec::new(),
+            assignments: Vec::new(),
+        };
+        let mut table: Vec<String> = Vec::new();
+        let mut occurrence = 0;
+        let mut arrays: std::collections::HashMap<Vec<String>, usize> = Default::default();
+        let mut pos = 0;
+        while pos < text.len() {
+            let line_end = text[pos..].find('\n').map_or(text.len(), |i| pos + i);
+            let line = &text[pos..line_end];
+            let start = pos + (line.len() - line.trim_start().len());
+            let rest = &text[start..line_end];
+            if rest.starts_with('[') {
+                let array = rest.starts_with("[[");
+                let (path, _) = toml_key(text, start + if array { 2 } else { 1 });
+                if let Some(last) = layout.headers.last_mut() {
+                    last.end = start;
+                }
+                occurrence = if array {
+                    let count = arrays.entry(path.clone()).or_insert(0);
+                    *count += 1;
+                    *count
+                } else {
+                    0
+                };
+                table = path;
+                layout.headers.push(TomlHeader {
+                    path: table.clone(),
+                    occurrence,
+                    start,
+                    end: text.len(),
+                });
+                pos = line_end + 1;
+                continue;
+            }
+            let (key, after) = toml_key(text, start);
+            if key.is_empty() || text.as_bytes().get(after) != Some(&b'=') {
+                pos = line_end + 1;
+                continue;
+            }
+            let end = toml_value_end(text.as_bytes(), after + 1);
+            layout.assignments.push(TomlAssignment {
+                table: table.clone(),
+                occurrence,
+                key,
+                start,
+                end,
+            });
+            pos = end + 1;
+        }
+        layout
+    }
+}
+
+/// A dotted key at `from` (bare or quoted parts); its parts and where it ends (spaces after
+/// it skipped).
+fn toml_key(text: &str, from: usize) -> (Vec<String>, usize) {
+    let b = text.as_bytes();
+    let skip = |mut i: usize| {
+        while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+            i += 1;
+        }
+        i
+    };
+    let mut parts = Vec::new();
+    let mut i = skip(from);
+    loop {
+        let part_start = i;
+        let part = match b.get(i) {
+            Some(&q @ (b'"' | b'\'')) => {
+                let mut j = i + 1;
+                while j < b.len() && b[j] != q && b[j] != b'\n' {
+                    j += if q == b'"' && b[j] == b'\\' { 2 } else { 1 };
+                }
+                let inner = text.get(i + 1..j.min(b.len())).unwrap_or("");
+                i = (j + 1).min(b.len());
+                inner.to_owned()
+            }
+            _ => {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'-')
+                {
+                    i += 1;
+                }
+                text[part_start..i].to_owned()
+            }
+        };
+        if i == part_start {
+            break;
+        }
+        parts.push(part);
+        i = skip(i);
+        if b.get(i) == Some(&b'.') {
+            i = skip(i + 1);
+        } else {
+            break;
+        }
+    }
+    (parts, i)
+}
+
+/// Where a value starting at `from` ends: the newline after it (or the end of the text),
+/// skipping over strings, comments and brackets that continue on later lines.
+fn toml_value_end(b: &[u8], from: usize) -> usize {
+    let mut depth = 0usize;
+    let mut i = from;
+    while i < b.len() {
+        match b[i] {
+            b'\n' if depth == 0 => return i,
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            q @ (b'"' | b'\'') => {
+                i = toml_string_end(b, i, q);
+                continue;
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// The index after the string that opens at `i` with quote `q` (one-line or triple-quoted).
+fn toml_string_end(b: &[u8], i: usize, q: u8) -> usize {
+    let escapes = q == b'"';
+    if b[i..].starts_with(&[q, q, q]) {
+        let mut j = i + 3;
+        while j < b.len() {
+            if escapes && b[j] == b'\\' {
+                j += 2;
+                continue;
+            }
+            if b[j..].starts_with(&[q, q, q]) {
+                j += 3;
+                while j < b.len() && b[j] == q {
+                    j += 1;
+                }
+                return j;
+            }
+            j += 1;
+        }
+        return b.len();
+    }
+    let mut j = i + 1;
+    while j < b.len() && b[j] != b'\n' {
+        if escapes && b[j] == b'\\' {
+            j += 2;
+            continue;
+        }
+        if b[j] == q {
+            return j + 1;
+        }
+        j += 1;
+    }
+    j.min(b.len())
 }
 
 #[cfg(test)]

@@ -100,10 +100,12 @@ pub async fn forward(
     let response = if via_parent {
         through_parent(ex, parts, body, &target).await?
     } else {
+        let sent = body.sent();
         let upstream = Request::from_parts(parts, body);
         within(
             timeouts.response,
             &target,
+            sent,
             ex.shared.client.request(upstream),
         )
         .await?
@@ -136,20 +138,28 @@ pub async fn forward(
 }
 
 /// Waits for an answer at most `limit` (`timeouts.response`).
+/// Waits for an answer; the clock (`timeouts.response`) starts once the request body has
+/// been sent (`sent` resolves), so a long upload is timed by `timeouts.request_body` alone.
 async fn within<T>(
     limit: std::time::Duration,
     target: &Target,
+    sent: impl std::future::Future<Output = ()>,
     answer: impl std::future::Future<Output = T>,
 ) -> Result<T, EdgeError> {
-    tokio::time::timeout(limit, answer).await.map_err(|_| {
-        EdgeError::upstream(
+    let clock = async {
+        sent.await;
+        tokio::time::sleep(limit).await;
+    };
+    tokio::select! {
+        answer = answer => Ok(answer),
+        _ = clock => Err(EdgeError::upstream(
             StatusCode::GATEWAY_TIMEOUT,
             format!(
                 "the origin {target} did not answer within {} (timeouts.response)",
                 humantime::format_duration(limit)
             ),
-        )
-    })
+        )),
+    }
 }
 
 /// Sends a request through the parent proxies, in order. A parent that cannot be reached is
@@ -185,9 +195,11 @@ async fn through_parent(
             None => break,
         };
         ex.record.parent(&route.parent.name);
+        let body_sent = attempt_body.sent();
         let sent = within(
             limit,
             target,
+            body_sent,
             route
                 .client
                 .request(Request::from_parts(head, attempt_body)),

@@ -30,7 +30,10 @@
 //! - [`body`]: streaming bodies that count bytes and carry the access record.
 //! - [`pages`]: the page shown to someone who opens the proxy's address in a browser.
 //! - [`pac`]: the proxy auto-config file (`/proxy.pac`, `/wpad.dat`) generated from `[pac]`. (pure)
+//! - [`reload`]: reloading the configuration while running: validate, bind, swap, summarize.
 //! - [`signal`]: SIGINT and SIGTERM as a shutdown future.
+//! - [`check`]: `portcullis check`: validation with file, line and column, the effective configuration, lint warnings.
+//! - [`explain`]: `portcullis explain`: what the proxy would decide for one request, and why, sending nothing. (pure)
 //! - [`cli`]: the command line.
 //!
 //! The request path: accept ([`server`]) → classify ([`target`]) → decide ([`policy`]) →
@@ -43,11 +46,13 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod dial;
 pub mod error;
 pub mod errorpage;
+pub mod explain;
 pub mod forward;
 pub mod hosts;
 pub mod lint;
@@ -57,6 +62,7 @@ pub mod pages;
 pub mod passwd;
 pub mod policy;
 pub mod ports;
+pub mod reload;
 pub mod report;
 pub mod server;
 pub mod service;

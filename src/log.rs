@@ -50,6 +50,8 @@ pub const QUEUE_LINES: usize = 16_384;
 enum Message {
     Line(String),
     Reopen,
+    /// Write everything queued, then answer.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 /// The access log sink.
@@ -103,6 +105,14 @@ impl AccessLog {
         let _ = self.queue.try_send(Message::Reopen);
     }
 
+    /// Writes every queued line out; waits at most `limit` (for the proxy's exit).
+    pub fn flush(&self, limit: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.queue.send(Message::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(limit);
+        }
+    }
+
     /// Lines dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -116,7 +126,11 @@ impl AccessSink for AccessLog {
         match self.queue.try_send(Message::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // Said at once (the writer may be the one stuck), then at 2, 4, 8 … drops.
+                if dropped.is_power_of_two() {
+                    tracing::warn!(dropped, "the access log cannot keep up: records dropped");
+                }
             }
         }
     }
@@ -150,17 +164,21 @@ impl Writer {
                     return;
                 }
             };
-            if let Some(Message::Line(line)) = message {
-                self.write(&line);
-                // Write whatever else is queued before flushing once.
-                while let Ok(message) = lines.try_recv() {
-                    match message {
-                        Message::Line(line) => self.write(&line),
-                        Message::Reopen => reopen.store(true, Ordering::Release),
-                    }
+            let mut flushed = Vec::new();
+            let mut next = message;
+            // Write whatever is queued before flushing once.
+            while let Some(message) = next {
+                match message {
+                    Message::Line(line) => self.write(&line),
+                    Message::Reopen => reopen.store(true, Ordering::Release),
+                    Message::Flush(ack) => flushed.push(ack),
                 }
+                next = lines.try_recv().ok();
             }
             self.flush();
+            for ack in flushed {
+                let _ = ack.send(());
+            }
             if reopen.swap(false, Ordering::AcqRel) {
                 self.reopen();
             }

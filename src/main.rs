@@ -32,6 +32,28 @@ fn main() -> ExitCode {
                 until: *until,
             })
         }
+        Some(Command::Check { config, strict }) => return check(config.as_deref(), *strict),
+        Some(Command::Explain {
+            config,
+            client,
+            user,
+            resolve,
+            method,
+            target,
+        }) => {
+            return explain(
+                config.as_deref(),
+                &portcullis::explain::Question {
+                    client: *client,
+                    user: user.as_deref(),
+                    method,
+                    target,
+                },
+                *resolve,
+            )
+        }
+        Some(Command::Completions { shell }) => return completions(*shell),
+        Some(Command::Man { command }) => return man(command.as_deref()),
         None => {}
     }
     match run(cli) {
@@ -106,9 +128,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(log) => recorder.with_sink(log.clone()),
         None => recorder,
     };
-    if let Some(log) = access_log {
-        tokio::spawn(portcullis::signal::on_reopen(move || log.reopen()));
-    }
+    // SIGUSR1 must never end the proxy, log or no log (its default action would).
+    let for_signal = access_log.clone();
+    tokio::spawn(portcullis::signal::on_reopen(move || {
+        if let Some(log) = &for_signal {
+            log.reopen();
+        }
+    }));
+
+    // Reloads read the file again (SIGHUP, or POST /reload on the admin listener).
+    let reloadable = cli.config.as_ref().map(|path| {
+        let (handle, requests) = portcullis::reload::channel();
+        let on_signal = handle.clone();
+        tokio::spawn(portcullis::signal::on_hangup(move || {
+            let reload = on_signal.clone();
+            async move {
+                let _ = reload.request().await;
+            }
+        }));
+        portcullis::reload::Reloadable {
+            source: portcullis::reload::Source {
+                path: path.clone(),
+                listen_override: cli.listen.clone(),
+            },
+            config: config.clone(),
+            handle,
+            requests,
+        }
+    });
 
     tracing::info!(config = %origin, "starting");
     portcullis::serve(
@@ -116,9 +163,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         admin,
         settings,
         recorder,
+        reloadable,
         portcullis::signal::shutdown(),
     )
     .await?;
+    // The last records of the drain must reach the file before the process ends.
+    if let Some(log) = access_log {
+        log.flush(std::time::Duration::from_secs(5));
+    }
     Ok(())
 }
 
@@ -144,6 +196,113 @@ fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `portcullis check [--config FILE] [--strict]`: the summary and warnings on stdout, errors
+/// on stderr; exit 0 valid, 1 invalid, 2 valid with warnings under `--strict`.
+fn check(config: Option<&std::path::Path>, strict: bool) -> ExitCode {
+    let outcome = portcullis::check::run(config, strict);
+    print!("{}", outcome.stdout);
+    eprint!("{}", outcome.stderr);
+    ExitCode::from(outcome.code)
+}
+
+/// `portcullis explain …`: the decision and its steps on stdout; exit 0 allowed, 1 refused,
+/// 2 for a usage or configuration error, 3 when a rule needs an address not resolved.
+fn explain(
+    config: Option<&std::path::Path>,
+    question: &portcullis::explain::Question<'_>,
+    resolve: bool,
+) -> ExitCode {
+    const USAGE: u8 = 2;
+    let (config, origin) = match config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => (config, path.display().to_string()),
+            Err(e) => {
+                eprintln!("portcullis explain: {e}");
+                return ExitCode::from(USAGE);
+            }
+        },
+        None => (Config::default(), "<built-in defaults>".to_owned()),
+    };
+    let settings = match config.validate(&origin) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("portcullis explain: {e}\n(`portcullis check` shows where)");
+            return ExitCode::from(USAGE);
+        }
+    };
+    // The system resolver, as the proxy's dialler asks it (getaddrinfo); only with --resolve.
+    let system = |name: &str, port: u16| -> Result<Vec<std::net::IpAddr>, String> {
+        use std::net::ToSocketAddrs;
+        (name, port)
+            .to_socket_addrs()
+            .map(|addrs| addrs.map(|a| a.ip()).collect())
+            .map_err(|e| e.to_string())
+    };
+    let lookups = portcullis::explain::Lookups {
+        resolve: resolve.then_some(&system as portcullis::explain::Resolver<'_>),
+        is_local: &portcullis::dial::is_local_address,
+    };
+    match portcullis::explain::explain(&settings, question, &lookups) {
+        Ok(explanation) => {
+            print!("{}", explanation.render());
+            ExitCode::from(explanation.exit_code())
+        }
+        Err(e) => {
+            eprintln!("portcullis explain: {e}");
+            ExitCode::from(USAGE)
+        }
+    }
+}
+
+/// `portcullis completions SHELL`: the completion script, generated from the CLI definition.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "portcullis", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+/// `portcullis man [COMMAND]`: portcullis(1), or portcullis-COMMAND(1), as roff.
+fn man(subcommand: Option<&str>) -> ExitCode {
+    let command = <Cli as clap::CommandFactory>::command();
+    let source = format!("portcullis {}", command.get_version().unwrap_or_default());
+    let page = match subcommand {
+        None => command,
+        Some(name) => match command.find_subcommand(name) {
+            Some(sub) => sub
+                .clone()
+                .display_name(format!("portcullis-{name}"))
+                .bin_name(format!("portcullis {name}")),
+            None => {
+                let names: Vec<&str> = command
+                    .get_subcommands()
+                    .map(|s| s.get_name())
+                    .filter(|n| *n != "help")
+                    .collect();
+                eprintln!(
+                    "portcullis man: no subcommand {name:?}; the subcommands are {}",
+                    names.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let mut out = Vec::new();
+    match clap_mangen::Man::new(page).source(source).render(&mut out) {
+        Ok(()) => {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(&out).and_then(|()| stdout.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+        Err(e) => {
+            eprintln!("portcullis man: {e}");
             ExitCode::FAILURE
         }
     }

@@ -22,7 +22,11 @@ pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| ex.local.to_string());
-    ex.record.destination(shown_host.clone(), ex.local.port());
+    // The record names the host as asked, without the port it also carries.
+    let logged_host = crate::target::parse_authority(&shown_host, Some(ex.local.port()))
+        .map(|t| t.host.to_string())
+        .unwrap_or_else(|_| shown_host.clone());
+    ex.record.destination(logged_host, ex.local.port());
     let read = req.method() == Method::GET || req.method() == Method::HEAD;
     if read && crate::pac::PATHS.contains(&req.uri().path()) {
         return pac_file(ex, req);

@@ -42,6 +42,7 @@ use crate::access::{PendingRecord, Recorder};
 use crate::config::{LimitsConfig, Settings};
 use crate::error::EdgeError;
 use crate::policy::Decider;
+use crate::reload::{Listeners, Reloadable, Running, Start};
 use crate::service::{ProxyService, Shared};
 
 /// Runs the proxy on `listeners` until `shutdown` completes, then drains: stops accepting,
@@ -52,33 +53,52 @@ pub async fn run(
     recorder: Recorder,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    serve(listeners, None, settings, recorder, shutdown).await
+    serve(listeners, None, settings, recorder, None, shutdown).await
 }
 
-/// [`run`], with the admin listener (`/metrics`, `/status` …) on `admin` when given.
+/// [`run`], with the admin listener (`/metrics`, `/status` …) on `admin` when given, and
+/// reloads served when `reloadable` is given (its configuration's `listen` addresses in the
+/// order of `listeners`).
 pub async fn serve(
     listeners: Vec<TcpListener>,
     admin: Option<TcpListener>,
     settings: Settings,
     recorder: Recorder,
+    reloadable: Option<Reloadable>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let grace = settings.timeouts.shutdown_grace;
     let admin_allow = settings
         .admin
         .as_ref()
         .map(|(_, allow)| allow.clone())
         .unwrap_or_default();
-    let shared = Arc::new(Shared::new(settings, recorder));
+    let reload_handle = reloadable.as_ref().map(|r| r.handle.clone());
+    let shared = Arc::new(Shared::new(settings, recorder, reload_handle));
     let stop_accepting = CancellationToken::new();
     let tracker = shared.tracker.clone();
 
-    for listener in listeners {
-        let addr = listener.local_addr()?;
-        info!(%addr, "listening");
+    // Each listener stops on its own token (a reload removes one), or on shutdown.
+    let configured: Vec<SocketAddr> = match &reloadable {
+        Some(r) => r.config.listen.clone(),
+        None => Vec::new(),
+    };
+    let mut running = Listeners::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let actual = listener.local_addr()?;
+        info!(addr = %actual, "listening");
+        let stop = stop_accepting.child_token();
+        let key = configured.get(i).copied().unwrap_or(actual);
+        running.insert(
+            key,
+            Running {
+                actual,
+                stop: stop.clone(),
+            },
+        );
         tracker.spawn(accept_loop(
             listener,
             shared.clone(),
+            stop,
             stop_accepting.clone(),
         ));
     }
@@ -90,15 +110,39 @@ pub async fn serve(
             stop_accepting.clone(),
         ));
     }
+    if let Some(r) = reloadable {
+        let (for_loops, drain) = (shared.clone(), stop_accepting.clone());
+        let start: Start = Box::new(move |listener, stop| {
+            for_loops.tracker.spawn(accept_loop(
+                listener,
+                for_loops.clone(),
+                stop,
+                drain.clone(),
+            ));
+        });
+        // Not tracked: it ends when the channel does, and shutdown need not wait for it.
+        tokio::spawn(crate::reload::worker(
+            r.requests,
+            r.source,
+            r.config,
+            running,
+            shared.clone(),
+            stop_accepting.clone(),
+            start,
+        ));
+    }
 
     shutdown.await;
+    let grace = shared.settings().timeouts.shutdown_grace;
     info!(grace = ?grace, "shutting down: no new connections; waiting for open requests and tunnels");
     stop_accepting.cancel();
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        let tunnels: u64 = shared.stats.ports().iter().map(|p| p.active_tunnels).sum();
         warn!(
-            open = tracker.len(),
-            "grace period over: closing what is still open"
+            tunnels,
+            connections = shared.admission.open(),
+            "grace period over: cutting {tunnels} open tunnels and what else is still open"
         );
         shared.hard_stop.cancel();
         // Cut tasks wind down at once; this bound only guards against a stuck one.
@@ -108,7 +152,14 @@ pub async fn serve(
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+/// Accepts connections until `stop` (this listener removed, or shutdown); each connection
+/// drains on `drain` (shutdown only).
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    drain: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -128,7 +179,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
                     }
                 };
                 let shared_for_task = shared.clone();
-                let stop_for_task = stop.clone();
+                let stop_for_task = drain.clone();
                 shared.tracker.spawn(
                     serve_connection(stream, peer, admitted, shared_for_task, stop_for_task)
                         .instrument(tracing::info_span!("conn", client = %peer)),

@@ -54,6 +54,8 @@ pub struct Shared {
     pub login: ArcSwap<Login>,
     /// Open client connections, for `[limits]`.
     pub admission: Arc<crate::server::Admission>,
+    /// Reloads the configuration (for `POST /reload`), when it came from a file.
+    pub reload: Option<crate::reload::Reload>,
     /// This proxy's name in `Via`, with a token unique to this process: a request that
     /// already carries it has looped back.
     pub via: String,
@@ -95,7 +97,11 @@ fn parents_for(settings: &Settings) -> Option<Arc<crate::upstream::Parents>> {
 
 impl Shared {
     /// Builds the shared state (and the upstream client) from validated settings.
-    pub fn new(settings: Settings, recorder: Recorder) -> Self {
+    pub fn new(
+        settings: Settings,
+        recorder: Recorder,
+        reload: Option<crate::reload::Reload>,
+    ) -> Self {
         let live = Arc::new(ArcSwap::from_pointee(settings));
         let settings = live.load_full();
         let client = Client::builder(TokioExecutor::new())
@@ -116,6 +122,7 @@ impl Shared {
             hard_stop: CancellationToken::new(),
             login: ArcSwap::from_pointee(Login::new(&settings)),
             admission: Arc::default(),
+            reload,
             via: format!("portcullis-{:08x}", instance_token()),
         }
     }

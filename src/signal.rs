@@ -1,4 +1,5 @@
-//! Process signals: SIGINT and SIGTERM end the proxy gracefully; SIGUSR1 reopens the access log.
+//! Process signals: SIGINT and SIGTERM end the proxy gracefully, SIGHUP reloads the
+//! configuration, SIGUSR1 reopens the access log.
 
 /// Completes on the first SIGINT or SIGTERM (Ctrl-C where there are no Unix signals).
 pub async fn shutdown() {
@@ -46,6 +47,33 @@ pub async fn on_reopen(reopen: impl Fn()) {
     #[cfg(not(unix))]
     {
         let _ = reopen;
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Calls `reload` on every SIGHUP, for as long as it runs.
+pub async fn on_hangup<F, Fut>(reload: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!(
+                "cannot install the SIGHUP handler; use POST /reload on the admin listener"
+            );
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            reload().await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reload;
         std::future::pending::<()>().await;
     }
 }

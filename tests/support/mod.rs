@@ -98,6 +98,7 @@ impl Proxy {
             admin_listener,
             settings,
             recorder,
+            None,
             async {
                 let _ = rx.await;
             },
