@@ -26,7 +26,6 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -416,7 +415,6 @@ pub struct ConnState {
     head_flags: AtomicU8,
     /// Bumped each time the connection becomes idle, so the scanner starts afresh.
     head_generation: AtomicU32,
-    changed: Notify,
 }
 
 impl ConnState {
@@ -429,7 +427,6 @@ impl ConnState {
             expired: AtomicU8::new(0),
             head_flags: AtomicU8::new(0),
             head_generation: AtomicU32::new(0),
-            changed: Notify::new(),
         }
     }
 
@@ -441,7 +438,6 @@ impl ConnState {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(NONE, Ordering::Release);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -456,34 +452,34 @@ impl ConnState {
 
     /// Completes when the connection has idled for `keep_alive`, or a request head has taken
     /// longer than `request_header` (the first head is timed from the connection's start).
+    ///
+    /// The watchdog is not woken by requests (that would cost every request a wake-up): it
+    /// looks at the connection's state at most every `request_header` and at each deadline,
+    /// so a slow head is caught between one and two `request_header` periods after it began.
     async fn watch(&self, t: &crate::config::Timeouts) -> Expiry {
+        let head_limit = t.request_header.as_millis() as u64;
         loop {
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                self.changed.notified().await;
-                continue;
-            }
+            let now = self.now_ms();
             let head = self.head_started.load(Ordering::Acquire);
             let idle = self.idle_since.load(Ordering::Acquire);
-            let first = idle == 0 && head == NONE;
-            let (deadline_ms, expiry) = if head != NONE {
-                (head + t.request_header.as_millis() as u64, Expiry::SlowHead)
-            } else if first {
-                (t.request_header.as_millis() as u64, Expiry::Idle)
+            let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy: nothing to time here; look again later.
+                None
+            } else if head != NONE {
+                Some((head + head_limit, Expiry::SlowHead))
+            } else if idle == 0 {
+                // A new connection that has sent nothing yet.
+                Some((head_limit, Expiry::Idle))
             } else {
-                (idle + t.keep_alive.as_millis() as u64, Expiry::Idle)
+                Some((idle + t.keep_alive.as_millis() as u64, Expiry::Idle))
             };
-            let deadline = self.start + Duration::from_millis(deadline_ms);
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {
-                    let unchanged = self.in_flight.load(Ordering::Acquire) == 0
-                        && self.head_started.load(Ordering::Acquire) == head
-                        && self.idle_since.load(Ordering::Acquire) == idle;
-                    if unchanged {
-                        return expiry;
-                    }
+            if let Some((at, expiry)) = deadline {
+                if now >= at {
+                    return expiry;
                 }
-                _ = self.changed.notified() => {}
             }
+            let next = deadline.map_or(now + head_limit, |(at, _)| at.min(now + head_limit));
+            tokio::time::sleep_until(self.start + Duration::from_millis(next)).await;
         }
     }
 }
@@ -501,7 +497,6 @@ impl Drop for InFlight {
             state.head_started.store(NONE, Ordering::Release);
             state.head_flags.store(0, Ordering::Release);
             state.head_generation.fetch_add(1, Ordering::AcqRel);
-            state.changed.notify_one();
         }
     }
 }
@@ -631,7 +626,6 @@ impl AsyncRead for WatchedIo {
             let state = &this.state;
             if state.head_started.load(Ordering::Acquire) == NONE {
                 state.head_started.store(state.now_ms(), Ordering::Release);
-                state.changed.notify_one();
             }
             let generation = state.head_generation.load(Ordering::Acquire);
             if this.scan.generation != generation {

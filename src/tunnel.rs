@@ -28,8 +28,11 @@ use crate::policy::{Decision, Facts, Kind};
 use crate::service::{Exchange, Shared};
 use crate::target::{Host, Target};
 
-/// Bytes read at once in each direction of a tunnel.
-const RELAY_BUFFER: usize = 16 * 1024;
+/// Bytes a quiet direction of a tunnel reads at once, from a buffer inside the task: an idle
+/// tunnel holds no heap buffer of its own.
+const QUIET_BUFFER: usize = 1024;
+/// Bytes a busy direction reads at once, from a heap buffer it holds only while busy.
+const BUSY_BUFFER: usize = 64 * 1024;
 
 /// A destination dialled for a CONNECT request, waiting for the client's side to upgrade.
 pub struct Dialled {
@@ -196,16 +199,29 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; RELAY_BUFFER];
+    let mut quiet = [0u8; QUIET_BUFFER];
+    let mut busy: Option<Vec<u8>> = None;
     loop {
-        let n = reader.read(&mut buf).await?;
+        let buf: &mut [u8] = match busy.as_mut() {
+            Some(big) => big,
+            None => &mut quiet,
+        };
+        let n = reader.read(buf).await?;
         if n == 0 {
             writer.shutdown().await?;
             return Ok(());
         }
         writer.write_all(&buf[..n]).await?;
+        let filled = n == buf.len();
         Traffic::add(counter, n);
         last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // A full small read means more is waiting: read big. A small read from the big
+        // buffer means the burst is over: give the buffer back.
+        if busy.is_none() && filled {
+            busy = Some(vec![0u8; BUSY_BUFFER]);
+        } else if busy.is_some() && n < QUIET_BUFFER {
+            busy = None;
+        }
     }
 }
 
