@@ -120,10 +120,36 @@ async fn chromium_async(binary: &Path, args: Vec<String>) -> String {
         .unwrap()
 }
 
+/// Answers every request read from `stream` with `page` (at most 64 on one connection).
+async fn serve_page<S>(mut stream: S, page: &'static str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..64 {
+        while find(&seen, b"\r\n\r\n").is_none() {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let end = find(&seen, b"\r\n\r\n").unwrap();
+        seen.drain(..end + 4);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+            page.len()
+        );
+        if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A TLS origin with a self-signed certificate that serves `page` for every request.
 async fn tls_page_origin(page: &'static str) -> std::net::SocketAddr {
     use rustls::pki_types::PrivateKeyDer;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
     let config = rustls::ServerConfig::builder()
@@ -137,27 +163,8 @@ async fn tls_page_origin(page: &'static str) -> std::net::SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                for _ in 0..64 {
-                    while find(&seen, b"\r\n\r\n").is_none() {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let end = find(&seen, b"\r\n\r\n").unwrap();
-                    seen.drain(..end + 4);
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
-                        page.len()
-                    );
-                    if tls.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    serve_page(tls, page).await;
                 }
             });
         }
@@ -167,32 +174,11 @@ async fn tls_page_origin(page: &'static str) -> std::net::SocketAddr {
 
 /// An HTTP origin that serves `page` for every request.
 async fn page_origin(page: &'static str) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                for _ in 0..64 {
-                    while find(&seen, b"\r\n\r\n").is_none() {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let end = find(&seen, b"\r\n\r\n").unwrap();
-                    seen.drain(..end + 4);
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
-                        page.len()
-                    );
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve_page(stream, page));
         }
     });
     addr
