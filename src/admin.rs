@@ -34,7 +34,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin listening: /metrics /status /status.json /healthz");
+        info!(%addr, "admin listening: /metrics /status /status.json /healthz, POST /reload");
     }
     let allow = Arc::new(allow);
     loop {

@@ -933,12 +933,15 @@ fn percent_decode(text: &str) -> Option<String> {
 
 /// A parent URL with its password replaced, for messages.
 fn mask_credentials(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, rest)), Some((_, host))) if rest.contains('@') => {
-            let user = rest.split(':').next().unwrap_or("");
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
             format!("{scheme}://{user}:***@{host}")
         }
-        _ => url.to_owned(),
+        None => url.to_owned(),
     }
 }
 
@@ -1480,6 +1483,11 @@ mod tests {
             assert!(parse_parent(bad).is_err(), "{bad}");
         }
         assert_eq!(mask_credentials("http://u:secret@h:1"), "http://u:***@h:1");
+        assert_eq!(
+            mask_credentials("http://bob@p.lan:8080"),
+            "http://bob:***@p.lan:8080"
+        );
+        assert_eq!(mask_credentials("http://p.lan:8080"), "http://p.lan:8080");
         let err = Config::from_toml("[upstream]\nproxy = \"http://u:secret@h:0\"", "t")
             .unwrap()
             .validate("t")

@@ -136,6 +136,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }));
 
+    // Without a file there is nothing to reload, but SIGHUP must not end the proxy.
+    if cli.config.is_none() {
+        tokio::spawn(portcullis::signal::on_hangup(|| async {
+            tracing::warn!(
+                "started on the built-in defaults: there is no configuration file to reload"
+            );
+        }));
+    }
     // Reloads read the file again (SIGHUP, or POST /reload on the admin listener).
     let reloadable = cli.config.as_ref().map(|path| {
         let (handle, requests) = portcullis::reload::channel();

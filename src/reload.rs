@@ -9,8 +9,10 @@
 //! logged. Requests and tunnels already running finish on the settings they started with;
 //! connections accepted on a removed listener are left to finish too.
 //!
-//! Not reloaded (they need a restart): the access log's destination and format, and the
-//! admin listener's address.
+//! Not reloaded (they need a restart): `[log]` (the access log's destination and format, the
+//! diagnostics level) and `[admin]` (its address and `allow`); the summary says so when they
+//! changed. Files the configuration names (htpasswd, `hosts_file`, `error.html`) are read
+//! again on every reload.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -192,6 +194,9 @@ async fn reload(
     Ok(summary)
 }
 
+/// Sections read at start-up only.
+const NEED_RESTART: [&str; 2] = ["log", "admin"];
+
 /// What changed between two configurations, in one line.
 pub fn changes(old: &Config, new: &Config) -> String {
     let mut parts = Vec::new();
@@ -223,8 +228,16 @@ pub fn changes(old: &Config, new: &Config) -> String {
         .into_iter()
         .filter(|k| *k != "rules" || old.rules.len() == new.rules.len())
         .collect();
-    if !changed.is_empty() {
-        parts.push(format!("changed: {}", changed.join(", ")));
+    let (applied, later): (Vec<&str>, Vec<&str>) =
+        changed.into_iter().partition(|k| !NEED_RESTART.contains(k));
+    if !applied.is_empty() {
+        parts.push(format!("changed: {}", applied.join(", ")));
+    }
+    if !later.is_empty() {
+        parts.push(format!(
+            "changed but applied at the next restart: {}",
+            later.join(", ")
+        ));
     }
     if parts.is_empty() {
         "no changes".to_owned()

@@ -201,7 +201,7 @@ async fn accept_loop(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    (_slot, refusal): (Slot, Option<EdgeError>),
+    (slot, refusal): (Slot, Option<EdgeError>),
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -216,7 +216,9 @@ async fn serve_connection(
             return;
         }
     };
-    let service = ProxyService::new(shared.clone(), peer, local, state.clone(), refusal);
+    // Tunnels opened on this connection hold its slot too: a tunnel counts in the limits.
+    let slot = Arc::new(slot);
+    let service = ProxyService::new(shared.clone(), peer, local, state.clone(), refusal, slot);
     let limits = &settings.limits;
     let io = TokioIo::new(WatchedIo {
         inner: stream,

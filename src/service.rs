@@ -163,6 +163,8 @@ pub struct ProxyService {
     conn: Arc<ConnState>,
     /// A refusal for every request of this connection (over the connection limits).
     refusal: Option<EdgeError>,
+    /// The connection's place in the connection limits, kept by its tunnels as well.
+    slot: Arc<crate::server::Slot>,
 }
 
 impl ProxyService {
@@ -174,6 +176,7 @@ impl ProxyService {
         local: SocketAddr,
         conn: Arc<ConnState>,
         refusal: Option<EdgeError>,
+        slot: Arc<crate::server::Slot>,
     ) -> Self {
         if let Err(denial) = shared.settings().policy.admit_client(client.ip()) {
             info!(reason = %denial.reason, "client refused");
@@ -184,6 +187,7 @@ impl ProxyService {
             local,
             conn,
             refusal,
+            slot,
         }
     }
 }
@@ -249,9 +253,9 @@ impl ProxyService {
             Ok(Reply::Tunnel(dialled)) => {
                 // The tunnel task owns the record from here: it ends when the tunnel does.
                 let shared = self.shared.clone();
-                self.shared
-                    .tracker
-                    .spawn(tunnel::relay(dialled, ex.record, shared).in_current_span());
+                self.shared.tracker.spawn(
+                    tunnel::relay(dialled, ex.record, shared, self.slot.clone()).in_current_span(),
+                );
                 (Response::new(DownBody::empty()), None)
             }
             Err(error) => {

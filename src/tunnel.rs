@@ -85,10 +85,16 @@ pub async fn open(
                     ex.record.allow(decider);
                 }
             }
-            let (stream, addr, parent) = parents
-                .tunnel(&target, timeout)
-                .await
-                .map_err(|e| EdgeError::upstream(http::StatusCode::BAD_GATEWAY, e.to_string()))?;
+            let (stream, addr, parent) = match parents.tunnel(&target, timeout).await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    ex.record.parent(e.parent());
+                    return Err(EdgeError::upstream(
+                        http::StatusCode::BAD_GATEWAY,
+                        e.to_string(),
+                    ));
+                }
+            };
             ex.record.parent(&parent);
             ex.record.upstream(addr);
             stream
@@ -123,7 +129,12 @@ enum End {
 }
 
 /// Relays a dialled tunnel once the client's connection is handed over; ends the record.
-pub async fn relay(dialled: Dialled, mut record: PendingRecord, shared: Arc<Shared>) {
+pub async fn relay(
+    dialled: Dialled,
+    mut record: PendingRecord,
+    shared: Arc<Shared>,
+    _slot: Arc<crate::server::Slot>,
+) {
     let client = match dialled.upgrade.await {
         Ok(upgraded) => TokioIo::new(upgraded),
         Err(e) => {

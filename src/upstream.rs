@@ -66,6 +66,17 @@ pub enum ParentError {
     },
 }
 
+impl ParentError {
+    /// The parent the error is about.
+    pub fn parent(&self) -> &str {
+        match self {
+            ParentError::Unreachable { parent, .. }
+            | ParentError::Refused { parent, .. }
+            | ParentError::Garbled { parent } => parent,
+        }
+    }
+}
+
 /// One parent and what the proxy keeps for it.
 pub struct ParentRoute {
     /// The parent.
@@ -118,13 +129,14 @@ impl Parents {
 
     /// The parents to try, in order: those up first, then those marked down (one of them may
     /// be back).
-    pub fn in_order(&self) -> impl Iterator<Item = &ParentRoute> {
+    pub fn in_order(&self) -> Vec<&ParentRoute> {
         let now = self.epoch.elapsed().as_millis() as u64;
-        let up = move |r: &&ParentRoute| r.down_until.load(Ordering::Relaxed) <= now;
-        self.routes
+        // Decided once, here: a parent marked down while the list is walked is not retried.
+        let (up, down): (Vec<&ParentRoute>, Vec<&ParentRoute>) = self
+            .routes
             .iter()
-            .filter(up)
-            .chain(self.routes.iter().filter(move |r| !up(r)))
+            .partition(|r| r.down_until.load(Ordering::Relaxed) <= now);
+        up.into_iter().chain(down).collect()
     }
 
     /// Notes that `route` could not be reached.
@@ -133,7 +145,11 @@ impl Parents {
         route
             .down_until
             .store(until.as_millis() as u64, Ordering::Relaxed);
-        tracing::warn!(parent = %route.parent.name, "parent proxy unreachable; trying the next for {}", humantime::format_duration(DOWN_FOR));
+        tracing::warn!(
+            parent = %route.parent.name,
+            "parent proxy unreachable: the others are tried first for the next {}",
+            humantime::format_duration(DOWN_FOR)
+        );
     }
 
     /// Notes that `route` answered.

@@ -10,7 +10,7 @@ use base64::Engine;
 use portcullis::access::Verdict;
 use support::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 fn basic(user: &str, password: &str) -> String {
     let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -346,4 +346,30 @@ async fn the_total_connection_limit_answers_503() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("limits.max_connections"), "{}", r.text());
     assert!(closes_within(&mut s, Duration::from_secs(2)).await);
+}
+
+#[tokio::test]
+async fn open_tunnels_count_in_the_connection_limits() {
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = echo.accept().await {
+            held.push(s);
+        }
+    });
+    let config = format!(
+        "{}[limits]\nmax_connections_per_client = 2\n",
+        loopback_config(&[], &[target.port()])
+    );
+    let proxy = Proxy::start(&config).await;
+    let (first, _one) = connect(proxy.addr, &target.to_string()).await;
+    let (second, _two) = connect(proxy.addr, &target.to_string()).await;
+    assert_eq!((first.status, second.status), (200, 200));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (third, _) = connect(proxy.addr, &target.to_string()).await;
+    assert_eq!(
+        third.status, 429,
+        "two open tunnels use up the client's two connections"
+    );
 }

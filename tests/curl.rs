@@ -1,6 +1,6 @@
 //! curl, as people use it with a proxy: `-x` for plain HTTP, `-p` (`--proxytunnel`) for
-//! plain HTTP through CONNECT, HTTPS through CONNECT, proxy credentials with `-U`, and the
-//! status a refused port gets.
+//! plain HTTP through CONNECT, proxy credentials with `-U` (with and without `-p`), and the
+//! status a refused port gets. (HTTPS through CONNECT is tested with rustls and Chromium.)
 //!
 //! Skipped when this machine has no curl, except when `CI` is set (`.ci/run` installs it).
 
