@@ -1,5 +1,6 @@
-//! The only place outbound sockets open: resolve the destination, check every address against
-//! the policy, then connect to the address that was checked, all within the connect timeout.
+//! The only place sockets to destinations open (those to parent proxies open in
+//! [`crate::upstream`]): resolve the destination, check every address against the policy,
+//! then connect to the address that was checked, all within the connect timeout.
 //!
 //! [`dial`] serves tunnels directly; [`Dialer`] wraps it as the connector of the pooled
 //! plain-HTTP client, so both paths meet the same guards. The port allow-list is not checked

@@ -17,7 +17,7 @@
 //! - [`error`]: the edge error: status, reason, deciding rule. (pure)
 //! - [`errorpage`]: the HTML error page browsers get, built-in or the owner's template. (pure)
 //! - [`access`]: the access record, one per request or tunnel, and its sinks.
-//! - [`admin`]: the admin listener: `/metrics`, `/status`, `/status.json`, `/healthz`.
+//! - [`admin`]: the admin listener: `/metrics`, `/status`, `/status.json`, `/healthz`, `POST /reload`.
 //! - [`log`]: the access log: Squid, Common and JSON lines, bounded queue, reopen on SIGUSR1.
 //! - [`report`]: `portcullis report`: usage per port, client, host or user, read back from access logs.
 //! - [`stats`]: live counters per port, client, user and host; recent refusals.
@@ -26,12 +26,13 @@
 //! - [`forward`]: plain-HTTP forwarding with header hygiene over the pooled client.
 //! - [`tunnel`]: CONNECT: dial, 200, counted relay with half-close and idle timeout.
 //! - [`upstream`]: parent proxies: pooled clients per parent, CONNECT through a parent, failover.
-//! - [`dial`]: the only place outbound sockets open: resolve, re-check each address, connect.
+//! - [`dial`]: the only place sockets to destinations open: resolve, re-check each address, connect
+//!   (sockets to parent proxies open in [`upstream`]).
 //! - [`body`]: streaming bodies that count bytes and carry the access record.
 //! - [`pages`]: the page shown to someone who opens the proxy's address in a browser.
 //! - [`pac`]: the proxy auto-config file (`/proxy.pac`, `/wpad.dat`) generated from `[pac]`. (pure)
 //! - [`reload`]: reloading the configuration while running: validate, bind, swap, summarize.
-//! - [`signal`]: SIGINT and SIGTERM as a shutdown future.
+//! - [`signal`]: SIGINT and SIGTERM as a shutdown future; SIGHUP (reload) and SIGUSR1 (reopen the log).
 //! - [`check`]: `portcullis check`: validation with file, line and column, the effective configuration, lint warnings.
 //! - [`explain`]: `portcullis explain`: what the proxy would decide for one request, and why, sending nothing. (pure)
 //! - [`cli`]: the command line.
