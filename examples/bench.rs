@@ -1,0 +1,1536 @@
+//! The shapes of the shared peer harness (`../shared/bench/`: A, L, B, C, D, E), in-repo, each
+//! measured first directly (client → origin) and then through Portcullis, in the same run:
+//! every figure is printed beside the direct one and their ratio.
+//!
+//! # To try this example
+//!
+//! 1. Build the proxy, then run the benchmark (about a minute):
+//!
+//!    ```sh
+//!    cargo build --release && cargo run --release --example bench
+//!    ```
+//!
+//! 2. A quick look (about 15 seconds): `cargo run --release --example bench -- --quick`
+//! 3. With 2,000 idle tunnels as well as 1,000 in D: `cargo run --release --example bench -- --full`
+//!
+//! It builds nothing itself: it runs `target/release/portcullis` (or `--binary PATH`) as a
+//! child process, so that the proxy's CPU time (utime + stime of /proc/PID/stat) and memory
+//! (VmRSS of /proc/PID/status) are its own. In this process it runs an HTTP/1.1 origin on
+//! 127.0.0.1 (`/1k` and `/1m`, 1024 bytes and 1 MiB with Content-Length, keep-alive), a TCP
+//! sink for tunnels (sends N bytes for each line "N" it reads) and the load generator (hyper's
+//! client connection over TcpStream, one task per connection, a fixed time per shape):
+//!
+//! - A: keep-alive GET /1k, 50 connections: req/s, p50/p99 latency, proxy CPU µs per request;
+//!   then the same through a second proxy with the access log off, for the cost of logging
+//!   (the live statistics have no switch: both proxies keep them).
+//! - L: one connection, unloaded: p50/p99 latency, and what the proxy adds to it.
+//! - B: keep-alive GET /1m, 8 connections: MB/s, proxy CPU seconds per GB.
+//! - C: download through a CONNECT tunnel, 256 MiB a tunnel, repeated for the shape's time:
+//!   MB/s, proxy CPU seconds per GB.
+//! - D: a freshly started proxy holds 1,000 idle CONNECT tunnels (then 2,000 with `--full`):
+//!   RSS per tunnel = (RSS with N − RSS before) / N; then one byte through each and again.
+//! - E: `Connection: close` GET /1k, 50 connections (a TCP connection per request): req/s,
+//!   p99 (not counting the TCP connect), proxy CPU µs per request.
+//!
+//! The proxy logs every request as JSON to a file in a temporary directory, as the targets of
+//! the performance issue require, and has no admin listener; its `[limits]` are raised so that
+//! D's tunnels, all from 127.0.0.1, are not refused by `max_connections_per_client` (256).
+//! Only loopback addresses are used.
+//! The load generator and the origin share the machine's cores with the proxy, as wrk and
+//! nginx do in the shared harness: absolute figures say as much about the machine as about the
+//! proxy; read the ratios, the CPU per request or per GB, and the memory per tunnel.
+
+use std::convert::Infallible;
+use std::fs;
+use std::io::{self, Read as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, ensure, Context};
+use bytes::Bytes;
+use clap::Parser;
+use http::header::{CONNECTION, HOST};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+
+/// Runs the A–E shapes directly and through Portcullis and prints one table.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Short runs (1 s a shape): a quick look, noisier figures.
+    #[arg(long)]
+    quick: bool,
+    /// Also hold 2,000 idle tunnels in D (after 1,000).
+    #[arg(long)]
+    full: bool,
+    /// The proxy binary [default: target/release/portcullis].
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
+}
+
+/// Connections of shapes A and E, and of B.
+const A_CONNS: usize = 50;
+const B_CONNS: usize = 8;
+const E_CONNS: usize = 50;
+/// Bytes of one tunnel download in C.
+const C_BYTES: u64 = 256 << 20;
+/// Tunnel downloads in C at most, however fast they are.
+const C_MAX_RUNS: usize = 16;
+/// The longest one request, connect or tunnel step may take before it counts as an error.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Errors one load-generator connection tolerates before it gives up.
+const MAX_ERRORS_PER_CONN: u64 = 100;
+/// Tunnels D opens at once.
+const D_CONCURRENCY: usize = 64;
+/// Failed tunnels after which D stops opening more.
+const D_MAX_FAILS: usize = 200;
+
+/// How long each shape runs.
+#[derive(Debug, Clone, Copy)]
+struct Durations {
+    warm_up: Duration,
+    keep_alive: Duration,
+    latency: Duration,
+    tunnel: Duration,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // An interrupt drops the run, and with it the proxies it started (their guards kill them).
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = run(args) => outcome,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let durations = if args.quick {
+        Durations {
+            warm_up: Duration::from_millis(300),
+            keep_alive: Duration::from_secs(1),
+            latency: Duration::from_secs(1),
+            tunnel: Duration::ZERO,
+        }
+    } else {
+        Durations {
+            warm_up: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(5),
+            latency: Duration::from_secs(3),
+            tunnel: Duration::from_secs(3),
+        }
+    };
+    let binary = args.binary.clone().unwrap_or_else(default_binary);
+    if !binary.is_file() {
+        bail!(
+            "{} not found: this benchmark runs the release binary and builds nothing itself.\n\
+             Build it first: cargo build --release && cargo run --release --example bench",
+            binary.display()
+        );
+    }
+    warn_if_stale(&binary);
+    let mut steps = vec![1_000];
+    if args.full {
+        steps.push(2_000);
+    }
+    let needed = 2 * steps.last().copied().unwrap_or(0) as u64 + 512;
+    let limit = open_files_limit();
+    if limit.is_some_and(|l| l < needed) {
+        bail!(
+            "D needs about {needed} open files in this process (a client and a sink socket per tunnel); \
+             the limit is {}: raise it with `ulimit -n {needed}`",
+            limit.unwrap_or(0)
+        );
+    }
+
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let origin = start_origin().await?;
+    let sink = start_sink().await?;
+    let clk = clock_ticks();
+    let mut table = Table::default();
+    let mut checks = Vec::new();
+
+    print_header(&binary, &durations, &steps);
+    let access_log = dir.path().join("access.log");
+    let proxy = Proxy::start(&binary, dir.path(), "logged", origin, sink, &access_log)?;
+    preflight(proxy.addr, origin, sink).await?;
+    let mut logged_requests: u64 = 3;
+
+    let one_k = Target::new(origin, "/1k", 1024);
+    let one_m = Target::new(origin, "/1m", ONE_MIB as u64);
+    let direct = Via::Direct;
+    let through = Via::Proxy(proxy.addr);
+
+    // Warm-up, not recorded.
+    for via in [direct, through] {
+        let r = http_load(via, &one_k, A_CONNS, false, durations.warm_up, None, clk).await?;
+        if via.is_proxy() {
+            logged_requests += r.requests + r.errors;
+        }
+    }
+
+    // A, and A with the access log off.
+    let a_direct = measure(
+        "A",
+        direct,
+        &one_k,
+        A_CONNS,
+        false,
+        &durations,
+        None,
+        clk,
+        &mut checks,
+    )
+    .await?;
+    let a_proxy = measure(
+        "A",
+        through,
+        &one_k,
+        A_CONNS,
+        false,
+        &durations,
+        Some(proxy.pid),
+        clk,
+        &mut checks,
+    )
+    .await?;
+    logged_requests += a_proxy.requests + a_proxy.errors;
+    let quiet = Proxy::start(
+        &binary,
+        dir.path(),
+        "unlogged",
+        origin,
+        sink,
+        Path::new("off"),
+    )?;
+    http_load(
+        Via::Proxy(quiet.addr),
+        &one_k,
+        A_CONNS,
+        false,
+        durations.warm_up,
+        None,
+        clk,
+    )
+    .await?;
+    let a_quiet = measure(
+        "A log off",
+        Via::Proxy(quiet.addr),
+        &one_k,
+        A_CONNS,
+        false,
+        &durations,
+        Some(quiet.pid),
+        clk,
+        &mut checks,
+    )
+    .await?;
+    drop(quiet);
+    table.row(
+        "A keep-alive 1 KiB, 50 conns, req/s",
+        Some(a_direct.rps()),
+        Some(a_proxy.rps()),
+    );
+    table.row(
+        "A p50, ms",
+        Some(a_direct.percentile_ms(0.50)),
+        Some(a_proxy.percentile_ms(0.50)),
+    );
+    table.row(
+        "A p99, ms",
+        Some(a_direct.percentile_ms(0.99)),
+        Some(a_proxy.percentile_ms(0.99)),
+    );
+    table.row(
+        "A proxy CPU per request, µs",
+        None,
+        a_proxy.cpu_us_per_request(),
+    );
+    table.row(
+        "A access log off, req/s",
+        Some(a_direct.rps()),
+        Some(a_quiet.rps()),
+    );
+    table.row(
+        "A access log off, proxy CPU per request, µs",
+        None,
+        a_quiet.cpu_us_per_request(),
+    );
+    table.ratio_row(
+        "A access log on ÷ off, req/s",
+        Some(a_proxy.rps() / a_quiet.rps()),
+    );
+    table.ratio_row(
+        "A access log on ÷ off, proxy CPU per request",
+        a_proxy
+            .cpu_us_per_request()
+            .zip(a_quiet.cpu_us_per_request())
+            .map(|(on, off)| on / off),
+    );
+
+    // L: one connection, unloaded.
+    let l = Durations {
+        keep_alive: durations.latency,
+        ..durations
+    };
+    let l_direct = measure("L", direct, &one_k, 1, false, &l, None, clk, &mut checks).await?;
+    let l_proxy = measure(
+        "L",
+        through,
+        &one_k,
+        1,
+        false,
+        &l,
+        Some(proxy.pid),
+        clk,
+        &mut checks,
+    )
+    .await?;
+    logged_requests += l_proxy.requests + l_proxy.errors;
+    let l_d50 = l_direct.percentile_ms(0.50) * 1e3;
+    let l_p50 = l_proxy.percentile_ms(0.50) * 1e3;
+    table.row("L one connection, p50, µs", Some(l_d50), Some(l_p50));
+    table.row(
+        "L one connection, p99, µs",
+        Some(l_direct.percentile_ms(0.99) * 1e3),
+        Some(l_proxy.percentile_ms(0.99) * 1e3),
+    );
+    table.row("L added latency at p50, µs", None, Some(l_p50 - l_d50));
+    table.row(
+        "L proxy CPU per request, µs",
+        None,
+        l_proxy.cpu_us_per_request(),
+    );
+
+    // B: 1 MiB bodies.
+    let b_direct = measure(
+        "B",
+        direct,
+        &one_m,
+        B_CONNS,
+        false,
+        &durations,
+        None,
+        clk,
+        &mut checks,
+    )
+    .await?;
+    let b_proxy = measure(
+        "B",
+        through,
+        &one_m,
+        B_CONNS,
+        false,
+        &durations,
+        Some(proxy.pid),
+        clk,
+        &mut checks,
+    )
+    .await?;
+    logged_requests += b_proxy.requests + b_proxy.errors;
+    table.row(
+        "B keep-alive 1 MiB, 8 conns, MB/s",
+        Some(b_direct.mb_per_s()),
+        Some(b_proxy.mb_per_s()),
+    );
+    table.row(
+        "B proxy CPU-s per GB",
+        None,
+        b_proxy.cpu_s_per_gb(b_proxy.bytes),
+    );
+
+    // C: CONNECT tunnel downloads.
+    let c_direct = tunnel_load("C", direct, sink, durations.tunnel, None, clk, &mut checks).await?;
+    let c_proxy = tunnel_load(
+        "C",
+        through,
+        sink,
+        durations.tunnel,
+        Some(proxy.pid),
+        clk,
+        &mut checks,
+    )
+    .await?;
+    logged_requests += c_proxy.requests + c_proxy.errors;
+    table.row(
+        "C CONNECT download, 256 MiB a tunnel, MB/s",
+        Some(c_direct.mb_per_s()),
+        Some(c_proxy.mb_per_s()),
+    );
+    table.row(
+        "C proxy CPU-s per GB",
+        None,
+        c_proxy.cpu_s_per_gb(c_proxy.bytes),
+    );
+
+    // E: a connection per request.
+    let e_direct = measure(
+        "E",
+        direct,
+        &one_k,
+        E_CONNS,
+        true,
+        &durations,
+        None,
+        clk,
+        &mut checks,
+    )
+    .await?;
+    let e_proxy = measure(
+        "E",
+        through,
+        &one_k,
+        E_CONNS,
+        true,
+        &durations,
+        Some(proxy.pid),
+        clk,
+        &mut checks,
+    )
+    .await?;
+    logged_requests += e_proxy.requests + e_proxy.errors;
+
+    // The access log of the logging proxy, once its writer has had a round.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (log_lines, log_bytes) = count_lines(&access_log);
+    drop(proxy);
+
+    // D: idle tunnels on a freshly started proxy.
+    let fresh = Proxy::start(&binary, dir.path(), "fresh", origin, sink, &access_log)?;
+    let d = idle_tunnels(&fresh, sink, &steps).await?;
+    drop(fresh);
+    table.row(
+        "D proxy RSS at start, MiB",
+        None,
+        Some(d.rss0_kib as f64 / 1024.0),
+    );
+    for step in &d.steps {
+        table.count_row(
+            &format!("D idle tunnels held, of {}", thousands(step.n as f64)),
+            step.ok as u64,
+        );
+        table.row(
+            &format!("D RSS per idle tunnel at {}, KiB", thousands(step.n as f64)),
+            None,
+            step.kib_per_tunnel(d.rss0_kib),
+        );
+    }
+    table.row(
+        "D RSS per tunnel after 1 byte through each, KiB",
+        None,
+        d.after_use.kib_per_tunnel(d.rss0_kib),
+    );
+    table.count_row(
+        &format!(
+            "D proxy threads with {} tunnels",
+            thousands(d.after_use.n as f64)
+        ),
+        d.after_use.threads,
+    );
+    table.row(
+        "E Connection: close 1 KiB, 50 conns, req/s",
+        Some(e_direct.rps()),
+        Some(e_proxy.rps()),
+    );
+    table.row(
+        "E p99 (not counting the TCP connect), ms",
+        Some(e_direct.percentile_ms(0.99)),
+        Some(e_proxy.percentile_ms(0.99)),
+    );
+    table.row(
+        "E proxy CPU per request, µs",
+        None,
+        e_proxy.cpu_us_per_request(),
+    );
+
+    println!();
+    table.print();
+    println!();
+    println!("Ratio: portcullis ÷ direct (for req/s and MB/s, the share of direct kept; for latency, times direct).");
+    println!(
+        "The load generator and origin run in this process and share the cores with the proxy."
+    );
+    println!();
+    println!("| shape | via | requests | errors | bench CPU % of a core | proxy CPU % of a core |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for c in &checks {
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {} |",
+            c.shape,
+            c.via,
+            c.requests,
+            c.errors,
+            c.bench_cpu_pct,
+            c.proxy_cpu_pct
+                .map_or("—".to_owned(), |p| format!("{p:.0}"))
+        );
+    }
+    println!(
+        "| D | portcullis | {} tunnels | {} failed, {} of {} answered 1 byte | — | — |",
+        d.after_use.n, d.fails, d.echo_ok, d.after_use.n
+    );
+    println!();
+    println!(
+        "access log (JSON): {log_lines} lines, {:.1} MB, for {logged_requests} requests and tunnels sent through the logging proxy",
+        log_bytes as f64 / 1e6
+    );
+    let errors: u64 = checks.iter().map(|c| c.errors).sum();
+    if errors > 0 || d.fails > 0 {
+        println!("WARNING: {errors} request errors and {} failed tunnels: the figures above are suspect.", d.fails);
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ the proxy process
+
+/// `target/release/portcullis` under `CARGO_TARGET_DIR` or this crate's `target`.
+fn default_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("release").join("portcullis")
+}
+
+/// Warns when a file under `src/` is newer than the binary: it measures older code.
+fn warn_if_stale(binary: &Path) {
+    let Ok(built) = fs::metadata(binary).and_then(|m| m.modified()) else {
+        return;
+    };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let newest = fs::read_dir(&src)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max();
+    if newest.is_some_and(|n| n > built) {
+        eprintln!(
+            "warning: {} is older than {}: it measures the code it was built from; `cargo build --release` first",
+            binary.display(),
+            src.display()
+        );
+    }
+}
+
+/// A running proxy, killed when dropped (at the end, on an error and on a panic).
+struct Proxy {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    /// Writes a configuration named `name` into `dir` and starts `binary` with it. `access` is
+    /// the access log file, or `off`.
+    fn start(
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        origin: SocketAddr,
+        sink: SocketAddr,
+        access: &Path,
+    ) -> anyhow::Result<Proxy> {
+        let addr = free_port()?;
+        let config = format!(
+            r#"listen = ["{addr}"]
+[ports]
+http = [{origin_port}]
+connect = [{sink_port}]
+[destinations]
+allow_loopback = true
+[limits]
+max_connections = 10000
+max_connections_per_client = 10000
+[log]
+access = "{access}"
+format = "json"
+level = "warn"
+[admin]
+listen = "off"
+"#,
+            origin_port = origin.port(),
+            sink_port = sink.port(),
+            access = access.display(),
+        );
+        let config_path = dir.join(format!("{name}.toml"));
+        fs::write(&config_path, config)?;
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        let stderr = fs::File::create(&stderr_path)?;
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut proxy = Proxy {
+            pid: child.id(),
+            child,
+            addr,
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                let said = fs::read_to_string(&stderr_path).unwrap_or_default();
+                bail!("the proxy exited ({status}) at start:\n{said}");
+            }
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let said = fs::read_to_string(&stderr_path).unwrap_or_default();
+                bail!("the proxy did not listen on {addr} within 10 s:\n{said}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(proxy)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+}
+
+/// A field of /proc/PID/status (VmRSS in KiB, Threads).
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The soft limit on open files of this process.
+fn open_files_limit() -> Option<u64> {
+    fs::read_to_string("/proc/self/limits")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+/// Lines and bytes of a file.
+fn count_lines(path: &Path) -> (u64, u64) {
+    let Ok(mut file) = fs::File::open(path) else {
+        return (0, 0);
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut lines, mut bytes) = (0, 0);
+    while let Ok(n) = file.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    (lines, bytes)
+}
+
+fn print_header(binary: &Path, d: &Durations, steps: &[usize]) {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let built = fs::metadata(binary)
+        .and_then(|m| m.modified())
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default();
+    println!(
+        "# Portcullis in-repo benchmark, {}",
+        humantime::format_rfc3339_seconds(SystemTime::now())
+    );
+    println!();
+    println!("```");
+    println!(
+        "host: Linux {}; {cores} CPUs: {cpu}",
+        read("/proc/sys/kernel/osrelease").trim()
+    );
+    println!("loadavg_at_start: {}", read("/proc/loadavg").trim());
+    println!("proxy: {} (built {built})", binary.display());
+    println!(
+        "durations: A B E {} s, L {} s, C 256 MiB downloads for {} s (at least 1, at most {C_MAX_RUNS}), warm-up {} s; D steps {steps:?}",
+        d.keep_alive.as_secs_f64(),
+        d.latency.as_secs_f64(),
+        d.tunnel.as_secs_f64(),
+        d.warm_up.as_secs_f64()
+    );
+    println!("```");
+    eprintln!();
+}
+
+// ------------------------------------------------------------------ origin and sink
+
+const ONE_MIB: usize = 1 << 20;
+
+/// An HTTP/1.1 origin on 127.0.0.1: `/1k` and `/1m` (bytes of a repeating pattern).
+async fn start_origin() -> anyhow::Result<SocketAddr> {
+    let listener = listen().await?;
+    let addr = listener.local_addr()?;
+    let body: Bytes = (0..ONE_MIB).map(|i| (i % 251) as u8).collect();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        let response = match req.uri().path() {
+                            "/1k" => Response::new(Full::new(body.slice(..1024))),
+                            "/1m" => Response::new(Full::new(body)),
+                            _ => {
+                                let mut r = Response::new(Full::new(Bytes::from_static(b"")));
+                                *r.status_mut() = StatusCode::NOT_FOUND;
+                                r
+                            }
+                        };
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A TCP sink on 127.0.0.1: for each line "N" it reads it sends N bytes, until the client
+/// closes.
+async fn start_sink() -> anyhow::Result<SocketAddr> {
+    let listener = listen().await?;
+    let addr = listener.local_addr()?;
+    let chunk = Bytes::from(vec![b'x'; 256 * 1024]);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                let _ = sink_connection(stream, chunk).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn sink_connection(mut stream: TcpStream, chunk: Bytes) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut line = [0u8; 32];
+    let mut len = 0;
+    loop {
+        let n = stream.read(&mut line[len..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        while let Some(end) = line[..len].iter().position(|&b| b == b'\n') {
+            let want: u64 = std::str::from_utf8(&line[..end])
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| io::Error::other("not a byte count"))?;
+            let mut left = want;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                stream.write_all(&chunk[..n]).await?;
+                left -= n as u64;
+            }
+            line.copy_within(end + 1..len, 0);
+            len -= end + 1;
+        }
+        if len == line.len() {
+            return Err(io::Error::other("line too long"));
+        }
+    }
+}
+
+/// A listener on a free loopback port with a deep accept queue.
+async fn listen() -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind("127.0.0.1:0".parse().expect("a socket address"))?;
+    socket.listen(4096)
+}
+
+// ------------------------------------------------------------------ load generator
+
+/// Straight to the origin, or through the proxy at this address.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    Direct,
+    Proxy(SocketAddr),
+}
+
+impl Via {
+    fn is_proxy(self) -> bool {
+        matches!(self, Via::Proxy(_))
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Proxy(_) => "portcullis",
+        }
+    }
+}
+
+/// A resource of the origin.
+struct Target {
+    origin: SocketAddr,
+    /// Origin form (`/1k`), sent directly.
+    path: Uri,
+    /// Absolute form (`http://127.0.0.1:P/1k`), sent to the proxy.
+    absolute: Uri,
+    host: HeaderValue,
+    size: u64,
+}
+
+impl Target {
+    fn new(origin: SocketAddr, path: &'static str, size: u64) -> Target {
+        Target {
+            origin,
+            path: Uri::from_static(path),
+            absolute: format!("http://{origin}{path}")
+                .parse()
+                .expect("an absolute URI"),
+            host: HeaderValue::from_str(&origin.to_string()).expect("a Host value"),
+            size,
+        }
+    }
+
+    fn request(&self, via: Via, close: bool) -> Request<Empty<Bytes>> {
+        let uri = match via {
+            Via::Direct => self.path.clone(),
+            Via::Proxy(_) => self.absolute.clone(),
+        };
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(HOST, self.host.clone());
+        if close {
+            req.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        req
+    }
+
+    fn connect_to(&self, via: Via) -> SocketAddr {
+        match via {
+            Via::Direct => self.origin,
+            Via::Proxy(proxy) => proxy,
+        }
+    }
+}
+
+/// What one load run did.
+#[derive(Default)]
+struct Load {
+    requests: u64,
+    errors: u64,
+    /// Body bytes received.
+    bytes: u64,
+    secs: f64,
+    /// Latency of each request in µs, sorted.
+    latencies: Vec<u32>,
+    /// CPU seconds the proxy used during the run.
+    proxy_cpu: Option<f64>,
+    /// CPU seconds this process (load generator, origin, sink) used during the run.
+    bench_cpu: f64,
+}
+
+impl Load {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e6
+    }
+
+    fn percentile_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.latencies[i]) / 1e3
+    }
+
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        self.proxy_cpu
+            .filter(|_| self.requests > 0)
+            .map(|cpu| cpu * 1e6 / self.requests as f64)
+    }
+
+    fn cpu_s_per_gb(&self, bytes: u64) -> Option<f64> {
+        self.proxy_cpu
+            .filter(|_| bytes > 0)
+            .map(|cpu| cpu / (bytes as f64 / 1e9))
+    }
+}
+
+/// One line of the checks table.
+struct Check {
+    shape: &'static str,
+    via: &'static str,
+    requests: u64,
+    errors: u64,
+    bench_cpu_pct: f64,
+    proxy_cpu_pct: Option<f64>,
+}
+
+/// CPU ticks of the proxy (when measured) and of this process, for a run's start and end.
+struct CpuMark {
+    proxy: Option<u64>,
+    bench: u64,
+    at: Instant,
+}
+
+impl CpuMark {
+    fn now(proxy: Option<u32>) -> CpuMark {
+        CpuMark {
+            proxy: proxy.and_then(|pid| cpu_ticks(&pid.to_string())),
+            bench: cpu_ticks("self").unwrap_or(0),
+            at: Instant::now(),
+        }
+    }
+
+    /// Sets the CPU figures and the duration of `load` from `self` to now.
+    fn finish(self, load: &mut Load, proxy: Option<u32>, clk: f64) {
+        let end = CpuMark::now(proxy);
+        load.secs = end.at.duration_since(self.at).as_secs_f64();
+        load.bench_cpu = end.bench.saturating_sub(self.bench) as f64 / clk;
+        load.proxy_cpu = self
+            .proxy
+            .zip(end.proxy)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / clk);
+    }
+}
+
+/// Runs one HTTP shape, reports it on stderr and adds it to the checks.
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    shape: &'static str,
+    via: Via,
+    target: &Target,
+    conns: usize,
+    close: bool,
+    d: &Durations,
+    pid: Option<u32>,
+    clk: f64,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<Load> {
+    let load = http_load(via, target, conns, close, d.keep_alive, pid, clk).await?;
+    eprintln!(
+        "{shape:<9} {:<10} {:>9.0} req/s {:>8.1} MB/s  p50 {:>6.3} ms  p99 {:>6.3} ms  proxy CPU {}  errors {}",
+        via.name(),
+        load.rps(),
+        load.mb_per_s(),
+        load.percentile_ms(0.5),
+        load.percentile_ms(0.99),
+        load.cpu_us_per_request()
+            .map_or("—".to_owned(), |c| format!("{c:.1} µs/req")),
+        load.errors
+    );
+    checks.push(Check {
+        shape,
+        via: via.name(),
+        requests: load.requests,
+        errors: load.errors,
+        bench_cpu_pct: 100.0 * load.bench_cpu / load.secs,
+        proxy_cpu_pct: load.proxy_cpu.map(|c| 100.0 * c / load.secs),
+    });
+    ensure!(
+        load.requests > 0,
+        "{shape} {}: no request succeeded",
+        via.name()
+    );
+    Ok(load)
+}
+
+/// `conns` connections, each a task sending GETs one after another for `duration`.
+async fn http_load(
+    via: Via,
+    target: &Target,
+    conns: usize,
+    close: bool,
+    duration: Duration,
+    pid: Option<u32>,
+    clk: f64,
+) -> anyhow::Result<Load> {
+    let mark = CpuMark::now(pid);
+    let deadline = Instant::now() + duration;
+    let mut tasks = JoinSet::new();
+    for _ in 0..conns {
+        let addr = target.connect_to(via);
+        let req = target.request(via, close);
+        let size = target.size;
+        if close {
+            tasks.spawn(close_connection(addr, req, size, deadline));
+        } else {
+            tasks.spawn(keep_alive_connection(addr, req, size, deadline));
+        }
+    }
+    let mut load = Load::default();
+    let all = async {
+        while let Some(done) = tasks.join_next().await {
+            let one = done.unwrap_or_default();
+            load.requests += one.requests;
+            load.errors += one.errors;
+            load.bytes += one.bytes;
+            load.latencies.extend(one.latencies);
+        }
+    };
+    if tokio::time::timeout(duration + OP_TIMEOUT + Duration::from_secs(5), all)
+        .await
+        .is_err()
+    {
+        bail!("a load run did not end in time");
+    }
+    mark.finish(&mut load, pid, clk);
+    load.latencies.sort_unstable();
+    Ok(load)
+}
+
+/// What one load-generator connection did.
+#[derive(Default)]
+struct ConnLoad {
+    requests: u64,
+    errors: u64,
+    bytes: u64,
+    latencies: Vec<u32>,
+}
+
+impl ConnLoad {
+    /// Counts an error; false once the connection has had too many.
+    fn error(&mut self) -> bool {
+        self.errors += 1;
+        self.errors < MAX_ERRORS_PER_CONN
+    }
+
+    fn done(&mut self, started: Instant, bytes: u64) {
+        self.requests += 1;
+        self.bytes += bytes;
+        let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        self.latencies.push(us);
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// Opens an HTTP/1.1 client connection; its driver future runs beside the requests.
+async fn open(
+    addr: SocketAddr,
+) -> anyhow::Result<(
+    Sender,
+    hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>,
+)> {
+    let stream = tokio::time::timeout(OP_TIMEOUT, TcpStream::connect(addr)).await??;
+    stream.set_nodelay(true)?;
+    Ok(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
+}
+
+/// Sends one request and reads the whole answer; the body's length in bytes.
+async fn exchange(
+    sender: &mut Sender,
+    req: Request<Empty<Bytes>>,
+    size: u64,
+) -> anyhow::Result<u64> {
+    let exchange = async {
+        sender.ready().await?;
+        let response = sender.send_request(req).await?;
+        ensure!(
+            response.status() == StatusCode::OK,
+            "status {}",
+            response.status()
+        );
+        let mut body = response.into_body();
+        let mut bytes = 0;
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                bytes += data.len() as u64;
+            }
+        }
+        ensure!(bytes == size, "a body of {bytes} bytes, not {size}");
+        Ok(bytes)
+    };
+    tokio::time::timeout(OP_TIMEOUT, exchange).await?
+}
+
+/// One keep-alive connection sending requests until `deadline`, reconnecting after errors.
+async fn keep_alive_connection(
+    addr: SocketAddr,
+    req: Request<Empty<Bytes>>,
+    size: u64,
+    deadline: Instant,
+) -> ConnLoad {
+    let mut out = ConnLoad::default();
+    while Instant::now() < deadline {
+        let (mut sender, conn) = match open(addr).await {
+            Ok(opened) => opened,
+            Err(_) => {
+                if !out.error() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let requests = async {
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                match exchange(&mut sender, clone_request(&req), size).await {
+                    Ok(bytes) => out.done(started, bytes),
+                    Err(_) => {
+                        out.error();
+                        break;
+                    }
+                }
+            }
+            drop(sender);
+        };
+        let _ = tokio::join!(requests, conn);
+        if out.errors >= MAX_ERRORS_PER_CONN {
+            break;
+        }
+    }
+    out
+}
+
+/// Requests with `Connection: close`: a new TCP connection for each, until `deadline`.
+async fn close_connection(
+    addr: SocketAddr,
+    req: Request<Empty<Bytes>>,
+    size: u64,
+    deadline: Instant,
+) -> ConnLoad {
+    let mut out = ConnLoad::default();
+    while Instant::now() < deadline {
+        let (mut sender, conn) = match open(addr).await {
+            Ok(opened) => opened,
+            Err(_) => {
+                if !out.error() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Latency from the request on, as wrk counts it: the TCP connect is not in it.
+        let started = Instant::now();
+        let request = async {
+            let result = exchange(&mut sender, clone_request(&req), size).await;
+            drop(sender);
+            result
+        };
+        let (result, _) = tokio::join!(request, tokio::time::timeout(OP_TIMEOUT, conn));
+        match result {
+            Ok(bytes) => out.done(started, bytes),
+            Err(_) => {
+                if !out.error() {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn clone_request(req: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
+    let mut copy = Request::new(Empty::new());
+    *copy.uri_mut() = req.uri().clone();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+// ------------------------------------------------------------------ tunnels
+
+/// Opens a connection to `sink`, through a CONNECT tunnel of the proxy when `via` is one.
+async fn open_tunnel(via: Via, sink: SocketAddr) -> anyhow::Result<TcpStream> {
+    let open = async {
+        let Via::Proxy(proxy) = via else {
+            let stream = TcpStream::connect(sink).await?;
+            stream.set_nodelay(true)?;
+            return Ok(stream);
+        };
+        let mut stream = TcpStream::connect(proxy).await?;
+        stream.set_nodelay(true)?;
+        stream
+            .write_all(format!("CONNECT {sink} HTTP/1.1\r\nHost: {sink}\r\n\r\n").as_bytes())
+            .await?;
+        // The sink sends nothing before it reads a line, so nothing follows the head yet.
+        let mut head = Vec::with_capacity(256);
+        let mut buf = [0u8; 512];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await?;
+            ensure!(n > 0, "the proxy closed the tunnel before answering");
+            head.extend_from_slice(&buf[..n]);
+            ensure!(head.len() < 8192, "an answer head longer than 8 KiB");
+        }
+        ensure!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "CONNECT answered {}",
+            String::from_utf8_lossy(&head[..head.len().min(40)])
+        );
+        Ok(stream)
+    };
+    tokio::time::timeout(OP_TIMEOUT, open).await?
+}
+
+/// Asks the sink for `n` bytes and reads them all.
+async fn download(stream: &mut TcpStream, n: u64) -> anyhow::Result<()> {
+    stream.write_all(format!("{n}\n").as_bytes()).await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < n {
+        let read = tokio::time::timeout(OP_TIMEOUT, stream.read(&mut buf)).await??;
+        ensure!(read > 0, "the tunnel closed after {got} of {n} bytes");
+        got += read as u64;
+    }
+    ensure!(got == n, "{got} bytes, not {n}");
+    Ok(())
+}
+
+/// C: 256 MiB downloads, each through a new tunnel, one after another: at least one, then
+/// more until `duration` has passed (at most [`C_MAX_RUNS`]).
+async fn tunnel_load(
+    shape: &'static str,
+    via: Via,
+    sink: SocketAddr,
+    duration: Duration,
+    pid: Option<u32>,
+    clk: f64,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<Load> {
+    let mark = CpuMark::now(pid);
+    let mut load = Load::default();
+    while load.requests + load.errors < C_MAX_RUNS as u64
+        && (load.requests == 0 || mark.at.elapsed() < duration)
+    {
+        let run = async {
+            let mut stream = open_tunnel(via, sink).await?;
+            download(&mut stream, C_BYTES).await
+        };
+        match run.await {
+            Ok(()) => {
+                load.requests += 1;
+                load.bytes += C_BYTES;
+            }
+            Err(e) => {
+                load.errors += 1;
+                eprintln!("{shape} {}: {e:#}", via.name());
+                if load.errors >= 3 {
+                    break;
+                }
+            }
+        }
+    }
+    mark.finish(&mut load, pid, clk);
+    eprintln!(
+        "{shape:<9} {:<10} {:>9.0} MB/s ({} × 256 MiB)  proxy CPU {}",
+        via.name(),
+        load.mb_per_s(),
+        load.requests,
+        load.cpu_s_per_gb(load.bytes)
+            .map_or("—".to_owned(), |c| format!("{c:.2} s/GB"))
+    );
+    checks.push(Check {
+        shape,
+        via: via.name(),
+        requests: load.requests,
+        errors: load.errors,
+        bench_cpu_pct: 100.0 * load.bench_cpu / load.secs,
+        proxy_cpu_pct: load.proxy_cpu.map(|c| 100.0 * c / load.secs),
+    });
+    ensure!(
+        load.requests > 0,
+        "{shape} {}: no download succeeded",
+        via.name()
+    );
+    Ok(load)
+}
+
+/// The proxy's memory with N tunnels open.
+struct Step {
+    n: usize,
+    ok: usize,
+    rss_kib: u64,
+    threads: u64,
+}
+
+impl Step {
+    fn kib_per_tunnel(&self, rss0_kib: u64) -> Option<f64> {
+        (self.ok > 0).then(|| (self.rss_kib as f64 - rss0_kib as f64) / self.ok as f64)
+    }
+}
+
+/// What D measured.
+struct Tunnels {
+    rss0_kib: u64,
+    steps: Vec<Step>,
+    after_use: Step,
+    fails: usize,
+    echo_ok: usize,
+}
+
+/// D: opens tunnels up to each step (64 at a time), holds them idle and reads the proxy's
+/// RSS; then sends one byte through each and reads it again.
+async fn idle_tunnels(proxy: &Proxy, sink: SocketAddr, steps: &[usize]) -> anyhow::Result<Tunnels> {
+    let settle = Duration::from_millis(500);
+    tokio::time::sleep(settle).await;
+    let pid = proxy.pid;
+    let rss = || status_field(pid, "VmRSS:").unwrap_or(0);
+    let threads = || status_field(pid, "Threads:").unwrap_or(0);
+    let rss0_kib = rss();
+    let via = Via::Proxy(proxy.addr);
+    let mut open: Vec<TcpStream> = Vec::new();
+    let mut fails = 0;
+    let mut out = Vec::new();
+    let started = Instant::now();
+    for &n in steps {
+        while open.len() + fails < n && fails < D_MAX_FAILS {
+            let batch = (n - open.len() - fails).min(D_CONCURRENCY);
+            let mut set = JoinSet::new();
+            for _ in 0..batch {
+                set.spawn(open_tunnel(via, sink));
+            }
+            while let Some(done) = set.join_next().await {
+                match done {
+                    Ok(Ok(stream)) => open.push(stream),
+                    _ => fails += 1,
+                }
+            }
+        }
+        tokio::time::sleep(settle).await;
+        out.push(Step {
+            n,
+            ok: open.len(),
+            rss_kib: rss(),
+            threads: threads(),
+        });
+        eprintln!(
+            "D         portcullis {} of {n} tunnels open in {:.1} s, RSS {:.1} MiB",
+            open.len(),
+            started.elapsed().as_secs_f64(),
+            rss() as f64 / 1024.0
+        );
+    }
+    let mut echo_ok = 0;
+    for stream in &mut open {
+        let one = async {
+            stream.write_all(b"1\n").await?;
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await?;
+            Ok::<_, io::Error>(())
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(OP_TIMEOUT, one).await {
+            echo_ok += 1;
+        }
+    }
+    tokio::time::sleep(settle).await;
+    let after_use = Step {
+        n: open.len(),
+        ok: open.len(),
+        rss_kib: rss(),
+        threads: threads(),
+    };
+    drop(open);
+    Ok(Tunnels {
+        rss0_kib,
+        steps: out,
+        after_use,
+        fails,
+        echo_ok,
+    })
+}
+
+/// Checks that the proxy answers each kind of request before anything is measured.
+async fn preflight(proxy: SocketAddr, origin: SocketAddr, sink: SocketAddr) -> anyhow::Result<()> {
+    let via = Via::Proxy(proxy);
+    for (path, size) in [("/1k", 1024), ("/1m", ONE_MIB as u64)] {
+        let target = Target::new(origin, path, size);
+        let (mut sender, conn) = open(proxy).await?;
+        let driver = tokio::spawn(conn);
+        let bytes = exchange(&mut sender, target.request(via, false), size)
+            .await
+            .with_context(|| format!("preflight: GET http://{origin}{path} through the proxy"))?;
+        ensure!(bytes == size, "preflight: {path} gave {bytes} bytes");
+        drop(sender);
+        let _ = driver.await;
+    }
+    let mut stream = open_tunnel(via, sink)
+        .await
+        .context("preflight: CONNECT to the sink through the proxy")?;
+    download(&mut stream, 100_000)
+        .await
+        .context("preflight: download through a tunnel")?;
+    eprintln!("preflight: PASS (GET 1k, GET 1m, CONNECT + 100 kB)");
+    Ok(())
+}
+
+// ------------------------------------------------------------------ the table
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<[String; 4]>,
+}
+
+impl Table {
+    /// A figure measured directly and through the proxy; the ratio is proxy ÷ direct.
+    fn row(&mut self, figure: &str, direct: Option<f64>, proxy: Option<f64>) {
+        let ratio = match (direct, proxy) {
+            (Some(d), Some(p)) if d != 0.0 => format!("{:.2}×", p / d),
+            _ => "—".to_owned(),
+        };
+        self.rows
+            .push([figure.to_owned(), number(direct), number(proxy), ratio]);
+    }
+
+    /// A count of the proxy's alone.
+    fn count_row(&mut self, figure: &str, count: u64) {
+        self.rows.push([
+            figure.to_owned(),
+            "—".into(),
+            thousands(count as f64),
+            "—".into(),
+        ]);
+    }
+
+    /// A comparison between two proxy runs: only a ratio.
+    fn ratio_row(&mut self, figure: &str, ratio: Option<f64>) {
+        let ratio = ratio.map_or("—".to_owned(), |r| format!("{r:.2}×"));
+        self.rows
+            .push([figure.to_owned(), "—".into(), "—".into(), ratio]);
+    }
+
+    fn print(&self) {
+        let head = ["figure", "direct", "portcullis", "ratio"];
+        let mut widths = head.map(|h| h.chars().count());
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: [&str; 4]| {
+            let mut out = String::from("|");
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                let pad = " ".repeat(w - cell.chars().count());
+                if i == 0 {
+                    out.push_str(&format!(" {cell}{pad} |"));
+                } else {
+                    out.push_str(&format!(" {pad}{cell} |"));
+                }
+            }
+            out
+        };
+        println!("{}", line(head));
+        let rule: Vec<String> = widths
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i == 0 {
+                    "-".repeat(w + 2)
+                } else {
+                    format!("{}:", "-".repeat(w + 1))
+                }
+            })
+            .collect();
+        println!("|{}|", rule.join("|"));
+        for row in &self.rows {
+            println!("{}", line([&row[0], &row[1], &row[2], &row[3]]));
+        }
+    }
+}
+
+/// A figure as the shared harness prints it: 3 significant digits, thousands separated.
+fn number(value: Option<f64>) -> String {
+    match value {
+        None => "—".to_owned(),
+        Some(v) if !v.is_finite() => "—".to_owned(),
+        Some(v) if v.abs() >= 10_000.0 => thousands(v),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+/// `12,345`
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 {
+        out.insert(0, '-');
+    }
+    out
+}
