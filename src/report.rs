@@ -338,7 +338,7 @@ fn millis_since_epoch(t: SystemTime) -> u64 {
 fn millis_ceil(t: SystemTime) -> u64 {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let ms = millis_since_epoch(t);
-    if d.subsec_nanos() % 1_000_000 == 0 {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
         ms
     } else {
         ms.saturating_add(1)
@@ -733,7 +733,7 @@ impl Report {
                     Some(complete) => complete,
                 };
             number += 1;
-            if number % TICK_LINES == 0 {
+            if number.is_multiple_of(TICK_LINES) {
                 tick();
             }
             if !complete {
