@@ -82,7 +82,7 @@ fn filler_rule(i: usize) -> String {
             "clients = [\"192.168.0.0/16\"]\nmethods = [\"CONNECT\", \"GET\"]\nports = [\"https\", \"http\"]\nhosts = [\".corp{i}.example\"]"
         ),
     };
-    let action = if i % 2 == 0 { "deny" } else { "allow" };
+    let action = if i.is_multiple_of(2) { "deny" } else { "allow" };
     format!("[[rules]]\nname = \"rule {i}\"\n{body}\naction = \"{action}\"\n")
 }
 
