@@ -279,7 +279,8 @@ impl ProxyService {
             http::Version::HTTP_09 => "HTTP/0.9",
             _ => "HTTP/1.1",
         };
-        let path = matches!(classified, Ok(Classified::Forward(_))).then(|| req.uri().path());
+        let path = matches!(classified, Ok(Classified::Forward(_) | Classified::Local))
+            .then(|| req.uri().path());
         ex.record.request(version, path);
         match &classified {
             Ok(Classified::Connect(t) | Classified::Forward(t)) => {

@@ -273,9 +273,9 @@ async fn chromium_browses_through_the_proxy_and_sees_its_refusals() {
     let records = proxy.records();
     let after: Vec<_> = records[before..].iter().collect();
     assert!(
-        after
-            .iter()
-            .any(|r| r.path.is_none() && r.rule == "local" && r.status == 200),
+        after.iter().any(|r| r.path.as_deref() == Some("/proxy.pac")
+            && r.rule == "local"
+            && r.status == 200),
         "the proxy served the PAC: {after:#?}"
     );
     assert!(

@@ -382,7 +382,7 @@ async fn direct_patterns_and_proxies_in_order() {
         assert_eq!(record.verdict, Verdict::Allow);
         assert!(record.rule == "local", "{:?}", record.rule);
     }
-    assert_eq!(records[0].path, None);
+    assert_eq!(records[1].path.as_deref(), Some("/wpad.dat"));
     proxy.stop().await.unwrap();
 }
 
