@@ -30,7 +30,7 @@ use crate::target::{Host, Target};
 
 /// Bytes a quiet direction of a tunnel reads at once, from a buffer inside the task: an idle
 /// tunnel holds no heap buffer of its own.
-const QUIET_BUFFER: usize = 1024;
+const QUIET_BUFFER: usize = 512;
 /// Bytes a busy direction reads at once, from a heap buffer it holds only while busy.
 const BUSY_BUFFER: usize = 64 * 1024;
 
