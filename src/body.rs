@@ -26,9 +26,14 @@ use crate::server::InFlight;
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Ends a body that goes `limit` without a frame.
+///
+/// Cheap on the request path: no timer exists until the body first has to wait, and a frame
+/// only notes the time; the timer is moved on when it fires after progress.
 struct Stall {
     limit: Duration,
-    timer: Pin<Box<Sleep>>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// When the last frame came, once a timer is armed.
+    progress: Option<Instant>,
     what: &'static str,
 }
 
@@ -36,34 +41,49 @@ impl Stall {
     fn new(limit: Duration, what: &'static str) -> Self {
         Stall {
             limit,
-            timer: Box::pin(tokio::time::sleep(limit)),
+            timer: None,
+            progress: None,
             what,
         }
     }
 
-    /// Call with the inner poll's result: restarts the clock on progress, and turns a
-    /// pending poll past the limit into an error.
+    /// Call with the inner poll's result: notes progress, and turns a pending poll past the
+    /// limit into an error.
     fn check<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<Option<Result<T, hyper::Error>>>,
     ) -> Poll<Option<Result<T, BodyError>>> {
-        match polled {
-            Poll::Ready(frame) => {
-                self.timer.as_mut().reset(Instant::now() + self.limit);
-                Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
+        if let Poll::Ready(frame) = polled {
+            if self.timer.is_some() {
+                self.progress = Some(Instant::now());
             }
-            Poll::Pending => match self.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "{} sent nothing for {}",
-                        self.what,
-                        humantime::format_duration(self.limit)
-                    ),
-                ))))),
-                Poll::Pending => Poll::Pending,
-            },
+            return Poll::Ready(frame.map(|f| f.map_err(BodyError::from)));
+        }
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The clock ran out; if a frame came meanwhile, count from that frame instead.
+            match self.progress.take() {
+                Some(last) if last + limit > Instant::now() => {
+                    timer.as_mut().reset(last + limit);
+                }
+                _ => {
+                    return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "{} sent nothing for {}",
+                            self.what,
+                            humantime::format_duration(limit)
+                        ),
+                    )))))
+                }
+            }
         }
     }
 }

@@ -151,7 +151,11 @@ impl Drop for AccessLog {
 
 impl AccessSink for AccessLog {
     fn record(&self, record: &AccessRecord) {
-        let name = (self.names)(record.client.ip());
+        // Only the JSON format carries the client's name.
+        let name = match self.format {
+            Format::Json => (self.names)(record.client.ip()),
+            Format::Squid | Format::Common => None,
+        };
         let line = format_line(self.format, record, name.as_deref());
         let mut pending = self.queue.lock();
         if pending.lines >= QUEUE_LINES {

@@ -492,3 +492,43 @@ async fn response_codings_other_than_chunked_stay_named() {
     let te = r.header("transfer-encoding").unwrap_or_default();
     assert!(te.starts_with("gzip"), "the gzip coding was lost: {te:?}");
 }
+
+#[tokio::test]
+async fn an_origin_that_stalls_mid_body_is_cut_after_timeouts_response() {
+    // Ten bytes announced, five sent, then silence: the origin keeps the connection open,
+    // waiting for a next request that never comes.
+    let (origin, _) = scripted_origin(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ])
+    .await;
+    let config = format!(
+        "{}[timeouts]\nresponse = \"300ms\"\n",
+        loopback_config(&[origin.port()], &[])
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!("GET http://{origin}/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let got = read_to_close(&mut stream).await;
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.ends_with("hello"), "only what the origin sent: {text}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "cut after {waited:?}"
+    );
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records[0].bytes_down, 5);
+    assert!(
+        records[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("sent nothing for 300ms"),
+        "{:?}",
+        records[0]
+    );
+}
