@@ -24,7 +24,8 @@
 //! - [`server`]: listeners, per-connection tasks, client timeouts, graceful shutdown.
 //! - [`service`]: the hyper service that routes each request; the only place refusals become responses.
 //! - [`forward`]: plain-HTTP forwarding with header hygiene over the pooled client.
-//! - [`tunnel`]: CONNECT: dial, 200, counted relay with half-close and idle timeout.
+//! - [`tunnel`]: CONNECT: dial, 200, counted relay (splice(2) on Linux) with half-close and idle
+//!   timeout.
 //! - [`upstream`]: parent proxies: pooled clients per parent, CONNECT through a parent, failover.
 //! - [`dial`]: the only place sockets to destinations open: resolve, re-check each address, connect
 //!   (sockets to parent proxies open in [`upstream`]).

@@ -505,10 +505,17 @@ impl Drop for InFlight {
 
 /// The client socket as hyper sees it: notes when a request head starts to arrive and ends
 /// the connection when the watchdog says so.
-struct WatchedIo {
+pub(crate) struct WatchedIo {
     inner: TcpStream,
     state: Arc<ConnState>,
     scan: HeadScan,
+}
+
+impl WatchedIo {
+    /// The socket, for a tunnel that takes the connection over from hyper.
+    pub(crate) fn into_stream(self) -> TcpStream {
+        self.inner
+    }
 }
 
 /// What the head scanner saw, as bits.

@@ -5,6 +5,12 @@
 //! flowing, so half-closing protocols work. Bytes are counted as they are delivered, so the
 //! record is right however the tunnel ends: both sides done, an error, `tunnel_idle` with no
 //! byte either way, or the end of the shutdown grace period.
+//!
+//! A quiet direction reads into a small buffer on the task's stack, so an idle tunnel holds
+//! no buffer of its own. Once a read fills it, the direction is busy: on Linux its bytes then
+//! move socket → pipe → socket with `splice(2)` and never enter the proxy's memory; elsewhere,
+//! or when no pipe can be had, through a 64 KiB heap buffer. A short read ends the burst and
+//! gives the pipe or buffer back.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,11 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
@@ -25,6 +33,7 @@ use crate::access::{PendingRecord, Traffic};
 use crate::dial::{choose, dial, is_local_address};
 use crate::error::EdgeError;
 use crate::policy::{Decision, Facts, Kind};
+use crate::server::WatchedIo;
 use crate::service::{Exchange, Shared};
 use crate::target::{Host, Target};
 
@@ -135,8 +144,8 @@ pub async fn relay(
     shared: Arc<Shared>,
     _slot: Arc<crate::server::Slot>,
 ) {
-    let client = match dialled.upgrade.await {
-        Ok(upgraded) => TokioIo::new(upgraded),
+    let upgraded = match dialled.upgrade.await {
+        Ok(upgraded) => upgraded,
         Err(e) => {
             record.note(format!("the client left before the tunnel opened: {e}"));
             return;
@@ -146,8 +155,9 @@ pub async fn relay(
     let traffic = record.traffic().clone();
     let port = dialled.port;
     shared.stats.tunnel_opened(port);
+    let relayed = relay_upgraded(upgraded, dialled.upstream, &traffic, idle);
     let end = tokio::select! {
-        result = copy_both_ways(client, dialled.upstream, &traffic, idle) => result,
+        result = relayed => result,
         _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
     };
     shared.stats.tunnel_closed(port);
@@ -165,6 +175,236 @@ pub async fn relay(
     }
 }
 
+/// Relays between the client's upgraded connection and the destination. The client's own
+/// socket is taken back from hyper when it can be (always, with this server), so that both
+/// directions work on plain sockets; bytes hyper had already read behind the CONNECT head go
+/// first.
+async fn relay_upgraded(
+    upgraded: Upgraded,
+    mut upstream: TcpStream,
+    traffic: &Traffic,
+    idle: Duration,
+) -> io::Result<End> {
+    let parts = match upgraded.downcast::<TokioIo<WatchedIo>>() {
+        Ok(parts) => parts,
+        Err(upgraded) => {
+            return copy_both_ways(TokioIo::new(upgraded), upstream, traffic, idle).await;
+        }
+    };
+    let early: Bytes = parts.read_buf;
+    if !early.is_empty() {
+        upstream.write_all(&early).await?;
+        Traffic::add(&traffic.up, early.len());
+    }
+    let client = parts.io.into_inner().into_stream();
+    let start = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let activity = Activity {
+        last: &last_activity,
+        start,
+    };
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let up = pump_sockets(client_read, upstream_write, &traffic.up, activity);
+    let down = pump_sockets(upstream_read, client_write, &traffic.down, activity);
+    tokio::select! {
+        result = async { tokio::try_join!(up, down) } => result.map(|_| End::Done),
+        _ = idle_for(idle, &last_activity, start) => Ok(End::Idle),
+    }
+}
+
+/// Where a tunnel notes the time of its last byte, in milliseconds since `start`.
+#[derive(Clone, Copy)]
+struct Activity<'a> {
+    last: &'a AtomicU64,
+    start: Instant,
+}
+
+impl Activity<'_> {
+    fn moved(&self, counter: &AtomicU64, n: usize) {
+        Traffic::add(counter, n);
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What a busy direction moves its bytes through.
+enum Busy {
+    #[cfg(target_os = "linux")]
+    Pipe(splice::Pipe),
+    Buffer(Vec<u8>),
+}
+
+impl Busy {
+    fn start() -> Busy {
+        #[cfg(target_os = "linux")]
+        if let Some(pipe) = splice::Pipe::new() {
+            return Busy::Pipe(pipe);
+        }
+        Busy::Buffer(vec![0u8; BUSY_BUFFER])
+    }
+}
+
+/// Copies one direction between two sockets until its reader ends, then passes the end on
+/// (half-close).
+async fn pump_sockets(
+    reader: OwnedReadHalf,
+    mut writer: OwnedWriteHalf,
+    counter: &AtomicU64,
+    activity: Activity<'_>,
+) -> io::Result<()> {
+    let mut quiet = [0u8; QUIET_BUFFER];
+    let mut busy: Option<Busy> = None;
+    loop {
+        let n = match busy.as_mut() {
+            None => {
+                let n = read_socket(&reader, &mut quiet).await?;
+                write_socket(&writer, &quiet[..n]).await?;
+                activity.moved(counter, n);
+                n
+            }
+            Some(Busy::Buffer(big)) => {
+                let n = read_socket(&reader, big).await?;
+                write_socket(&writer, &big[..n]).await?;
+                activity.moved(counter, n);
+                n
+            }
+            #[cfg(target_os = "linux")]
+            Some(Busy::Pipe(pipe)) => match pipe.pass(&reader, &writer, counter, activity).await? {
+                Some(n) => n,
+                None => {
+                    // These sockets cannot splice; nothing was moved: go on through a buffer.
+                    busy = Some(Busy::Buffer(vec![0u8; BUSY_BUFFER]));
+                    continue;
+                }
+            },
+        };
+        if n == 0 {
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        // A full small read means more is waiting: go busy. A short read means the burst is
+        // over: give the pipe or buffer back.
+        if busy.is_none() && n == QUIET_BUFFER {
+            busy = Some(Busy::start());
+        } else if busy.is_some() && n < QUIET_BUFFER {
+            busy = None;
+        }
+    }
+}
+
+/// Reads what the socket has (0 at its end).
+async fn read_socket(reader: &OwnedReadHalf, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        reader.readable().await?;
+        match reader.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
+/// Writes all of `buf`.
+async fn write_socket(writer: &OwnedWriteHalf, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        writer.writable().await?;
+        match writer.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Zero-copy relaying through a pipe: `splice(2)` moves a socket's received pages into the
+/// pipe and from it into the other socket, so the bytes never enter the proxy's memory.
+#[cfg(target_os = "linux")]
+mod splice {
+    use std::io;
+    use std::os::fd::OwnedFd;
+    use std::sync::atomic::AtomicU64;
+
+    use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
+    use tokio::io::Interest;
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+    use super::Activity;
+
+    /// What one pipe holds at most. The default is 64 KiB; more lets one `splice` move a
+    /// bigger burst. Past the per-user pipe quota the kernel gives less, which still works.
+    const PIPE_SIZE: usize = 1024 * 1024;
+
+    /// A pipe held by one busy direction of a tunnel (two file descriptors).
+    pub(super) struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        size: usize,
+    }
+
+    impl Pipe {
+        /// A new pipe, or `None` when none can be had (out of file descriptors).
+        pub(super) fn new() -> Option<Pipe> {
+            let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+            let size = fcntl_setpipe_size(&write, PIPE_SIZE).unwrap_or(64 * 1024);
+            Some(Pipe { read, write, size })
+        }
+
+        /// Moves what the reader has into the pipe and all of it on to the writer; returns
+        /// the bytes moved (0 at the reader's end), or `None` when these descriptors cannot
+        /// splice (nothing moved). The pipe is empty again on success.
+        pub(super) async fn pass(
+            &mut self,
+            reader: &OwnedReadHalf,
+            writer: &OwnedWriteHalf,
+            counter: &AtomicU64,
+            activity: Activity<'_>,
+        ) -> io::Result<Option<usize>> {
+            let socket = reader.as_ref();
+            let n = loop {
+                reader.readable().await?;
+                let filled = socket.try_io(Interest::READABLE, || {
+                    splice(socket, None, &self.write, None, self.size, flags()).map_err(Into::into)
+                });
+                match filled {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if unsupported(&e) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            };
+            let socket = writer.as_ref();
+            let mut left = n;
+            while left > 0 {
+                writer.writable().await?;
+                let sent = socket.try_io(Interest::WRITABLE, || {
+                    splice(&self.read, None, socket, None, left, flags()).map_err(Into::into)
+                });
+                match sent {
+                    Ok(sent) => {
+                        left -= sent;
+                        activity.moved(counter, sent);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Some(n))
+        }
+    }
+
+    fn flags() -> SpliceFlags {
+        SpliceFlags::MOVE | SpliceFlags::NONBLOCK
+    }
+
+    /// Whether `splice` cannot be used on these descriptors at all.
+    fn unsupported(e: &io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::INVAL.raw_os_error()
+            || code == rustix::io::Errno::NOSYS.raw_os_error())
+    }
+}
+
+/// Relays any other kind of client connection, through buffers.
 async fn copy_both_ways<C>(
     client: C,
     upstream: TcpStream,

@@ -191,3 +191,105 @@ fn a_listen_address_in_use_is_reported() {
         "{stderr}"
     );
 }
+
+/// Open file descriptors of a process.
+#[cfg(target_os = "linux")]
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Waits up to 5 s for the process to hold `want` descriptors; returns what it holds.
+#[cfg(target_os = "linux")]
+fn settle_fds(pid: u32, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = open_fds(pid);
+        if now == want || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_tunnel_gives_back_its_pipes_when_quiet_and_everything_when_closed() {
+    // An echo origin.
+    let origin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in origin.incoming().take(4) {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut read = stream.try_clone().unwrap();
+                let mut write = stream;
+                let _ = std::io::copy(&mut read, &mut write);
+                let _ = write.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let config = write_config(&format!(
+        "listen = [\"127.0.0.1:0\"]\n[ports]\nconnect = [{}]\n[destinations]\nallow_loopback = true\n[admin]\nlisten = \"off\"\n",
+        origin_addr.port()
+    ));
+    let running = Running::start(&["--config", config.path().to_str().unwrap()]);
+    let addr = running.listening_addr();
+    let pid = running.child.id();
+    let baseline = open_fds(pid);
+
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        client,
+        "CONNECT {origin_addr} HTTP/1.1\r\nHost: {origin_addr}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(client.read(&mut byte).unwrap(), 1, "closed before the 200");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+
+    // A burst both ways: each direction goes busy and takes a pipe.
+    let burst: Vec<u8> = (0..(2usize << 20)).map(|i| (i % 251) as u8).collect();
+    let mut sender = client.try_clone().unwrap();
+    let to_send = burst.clone();
+    let writer = std::thread::spawn(move || sender.write_all(&to_send).unwrap());
+    let mut back = vec![0u8; burst.len()];
+    client.read_exact(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == burst, "the burst came back changed");
+
+    // A few bytes each way end the burst: the tunnel keeps its two sockets and nothing else.
+    client.write_all(b"quiet now").unwrap();
+    let mut small = [0u8; 9];
+    client.read_exact(&mut small).unwrap();
+    assert_eq!(&small, b"quiet now");
+    assert_eq!(
+        settle_fds(pid, baseline + 2),
+        baseline + 2,
+        "a quiet tunnel holds only its sockets"
+    );
+
+    // Closed: all of it is given back.
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    drop(client);
+    assert_eq!(
+        settle_fds(pid, baseline),
+        baseline,
+        "a closed tunnel holds nothing"
+    );
+}

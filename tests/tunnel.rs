@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use portcullis::access::Verdict;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sha2::Digest;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -236,4 +237,124 @@ async fn an_idle_tunnel_is_closed_after_tunnel_idle() {
         records[0]
     );
     assert_eq!(records[0].bytes_down, 2);
+}
+
+/// An origin that echoes every byte back until the client half-closes, then closes.
+async fn echo_origin() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.into_split();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    tokio::io::copy(&mut read, &mut write),
+                )
+                .await;
+                let _ = write.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `chunks` (pattern bytes, in order, pausing between them) while reading the echo
+/// concurrently; returns what came back.
+async fn echo_through(stream: tokio::net::TcpStream, chunks: &[usize], pause: Duration) -> Vec<u8> {
+    let total: usize = chunks.iter().sum();
+    let (mut read, mut write) = stream.into_split();
+    let chunks = chunks.to_vec();
+    let writer = tokio::spawn(async move {
+        let mut offset = 0;
+        for len in chunks {
+            let data: Vec<u8> = (offset..offset + len).map(pattern).collect();
+            write.write_all(&data).await.unwrap();
+            offset += len;
+            tokio::time::sleep(pause).await;
+        }
+        write.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(total);
+    tokio::time::timeout(Duration::from_secs(30), read.read_to_end(&mut back))
+        .await
+        .expect("the echo ends in time")
+        .unwrap();
+    writer.await.unwrap();
+    back
+}
+
+#[tokio::test]
+async fn bulk_bytes_both_ways_at_once_arrive_intact_and_counted() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::start(&loopback_config(&[], &[origin.port()])).await;
+    let (answer, stream) = connect(proxy.addr, &origin.to_string()).await;
+    assert_eq!(answer.status, 200);
+    // 8 MiB up while the same 8 MiB comes down: both directions busy at once.
+    let n = 8 << 20;
+    let back = echo_through(stream, &[n], Duration::ZERO).await;
+    assert_eq!(back.len(), n);
+    assert_eq!(hex(&sha2::Sha256::digest(&back)), pattern_sha256(n));
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records[0].bytes_up, n as u64);
+    assert_eq!(records[0].bytes_down, n as u64);
+}
+
+#[tokio::test]
+async fn bursts_and_pauses_keep_every_byte_in_order() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::start(&loopback_config(&[], &[origin.port()])).await;
+    let (answer, stream) = connect(proxy.addr, &origin.to_string()).await;
+    assert_eq!(answer.status, 200);
+    // Around the quiet buffer's size, then bursts and trickles: each direction goes busy
+    // and quiet again several times within one tunnel.
+    let chunks = [
+        1, 511, 512, 513, 70_000, 3, 1_000_000, 100, 65_536, 1, 300_000, 2,
+    ];
+    let total: usize = chunks.iter().sum();
+    let back = echo_through(stream, &chunks, Duration::from_millis(20)).await;
+    assert_eq!(back.len(), total);
+    assert_eq!(hex(&sha2::Sha256::digest(&back)), pattern_sha256(total));
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records[0].bytes_up, total as u64);
+    assert_eq!(records[0].bytes_down, total as u64);
+}
+
+#[tokio::test]
+async fn bytes_sent_right_behind_connect_reach_the_destination_first() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::start(&loopback_config(&[], &[origin.port()])).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // A client that does not wait for the 200 (as with TLS false start): its first bytes
+    // arrive with the CONNECT head, in one segment.
+    stream
+        .write_all(
+            format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\nearly bird").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !got.ends_with(b"early bird") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the early bytes come back in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\nearly bird"), "{text}");
+    stream.write_all(b" and more").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let rest = read_to_close(&mut stream).await;
+    assert_eq!(rest, b" and more");
+    let records = proxy.wait_records(1).await;
+    assert_eq!(
+        records[0].bytes_up,
+        ("early bird".len() + " and more".len()) as u64
+    );
+    assert_eq!(records[0].bytes_down, records[0].bytes_up);
 }
