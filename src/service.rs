@@ -107,7 +107,7 @@ impl Shared {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .pool_max_idle_per_host(16)
+            .pool_max_idle_per_host(256)
             .http1_preserve_header_case(true)
             .set_host(false)
             .build(Dialer::new(live.clone()));

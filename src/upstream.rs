@@ -105,7 +105,7 @@ impl Parents {
                 client: Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(16)
+                    .pool_max_idle_per_host(256)
                     .http1_preserve_header_case(true)
                     .set_host(false)
                     .build(ParentConnector {

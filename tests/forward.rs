@@ -138,6 +138,41 @@ async fn one_client_connection_carries_many_requests_and_origin_connections_are_
 }
 
 #[tokio::test]
+async fn many_clients_at_once_reuse_their_origin_connections() {
+    // 40 keep-alive clients, five rounds of one slow request each, all in flight together:
+    // the pool keeps all 40 origin connections between rounds instead of re-dialling.
+    const CLIENTS: usize = 40;
+    let origin = HttpOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (proxy, origin, barrier) = (proxy.addr, origin.addr, barrier.clone());
+        tasks.spawn(async move {
+            let mut stream = TcpStream::connect(proxy).await.unwrap();
+            let mut buf = Vec::new();
+            for round in 0..5 {
+                barrier.wait().await;
+                let request =
+                    format!("GET http://{origin}/slow/30 HTTP/1.1\r\nHost: {origin}\r\n\r\n");
+                stream.write_all(request.as_bytes()).await.unwrap();
+                let r = read_response(&mut stream, &mut buf, false).await.unwrap();
+                assert_eq!(r.status, 200, "round {round}");
+                assert_eq!(r.text(), "slept 30");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert!(
+        origin.accepts() <= CLIENTS,
+        "{} origin connections for {CLIENTS} clients",
+        origin.accepts()
+    );
+}
+
+#[tokio::test]
 async fn hop_by_hop_headers_are_removed_and_via_and_host_set() {
     let origin = RawOrigin::start().await;
     let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
