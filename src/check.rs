@@ -238,6 +238,19 @@ pub fn summary(config: &Config, settings: &Settings) -> String {
     };
     let policy = &settings.policy;
     line("listen", join(config.listen.iter()));
+    let threads = match settings.workers {
+        1 => "1 thread".to_owned(),
+        n => format!("{n} threads"),
+    };
+    line(
+        "workers",
+        match &config.workers {
+            crate::config::Workers::Count(_) => threads,
+            crate::config::Workers::Named(_) => {
+                format!("{threads} (auto: half the processors)")
+            }
+        },
+    );
     let mut clients = join(policy.clients.iter());
     if !settings.client_names.is_empty() {
         let _ = write!(clients, "; {} named", settings.client_names.len());
@@ -644,6 +657,7 @@ mod tests {
         assert!(out.stdout.starts_with("empty.toml: valid configuration\n"));
         for fragment in [
             "listen         0.0.0.0:3128\n",
+            " (auto: half the processors)\n",
             "ports.http     80 (http), 1025-65535\n",
             "ports.connect  443 (https)\n",
             "auth           off",

@@ -26,6 +26,8 @@ use crate::ports::{PortSet, PortSpec};
 pub struct Config {
     /// Addresses to accept proxy clients on.
     pub listen: Vec<SocketAddr>,
+    /// Threads that serve connections: `"auto"` or a number.
+    pub workers: Workers,
     /// Which clients may use the proxy.
     pub clients: ClientsConfig,
     /// Which destination ports plain HTTP and CONNECT may reach.
@@ -50,6 +52,46 @@ pub struct Config {
     pub pages: PagesConfig,
     /// Parent proxies, for networks whose only way out is another proxy.
     pub upstream: UpstreamConfig,
+}
+
+/// `workers`: how many threads serve connections, `"auto"` or a number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Workers {
+    /// A number of threads.
+    Count(usize),
+    /// A word: only `"auto"` is valid.
+    Named(String),
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers::Named("auto".to_owned())
+    }
+}
+
+/// The most worker threads a configuration may ask for.
+const MAX_WORKERS: usize = 256;
+
+impl Workers {
+    /// The number of threads; `"auto"` is half the processors the proxy may use, at least
+    /// one. Each worker wakes the others as work arrives, and on two cores one worker served
+    /// the same load with less processor time than two (README, Performance).
+    pub fn resolve(&self) -> Result<usize, String> {
+        match self {
+            Workers::Count(0) => Err("workers: 0; give at least 1, or \"auto\"".to_owned()),
+            Workers::Count(n) if *n > MAX_WORKERS => Err(format!(
+                "workers: {n} is more than {MAX_WORKERS}; give a smaller number, or \"auto\""
+            )),
+            Workers::Count(n) => Ok(*n),
+            Workers::Named(word) if word == "auto" => Ok(std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1)),
+            Workers::Named(word) => Err(format!(
+                "workers: \"{word}\" is neither \"auto\" nor a number such as 2"
+            )),
+        }
+    }
 }
 
 /// `[pac]`
@@ -343,6 +385,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 3128))],
+            workers: Workers::default(),
             clients: ClientsConfig::default(),
             ports: PortsConfig::default(),
             destinations: DestinationsConfig::default(),
@@ -465,6 +508,8 @@ pub type Timeouts = TimeoutsConfig;
 /// The validated runtime state: what the request path reads.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Threads that serve connections (read at start only).
+    pub workers: usize,
     /// The decision data.
     pub policy: Policy,
     /// The timeouts.
@@ -585,6 +630,10 @@ impl Config {
                 "clients.allow: the list is empty, so no client could use the proxy".to_owned(),
             );
         }
+        let workers = self.workers.resolve().unwrap_or_else(|problem| {
+            problems.push(problem);
+            1
+        });
         let http_ports = port_set("ports.http", &self.ports.http, &mut problems);
         let connect_ports = port_set("ports.connect", &self.ports.connect, &mut problems);
         let t = &self.timeouts;
@@ -700,6 +749,7 @@ impl Config {
             });
         }
         Ok(Settings {
+            workers,
             policy: Policy {
                 clients: self.clients.allow.iter().map(|n| n.0).collect(),
                 http_ports,
@@ -1441,6 +1491,12 @@ mod tests {
                 ],
             ),
             ("listen = []", &["listen: the list is empty"]),
+            ("workers = 0", &["workers: 0; give at least 1"]),
+            ("workers = 100000", &["workers: 100000 is more than 256"]),
+            (
+                "workers = \"many\"",
+                &["workers: \"many\" is neither \"auto\" nor a number"],
+            ),
             (
                 "[clients]\nallow = []",
                 &["clients.allow: the list is empty"],
@@ -1463,6 +1519,15 @@ mod tests {
                 assert!(problem.starts_with(want), "{text}: {problem:?} vs {want:?}");
             }
         }
+    }
+
+    #[test]
+    fn workers_are_a_number_or_auto() {
+        let settings = |text: &str| Config::from_toml(text, "f").unwrap().validate("f").unwrap();
+        assert_eq!(settings("workers = 3").workers, 3);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(settings("").workers, (cores / 2).max(1));
+        assert_eq!(settings("workers = \"auto\"").workers, (cores / 2).max(1));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use portcullis::cli::{Cli, Command};
 use portcullis::log::AccessLog;
-use portcullis::{Config, Recorder};
+use portcullis::{Config, Recorder, Settings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -76,8 +76,8 @@ fn init_diagnostics(level: &str) {
         .init();
 }
 
-#[tokio::main]
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Reads the configuration, then runs the proxy on as many worker threads as it says.
+fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut config, origin) = match &cli.config {
         Some(path) => (Config::load(path)?, path.display().to_string()),
         None => (Config::default(), "<built-in defaults>".to_owned()),
@@ -85,7 +85,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if !cli.listen.is_empty() {
         config.listen = cli.listen.clone();
     }
-    let mut settings = config.validate(&origin)?;
+    let settings = config.validate(&origin)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.workers)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(proxy(cli, config, settings, origin))
+}
+
+async fn proxy(
+    cli: Cli,
+    config: Config,
+    mut settings: Settings,
+    origin: String,
+) -> anyhow::Result<()> {
     init_diagnostics(&config.log.level);
     for warning in portcullis::lint::lint(&config, &settings) {
         tracing::warn!(target: "portcullis::lint", "{warning}");
@@ -165,7 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     });
 
-    tracing::info!(config = %origin, "starting");
+    tracing::info!(config = %origin, workers = settings.workers, "starting");
     portcullis::serve(
         listeners,
         admin,

@@ -10,8 +10,8 @@
 //! connections accepted on a removed listener are left to finish too.
 //!
 //! Not reloaded (they need a restart): `[log]` (the access log's destination and format, the
-//! diagnostics level) and `[admin]` (its address and `allow`); the summary says so when they
-//! changed. Files the configuration names (htpasswd, `hosts_file`, `error.html`) are read
+//! diagnostics level), `[admin]` (its address and `allow`) and `workers`; the summary says so
+//! when they changed. Files the configuration names (htpasswd, `hosts_file`, `error.html`) are read
 //! again on every reload.
 
 use std::collections::{BTreeMap, HashMap};
@@ -127,24 +127,14 @@ async fn reload(
     stop_accepting: &CancellationToken,
     start: &Start,
 ) -> Outcome {
-    let origin = source.path.display().to_string();
-    let text =
-        std::fs::read_to_string(&source.path).map_err(|e| format!("cannot read {origin}: {e}"))?;
-    let mut new = Config::from_toml(&text, &origin).map_err(|e| e.to_string())?;
-    if !source.listen_override.is_empty() {
-        new.listen = source.listen_override.clone();
-    }
-    let mut settings = new.validate(&origin).map_err(|e| match e {
-        ConfigError::Invalid { problems, .. } => problems
-            .iter()
-            .map(|p| match locate(&text, p) {
-                Some((line, column)) => format!("{origin}:{line}:{column}: {p}"),
-                None => format!("{origin}: {p}"),
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        other => other.to_string(),
-    })?;
+    // Reading and validating may take a while (a long hosts_file): off the workers.
+    let read = {
+        let (path, listen_override) = (source.path.clone(), source.listen_override.clone());
+        tokio::task::spawn_blocking(move || read_and_validate(&path, listen_override))
+    };
+    let (new, mut settings) = read
+        .await
+        .map_err(|e| format!("reading the configuration failed: {e}"))??;
 
     // Bind what is new before changing anything, so a failure leaves all as it was.
     let mut bound = Vec::new();
@@ -195,7 +185,32 @@ async fn reload(
 }
 
 /// Sections read at start-up only.
-const NEED_RESTART: [&str; 2] = ["log", "admin"];
+const NEED_RESTART: [&str; 3] = ["log", "admin", "workers"];
+
+/// Reads the file and validates it; errors carry file, line and column.
+fn read_and_validate(
+    path: &std::path::Path,
+    listen_override: Vec<SocketAddr>,
+) -> Result<(Config, crate::config::Settings), String> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {origin}: {e}"))?;
+    let mut new = Config::from_toml(&text, &origin).map_err(|e| e.to_string())?;
+    if !listen_override.is_empty() {
+        new.listen = listen_override;
+    }
+    let settings = new.validate(&origin).map_err(|e| match e {
+        ConfigError::Invalid { problems, .. } => problems
+            .iter()
+            .map(|p| match locate(&text, p) {
+                Some((line, column)) => format!("{origin}:{line}:{column}: {p}"),
+                None => format!("{origin}: {p}"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    })?;
+    Ok((new, settings))
+}
 
 /// What changed between two configurations, in one line.
 pub fn changes(old: &Config, new: &Config) -> String {

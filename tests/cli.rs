@@ -293,3 +293,26 @@ fn a_tunnel_gives_back_its_pipes_when_quiet_and_everything_when_closed() {
         "a closed tunnel holds nothing"
     );
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn workers_sets_the_number_of_serving_threads() {
+    let workers = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|name| name.trim() == "tokio-rt-worker")
+            })
+            .count()
+    };
+    for (setting, want) in [("workers = 3", 3), ("workers = 1", 1)] {
+        let config = write_config(&format!(
+            "listen = [\"127.0.0.1:0\"]\n{setting}\n[admin]\nlisten = \"off\"\n"
+        ));
+        let running = Running::start(&["--config", config.path().to_str().unwrap()]);
+        running.listening_addr();
+        assert_eq!(workers(running.child.id()), want, "{setting}");
+    }
+}
