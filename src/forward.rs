@@ -137,7 +137,6 @@ pub async fn forward(
     ))
 }
 
-/// Waits for an answer at most `limit` (`timeouts.response`).
 /// Waits for an answer; the clock (`timeouts.response`) starts once the request body has
 /// been sent (`sent` resolves), so a long upload is timed by `timeouts.request_body` alone.
 async fn within<T>(

@@ -227,6 +227,9 @@ async fn serve_connection(
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
+        // The watchdog times request heads (timeouts.request_header, answered 408); hyper's
+        // own 30 s timer would arm and drop a boxed sleep for every request.
+        .header_read_timeout(None)
         .preserve_header_case(true)
         // hyper's own bounds sit above the limits, so that the service can answer heads just
         // over them with a reason; far larger heads get hyper's bare 431 or 414.
