@@ -156,7 +156,11 @@ impl AccessSink for AccessLog {
             Format::Json => (self.names)(record.client.ip()),
             Format::Squid | Format::Common => None,
         };
-        let line = format_line(self.format, record, name.as_deref());
+        // JSON is written straight into the queue; the other formats are built first.
+        let line = match self.format {
+            Format::Json => None,
+            Format::Squid | Format::Common => Some(format_line(self.format, record, None)),
+        };
         let mut pending = self.queue.lock();
         if pending.lines >= QUEUE_LINES {
             drop(pending);
@@ -167,7 +171,10 @@ impl AccessSink for AccessLog {
             }
             return;
         }
-        pending.text.extend_from_slice(line.as_bytes());
+        match line {
+            Some(line) => pending.text.extend_from_slice(line.as_bytes()),
+            None => write_json(&mut pending.text, record, name.as_deref()),
+        }
         pending.lines += 1;
         if pending.lines == WAKE_LINES {
             drop(pending);
@@ -301,15 +308,25 @@ pub fn format_line(format: Format, r: &AccessRecord, name: Option<&str>) -> Stri
 
 /// The URL as logged: `http://host[:port]/path` for plain HTTP, `host:port` for CONNECT.
 pub fn logged_url(r: &AccessRecord) -> String {
-    if r.host.is_empty() {
-        return "-".to_owned();
-    }
-    let host = &r.host;
-    match &r.path {
-        Some(path) if r.port == 80 => format!("http://{host}{path}"),
-        Some(path) => format!("http://{host}:{}{path}", r.port),
-        None if r.port == 0 => host.clone(),
-        None => format!("{host}:{}", r.port),
+    LoggedUrl(r).to_string()
+}
+
+/// [`logged_url`], written where it is displayed.
+struct LoggedUrl<'a>(&'a AccessRecord);
+
+impl std::fmt::Display for LoggedUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self.0;
+        let host = &r.host;
+        if host.is_empty() {
+            return f.write_str("-");
+        }
+        match &r.path {
+            Some(path) if r.port == 80 => write!(f, "http://{host}{path}"),
+            Some(path) => write!(f, "http://{host}:{}{path}", r.port),
+            None if r.port == 0 => f.write_str(host),
+            None => write!(f, "{host}:{}", r.port),
+        }
     }
 }
 
@@ -491,11 +508,91 @@ impl JsonRecord {
     }
 }
 
+/// A [`JsonRecord`] as written: the same fields in the same order, borrowed from the record
+/// and formatted straight into the line, without an owned copy of each field.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    #[serde(serialize_with = "as_text")]
+    time: humantime::Rfc3339Timestamp,
+    duration_ms: u64,
+    #[serde(serialize_with = "as_text")]
+    client: std::net::IpAddr,
+    client_port: u16,
+    client_name: Option<&'a str>,
+    user: Option<&'a str>,
+    method: &'a str,
+    #[serde(serialize_with = "as_text")]
+    url: LoggedUrl<'a>,
+    host: &'a str,
+    port: u16,
+    service: Option<&'static str>,
+    #[serde(serialize_with = "as_text_or_null")]
+    upstream: Option<std::net::SocketAddr>,
+    parent: Option<&'a str>,
+    status: u16,
+    decision: &'static str,
+    #[serde(serialize_with = "as_text")]
+    rule: &'a crate::policy::Decider,
+    reason: Option<&'a str>,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn as_text_or_null<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+impl<'a> JsonLine<'a> {
+    fn new(r: &'a AccessRecord, name: Option<&'a str>) -> Self {
+        JsonLine {
+            time: humantime::format_rfc3339_millis(r.time),
+            duration_ms: r.duration.as_millis() as u64,
+            client: r.client.ip(),
+            client_port: r.client.port(),
+            client_name: name,
+            user: r.user.as_deref(),
+            method: &r.method,
+            url: LoggedUrl(r),
+            host: &r.host,
+            port: r.port,
+            service: r.service,
+            upstream: r.upstream,
+            parent: r.parent.as_deref(),
+            status: r.status,
+            decision: r.verdict.as_str(),
+            rule: &r.rule,
+            reason: r.reason.as_deref(),
+            bytes_up: r.bytes_up,
+            bytes_down: r.bytes_down,
+        }
+    }
+}
+
 fn json(r: &AccessRecord, name: Option<&str>) -> String {
-    let mut line = serde_json::to_string(&JsonRecord::from_record(r, name))
-        .unwrap_or_else(|e| format!("{{\"error\":\"unserializable record: {e}\"}}"));
-    line.push('\n');
-    line
+    let mut line = Vec::with_capacity(384);
+    write_json(&mut line, r, name);
+    // serde_json writes UTF-8 only.
+    String::from_utf8(line).unwrap_or_default()
+}
+
+/// Appends the JSON line of `r` (with its newline) to `out`.
+fn write_json(out: &mut Vec<u8>, r: &AccessRecord, name: Option<&str>) {
+    let start = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, &JsonLine::new(r, name)) {
+        out.truncate(start);
+        out.extend_from_slice(format!("{{\"error\":\"unserializable record: {e}\"}}").as_bytes());
+    }
+    out.push(b'\n');
 }
 
 #[cfg(test)]
@@ -523,6 +620,40 @@ mod tests {
             bytes_up: 0,
             bytes_down: 5120,
             duration: Duration::from_millis(105),
+        }
+    }
+
+    #[test]
+    fn json_lines_equal_the_json_record_serialized() {
+        // The line is written from borrowed fields; it must be exactly what the owned
+        // JsonRecord (which `report` reads back) serializes to.
+        let mut odd = record();
+        odd.user = Some("quote\" back\\slash \u{1} tab\t é 😀".into());
+        odd.reason = Some("a \"reason\"\nwith a newline".into());
+        odd.parent = Some("parent.lan:3128".into());
+        odd.rule = Decider::Rule("no \"ads\"".into());
+        let mut tunnel = record();
+        tunnel.method = "CONNECT".into();
+        tunnel.path = None;
+        tunnel.port = 443;
+        tunnel.service = None;
+        tunnel.user = None;
+        tunnel.upstream = Some("[::1]:443".parse().unwrap());
+        let mut unreadable = record();
+        unreadable.host = String::new();
+        unreadable.port = 0;
+        unreadable.path = None;
+        unreadable.upstream = None;
+        unreadable.verdict = Verdict::Deny;
+        unreadable.status = 400;
+        for (r, name) in [
+            (record(), None),
+            (odd, Some("Bob's \"PC\"")),
+            (tunnel, Some("kitchen")),
+            (unreadable, None),
+        ] {
+            let owned = serde_json::to_string(&JsonRecord::from_record(&r, name)).unwrap() + "\n";
+            assert_eq!(format_line(Format::Json, &r, name), owned);
         }
     }
 
