@@ -313,6 +313,16 @@ fn workers_sets_the_number_of_serving_threads() {
         ));
         let running = Running::start(&["--config", config.path().to_str().unwrap()]);
         running.listening_addr();
+        // A thread names itself once it runs: wait a little for the last to start.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = workers(running.child.id());
+        while seen != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            seen = workers(running.child.id());
+        }
+        assert_eq!(seen, want, "{setting}");
+        // And no more start later.
+        std::thread::sleep(Duration::from_millis(200));
         assert_eq!(workers(running.child.id()), want, "{setting}");
     }
 }
