@@ -155,9 +155,10 @@ pub async fn relay(
     let traffic = record.traffic().clone();
     let port = dialled.port;
     shared.stats.tunnel_opened(port);
-    let relayed = relay_upgraded(upgraded, dialled.upstream, &traffic, idle);
+    // Called inside select!, not bound first: a bound future is kept twice in this task's
+    // state, and every idle tunnel holds that state.
     let end = tokio::select! {
-        result = relayed => result,
+        result = relay_upgraded(upgraded, dialled.upstream, &traffic, idle) => result,
         _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
     };
     shared.stats.tunnel_closed(port);
@@ -185,28 +186,48 @@ async fn relay_upgraded(
     traffic: &Traffic,
     idle: Duration,
 ) -> io::Result<End> {
-    let parts = match upgraded.downcast::<TokioIo<WatchedIo>>() {
-        Ok(parts) => parts,
-        Err(upgraded) => {
-            return copy_both_ways(TokioIo::new(upgraded), upstream, traffic, idle).await;
+    match upgraded.downcast::<TokioIo<WatchedIo>>() {
+        Ok(parts) => {
+            // These bytes are a slice of hyper's read buffer, which lives as long as they do:
+            // send them and let go at once, so an idle tunnel does not keep kilobytes of it.
+            let early: Bytes = parts.read_buf;
+            if !early.is_empty() {
+                upstream.write_all(&early).await?;
+                Traffic::add(&traffic.up, early.len());
+            }
+            drop(early);
+            let client = parts.io.into_inner().into_stream().into_split();
+            both_ways(client, upstream.into_split(), traffic, idle).await
         }
-    };
-    let early: Bytes = parts.read_buf;
-    if !early.is_empty() {
-        upstream.write_all(&early).await?;
-        Traffic::add(&traffic.up, early.len());
+        Err(upgraded) => {
+            // Boxed: not taken with this server; inline, its state would enlarge every tunnel.
+            let client = tokio::io::split(TokioIo::new(upgraded));
+            Box::pin(both_ways(client, upstream.into_split(), traffic, idle)).await
+        }
     }
-    let client = parts.io.into_inner().into_stream();
+}
+
+/// Copies both ways until both directions are done, or no byte moved for `idle`.
+async fn both_ways<CR, CW, UR, UW>(
+    (client_read, client_write): (CR, CW),
+    (upstream_read, upstream_write): (UR, UW),
+    traffic: &Traffic,
+    idle: Duration,
+) -> io::Result<End>
+where
+    CR: AsyncRead + Socket + Unpin,
+    CW: AsyncWrite + Socket + Unpin,
+    UR: AsyncRead + Socket + Unpin,
+    UW: AsyncWrite + Socket + Unpin,
+{
     let start = Instant::now();
     let last_activity = AtomicU64::new(0);
     let activity = Activity {
         last: &last_activity,
         start,
     };
-    let (client_read, client_write) = client.into_split();
-    let (upstream_read, upstream_write) = upstream.into_split();
-    let up = pump_sockets(client_read, upstream_write, &traffic.up, activity);
-    let down = pump_sockets(upstream_read, client_write, &traffic.down, activity);
+    let up = pump(client_read, upstream_write, &traffic.up, activity);
+    let down = pump(upstream_read, client_write, &traffic.down, activity);
     tokio::select! {
         result = async { tokio::try_join!(up, down) } => result.map(|_| End::Done),
         _ = idle_for(idle, &last_activity, start) => Ok(End::Idle),
@@ -228,6 +249,35 @@ impl Activity<'_> {
     }
 }
 
+/// One end of a tunnel direction, and the plain socket under it, if it is one.
+trait Socket {
+    fn socket(&self) -> Option<&TcpStream>;
+}
+
+impl Socket for OwnedReadHalf {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl Socket for OwnedWriteHalf {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl<T> Socket for tokio::io::ReadHalf<T> {
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl<T> Socket for tokio::io::WriteHalf<T> {
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
 /// What a busy direction moves its bytes through.
 enum Busy {
     #[cfg(target_os = "linux")]
@@ -236,48 +286,59 @@ enum Busy {
 }
 
 impl Busy {
-    fn start() -> Busy {
+    /// A pipe when both ends are sockets (on Linux) and one can be had; else a buffer.
+    fn start(splice: bool) -> Busy {
         #[cfg(target_os = "linux")]
-        if let Some(pipe) = splice::Pipe::new() {
+        if let Some(pipe) = splice.then(splice::Pipe::new).flatten() {
             return Busy::Pipe(pipe);
         }
+        let _ = splice;
         Busy::Buffer(vec![0u8; BUSY_BUFFER])
     }
 }
 
-/// Copies one direction between two sockets until its reader ends, then passes the end on
-/// (half-close).
-async fn pump_sockets(
-    reader: OwnedReadHalf,
-    mut writer: OwnedWriteHalf,
+/// Copies one direction until its reader ends, then passes the end on (half-close).
+async fn pump<R, W>(
+    mut reader: R,
+    mut writer: W,
     counter: &AtomicU64,
     activity: Activity<'_>,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    R: AsyncRead + Socket + Unpin,
+    W: AsyncWrite + Socket + Unpin,
+{
+    let sockets = reader.socket().is_some() && writer.socket().is_some();
     let mut quiet = [0u8; QUIET_BUFFER];
     let mut busy: Option<Busy> = None;
     loop {
         let n = match busy.as_mut() {
             None => {
-                let n = read_socket(&reader, &mut quiet).await?;
-                write_socket(&writer, &quiet[..n]).await?;
+                let n = reader.read(&mut quiet).await?;
+                writer.write_all(&quiet[..n]).await?;
                 activity.moved(counter, n);
                 n
             }
             Some(Busy::Buffer(big)) => {
-                let n = read_socket(&reader, big).await?;
-                write_socket(&writer, &big[..n]).await?;
+                let n = reader.read(big).await?;
+                writer.write_all(&big[..n]).await?;
                 activity.moved(counter, n);
                 n
             }
             #[cfg(target_os = "linux")]
-            Some(Busy::Pipe(pipe)) => match pipe.pass(&reader, &writer, counter, activity).await? {
-                Some(n) => n,
-                None => {
-                    // These sockets cannot splice; nothing was moved: go on through a buffer.
-                    busy = Some(Busy::Buffer(vec![0u8; BUSY_BUFFER]));
-                    continue;
+            Some(Busy::Pipe(pipe)) => {
+                let (Some(from), Some(to)) = (reader.socket(), writer.socket()) else {
+                    unreachable!("a pipe is only taken between two sockets");
+                };
+                match pipe.pass(from, to, counter, activity).await? {
+                    Some(n) => n,
+                    None => {
+                        // These sockets cannot splice; nothing was moved: use a buffer.
+                        busy = Some(Busy::start(false));
+                        continue;
+                    }
                 }
-            },
+            }
         };
         if n == 0 {
             writer.shutdown().await?;
@@ -286,48 +347,25 @@ async fn pump_sockets(
         // A full small read means more is waiting: go busy. A short read means the burst is
         // over: give the pipe or buffer back.
         if busy.is_none() && n == QUIET_BUFFER {
-            busy = Some(Busy::start());
+            busy = Some(Busy::start(sockets));
         } else if busy.is_some() && n < QUIET_BUFFER {
             busy = None;
         }
     }
 }
 
-/// Reads what the socket has (0 at its end).
-async fn read_socket(reader: &OwnedReadHalf, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        reader.readable().await?;
-        match reader.try_read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            result => return result,
-        }
-    }
-}
-
-/// Writes all of `buf`.
-async fn write_socket(writer: &OwnedWriteHalf, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        writer.writable().await?;
-        match writer.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Zero-copy relaying through a pipe: `splice(2)` moves a socket's received pages into the
 /// pipe and from it into the other socket, so the bytes never enter the proxy's memory.
 #[cfg(target_os = "linux")]
 mod splice {
+    use std::future::poll_fn;
     use std::io;
     use std::os::fd::OwnedFd;
     use std::sync::atomic::AtomicU64;
 
     use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
     use tokio::io::Interest;
-    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::TcpStream;
 
     use super::Activity;
 
@@ -346,25 +384,30 @@ mod splice {
         /// A new pipe, or `None` when none can be had (out of file descriptors).
         pub(super) fn new() -> Option<Pipe> {
             let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
-            let size = fcntl_setpipe_size(&write, PIPE_SIZE).unwrap_or(64 * 1024);
+            let size = fcntl_setpipe_size(&write, PIPE_SIZE)
+                .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))
+                .unwrap_or(4096);
             Some(Pipe { read, write, size })
         }
 
-        /// Moves what the reader has into the pipe and all of it on to the writer; returns
-        /// the bytes moved (0 at the reader's end), or `None` when these descriptors cannot
-        /// splice (nothing moved). The pipe is empty again on success.
+        /// Moves what `from` has into the pipe and all of it on to `to`; returns the bytes
+        /// moved (0 at the reader's end), or `None` when these descriptors cannot splice
+        /// (nothing moved). The pipe is empty again on success.
+        ///
+        /// Readiness is polled (`poll_read_ready`), not awaited through `readable()`, which
+        /// would keep a waiter in every tunnel's state; each socket has one reader and one
+        /// writer, as polling needs.
         pub(super) async fn pass(
             &mut self,
-            reader: &OwnedReadHalf,
-            writer: &OwnedWriteHalf,
+            from: &TcpStream,
+            to: &TcpStream,
             counter: &AtomicU64,
             activity: Activity<'_>,
         ) -> io::Result<Option<usize>> {
-            let socket = reader.as_ref();
             let n = loop {
-                reader.readable().await?;
-                let filled = socket.try_io(Interest::READABLE, || {
-                    splice(socket, None, &self.write, None, self.size, flags()).map_err(Into::into)
+                poll_fn(|cx| from.poll_read_ready(cx)).await?;
+                let filled = from.try_io(Interest::READABLE, || {
+                    splice(from, None, &self.write, None, self.size, flags()).map_err(Into::into)
                 });
                 match filled {
                     Ok(n) => break n,
@@ -373,12 +416,11 @@ mod splice {
                     Err(e) => return Err(e),
                 }
             };
-            let socket = writer.as_ref();
             let mut left = n;
             while left > 0 {
-                writer.writable().await?;
-                let sent = socket.try_io(Interest::WRITABLE, || {
-                    splice(&self.read, None, socket, None, left, flags()).map_err(Into::into)
+                poll_fn(|cx| to.poll_write_ready(cx)).await?;
+                let sent = to.try_io(Interest::WRITABLE, || {
+                    splice(&self.read, None, to, None, left, flags()).map_err(Into::into)
                 });
                 match sent {
                     Ok(sent) => {
@@ -401,78 +443,6 @@ mod splice {
     fn unsupported(e: &io::Error) -> bool {
         matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::INVAL.raw_os_error()
             || code == rustix::io::Errno::NOSYS.raw_os_error())
-    }
-}
-
-/// Relays any other kind of client connection, through buffers.
-async fn copy_both_ways<C>(
-    client: C,
-    upstream: TcpStream,
-    traffic: &Traffic,
-    idle: Duration,
-) -> io::Result<End>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    let start = Instant::now();
-    let last_activity = AtomicU64::new(0);
-    let (client_read, client_write) = tokio::io::split(client);
-    let (upstream_read, upstream_write) = upstream.into_split();
-    let up = pump(
-        client_read,
-        upstream_write,
-        &traffic.up,
-        &last_activity,
-        start,
-    );
-    let down = pump(
-        upstream_read,
-        client_write,
-        &traffic.down,
-        &last_activity,
-        start,
-    );
-    tokio::select! {
-        result = async { tokio::try_join!(up, down) } => result.map(|_| End::Done),
-        _ = idle_for(idle, &last_activity, start) => Ok(End::Idle),
-    }
-}
-
-/// Copies one direction until its reader ends, then passes the end on (half-close).
-async fn pump<R, W>(
-    mut reader: R,
-    mut writer: W,
-    counter: &AtomicU64,
-    last_activity: &AtomicU64,
-    start: Instant,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut quiet = [0u8; QUIET_BUFFER];
-    let mut busy: Option<Vec<u8>> = None;
-    loop {
-        let buf: &mut [u8] = match busy.as_mut() {
-            Some(big) => big,
-            None => &mut quiet,
-        };
-        let n = reader.read(buf).await?;
-        if n == 0 {
-            writer.shutdown().await?;
-            return Ok(());
-        }
-        writer.write_all(&buf[..n]).await?;
-        let filled = n == buf.len();
-        Traffic::add(counter, n);
-        last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        // A full small read means more is waiting: read big. A small read from the big
-        // buffer means the burst is over: give the buffer back.
-        if busy.is_none() && filled {
-            busy = Some(vec![0u8; BUSY_BUFFER]);
-        } else if busy.is_some() && n < QUIET_BUFFER {
-            busy = None;
-        }
     }
 }
 
