@@ -289,5 +289,11 @@ mod tests {
             changes(&old, &new),
             "listen +127.0.0.1:3130; rules 0 → 1; changed: ports"
         );
+        let more_workers =
+            Config::from_toml("listen = [\"127.0.0.1:3128\"]\nworkers = 3\n", "t").unwrap();
+        assert_eq!(
+            changes(&old, &more_workers),
+            "changed but applied at the next restart: workers"
+        );
     }
 }
