@@ -76,6 +76,11 @@ fn init_diagnostics(level: &str) {
         .init();
 }
 
+/// jemalloc: less CPU per request than the system allocator (README, Performance).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Reads the configuration, then runs the proxy on as many worker threads as it says.
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut config, origin) = match &cli.config {
