@@ -456,3 +456,65 @@ async fn idle_for(idle: Duration, last_activity: &AtomicU64, start: Instant) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// The buffered path, for a client end that is not a plain socket (as an upgraded
+    /// connection from another server would be): every byte both ways, in order, the
+    /// half-close passed on, and exact counts. The destination is a real loopback socket.
+    #[tokio::test]
+    async fn a_client_end_that_is_not_a_socket_is_relayed_through_buffers() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The destination echoes until the client's end of data, then closes.
+        let echo = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut read, mut write) = stream.into_split();
+            let n = tokio::io::copy(&mut read, &mut write).await.unwrap();
+            write.shutdown().await.unwrap();
+            n
+        });
+        let upstream = TcpStream::connect(addr).await.unwrap();
+        let (client, proxy_side) = tokio::io::duplex(4096);
+        let traffic = Traffic::default();
+        let relay = both_ways(
+            tokio::io::split(proxy_side),
+            upstream.into_split(),
+            &traffic,
+            Duration::from_secs(30),
+        );
+        // Sizes around the quiet buffer, a burst and a trickle: quiet, busy, quiet again.
+        let sizes = [1usize, 511, 512, 513, 200_000, 3, 70_000, 1];
+        let total: usize = sizes.iter().sum();
+        let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let talk = async {
+            let (mut read, mut write) = tokio::io::split(client);
+            let sender = async {
+                let mut at = 0;
+                for size in sizes {
+                    write.write_all(&data[at..at + size]).await.unwrap();
+                    at += size;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                write.shutdown().await.unwrap();
+            };
+            let mut back = Vec::new();
+            let receiver = read.read_to_end(&mut back);
+            let (_, got) = tokio::join!(sender, receiver);
+            got.unwrap();
+            back
+        };
+        let (end, back) =
+            tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(relay, talk) })
+                .await
+                .expect("the relay ends in time");
+        assert!(matches!(end, Ok(End::Done)), "{end:?}");
+        assert!(back == data, "the bytes came back changed");
+        assert_eq!(echo.await.unwrap(), total as u64);
+        assert_eq!(traffic.up.load(Ordering::Relaxed), total as u64);
+        assert_eq!(traffic.down.load(Ordering::Relaxed), total as u64);
+    }
+}
