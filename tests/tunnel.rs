@@ -284,40 +284,36 @@ async fn echo_through(stream: tokio::net::TcpStream, chunks: &[usize], pause: Du
     back
 }
 
-#[tokio::test]
-async fn bulk_bytes_both_ways_at_once_arrive_intact_and_counted() {
+/// Opens a tunnel to an echo origin, sends `chunks` through it (pausing `pause` between
+/// them) and checks that every byte came back in order and that the record counts them.
+async fn echo_chunks_through_a_tunnel(chunks: &[usize], pause: Duration) {
     let origin = echo_origin().await;
     let proxy = Proxy::start(&loopback_config(&[], &[origin.port()])).await;
     let (answer, stream) = connect(proxy.addr, &origin.to_string()).await;
     assert_eq!(answer.status, 200);
-    // 8 MiB up while the same 8 MiB comes down: both directions busy at once.
-    let n = 8 << 20;
-    let back = echo_through(stream, &[n], Duration::ZERO).await;
-    assert_eq!(back.len(), n);
-    assert_eq!(hex(&sha2::Sha256::digest(&back)), pattern_sha256(n));
-    let records = proxy.wait_records(1).await;
-    assert_eq!(records[0].bytes_up, n as u64);
-    assert_eq!(records[0].bytes_down, n as u64);
-}
-
-#[tokio::test]
-async fn bursts_and_pauses_keep_every_byte_in_order() {
-    let origin = echo_origin().await;
-    let proxy = Proxy::start(&loopback_config(&[], &[origin.port()])).await;
-    let (answer, stream) = connect(proxy.addr, &origin.to_string()).await;
-    assert_eq!(answer.status, 200);
-    // Around the quiet buffer's size, then bursts and trickles: each direction goes busy
-    // and quiet again several times within one tunnel.
-    let chunks = [
-        1, 511, 512, 513, 70_000, 3, 1_000_000, 100, 65_536, 1, 300_000, 2,
-    ];
     let total: usize = chunks.iter().sum();
-    let back = echo_through(stream, &chunks, Duration::from_millis(20)).await;
+    let back = echo_through(stream, chunks, pause).await;
     assert_eq!(back.len(), total);
     assert_eq!(hex(&sha2::Sha256::digest(&back)), pattern_sha256(total));
     let records = proxy.wait_records(1).await;
     assert_eq!(records[0].bytes_up, total as u64);
     assert_eq!(records[0].bytes_down, total as u64);
+}
+
+#[tokio::test]
+async fn bulk_bytes_both_ways_at_once_arrive_intact_and_counted() {
+    // 8 MiB up while the same 8 MiB comes down: both directions busy at once.
+    echo_chunks_through_a_tunnel(&[8 << 20], Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn bursts_and_pauses_keep_every_byte_in_order() {
+    // Around the quiet buffer's size, then bursts and trickles: each direction goes busy
+    // and quiet again several times within one tunnel.
+    let chunks = [
+        1, 511, 512, 513, 70_000, 3, 1_000_000, 100, 65_536, 1, 300_000, 2,
+    ];
+    echo_chunks_through_a_tunnel(&chunks, Duration::from_millis(20)).await;
 }
 
 #[tokio::test]
