@@ -91,8 +91,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         config.listen = cli.listen.clone();
     }
     let settings = config.validate(&origin)?;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.workers)
+    // One worker is the main thread itself: tokio's single-thread scheduler has no
+    // work-stealing to keep up and no hand-off between an accepting thread and a worker.
+    let mut runtime = if settings.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(settings.workers);
+        builder
+    };
+    runtime
         .enable_all()
         .build()
         .context("cannot start the runtime")?

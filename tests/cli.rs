@@ -297,32 +297,46 @@ fn a_tunnel_gives_back_its_pipes_when_quiet_and_everything_when_closed() {
 #[cfg(target_os = "linux")]
 #[test]
 fn workers_sets_the_number_of_serving_threads() {
-    let workers = |pid: u32| {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
+    // Threads by name: tokio's workers, and all of them.
+    let threads = |pid: u32| {
+        let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .filter_map(Result::ok)
-            .filter(|task| {
-                std::fs::read_to_string(task.path().join("comm"))
-                    .is_ok_and(|name| name.trim() == "tokio-rt-worker")
-            })
-            .count()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        let workers = names.iter().filter(|n| *n == "tokio-rt-worker").count();
+        (workers, names.len())
     };
-    for (setting, want) in [("workers = 3", 3), ("workers = 1", 1)] {
+    // Three workers beside the main thread and the access-log writer; one worker is the
+    // main thread itself, with no thread of tokio's.
+    for (setting, want) in [("workers = 3", (3, 5)), ("workers = 1", (0, 2))] {
         let config = write_config(&format!(
             "listen = [\"127.0.0.1:0\"]\n{setting}\n[admin]\nlisten = \"off\"\n"
         ));
         let running = Running::start(&["--config", config.path().to_str().unwrap()]);
-        running.listening_addr();
+        let addr = running.listening_addr();
         // A thread names itself once it runs: wait a little for the last to start.
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut seen = workers(running.child.id());
+        let mut seen = threads(running.child.id());
         while seen != want && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
-            seen = workers(running.child.id());
+            seen = threads(running.child.id());
         }
-        assert_eq!(seen, want, "{setting}");
+        assert_eq!(seen, want, "{setting}: (workers, threads)");
+        // The threads serve: a request for the proxy's own page is answered.
+        let mut client = TcpStream::connect(addr).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: portcullis\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = client.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{setting}: {answer}");
         // And no more start later.
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(workers(running.child.id()), want, "{setting}");
+        assert_eq!(threads(running.child.id()), want, "{setting}");
     }
 }
