@@ -62,7 +62,10 @@ pub async fn forward(
         Decision::Deny(denial) => return Err(denial.into()),
         Decision::NeedAddress => {
             let (addr, decider) =
-                dial::choose(policy, &target, &facts, settings.timeouts.connect).await?;
+                // Boxed: resolving and racing addresses is a large future that most
+                // requests never build, and every forward future would carry its size.
+                Box::pin(dial::choose(policy, &target, &facts, settings.timeouts.connect))
+                    .await?;
             if let Some(decider) = decider {
                 ex.record.allow(decider);
             }
@@ -88,17 +91,25 @@ pub async fn forward(
         // A chunked body's length is hyper's to state; a stray Content-Length must not travel.
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    let host = HeaderValue::from_str(&target.host_header())
+    let host_text = target.host_header();
+    let host = HeaderValue::from_str(&host_text)
         .map_err(|_| EdgeError::client(StatusCode::BAD_REQUEST, "the host cannot be sent"))?;
     parts.headers.insert(header::HOST, host);
     append_via(&mut parts.headers, parts.version, &ex.shared.via);
-    parts.uri = upstream_uri(&target, dial_to, &parts.uri)?;
+    // The pooled client dials the URI's authority: `dial_to` when given, else the target
+    // (its text made once, for the Host header and here).
+    let authority = match dial_to {
+        Some(addr) => addr.to_string(),
+        None if target.port == 80 => format!("{host_text}:80"),
+        None => host_text,
+    };
+    parts.uri = upstream_uri(authority, &parts.uri)?;
     parts.version = Version::HTTP_11;
 
     let timeouts = &settings.timeouts;
     let body = UpBody::new(body, ex.record.traffic().clone(), timeouts.request_body);
     let response = if via_parent {
-        through_parent(ex, parts, body, &target).await?
+        Box::pin(through_parent(ex, parts, body, &target)).await?
     } else {
         let sent = body.sent();
         let upstream = Request::from_parts(parts, body);
@@ -256,6 +267,11 @@ fn transfer_codings_besides_chunked(headers: &HeaderMap) -> Option<HeaderValue> 
 
 /// Removes the hop-by-hop fields, including every field that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one look at each name is cheaper than a removal
+    // (a hashed lookup) for each of the eight.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -280,6 +296,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `name` is one of the fields [`strip_hop_by_hop`] always removes; `Connection` can
+/// name more.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// Appends this proxy (`name`) to `Via` (RFC 9110 §7.6.3), with the protocol version it
 /// received.
 pub fn append_via(headers: &mut HeaderMap, received: Version, name: &str) {
@@ -288,38 +317,44 @@ pub fn append_via(headers: &mut HeaderMap, received: Version, name: &str) {
         Version::HTTP_2 => "2",
         _ => "1.1",
     };
-    let ours = format!("{version} {name}");
-    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ours}"),
-        None => ours,
-    };
+    let existing = headers.get(header::VIA).and_then(|v| v.to_str().ok());
+    let mut value =
+        String::with_capacity(existing.map_or(0, |e| e.len() + 2) + version.len() + 1 + name.len());
+    if let Some(existing) = existing {
+        value.push_str(existing);
+        value.push_str(", ");
+    }
+    value.push_str(version);
+    value.push(' ');
+    value.push_str(name);
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(header::VIA, value);
     }
 }
 
-/// The absolute URI the pooled client dials (at `dial_to` when given, else the target) and
-/// rewrites to origin form.
-fn upstream_uri(
-    target: &Target,
-    dial_to: Option<SocketAddr>,
-    original: &Uri,
-) -> Result<Uri, EdgeError> {
-    let path = match original.path_and_query().map(|pq| pq.as_str()) {
-        Some(pq) if pq.starts_with('/') => pq.to_owned(),
-        Some(pq) if pq.starts_with('?') => format!("/{pq}"),
-        _ => "/".to_owned(),
-    };
-    let authority = match dial_to {
-        Some(addr) => addr.to_string(),
-        None => target.to_string(),
-    };
-    format!("http://{authority}{path}").parse().map_err(|_| {
+/// The absolute URI the pooled client dials (`authority`) and rewrites to origin form.
+fn upstream_uri(authority: String, original: &Uri) -> Result<Uri, EdgeError> {
+    let unusable = || {
         EdgeError::client(
             StatusCode::BAD_REQUEST,
             "the request target cannot be forwarded",
         )
-    })
+    };
+    // The path and query are kept as they came (a shared buffer, not a copy).
+    let path = match original.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+        Some(pq) if pq.as_str().starts_with('?') => {
+            http::uri::PathAndQuery::try_from(format!("/{}", pq.as_str()))
+                .map_err(|_| unusable())?
+        }
+        _ => http::uri::PathAndQuery::from_static("/"),
+    };
+    Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| unusable())
 }
 
 /// Honours `Max-Forwards` on TRACE and OPTIONS (RFC 9110 §7.6.2): at zero the proxy answers
@@ -472,6 +507,25 @@ mod tests {
     }
 
     #[test]
+    fn each_hop_by_hop_field_goes_when_alone() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut h = headers(&[("accept", "*/*"), (name, "x"), ("host", "a.b")]);
+            strip_hop_by_hop(&mut h);
+            let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, vec!["accept", "host"], "{name}");
+        }
+    }
+
+    #[test]
     fn via_is_appended() {
         let mut h = HeaderMap::new();
         append_via(&mut h, Version::HTTP_10, "portcullis-1");
@@ -508,20 +562,23 @@ mod tests {
 
     #[test]
     fn upstream_uri_keeps_path_and_query() {
-        let t = crate::target::parse_authority("example.com:8080", Some(80)).unwrap();
+        let at = |text: &str| upstream_uri("example.com:8080".into(), &text.parse().unwrap());
+        assert_eq!(
+            at("http://example.com:8080/a/b?c=d").unwrap(),
+            "http://example.com:8080/a/b?c=d"
+        );
+        assert_eq!(
+            at("http://example.com:8080").unwrap(),
+            "http://example.com:8080/"
+        );
+        assert_eq!(
+            at("http://example.com:8080?q").unwrap(),
+            "http://example.com:8080/?q"
+        );
         let uri = upstream_uri(
-            &t,
-            None,
-            &"http://example.com:8080/a/b?c=d".parse().unwrap(),
-        )
-        .unwrap();
-        assert_eq!(uri, "http://example.com:8080/a/b?c=d");
-        let uri = upstream_uri(&t, None, &"http://example.com:8080".parse().unwrap()).unwrap();
-        assert_eq!(uri, "http://example.com:8080/");
-        let uri = upstream_uri(&t, None, &"http://example.com:8080?q".parse().unwrap()).unwrap();
-        assert_eq!(uri, "http://example.com:8080/?q");
-        let at = Some("10.0.0.5:8080".parse().unwrap());
-        let uri = upstream_uri(&t, at, &"http://example.com:8080/x".parse().unwrap()).unwrap();
-        assert_eq!(uri, "http://10.0.0.5:8080/x");
+            "10.0.0.5:8080".into(),
+            &"http://example.com/x".parse().unwrap(),
+        );
+        assert_eq!(uri.unwrap(), "http://10.0.0.5:8080/x");
     }
 }

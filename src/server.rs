@@ -567,44 +567,48 @@ impl HeadScan {
         }
     }
 
-    /// Feeds bytes; returns the [`HeadFlags`] bits found in them.
+    /// Feeds bytes; returns the [`HeadFlags`] bits found in them. Works a line at a time
+    /// (`memchr` finds the ends), looking only at the start of each line.
     fn feed(&mut self, bytes: &[u8]) -> u8 {
+        const CONTENT_LENGTH: &[u8] = b"content-length:";
+        const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
         let mut flags = 0;
-        for &b in bytes {
-            if self.done {
+        let mut rest = bytes;
+        while !self.done && !rest.is_empty() {
+            let end = memchr::memchr(b'\n', rest);
+            let part = &rest[..end.unwrap_or(rest.len())];
+            if self.line == 0 && memchr::memchr(b'#', part).is_some() {
+                flags |= HeadFlags::FRAGMENT;
+            }
+            let room = self.start.len() - self.start_len;
+            if room > 0 {
+                let take = room.min(part.len());
+                for (slot, b) in self.start[self.start_len..].iter_mut().zip(&part[..take]) {
+                    *slot = b.to_ascii_lowercase();
+                }
+                self.start_len += take;
+                let start = &self.start[..self.start_len];
+                if start.starts_with(CONTENT_LENGTH) {
+                    flags |= HeadFlags::CONTENT_LENGTH;
+                } else if start.starts_with(TRANSFER_ENCODING) {
+                    flags |= HeadFlags::TRANSFER_ENCODING;
+                }
+            }
+            self.line_len += part.len();
+            let Some(end) = end else {
                 break;
+            };
+            let blank = self.line_len == 0 || (self.line_len == 1 && self.start[0] == b'\r');
+            // Leading blank lines before the request line are tolerated by hyper.
+            if blank && self.line > 0 {
+                self.done = true;
             }
-            match b {
-                b'\n' => {
-                    let blank =
-                        self.line_len == 0 || (self.line_len == 1 && self.start[0] == b'\r');
-                    // Leading blank lines before the request line are tolerated by hyper.
-                    if blank && self.line > 0 {
-                        self.done = true;
-                    }
-                    if !blank || self.line > 0 {
-                        self.line += 1;
-                    }
-                    self.start_len = 0;
-                    self.line_len = 0;
-                }
-                _ => {
-                    if self.line == 0 && b == b'#' {
-                        flags |= HeadFlags::FRAGMENT;
-                    }
-                    if self.start_len < self.start.len() {
-                        self.start[self.start_len] = b.to_ascii_lowercase();
-                        self.start_len += 1;
-                        let start = &self.start[..self.start_len];
-                        if start == b"content-length:" {
-                            flags |= HeadFlags::CONTENT_LENGTH;
-                        } else if start == b"transfer-encoding:" {
-                            flags |= HeadFlags::TRANSFER_ENCODING;
-                        }
-                    }
-                    self.line_len += 1;
-                }
+            if !blank || self.line > 0 {
+                self.line += 1;
             }
+            self.start_len = 0;
+            self.line_len = 0;
+            rest = &rest[end + 1..];
         }
         flags
     }
@@ -689,6 +693,90 @@ mod tests {
     fn scan(chunks: &[&[u8]]) -> HeadFlags {
         let mut s = HeadScan::new(0);
         HeadFlags(chunks.iter().fold(0, |acc, c| acc | s.feed(c)))
+    }
+
+    /// The scanner as first written, a byte at a time: the reference for the line-wise one.
+    fn scan_bytewise(bytes: &[u8]) -> u8 {
+        let (mut flags, mut line, mut start, mut line_len) = (0, 0, Vec::new(), 0);
+        for &b in bytes {
+            if b == b'\n' {
+                let blank = line_len == 0 || (line_len == 1 && start[0] == b'\r');
+                if blank && line > 0 {
+                    break;
+                }
+                if !blank || line > 0 {
+                    line += 1;
+                }
+                start.clear();
+                line_len = 0;
+                continue;
+            }
+            if line == 0 && b == b'#' {
+                flags |= HeadFlags::FRAGMENT;
+            }
+            if start.len() < 18 {
+                start.push(b.to_ascii_lowercase());
+                if start == b"content-length:" {
+                    flags |= HeadFlags::CONTENT_LENGTH;
+                } else if start == b"transfer-encoding:" {
+                    flags |= HeadFlags::TRANSFER_ENCODING;
+                }
+            }
+            line_len += 1;
+        }
+        flags
+    }
+
+    #[test]
+    fn the_line_wise_scanner_agrees_with_the_bytewise_one() {
+        // Heads built from pieces that matter (names, near-names, fragments, blank lines,
+        // bare and CR line ends), fed whole and split at every point into two or three.
+        let pieces: [&[u8]; 14] = [
+            b"GET http://h/p HTTP/1.1",
+            b"GET http://h/p#f HTTP/1.1",
+            b"\r\n",
+            b"\n",
+            b"Content-Length: 5",
+            b"content-length:5",
+            b"Content-Length",
+            b"Transfer-Encoding: chunked",
+            b"TRANSFER-ENCODING:",
+            b"Transfer-Encodin: x",
+            b"X-A: #1",
+            b" folded",
+            b"#",
+            b"",
+        ];
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..3_000 {
+            let mut head = Vec::new();
+            for _ in 0..(x % 9) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                head.extend_from_slice(pieces[(x % pieces.len() as u32) as usize]);
+            }
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let want = scan_bytewise(&head);
+            assert_eq!(
+                scan(&[&head]).0,
+                want,
+                "{:?}",
+                String::from_utf8_lossy(&head)
+            );
+            for cut in 0..=head.len() {
+                let second = cut + (x as usize % (head.len() - cut + 1));
+                let got = scan(&[&head[..cut], &head[cut..second], &head[second..]]).0;
+                assert_eq!(
+                    got,
+                    want,
+                    "{:?} at {cut}, {second}",
+                    String::from_utf8_lossy(&head)
+                );
+            }
+        }
     }
 
     #[test]

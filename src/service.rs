@@ -334,12 +334,18 @@ impl ProxyService {
         if own_page {
             return Ok(Reply::Response(pages::local(ex, &req)));
         }
-        self.authenticate(ex, &req).await?;
+        if ex.settings.auth.is_some() {
+            // Boxed, as the rarer branches below: the future of each request is as large as
+            // its largest branch, and is moved as a whole.
+            Box::pin(self.authenticate(ex, &req)).await?;
+        }
         match classified {
-            Classified::Connect(target) => tunnel::open(ex, req, target).await.map(Reply::Tunnel),
-            Classified::Forward(target) => {
-                forward::forward(ex, req, target).await.map(Reply::Response)
-            }
+            Classified::Connect(target) => Box::pin(tunnel::open(ex, req, target))
+                .await
+                .map(Reply::Tunnel),
+            Classified::Forward(target) => Box::pin(forward::forward(ex, req, target))
+                .await
+                .map(Reply::Response),
             Classified::Local => Ok(Reply::Response(pages::local(ex, &req))),
         }
     }
