@@ -487,7 +487,7 @@ pub struct JsonRecord {
 struct JsonLine<'a> {
     time: Rfc3339Millis,
     duration_ms: u64,
-    #[serde(serialize_with = "as_text")]
+    #[serde(serialize_with = "ip_text")]
     client: std::net::IpAddr,
     client_port: u16,
     client_name: Option<&'a str>,
@@ -498,7 +498,7 @@ struct JsonLine<'a> {
     host: &'a str,
     port: u16,
     service: Option<&'static str>,
-    #[serde(serialize_with = "as_text_or_null")]
+    #[serde(serialize_with = "socket_text_or_null")]
     upstream: Option<std::net::SocketAddr>,
     parent: Option<&'a str>,
     status: u16,
@@ -529,12 +529,16 @@ fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S:
     })
 }
 
-fn as_text_or_null<T: std::fmt::Display, S: serde::Serializer>(
-    v: &Option<T>,
+fn ip_text<S: serde::Serializer>(ip: &std::net::IpAddr, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(crate::target::AddrText::ip(*ip).as_str())
+}
+
+fn socket_text_or_null<S: serde::Serializer>(
+    addr: &Option<std::net::SocketAddr>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => as_text(v, s),
+    match addr {
+        Some(addr) => s.serialize_str(crate::target::AddrText::socket(*addr).as_str()),
         None => s.serialize_none(),
     }
 }
