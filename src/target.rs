@@ -30,8 +30,8 @@ impl fmt::Display for Host {
     }
 }
 
-/// An IPv4 address, or an IPv4 socket address, as text on the stack: the same text as their
-/// `Display`, written digit by digit. Every proxied request writes addresses several times
+/// An IPv4 address, or an IPv4 socket address, as text on the stack (21 bytes hold the
+/// longest, `255.255.255.255:65535`): the same text as their `Display`, written digit by digit. Every proxied request writes addresses several times
 /// (the target, the log line's client and origin), and the formatting machinery took several
 /// times the instructions; IPv6 addresses, rare on a LAN, still go through `Display`.
 pub struct AddrText {
@@ -105,15 +105,9 @@ impl AddrText {
         }
     }
 
-    /// Through `Display`; text longer than the buffer (IPv6 with a port) is kept in `long`.
+    /// IPv6, through `Display`, into `long` (with a scope and a port it would not fit).
     fn fallback(&mut self, args: fmt::Arguments<'_>) {
-        let text = args.to_string();
-        if text.len() <= self.text.len() {
-            self.text[..text.len()].copy_from_slice(text.as_bytes());
-            self.len = text.len();
-        } else {
-            self.long = Some(text);
-        }
+        self.long = Some(args.to_string());
     }
 
     /// The text.
