@@ -74,6 +74,15 @@ impl Drop for Running {
     }
 }
 
+/// A client connection to the proxy at `addr`, whose reads give up after 10 s.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+}
+
 fn write_config(text: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(text.as_bytes()).unwrap();
@@ -101,10 +110,7 @@ fn runs_from_a_config_file_logs_access_and_exits_0_on_sigterm() {
     let running = Running::start(&["--config", path, "--listen", "127.0.0.1:0"]);
     let addr = running.listening_addr();
 
-    let mut client = TcpStream::connect(addr).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut client = connect(addr);
     write!(
         client,
         "GET http://{origin_addr}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -239,10 +245,7 @@ fn a_tunnel_gives_back_its_pipes_when_quiet_and_everything_when_closed() {
     let pid = running.child.id();
     let baseline = open_fds(pid);
 
-    let mut client = TcpStream::connect(addr).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut client = connect(addr);
     write!(
         client,
         "CONNECT {origin_addr} HTTP/1.1\r\nHost: {origin_addr}\r\n\r\n"
@@ -325,10 +328,7 @@ fn workers_sets_the_number_of_serving_threads() {
         }
         assert_eq!(seen, want, "{setting}: (workers, threads)");
         // The threads serve: a request for the proxy's own page is answered.
-        let mut client = TcpStream::connect(addr).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut client = connect(addr);
         client
             .write_all(b"GET / HTTP/1.1\r\nHost: portcullis\r\nConnection: close\r\n\r\n")
             .unwrap();
