@@ -127,7 +127,7 @@ async fn reload(
     stop_accepting: &CancellationToken,
     start: &Start,
 ) -> Outcome {
-    // Reading and validating may take a while (a long hosts_file): off the workers.
+    // Reading and validating may take a while (a long hosts_file): off the serving threads.
     let read = {
         let (path, listen_override) = (source.path.clone(), source.listen_override.clone());
         tokio::task::spawn_blocking(move || read_and_validate(&path, listen_override))

@@ -104,13 +104,7 @@ impl Shared {
     ) -> Self {
         let live = Arc::new(ArcSwap::from_pointee(settings));
         let settings = live.load_full();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .http1_preserve_header_case(true)
-            .set_host(false)
-            .build(Dialer::new(live.clone()));
+        let client = pooled_client().build(Dialer::new(live.clone()));
         let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
         Shared {
             live,
@@ -152,6 +146,20 @@ fn instance_token() -> u32 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     hasher.finish() as u32
+}
+
+/// The settings of every pooled HTTP client, to origins and to parent proxies: idle
+/// connections kept a minute, up to 256 per destination (a LAN's browsers open many at once;
+/// fewer made the proxy re-dial under load), header case kept, `Host` left as the proxy set it.
+pub(crate) fn pooled_client() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .http1_preserve_header_case(true)
+        .set_host(false);
+    builder
 }
 
 /// Serves the requests of one client connection.

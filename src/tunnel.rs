@@ -313,18 +313,6 @@ where
     let mut busy: Option<Busy> = None;
     loop {
         let n = match busy.as_mut() {
-            None => {
-                let n = reader.read(&mut quiet).await?;
-                writer.write_all(&quiet[..n]).await?;
-                activity.moved(counter, n);
-                n
-            }
-            Some(Busy::Buffer(big)) => {
-                let n = reader.read(big).await?;
-                writer.write_all(&big[..n]).await?;
-                activity.moved(counter, n);
-                n
-            }
             #[cfg(target_os = "linux")]
             Some(Busy::Pipe(pipe)) => {
                 let (Some(from), Some(to)) = (reader.socket(), writer.socket()) else {
@@ -338,6 +326,17 @@ where
                         continue;
                     }
                 }
+            }
+            // The small buffer while quiet, the big one while busy without a pipe.
+            buffer => {
+                let buf: &mut [u8] = match buffer {
+                    Some(Busy::Buffer(big)) => big,
+                    _ => &mut quiet,
+                };
+                let n = reader.read(buf).await?;
+                writer.write_all(&buf[..n]).await?;
+                activity.moved(counter, n);
+                n
             }
         };
         if n == 0 {

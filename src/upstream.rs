@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -102,16 +102,10 @@ impl Parents {
             .iter()
             .map(|parent| ParentRoute {
                 parent: parent.clone(),
-                client: Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(256)
-                    .http1_preserve_header_case(true)
-                    .set_host(false)
-                    .build(ParentConnector {
-                        parent: Arc::new(parent.clone()),
-                        timeout: connect,
-                    }),
+                client: crate::service::pooled_client().build(ParentConnector {
+                    parent: Arc::new(parent.clone()),
+                    timeout: connect,
+                }),
                 down_until: AtomicU64::new(0),
             })
             .collect();
