@@ -267,9 +267,14 @@ fn transfer_codings_besides_chunked(headers: &HeaderMap) -> Option<HeaderValue> 
 
 /// Removes the hop-by-hop fields, including every field that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one look at each name is cheaper than a removal
-    // (a hashed lookup) for each of the eight.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One look at each name finds the fields present (usually `Connection` alone, or none):
+    // removing just those is cheaper than a hashed removal for each of the eight.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    if present.is_empty() {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -279,19 +284,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in named.into_iter().chain(present) {
         headers.remove(name);
     }
 }
