@@ -282,7 +282,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        // The usual option; the field of that name is among those present if it is there.
+        .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named.into_iter().chain(present) {
         headers.remove(name);
@@ -302,25 +305,46 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// Appends this proxy (`name`) to `Via` (RFC 9110 §7.6.3), with the protocol version it
-/// received.
-pub fn append_via(headers: &mut HeaderMap, received: Version, name: &str) {
-    let version = match received {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        _ => "1.1",
-    };
-    let existing = headers.get(header::VIA).and_then(|v| v.to_str().ok());
-    let mut value =
-        String::with_capacity(existing.map_or(0, |e| e.len() + 2) + version.len() + 1 + name.len());
-    if let Some(existing) = existing {
-        value.push_str(existing);
-        value.push_str(", ");
+/// This proxy's name in `Via` (RFC 9110 §7.6.3), with the field values for a message that
+/// carries no `Via` yet made once, one for each protocol version received.
+pub struct Via {
+    name: String,
+    alone: [HeaderValue; 3],
+}
+
+impl Via {
+    /// `name` is a token (letters, digits, `-`).
+    pub fn new(name: String) -> Via {
+        let alone = ["1.0", "1.1", "2"].map(|version| {
+            HeaderValue::from_str(&format!("{version} {name}"))
+                .unwrap_or(HeaderValue::from_static("1.1 portcullis"))
+        });
+        Via { name, alone }
     }
-    value.push_str(version);
-    value.push(' ');
-    value.push_str(name);
-    if let Ok(value) = HeaderValue::from_str(&value) {
+
+    /// The name alone.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Appends this proxy to `Via`, with the protocol version it received.
+pub fn append_via(headers: &mut HeaderMap, received: Version, via: &Via) {
+    let ours = &via.alone[match received {
+        Version::HTTP_10 => 0,
+        Version::HTTP_2 => 2,
+        _ => 1,
+    }];
+    let existing = headers.get(header::VIA).and_then(|v| v.to_str().ok());
+    let Some(existing) = existing else {
+        headers.insert(header::VIA, ours.clone());
+        return;
+    };
+    let mut value = Vec::with_capacity(existing.len() + 2 + ours.len());
+    value.extend_from_slice(existing.as_bytes());
+    value.extend_from_slice(b", ");
+    value.extend_from_slice(ours.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(header::VIA, value);
     }
 }
@@ -357,7 +381,7 @@ fn max_forwards(
     headers: &mut HeaderMap,
     uri: &Uri,
     version: Version,
-    via: &str,
+    via: &Via,
 ) -> Option<Response<DownBody>> {
     if method != Method::TRACE && method != Method::OPTIONS {
         return None;
@@ -521,29 +545,39 @@ mod tests {
     #[test]
     fn via_is_appended() {
         let mut h = HeaderMap::new();
-        append_via(&mut h, Version::HTTP_10, "portcullis-1");
+        append_via(&mut h, Version::HTTP_10, &Via::new("portcullis-1".into()));
         assert_eq!(h[header::VIA], "1.0 portcullis-1");
-        append_via(&mut h, Version::HTTP_11, "portcullis-2");
+        append_via(&mut h, Version::HTTP_11, &Via::new("portcullis-2".into()));
         assert_eq!(h[header::VIA], "1.0 portcullis-1, 1.1 portcullis-2");
+        append_via(&mut h, Version::HTTP_2, &Via::new("portcullis-3".into()));
+        assert_eq!(
+            h[header::VIA],
+            "1.0 portcullis-1, 1.1 portcullis-2, 2 portcullis-3"
+        );
+        let mut h = HeaderMap::new();
+        append_via(&mut h, Version::HTTP_2, &Via::new("p".into()));
+        assert_eq!(h[header::VIA], "2 p");
     }
 
     #[test]
     fn max_forwards_is_honoured_for_trace_and_options() {
         let uri: Uri = "http://h/x".parse().unwrap();
+        let p = &Via::new("p".into());
         let mut h = headers(&[("max-forwards", "2")]);
-        assert!(max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11, "p").is_none());
+        assert!(max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11, p).is_none());
         assert_eq!(h[header::MAX_FORWARDS], "1");
         let mut h = headers(&[("max-forwards", "0"), ("cookie", "s=1"), ("x-a", "b")]);
-        let r = max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11, "p").unwrap();
+        let r = max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11, p).unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "message/http");
-        let r = max_forwards(&Method::OPTIONS, &mut h, &uri, Version::HTTP_11, "p").unwrap();
+        assert_eq!(r.headers()[header::VIA], "1.1 p");
+        let r = max_forwards(&Method::OPTIONS, &mut h, &uri, Version::HTTP_11, p).unwrap();
         assert!(r.headers()[header::ALLOW]
             .to_str()
             .unwrap()
             .contains("CONNECT"));
         let mut h = headers(&[("max-forwards", "0")]);
-        assert!(max_forwards(&Method::GET, &mut h, &uri, Version::HTTP_11, "p").is_none());
+        assert!(max_forwards(&Method::GET, &mut h, &uri, Version::HTTP_11, p).is_none());
         let echo = trace_echo(
             &Method::TRACE,
             &uri,

@@ -58,7 +58,7 @@ pub struct Shared {
     pub reload: Option<crate::reload::Reload>,
     /// This proxy's name in `Via`, with a token unique to this process: a request that
     /// already carries it has looped back.
-    pub via: String,
+    pub via: crate::forward::Via,
 }
 
 /// What authentication remembers between requests.
@@ -117,7 +117,7 @@ impl Shared {
             login: ArcSwap::from_pointee(Login::new(&settings)),
             admission: Arc::default(),
             reload,
-            via: format!("portcullis-{:08x}", instance_token()),
+            via: crate::forward::Via::new(format!("portcullis-{:08x}", instance_token())),
         }
     }
 
@@ -319,7 +319,7 @@ impl ProxyService {
             ));
         }
         check_head(&req, &ex.settings.limits)?;
-        if carries_token(req.headers(), &self.shared.via) {
+        if carries_token(req.headers(), self.shared.via.name()) {
             return Err(EdgeError::client(
                 StatusCode::LOOP_DETECTED,
                 "this request has already passed through this proxy: a forwarding loop",

@@ -89,18 +89,7 @@ impl AddrText {
     }
 
     fn number(&mut self, n: u16) {
-        let mut digits = [0u8; 5];
-        let mut count = 0;
-        let mut n = n;
-        loop {
-            digits[count] = b'0' + (n % 10) as u8;
-            count += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for &digit in digits[..count].iter().rev() {
+        for &digit in itoa::Buffer::new().format(n).as_bytes() {
             self.push(digit);
         }
     }
@@ -139,11 +128,24 @@ impl Target {
     /// The value of a `Host` header for this target: the port is left out when it is the
     /// scheme's default (80 for plain HTTP).
     pub fn host_header(&self) -> String {
-        if self.port == 80 {
-            self.host.to_string()
-        } else {
-            self.to_string()
+        // Written piece by piece: this is made for every forwarded request.
+        let mut text = String::with_capacity(match &self.host {
+            Host::Name(name) => name.len() + 6,
+            Host::Ip(_) => 48,
+        });
+        match &self.host {
+            Host::Name(name) => text.push_str(name),
+            Host::Ip(ip @ IpAddr::V4(_)) => text.push_str(AddrText::ip(*ip).as_str()),
+            Host::Ip(IpAddr::V6(ip)) => {
+                use fmt::Write as _;
+                let _ = write!(text, "[{ip}]");
+            }
         }
+        if self.port != 80 {
+            text.push(':');
+            text.push_str(itoa::Buffer::new().format(self.port));
+        }
+        text
     }
 }
 
@@ -470,6 +472,32 @@ mod tests {
 
     #[test]
     fn host_header_omits_default_port() {
+        // Against the Display forms, for names and addresses of both families.
+        let hosts = [
+            "a.b",
+            "xn--bcher-kva.example",
+            "127.0.0.1",
+            "10.255.0.9",
+            "::1",
+            "2001:db8::42",
+        ]
+        .map(|text| match text.parse() {
+            Ok(addr) => Host::Ip(addr),
+            Err(_) => Host::Name(text.to_owned()),
+        });
+        for host in hosts {
+            for port in [0, 1, 79, 80, 81, 443, 8080, 65535] {
+                let target = Target {
+                    host: host.clone(),
+                    port,
+                };
+                let want = match port {
+                    80 => host.to_string(),
+                    _ => target.to_string(),
+                };
+                assert_eq!(target.host_header(), want);
+            }
+        }
         assert_eq!(name("a.b", 80).host_header(), "a.b");
         assert_eq!(name("a.b", 8080).host_header(), "a.b:8080");
         assert_eq!(
