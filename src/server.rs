@@ -241,10 +241,12 @@ async fn serve_connection(
 
     let mut draining = false;
     let mut expired = false;
+    let mut stop = Signal::new(&stop);
+    let mut hard_stop = Signal::new(&shared.hard_stop);
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break result,
-            _ = stop.cancelled(), if !draining => {
+            _ = &mut stop, if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -263,7 +265,7 @@ async fn serve_connection(
             _ = tokio::time::sleep(Duration::from_secs(1)), if expired => {
                 break Ok(());
             }
-            _ = shared.hard_stop.cancelled() => break Ok(()),
+            _ = &mut hard_stop => break Ok(()),
         }
     };
     if let Err(e) = result {
@@ -287,6 +289,45 @@ async fn serve_connection(
                 format!("the request could not be parsed: {e}"),
             );
         }
+    }
+}
+
+/// Completes when `token` is cancelled, like `token.cancelled()`, but cheaper to poll again:
+/// a connection's task is woken a few times for every request, and registering the waiter
+/// anew each time (a lock and a waker check in the token) cost about 1% of a proxied request.
+/// Once registered with this task's waker, a poll only reads the token's flag: cancelling
+/// wakes that waker.
+struct Signal<'a> {
+    token: &'a CancellationToken,
+    waiter: Pin<Box<tokio_util::sync::WaitForCancellationFuture<'a>>>,
+    registered: Option<std::task::Waker>,
+}
+
+impl<'a> Signal<'a> {
+    fn new(token: &'a CancellationToken) -> Self {
+        Signal {
+            token,
+            waiter: Box::pin(token.cancelled()),
+            registered: None,
+        }
+    }
+}
+
+impl Future for Signal<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if let Some(waker) = &self.registered {
+            if waker.will_wake(cx.waker()) {
+                return Poll::Pending;
+            }
+        }
+        let polled = self.waiter.as_mut().poll(cx);
+        self.registered = polled.is_pending().then(|| cx.waker().clone());
+        polled
     }
 }
 
@@ -689,6 +730,38 @@ impl AsyncWrite for WatchedIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_signal_completes_when_its_token_is_cancelled() {
+        let token = CancellationToken::new();
+        let mut signal = Signal::new(&token);
+        // Polled first with another waker (registered there), then awaited by this task
+        // after some polls that only read the flag: the cancel must still wake it.
+        let mut other = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut signal).poll(&mut other).is_pending());
+        for _ in 0..3 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut signal).poll(cx)));
+            assert!(polled.await.is_pending());
+        }
+        let canceller = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            canceller.cancel();
+        });
+        // The timer is looked at first: a signal that is only noticed when something else
+        // wakes the task loses.
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(3)) => panic!("the cancel did not wake the task"),
+            _ = &mut signal => {}
+        }
+        // Already cancelled: ready at once.
+        let token = CancellationToken::new();
+        token.cancel();
+        assert!(Pin::new(&mut Signal::new(&token))
+            .poll(&mut other)
+            .is_ready());
+    }
 
     fn scan(chunks: &[&[u8]]) -> HeadFlags {
         let mut s = HeadScan::new(0);
