@@ -150,14 +150,15 @@ fn instance_token() -> u32 {
 
 /// The settings of every pooled HTTP client, to origins and to parent proxies: idle
 /// connections kept a minute, up to 256 per destination (a LAN's browsers open many at once;
-/// fewer made the proxy re-dial under load), header case kept, `Host` left as the proxy set it.
+/// fewer made the proxy re-dial under load), header names in title case (`Content-Type`, the
+/// form old servers expect), `Host` left as the proxy set it.
 pub(crate) fn pooled_client() -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .pool_max_idle_per_host(256)
-        .http1_preserve_header_case(true)
+        .http1_title_case_headers(true)
         .set_host(false);
     builder
 }

@@ -228,6 +228,47 @@ async fn hop_by_hop_headers_are_removed_and_via_and_host_set() {
     );
 }
 
+#[tokio::test]
+async fn header_names_reach_origins_in_title_case_and_clients_in_lower_case() {
+    let origin = RawOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let request = format!(
+        "GET http://{}/case HTTP/1.1\r\nhost: x\r\nuser-agent: test\r\nX-API-key: k\r\nACCEPT: */*\r\n\r\n",
+        origin.addr
+    );
+    let r = raw(proxy.addr, request.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    let heads = origin.heads();
+    let head = heads.last().unwrap();
+    for line in [
+        format!("\r\nHost: {}\r\n", origin.addr),
+        "\r\nUser-Agent: test\r\n".to_owned(),
+        "\r\nX-Api-Key: k\r\n".to_owned(),
+        "\r\nAccept: */*\r\n".to_owned(),
+    ] {
+        assert!(head.contains(&line), "{line:?} not in:\n{head}");
+    }
+
+    let origin = one_shot_origin(
+        b"HTTP/1.1 200 OK\r\nX-Mixed-CASE: v\r\nCONTENT-TYPE: text/plain\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
+    let r = raw(
+        proxy.addr,
+        format!("GET http://{origin}/ HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.text(), "ok");
+    for line in [
+        "\r\nx-mixed-case: v\r\n",
+        "\r\ncontent-type: text/plain\r\n",
+        "\r\ncontent-length: 2\r\n",
+    ] {
+        assert!(r.head.contains(line), "{line:?} not in:\n{}", r.head);
+    }
+}
+
 /// Whether `via` is this proxy's single hop entry: `VERSION portcullis-<8 hex digits>`.
 fn is_our_via(via: &str, version: &str) -> bool {
     let Some((v, name)) = via.split_once(' ') else {
