@@ -265,44 +265,50 @@ fn transfer_codings_besides_chunked(headers: &HeaderMap) -> Option<HeaderValue> 
     HeaderValue::from_str(&codings.join(", ")).ok()
 }
 
+/// The fields that are always hop-by-hop (lower case); `Connection` can name more.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `name` (any case) is one of [`HOP_BY_HOP`].
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|field| field.eq_ignore_ascii_case(name))
+}
+
 /// Removes the hop-by-hop fields, including every field that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One look at each name finds the fields present (usually `Connection` alone, or none):
     // removing just those is cheaper than a hashed removal for each of the eight.
     let present: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| is_hop_by_hop(n))
+        .filter(|n| is_hop_by_hop(n.as_str()))
         .cloned()
         .collect();
     if present.is_empty() {
         return;
     }
+    // Options naming the fields above (`keep-alive`, usually) are already among those present.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        // The usual option; the field of that name is among those present if it is there.
-        .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
+        .filter(|name| !is_hop_by_hop(name))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named.into_iter().chain(present) {
         headers.remove(name);
     }
-}
-
-/// Whether `name` is one of the fields [`strip_hop_by_hop`] always removes; `Connection` can
-/// name more.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
 }
 
 /// This proxy's name in `Via` (RFC 9110 §7.6.3), with the field values for a message that

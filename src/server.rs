@@ -230,8 +230,9 @@ async fn serve_connection(
         // The watchdog times request heads (timeouts.request_header, answered 408); hyper's
         // own 30 s timer would arm and drop a boxed sleep for every request.
         .header_read_timeout(None)
-        // Header names reach clients in lower case, as over HTTP/2: keeping each name's case
-        // (a map per message) cost 9% of a proxied request's instructions with the other side.
+        // No preserve_header_case: names reach clients in lower case, as over HTTP/2. Keeping
+        // each message's spelling (a map per message, here and in the pooled client) cost 9%
+        // of a proxied request's instructions.
         // hyper's own bounds sit above the limits, so that the service can answer heads just
         // over them with a reason; far larger heads get hyper's bare 431 or 414.
         .max_buf_size((limits.max_header_bytes + limits.max_request_line).max(8192))

@@ -31,9 +31,10 @@ impl fmt::Display for Host {
 }
 
 /// An IPv4 address, or an IPv4 socket address, as text on the stack (21 bytes hold the
-/// longest, `255.255.255.255:65535`): the same text as their `Display`, written digit by digit. Every proxied request writes addresses several times
-/// (the target, the log line's client and origin), and the formatting machinery took several
-/// times the instructions; IPv6 addresses, rare on a LAN, still go through `Display`.
+/// longest, `255.255.255.255:65535`): the same text as their `Display`, written digit by
+/// digit. Every proxied request writes addresses several times (the target, the log line's
+/// client and origin), and the formatting machinery took several times the instructions;
+/// IPv6 addresses, rare on a LAN, still go through `Display`.
 pub struct AddrText {
     text: [u8; 21],
     len: usize,
