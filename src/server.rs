@@ -159,6 +159,7 @@ async fn accept_loop(
     stop: CancellationToken,
     drain: CancellationToken,
 ) {
+    let socket = AcceptedSocket::for_listener(&listener);
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -180,8 +181,18 @@ async fn accept_loop(
                 let shared_for_task = shared.clone();
                 let stop_for_task = drain.clone();
                 shared.tracker.spawn(
-                    serve_connection(stream, peer, admitted, shared_for_task, stop_for_task)
-                        .instrument(tracing::info_span!("conn", client = %peer)),
+                    serve_connection(
+                        stream,
+                        peer,
+                        socket,
+                        admitted,
+                        shared_for_task,
+                        stop_for_task,
+                    )
+                    .instrument(tracing::info_span!(
+                        "conn",
+                        client = %crate::target::AddrText::socket(peer)
+                    )),
                 );
             }
             Err(e) => {
@@ -198,24 +209,68 @@ async fn accept_loop(
     }
 }
 
+/// What an accept loop knows once about the sockets its listener will give: whether they
+/// come with `TCP_NODELAY` already on, and their local address when the listener's is a
+/// single one. Each saves a system call per connection.
+#[derive(Clone, Copy, Debug)]
+struct AcceptedSocket {
+    /// `TCP_NODELAY` was set on the listener, and accepted sockets inherit it (Linux).
+    nodelay_inherited: bool,
+    /// The listener's address, unless it is a wildcard (`0.0.0.0`, `[::]`), where each
+    /// connection's local address depends on the interface it came in on.
+    local: Option<SocketAddr>,
+}
+
+impl AcceptedSocket {
+    fn for_listener(listener: &TcpListener) -> AcceptedSocket {
+        #[cfg(target_os = "linux")]
+        let nodelay_inherited = rustix::net::sockopt::set_tcp_nodelay(listener, true).is_ok();
+        #[cfg(not(target_os = "linux"))]
+        let nodelay_inherited = false;
+        AcceptedSocket {
+            nodelay_inherited,
+            local: listener.local_addr().ok().and_then(single_address),
+        }
+    }
+
+    /// Sets what the socket did not inherit; returns its local address (`None`: the
+    /// connection is already gone).
+    fn prepare(&self, stream: &TcpStream) -> Option<SocketAddr> {
+        if !self.nodelay_inherited {
+            let _ = stream.set_nodelay(true);
+        }
+        match self.local {
+            Some(local) => Some(local),
+            None => match stream.local_addr() {
+                Ok(local) => Some(local),
+                Err(e) => {
+                    debug!(error = %e, "connection gone before it was served");
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// `addr`, unless it stands for every address of the machine.
+fn single_address(addr: SocketAddr) -> Option<SocketAddr> {
+    (!addr.ip().is_unspecified()).then_some(addr)
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    socket: AcceptedSocket,
     (slot, refusal): (Slot, Option<EdgeError>),
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
+    let Some(local) = socket.prepare(&stream) else {
+        return;
+    };
     let settings = shared.settings();
     let timeouts = settings.timeouts.clone();
     let state = Arc::new(ConnState::new());
-    let local = match stream.local_addr() {
-        Ok(local) => local,
-        Err(e) => {
-            debug!(error = %e, "connection gone before it was served");
-            return;
-        }
-    };
     // Tunnels opened on this connection hold its slot too: a tunnel counts in the limits.
     let slot = Arc::new(slot);
     let service = ProxyService::new(shared.clone(), peer, local, state.clone(), refusal, slot);
@@ -732,6 +787,44 @@ impl AsyncWrite for WatchedIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Accepted sockets get `TCP_NODELAY` (inherited from the listener where the system
+    /// passes it on, set on each socket elsewhere) and the listener's local address; a
+    /// wildcard listener's connections ask their socket.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_and_their_local_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let socket = AcceptedSocket::for_listener(&listener);
+        assert_eq!(socket.local, Some(addr));
+        for _ in 0..3 {
+            let _client = TcpStream::connect(addr).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            assert_eq!(socket.prepare(&stream), Some(addr));
+            assert!(stream.nodelay().unwrap(), "{socket:?}");
+        }
+        // The listener's setting is what the saving rests on: without it, each socket is set.
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        let unset = AcceptedSocket {
+            nodelay_inherited: false,
+            local: None,
+        };
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = plain.accept().await.unwrap();
+        assert!(!stream.nodelay().unwrap());
+        assert_eq!(unset.prepare(&stream), Some(addr));
+        assert!(stream.nodelay().unwrap());
+        #[cfg(target_os = "linux")]
+        assert!(socket.nodelay_inherited);
+        for wildcard in ["0.0.0.0:3128", "[::]:3128"] {
+            assert_eq!(single_address(wildcard.parse().unwrap()), None);
+        }
+        for single in ["192.168.1.2:3128", "[::1]:8080"] {
+            let addr: SocketAddr = single.parse().unwrap();
+            assert_eq!(single_address(addr), Some(addr));
+        }
+    }
 
     #[tokio::test]
     async fn a_signal_completes_when_its_token_is_cancelled() {

@@ -110,6 +110,14 @@ impl AddrText {
     }
 }
 
+/// The same text as the address's own `Display` (the connection span's `client` field is
+/// written this way: a tenth of the instructions).
+impl fmt::Display for AddrText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A destination: host and port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
@@ -453,6 +461,7 @@ mod tests {
             let port = [0, 1, 80, 443, 3128, 9999, 10000, 65535][i % 8];
             let addr = SocketAddr::new(ip, port);
             assert_eq!(AddrText::socket(addr).as_str(), addr.to_string());
+            assert_eq!(AddrText::socket(addr).to_string(), addr.to_string());
             assert_eq!(
                 Host::Ip(ip).to_string(),
                 match ip {
