@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -17,10 +17,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::access::{PendingRecord, Traffic};
-use crate::server::InFlight;
+use crate::server::{BodyGuard, ConnState, InFlight};
 
 /// The error type of the bodies: hyper's, or a stall.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -97,29 +98,45 @@ pin_project_lite::pin_project! {
         inner: Option<Incoming>,
         traffic: Arc<Traffic>,
         stall: Stall,
-        // Told when the body has been read to its end (or failed).
-        ended: Arc<tokio::sync::Notify>,
+        progress: Arc<Progress>,
+        // Keeps the client connection busy until the body's end; dropped unfinished, it
+        // closes the connection after the exchange.
+        guard: Option<BodyGuard>,
     }
+}
+
+/// What the body tells whoever waits on the upload.
+#[derive(Default)]
+struct Progress {
+    /// Told when the body has been read to its end (or failed).
+    ended: Notify,
+    ended_flag: AtomicBool,
 }
 
 impl UpBody {
     /// Wraps `inner`, counting into `traffic.up`; a gap of `stall` between frames ends it.
-    pub fn new(inner: Incoming, traffic: Arc<Traffic>, stall: Duration) -> Self {
+    /// `guard` is held until the body's end.
+    pub fn new(
+        inner: Incoming,
+        traffic: Arc<Traffic>,
+        stall: Duration,
+        guard: Option<BodyGuard>,
+    ) -> Self {
         UpBody {
             inner: Some(inner),
             traffic,
             stall: Stall::new(stall, "the client's request body"),
-            ended: Arc::default(),
+            progress: Arc::default(),
+            guard,
         }
     }
 
-    /// Completes once the body has been read to its end (at once for an empty body).
-    pub fn sent(&self) -> impl Future<Output = ()> + Send + 'static {
-        let (ended, empty) = (self.ended.clone(), self.is_end_stream());
-        async move {
-            if !empty {
-                ended.notified().await;
-            }
+    /// What the clock of an exchange needs to know of this body.
+    pub fn upload(&self) -> Upload {
+        Upload {
+            progress: self.progress.clone(),
+            empty: self.is_end_stream(),
+            conn: self.guard.as_ref().map(|g| g.connection().clone()),
         }
     }
 
@@ -129,7 +146,38 @@ impl UpBody {
             inner: None,
             traffic,
             stall: Stall::new(Duration::from_secs(3600), "nothing"),
-            ended: Arc::default(),
+            progress: Arc::default(),
+            guard: None,
+        }
+    }
+}
+
+/// Watches a request body from outside: when it has all been sent.
+pub struct Upload {
+    progress: Arc<Progress>,
+    empty: bool,
+    conn: Option<Arc<ConnState>>,
+}
+
+impl Upload {
+    /// The exchange failed: if the body was not read to its end, its rest will not be, so
+    /// the client connection ends after the answer (which says so).
+    pub fn give_up(&self) {
+        if let Some(conn) = &self.conn {
+            if !self.progress.ended_flag.load(Ordering::Acquire) {
+                conn.close_after();
+            }
+        }
+    }
+
+    /// Completes once the body has been read to its end (at once for an empty body).
+    pub async fn sent(&self) {
+        if self.empty {
+            return;
+        }
+        let ended = self.progress.ended.notified();
+        if !self.progress.ended_flag.load(Ordering::Acquire) {
+            ended.await;
         }
     }
 }
@@ -142,15 +190,28 @@ impl Body for UpBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
+        let mut this = self.project();
+        let Some(mut inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
-        let polled = inner.poll_frame(cx);
+        let polled = inner.as_mut().poll_frame(cx);
         let frame = ready!(this.stall.check(cx, polled));
         count(&frame, &this.traffic.up);
-        if matches!(frame, None | Some(Err(_))) {
-            this.ended.notify_one();
+        // hyper stops polling once a body says it has ended, so its end is noted after the
+        // last frame as well as at `None`.
+        let end = match &frame {
+            None => Some(true),
+            Some(Err(_)) => Some(false),
+            Some(Ok(_)) => inner.is_end_stream().then_some(true),
+        };
+        if let Some(complete) = end {
+            this.progress.ended_flag.store(true, Ordering::Release);
+            this.progress.ended.notify_waiters();
+            // A broken body leaves its rest unread: the guard, dropped unfinished, says so.
+            match (this.guard.take(), complete) {
+                (Some(guard), true) => guard.finished(),
+                (guard, _) => drop(guard),
+            }
         }
         Poll::Ready(frame)
     }

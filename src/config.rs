@@ -756,6 +756,7 @@ impl Config {
                 connect_ports,
                 allow_loopback: self.destinations.allow_loopback,
                 listen: self.listen.clone(),
+                admin: admin.as_ref().map(|(addr, _)| *addr),
                 rules,
             },
             timeouts: self.timeouts.clone(),

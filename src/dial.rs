@@ -233,8 +233,112 @@ impl Dialer {
     }
 }
 
+/// A pooled client's connection to an origin or a parent proxy: a write that waits longer
+/// than `stall` for the peer to take bytes fails, which ends the connection. hyper would
+/// otherwise keep a connection whose peer stopped reading (an upload nobody takes) for as
+/// long as the peer likes, even after the exchange was given up.
+pub struct OriginIo {
+    inner: TokioIo<TcpStream>,
+    stall: Duration,
+    /// Armed while a write waits; dropped when bytes move.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A connection to a parent proxy (requests go in absolute form).
+    proxy: bool,
+}
+
+impl OriginIo {
+    /// Wraps `stream`; writes may wait `stall` at most.
+    pub fn new(stream: TcpStream, stall: Duration, proxy: bool) -> Self {
+        OriginIo {
+            inner: TokioIo::new(stream),
+            stall,
+            timer: None,
+            proxy,
+        }
+    }
+
+    /// Passes a ready write through (and disarms the timer); a pending one fails once it
+    /// has waited `stall`.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.timer = None;
+            return polled;
+        }
+        let stall = self.stall;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                StalledWrite(stall),
+            ))),
+        }
+    }
+}
+
+/// The error of a write to an origin or parent that waited too long ([`OriginIo`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the peer took no bytes for {}", humantime::format_duration(*.0))]
+pub struct StalledWrite(pub Duration);
+
+impl hyper_util::client::legacy::connect::Connection for OriginIo {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.inner.connected().proxy(self.proxy)
+    }
+}
+
+impl hyper::rt::Read for OriginIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for OriginIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.timed(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.timed(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.timed(cx, polled)
+    }
+}
+
 impl tower_service::Service<http::Uri> for Dialer {
-    type Response = TokioIo<TcpStream>;
+    type Response = OriginIo;
     type Error = DialError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
 
@@ -253,7 +357,11 @@ impl tower_service::Service<http::Uri> for Dialer {
             })?;
             let connected =
                 dial(&settings.policy, &target, None, settings.timeouts.connect).await?;
-            Ok(TokioIo::new(connected.stream))
+            Ok(OriginIo::new(
+                connected.stream,
+                settings.timeouts.response,
+                false,
+            ))
         })
     }
 }

@@ -254,7 +254,8 @@ pub fn explain(
         port: target.port,
     };
     let via_parent = settings.upstream.as_ref().is_some_and(|u| {
-        crate::upstream::Parents::new(u, settings.timeouts.connect).serves(&target.host)
+        crate::upstream::Parents::new(u, settings.timeouts.connect, settings.timeouts.response)
+            .serves(&target.host)
     });
     if via_parent {
         walk.step(format!(

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpInfo;
 
 use std::net::SocketAddr;
 
-use crate::body::{DownBody, UpBody};
+use crate::body::{DownBody, UpBody, Upload};
 use crate::dial::{self, is_local_address, DialError};
 use crate::error::EdgeError;
 use crate::policy::{Decision, Facts, Kind};
@@ -25,6 +25,12 @@ use crate::service::Exchange;
 use crate::target::{Host, Target};
 
 /// The methods the proxy forwards, as listed in its answer to `OPTIONS` with `Max-Forwards: 0`.
+/// The most header fields an origin's response head may have (hyper's default is 100; a
+/// page with many cookies and policies can go past that).
+pub(crate) const RESPONSE_MAX_HEADERS: usize = 256;
+/// The most bytes an origin's response head may take (hyper's default, made explicit).
+pub(crate) const RESPONSE_MAX_HEAD: usize = 8192 + 4096 * 100;
+
 const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT";
 
 /// Forwards an absolute-form request to `target`.
@@ -107,37 +113,40 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
 
     let timeouts = &settings.timeouts;
-    let body = UpBody::new(body, ex.record.traffic().clone(), timeouts.request_body);
+    let body = UpBody::new(
+        body,
+        ex.record.traffic().clone(),
+        timeouts.request_body,
+        ex.body.take(),
+    );
     let response = if via_parent {
         Box::pin(through_parent(ex, parts, body, &target)).await?
     } else {
-        let sent = body.sent();
+        let upload = body.upload();
         let upstream = Request::from_parts(parts, body);
         within(
             timeouts.response,
             &target,
-            sent,
+            &upload,
             ex.shared.client.request(upstream),
         )
         .await?
-        .map_err(|e| upstream_error(&target, &e))?
+        .map_err(|e| {
+            upload.give_up();
+            upstream_error(&target, &e)
+        })?
     };
 
     if let Some(info) = response.extensions().get::<HttpInfo>() {
         ex.record.upstream(info.remote_addr());
     }
+    check_answer(&response, &target)?;
     ex.record.answered(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
-    let codings = transfer_codings_besides_chunked(&parts.headers);
     let had_transfer_encoding = parts.headers.contains_key(header::TRANSFER_ENCODING);
     strip_hop_by_hop(&mut parts.headers);
     if had_transfer_encoding {
         parts.headers.remove(header::CONTENT_LENGTH);
-    }
-    // hyper decoded the chunked framing; other codings (gzip …) are the body's and must stay
-    // named, or the client would read compressed bytes as plain. hyper adds chunked again.
-    if let Some(codings) = codings {
-        parts.headers.insert(header::TRANSFER_ENCODING, codings);
     }
     append_via(&mut parts.headers, parts.version, &ex.shared.via);
     parts.version = Version::HTTP_11;
@@ -149,27 +158,55 @@ pub async fn forward(
 }
 
 /// Waits for an answer; the clock (`timeouts.response`) starts once the request body has
-/// been sent (`sent` resolves), so a long upload is timed by `timeouts.request_body` alone.
+/// been sent, so a long upload is timed by `timeouts.request_body` alone (and an origin that
+/// stops taking it, by the connection's own write timeout: see [`dial::OriginIo`]).
 async fn within<T>(
     limit: std::time::Duration,
     target: &Target,
-    sent: impl std::future::Future<Output = ()>,
+    upload: &Upload,
     answer: impl std::future::Future<Output = T>,
 ) -> Result<T, EdgeError> {
     let clock = async {
-        sent.await;
+        upload.sent().await;
         tokio::time::sleep(limit).await;
     };
     tokio::select! {
         answer = answer => Ok(answer),
-        _ = clock => Err(EdgeError::upstream(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "the origin {target} did not answer within {} (timeouts.response)",
-                humantime::format_duration(limit)
-            ),
-        )),
+        _ = clock => {
+            upload.give_up();
+            Err(EdgeError::upstream(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the origin {target} did not answer within {} (timeouts.response)",
+                    humantime::format_duration(limit)
+                ),
+            ))
+        }
     }
+}
+
+/// Refuses answers the proxy cannot pass on: a switch of protocols (`101`) that nobody asked
+/// for (the proxy never forwards `Upgrade`), and a transfer coding other than `chunked`, which
+/// the origin may only use when the request's `TE` lists it (RFC 9110 §10.1.4; the proxy
+/// never forwards `TE`), and which an HTTP/1.0 client could not be told about.
+fn check_answer(response: &Response<Incoming>, target: &Target) -> Result<(), EdgeError> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(EdgeError::upstream(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the origin {target} switched protocols (101), which the request did not ask for"
+            ),
+        ));
+    }
+    if let Some(codings) = transfer_codings_besides_chunked(response.headers()) {
+        return Err(EdgeError::upstream(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the origin {target} used the transfer coding {codings}, which the request did not accept"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Sends a request through the parent proxies, in order. A parent that cannot be reached is
@@ -205,11 +242,11 @@ async fn through_parent(
             None => break,
         };
         ex.record.parent(&route.parent.name);
-        let body_sent = attempt_body.sent();
+        let upload = attempt_body.upload();
         let sent = within(
             limit,
             target,
-            body_sent,
+            &upload,
             route
                 .client
                 .request(Request::from_parts(head, attempt_body)),
@@ -218,6 +255,7 @@ async fn through_parent(
         match sent {
             Ok(response) if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
                 parents.mark_up(route);
+                upload.give_up();
                 return Err(EdgeError::upstream(
                     StatusCode::BAD_GATEWAY,
                     format!(
@@ -234,6 +272,7 @@ async fn through_parent(
                 let unreachable = e.is_connect();
                 let error = upstream_error(target, &e);
                 if !unreachable {
+                    upload.give_up();
                     return Err(error);
                 }
                 parents.mark_down(route);
@@ -249,20 +288,17 @@ async fn through_parent(
     }))
 }
 
-/// The transfer codings of a message other than `chunked`, as one header value, if any.
-fn transfer_codings_besides_chunked(headers: &HeaderMap) -> Option<HeaderValue> {
+/// The transfer codings of a message other than `chunked`, as text, if any.
+fn transfer_codings_besides_chunked(headers: &HeaderMap) -> Option<String> {
     let codings: Vec<&str> = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or("(not text)"))
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
         .collect();
-    if codings.is_empty() {
-        return None;
-    }
-    HeaderValue::from_str(&codings.join(", ")).ok()
+    (!codings.is_empty()).then(|| codings.join(", "))
 }
 
 /// The fields that are always hop-by-hop (lower case); `Connection` can name more.
@@ -444,12 +480,30 @@ fn trace_echo(method: &Method, uri: &Uri, version: Version, headers: &HeaderMap)
 fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> EdgeError {
     let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = source {
+        let stalled = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<dial::StalledWrite>());
+        if let Some(stalled) = stalled {
+            return EdgeError::upstream(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the origin {target} took none of the request for {} (timeouts.response)",
+                    humantime::format_duration(stalled.0)
+                ),
+            );
+        }
+        source = err.source();
+    }
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = source {
         if let Some(dial) = err.downcast_ref::<DialError>() {
             return EdgeError::from(dial);
         }
         if let Some(parent) = err.downcast_ref::<crate::upstream::ParentError>() {
             return EdgeError::upstream(StatusCode::BAD_GATEWAY, parent.to_string());
         }
+
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             if h.is_user() {
                 // The request body the client sent broke off, stalled or was malformed.
@@ -472,6 +526,12 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
             }
             let what = if h.is_incomplete_message() {
                 "closed the connection before a complete response".to_owned()
+            } else if h.is_parse_too_large() {
+                format!(
+                    "sent a response head over the proxy's bounds ({RESPONSE_MAX_HEADERS} \
+                     fields, {} KiB)",
+                    RESPONSE_MAX_HEAD / 1024
+                )
             } else if h.is_parse() {
                 format!("sent a response that is not valid HTTP ({h})")
             } else {

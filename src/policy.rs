@@ -180,6 +180,8 @@ pub struct Policy {
     pub allow_loopback: bool,
     /// The proxy's own listen addresses: never a destination.
     pub listen: Vec<SocketAddr>,
+    /// The admin listener's address: never a destination either.
+    pub admin: Option<SocketAddr>,
     /// The `[[rules]]`, in order.
     pub rules: Vec<Rule>,
 }
@@ -264,7 +266,7 @@ impl Policy {
     /// belongs to this machine; it is asked only for listeners on an unspecified address.
     pub fn is_listener(&self, addr: SocketAddr, is_local: impl Fn(IpAddr) -> bool) -> bool {
         let ip = addr.ip().to_canonical();
-        self.listen.iter().any(|l| {
+        self.listen.iter().chain(&self.admin).any(|l| {
             l.port() == addr.port()
                 && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && is_local(ip)))
         })
@@ -386,6 +388,7 @@ mod tests {
                 "0.0.0.0:3128".parse().unwrap(),
                 "127.0.0.1:3130".parse().unwrap(),
             ],
+            admin: Some("127.0.0.1:3129".parse().unwrap()),
             rules: Vec::new(),
         }
     }
@@ -522,6 +525,12 @@ mod tests {
             // The listener 127.0.0.1:3130 is this proxy, even with loopback allowed.
             (
                 "127.0.0.1:3130",
+                Some("destinations.self"),
+                Some("destinations.self"),
+            ),
+            // So is the admin listener, 127.0.0.1:3129.
+            (
+                "127.0.0.1:3129",
                 Some("destinations.self"),
                 Some("destinations.self"),
             ),

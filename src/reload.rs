@@ -161,6 +161,8 @@ async fn reload(
         actual.push(listener.local_addr().map_err(|e| e.to_string())?);
     }
     settings.policy.listen = actual;
+    // The admin listener is not bound again on reload: the running one stays the proxy's own.
+    settings.policy.admin = shared.settings().policy.admin;
 
     let summary = changes(config, &new);
     shared.swap(settings);

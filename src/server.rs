@@ -17,7 +17,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,7 +61,7 @@ pub async fn run(
 pub async fn serve(
     listeners: Vec<TcpListener>,
     admin: Option<TcpListener>,
-    settings: Settings,
+    mut settings: Settings,
     recorder: Recorder,
     reloadable: Option<Reloadable>,
     shutdown: impl Future<Output = ()>,
@@ -71,6 +71,8 @@ pub async fn serve(
         .as_ref()
         .map(|(_, allow)| allow.clone())
         .unwrap_or_default();
+    // The admin listener as bound (its port may have been 0): never a destination.
+    settings.policy.admin = admin.as_ref().and_then(|l| l.local_addr().ok());
     let reload_handle = reloadable.as_ref().map(|r| r.handle.clone());
     let shared = Arc::new(Shared::new(settings, recorder, reload_handle));
     let stop_accepting = CancellationToken::new();
@@ -323,6 +325,17 @@ async fn serve_connection(
                 break Ok(());
             }
             _ = &mut hard_stop => break Ok(()),
+            // Checked whenever the task wakes; `poll_flush` wakes it when this becomes true.
+            _ = std::future::poll_fn(|_| {
+                if state.answered.load(Ordering::Acquire) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }) => {
+                debug!("closing the connection: a request body was left unread");
+                break Ok(());
+            }
         }
     };
     if let Err(e) = result {
@@ -518,6 +531,13 @@ pub struct ConnState {
     head_flags: AtomicU8,
     /// Bumped each time the connection becomes idle, so the scanner starts afresh.
     head_generation: AtomicU32,
+    /// Request bodies still being read ([`BodyGuard`]s): the bytes that arrive are theirs.
+    bodies: AtomicU32,
+    /// A request body was left unread: its rest cannot be told from a next request, so no
+    /// further request is read ([`WatchedIo`] ends the connection once its answer is sent).
+    closing: AtomicBool,
+    /// Closing, and the last answer has been written out: the connection can end.
+    answered: AtomicBool,
 }
 
 impl ConnState {
@@ -530,6 +550,9 @@ impl ConnState {
             expired: AtomicU8::new(0),
             head_flags: AtomicU8::new(0),
             head_generation: AtomicU32::new(0),
+            bodies: AtomicU32::new(0),
+            closing: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
         }
     }
 
@@ -539,9 +562,45 @@ impl ConnState {
 
     /// A request head has arrived: the exchange is in flight until its guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.head_started.store(NONE, Ordering::Release);
         InFlight(self.clone())
+    }
+
+    /// A request body is on its way: the connection stays busy until it has been read to its
+    /// end. A body given up before its end closes the connection after the exchange.
+    pub fn request_body(self: &Arc<Self>) -> BodyGuard {
+        self.bodies.fetch_add(1, Ordering::SeqCst);
+        BodyGuard {
+            state: self.clone(),
+            finished: false,
+        }
+    }
+
+    /// Whether an answer is being sent or a request body read.
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0 || self.bodies.load(Ordering::SeqCst) > 0
+    }
+
+    /// The last answer has been sent and the last body read: the connection is idle, and
+    /// what arrives next is a request head.
+    fn idle(&self) {
+        self.idle_since
+            .store(self.now_ms().max(1), Ordering::Release);
+        self.head_started.store(NONE, Ordering::Release);
+        self.head_flags.store(0, Ordering::Release);
+        self.head_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// No further request is read on this connection once the current exchange is over.
+    pub fn close_after(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Whether no further request is read (a request body given up before its end, or
+    /// [`ConnState::close_after`]).
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// What the scanner saw in the head of the request being served; resets for the next.
@@ -565,7 +624,7 @@ impl ConnState {
             let now = self.now_ms();
             let head = self.head_started.load(Ordering::Acquire);
             let idle = self.idle_since.load(Ordering::Acquire);
-            let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
+            let deadline = if self.busy() {
                 // Busy: nothing to time here; look again later.
                 None
             } else if head != NONE {
@@ -593,13 +652,45 @@ pub struct InFlight(Arc<ConnState>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let state = &self.0;
-        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            state
-                .idle_since
-                .store(state.now_ms().max(1), Ordering::Release);
-            state.head_started.store(NONE, Ordering::Release);
-            state.head_flags.store(0, Ordering::Release);
-            state.head_generation.fetch_add(1, Ordering::AcqRel);
+        // SeqCst with the same in `BodyGuard`'s drop: of an answer and a body ending at
+        // once, at least one sees the other's end.
+        if state.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && state.bodies.load(Ordering::SeqCst) == 0
+        {
+            state.idle();
+        }
+    }
+}
+
+/// Held while a request body is read: the bytes that arrive meanwhile are the body's, not a
+/// request head to time or scan.
+pub struct BodyGuard {
+    state: Arc<ConnState>,
+    finished: bool,
+}
+
+impl BodyGuard {
+    /// The body was read to its end: the connection can serve the next request.
+    pub fn finished(mut self) {
+        self.finished = true;
+    }
+
+    /// The connection the body arrives on.
+    pub fn connection(&self) -> &Arc<ConnState> {
+        &self.state
+    }
+}
+
+impl Drop for BodyGuard {
+    fn drop(&mut self) {
+        let state = &self.state;
+        if !self.finished {
+            state.close_after();
+        }
+        if state.bodies.fetch_sub(1, Ordering::SeqCst) == 1
+            && state.in_flight.load(Ordering::SeqCst) == 0
+        {
+            state.idle();
         }
     }
 }
@@ -732,11 +823,18 @@ impl AsyncRead for WatchedIo {
             }
             _ => return Poll::Ready(Ok(())),
         }
+        if self.state.closing.load(Ordering::Acquire)
+            && self.state.in_flight.load(Ordering::SeqCst) == 0
+        {
+            // Its answer is sent; the rest of a body nobody will read may follow: end the
+            // connection as if the client had (whether a body is still awaited or not).
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         let new = &buf.filled()[before..];
-        if !new.is_empty() && this.state.in_flight.load(Ordering::Acquire) == 0 {
+        if !new.is_empty() && !this.state.busy() {
             let state = &this.state;
             if state.head_started.load(Ordering::Acquire) == NONE {
                 state.head_started.store(state.now_ms(), Ordering::Release);
@@ -776,7 +874,18 @@ impl AsyncWrite for WatchedIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        let state = &self.state;
+        if flushed.is_ready()
+            && state.closing.load(Ordering::Acquire)
+            && state.in_flight.load(Ordering::SeqCst) == 0
+            && !state.answered.swap(true, Ordering::AcqRel)
+        {
+            // The last answer is out: the connection task ends the connection (hyper would
+            // wait for a body that nobody reads any more).
+            cx.waker().wake_by_ref();
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

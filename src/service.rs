@@ -89,10 +89,13 @@ impl Login {
 }
 
 fn parents_for(settings: &Settings) -> Option<Arc<crate::upstream::Parents>> {
-    settings
-        .upstream
-        .as_ref()
-        .map(|u| Arc::new(crate::upstream::Parents::new(u, settings.timeouts.connect)))
+    settings.upstream.as_ref().map(|u| {
+        Arc::new(crate::upstream::Parents::new(
+            u,
+            settings.timeouts.connect,
+            settings.timeouts.response,
+        ))
+    })
 }
 
 impl Shared {
@@ -159,6 +162,8 @@ pub(crate) fn pooled_client() -> hyper_util::client::legacy::Builder {
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .http1_title_case_headers(true)
+        .http1_max_headers(crate::forward::RESPONSE_MAX_HEADERS)
+        .http1_max_buf_size(crate::forward::RESPONSE_MAX_HEAD)
         .set_host(false);
     builder
 }
@@ -226,6 +231,8 @@ pub struct Exchange {
     pub user: Option<String>,
     /// The record, filled in as the request goes.
     pub record: PendingRecord,
+    /// Held while the request's body is unread; forwarding takes it into the body it sends.
+    pub body: Option<crate::server::BodyGuard>,
 }
 
 /// How a request is answered.
@@ -243,6 +250,9 @@ impl ProxyService {
     async fn handle(self, req: Request<Incoming>) -> Response<DownBody> {
         let in_flight = self.conn.begin();
         let head = self.conn.take_head_flags();
+        let connect = req.method() == http::Method::CONNECT;
+        let body = (!connect && !http_body::Body::is_end_stream(req.body()))
+            .then(|| self.conn.request_body());
         let mut ex = Exchange {
             shared: self.shared.clone(),
             settings: self.shared.settings(),
@@ -254,10 +264,20 @@ impl ProxyService {
                 self.client,
                 req.method().as_str(),
             ),
+            body,
         };
         // Read before the request is consumed: an error answers it with a page or a line.
         let page = crate::errorpage::Asked::for_page(&req);
-        let (mut response, record) = match self.route(&mut ex, req, head).await {
+        let routed = self.route(&mut ex, req, head).await;
+        // A body that was not forwarded is left unread: its rest could not be told from a
+        // next request, so this connection ends with this exchange, and says so.
+        drop(ex.body.take());
+        if connect && !matches!(routed, Ok(Reply::Tunnel(_))) {
+            // The bytes behind a refused CONNECT are the tunnel's the client hoped for, not
+            // requests: none is read after this answer.
+            self.conn.close_after();
+        }
+        let (mut response, record) = match routed {
             Ok(Reply::Response(response)) => (response, Some(ex.record)),
             Ok(Reply::Tunnel(dialled)) => {
                 // The tunnel task owns the record from here: it ends when the tunnel does.
@@ -272,6 +292,11 @@ impl ProxyService {
                 (response, Some(ex.record))
             }
         };
+        if self.conn.closing() {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response.body_mut().finish_with(record, Some(in_flight));
         response
     }

@@ -19,9 +19,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use crate::dial::OriginIo;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -95,8 +94,8 @@ pub struct Parents {
 }
 
 impl Parents {
-    /// Clients for each configured parent; `connect` bounds each dial.
-    pub fn new(settings: &UpstreamSettings, connect: Duration) -> Parents {
+    /// Clients for each configured parent; `connect` bounds each dial, `stall` each write.
+    pub fn new(settings: &UpstreamSettings, connect: Duration, stall: Duration) -> Parents {
         let routes = settings
             .parents
             .iter()
@@ -105,6 +104,7 @@ impl Parents {
                 client: crate::service::pooled_client().build(ParentConnector {
                     parent: Arc::new(parent.clone()),
                     timeout: connect,
+                    stall,
                 }),
                 down_until: AtomicU64::new(0),
             })
@@ -281,59 +281,23 @@ async fn connect_through(
 pub struct ParentConnector {
     parent: Arc<Parent>,
     timeout: Duration,
+    stall: Duration,
 }
 
 impl tower_service::Service<http::Uri> for ParentConnector {
-    type Response = ParentConnection;
+    type Response = OriginIo;
     type Error = ParentError;
-    type Future = Pin<Box<dyn Future<Output = Result<ParentConnection, ParentError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<OriginIo, ParentError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ParentError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let (parent, timeout) = (self.parent.clone(), self.timeout);
+        let (parent, timeout, stall) = (self.parent.clone(), self.timeout, self.stall);
         Box::pin(async move {
             let stream = dial_parent(&parent, timeout).await?;
-            Ok(ParentConnection(TokioIo::new(stream)))
+            Ok(OriginIo::new(stream, stall, true))
         })
-    }
-}
-
-/// A connection to a parent proxy.
-pub struct ParentConnection(TokioIo<TcpStream>);
-
-impl Connection for ParentConnection {
-    fn connected(&self) -> Connected {
-        self.0.connected().proxy(true)
-    }
-}
-
-impl hyper::rt::Read for ParentConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for ParentConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

@@ -555,18 +555,211 @@ async fn a_response_with_both_lengths_is_read_as_chunked() {
     assert_eq!(r.header("content-length"), None, "{}", r.head);
 }
 
+/// The proxy forwards no `TE`, so an origin may use no transfer coding but chunked (RFC 9110
+/// §10.1.4); passed on, `gzip` would reach an HTTP/1.0 client as plain bytes. And it forwards
+/// no `Upgrade`, so a `101` is an answer to a question nobody asked.
 #[tokio::test]
-async fn response_codings_other_than_chunked_stay_named() {
-    let (origin, _) = scripted_origin(vec![
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-    ])
-    .await;
-    let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
-    let r = get(proxy.addr, &format!("http://{origin}/")).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.text(), "abc");
-    let te = r.header("transfer-encoding").unwrap_or_default();
-    assert!(te.starts_with("gzip"), "the gzip coding was lost: {te:?}");
+async fn answers_the_request_did_not_allow_are_a_bad_gateway() {
+    for (what, answer, reason) in [
+        (
+            "gzip, chunked",
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"[..],
+            "used the transfer coding gzip, which the request did not accept",
+        ),
+        (
+            "gzip and chunked in two fields",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "used the transfer coding gzip, which the request did not accept",
+        ),
+        (
+            "101 without an Upgrade asked for",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw bytes",
+            "switched protocols (101), which the request did not ask for",
+        ),
+    ] {
+        let (origin, _) = scripted_origin(vec![answer]).await;
+        let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
+        for version in ["HTTP/1.1", "HTTP/1.0"] {
+            let r = raw(
+                proxy.addr,
+                format!("GET http://{origin}/ {version}\r\nHost: x\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert_eq!(r.status, 502, "{what}, {version}: {}", r.head);
+            assert!(r.text().contains(reason), "{what}: {}", r.text());
+            assert!(!r.text().contains("abc"), "{what}: the body went through");
+        }
+        let records = proxy.wait_records(2).await;
+        assert!(
+            records
+                .iter()
+                .all(|r| r.status == 502 && r.reason.as_deref().is_some_and(|t| t.contains(reason))),
+            "{what}: {records:#?}"
+        );
+    }
+}
+
+/// hyper's client takes 100 header fields by default; pages with many cookies and policies
+/// send more. Up to 256 pass; past that, the reason says what bound was met.
+#[tokio::test]
+async fn responses_with_many_header_fields_pass_up_to_the_bound() {
+    fn answer(fields: usize) -> &'static [u8] {
+        let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+        for i in 0..fields - 1 {
+            head.push_str(&format!("X-Field-{i}: v{i}\r\n"));
+        }
+        head.push_str("\r\nok");
+        Box::leak(head.into_bytes().into_boxed_slice())
+    }
+    for (fields, passes) in [(101, true), (250, true), (300, false)] {
+        let (origin, _) = scripted_origin(vec![answer(fields)]).await;
+        let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
+        let r = get(proxy.addr, &format!("http://{origin}/")).await;
+        if passes {
+            assert_eq!(r.status, 200, "{fields} fields: {}", r.text());
+            assert_eq!(r.text(), "ok");
+            let last = format!("x-field-{}", fields - 2);
+            assert_eq!(
+                r.header(&last).as_deref(),
+                Some(&*format!("v{}", fields - 2))
+            );
+        } else {
+            assert_eq!(r.status, 502, "{fields} fields");
+            assert!(
+                r.text()
+                    .contains("a response head over the proxy's bounds (256 fields"),
+                "{}",
+                r.text()
+            );
+        }
+    }
+}
+
+/// An origin that reads a request head and then nothing: not the body, and it never answers.
+/// The second value is told the proxy's end of the connection.
+async fn origin_that_stops_reading() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<std::net::SocketAddr>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tell, told) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut stream, peer)) = listener.accept().await else {
+            return;
+        };
+        let _ = tell.send(peer);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while find(&seen, b"\r\n\r\n").is_none() {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        // Holds the connection, reading nothing, for longer than any test waits.
+        tokio::time::sleep(WAIT * 2).await;
+    });
+    (addr, told)
+}
+
+/// The state of the TCP connection from `local` to `remote` in `/proc/net/tcp` (`01` is
+/// established), if it is listed.
+#[cfg(target_os = "linux")]
+fn tcp_state(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<String> {
+    fn hex(addr: std::net::SocketAddr) -> String {
+        let std::net::IpAddr::V4(ip) = addr.ip() else {
+            panic!("IPv4 only");
+        };
+        format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(ip.octets()),
+            addr.port()
+        )
+    }
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| fields[3].to_owned())
+    })
+}
+
+/// An upload the origin stops taking is bounded by `timeouts.response`: the client is told
+/// 504 with the reason, the record says so, and the connection closes (the rest of the body
+/// is never read as a request).
+#[tokio::test]
+async fn an_upload_the_origin_stops_taking_is_timed_out() {
+    let (origin, proxy_end) = origin_that_stops_reading().await;
+    let config = format!(
+        "{}[timeouts]\nresponse = \"500ms\"\nrequest_body = \"30s\"\n",
+        loopback_config(&[origin.port()], &[])
+    );
+    let proxy = Proxy::start(&config).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let total = 64 * 1024 * 1024;
+    let head =
+        format!("POST http://{origin}/up HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n");
+    let started = std::time::Instant::now();
+    // The client keeps sending while it can; the socket buffers fill and its writes block.
+    let sender = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..total / chunk.len() {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let answer = read_response(&mut reader, &mut buf, false)
+        .await
+        .expect("an answer while the upload is stuck");
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 504, "{}", answer.head);
+    assert!(
+        answer
+            .text()
+            .contains("took none of the request for 500ms (timeouts.response)"),
+        "{}",
+        answer.text()
+    );
+    assert_eq!(answer.header("connection").as_deref(), Some("close"));
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(5),
+        "answered after {waited:?}"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+        "the connection stayed open"
+    );
+    sender.abort();
+    // The proxy lets go of its connection to the origin too, within about one more
+    // `timeouts.response` (its blocked write fails), rather than when the origin pleases.
+    #[cfg(target_os = "linux")]
+    {
+        let proxy_end = proxy_end.await.unwrap();
+        let mut state = tcp_state(proxy_end, origin);
+        for _ in 0..50 {
+            if state.as_deref() != Some("01") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state = tcp_state(proxy_end, origin);
+        }
+        assert_ne!(
+            state.as_deref(),
+            Some("01"),
+            "the origin connection is still open"
+        );
+    }
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records[0].status, 504, "{records:#?}");
+    assert!(records[0].bytes_up > 0 && records[0].bytes_up < total as u64);
 }
 
 #[tokio::test]
@@ -607,4 +800,149 @@ async fn an_origin_that_stalls_mid_body_is_cut_after_timeouts_response() {
         "{:?}",
         records[0]
     );
+}
+
+/// An origin that answers `/early…` as soon as it has the head and reads the body after, and
+/// answers anything else after reading its body: the path, as text.
+async fn origin_answering_early() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                for _ in 0..8 {
+                    let end = loop {
+                        if let Some(end) = find(&seen, b"\r\n\r\n") {
+                            break end;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    seen.drain(..end + 4);
+                    let length: usize = header_value(&head, "content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let answer = if path.starts_with("/early") {
+                        "HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nauth".to_owned()
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                            path.len()
+                        )
+                    };
+                    if path.starts_with("/early")
+                        && stream.write_all(answer.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                    while seen.len() < length {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.drain(..length);
+                    if !path.starts_with("/early")
+                        && stream.write_all(answer.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The rest of a request body that arrives after the answer is the body's, never a request
+/// head: it is not timed as one (`request_header` is short here and the body slow) and not
+/// scanned as one (it looks like a request with a #fragment and both framings), so the
+/// client's next request on the connection is served as it is.
+#[tokio::test]
+async fn a_body_still_arriving_after_an_early_answer_is_never_read_as_a_request() {
+    let origin = origin_answering_early().await;
+    let config = format!(
+        "{}[timeouts]\nrequest_header = \"300ms\"\n",
+        loopback_config(&[origin.port()], &[])
+    );
+    let proxy = Proxy::start(&config).await;
+    let piece = format!(
+        "GET http://{origin}/x#fragment HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST http://{origin}/early HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        piece.len() * 3
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let first = read_response(&mut stream, &mut buf, false).await.unwrap();
+    assert_eq!(first.status, 401);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stream.write_all(piece.as_bytes()).await.unwrap();
+    }
+    stream
+        .write_all(format!("GET http://{origin}/second HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let second = read_response(&mut stream, &mut buf, false).await.unwrap();
+    assert_eq!(second.status, 200, "{}: {}", second.head, second.text());
+    assert_eq!(second.text(), "/second");
+    let records = proxy.wait_records(2).await;
+    let statuses: Vec<u16> = records.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [401, 200], "{records:#?}");
+}
+
+/// A request the proxy answers without reading its body (here refused by the port check)
+/// says `Connection: close` and the connection ends: the body, which looks like a request,
+/// is never read as one, and the origin never sees anything.
+#[tokio::test]
+async fn an_answer_that_leaves_the_body_unread_closes_the_connection() {
+    let denied = Counter::start().await;
+    let allowed = HttpOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[allowed.addr.port()], &[])).await;
+    let smuggled = format!(
+        "GET http://{}/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        allowed.addr
+    );
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!(
+            "POST http://{}/ HTTP/1.1\r\nHost: x\r\n{expect}Content-Length: {}\r\n\r\n{smuggled}",
+            denied.addr,
+            smuggled.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let answer = read_response(&mut stream, &mut buf, false).await.unwrap();
+        assert_eq!(answer.status, 403, "{expect:?}");
+        assert_eq!(
+            answer.header("connection").as_deref(),
+            Some("close"),
+            "{expect:?}"
+        );
+        assert!(
+            closes_within(&mut stream, Duration::from_secs(5)).await,
+            "{expect:?}"
+        );
+        assert!(
+            buf.is_empty(),
+            "a second answer: {}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+    assert_eq!(denied.accepts(), 0);
+    assert_eq!(allowed.accepts(), 0, "the body was read as a request");
+    let records = proxy.wait_records(2).await;
+    assert_eq!(records.len(), 2, "{records:#?}");
 }

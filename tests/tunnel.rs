@@ -354,3 +354,83 @@ async fn bytes_sent_right_behind_connect_reach_the_destination_first() {
     );
     assert_eq!(records[0].bytes_down, records[0].bytes_up);
 }
+
+/// Bytes sent right behind a CONNECT are the tunnel's. When no tunnel opens (the port is
+/// refused, or the destination cannot be reached), the answer says `Connection: close` and
+/// the connection ends: those bytes are never read as requests, here a request to an origin
+/// the client may reach and a TLS hello.
+#[tokio::test]
+async fn bytes_behind_a_refused_connect_are_never_read_as_requests() {
+    let origin = HttpOrigin::start().await;
+    let denied = Counter::start().await;
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let proxy = Proxy::start(&loopback_config(
+        &[origin.addr.port()],
+        &[closed.port(), origin.addr.port()],
+    ))
+    .await;
+    let smuggled = format!(
+        "GET http://{}/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        origin.addr
+    );
+    let hello: &[u8] = b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03";
+    for (target, status) in [(denied.addr, 403), (closed, 502)] {
+        for early in [smuggled.as_bytes(), hello] {
+            let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+            let mut request =
+                format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").into_bytes();
+            request.extend_from_slice(early);
+            stream.write_all(&request).await.unwrap();
+            let mut buf = Vec::new();
+            let answer = read_response(&mut stream, &mut buf, false).await.unwrap();
+            assert_eq!(answer.status, status, "{target}");
+            assert_eq!(
+                answer.header("connection").as_deref(),
+                Some("close"),
+                "{target}"
+            );
+            let rest = read_to_close(&mut stream).await;
+            assert!(
+                buf.is_empty() && rest.is_empty(),
+                "a second answer: {}{}",
+                String::from_utf8_lossy(&buf),
+                String::from_utf8_lossy(&rest)
+            );
+        }
+    }
+    let records = proxy.wait_records(4).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(proxy.records().len(), 4, "{records:#?}");
+    assert!(
+        records.iter().all(|r| r.method == "CONNECT"),
+        "{records:#?}"
+    );
+    assert_eq!(
+        origin.accepts(),
+        0,
+        "the bytes behind a CONNECT reached the origin"
+    );
+    assert_eq!(denied.accepts(), 0);
+}
+
+/// The admin listener is the proxy's own, like its proxy listeners: never a destination, even
+/// with loopback destinations allowed and its port in `ports.connect`.
+#[tokio::test]
+async fn the_admin_listener_is_never_a_tunnel_destination() {
+    let mut config = portcullis::config::Config::from_toml(&loopback_config(&[], &[443]), "test")
+        .unwrap()
+        .validate("test")
+        .unwrap();
+    // Any port the admin listener gets is open to CONNECT.
+    config.policy.connect_ports =
+        portcullis::ports::PortSet::from_specs(&["1-65535".into()]).unwrap();
+    let proxy = Proxy::start_observed(config, true, None).await;
+    let admin = proxy.admin.unwrap();
+    let (answer, _) = connect(proxy.addr, &admin.to_string()).await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records[0].rule, "destinations.self", "{records:#?}");
+}
