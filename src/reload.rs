@@ -186,6 +186,13 @@ async fn reload(
     Ok(summary)
 }
 
+/// Whether a configuration text has nothing but blank lines and comments.
+fn holds_nothing(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|line| line.is_empty() || line.starts_with('#'))
+}
+
 /// Sections read at start-up only.
 const NEED_RESTART: [&str; 3] = ["log", "admin", "workers"];
 
@@ -196,6 +203,14 @@ fn read_and_validate(
 ) -> Result<(Config, crate::config::Settings), String> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {origin}: {e}"))?;
+    if holds_nothing(&text) {
+        // Valid (every key has a default), but far likelier a file caught half-written than a
+        // wish to fall back to the defaults, which listen on every interface.
+        return Err(format!(
+            "{origin}: the file holds no settings (empty, or comments only); a reload keeps \
+             the running configuration rather than falling back to the defaults"
+        ));
+    }
     let mut new = Config::from_toml(&text, &origin).map_err(|e| e.to_string())?;
     if !listen_override.is_empty() {
         new.listen = listen_override;
@@ -277,6 +292,23 @@ fn sections(config: &Config) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_without_settings_is_not_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        for text in [
+            "",
+            "\n  \n",
+            "# all commented out\n# listen = [\"0.0.0.0:3128\"]\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = read_and_validate(&path, Vec::new()).unwrap_err();
+            assert!(e.contains("the file holds no settings"), "{text:?}: {e}");
+        }
+        std::fs::write(&path, "# one setting\nlisten = [\"127.0.0.1:3128\"]\n").unwrap();
+        assert!(read_and_validate(&path, Vec::new()).is_ok());
+    }
 
     #[test]
     fn summaries_name_what_changed() {
