@@ -381,6 +381,16 @@ pub struct TimeoutsConfig {
     pub shutdown_grace: Duration,
 }
 
+impl TimeoutsConfig {
+    /// How long a write to an origin or a parent may wait for it to take bytes: three times
+    /// `response` (15 minutes by default, as Squid's `write_timeout`). A single write can
+    /// wait long for a slow but steady reader, as the kernel wakes the writer only once a
+    /// good part of a buffer of several MB has drained; this bound is for a peer that stopped.
+    pub fn origin_write(&self) -> Duration {
+        self.response.saturating_mul(3)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -234,9 +234,10 @@ impl Dialer {
 }
 
 /// A pooled client's connection to an origin or a parent proxy: a write that waits longer
-/// than `stall` for the peer to take bytes fails, which ends the connection. hyper would
-/// otherwise keep a connection whose peer stopped reading (an upload nobody takes) for as
-/// long as the peer likes, even after the exchange was given up.
+/// than `stall` ([`crate::config::TimeoutsConfig::origin_write`]) for the peer to take bytes
+/// fails, which ends the connection. hyper would otherwise keep a connection whose peer
+/// stopped reading (an upload nobody takes) for as long as the peer likes, even after the
+/// exchange was given up.
 pub struct OriginIo {
     inner: TokioIo<TcpStream>,
     stall: Duration,
@@ -359,7 +360,7 @@ impl tower_service::Service<http::Uri> for Dialer {
                 dial(&settings.policy, &target, None, settings.timeouts.connect).await?;
             Ok(OriginIo::new(
                 connected.stream,
-                settings.timeouts.response,
+                settings.timeouts.origin_write(),
                 false,
             ))
         })

@@ -254,8 +254,12 @@ pub fn explain(
         port: target.port,
     };
     let via_parent = settings.upstream.as_ref().is_some_and(|u| {
-        crate::upstream::Parents::new(u, settings.timeouts.connect, settings.timeouts.response)
-            .serves(&target.host)
+        crate::upstream::Parents::new(
+            u,
+            settings.timeouts.connect,
+            settings.timeouts.origin_write(),
+        )
+        .serves(&target.host)
     });
     if via_parent {
         walk.step(format!(

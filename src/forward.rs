@@ -158,8 +158,9 @@ pub async fn forward(
 }
 
 /// Waits for an answer; the clock (`timeouts.response`) starts once the request body has
-/// been sent, so a long upload is timed by `timeouts.request_body` alone (and an origin that
-/// stops taking it, by the connection's own write timeout: see [`dial::OriginIo`]).
+/// been written out to the origin's connection, so a long upload is timed by
+/// `timeouts.request_body` alone (and an origin that stops taking it, by the connection's own
+/// write timeout: see [`dial::OriginIo`]).
 async fn within<T>(
     limit: std::time::Duration,
     target: &Target,
@@ -488,7 +489,8 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
             return EdgeError::upstream(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
-                    "the origin {target} took none of the request for {} (timeouts.response)",
+                    "the origin {target} stopped taking the request: a write to it waited {} \
+                     (3 × timeouts.response)",
                     humantime::format_duration(stalled.0)
                 ),
             );

@@ -93,7 +93,7 @@ fn parents_for(settings: &Settings) -> Option<Arc<crate::upstream::Parents>> {
         Arc::new(crate::upstream::Parents::new(
             u,
             settings.timeouts.connect,
-            settings.timeouts.response,
+            settings.timeouts.origin_write(),
         ))
     })
 }
