@@ -119,10 +119,11 @@ pub async fn forward(
         timeouts.request_body,
         ex.body.take(),
     );
-    let response = if via_parent {
-        Box::pin(through_parent(ex, parts, body, &target)).await?
+    // Whatever fails from here on leaves the rest of the request body unread.
+    let upload = body.upload();
+    let sent = if via_parent {
+        Box::pin(through_parent(ex, parts, body, &target)).await
     } else {
-        let upload = body.upload();
         let upstream = Request::from_parts(parts, body);
         within(
             timeouts.response,
@@ -130,17 +131,15 @@ pub async fn forward(
             &upload,
             ex.shared.client.request(upstream),
         )
-        .await?
-        .map_err(|e| {
-            upload.give_up();
-            upstream_error(&target, &e)
-        })?
+        .await
+        .and_then(|answer| answer.map_err(|e| upstream_error(&target, &e)))
     };
+    let response = sent.inspect_err(|_| upload.give_up())?;
 
     if let Some(info) = response.extensions().get::<HttpInfo>() {
         ex.record.upstream(info.remote_addr());
     }
-    check_answer(&response, &target)?;
+    check_answer(&response, &target).inspect_err(|_| upload.give_up())?;
     ex.record.answered(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     let had_transfer_encoding = parts.headers.contains_key(header::TRANSFER_ENCODING);
@@ -173,16 +172,13 @@ async fn within<T>(
     };
     tokio::select! {
         answer = answer => Ok(answer),
-        _ = clock => {
-            upload.give_up();
-            Err(EdgeError::upstream(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the origin {target} did not answer within {} (timeouts.response)",
-                    humantime::format_duration(limit)
-                ),
-            ))
-        }
+        _ = clock => Err(EdgeError::upstream(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the origin {target} did not answer within {} (timeouts.response)",
+                humantime::format_duration(limit)
+            ),
+        )),
     }
 }
 
@@ -256,7 +252,6 @@ async fn through_parent(
         match sent {
             Ok(response) if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
                 parents.mark_up(route);
-                upload.give_up();
                 return Err(EdgeError::upstream(
                     StatusCode::BAD_GATEWAY,
                     format!(
@@ -273,7 +268,6 @@ async fn through_parent(
                 let unreachable = e.is_connect();
                 let error = upstream_error(target, &e);
                 if !unreachable {
-                    upload.give_up();
                     return Err(error);
                 }
                 parents.mark_down(route);
@@ -477,25 +471,34 @@ fn trace_echo(method: &Method, uri: &Uri, version: Version, headers: &HeaderMap)
     out.freeze()
 }
 
-/// Maps a failure of the pooled client to what the client is told.
-fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> EdgeError {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+/// The write timeout of [`dial::OriginIo`], wherever it sits in `e`'s chain of causes (an
+/// I/O error under hyper's, under hyper-util's).
+fn stalled_write<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dial::StalledWrite> {
+    let mut source = Some(e);
     while let Some(err) = source {
         let stalled = err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .and_then(|inner| inner.downcast_ref::<dial::StalledWrite>());
-        if let Some(stalled) = stalled {
-            return EdgeError::upstream(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the origin {target} stopped taking the request: a write to it waited {} \
-                     (3 × timeouts.response)",
-                    humantime::format_duration(stalled.0)
-                ),
-            );
+        if stalled.is_some() {
+            return stalled;
         }
         source = err.source();
+    }
+    None
+}
+
+/// Maps a failure of the pooled client to what the client is told.
+fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> EdgeError {
+    if let Some(stalled) = stalled_write(e) {
+        return EdgeError::upstream(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the origin {target} stopped taking the request: a write to it waited {} \
+                 (3 × timeouts.response)",
+                humantime::format_duration(stalled.0)
+            ),
+        );
     }
     let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = source {
