@@ -1,17 +1,11 @@
 //! The `portcullis` binary: reads the command line and configuration, binds the listeners,
 //! installs logging and signals, and runs the proxy until SIGINT or SIGTERM.
 
-use std::process::ExitCode;
-use std::sync::Arc;
-
-use anyhow::Context;
 use clap::Parser;
-use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
+use std::process::ExitCode;
 
-use portcullis::cli::{Cli, Command};
-use portcullis::log::AccessLog;
-use portcullis::{Config, Recorder, Settings};
+use portcullis::ops::cli::{Cli, Command};
+use portcullis::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,7 +50,11 @@ fn main() -> ExitCode {
         Some(Command::Man { command }) => return man(command.as_deref()),
         None => {}
     }
-    match run(cli) {
+    let launch = portcullis::runtime::Launch {
+        config: cli.config.clone(),
+        listen: cli.listen.clone(),
+    };
+    match portcullis::runtime::launch(launch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portcullis: {e:#}");
@@ -65,149 +63,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Diagnostics go to stderr, so that stdout can carry the access log alone.
-fn init_diagnostics(level: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
-/// jemalloc: less CPU per request than the system allocator (README, Performance).
+/// jemalloc: less CPU per request than the system allocator (the book, Performance).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Reads the configuration, then runs the proxy on as many worker threads as it says.
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let (mut config, origin) = match &cli.config {
-        Some(path) => (Config::load(path)?, path.display().to_string()),
-        None => (Config::default(), "<built-in defaults>".to_owned()),
-    };
-    if !cli.listen.is_empty() {
-        config.listen = cli.listen.clone();
-    }
-    let settings = config.validate(&origin)?;
-    // One worker is the main thread itself: tokio's single-thread scheduler has no
-    // work-stealing to keep up and no hand-off between an accepting thread and a worker.
-    let mut runtime = if settings.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(settings.workers);
-        builder
-    };
-    runtime
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?
-        .block_on(proxy(cli, config, settings, origin))
-}
-
-async fn proxy(
-    cli: Cli,
-    config: Config,
-    mut settings: Settings,
-    origin: String,
-) -> anyhow::Result<()> {
-    init_diagnostics(&config.log.level);
-    for warning in portcullis::lint::lint(&config, &settings) {
-        tracing::warn!(target: "portcullis::lint", "{warning}");
-    }
-    let mut listeners = Vec::with_capacity(config.listen.len());
-    for addr in &config.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push(listener);
-    }
-    // With port 0 the system picks the port: the policy must know the real one.
-    settings.policy.listen = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
-    let admin = match &settings.admin {
-        Some((addr, _)) => match TcpListener::bind(addr).await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                tracing::warn!(%addr, error = %e, "cannot listen on the admin address; continuing without /metrics and /status");
-                None
-            }
-        },
-        None => None,
-    };
-
-    let recorder = Recorder::new();
-    let names = settings.client_names.clone();
-    let (destination, format) = settings.access_log.clone();
-    let access_log = AccessLog::start(
-        destination,
-        format,
-        recorder.dropped_counter(),
-        Arc::new(move |ip| names.get(&ip.to_canonical()).cloned()),
-    )
-    .context("cannot open the access log")?
-    .map(Arc::new);
-    let recorder = match &access_log {
-        Some(log) => recorder.with_sink(log.clone()),
-        None => recorder,
-    };
-    // SIGUSR1 must never end the proxy, log or no log (its default action would).
-    let for_signal = access_log.clone();
-    tokio::spawn(portcullis::signal::on_reopen(move || {
-        if let Some(log) = &for_signal {
-            log.reopen();
-        }
-    }));
-
-    // Without a file there is nothing to reload, but SIGHUP must not end the proxy.
-    if cli.config.is_none() {
-        tokio::spawn(portcullis::signal::on_hangup(|| async {
-            tracing::warn!(
-                "started on the built-in defaults: there is no configuration file to reload"
-            );
-        }));
-    }
-    // Reloads read the file again (SIGHUP, or POST /reload on the admin listener).
-    let reloadable = cli.config.as_ref().map(|path| {
-        let (handle, requests) = portcullis::reload::channel();
-        let on_signal = handle.clone();
-        tokio::spawn(portcullis::signal::on_hangup(move || {
-            let reload = on_signal.clone();
-            async move {
-                let _ = reload.request().await;
-            }
-        }));
-        portcullis::reload::Reloadable {
-            source: portcullis::reload::Source {
-                path: path.clone(),
-                listen_override: cli.listen.clone(),
-            },
-            config: config.clone(),
-            handle,
-            requests,
-        }
-    });
-
-    tracing::info!(config = %origin, workers = settings.workers, "starting");
-    portcullis::serve(
-        listeners,
-        admin,
-        settings,
-        recorder,
-        reloadable,
-        portcullis::signal::shutdown(),
-    )
-    .await?;
-    // The last records of the drain must reach the file before the process ends.
-    if let Some(log) = access_log {
-        log.flush(std::time::Duration::from_secs(5));
-    }
-    Ok(())
-}
 
 /// `portcullis report [FILES…]`: the report on stdout, notes on stderr; exit 1 when an input
 /// could not be read.

@@ -1,0 +1,275 @@
+//! Start-up lint: configurations that are valid but probably not what the owner meant.
+//!
+//! Printed as warnings when the proxy starts (and by a `check` command later): an open proxy,
+//! SMTP reachable through CONNECT, a rule that can never match because an earlier rule
+//! matches everything it would, and a rule with no conditions. Pure: reads the configuration
+//! and its validated settings, returns one line per finding.
+
+use ipnet::IpNet;
+
+use crate::config::{Config, RuleConfig, Settings};
+use crate::core::hosts::HostPattern;
+use crate::core::policy::{Action, Rule};
+
+/// Everything worth a warning, one line each.
+pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    let policy = &settings.policy;
+
+    let exposed: Vec<String> = config
+        .listen
+        .iter()
+        .filter(|a| !a.ip().is_loopback())
+        .map(|a| a.to_string())
+        .collect();
+    let public: Vec<IpNet> = policy
+        .clients
+        .iter()
+        .filter(|net| !is_private_network(net))
+        .copied()
+        .collect();
+    if !exposed.is_empty() && settings.auth.is_none() {
+        if policy.clients.iter().any(|n| n.prefix_len() == 0) {
+            out.push(format!(
+                "open proxy: listening on {} with clients.allow covering every address and no [auth]: anyone who can reach the port can use this proxy",
+                exposed.join(", ")
+            ));
+        } else if !public.is_empty() {
+            out.push(format!(
+                "clients.allow includes public addresses ({}) and there is no [auth]: hosts on the internet may use this proxy",
+                join(&public)
+            ));
+        }
+    }
+
+    if policy.connect_ports.contains(25) {
+        out.push(
+            "SMTP (port 25) is reachable through CONNECT (ports.connect): any client could send mail, or spam, through this proxy".to_owned(),
+        );
+    }
+    for rule in &policy.rules {
+        let connect = rule
+            .methods
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|m| m == "CONNECT"));
+        let smtp = rule.ports.as_ref().is_some_and(|p| p.contains(25));
+        if rule.action == Action::Allow && connect && smtp {
+            out.push(format!(
+                "SMTP (port 25) is reachable through CONNECT by rule \"{}\": make sure its clients should send mail",
+                rule.name
+            ));
+        }
+    }
+
+    if let Some(auth) = &settings.auth {
+        for rule in &policy.rules {
+            for user in rule.users.iter().flatten() {
+                if !auth.users.users().any(|u| u == user) {
+                    out.push(format!(
+                        "rule \"{}\" names user \"{user}\", who is not in the htpasswd file",
+                        rule.name
+                    ));
+                }
+            }
+        }
+    }
+
+    for (j, later) in policy.rules.iter().enumerate() {
+        if is_unconditional(later) && j + 1 < policy.rules.len() {
+            out.push(format!(
+                "rule \"{}\" has no conditions, so it matches every request: the rules after it never apply",
+                later.name
+            ));
+        }
+        let shadow =
+            policy.rules[..j]
+                .iter()
+                .zip(&config.rules)
+                .find(|(earlier, earlier_config)| {
+                    covers(earlier, earlier_config, later, &config.rules[j])
+                });
+        if let Some((earlier, _)) = shadow {
+            out.push(format!(
+                "rule \"{}\" can never match: rule \"{}\" before it matches every request it would",
+                later.name, earlier.name
+            ));
+        }
+    }
+    out
+}
+
+fn join(nets: &[IpNet]) -> String {
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Loopback, private, shared (CGNAT), link-local and unique-local networks.
+fn is_private_network(net: &IpNet) -> bool {
+    let private = [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ];
+    private
+        .iter()
+        .filter_map(|p| p.parse::<IpNet>().ok())
+        .any(|p| p.contains(net))
+}
+
+fn is_unconditional(rule: &Rule) -> bool {
+    rule.clients.is_none()
+        && rule.users.is_none()
+        && rule.hosts.is_none()
+        && rule.ports.is_none()
+        && rule.methods.is_none()
+}
+
+/// Whether `earlier` matches every request that `later` matches.
+fn covers(
+    earlier: &Rule,
+    earlier_config: &RuleConfig,
+    later: &Rule,
+    later_config: &RuleConfig,
+) -> bool {
+    let clients = match (&earlier.clients, &later.clients) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(l)) => l.iter().all(|ln| e.iter().any(|en| en.contains(ln))),
+    };
+    let users = subset(&earlier.users, &later.users);
+    let methods = subset(&earlier.methods, &later.methods);
+    let ports = match (&earlier.ports, &later.ports) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(l)) => l.is_subset(e),
+    };
+    clients && users && methods && ports && hosts_cover(earlier_config, later_config)
+}
+
+fn subset(earlier: &Option<Vec<String>>, later: &Option<Vec<String>>) -> bool {
+    match (earlier, later) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(l)) => l.iter().all(|x| e.contains(x)),
+    }
+}
+
+fn hosts_cover(earlier: &RuleConfig, later: &RuleConfig) -> bool {
+    if earlier.hosts.is_none() && earlier.hosts_file.is_none() {
+        return true;
+    }
+    // A file's contents are not compared: only patterns written in the configuration.
+    if earlier.hosts_file.is_some() || later.hosts_file.is_some() {
+        return false;
+    }
+    let parse = |r: &RuleConfig| -> Vec<HostPattern> {
+        r.hosts
+            .iter()
+            .flatten()
+            .filter_map(|h| HostPattern::parse(h).ok())
+            .collect()
+    };
+    let (e, l) = (parse(earlier), parse(later));
+    if later.hosts.is_none() {
+        return false;
+    }
+    l.iter().all(|lp| e.iter().any(|ep| pattern_covers(ep, lp)))
+}
+
+fn pattern_covers(earlier: &HostPattern, later: &HostPattern) -> bool {
+    let under = |name: &str, domain: &str| {
+        name == domain
+            || name
+                .strip_suffix(domain)
+                .is_some_and(|rest| rest.ends_with('.'))
+    };
+    match (earlier, later) {
+        (HostPattern::Exact(e), HostPattern::Exact(l)) => e == l,
+        (HostPattern::Domain(d), HostPattern::Exact(l) | HostPattern::Domain(l)) => under(l, d),
+        (HostPattern::Network(e), HostPattern::Network(l)) => e.contains(l),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lint_text(text: &str) -> Vec<String> {
+        let config = Config::from_toml(text, "t").unwrap();
+        let settings = config.validate("t").unwrap();
+        lint(&config, &settings)
+    }
+
+    fn has(lines: &[String], fragment: &str) -> bool {
+        lines.iter().any(|l| l.contains(fragment))
+    }
+
+    #[test]
+    fn the_defaults_raise_nothing() {
+        assert_eq!(lint_text(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn findings() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[clients]\nallow = [\"0.0.0.0/0\", \"::/0\"]\n",
+                "open proxy: listening on 0.0.0.0:3128",
+            ),
+            (
+                "[clients]\nallow = [\"192.168.0.0/16\", \"8.8.8.0/24\"]\n",
+                "clients.allow includes public addresses (8.8.8.0/24)",
+            ),
+            (
+                "[ports]\nconnect = [\"https\", \"smtp\"]\n",
+                "SMTP (port 25) is reachable through CONNECT (ports.connect)",
+            ),
+            (
+                "[[rules]]\nname = \"mail\"\nclients = [\"192.168.1.10\"]\nports = [\"smtp\"]\naction = \"allow\"\n",
+                "by rule \"mail\"",
+            ),
+            (
+                "[[rules]]\nname = \"all\"\naction = \"deny\"\n[[rules]]\nname = \"x\"\nports = [80]\naction = \"allow\"\n",
+                "rule \"all\" has no conditions",
+            ),
+            (
+                "[[rules]]\nname = \"wide\"\nhosts = [\".example.com\"]\naction = \"deny\"\n[[rules]]\nname = \"narrow\"\nhosts = [\"www.example.com\"]\nports = [80]\naction = \"allow\"\n",
+                "rule \"narrow\" can never match: rule \"wide\"",
+            ),
+            (
+                "[[rules]]\nname = \"lan\"\nclients = [\"192.168.0.0/16\"]\nmethods = [\"GET\", \"CONNECT\"]\naction = \"allow\"\n[[rules]]\nname = \"one\"\nclients = [\"192.168.1.5\"]\nmethods = [\"get\"]\naction = \"deny\"\n",
+                "rule \"one\" can never match: rule \"lan\"",
+            ),
+        ];
+        for (text, fragment) in cases {
+            let lines = lint_text(text);
+            assert!(has(&lines, fragment), "{text}\n{lines:#?}");
+        }
+    }
+
+    #[test]
+    fn rules_that_can_match_are_not_flagged() {
+        let lines = lint_text(
+            "[[rules]]\nname = \"narrow\"\nhosts = [\"www.example.com\"]\naction = \"deny\"\n\
+             [[rules]]\nname = \"wide\"\nhosts = [\".example.com\"]\naction = \"allow\"\n\
+             [[rules]]\nname = \"other clients\"\nclients = [\"10.0.0.0/8\"]\nhosts = [\".example.com\"]\nports = [80]\naction = \"deny\"\n",
+        );
+        assert!(!has(&lines, "\"wide\" can never match"), "{lines:#?}");
+        assert!(
+            has(&lines, "\"other clients\" can never match: rule \"wide\""),
+            "{lines:#?}"
+        );
+        let loopback_only =
+            lint_text("listen = [\"127.0.0.1:3128\"]\n[clients]\nallow = [\"0.0.0.0/0\"]\n");
+        assert!(!has(&loopback_only, "open proxy"), "{loopback_only:#?}");
+    }
+}

@@ -1,0 +1,5 @@
+//! Live levers over a running proxy: the admin listener, reloads and signals.
+
+pub mod admin;
+pub mod reload;
+pub mod signal;

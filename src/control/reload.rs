@@ -1,0 +1,333 @@
+//! Reloading the configuration while the proxy runs (SIGHUP, or `POST /reload` on the admin
+//! listener).
+//!
+//! A reload reads and validates the whole file first. If anything is wrong the proxy keeps
+//! running on the configuration it has and the errors are logged, with file, line and column.
+//! If it is valid, new listen addresses are bound before anything changes (a bind failure
+//! also keeps the old configuration), then the new settings are swapped in as a whole for
+//! new requests, removed listeners stop accepting, and a one-line summary of what changed is
+//! logged. Requests and tunnels already running finish on the settings they started with;
+//! connections accepted on a removed listener are left to finish too.
+//!
+//! Not reloaded (they need a restart): `[log]` (the access log's destination and format, the
+//! diagnostics level), `[admin]` (its address and `allow`) and `workers`; the summary says so
+//! when they changed. Files the configuration names (htpasswd, `hosts_file`, `error.html`) are read
+//! again on every reload.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{locate, Config, ConfigError};
+use crate::proxy::service::Shared;
+
+/// Where the configuration comes from, to read it again.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The file.
+    pub path: PathBuf,
+    /// `--listen` addresses given on the command line; they replace the file's `listen`.
+    pub listen_override: Vec<SocketAddr>,
+}
+
+/// What a reload did: a summary of the changes, or why nothing changed.
+pub type Outcome = Result<String, String>;
+
+/// Asks the running proxy to reload; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Reload(mpsc::UnboundedSender<oneshot::Sender<Outcome>>);
+
+/// The receiving end, handed to [`crate::serve`].
+pub struct Requests(mpsc::UnboundedReceiver<oneshot::Sender<Outcome>>);
+
+/// A reload handle and the requests it sends.
+pub fn channel() -> (Reload, Requests) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Reload(tx), Requests(rx))
+}
+
+impl Reload {
+    /// Reloads and waits for the outcome.
+    pub async fn request(&self) -> Outcome {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(tx)
+            .map_err(|_| "the proxy is shutting down".to_owned())?;
+        rx.await
+            .unwrap_or_else(|_| Err("the proxy is shutting down".to_owned()))
+    }
+}
+
+/// Everything needed to reload: the source, the configuration in force, and the reload
+/// handle (kept for `POST /reload`) with its requests.
+pub struct Reloadable {
+    /// Where to read the configuration.
+    pub source: Source,
+    /// The configuration the proxy started with (for summaries of what changed).
+    pub config: Config,
+    /// The handle `POST /reload` uses.
+    pub handle: Reload,
+    /// The requests the reload worker serves.
+    pub requests: Requests,
+}
+
+/// One listener the proxy runs: as configured, as bound, and how to stop it.
+pub(crate) struct Running {
+    pub(crate) actual: SocketAddr,
+    pub(crate) stop: CancellationToken,
+}
+
+/// The listeners by configured address (which may have port 0).
+pub(crate) type Listeners = HashMap<SocketAddr, Running>;
+
+/// How the reload worker starts an accept loop on a newly bound listener.
+pub(crate) type Start = Box<dyn Fn(TcpListener, CancellationToken) + Send + Sync>;
+
+/// Serves reload requests until the channel closes.
+pub(crate) async fn worker(
+    mut requests: Requests,
+    source: Source,
+    mut config: Config,
+    mut listeners: Listeners,
+    shared: Arc<Shared>,
+    stop_accepting: CancellationToken,
+    start: Start,
+) {
+    while let Some(reply) = requests.0.recv().await {
+        let outcome = reload(
+            &source,
+            &mut config,
+            &mut listeners,
+            &shared,
+            &stop_accepting,
+            &start,
+        )
+        .await;
+        match &outcome {
+            Ok(summary) => info!(%summary, "configuration reloaded"),
+            Err(errors) => error!(
+                "configuration reload failed; still running on the previous configuration:\n{errors}"
+            ),
+        }
+        let _ = reply.send(outcome);
+    }
+}
+
+async fn reload(
+    source: &Source,
+    config: &mut Config,
+    listeners: &mut Listeners,
+    shared: &Arc<Shared>,
+    stop_accepting: &CancellationToken,
+    start: &Start,
+) -> Outcome {
+    // Reading and validating may take a while (a long hosts_file): off the serving threads.
+    let read = {
+        let (path, listen_override) = (source.path.clone(), source.listen_override.clone());
+        tokio::task::spawn_blocking(move || read_and_validate(&path, listen_override))
+    };
+    let (new, mut settings) = read
+        .await
+        .map_err(|e| format!("reading the configuration failed: {e}"))??;
+
+    // Bind what is new before changing anything, so a failure leaves all as it was.
+    let mut bound = Vec::new();
+    for addr in &new.listen {
+        if listeners.contains_key(addr) || bound.iter().any(|(a, _)| a == addr) {
+            continue;
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        bound.push((*addr, listener));
+    }
+    let removed: Vec<SocketAddr> = listeners
+        .keys()
+        .filter(|a| !new.listen.contains(a))
+        .copied()
+        .collect();
+    let mut actual: Vec<SocketAddr> = listeners
+        .iter()
+        .filter(|(a, _)| !removed.contains(a))
+        .map(|(_, r)| r.actual)
+        .collect();
+    for (_, listener) in &bound {
+        actual.push(listener.local_addr().map_err(|e| e.to_string())?);
+    }
+    settings.policy.listen = actual;
+    // The admin listener is not bound again on reload: the running one stays the proxy's own.
+    settings.policy.admin = shared.settings().policy.admin;
+
+    let summary = changes(config, &new);
+    shared.swap(settings);
+    for (addr, listener) in bound {
+        let stop = stop_accepting.child_token();
+        let running = Running {
+            actual: listener.local_addr().map_err(|e| e.to_string())?,
+            stop: stop.clone(),
+        };
+        info!(addr = %running.actual, "listening");
+        start(listener, stop);
+        listeners.insert(addr, running);
+    }
+    for addr in removed {
+        if let Some(running) = listeners.remove(&addr) {
+            info!(addr = %running.actual, "no longer listening");
+            running.stop.cancel();
+        }
+    }
+    *config = new;
+    Ok(summary)
+}
+
+/// Whether a configuration text has nothing but blank lines and comments.
+fn holds_nothing(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|line| line.is_empty() || line.starts_with('#'))
+}
+
+/// Sections read at start-up only.
+const NEED_RESTART: [&str; 3] = ["log", "admin", "workers"];
+
+/// Reads the file and validates it; errors carry file, line and column.
+fn read_and_validate(
+    path: &std::path::Path,
+    listen_override: Vec<SocketAddr>,
+) -> Result<(Config, crate::config::Settings), String> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {origin}: {e}"))?;
+    if holds_nothing(&text) {
+        // Valid (every key has a default), but far likelier a file caught half-written than a
+        // wish to fall back to the defaults, which listen on every interface.
+        return Err(format!(
+            "{origin}: the file holds no settings (empty, or comments only); a reload keeps \
+             the running configuration rather than falling back to the defaults"
+        ));
+    }
+    let mut new = Config::from_toml(&text, &origin).map_err(|e| e.to_string())?;
+    if !listen_override.is_empty() {
+        new.listen = listen_override;
+    }
+    let settings = new.validate(&origin).map_err(|e| match e {
+        ConfigError::Invalid { problems, .. } => problems
+            .iter()
+            .map(|p| match locate(&text, p) {
+                Some((line, column)) => format!("{origin}:{line}:{column}: {p}"),
+                None => format!("{origin}: {p}"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    })?;
+    Ok((new, settings))
+}
+
+/// What changed between two configurations, in one line.
+pub fn changes(old: &Config, new: &Config) -> String {
+    let mut parts = Vec::new();
+    let added: Vec<String> = new
+        .listen
+        .iter()
+        .filter(|a| !old.listen.contains(a))
+        .map(|a| format!("+{a}"))
+        .collect();
+    let removed: Vec<String> = old
+        .listen
+        .iter()
+        .filter(|a| !new.listen.contains(a))
+        .map(|a| format!("-{a}"))
+        .collect();
+    if !added.is_empty() || !removed.is_empty() {
+        parts.push(format!("listen {}", [added, removed].concat().join(" ")));
+    }
+    let (old_sections, new_sections) = (sections(old), sections(new));
+    let changed: Vec<&str> = new_sections
+        .iter()
+        .filter(|(key, value)| *key != "listen" && old_sections.get(*key) != Some(value))
+        .map(|(key, _)| key.as_str())
+        .collect();
+    if old.rules.len() != new.rules.len() {
+        parts.push(format!("rules {} → {}", old.rules.len(), new.rules.len()));
+    }
+    let changed: Vec<&str> = changed
+        .into_iter()
+        .filter(|k| *k != "rules" || old.rules.len() == new.rules.len())
+        .collect();
+    let (applied, later): (Vec<&str>, Vec<&str>) =
+        changed.into_iter().partition(|k| !NEED_RESTART.contains(k));
+    if !applied.is_empty() {
+        parts.push(format!("changed: {}", applied.join(", ")));
+    }
+    if !later.is_empty() {
+        parts.push(format!(
+            "changed but applied at the next restart: {}",
+            later.join(", ")
+        ));
+    }
+    if parts.is_empty() {
+        "no changes".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Each top-level section of a configuration as TOML text.
+fn sections(config: &Config) -> BTreeMap<String, String> {
+    let Ok(toml::Value::Table(table)) = toml::Value::try_from(config) else {
+        return BTreeMap::new();
+    };
+    table
+        .into_iter()
+        .map(|(key, value)| (key, value.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_without_settings_is_not_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        for text in [
+            "",
+            "\n  \n",
+            "# all commented out\n# listen = [\"0.0.0.0:3128\"]\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = read_and_validate(&path, Vec::new()).unwrap_err();
+            assert!(e.contains("the file holds no settings"), "{text:?}: {e}");
+        }
+        std::fs::write(&path, "# one setting\nlisten = [\"127.0.0.1:3128\"]\n").unwrap();
+        assert!(read_and_validate(&path, Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn summaries_name_what_changed() {
+        let old = Config::from_toml("listen = [\"127.0.0.1:3128\"]\n", "t").unwrap();
+        assert_eq!(changes(&old, &old), "no changes");
+        let new = Config::from_toml(
+            "listen = [\"127.0.0.1:3128\", \"127.0.0.1:3130\"]\n[ports]\nconnect = [\"https\", 22]\n[[rules]]\nname = \"x\"\naction = \"deny\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            changes(&old, &new),
+            "listen +127.0.0.1:3130; rules 0 → 1; changed: ports"
+        );
+        let more_workers =
+            Config::from_toml("listen = [\"127.0.0.1:3128\"]\nworkers = 3\n", "t").unwrap();
+        assert_eq!(
+            changes(&old, &more_workers),
+            "changed but applied at the next restart: workers"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! The pure core: what the proxy decides, as functions of plain data. Nothing here opens a
+//! socket, reads a file, waits or reads the clock: std, `http`, `ipnet` and the crate's own
+//! core types only (a test in `tests/it/layers.rs` holds it so).
+
+pub mod auth;
+pub mod error;
+pub mod hosts;
+pub mod policy;
+pub mod ports;
+pub mod target;

@@ -1,0 +1,893 @@
+//! THE decision: who may use the proxy and where they may go.
+//!
+//! Every allow or deny of the proxy is made here, by pure functions over plain data, so that
+//! the whole policy is unit-tested with tables and I/O modules only ask. The checks run in
+//! the order a request meets them:
+//!
+//! 1. [`Policy::admit_client`]: is the client's address in `clients.allow`?
+//! 2. (authentication, when configured, is checked by the service)
+//! 3. [`Policy::decide`]: the `[[rules]]` in order, first match wins; when none matches, the
+//!    port lists `ports.http` (plain HTTP) and `ports.connect` (CONNECT). This runs before
+//!    any DNS lookup or dial, unless a rule's networks need the resolved address to answer
+//!    ([`Decision::NeedAddress`]); then it runs again for each address before it is dialled.
+//! 4. [`Policy::check_address`]: for each address the destination resolves to (or its IP
+//!    literal), is it loopback, unspecified, link-local, a cloud metadata address or the
+//!    proxy's own listener? This hard guard holds whatever the rules say.
+//!
+//! Each answer names what decided it (`clients.allow`, `rule "mail"`, `ports.connect`,
+//! `destinations.loopback` …): the name goes into the access record and into the reason the
+//! client sees.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::core::hosts::{HostMatch, HostSet};
+use crate::core::ports::{describe, PortSet};
+use crate::core::target::Host;
+
+/// How a request reaches its destination, which picks the port list that applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Plain HTTP forwarded by the proxy (`ports.http`).
+    Http,
+    /// A CONNECT tunnel (`ports.connect`).
+    Connect,
+}
+
+impl Kind {
+    /// The name of the port list that governs this kind.
+    pub fn port_rule(self) -> &'static str {
+        match self {
+            Kind::Http => "ports.http",
+            Kind::Connect => "ports.connect",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Http => "plain HTTP",
+            Kind::Connect => "CONNECT",
+        }
+    }
+}
+
+/// What decided a request: a built-in check named by its configuration key, or a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Decider {
+    /// `clients.allow`, `ports.http`, `destinations.loopback`, `local` …
+    Builtin(&'static str),
+    /// A `[[rules]]` entry, by name.
+    Rule(Arc<str>),
+}
+
+impl fmt::Display for Decider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decider::Builtin(name) => f.write_str(name),
+            Decider::Rule(name) => write!(f, "rule \"{name}\""),
+        }
+    }
+}
+
+impl PartialEq<&str> for Decider {
+    fn eq(&self, other: &&str) -> bool {
+        match self {
+            Decider::Builtin(name) => name == other,
+            Decider::Rule(name) => {
+                other
+                    .strip_prefix("rule \"")
+                    .and_then(|rest| rest.strip_suffix('"'))
+                    == Some(name)
+            }
+        }
+    }
+}
+
+impl From<&'static str> for Decider {
+    fn from(name: &'static str) -> Self {
+        Decider::Builtin(name)
+    }
+}
+
+/// A refusal: what decided it and why, in one line a person can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Denial {
+    /// What decided (`ports.connect`, `destinations.loopback`, `rule "no mail"` …).
+    pub rule: Decider,
+    /// The one-line reason shown to the client and logged.
+    pub reason: String,
+}
+
+impl Denial {
+    fn new(rule: impl Into<Decider>, reason: String) -> Self {
+        Denial {
+            rule: rule.into(),
+            reason,
+        }
+    }
+}
+
+/// What a `[[rules]]` entry does when it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Let the request through.
+    Allow,
+    /// Refuse it.
+    Deny,
+}
+
+/// One compiled `[[rules]]` entry. A condition left out (`None`) matches everything.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The name shown in refusals and logs.
+    pub name: Arc<str>,
+    /// Client networks.
+    pub clients: Option<Vec<IpNet>>,
+    /// Authenticated user names.
+    pub users: Option<Vec<String>>,
+    /// Destination host patterns (`hosts` and `hosts_file` together).
+    pub hosts: Option<Arc<HostSet>>,
+    /// Destination ports.
+    pub ports: Option<PortSet>,
+    /// Request methods (`CONNECT`, `GET` …), upper case.
+    pub methods: Option<Vec<String>>,
+    /// What happens on a match.
+    pub action: Action,
+}
+
+/// What the policy knows of a request when it decides.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The client's address.
+    pub client: IpAddr,
+    /// The authenticated user, if any.
+    pub user: Option<&'a str>,
+    /// The request method.
+    pub method: &'a str,
+    /// Plain HTTP or CONNECT.
+    pub kind: Kind,
+    /// The destination host.
+    pub host: &'a Host,
+    /// The destination port.
+    pub port: u16,
+}
+
+/// The outcome of [`Policy::decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed, by this decider.
+    Allow(Decider),
+    /// Refused.
+    Deny(Denial),
+    /// A rule's networks must see the resolved address: ask again per address.
+    NeedAddress,
+}
+
+/// The compiled policy the request path reads.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Client networks that may use the proxy.
+    pub clients: Vec<IpNet>,
+    /// Ports plain HTTP may reach.
+    pub http_ports: PortSet,
+    /// Ports CONNECT may reach.
+    pub connect_ports: PortSet,
+    /// Whether loopback destinations are allowed (development and tests).
+    pub allow_loopback: bool,
+    /// The proxy's own listen addresses: never a destination.
+    pub listen: Vec<SocketAddr>,
+    /// The admin listener's address: never a destination either.
+    pub admin: Option<SocketAddr>,
+    /// The `[[rules]]`, in order.
+    pub rules: Vec<Rule>,
+}
+
+/// Addresses of cloud instance-metadata services outside the link-local ranges.
+const METADATA: &[IpAddr] = &[
+    // Alibaba Cloud
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+    // AWS over IPv6
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+];
+
+impl Policy {
+    /// May a client at `ip` use the proxy?
+    pub fn admit_client(&self, ip: IpAddr) -> Result<(), Denial> {
+        let ip = ip.to_canonical();
+        if self.clients.iter().any(|net| net.contains(&ip)) {
+            Ok(())
+        } else {
+            Err(Denial::new(
+                "clients.allow",
+                format!("client {ip} is not allowed to use this proxy"),
+            ))
+        }
+    }
+
+    /// Decides a request by the rules, then the port lists. `addr` is the address about to
+    /// be dialled, when known (for IP-literal targets it is the literal itself).
+    pub fn decide(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> Decision {
+        let addr = match facts.host {
+            Host::Ip(ip) => Some(*ip),
+            Host::Name(_) => addr,
+        };
+        for rule in &self.rules {
+            if !rule.matches_request(facts) {
+                continue;
+            }
+            if let Some(hosts) = &rule.hosts {
+                match hosts.matches(facts.host, addr) {
+                    HostMatch::Yes => {}
+                    HostMatch::No => continue,
+                    HostMatch::NeedAddress => return Decision::NeedAddress,
+                }
+            }
+            let decider = Decider::Rule(rule.name.clone());
+            return match rule.action {
+                Action::Allow => Decision::Allow(decider),
+                Action::Deny => Decision::Deny(Denial::new(
+                    decider,
+                    format!(
+                        "{} to {} {} is not allowed",
+                        facts.kind.label(),
+                        facts.host,
+                        describe(facts.port)
+                    ),
+                )),
+            };
+        }
+        match self.check_port(facts.kind, facts.port) {
+            Ok(rule) => Decision::Allow(Decider::Builtin(rule)),
+            Err(denial) => Decision::Deny(denial),
+        }
+    }
+
+    /// May a request of `kind` reach `port` by the base port lists? Answers the list's name.
+    pub fn check_port(&self, kind: Kind, port: u16) -> Result<&'static str, Denial> {
+        let set = match kind {
+            Kind::Http => &self.http_ports,
+            Kind::Connect => &self.connect_ports,
+        };
+        if set.contains(port) {
+            Ok(kind.port_rule())
+        } else {
+            Err(Denial::new(
+                kind.port_rule(),
+                format!("{} is not allowed for {}", describe(port), kind.label()),
+            ))
+        }
+    }
+
+    /// Whether `addr` is one of the proxy's own listeners. `is_local` answers whether an IP
+    /// belongs to this machine; it is asked only for listeners on an unspecified address.
+    pub fn is_listener(&self, addr: SocketAddr, is_local: impl Fn(IpAddr) -> bool) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.listen.iter().chain(&self.admin).any(|l| {
+            l.port() == addr.port()
+                && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && is_local(ip)))
+        })
+    }
+
+    /// May the proxy open a connection to `addr`, one address of the destination `host`?
+    ///
+    /// `is_local` answers whether an IP belongs to this machine; it is asked only when `addr`
+    /// has the port of a listener bound to an unspecified address (`0.0.0.0`, `::`).
+    pub fn check_address(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        is_local: impl Fn(IpAddr) -> bool,
+    ) -> Result<(), Denial> {
+        let ip = addr.ip().to_canonical();
+        let addr = SocketAddr::new(ip, addr.port());
+        let refuse = |rule: &'static str, what: &str| {
+            let shown = if host == ip.to_string() {
+                format!("{ip}")
+            } else {
+                format!("{host} ({ip})")
+            };
+            Err(Denial::new(rule, format!("{shown} is {what}")))
+        };
+        if self.is_listener(addr, is_local) {
+            return refuse(
+                "destinations.self",
+                "this proxy's own address, so the request would loop",
+            );
+        }
+        if ip.is_unspecified() || in_this_network(ip) {
+            return refuse("destinations.unspecified", "an unspecified address");
+        }
+        if ip.is_loopback() && !self.allow_loopback {
+            return refuse(
+                "destinations.loopback",
+                "a loopback address, which this proxy does not reach",
+            );
+        }
+        if is_link_local(ip) || METADATA.contains(&ip) {
+            return refuse(
+                "destinations.link_local",
+                "a link-local or cloud metadata address, which this proxy does not reach",
+            );
+        }
+        if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            return refuse("destinations.unicast", "not a unicast address");
+        }
+        Ok(())
+    }
+}
+
+impl Rule {
+    /// Whether every condition but the hosts holds.
+    fn matches_request(&self, f: &Facts<'_>) -> bool {
+        let client = f.client.to_canonical();
+        self.clients
+            .as_ref()
+            .is_none_or(|nets| nets.iter().any(|n| n.contains(&client)))
+            && self
+                .users
+                .as_ref()
+                .is_none_or(|users| f.user.is_some_and(|u| users.iter().any(|x| x == u)))
+            && self
+                .ports
+                .as_ref()
+                .is_none_or(|ports| ports.contains(f.port))
+            && self
+                .methods
+                .as_ref()
+                .is_none_or(|methods| methods.iter().any(|m| m == f.method))
+    }
+}
+
+/// 0.0.0.0/8: "this network", which Linux connects to the local host.
+fn in_this_network(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 0)
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// The client networks allowed by default: loopback and the private, shared and link-local
+/// ranges a LAN uses.
+pub fn default_client_networks() -> Vec<IpNet> {
+    [
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .filter_map(|n| n.parse().ok())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ports::PortSpec;
+
+    fn policy(allow_loopback: bool) -> Policy {
+        Policy {
+            clients: default_client_networks(),
+            http_ports: PortSet::from_specs(&[PortSpec::from("http"), "1025-65535".into()])
+                .unwrap(),
+            connect_ports: PortSet::from_specs(&["https".into()]).unwrap(),
+            allow_loopback,
+            listen: vec![
+                "0.0.0.0:3128".parse().unwrap(),
+                "127.0.0.1:3130".parse().unwrap(),
+            ],
+            admin: Some("127.0.0.1:3129".parse().unwrap()),
+            rules: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn clients_outside_the_allow_list_are_refused() {
+        let p = policy(false);
+        let cases: &[(&str, bool)] = &[
+            ("127.0.0.1", true),
+            ("127.9.9.9", true),
+            ("::1", true),
+            ("10.1.2.3", true),
+            ("172.16.0.1", true),
+            ("172.31.255.255", true),
+            ("172.32.0.1", false),
+            ("192.168.1.20", true),
+            ("100.64.0.1", true),
+            ("fd12::1", true),
+            ("fe80::1", true),
+            ("::ffff:192.168.1.2", true),
+            ("::ffff:8.8.8.8", false),
+            ("8.8.8.8", false),
+            ("2001:db8::1", false),
+        ];
+        for (ip, allowed) in cases {
+            let got = p.admit_client(ip.parse().unwrap());
+            assert_eq!(got.is_ok(), *allowed, "{ip}: {got:?}");
+            if let Err(d) = got {
+                assert_eq!(d.rule, "clients.allow");
+                assert!(d.reason.contains(ip.trim_start_matches("::ffff:")), "{d}");
+            }
+        }
+    }
+
+    #[test]
+    fn ports_are_checked_against_the_list_of_the_kind() {
+        let p = policy(false);
+        let cases: &[(Kind, u16, Result<&str, &str>)] = &[
+            (Kind::Http, 80, Ok("ports.http")),
+            (Kind::Http, 8080, Ok("ports.http")),
+            (
+                Kind::Http,
+                443,
+                Err("port 443 (https) is not allowed for plain HTTP"),
+            ),
+            (
+                Kind::Http,
+                25,
+                Err("port 25 (smtp) is not allowed for plain HTTP"),
+            ),
+            (
+                Kind::Http,
+                1024,
+                Err("port 1024 is not allowed for plain HTTP"),
+            ),
+            (Kind::Connect, 443, Ok("ports.connect")),
+            (
+                Kind::Connect,
+                25,
+                Err("port 25 (smtp) is not allowed for CONNECT"),
+            ),
+            (
+                Kind::Connect,
+                8443,
+                Err("port 8443 (https-alt) is not allowed for CONNECT"),
+            ),
+        ];
+        for (kind, port, want) in cases {
+            let got = p.check_port(*kind, *port);
+            match (got, want) {
+                (Ok(rule), Ok(w)) => assert_eq!(rule, *w),
+                (Err(d), Err(w)) => {
+                    assert_eq!(d.reason, *w);
+                    assert_eq!(d.rule, kind.port_rule());
+                }
+                (got, want) => panic!("{kind:?} {port}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_are_guarded() {
+        let strict = policy(false);
+        let dev = policy(true);
+        let never_local = |_: IpAddr| false;
+        let cases: &[(&str, Option<&str>, Option<&str>)] = &[
+            // (address, rule when strict, rule with allow_loopback)
+            ("93.184.216.34:80", None, None),
+            ("192.168.1.5:80", None, None),
+            ("127.0.0.1:80", Some("destinations.loopback"), None),
+            ("127.1.2.3:8080", Some("destinations.loopback"), None),
+            ("[::1]:80", Some("destinations.loopback"), None),
+            ("[::ffff:127.0.0.1]:80", Some("destinations.loopback"), None),
+            (
+                "0.0.0.0:80",
+                Some("destinations.unspecified"),
+                Some("destinations.unspecified"),
+            ),
+            (
+                "0.1.2.3:80",
+                Some("destinations.unspecified"),
+                Some("destinations.unspecified"),
+            ),
+            (
+                "[::]:80",
+                Some("destinations.unspecified"),
+                Some("destinations.unspecified"),
+            ),
+            (
+                "169.254.169.254:80",
+                Some("destinations.link_local"),
+                Some("destinations.link_local"),
+            ),
+            (
+                "[fe80::1]:80",
+                Some("destinations.link_local"),
+                Some("destinations.link_local"),
+            ),
+            (
+                "100.100.100.200:80",
+                Some("destinations.link_local"),
+                Some("destinations.link_local"),
+            ),
+            (
+                "[fd00:ec2::254]:80",
+                Some("destinations.link_local"),
+                Some("destinations.link_local"),
+            ),
+            (
+                "224.0.0.1:80",
+                Some("destinations.unicast"),
+                Some("destinations.unicast"),
+            ),
+            // The listener 127.0.0.1:3130 is this proxy, even with loopback allowed.
+            (
+                "127.0.0.1:3130",
+                Some("destinations.self"),
+                Some("destinations.self"),
+            ),
+            // So is the admin listener, 127.0.0.1:3129.
+            (
+                "127.0.0.1:3129",
+                Some("destinations.self"),
+                Some("destinations.self"),
+            ),
+            ("127.0.0.1:3131", Some("destinations.loopback"), None),
+        ];
+        for (addr, strict_rule, dev_rule) in cases {
+            let addr: SocketAddr = addr.parse().unwrap();
+            for (p, want) in [(&strict, strict_rule), (&dev, dev_rule)] {
+                let got = p.check_address("h", addr, never_local);
+                let rule = got.as_ref().err().map(|d| d.rule.to_string());
+                assert_eq!(rule.as_deref(), *want, "{addr}: {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn unspecified_listeners_ask_whether_the_address_is_local() {
+        let p = policy(true);
+        let lan: SocketAddr = "192.168.1.5:3128".parse().unwrap();
+        let local = |ip: IpAddr| ip == "192.168.1.5".parse::<IpAddr>().unwrap();
+        let rule = p.check_address("proxy.lan", lan, local).unwrap_err().rule;
+        assert_eq!(rule, "destinations.self");
+        assert!(p.check_address("proxy.lan", lan, |_| false).is_ok());
+        let other_port: SocketAddr = "192.168.1.5:3129".parse().unwrap();
+        assert!(p.check_address("proxy.lan", other_port, local).is_ok());
+    }
+
+    #[test]
+    fn reasons_name_host_and_address() {
+        let p = policy(false);
+        let d = p
+            .check_address("localhost", "127.0.0.1:80".parse().unwrap(), |_| false)
+            .unwrap_err();
+        assert_eq!(
+            d.reason,
+            "localhost (127.0.0.1) is a loopback address, which this proxy does not reach"
+        );
+        let d = p
+            .check_address("127.0.0.1", "127.0.0.1:80".parse().unwrap(), |_| false)
+            .unwrap_err();
+        assert!(d.reason.starts_with("127.0.0.1 is a loopback"), "{d}");
+    }
+
+    fn rule(name: &str, action: Action) -> Rule {
+        Rule {
+            name: name.into(),
+            clients: None,
+            users: None,
+            hosts: None,
+            ports: None,
+            methods: None,
+            action,
+        }
+    }
+
+    fn hosts(patterns: &[&str]) -> Option<Arc<HostSet>> {
+        let mut set = HostSet::new();
+        for p in patterns {
+            set.insert(crate::core::hosts::HostPattern::parse(p).unwrap());
+        }
+        Some(Arc::new(set))
+    }
+
+    /// The rules of the README's examples, in order.
+    fn ruled_policy() -> Policy {
+        let mut p = policy(false);
+        p.rules = vec![
+            Rule {
+                clients: Some(vec!["192.168.1.10/32".parse().unwrap()]),
+                ports: Some(PortSet::from_specs(&["smtp".into(), "submission".into()]).unwrap()),
+                methods: Some(vec!["CONNECT".into()]),
+                ..rule("mail server may send mail", Action::Allow)
+            },
+            Rule {
+                hosts: hosts(&[".ads.example", "blocked.example"]),
+                ..rule("no ads", Action::Deny)
+            },
+            Rule {
+                users: Some(vec!["alice".into()]),
+                ports: Some(PortSet::from_specs(&["ssh".into()]).unwrap()),
+                ..rule("alice may ssh", Action::Allow)
+            },
+            Rule {
+                hosts: hosts(&["10.0.0.0/8"]),
+                ..rule("no office servers", Action::Deny)
+            },
+            Rule {
+                methods: Some(vec!["GET".into(), "HEAD".into()]),
+                ports: Some(PortSet::from_specs(&[8443.into()]).unwrap()),
+                ..rule("read-only 8443", Action::Allow)
+            },
+        ];
+        p
+    }
+
+    #[test]
+    fn rules_decide_in_order_and_fall_back_to_the_port_lists() {
+        let p = ruled_policy();
+        let name = |n: &str| Host::Name(n.to_owned());
+        let ip = |t: &str| Host::Ip(t.parse().unwrap());
+        struct Case {
+            client: &'static str,
+            user: Option<&'static str>,
+            method: &'static str,
+            kind: Kind,
+            host: Host,
+            port: u16,
+            addr: Option<&'static str>,
+            want: Result<&'static str, &'static str>,
+        }
+        let case = |client, user, method, kind, host, port, addr, want| Case {
+            client,
+            user,
+            method,
+            kind,
+            host,
+            port,
+            addr,
+            want,
+        };
+        use Kind::{Connect, Http};
+        let cases = [
+            // clients + ports + methods: the mail server only, CONNECT only.
+            case(
+                "192.168.1.10",
+                None,
+                "CONNECT",
+                Connect,
+                name("mail.example"),
+                25,
+                None,
+                Ok("rule \"mail server may send mail\""),
+            ),
+            case(
+                "192.168.1.10",
+                None,
+                "CONNECT",
+                Connect,
+                name("mail.example"),
+                587,
+                None,
+                Ok("rule \"mail server may send mail\""),
+            ),
+            case(
+                "192.168.1.11",
+                None,
+                "CONNECT",
+                Connect,
+                name("mail.example"),
+                25,
+                Some("93.184.216.34"),
+                Err("ports.connect"),
+            ),
+            case(
+                "192.168.1.10",
+                None,
+                "GET",
+                Http,
+                name("mail.example"),
+                25,
+                Some("93.184.216.34"),
+                Err("ports.http"),
+            ),
+            // hosts: names and domains, before the port lists.
+            case(
+                "192.168.1.20",
+                None,
+                "GET",
+                Http,
+                name("x.ads.example"),
+                80,
+                None,
+                Err("rule \"no ads\""),
+            ),
+            case(
+                "192.168.1.20",
+                None,
+                "CONNECT",
+                Connect,
+                name("BLOCKED.example."),
+                443,
+                None,
+                Err("rule \"no ads\""),
+            ),
+            case(
+                "192.168.1.20",
+                None,
+                "GET",
+                Http,
+                name("fine.example"),
+                80,
+                Some("93.184.216.34"),
+                Ok("ports.http"),
+            ),
+            // Order: the mail rule comes before "no ads", so the mail server still sends mail.
+            case(
+                "192.168.1.10",
+                None,
+                "CONNECT",
+                Connect,
+                name("smtp.ads.example"),
+                25,
+                None,
+                Ok("rule \"mail server may send mail\""),
+            ),
+            // users: only an authenticated alice.
+            case(
+                "192.168.1.20",
+                Some("alice"),
+                "CONNECT",
+                Connect,
+                name("git.example"),
+                22,
+                None,
+                Ok("rule \"alice may ssh\""),
+            ),
+            case(
+                "192.168.1.20",
+                Some("bob"),
+                "CONNECT",
+                Connect,
+                name("git.example"),
+                22,
+                Some("93.184.216.34"),
+                Err("ports.connect"),
+            ),
+            case(
+                "192.168.1.20",
+                None,
+                "CONNECT",
+                Connect,
+                name("git.example"),
+                22,
+                Some("93.184.216.34"),
+                Err("ports.connect"),
+            ),
+            // networks: IP literals at once, names once resolved.
+            case(
+                "192.168.1.20",
+                None,
+                "GET",
+                Http,
+                ip("10.1.2.3"),
+                80,
+                None,
+                Err("rule \"no office servers\""),
+            ),
+            case(
+                "192.168.1.20",
+                None,
+                "GET",
+                Http,
+                name("intranet.example"),
+                80,
+                None,
+                Err("need address"),
+            ),
+            case(
+                "192.168.1.20",
+                None,
+                "GET",
+                Http,
+                name("intranet.example"),
+                80,
+                Some("10.1.2.3"),
+                Err("rule \"no office servers\""),
+            ),
+            case(
+                "192.168.1.20",
+                None,
+                "GET",
+                Http,
+                name("intranet.example"),
+                80,
+                Some("93.184.216.34"),
+                Ok("ports.http"),
+            ),
+            // methods.
+            case(
+                "192.168.1.20",
+                None,
+                "GET",
+                Http,
+                name("app.example"),
+                8443,
+                Some("93.184.216.34"),
+                Ok("rule \"read-only 8443\""),
+            ),
+            case(
+                "192.168.1.20",
+                None,
+                "POST",
+                Http,
+                name("app.example"),
+                8443,
+                Some("93.184.216.34"),
+                Ok("ports.http"),
+            ),
+            case(
+                "192.168.1.20",
+                None,
+                "CONNECT",
+                Connect,
+                name("app.example"),
+                8443,
+                Some("93.184.216.34"),
+                Err("ports.connect"),
+            ),
+        ];
+        for c in cases {
+            let facts = Facts {
+                client: c.client.parse().unwrap(),
+                user: c.user,
+                method: c.method,
+                kind: c.kind,
+                host: &c.host,
+                port: c.port,
+            };
+            let got = p.decide(&facts, c.addr.map(|a| a.parse().unwrap()));
+            let got = match &got {
+                Decision::Allow(d) => Ok(d.to_string()),
+                Decision::Deny(d) => Err(d.rule.to_string()),
+                Decision::NeedAddress => Err("need address".to_owned()),
+            };
+            let want = c.want.map(str::to_owned).map_err(str::to_owned);
+            assert_eq!(
+                got,
+                want,
+                "{} {} {}:{} from {}",
+                c.method,
+                c.client,
+                c.host,
+                c.port,
+                c.user.unwrap_or("-")
+            );
+        }
+    }
+
+    #[test]
+    fn a_rule_refusal_names_target_and_rule() {
+        let p = ruled_policy();
+        let host = Host::Name("x.ads.example".into());
+        let facts = Facts {
+            client: "192.168.1.20".parse().unwrap(),
+            user: None,
+            method: "CONNECT",
+            kind: Kind::Connect,
+            host: &host,
+            port: 443,
+        };
+        let Decision::Deny(d) = p.decide(&facts, None) else {
+            panic!("not refused");
+        };
+        assert_eq!(
+            d.reason,
+            "CONNECT to x.ads.example port 443 (https) is not allowed"
+        );
+        assert_eq!(d.rule.to_string(), "rule \"no ads\"");
+    }
+}

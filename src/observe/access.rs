@@ -1,0 +1,245 @@
+//! The access record: one per request or tunnel, whatever its outcome, and the sinks that
+//! receive it.
+//!
+//! A [`PendingRecord`] is opened when a request arrives and travels with it (into the response
+//! body, or into the tunnel task); it is completed and handed to every [`AccessSink`] when it is
+//! dropped, so a record is written exactly once even when a client vanishes mid-response.
+//! Log formats, files and statistics read [`AccessRecord`]; they never see a request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::core::policy::Decider;
+
+/// Whether the proxy let the request through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed: forwarded, tunnelled or answered by the proxy's own pages.
+    Allow,
+    /// Refused by the policy or rejected as malformed.
+    Deny,
+}
+
+impl Verdict {
+    /// `allow` or `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+/// One request or tunnel, as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    /// When the request arrived.
+    pub time: SystemTime,
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// The authenticated user, when `[auth]` is on and the request authenticated.
+    pub user: Option<String>,
+    /// The request method (`GET`, `CONNECT` …; `NONE` when no request could be read).
+    pub method: String,
+    /// The request's HTTP version (`HTTP/1.1`).
+    pub version: &'static str,
+    /// The path of a plain-HTTP request, without its query (which may hold secrets);
+    /// `None` for tunnels.
+    pub path: Option<String>,
+    /// The destination host as the client named it (empty when the target was unreadable).
+    pub host: String,
+    /// The destination port (0 when unknown).
+    pub port: u16,
+    /// The port's service name, when the table knows it.
+    pub service: Option<&'static str>,
+    /// The address the proxy connected to, when it did.
+    pub upstream: Option<SocketAddr>,
+    /// The parent proxy the exchange went through (`host:port`), if any.
+    pub parent: Option<String>,
+    /// The status answered to the client (499 when the exchange ended before any answer:
+    /// the client left, or the shutdown grace period ran out).
+    pub status: u16,
+    /// Allowed or refused.
+    pub verdict: Verdict,
+    /// What decided (`ports.http`, `clients.allow`, `rule "no ads"`, `local` …).
+    pub rule: Decider,
+    /// The one-line reason of a refusal or failure.
+    pub reason: Option<String>,
+    /// Payload bytes from the client to the destination (request body, or tunnel upstream).
+    pub bytes_up: u64,
+    /// Payload bytes from the destination to the client (response body, or tunnel downstream).
+    pub bytes_down: u64,
+    /// From the request's arrival to the end of its response or tunnel.
+    pub duration: Duration,
+}
+
+/// A destination for access records.
+pub trait AccessSink: Send + Sync + 'static {
+    /// Takes one record. Must not block: it runs on the request path.
+    fn record(&self, record: &AccessRecord);
+}
+
+/// Every sink a record goes to.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    sinks: Vec<Arc<dyn AccessSink>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    /// A recorder with no sinks.
+    pub fn new() -> Self {
+        Recorder::default()
+    }
+
+    /// The count of records a sink had to drop (a full log queue); the statistics show it.
+    pub fn dropped_counter(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
+    }
+
+    /// Adds a sink.
+    pub fn with_sink(mut self, sink: Arc<dyn AccessSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    fn emit(&self, record: &AccessRecord) {
+        for sink in &self.sinks {
+            sink.record(record);
+        }
+    }
+}
+
+/// Byte counters shared by the body or tunnel that moves the bytes and the pending record.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Client to destination.
+    pub up: AtomicU64,
+    /// Destination to client.
+    pub down: AtomicU64,
+}
+
+impl Traffic {
+    /// Counts `n` bytes in the given direction.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The reason of a record whose exchange ended before any answer was sent.
+const NO_ANSWER: &str = "no answer was sent: the client left, or the proxy shut down";
+
+/// A record being filled in; emitted when dropped.
+pub struct PendingRecord {
+    record: AccessRecord,
+    started: Instant,
+    traffic: Arc<Traffic>,
+    recorder: Arc<Recorder>,
+}
+
+impl PendingRecord {
+    /// Opens the record of a request from `client` with `method`.
+    pub fn open(recorder: Arc<Recorder>, client: SocketAddr, method: &str) -> Self {
+        PendingRecord {
+            record: AccessRecord {
+                time: SystemTime::now(),
+                client,
+                user: None,
+                method: method.to_owned(),
+                version: "HTTP/1.1",
+                path: None,
+                host: String::new(),
+                port: 0,
+                service: None,
+                upstream: None,
+                parent: None,
+                status: 499,
+                verdict: Verdict::Deny,
+                rule: Decider::Builtin("-"),
+                reason: Some(NO_ANSWER.into()),
+                bytes_up: 0,
+                bytes_down: 0,
+                duration: Duration::ZERO,
+            },
+            started: Instant::now(),
+            traffic: Arc::new(Traffic::default()),
+            recorder,
+        }
+    }
+
+    /// The counters that bodies and tunnels add to.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
+    }
+
+    /// Sets the destination.
+    pub fn destination(&mut self, host: String, port: u16) {
+        self.record.service = crate::core::ports::service_name(port);
+        self.record.host = host;
+        self.record.port = port;
+    }
+
+    /// Sets the request's version and, for plain HTTP, its path.
+    pub fn request(&mut self, version: &'static str, path: Option<&str>) {
+        self.record.version = version;
+        self.record.path = path.map(str::to_owned);
+    }
+
+    /// Sets the authenticated user.
+    pub fn user(&mut self, user: &str) {
+        self.record.user = Some(user.to_owned());
+    }
+
+    /// Notes the parent proxy the exchange goes through.
+    pub fn parent(&mut self, name: &str) {
+        self.record.parent = Some(name.to_owned());
+    }
+
+    /// Sets the address the proxy connected to.
+    pub fn upstream(&mut self, addr: SocketAddr) {
+        self.record.upstream = Some(addr);
+    }
+
+    /// Marks the request allowed by `rule`.
+    pub fn allow(&mut self, rule: impl Into<Decider>) {
+        self.record.verdict = Verdict::Allow;
+        self.record.rule = rule.into();
+    }
+
+    /// Notes the status answered to the client.
+    pub fn answered(&mut self, status: u16) {
+        self.record.status = status;
+        self.record.reason = None;
+    }
+
+    /// Marks the request as ended by the proxy with `status` and `reason`; `rule` is set when
+    /// something refused it (the verdict is then `deny`); without it the verdict stays (an
+    /// allowed request whose origin failed).
+    pub fn fail(&mut self, status: u16, rule: Option<Decider>, reason: String) {
+        if let Some(rule) = rule {
+            self.record.verdict = Verdict::Deny;
+            self.record.rule = rule;
+        }
+        self.record.status = status;
+        self.record.reason = Some(reason);
+    }
+
+    /// Notes why an allowed exchange ended early (an origin or tunnel error) without
+    /// changing its status.
+    pub fn note(&mut self, reason: String) {
+        self.record.reason = Some(reason);
+    }
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        self.record.duration = self.started.elapsed();
+        self.record.bytes_up = self.traffic.up.load(Ordering::Relaxed);
+        self.record.bytes_down = self.traffic.down.load(Ordering::Relaxed);
+        self.recorder.emit(&self.record);
+    }
+}

@@ -1,0 +1,642 @@
+//! Live statistics of outbound port use: counters per destination port, per client address,
+//! per user and per destination host, the tunnels open now, and each client's recent
+//! refusals (for the self-service page).
+//!
+//! Everything is fed from the access record ([`AccessSink`]), plus the open/close of tunnels.
+//! Per-port counters are atomics in lazily allocated blocks of 256 ports, so counting a
+//! record costs a few uncontended atomic adds; the per-client, per-user and per-host tables
+//! take one short lock per record and are bounded: past their cap, new keys are counted
+//! under `other`, so a scan of many addresses cannot exhaust memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use crate::core::ports::service_name;
+use crate::observe::access::{AccessRecord, AccessSink, Verdict};
+
+/// Clients tracked one by one; more are counted together as `other`.
+pub const CLIENT_CAP: usize = 1024;
+/// Users tracked one by one; more are counted together as `other`.
+pub const USER_CAP: usize = 1024;
+/// Destination hosts tracked one by one; more are counted together as `other`.
+pub const HOST_CAP: usize = 4096;
+/// Refusals remembered per client address, newest first.
+pub const DENIALS_PER_CLIENT: usize = 20;
+/// Refusals remembered across all clients (for the status page).
+pub const RECENT_DENIALS: usize = 50;
+
+/// Counters of one port.
+#[derive(Debug, Default)]
+struct PortCell {
+    http: AtomicU64,
+    connect: AtomicU64,
+    http_denied: AtomicU64,
+    connect_denied: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    active_tunnels: AtomicU64,
+}
+
+/// A snapshot of one port's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PortUse {
+    /// The port.
+    pub port: u16,
+    /// Its service name, when known.
+    pub service: Option<&'static str>,
+    /// Plain-HTTP requests (any outcome).
+    pub http_requests: u64,
+    /// CONNECT requests (any outcome).
+    pub connect_requests: u64,
+    /// Plain-HTTP requests refused.
+    pub http_denied: u64,
+    /// CONNECT requests refused.
+    pub connect_denied: u64,
+    /// Payload bytes client to destination.
+    pub bytes_up: u64,
+    /// Payload bytes destination to client.
+    pub bytes_down: u64,
+    /// Tunnels open now.
+    pub active_tunnels: u64,
+}
+
+impl PortUse {
+    /// Requests and tunnels together.
+    pub fn total(&self) -> u64 {
+        self.http_requests + self.connect_requests
+    }
+
+    /// Refused requests and tunnels together.
+    pub fn denied(&self) -> u64 {
+        self.http_denied + self.connect_denied
+    }
+}
+
+/// Counters of one client, user or host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Requests and tunnels (any outcome).
+    pub requests: u64,
+    /// Of those, refused.
+    pub denied: u64,
+    /// Payload bytes client to destination.
+    pub bytes_up: u64,
+    /// Payload bytes destination to client.
+    pub bytes_down: u64,
+}
+
+impl Usage {
+    fn add(&mut self, r: &AccessRecord) {
+        self.requests += 1;
+        if r.verdict == Verdict::Deny {
+            self.denied += 1;
+        }
+        self.bytes_up += r.bytes_up;
+        self.bytes_down += r.bytes_down;
+    }
+}
+
+/// A bounded table of usage by key; keys past the cap go to `other`.
+#[derive(Debug)]
+struct Table<K> {
+    rows: HashMap<K, Usage>,
+    other: Usage,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Clone> Table<K> {
+    fn new(cap: usize) -> Self {
+        Table {
+            rows: HashMap::new(),
+            other: Usage::default(),
+            cap,
+        }
+    }
+
+    fn add(&mut self, key: &K, r: &AccessRecord) {
+        if let Some(row) = self.rows.get_mut(key) {
+            row.add(r);
+        } else if self.rows.len() < self.cap {
+            self.rows.entry(key.clone()).or_default().add(r);
+        } else {
+            self.other.add(r);
+        }
+    }
+
+    fn snapshot(&self) -> (Vec<(K, Usage)>, Usage) {
+        let mut rows: Vec<(K, Usage)> = self.rows.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        rows.sort_by(|a, b| {
+            (b.1.bytes_up + b.1.bytes_down, b.1.requests)
+                .cmp(&(a.1.bytes_up + a.1.bytes_down, a.1.requests))
+        });
+        (rows, self.other)
+    }
+}
+
+/// A refusal as shown to the client it concerns and on the status page.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecentDenial {
+    /// When (RFC 3339).
+    pub time: String,
+    /// The client.
+    pub client: IpAddr,
+    /// The method.
+    pub method: String,
+    /// `host:port` asked for.
+    pub destination: String,
+    /// The status answered.
+    pub status: u16,
+    /// What decided.
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// All live statistics.
+pub struct Stats {
+    started: SystemTime,
+    ports: Vec<OnceLock<Box<[PortCell]>>>,
+    clients: Mutex<Table<IpAddr>>,
+    users: Mutex<Table<String>>,
+    hosts: Mutex<Table<String>>,
+    denials: Mutex<Denials>,
+    /// Access records the log could not keep up with and dropped.
+    pub dropped_records: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+struct Denials {
+    by_client: HashMap<IpAddr, VecDeque<RecentDenial>>,
+    recent: VecDeque<RecentDenial>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+impl Stats {
+    /// Empty statistics, started now.
+    pub fn new() -> Self {
+        Stats {
+            started: SystemTime::now(),
+            ports: (0..256).map(|_| OnceLock::new()).collect(),
+            clients: Mutex::new(Table::new(CLIENT_CAP)),
+            users: Mutex::new(Table::new(USER_CAP)),
+            hosts: Mutex::new(Table::new(HOST_CAP)),
+            denials: Mutex::new(Denials::default()),
+            dropped_records: Arc::default(),
+        }
+    }
+
+    /// Empty statistics whose dropped-record count is `dropped` (shared with the log).
+    pub fn with_dropped_counter(dropped: Arc<AtomicU64>) -> Self {
+        Stats {
+            dropped_records: dropped,
+            ..Stats::new()
+        }
+    }
+
+    /// When counting started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    fn port(&self, port: u16) -> &PortCell {
+        let block = self.ports[usize::from(port >> 8)]
+            .get_or_init(|| (0..256).map(|_| PortCell::default()).collect());
+        &block[usize::from(port & 0xff)]
+    }
+
+    /// A tunnel to `port` opened.
+    pub fn tunnel_opened(&self, port: u16) {
+        self.port(port)
+            .active_tunnels
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A tunnel to `port` closed.
+    pub fn tunnel_closed(&self, port: u16) {
+        self.port(port)
+            .active_tunnels
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Every port with any use, ascending.
+    pub fn ports(&self) -> Vec<PortUse> {
+        let mut out = Vec::new();
+        for (block_index, block) in self.ports.iter().enumerate() {
+            let Some(block) = block.get() else {
+                continue;
+            };
+            for (i, cell) in block.iter().enumerate() {
+                let port = ((block_index << 8) | i) as u16;
+                let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                let row = PortUse {
+                    port,
+                    service: service_name(port),
+                    http_requests: load(&cell.http),
+                    connect_requests: load(&cell.connect),
+                    http_denied: load(&cell.http_denied),
+                    connect_denied: load(&cell.connect_denied),
+                    bytes_up: load(&cell.bytes_up),
+                    bytes_down: load(&cell.bytes_down),
+                    active_tunnels: load(&cell.active_tunnels),
+                };
+                if row.total() > 0 || row.active_tunnels > 0 {
+                    out.push(row);
+                }
+            }
+        }
+        out
+    }
+
+    /// Usage by client address, busiest first, and the `other` row.
+    pub fn clients(&self) -> (Vec<(IpAddr, Usage)>, Usage) {
+        lock(&self.clients).snapshot()
+    }
+
+    /// Usage by user, busiest first, and the `other` row.
+    pub fn users(&self) -> (Vec<(String, Usage)>, Usage) {
+        lock(&self.users).snapshot()
+    }
+
+    /// Usage by destination host, busiest first, and the `other` row.
+    pub fn hosts(&self) -> (Vec<(String, Usage)>, Usage) {
+        lock(&self.hosts).snapshot()
+    }
+
+    /// The recent refusals of one client address, newest first.
+    pub fn denials_of(&self, client: IpAddr) -> Vec<RecentDenial> {
+        lock(&self.denials)
+            .by_client
+            .get(&client.to_canonical())
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The recent refusals of all clients, newest first.
+    pub fn recent_denials(&self) -> Vec<RecentDenial> {
+        lock(&self.denials).recent.iter().cloned().collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AccessSink for Stats {
+    fn record(&self, r: &AccessRecord) {
+        if r.port != 0 {
+            let cell = self.port(r.port);
+            let connect = r.method == "CONNECT";
+            let denied = r.verdict == Verdict::Deny;
+            let (count, refused) = if connect {
+                (&cell.connect, &cell.connect_denied)
+            } else {
+                (&cell.http, &cell.http_denied)
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            if denied {
+                refused.fetch_add(1, Ordering::Relaxed);
+            }
+            cell.bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
+            cell.bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
+        }
+        let client = r.client.ip().to_canonical();
+        lock(&self.clients).add(&client, r);
+        if let Some(user) = &r.user {
+            lock(&self.users).add(user, r);
+        }
+        if !r.host.is_empty() && r.rule != "local" {
+            lock(&self.hosts).add(&r.host, r);
+        }
+        if r.verdict == Verdict::Deny {
+            let denial = RecentDenial {
+                time: humantime::format_rfc3339_seconds(r.time).to_string(),
+                client,
+                method: r.method.clone(),
+                destination: if r.port == 0 {
+                    r.host.clone()
+                } else {
+                    format!("{}:{}", r.host, r.port)
+                },
+                status: r.status,
+                rule: r.rule.to_string(),
+                reason: r.reason.clone().unwrap_or_default(),
+            };
+            let mut denials = lock(&self.denials);
+            if denials.by_client.len() < CLIENT_CAP || denials.by_client.contains_key(&client) {
+                let list = denials.by_client.entry(client).or_default();
+                list.push_front(denial.clone());
+                list.truncate(DENIALS_PER_CLIENT);
+            }
+            denials.recent.push_front(denial);
+            denials.recent.truncate(RECENT_DENIALS);
+        }
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of the statistics. `names` gives client
+/// addresses their friendly names; `open_connections` is the client connections open now.
+pub fn render_metrics(
+    stats: &Stats,
+    names: &dyn Fn(IpAddr) -> Option<String>,
+    open_connections: usize,
+) -> String {
+    let mut out = String::with_capacity(4096);
+    let ports = stats.ports();
+    let port_labels = |p: &PortUse| {
+        format!(
+            "port=\"{}\",service=\"{}\"",
+            p.port,
+            escape(p.service.unwrap_or(""))
+        )
+    };
+
+    family(&mut out, "portcullis_requests_total", "counter", "Requests (kind=\"http\") and tunnels (kind=\"connect\") by destination port, whatever their outcome.");
+    for p in &ports {
+        for (kind, n) in [("http", p.http_requests), ("connect", p.connect_requests)] {
+            if n > 0 {
+                sample(
+                    &mut out,
+                    "portcullis_requests_total",
+                    &format!("{},kind=\"{kind}\"", port_labels(p)),
+                    n,
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "portcullis_denied_total",
+        "counter",
+        "Requests and tunnels refused, by destination port.",
+    );
+    for p in &ports {
+        for (kind, n) in [("http", p.http_denied), ("connect", p.connect_denied)] {
+            if n > 0 {
+                sample(
+                    &mut out,
+                    "portcullis_denied_total",
+                    &format!("{},kind=\"{kind}\"", port_labels(p)),
+                    n,
+                );
+            }
+        }
+    }
+    for (name, help, pick) in [
+        (
+            "portcullis_bytes_up_total",
+            "Payload bytes from clients to destinations, by destination port.",
+            (|p: &PortUse| p.bytes_up) as fn(&PortUse) -> u64,
+        ),
+        (
+            "portcullis_bytes_down_total",
+            "Payload bytes from destinations to clients, by destination port.",
+            |p: &PortUse| p.bytes_down,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        for p in ports.iter().filter(|p| p.total() > 0) {
+            sample(&mut out, name, &port_labels(p), pick(p));
+        }
+    }
+    family(
+        &mut out,
+        "portcullis_active_tunnels",
+        "gauge",
+        "CONNECT tunnels open now, by destination port.",
+    );
+    for p in ports
+        .iter()
+        .filter(|p| p.active_tunnels > 0 || p.connect_requests > 0)
+    {
+        sample(
+            &mut out,
+            "portcullis_active_tunnels",
+            &port_labels(p),
+            p.active_tunnels,
+        );
+    }
+
+    let (clients, other) = stats.clients();
+    let client_rows: Vec<(String, Usage)> = clients
+        .into_iter()
+        .map(|(ip, u)| {
+            let name = names(ip).unwrap_or_default();
+            (format!("client=\"{ip}\",name=\"{}\"", escape(&name)), u)
+        })
+        .chain((other.requests > 0).then(|| ("client=\"other\",name=\"\"".to_owned(), other)))
+        .collect();
+    usage_families(&mut out, "client", "client address", &client_rows);
+    let (users, other) = stats.users();
+    let user_rows: Vec<(String, Usage)> = users
+        .into_iter()
+        .map(|(user, u)| (format!("user=\"{}\"", escape(&user)), u))
+        .chain((other.requests > 0).then(|| ("user=\"other\"".to_owned(), other)))
+        .collect();
+    usage_families(&mut out, "user", "authenticated user", &user_rows);
+
+    family(
+        &mut out,
+        "portcullis_connections_open",
+        "gauge",
+        "Client connections open now.",
+    );
+    out.push_str(&format!("portcullis_connections_open {open_connections}\n"));
+    family(
+        &mut out,
+        "portcullis_access_log_dropped_total",
+        "counter",
+        "Access records dropped because the log could not keep up.",
+    );
+    out.push_str(&format!(
+        "portcullis_access_log_dropped_total {}\n",
+        stats.dropped_records.load(Ordering::Relaxed)
+    ));
+    family(
+        &mut out,
+        "portcullis_start_time_seconds",
+        "gauge",
+        "When the proxy started, in Unix seconds.",
+    );
+    let started = stats
+        .started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    out.push_str(&format!("portcullis_start_time_seconds {started}\n"));
+    out
+}
+
+fn usage_families(out: &mut String, what: &str, label: &str, rows: &[(String, Usage)]) {
+    type Family = (&'static str, &'static str, fn(&Usage) -> u64);
+    let families: [Family; 4] = [
+        ("requests", "Requests and tunnels", |u| u.requests),
+        ("denied", "Requests and tunnels refused", |u| u.denied),
+        ("bytes_up", "Payload bytes sent", |u| u.bytes_up),
+        ("bytes_down", "Payload bytes received", |u| u.bytes_down),
+    ];
+    for (suffix, help, pick) in families {
+        let name = format!("portcullis_{what}_{suffix}_total");
+        family(
+            out,
+            &name,
+            "counter",
+            &format!("{help}, by {label} (bounded; the rest are \"other\")."),
+        );
+        for (labels, usage) in rows {
+            sample(out, &name, labels, pick(usage));
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+}
+
+fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
+    out.push_str(&format!("{name}{{{labels}}} {value}\n"));
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::policy::Decider;
+    use std::time::Duration;
+
+    fn record(
+        client: &str,
+        method: &str,
+        port: u16,
+        verdict: Verdict,
+        up: u64,
+        down: u64,
+    ) -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::now(),
+            client: format!("{client}:5000").parse().unwrap(),
+            user: None,
+            method: method.to_owned(),
+            version: "HTTP/1.1",
+            path: None,
+            host: "example.com".to_owned(),
+            port,
+            service: service_name(port),
+            upstream: None,
+            parent: None,
+            status: if verdict == Verdict::Allow { 200 } else { 403 },
+            verdict,
+            rule: Decider::Builtin("ports.http"),
+            reason: (verdict == Verdict::Deny).then(|| "no".to_owned()),
+            bytes_up: up,
+            bytes_down: down,
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn counters_add_up_per_port_client_and_host() {
+        let stats = Stats::new();
+        for _ in 0..3 {
+            stats.record(&record("192.168.1.2", "GET", 80, Verdict::Allow, 10, 1000));
+        }
+        stats.record(&record("192.168.1.2", "CONNECT", 25, Verdict::Deny, 0, 50));
+        stats.record(&record(
+            "192.168.1.3",
+            "CONNECT",
+            443,
+            Verdict::Allow,
+            500,
+            5000,
+        ));
+        stats.tunnel_opened(443);
+        let ports = stats.ports();
+        assert_eq!(
+            ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+            [25, 80, 443]
+        );
+        assert_eq!(
+            (
+                ports[1].http_requests,
+                ports[1].bytes_up,
+                ports[1].bytes_down
+            ),
+            (3, 30, 3000)
+        );
+        assert_eq!(
+            (
+                ports[0].connect_requests,
+                ports[0].connect_denied,
+                ports[0].service
+            ),
+            (1, 1, Some("smtp"))
+        );
+        assert_eq!(ports[2].active_tunnels, 1);
+        stats.tunnel_closed(443);
+        assert_eq!(stats.ports()[2].active_tunnels, 0);
+        let (clients, other) = stats.clients();
+        assert_eq!(clients[0].0, "192.168.1.3".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            clients[1].1,
+            Usage {
+                requests: 4,
+                denied: 1,
+                bytes_up: 30,
+                bytes_down: 3050
+            }
+        );
+        assert_eq!(other, Usage::default());
+        let denials = stats.denials_of("192.168.1.2".parse().unwrap());
+        assert_eq!(denials.len(), 1);
+        assert_eq!(denials[0].destination, "example.com:25");
+        assert!(stats.denials_of("192.168.1.3".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn metrics_render_every_family() {
+        let stats = Stats::new();
+        let mut r = record("192.168.1.2", "GET", 80, Verdict::Allow, 10, 1000);
+        r.user = Some("al\"ice".into());
+        stats.record(&r);
+        let text = render_metrics(&stats, &|_| Some("kids-laptop".into()), 3);
+        for line in [
+            "portcullis_requests_total{port=\"80\",service=\"http\",kind=\"http\"} 1",
+            "portcullis_bytes_down_total{port=\"80\",service=\"http\"} 1000",
+            "portcullis_client_requests_total{client=\"192.168.1.2\",name=\"kids-laptop\"} 1",
+            "portcullis_user_bytes_up_total{user=\"al\\\"ice\"} 10",
+            "portcullis_connections_open 3",
+            "# TYPE portcullis_active_tunnels gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn tables_are_bounded() {
+        let stats = Stats::new();
+        for i in 0..(CLIENT_CAP + 100) {
+            let ip = format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255);
+            stats.record(&record(&ip, "GET", 80, Verdict::Deny, 0, 0));
+        }
+        let (clients, other) = stats.clients();
+        assert_eq!(clients.len(), CLIENT_CAP);
+        assert_eq!(other.requests, 100);
+        assert!(lock(&stats.denials).by_client.len() <= CLIENT_CAP);
+        assert_eq!(stats.recent_denials().len(), RECENT_DENIALS);
+    }
+}

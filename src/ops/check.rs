@@ -1,0 +1,711 @@
+//! `portcullis check`: validates a configuration the way the proxy does at start-up and on
+//! reload, prints the effective configuration in a few lines, then every lint warning.
+//!
+//! Errors name the file, line and column (`FILE:LINE:COLUMN: problem`): toml's parse errors
+//! carry them, and validation problems are placed with [`crate::config::locate`]. Each error
+//! says what would be valid; unknown service names get the close names from the table.
+//! Validation and lint are the proxy's own ([`Config::validate`], [`crate::config::lint::lint`]);
+//! this module only words the results. It reads the files the configuration names
+//! (`htpasswd`, `hosts_file`, `pages.dir`), and opens no socket.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::config::{locate, Config, ConfigError, RuleConfig, Settings};
+use crate::core::policy::{Action, Rule};
+use crate::core::ports::{PortSet, SERVICES};
+
+/// Exit status: the configuration is valid (and, under `--strict`, draws no warning).
+pub const VALID: u8 = 0;
+/// Exit status: the configuration is invalid, or cannot be read.
+pub const INVALID: u8 = 1;
+/// Exit status under `--strict`: valid, with warnings.
+pub const WARNINGS: u8 = 2;
+
+/// What `portcullis check` prints, and its exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The summary and the warnings.
+    pub stdout: String,
+    /// The errors.
+    pub stderr: String,
+    /// [`VALID`], [`INVALID`] or [`WARNINGS`].
+    pub code: u8,
+}
+
+/// Checks the file at `path`, or the built-in defaults when there is none.
+pub fn run(path: Option<&Path>, strict: bool) -> Outcome {
+    let Some(path) = path else {
+        return check_config(Config::default(), "<built-in defaults>", None, strict);
+    };
+    let origin = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => check_text(&text, &origin, strict),
+        Err(e) => Outcome {
+            stdout: String::new(),
+            stderr: format!("{origin}: cannot read the configuration: {e}\n"),
+            code: INVALID,
+        },
+    }
+}
+
+/// Checks configuration `text`; `origin` names it in messages, and files it names are read
+/// relative to its directory.
+pub fn check_text(text: &str, origin: &str, strict: bool) -> Outcome {
+    match Config::from_toml(text, origin) {
+        Ok(config) => check_config(config, origin, Some(text), strict),
+        Err(ConfigError::Parse { message, .. }) => Outcome {
+            stdout: String::new(),
+            stderr: format!(
+                "{}{origin}: invalid configuration: the file is not valid TOML for Portcullis\n",
+                parse_error(origin, &message)
+            ),
+            code: INVALID,
+        },
+        Err(other) => Outcome {
+            stdout: String::new(),
+            stderr: format!("{other}\n"),
+            code: INVALID,
+        },
+    }
+}
+
+fn check_config(config: Config, origin: &str, text: Option<&str>, strict: bool) -> Outcome {
+    match config.validate(origin) {
+        Ok(settings) => {
+            let warnings = crate::config::lint::lint(&config, &settings);
+            let mut stdout = format!("{origin}: valid configuration\n\n");
+            stdout.push_str(&summary(&config, &settings));
+            stdout.push('\n');
+            if warnings.is_empty() {
+                stdout.push_str("warnings: none\n");
+            }
+            for warning in &warnings {
+                let _ = writeln!(stdout, "warning: {warning}");
+            }
+            let code = if strict && !warnings.is_empty() {
+                WARNINGS
+            } else {
+                VALID
+            };
+            Outcome {
+                stdout,
+                stderr: String::new(),
+                code,
+            }
+        }
+        Err(ConfigError::Invalid { problems, .. }) => {
+            let mut stderr = String::new();
+            for problem in &problems {
+                match text.and_then(|t| locate(t, problem)) {
+                    Some((line, column)) => {
+                        let _ = writeln!(stderr, "{origin}:{line}:{column}: {problem}");
+                    }
+                    None => {
+                        let _ = writeln!(stderr, "{origin}: {problem}");
+                    }
+                }
+                if let Some(hint) = hint(problem) {
+                    let _ = writeln!(stderr, "  hint: {hint}");
+                }
+            }
+            let count = problems.len();
+            let _ = writeln!(
+                stderr,
+                "{origin}: invalid configuration: {count} problem{}",
+                if count == 1 { "" } else { "s" }
+            );
+            Outcome {
+                stdout: String::new(),
+                stderr,
+                code: INVALID,
+            }
+        }
+        Err(other) => Outcome {
+            stdout: String::new(),
+            stderr: format!("{other}\n"),
+            code: INVALID,
+        },
+    }
+}
+
+/// toml's message (`TOML parse error at line 4, column 11`, the line with a caret, then what
+/// is wrong) as `FILE:4:11: what is wrong`, the caret lines below it.
+fn parse_error(origin: &str, message: &str) -> String {
+    let mut lines = message.lines();
+    let first = lines.next().unwrap_or("");
+    let place = first
+        .strip_prefix("TOML parse error at line ")
+        .and_then(|rest| rest.split_once(", column "))
+        .and_then(|(line, column)| {
+            Some((line.parse::<usize>().ok()?, column.parse::<usize>().ok()?))
+        });
+    let Some((line, column)) = place else {
+        return format!("{origin}: {message}\n");
+    };
+    let (snippet, words): (Vec<&str>, Vec<&str>) = lines.partition(|l| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    });
+    let what = words
+        .iter()
+        .map(|w| w.trim())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut out = format!("{origin}:{line}:{column}: {what}\n");
+    for l in snippet {
+        let _ = writeln!(out, "  {l}");
+    }
+    out
+}
+
+/// What would be valid, where the problem's own words do not say it.
+fn hint(problem: &str) -> Option<String> {
+    if let Some(rest) = problem.split("unknown service name \"").nth(1) {
+        let name = rest.split('"').next().unwrap_or("");
+        let close = close_service_names(name);
+        return Some(if close.is_empty() {
+            let names: Vec<&str> = SERVICES.iter().map(|s| s.name()).collect();
+            format!(
+                "no known service has a close name; an entry is a port (8080), a range (\"8000-8100\") or one of: {}",
+                names.join(", ")
+            )
+        } else {
+            let quoted: Vec<String> = close.iter().map(|n| format!("\"{n}\"")).collect();
+            format!("did you mean {}?", or_list(&quoted))
+        });
+    }
+    if problem.contains(": must be longer than zero") {
+        return Some("write a duration such as \"10s\", \"2m\" or \"1h 30m\"".to_owned());
+    }
+    None
+}
+
+/// Up to four service names close to `name`, closest first: within edit distance 2 (1 for
+/// names of four letters or fewer), or one a prefix of the other (`smtpx` → `smtp`).
+pub fn close_service_names(name: &str) -> Vec<&'static str> {
+    let name = name.trim().to_ascii_lowercase();
+    // Two edits turn most four-letter names into each other: short names get one.
+    let limit = if name.chars().count() <= 4 { 1 } else { 2 };
+    let mut close: Vec<(usize, &'static str)> = SERVICES
+        .iter()
+        .flat_map(|s| s.names.iter().copied())
+        .filter_map(|known| {
+            let distance = edit_distance(known, &name);
+            let prefix = known.len().min(name.len()) >= 3
+                && (known.starts_with(&name) || name.starts_with(known));
+            (distance <= limit || prefix).then_some((distance, known))
+        })
+        .collect();
+    close.sort();
+    close.into_iter().take(4).map(|(_, n)| n).collect()
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+fn or_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// The effective configuration, a line or a few per section.
+pub fn summary(config: &Config, settings: &Settings) -> String {
+    let mut out = String::new();
+    let mut line = |key: &str, value: String| {
+        let _ = writeln!(out, "{key:<15}{value}");
+    };
+    let policy = &settings.policy;
+    line("listen", join(config.listen.iter()));
+    let threads = match settings.workers {
+        1 => "1 thread".to_owned(),
+        n => format!("{n} threads"),
+    };
+    line(
+        "workers",
+        match &config.workers {
+            crate::config::Workers::Count(_) => threads,
+            crate::config::Workers::Named(_) => {
+                format!("{threads} (auto: half the processors)")
+            }
+        },
+    );
+    let mut clients = join(policy.clients.iter());
+    if !settings.client_names.is_empty() {
+        let _ = write!(clients, "; {} named", settings.client_names.len());
+    }
+    line("clients.allow", clients);
+    line("ports.http", ports(&policy.http_ports));
+    line("ports.connect", ports(&policy.connect_ports));
+    line(
+        "destinations",
+        format!(
+            "loopback {}; unspecified, link-local and metadata addresses and the proxy's own listeners always refused",
+            if policy.allow_loopback {
+                "allowed (allow_loopback = true)"
+            } else {
+                "refused"
+            }
+        ),
+    );
+    let t = &settings.timeouts;
+    let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    line(
+        "timeouts",
+        format!(
+            "connect {}, request_header {}, keep_alive {}, request_body {}, response {}, tunnel_idle {}, shutdown_grace {}",
+            d(t.connect),
+            d(t.request_header),
+            d(t.keep_alive),
+            d(t.request_body),
+            d(t.response),
+            d(t.tunnel_idle),
+            d(t.shutdown_grace)
+        ),
+    );
+    let l = &settings.limits;
+    line(
+        "limits",
+        format!(
+            "{} connections, {} per client; request head {} bytes, request line {} bytes, {} header fields",
+            l.max_connections,
+            l.max_connections_per_client,
+            l.max_header_bytes,
+            l.max_request_line,
+            l.max_headers
+        ),
+    );
+    line(
+        "auth",
+        match (&settings.auth, &config.auth.htpasswd) {
+            (Some(auth), Some(path)) => {
+                let users = auth.users.len();
+                format!(
+                    "on: {users} user{} in {}, realm {:?}",
+                    if users == 1 { "" } else { "s" },
+                    path.display(),
+                    auth.config.realm
+                )
+            }
+            _ => "off: no log-in asked".to_owned(),
+        },
+    );
+    if policy.rules.is_empty() {
+        line("rules", "none: the port lists decide".to_owned());
+    } else {
+        line(
+            "rules",
+            format!(
+                "{}, in order, first match wins, before the port lists:",
+                policy.rules.len()
+            ),
+        );
+        for (i, (rule, written)) in policy.rules.iter().zip(&config.rules).enumerate() {
+            line("", format!("{}. {}", i + 1, describe_rule(rule, written)));
+        }
+    }
+    let (destination, format) = &settings.access_log;
+    let access = match destination {
+        crate::observe::log::Destination::Stdout => "access log to standard output".to_owned(),
+        crate::observe::log::Destination::Off => "access log off".to_owned(),
+        crate::observe::log::Destination::File(path) => format!("access log to {}", path.display()),
+    };
+    line(
+        "log",
+        format!(
+            "{access}, {} format; diagnostics at {}",
+            format!("{format:?}").to_lowercase(),
+            config.log.level
+        ),
+    );
+    line(
+        "admin",
+        match &settings.admin {
+            Some((addr, allow)) => format!(
+                "{addr} (/metrics, /status, /healthz), for {}",
+                join(allow.iter())
+            ),
+            None => "off".to_owned(),
+        },
+    );
+    let pac = &settings.pac;
+    line(
+        "pac",
+        format!(
+            "/proxy.pac and /wpad.dat: direct {}; proxies {}; proxy_host {}",
+            if pac.direct.is_empty() {
+                "plain host names only".to_owned()
+            } else {
+                join(pac.direct.iter())
+            },
+            if pac.proxies.is_empty() {
+                "this proxy".to_owned()
+            } else {
+                pac.proxies.join(", ")
+            },
+            pac.proxy_host
+                .as_deref()
+                .unwrap_or("the address each request arrives on")
+        ),
+    );
+    line(
+        "upstream",
+        match &settings.upstream {
+            None => "none: the proxy connects to destinations itself".to_owned(),
+            Some(u) => {
+                let parents: Vec<String> = u
+                    .parents
+                    .iter()
+                    .map(|p| match p.authorization {
+                        Some(_) => format!("{} (with credentials)", p.name),
+                        None => p.name.clone(),
+                    })
+                    .collect();
+                let direct = if config.upstream.direct.is_empty() {
+                    "none".to_owned()
+                } else {
+                    config.upstream.direct.join(", ")
+                };
+                format!(
+                    "parents {}, tried in order; direct: {direct}",
+                    parents.join(", ")
+                )
+            }
+        },
+    );
+    out
+}
+
+/// `"mail" allow: clients 192.168.1.10/32; ports 25 (smtp); methods CONNECT`
+fn describe_rule(rule: &Rule, written: &RuleConfig) -> String {
+    let written_file = written.hosts_file.as_deref();
+    let mut conditions = Vec::new();
+    if let Some(clients) = &rule.clients {
+        conditions.push(format!("clients {}", join(clients.iter())));
+    }
+    if let Some(users) = &rule.users {
+        conditions.push(format!("users {}", users.join(", ")));
+    }
+    if let Some(hosts) = &rule.hosts {
+        let written_hosts = written.hosts.as_deref().unwrap_or_default();
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let text = match (written_hosts.len(), written_file) {
+            (0, Some(file)) => format!(
+                "hosts from {} ({} pattern{})",
+                file.display(),
+                hosts.len(),
+                plural(hosts.len())
+            ),
+            (n, file) => {
+                let mut text = if n <= 6 {
+                    format!("hosts {}", written_hosts.join(", "))
+                } else {
+                    format!("hosts: {n} patterns")
+                };
+                if let Some(file) = file {
+                    let _ = write!(text, " and those in {}", file.display());
+                }
+                text
+            }
+        };
+        conditions.push(text);
+    }
+    if let Some(ports_set) = &rule.ports {
+        conditions.push(format!("ports {}", ports(ports_set)));
+    }
+    if let Some(methods) = &rule.methods {
+        conditions.push(format!("methods {}", methods.join(", ")));
+    }
+    let action = match rule.action {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
+    };
+    if conditions.is_empty() {
+        format!("\"{}\" {action}: every request", rule.name)
+    } else {
+        format!("\"{}\" {action}: {}", rule.name, conditions.join("; "))
+    }
+}
+
+/// `80 (http), 1025-65535`; a range names the known services in it when they are few.
+pub fn ports(set: &PortSet) -> String {
+    let ranges = set.ranges();
+    if ranges.is_empty() {
+        return "none".to_owned();
+    }
+    ranges
+        .iter()
+        .map(|&(lo, hi)| {
+            let named: Vec<&str> = SERVICES
+                .iter()
+                .filter(|s| (lo..=hi).contains(&s.port))
+                .map(|s| s.name())
+                .collect();
+            let span = if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            };
+            if !named.is_empty() && named.len() <= 4 {
+                format!("{span} ({})", named.join(", "))
+            } else {
+                span
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let all: Vec<String> = items.map(|i| i.to_string()).collect();
+    if all.is_empty() {
+        "none".to_owned()
+    } else {
+        all.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_locates_validation_problems() {
+        // (file text, the problem's start, the line and column wanted)
+        let cases: &[(&str, &str, (usize, usize))] = &[
+            (
+                "listen = [\"127.0.0.1:1\"]\n[ports]\nhttp = [80]\nconnect = [\"no-such-service\"]\n",
+                "ports.connect: entry \"no-such-service\"",
+                (4, 12),
+            ),
+            (
+                "[ports]\nhttp = [\n  80,\n  \"90-80\",  # reversed\n]\nconnect = [\"https\"]\n",
+                "ports.http: entry \"90-80\"",
+                (4, 3),
+            ),
+            ("[ports]\nhttp = [0, 80]\n", "ports.http: entry 0:", (2, 9)),
+            (
+                "[ports]\nhttp = [80]\n\n[timeouts]\n# the dial\nconnect = \"0s\"\n",
+                "timeouts.connect: must be longer",
+                (6, 1),
+            ),
+            (
+                "[admin]\nlisten = \"nowhere\"\n",
+                "admin.listen: \"nowhere\"",
+                (2, 10),
+            ),
+            ("listen = []\n", "listen: the list is empty", (1, 1)),
+            (
+                "[clients]\nallow = []\n",
+                "clients.allow: the list is empty",
+                (2, 1),
+            ),
+            (
+                "[log]\nlevel = \"loud\"\n",
+                "log.level: \"loud\"",
+                (2, 9),
+            ),
+            (
+                "[[rules]]\nname = \"a\"\naction = \"allow\"\n[[rules]]\nname = \"b\"\nports = [\"https\", \"smtpx\"]\naction = \"deny\"\n",
+                "rules[2] \"b\": ports: entry \"smtpx\"",
+                (6, 19),
+            ),
+            (
+                "[[rules]]\nname = \"a\"\nmethods = [\"G3T\"]\naction = \"allow\"\n",
+                "rules[1] \"a\": methods: \"G3T\" is not a method name",
+                (3, 12),
+            ),
+            (
+                "[[rules]]\nname = \"a\"\naction = \"allow\"\n[[rules]]\n  name = \"a\"\n  action = \"deny\"\n",
+                "rules[2] \"a\": another rule has the same name",
+                (5, 3),
+            ),
+            (
+                "[[rules]]\nname = \"a\"\nhosts = []\naction = \"allow\"\n",
+                "rules[1] \"a\": hosts is an empty list",
+                (3, 1),
+            ),
+            (
+                "[[rules]]\nname = \"a\"\nusers = [\"alice\"]\naction = \"allow\"\n",
+                "rules[1] \"a\": users needs [auth]",
+                (3, 1),
+            ),
+            (
+                "[[rules]]\nname = \"a\"\nhosts = [\"ok.example\", \"bad host\"]\naction = \"deny\"\n",
+                "rules[1] \"a\": hosts: \"bad host\" is not",
+                (3, 24),
+            ),
+            (
+                "[pac]\nproxies = [\"proxy.lan:3128\", \"nope\"]\n",
+                "pac.proxies: \"nope\" is not host:port",
+                (2, 30),
+            ),
+            (
+                "[clients.names]\n\"10.0.0.7\" = \"printer\"\n\"10.0.0.8\" = \" \"\n",
+                "clients.names: the name of 10.0.0.8 must be",
+                (3, 1),
+            ),
+            // Dotted keys and inline tables.
+            (
+                "ports.http = [80]\nports.connect = [\"htps\"]\n",
+                "ports.connect: entry \"htps\"",
+                (2, 18),
+            ),
+            (
+                "ports = { http = [80], connect = [\"htps\"] }\n",
+                "ports.connect: entry \"htps\"",
+                (1, 35),
+            ),
+            // A "# [ports]" comment and brackets inside strings do not confuse the scan.
+            (
+                "# [ports]\n[pac]\nproxy_host = \"[x]\"\n[ports]\nconnect = [ # ports\n  \"https\", \"nope\"\n]\n",
+                "ports.connect: entry \"nope\"",
+                (6, 12),
+            ),
+            // Columns count characters, not bytes.
+            (
+                "[pages]\ncontact = \"Zoë\"\n[ports]\nconnect = [\"é\", \"x\"]\n",
+                "ports.connect: entry \"x\"",
+                (4, 17),
+            ),
+        ];
+        for (text, problem, want) in cases {
+            // The problem as validation words it, when the text is invalid as a whole.
+            let full = match Config::from_toml(text, "t").map(|c| c.validate("t")) {
+                Ok(Err(ConfigError::Invalid { problems, .. })) => problems
+                    .into_iter()
+                    .find(|p| p.starts_with(problem))
+                    .unwrap_or_else(|| problem.to_string()),
+                _ => problem.to_string(),
+            };
+            assert_eq!(locate(text, &full), Some(*want), "{problem:?} in\n{text}");
+        }
+        assert_eq!(locate("", "listen: the list is empty"), None);
+        assert_eq!(locate("a = 1", "not a problem"), None);
+        // A key not written at all (a default): the quoted text wherever it is.
+        assert_eq!(
+            locate("# uses \"x\"\n", "upstream.proxy: \"x\": bad"),
+            Some((1, 8))
+        );
+    }
+
+    #[test]
+    fn check_reports_problems_with_line_column_and_hints() {
+        let text = "listen = [\"127.0.0.1:1\"]\n[ports]\nhttp = [80]\nconnect = [\"no-such-service\", \"htps\"]\n";
+        let out = check_text(text, "bad.toml", false);
+        assert_eq!(out.code, INVALID);
+        assert!(out.stdout.is_empty());
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert!(
+            lines[0].starts_with(
+                "bad.toml:4:12: ports.connect: entry \"no-such-service\": unknown service name"
+            ),
+            "{}",
+            out.stderr
+        );
+        assert!(lines[1].starts_with("  hint: no known service has a close name; an entry is a port (8080), a range (\"8000-8100\") or one of: ftp-data, ftp, ssh"), "{}", out.stderr);
+        assert!(
+            lines[2].starts_with("bad.toml:4:31: ports.connect: entry \"htps\""),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            lines[3].starts_with("  hint: did you mean ") && lines[3].contains("\"https\""),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(lines[4], "bad.toml: invalid configuration: 2 problems");
+
+        let out = check_text("[ports]\nhttp = [80\nconnect = 5\n", "p.toml", false);
+        assert_eq!(out.code, INVALID);
+        assert!(out.stderr.starts_with("p.toml:3:1: "), "{}", out.stderr);
+        assert!(out.stderr.contains("expected `,`"), "{}", out.stderr);
+        let out = check_text("[ports]\nhtp = [80]\n", "p.toml", false);
+        assert!(
+            out.stderr
+                .starts_with("p.toml:2:1: unknown field `htp`, expected `http` or `connect`"),
+            "{}",
+            out.stderr
+        );
+    }
+
+    #[test]
+    fn check_summarizes_and_warns() {
+        let out = check_text("", "empty.toml", true);
+        assert_eq!(out.code, VALID, "{out:?}");
+        assert!(out.stdout.starts_with("empty.toml: valid configuration\n"));
+        for fragment in [
+            "listen         0.0.0.0:3128\n",
+            " (auto: half the processors)\n",
+            "ports.http     80 (http), 1025-65535\n",
+            "ports.connect  443 (https)\n",
+            "auth           off",
+            "rules          none",
+            "admin          127.0.0.1:3129",
+            "warnings: none\n",
+        ] {
+            assert!(
+                out.stdout.contains(fragment),
+                "{fragment:?} in\n{}",
+                out.stdout
+            );
+        }
+        let text = "[clients]\nallow = [\"0.0.0.0/0\"]\n[ports]\nconnect = [\"https\", \"20-23\"]\n\
+                    [[rules]]\nname = \"mail\"\nclients = [\"192.168.1.10\"]\nports = [\"smtp\", \"submission\"]\nmethods = [\"CONNECT\"]\naction = \"allow\"\n\
+                    [upstream]\nproxy = \"http://bob:hunter2@parent.lan:8080\"\n";
+        let out = check_text(text, "open.toml", true);
+        assert_eq!(out.code, WARNINGS, "{out:?}");
+        for fragment in [
+            "ports.connect  20-23 (ftp-data, ftp, ssh, telnet), 443 (https)\n",
+            "1. \"mail\" allow: clients 192.168.1.10/32; ports 25 (smtp), 587 (submission); methods CONNECT\n",
+            "parents parent.lan:8080 (with credentials)",
+            "warning: open proxy",
+            "warning: SMTP (port 25) is reachable through CONNECT by rule \"mail\"",
+        ] {
+            assert!(out.stdout.contains(fragment), "{fragment:?} in\n{}", out.stdout);
+        }
+        assert!(!out.stdout.contains("hunter2"));
+        assert_eq!(check_text(text, "open.toml", false).code, VALID);
+    }
+
+    #[test]
+    fn check_finds_close_service_names() {
+        let cases: &[(&str, &[&str])] = &[
+            ("htps", &["https", "ftps"]),
+            ("smtpx", &["smtp", "smtps"]),
+            ("HTTPS-ALTT", &["https-alt"]),
+            ("no-such-service", &[]),
+            ("imap4", &["imap", "imaps"]),
+        ];
+        for (name, want) in cases {
+            let got = close_service_names(name);
+            for w in *want {
+                assert!(got.contains(w), "{name}: {got:?}");
+            }
+            if want.is_empty() {
+                assert!(got.is_empty(), "{name}: {got:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The command line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+
+use crate::ops::report::{parse_since, parse_until, GroupBy, OutputFormat};
+
+/// Portcullis: a LAN HTTP forward proxy that only lets clients reach the destination ports
+/// you allow, and logs who used which port and how much.
+///
+/// Without options it listens on 0.0.0.0:3128 with the built-in defaults
+/// (documented in config/portcullis.toml).
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Read the configuration from this TOML file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Listen on this address instead of the configured ones (repeatable).
+    #[arg(short, long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Something other than running the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands; without one, `portcullis` runs the proxy.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Add or replace USER's entry in the htpasswd FILE (bcrypt), creating the file if needed.
+    ///
+    /// The password is read twice without echo from the terminal, or from the first line of
+    /// standard input when it is not a terminal: `printf '%s\n' "$PW" | portcullis passwd FILE USER`.
+    Passwd {
+        /// The htpasswd file (created with mode 0600 if it does not exist).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The user name (no ':' and no whitespace).
+        #[arg(value_name = "USER")]
+        user: String,
+    },
+    /// Print usage per destination port, client, host or user, read from access logs.
+    ///
+    /// Reads access logs in the `squid` or `json` format (told apart line by line), plain or
+    /// gzip-compressed, and prints per group: requests, denied, bytes up, bytes down, distinct
+    /// clients, first and last seen. It streams: memory stays flat however large the logs.
+    ///
+    /// Times are request arrival times, in UTC. The Squid format does not record bytes up:
+    /// its lines count 0 there. Distinct clients are exact up to 10 000 per group, estimated
+    /// above (marked `~` in the table). Malformed lines are skipped and counted on standard error.
+    ///
+    /// In Squid lines the port and host come from the URL (`http://host[:port]/…`, or
+    /// `host:port` for CONNECT), the client from the 3rd field and the user from the 8th; a
+    /// result code starting `TCP_DENIED` or `NONE` (`NONE_NONE`) counts as denied.
+    Report {
+        /// Access log files, plain or .gz; none, or `-`, reads standard input.
+        #[arg(value_name = "FILES")]
+        files: Vec<PathBuf>,
+        /// What to group by.
+        #[arg(long, value_enum, default_value_t = GroupBy::Port)]
+        by: GroupBy,
+        /// Only requests that arrived at or after TIME: RFC 3339 (2025-11-26T10:00:00Z) or a
+        /// date (2025-11-26, from its midnight), UTC.
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<SystemTime>,
+        /// Only requests that arrived before TIME: RFC 3339, or a date (up to the end of that
+        /// day), UTC.
+        #[arg(long, value_name = "TIME", value_parser = parse_until)]
+        until: Option<SystemTime>,
+        /// The output: an aligned table with a totals row, CSV (RFC 4180) or a JSON array.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Validate a configuration file, summarize what it sets up, and warn about likely mistakes.
+    ///
+    /// Reads the file as the proxy does at start-up and on reload (without --config: the
+    /// built-in defaults) and prints the effective configuration in a few lines (listeners,
+    /// clients, port lists with service names, destination guards, timeouts, limits, log-in,
+    /// rules, logs, admin, PAC, parent proxies), then every warning: an open proxy, SMTP
+    /// through CONNECT, rules that can never match, rules that name users not in the htpasswd
+    /// file.
+    ///
+    /// Errors go to standard error as FILE:LINE:COLUMN: problem, each saying what would be
+    /// valid. Exit status: 0 valid, 1 invalid, 2 valid with warnings under --strict.
+    Check {
+        /// The configuration file; without it, the built-in defaults are checked.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Exit with status 2 when the configuration is valid but draws warnings.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Say whether the proxy would allow a request, and which rule or list decides it.
+    ///
+    /// Runs the proxy's own checks in the proxy's order (client allow-list, the request
+    /// target, the proxy's own pages, log-in, the [[rules]] then the port lists, the guards on
+    /// destination addresses) without sending anything anywhere. TARGET is host:port for
+    /// CONNECT, or an absolute http:// URL for other methods; METHOD is taken in upper case.
+    ///
+    /// Names are not resolved unless --resolve is given: then the system resolver is asked
+    /// and every address is checked as the proxy would before dialling it.
+    ///
+    /// Exit status: 0 allowed, 1 refused, 2 usage or configuration error, 3 undecided (a
+    /// rule needs the destination's address: run again with --resolve).
+    ///
+    /// Example: portcullis explain --config /etc/portcullis/portcullis.toml --client 192.168.1.20 CONNECT example.com:25
+    Explain {
+        /// The configuration file; without it, the built-in defaults.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The client's address, as the proxy would see it.
+        #[arg(long, value_name = "IP")]
+        client: IpAddr,
+        /// The user the client logs in as (taken as logged in if the htpasswd file has that
+        /// user; passwords are not asked).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Resolve a destination name with the system resolver and check each address.
+        #[arg(long)]
+        resolve: bool,
+        /// The request method: CONNECT, GET, POST …
+        #[arg(value_name = "METHOD")]
+        method: String,
+        /// host:port for CONNECT, http://host[:port]/path for the other methods.
+        #[arg(value_name = "TARGET")]
+        target: String,
+    },
+    /// Print a shell completion script to standard output.
+    ///
+    /// For example: portcullis completions bash > /etc/bash_completion.d/portcullis, or
+    /// portcullis completions zsh > "${fpath[1]}/_portcullis".
+    Completions {
+        /// The shell.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to standard output.
+    ///
+    /// Without COMMAND, portcullis(1); with one, the page of that subcommand,
+    /// portcullis-COMMAND(1). For example: portcullis man | man -l -
+    Man {
+        /// A subcommand whose page to print (check, explain, report, passwd …).
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subcommands_are_optional() {
+        type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>, Option<&'a str>);
+        let cases: &[Case] = &[
+            // (arguments, passwd FILE USER, --config)
+            (&["portcullis"], None, None),
+            (&["portcullis", "--config", "p.toml"], None, Some("p.toml")),
+            (&["portcullis", "-l", "127.0.0.1:0"], None, None),
+            (
+                &["portcullis", "passwd", "users.htpasswd", "alice"],
+                Some(("users.htpasswd", "alice")),
+                None,
+            ),
+        ];
+        for (args, passwd, config) in cases {
+            let cli = Cli::try_parse_from(*args).unwrap();
+            let got = cli.command.as_ref().and_then(|command| match command {
+                Command::Passwd { file, user } => Some((file.to_str().unwrap(), user.as_str())),
+                _ => None,
+            });
+            assert_eq!(got, *passwd, "{args:?}");
+            assert_eq!(cli.config.as_deref(), config.map(std::path::Path::new));
+        }
+        for bad in [
+            &["portcullis", "passwd", "users.htpasswd"][..],
+            &["portcullis", "passwd"],
+            &["portcullis", "--config", "p.toml", "passwd", "f", "u"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn report_arguments() {
+        let cli = Cli::try_parse_from(["portcullis", "report"]).unwrap();
+        let Some(Command::Report {
+            files,
+            by,
+            since,
+            until,
+            format,
+        }) = cli.command
+        else {
+            panic!("not a report: {cli:?}");
+        };
+        assert!(files.is_empty() && since.is_none() && until.is_none());
+        assert_eq!((by, format), (GroupBy::Port, OutputFormat::Table));
+        let args = [
+            "portcullis",
+            "report",
+            "--by",
+            "user",
+            "--format",
+            "json",
+            "--since",
+            "2025-11-26",
+            "--until",
+            "2025-11-26T12:00:00Z",
+            "a.log",
+            "b.log.gz",
+            "-",
+        ];
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Some(Command::Report {
+            files,
+            by,
+            since,
+            until,
+            format,
+        }) = cli.command
+        else {
+            panic!("not a report: {cli:?}");
+        };
+        assert_eq!(files, ["a.log", "b.log.gz", "-"].map(PathBuf::from));
+        assert_eq!((by, format), (GroupBy::User, OutputFormat::Json));
+        assert_eq!(
+            since,
+            Some(humantime::parse_rfc3339("2025-11-26T00:00:00Z").unwrap())
+        );
+        assert_eq!(
+            until,
+            Some(humantime::parse_rfc3339("2025-11-26T12:00:00Z").unwrap())
+        );
+        for bad in [
+            &["portcullis", "report", "--by", "mood"][..],
+            &["portcullis", "report", "--format", "xml"],
+            &["portcullis", "report", "--since", "yesterday"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn check_and_explain_arguments() {
+        let cli =
+            Cli::try_parse_from(["portcullis", "check", "--config", "p.toml", "--strict"]).unwrap();
+        let Some(Command::Check { config, strict }) = cli.command else {
+            panic!("not a check: {cli:?}");
+        };
+        assert_eq!(config.as_deref(), Some(std::path::Path::new("p.toml")));
+        assert!(strict);
+        let args = [
+            "portcullis",
+            "explain",
+            "--client",
+            "192.168.1.20",
+            "--user",
+            "alice",
+            "--resolve",
+            "CONNECT",
+            "example.com:25",
+        ];
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Some(Command::Explain {
+            config,
+            client,
+            user,
+            resolve,
+            method,
+            target,
+        }) = cli.command
+        else {
+            panic!("not an explain: {cli:?}");
+        };
+        assert_eq!(config, None);
+        assert_eq!(client, "192.168.1.20".parse::<IpAddr>().unwrap());
+        assert_eq!(user.as_deref(), Some("alice"));
+        assert!(resolve);
+        assert_eq!(
+            (method.as_str(), target.as_str()),
+            ("CONNECT", "example.com:25")
+        );
+        for bad in [
+            &["portcullis", "explain", "CONNECT", "example.com:25"][..],
+            &[
+                "portcullis",
+                "explain",
+                "--client",
+                "lan",
+                "GET",
+                "http://x/",
+            ],
+            &["portcullis", "explain", "--client", "10.0.0.1", "GET"],
+            &["portcullis", "completions", "tcsh"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["portcullis", "completions", "zsh"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Completions {
+                shell: clap_complete::Shell::Zsh
+            })
+        ));
+    }
+}

@@ -1,0 +1,887 @@
+//! `portcullis explain`: what the proxy would answer one request, which rule or list decides
+//! it, and why, without sending anything anywhere.
+//!
+//! It asks the very functions the request path asks, in the order [`crate::proxy::service`] meets
+//! them: the client allow-list ([`Policy::admit_client`]), the request target ([`classify`]),
+//! the proxy's own pages ([`Policy::is_listener`]), log-in, the rules and port lists
+//! ([`Policy::decide`]) and the guards on destination addresses ([`Policy::check_address`]):
+//! at once for an IP literal, per resolved address for a name. Pure: resolving a name and
+//! telling whether an address is this machine's are closures the caller passes
+//! ([`Lookups`]); the binary passes the system resolver only with `--resolve`.
+//!
+//! Not modelled: the request-head limits and framing checks (a question has no headers), the
+//! blocking of addresses after failed log-ins, passwords, and whether the destination answers.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{Method, StatusCode, Uri};
+
+use crate::config::Settings;
+use crate::core::policy::{Decider, Decision, Denial, Facts, Kind, Policy};
+use crate::core::ports::describe;
+use crate::core::target::{classify, Classified, Host, Target};
+
+/// The request to explain.
+#[derive(Debug, Clone, Copy)]
+pub struct Question<'a> {
+    /// The client's address.
+    pub client: IpAddr,
+    /// The user the client logs in as, if any.
+    pub user: Option<&'a str>,
+    /// The method (taken in upper case).
+    pub method: &'a str,
+    /// `host:port` for CONNECT, an absolute `http://` URL otherwise (or a path, for the
+    /// proxy's own pages).
+    pub target: &'a str,
+}
+
+/// Resolves a name (and port) to addresses, as the system resolver would.
+pub type Resolver<'a> = &'a dyn Fn(&str, u16) -> Result<Vec<IpAddr>, String>;
+
+/// What `explain` may ask of the world.
+#[derive(Clone, Copy)]
+pub struct Lookups<'a> {
+    /// Resolves destination names; `None`: names are not resolved (no `--resolve`).
+    pub resolve: Option<Resolver<'a>>,
+    /// Whether an address belongs to this machine ([`crate::egress::dial::is_local_address`]); asked
+    /// only about listeners bound to an unspecified address, as the proxy does.
+    pub is_local: &'a dyn Fn(IpAddr) -> bool,
+}
+
+/// The outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The proxy lets the request through.
+    Allowed,
+    /// The proxy refuses it.
+    Denied,
+    /// A rule needs the destination's address, which was not resolved.
+    Undecided,
+}
+
+/// What the proxy would do with a request, and the steps that led there.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// Allowed, refused, or undecided without an address.
+    pub verdict: Verdict,
+    /// What decided (`ports.connect`, `rule "mail"`, `clients.allow`, `auth`, `local` …);
+    /// for an undecided request, the rule that needs the address.
+    pub decider: Option<Decider>,
+    /// The reason of a refusal, or what an undecided request needs.
+    pub reason: Option<String>,
+    /// What the client gets (`403 Forbidden` …).
+    pub status: String,
+    /// Each check, in the proxy's order, and its answer.
+    pub steps: Vec<String>,
+}
+
+impl Explanation {
+    /// `allowed by D`, `denied by D: reason` or `undecided: reason`.
+    pub fn headline(&self) -> String {
+        let decider = self
+            .decider
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), Decider::to_string);
+        let reason = self.reason.as_deref().unwrap_or("");
+        match self.verdict {
+            Verdict::Allowed => format!("allowed by {decider}"),
+            Verdict::Denied => format!("denied by {decider}: {reason}"),
+            Verdict::Undecided => format!("undecided: {reason}"),
+        }
+    }
+
+    /// The text printed by `portcullis explain`.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{}\nthe client gets: {}\nsteps, in the order the proxy takes them:\n",
+            self.headline(),
+            self.status
+        );
+        for (i, step) in self.steps.iter().enumerate() {
+            out.push_str(&format!("  {}. {step}\n", i + 1));
+        }
+        out
+    }
+
+    /// The exit status of `portcullis explain`: 0 allowed, 1 refused, 3 undecided.
+    pub fn exit_code(&self) -> u8 {
+        match self.verdict {
+            Verdict::Allowed => 0,
+            Verdict::Denied => 1,
+            Verdict::Undecided => 3,
+        }
+    }
+}
+
+/// A question that is not a request at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExplainError {
+    /// Not an HTTP method token.
+    #[error("\"{0}\" is not a request method (CONNECT, GET, POST …)")]
+    Method(String),
+    /// Not a request target.
+    #[error("\"{0}\" is not a request target: write host:port for CONNECT, or an http:// URL")]
+    Target(String),
+}
+
+/// Explains what the proxy, configured by `settings`, would do with `question`.
+pub fn explain(
+    settings: &Settings,
+    question: &Question<'_>,
+    lookups: &Lookups<'_>,
+) -> Result<Explanation, ExplainError> {
+    let method = Method::from_bytes(question.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| ExplainError::Method(question.method.to_owned()))?;
+    let uri: Uri = question
+        .target
+        .parse()
+        .map_err(|_| ExplainError::Target(question.target.to_owned()))?;
+    let mut walk = Walk {
+        policy: &settings.policy,
+        steps: Vec::new(),
+    };
+    let policy = &settings.policy;
+
+    // 1. The client allow-list, before anything else.
+    let client = question.client;
+    let shown_client = match settings.client_name(client) {
+        Some(name) => format!("{client} ({name})"),
+        None => client.to_string(),
+    };
+    if let Err(denial) = policy.admit_client(client) {
+        walk.step(format!(
+            "client {shown_client}: not in clients.allow ({})",
+            networks(&policy.clients)
+        ));
+        return Ok(walk.denied(denial, "403 Forbidden, and the connection is closed"));
+    }
+    walk.step(format!("client {shown_client}: admitted by clients.allow"));
+
+    // 2. What the client asked for.
+    let classified = match classify(&method, &uri) {
+        Ok(classified) => classified,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            walk.step(format!("{method} {uri}: not a request the proxy serves"));
+            let denial = Denial {
+                rule: Decider::Builtin("request"),
+                reason: e.to_string(),
+            };
+            return Ok(walk.denied(denial, &status_text(status)));
+        }
+    };
+
+    // 3. The proxy's own pages: an origin-form request, or an absolute URL naming a listener.
+    let own_page = match &classified {
+        Classified::Local => true,
+        Classified::Forward(target) => match target.host {
+            Host::Ip(ip) => policy.is_listener(SocketAddr::new(ip, target.port), lookups.is_local),
+            Host::Name(_) => false,
+        },
+        Classified::Connect(_) => false,
+    };
+    if own_page {
+        return Ok(walk.own_page(&method, &uri));
+    }
+    let (kind, target) = match classified {
+        Classified::Connect(target) => (Kind::Connect, target),
+        Classified::Forward(target) => (Kind::Http, target),
+        Classified::Local => return Ok(walk.own_page(&method, &uri)),
+    };
+    walk.step(match kind {
+        Kind::Connect => format!(
+            "{method} {target}: a tunnel to {} {}; its port list is ports.connect",
+            target.host,
+            describe(target.port)
+        ),
+        Kind::Http => format!(
+            "{method} {uri}: plain HTTP forwarded to {} {}; its port list is ports.http",
+            target.host,
+            describe(target.port)
+        ),
+    });
+
+    // 4. Log-in, when [auth] is on.
+    let user = match &settings.auth {
+        None => {
+            walk.step(match question.user {
+                Some(user) => {
+                    format!(
+                        "log-in: [auth] is off, so no one logs in (--user {user} plays no part)"
+                    )
+                }
+                None => "log-in: [auth] is off, so no one logs in".to_owned(),
+            });
+            None
+        }
+        Some(auth) => match question.user {
+            None => {
+                walk.step(
+                    "log-in: [auth] is on and no user is given (--user NAME explains a logged-in user)"
+                        .to_owned(),
+                );
+                let denial = Denial {
+                    rule: Decider::Builtin("auth"),
+                    reason: "needs a log-in (407, auth): the client is asked for a user name and password"
+                        .to_owned(),
+                };
+                return Ok(walk.denied(denial, "407 Proxy Authentication Required"));
+            }
+            Some(user) if auth.users.users().any(|u| u == user) => {
+                walk.step(format!(
+                    "log-in: {user} is in the htpasswd file, taken as logged in (passwords are not checked here)"
+                ));
+                Some(user)
+            }
+            Some(user) => {
+                walk.step(format!("log-in: {user} is not in the htpasswd file"));
+                let denial = Denial {
+                    rule: Decider::Builtin("auth"),
+                    reason: format!("wrong user name or password for user {user:?}"),
+                };
+                return Ok(walk.denied(denial, "407 Proxy Authentication Required"));
+            }
+        },
+    };
+
+    // 5. The rules, then the port list; the address guards around them.
+    let facts = Facts {
+        client,
+        user,
+        method: method.as_str(),
+        kind,
+        host: &target.host,
+        port: target.port,
+    };
+    let via_parent = settings
+        .upstream
+        .as_ref()
+        .is_some_and(|u| u.serves(&target.host));
+    if via_parent {
+        walk.step(format!(
+            "parent proxy: {} is not in upstream.direct, so a parent proxy carries the request and resolves names itself",
+            target.host
+        ));
+        // With a parent, an IP literal meets the guards before the decision.
+        if let Host::Ip(ip) = target.host {
+            if let Err(denial) = walk.guard(&target, ip, lookups) {
+                return Ok(walk.denied(denial, "403 Forbidden"));
+            }
+        }
+    }
+    let allowed_status = match kind {
+        Kind::Connect => "200 Connection established, then the tunnel (if the destination answers)",
+        Kind::Http => "the origin's answer (if it answers)",
+    };
+    match policy.decide(&facts, None) {
+        Decision::Deny(denial) => {
+            walk.decided(&denial.rule, "denied");
+            Ok(walk.denied(denial, "403 Forbidden"))
+        }
+        Decision::Allow(decider) => {
+            walk.decided(&decider, "allowed");
+            match (&target.host, via_parent) {
+                (Host::Ip(_), true) => Ok(walk.allowed(decider, allowed_status)),
+                (Host::Ip(ip), false) => match walk.guard(&target, *ip, lookups) {
+                    Ok(()) => Ok(walk.allowed(decider, allowed_status)),
+                    Err(denial) => Ok(walk.denied(denial, "403 Forbidden")),
+                },
+                (Host::Name(_), true) => {
+                    walk.step(
+                        "addresses: the parent resolves the name, so the address guards see none"
+                            .to_owned(),
+                    );
+                    Ok(walk.allowed(decider, allowed_status))
+                }
+                (Host::Name(name), false) => match lookups.resolve {
+                    None => {
+                        walk.step(format!(
+                            "addresses: {name} is a name; the address guards (loopback, link-local, unspecified, the proxy's own listeners) apply to each address it resolves to, when the proxy dials; --resolve checks them now"
+                        ));
+                        Ok(walk.allowed(decider, allowed_status))
+                    }
+                    Some(resolve) => Ok(walk.per_address(
+                        &target,
+                        resolve,
+                        lookups,
+                        PerAddress::Decided(decider),
+                        allowed_status,
+                    )),
+                },
+            }
+        }
+        Decision::NeedAddress => {
+            let rule = rule_needing_address(policy, &facts);
+            let shown = rule
+                .as_ref()
+                .map_or_else(|| "a rule".to_owned(), Decider::to_string);
+            walk.step(format!(
+                "rules: {shown} matches destinations by address, and {} is a name",
+                target.host
+            ));
+            match lookups.resolve {
+                None => Ok(Explanation {
+                    verdict: Verdict::Undecided,
+                    decider: rule,
+                    reason: Some(format!(
+                        "{shown} needs the address {} resolves to; run again with --resolve",
+                        target.host
+                    )),
+                    status: "depends on the address".to_owned(),
+                    steps: walk.steps,
+                }),
+                Some(resolve) => Ok(walk.per_address(
+                    &target,
+                    resolve,
+                    lookups,
+                    PerAddress::Decide(&facts),
+                    allowed_status,
+                )),
+            }
+        }
+    }
+}
+
+/// What to do with each resolved address.
+enum PerAddress<'a> {
+    /// The request is allowed by this; only the guards remain.
+    Decided(Decider),
+    /// The decision needs the address: decide again with it, after the guards.
+    Decide(&'a Facts<'a>),
+}
+
+/// The steps so far, and the policy they ask.
+struct Walk<'a> {
+    policy: &'a Policy,
+    steps: Vec<String>,
+}
+
+impl Walk<'_> {
+    fn step(&mut self, text: String) {
+        self.steps.push(text);
+    }
+
+    fn denied(self, denial: Denial, status: &str) -> Explanation {
+        Explanation {
+            verdict: Verdict::Denied,
+            decider: Some(denial.rule),
+            reason: Some(denial.reason),
+            status: status.to_owned(),
+            steps: self.steps,
+        }
+    }
+
+    fn allowed(self, decider: Decider, status: &str) -> Explanation {
+        Explanation {
+            verdict: Verdict::Allowed,
+            decider: Some(decider),
+            reason: None,
+            status: status.to_owned(),
+            steps: self.steps,
+        }
+    }
+
+    /// The rules-and-port-list step.
+    fn decided(&mut self, decider: &Decider, how: &str) {
+        let rules = self.policy.rules.len();
+        let text = match decider {
+            Decider::Rule(_) => format!("rules: {how} by {decider} (first match wins)"),
+            Decider::Builtin(list) if rules == 0 => {
+                format!("rules: none, so {list} decides: {how}")
+            }
+            Decider::Builtin(list) => {
+                format!("rules: none of the {rules} matches, so {list} decides: {how}")
+            }
+        };
+        self.step(text);
+    }
+
+    /// The destination guards on one address of `target`.
+    fn guard(&mut self, target: &Target, ip: IpAddr, lookups: &Lookups<'_>) -> Result<(), Denial> {
+        let addr = SocketAddr::new(ip, target.port);
+        let checked = self
+            .policy
+            .check_address(&target.host.to_string(), addr, lookups.is_local);
+        match &checked {
+            Ok(()) => self.step(format!(
+                "address {ip}: passes the destination guards (destinations.*)"
+            )),
+            Err(denial) => self.step(format!("address {ip}: refused by {}", denial.rule)),
+        }
+        checked
+    }
+
+    /// Resolves `target` and checks each address as the proxy does before dialling it
+    /// (`dial::dial` and `dial::choose`): the guards, then the rules when they need the
+    /// address. The first address that passes is the one the proxy would use.
+    fn per_address(
+        mut self,
+        target: &Target,
+        resolve: Resolver<'_>,
+        lookups: &Lookups<'_>,
+        mode: PerAddress<'_>,
+        allowed_status: &str,
+    ) -> Explanation {
+        let Host::Name(name) = &target.host else {
+            return self.allowed(Decider::Builtin("-"), allowed_status);
+        };
+        let lookup_failed = |mut walk: Walk<'_>, why: String, mode: PerAddress<'_>| {
+            walk.step(format!("addresses: {why}"));
+            let status = format!("502 Bad Gateway: {why}");
+            match mode {
+                PerAddress::Decided(decider) => walk.allowed(decider, &status),
+                PerAddress::Decide(_) => Explanation {
+                    verdict: Verdict::Undecided,
+                    decider: None,
+                    reason: Some(format!("{why}, so no rule can see its address")),
+                    status,
+                    steps: walk.steps,
+                },
+            }
+        };
+        let ips = match resolve(name, target.port) {
+            Ok(ips) if ips.is_empty() => {
+                return lookup_failed(
+                    self,
+                    format!("DNS lookup of {name} returned no address"),
+                    mode,
+                )
+            }
+            Ok(ips) => ips,
+            Err(e) => {
+                return lookup_failed(self, format!("DNS lookup of {name} failed: {e}"), mode)
+            }
+        };
+        let mut first_allowed = None;
+        let mut first_denied = None;
+        for ip in ips {
+            let addr = SocketAddr::new(ip, target.port);
+            let checked = self
+                .policy
+                .check_address(name, addr, lookups.is_local)
+                .and_then(|()| match &mode {
+                    PerAddress::Decided(decider) => Ok(decider.clone()),
+                    PerAddress::Decide(facts) => match self.policy.decide(facts, Some(ip)) {
+                        Decision::Allow(decider) => Ok(decider),
+                        Decision::Deny(denial) => Err(denial),
+                        Decision::NeedAddress => Err(Denial {
+                            rule: Decider::Builtin("rules"),
+                            reason: format!("no decision could be reached for {target}"),
+                        }),
+                    },
+                });
+            match checked {
+                Ok(decider) => {
+                    self.step(format!("address {ip}: allowed by {decider}"));
+                    first_allowed.get_or_insert(decider);
+                }
+                Err(denial) => {
+                    self.step(format!(
+                        "address {ip}: denied by {}: {}",
+                        denial.rule, denial.reason
+                    ));
+                    first_denied.get_or_insert(denial);
+                }
+            }
+        }
+        match (first_allowed, first_denied) {
+            (Some(decider), _) => self.allowed(decider, allowed_status),
+            (None, Some(denial)) => self.denied(denial, "403 Forbidden"),
+            (None, None) => self.allowed(Decider::Builtin("-"), allowed_status),
+        }
+    }
+
+    /// The proxy's own pages (`pages::local`): the welcome page and the PAC file, no log-in.
+    fn own_page(mut self, method: &Method, uri: &Uri) -> Explanation {
+        let path = uri.path();
+        self.step(format!(
+            "{method} {uri}: addressed to the proxy itself, which answers with its own pages (no log-in)"
+        ));
+        let readable = *method == Method::GET || *method == Method::HEAD;
+        let (status, reason) = if !readable {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not supported on the proxy's own pages"),
+            )
+        } else if path != "/" && !crate::web::pac::PATHS.contains(&path) {
+            (
+                StatusCode::NOT_FOUND,
+                format!("{path} is not a page of this proxy"),
+            )
+        } else {
+            return self.allowed(Decider::Builtin("local"), &status_text(StatusCode::OK));
+        };
+        let denial = Denial {
+            rule: Decider::Builtin("local"),
+            reason,
+        };
+        self.denied(denial, &status_text(status))
+    }
+}
+
+/// The rule whose host networks make [`Policy::decide`] answer [`Decision::NeedAddress`]:
+/// the first rule such that the rules up to it already need the address.
+fn rule_needing_address(policy: &Policy, facts: &Facts<'_>) -> Option<Decider> {
+    (0..policy.rules.len()).find_map(|i| {
+        let upto = Policy {
+            rules: policy.rules[..=i].to_vec(),
+            ..policy.clone()
+        };
+        (upto.decide(facts, None) == Decision::NeedAddress)
+            .then(|| Decider::Rule(policy.rules[i].name.clone()))
+    })
+}
+
+fn status_text(status: StatusCode) -> String {
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .trim_end()
+    .to_owned()
+}
+
+fn networks(nets: &[ipnet::IpNet]) -> String {
+    let shown: Vec<String> = nets.iter().take(4).map(ToString::to_string).collect();
+    let more = nets.len().saturating_sub(shown.len());
+    match more {
+        0 => shown.join(", "),
+        n => format!("{} and {n} more", shown.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn settings(text: &str) -> Settings {
+        Config::from_toml(text, "t").unwrap().validate("t").unwrap()
+    }
+
+    /// A resolver that knows a few names, and fails for the rest.
+    fn fake_dns(name: &str, _port: u16) -> Result<Vec<IpAddr>, String> {
+        let ips: &[&str] = match name {
+            "intranet.example" => &["10.1.2.3"],
+            "www.example" | "example.com" => &["93.184.216.34"],
+            "localhost" => &["127.0.0.1", "::1"],
+            "split.example" => &["127.0.0.1", "93.184.216.34"],
+            "empty.example" => &[],
+            _ => return Err("Name or service not known".to_owned()),
+        };
+        Ok(ips.iter().map(|ip| ip.parse().unwrap()).collect())
+    }
+
+    fn never_local(_: IpAddr) -> bool {
+        false
+    }
+
+    const RULES: &str = r#"
+listen = ["127.0.0.1:3128"]
+[ports]
+connect = ["https", "ssh"]
+[[rules]]
+name = "mail server may send mail"
+clients = ["192.168.1.10"]
+ports = ["smtp"]
+methods = ["CONNECT"]
+action = "allow"
+[[rules]]
+name = "no ads"
+hosts = [".ads.example"]
+action = "deny"
+[[rules]]
+name = "no office servers"
+hosts = ["10.0.0.0/8"]
+action = "deny"
+[[rules]]
+name = "read-only 8443"
+methods = ["GET", "HEAD"]
+ports = [8443]
+action = "allow"
+"#;
+
+    const LOOPBACK: &str = "listen = [\"127.0.0.1:3128\"]\n[destinations]\nallow_loopback = true\n\
+                            [ports]\nconnect = [\"https\", 3128]\n";
+    const PARENT: &str = "[upstream]\nproxy = \"http://10.9.9.9:3128\"\ndirect = [\".lan\"]\n";
+
+    /// Runs rows of `[USER@]CLIENT METHOD TARGET | VERDICT DECIDER | STATUS` against `config`,
+    /// with the fake resolver when `resolve`.
+    fn table(config: &str, resolve: bool, rows: &[&str]) {
+        table_with(&settings(config), resolve, rows);
+    }
+
+    fn table_with(settings: &Settings, resolve: bool, rows: &[&str]) {
+        for row in rows {
+            let fields: Vec<&str> = row.split(" | ").collect();
+            let [request, want, status] = fields[..] else {
+                panic!("bad row {row:?}");
+            };
+            let mut request = request.split_whitespace();
+            let (client, method, target) = (
+                request.next().unwrap(),
+                request.next().unwrap(),
+                request.next().unwrap(),
+            );
+            let (verdict, decider) = want.split_once(' ').unwrap();
+            let (user, client) = match client.split_once('@') {
+                Some((user, client)) => (Some(user), client),
+                None => (None, client),
+            };
+            let question = Question {
+                client: client.parse().unwrap(),
+                user,
+                method,
+                target,
+            };
+            let resolver: Resolver<'_> = &fake_dns;
+            let lookups = Lookups {
+                resolve: resolve.then_some(resolver),
+                is_local: &never_local,
+            };
+            let got = explain(settings, &question, &lookups).unwrap();
+            let got_verdict = match got.verdict {
+                Verdict::Allowed => "allowed",
+                Verdict::Denied => "denied",
+                Verdict::Undecided => "undecided",
+            };
+            let got_decider = got
+                .decider
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ToString::to_string);
+            assert_eq!(
+                (got_verdict, got_decider.as_str()),
+                (verdict, decider),
+                "{row}\n{}",
+                got.render()
+            );
+            assert!(got.status.starts_with(status), "{row}\n{}", got.render());
+        }
+    }
+
+    #[test]
+    fn explains_a_table_of_requests() {
+        table(
+            "",
+            false,
+            &[
+                // The port lists.
+                "192.168.1.20 CONNECT example.com:25 | denied ports.connect | 403",
+                "192.168.1.20 CONNECT example.com:443 | allowed ports.connect | 200",
+                "192.168.1.20 connect example.com:443 | allowed ports.connect | 200",
+                "192.168.1.20 GET http://example.com/ | allowed ports.http | the origin",
+                "192.168.1.20 GET http://example.com:25/ | denied ports.http | 403",
+                "192.168.1.20 POST http://example.com:8080/x | allowed ports.http | the origin",
+                // The client allow-list comes first.
+                "8.8.8.8 CONNECT example.com:443 | denied clients.allow | 403",
+                "8.8.8.8 GET / | denied clients.allow | 403",
+                "::ffff:192.168.1.20 CONNECT example.com:443 | allowed ports.connect | 200",
+                // Targets the proxy does not serve.
+                "192.168.1.20 GET https://example.com/ | denied request | 501",
+                "192.168.1.20 GET ftp://example.com/ | denied request | 501",
+                "192.168.1.20 CONNECT example.com | denied request | 400",
+                // The proxy's own pages.
+                "192.168.1.20 GET / | allowed local | 200",
+                "192.168.1.20 GET /proxy.pac | allowed local | 200",
+                "192.168.1.20 GET /nope | denied local | 404",
+                "192.168.1.20 POST / | denied local | 405",
+                // The address guards on IP literals, after the port lists.
+                "192.168.1.20 CONNECT 127.0.0.1:443 | denied destinations.loopback | 403",
+                "192.168.1.20 GET http://[::1]:8080/ | denied destinations.loopback | 403",
+                "192.168.1.20 CONNECT 169.254.169.254:443 | denied destinations.link_local | 403",
+                "192.168.1.20 CONNECT 0.0.0.0:443 | denied destinations.unspecified | 403",
+                "192.168.1.20 CONNECT 127.0.0.1:25 | denied ports.connect | 403",
+            ],
+        );
+        table(
+            LOOPBACK,
+            false,
+            &[
+                "192.168.1.20 GET http://127.0.0.1:3128/wpad.dat | allowed local | 200",
+                "192.168.1.20 CONNECT 127.0.0.1:443 | allowed ports.connect | 200",
+                "192.168.1.20 CONNECT 127.0.0.1:3128 | denied destinations.self | 403",
+            ],
+        );
+        table(
+            RULES,
+            false,
+            &[
+                // Rules, first match wins; a rule with networks needs a name's address.
+                "192.168.1.10 CONNECT mail.example:25 | allowed rule \"mail server may send mail\" | 200",
+                "192.168.1.11 CONNECT mail.example:25 | undecided rule \"no office servers\" | depends",
+                "192.168.1.20 GET http://x.ads.example/ | denied rule \"no ads\" | 403",
+                "192.168.1.20 GET http://10.1.2.3/ | denied rule \"no office servers\" | 403",
+                "192.168.1.20 GET http://app.example:8443/ | undecided rule \"no office servers\" | depends",
+                "192.168.1.20 GET http://93.184.216.34:8443/ | allowed rule \"read-only 8443\" | the origin",
+                "192.168.1.20 POST http://93.184.216.34:8443/ | allowed ports.http | the origin",
+            ],
+        );
+        table(
+            PARENT,
+            false,
+            &[
+                // A parent proxy: IP literals meet the guards first; names are the parent's.
+                "192.168.1.20 CONNECT 127.0.0.1:25 | denied destinations.loopback | 403",
+                "192.168.1.20 CONNECT example.com:443 | allowed ports.connect | 200",
+                "192.168.1.20 CONNECT example.com:25 | denied ports.connect | 403",
+            ],
+        );
+    }
+
+    #[test]
+    fn explains_resolved_addresses() {
+        table(
+            RULES,
+            true,
+            &[
+                "192.168.1.20 GET http://intranet.example/ | denied rule \"no office servers\" | 403",
+                "192.168.1.20 GET http://www.example/ | allowed ports.http | the origin",
+                "192.168.1.20 CONNECT www.example:22 | allowed ports.connect | 200",
+                "192.168.1.20 GET http://www.example:8443/ | allowed rule \"read-only 8443\" | the origin",
+                "192.168.1.20 POST http://www.example:8443/ | allowed ports.http | the origin",
+                // A failed lookup leaves a rule that needs the address undecided.
+                "192.168.1.20 GET http://nowhere.example/ | undecided - | 502",
+                "192.168.1.20 GET http://empty.example/ | undecided - | 502",
+            ],
+        );
+        table(
+            "",
+            true,
+            &[
+                "192.168.1.20 CONNECT localhost:443 | denied destinations.loopback | 403",
+                // The first address that passes is the one dialled.
+                "192.168.1.20 CONNECT split.example:443 | allowed ports.connect | 200",
+                // Allowed, but the lookup fails: the client gets 502.
+                "192.168.1.20 CONNECT nowhere.example:443 | allowed ports.connect | 502",
+            ],
+        );
+        table(
+            LOOPBACK,
+            true,
+            &["192.168.1.20 CONNECT localhost:443 | allowed ports.connect | 200"],
+        );
+    }
+
+    #[test]
+    fn the_text_names_decider_reason_and_steps() {
+        let s = settings("");
+        let lookups = Lookups {
+            resolve: None,
+            is_local: &never_local,
+        };
+        let ask = |method, target| {
+            let q = Question {
+                client: "192.168.1.20".parse().unwrap(),
+                user: None,
+                method,
+                target,
+            };
+            explain(&s, &q, &lookups).unwrap()
+        };
+        let denied = ask("CONNECT", "example.com:25");
+        let text = denied.render();
+        assert!(
+            text.starts_with(
+                "denied by ports.connect: port 25 (smtp) is not allowed for CONNECT\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("the client gets: 403 Forbidden"), "{text}");
+        assert_eq!(denied.exit_code(), 1);
+        let allowed = ask("CONNECT", "example.com:443");
+        let text = allowed.render();
+        assert!(text.starts_with("allowed by ports.connect\n"), "{text}");
+        assert!(text.contains("--resolve checks them"), "{text}");
+        // Nothing in an allowed answer reads like a refusal.
+        assert!(!text.to_lowercase().contains("den"), "{text}");
+        assert_eq!(allowed.exit_code(), 0);
+        assert!(matches!(
+            explain(
+                &s,
+                &Question {
+                    client: "192.168.1.20".parse().unwrap(),
+                    user: None,
+                    method: "GE T",
+                    target: "http://x/"
+                },
+                &lookups
+            ),
+            Err(ExplainError::Method(_))
+        ));
+        assert!(matches!(
+            explain(
+                &s,
+                &Question {
+                    client: "192.168.1.20".parse().unwrap(),
+                    user: None,
+                    method: "GET",
+                    target: "http://exa mple/"
+                },
+                &lookups
+            ),
+            Err(ExplainError::Target(_))
+        ));
+    }
+
+    #[test]
+    fn undecided_names_the_rule_and_resolve() {
+        let s = settings(RULES);
+        let q = Question {
+            client: "192.168.1.20".parse().unwrap(),
+            user: None,
+            method: "GET",
+            target: "http://intranet.example/",
+        };
+        let lookups = Lookups {
+            resolve: None,
+            is_local: &never_local,
+        };
+        let got = explain(&s, &q, &lookups).unwrap();
+        assert_eq!(got.exit_code(), 3);
+        let text = got.render();
+        assert!(
+            text.starts_with("undecided: rule \"no office servers\" needs the address intranet.example resolves to; run again with --resolve"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn log_in_comes_before_the_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        std::fs::write(dir.path().join("users.htpasswd"), format!("alice:{hash}\n")).unwrap();
+        let config = "[auth]\nhtpasswd = \"users.htpasswd\"\n[ports]\nconnect = [\"https\"]\n\
+                      [[rules]]\nname = \"alice may ssh\"\nusers = [\"alice\"]\nports = [\"ssh\"]\naction = \"allow\"\n";
+        let origin = dir.path().join("portcullis.toml");
+        let s = Config::from_toml(config, "t")
+            .unwrap()
+            .validate(&origin.display().to_string())
+            .unwrap();
+        table_with(
+            &s,
+            false,
+            &[
+                "192.168.1.20 CONNECT git.example:22 | denied auth | 407",
+                "alice@192.168.1.20 CONNECT git.example:22 | allowed rule \"alice may ssh\" | 200",
+                "alice@192.168.1.20 CONNECT git.example:443 | allowed ports.connect | 200",
+                "mallory@192.168.1.20 CONNECT git.example:443 | denied auth | 407",
+                // The proxy's own pages need no log-in; a refused client is refused first.
+                "192.168.1.20 GET /proxy.pac | allowed local | 200",
+                "alice@8.8.8.8 CONNECT git.example:443 | denied clients.allow | 403",
+            ],
+        );
+        let lookups = Lookups {
+            resolve: None,
+            is_local: &never_local,
+        };
+        let q = Question {
+            client: "192.168.1.20".parse().unwrap(),
+            user: None,
+            method: "CONNECT",
+            target: "example.com:443",
+        };
+        let text = explain(&s, &q, &lookups).unwrap().render();
+        assert!(text.contains("needs a log-in (407, auth)"), "{text}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Offline subcommands: the command line, `check`, `explain`, `passwd` and `report`.
+
+pub mod check;
+pub mod cli;
+pub mod explain;
+pub mod passwd;
+pub mod report;

@@ -1,0 +1,535 @@
+//! One client connection's state: its phase (waiting for a head, or busy with an
+//! exchange) for the watchdog that times heads and idle connections, and the I/O wrapper
+//! that notes when a head starts, scans it, and ends the connection when told.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Why the watchdog closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Idle between requests for `keep_alive`, or no byte at all: close quietly.
+    Idle = 1,
+    /// A request head started but did not complete within `request_header`: answer 408.
+    SlowHead = 2,
+}
+
+const NONE: u64 = u64::MAX;
+
+/// What the watchdog and the I/O wrapper know about one client connection.
+pub struct ConnState {
+    start: Instant,
+    /// Exchanges whose response has not been fully sent.
+    in_flight: AtomicU32,
+    /// When the connection last became idle (ms since `start`).
+    idle_since: AtomicU64,
+    /// When the first byte of the awaited request head arrived (ms since `start`), or NONE.
+    head_started: AtomicU64,
+    /// Set by the watchdog: an [`Expiry`] as u8, or 0.
+    expired: AtomicU8,
+    /// What [`HeadScan`] saw in the request head just read ([`HeadFlags`] bits).
+    head_flags: AtomicU8,
+    /// Bumped each time the connection becomes idle, so the scanner starts afresh.
+    head_generation: AtomicU32,
+    /// Request bodies still being read ([`BodyGuard`]s): the bytes that arrive are theirs.
+    bodies: AtomicU32,
+    /// A request body was left unread: its rest cannot be told from a next request, so no
+    /// further request is read ([`WatchedIo`] ends the connection once its answer is sent).
+    closing: AtomicBool,
+    /// Closing, and the last answer has been written out: the connection can end.
+    pub(crate) answered: AtomicBool,
+}
+
+impl ConnState {
+    pub(crate) fn new() -> Self {
+        ConnState {
+            start: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(NONE),
+            expired: AtomicU8::new(0),
+            head_flags: AtomicU8::new(0),
+            head_generation: AtomicU32::new(0),
+            bodies: AtomicU32::new(0),
+            closing: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// A request head has arrived: the exchange is in flight until its guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.head_started.store(NONE, Ordering::Release);
+        InFlight(self.clone())
+    }
+
+    /// A request body is on its way: the connection stays busy until it has been read to its
+    /// end. A body given up before its end closes the connection after the exchange.
+    pub fn request_body(self: &Arc<Self>) -> BodyGuard {
+        self.bodies.fetch_add(1, Ordering::SeqCst);
+        BodyGuard {
+            state: self.clone(),
+            finished: false,
+        }
+    }
+
+    /// Whether an answer is being sent or a request body read.
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0 || self.bodies.load(Ordering::SeqCst) > 0
+    }
+
+    /// The last answer has been sent and the last body read: the connection is idle, and
+    /// what arrives next is a request head.
+    fn idle(&self) {
+        self.idle_since
+            .store(self.now_ms().max(1), Ordering::Release);
+        self.head_started.store(NONE, Ordering::Release);
+        self.head_flags.store(0, Ordering::Release);
+        self.head_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// No further request is read on this connection once the current exchange is over.
+    pub fn close_after(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Whether no further request is read (a request body given up before its end, or
+    /// [`ConnState::close_after`]).
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// What the scanner saw in the head of the request being served; resets for the next.
+    pub fn take_head_flags(&self) -> HeadFlags {
+        HeadFlags(self.head_flags.swap(0, Ordering::AcqRel))
+    }
+
+    pub(crate) fn expire(&self, expiry: Expiry) {
+        self.expired.store(expiry as u8, Ordering::Release);
+    }
+
+    /// Completes when the connection has idled for `keep_alive`, or a request head has taken
+    /// longer than `request_header` (the first head is timed from the connection's start).
+    ///
+    /// The watchdog is not woken by requests (that would cost every request a wake-up): it
+    /// looks at the connection's state at most every `request_header` and at each deadline,
+    /// so a slow head is caught between one and two `request_header` periods after it began.
+    pub(crate) async fn watch(&self, t: &crate::config::Timeouts) -> Expiry {
+        let head_limit = t.request_header.as_millis() as u64;
+        loop {
+            let now = self.now_ms();
+            let head = self.head_started.load(Ordering::Acquire);
+            let idle = self.idle_since.load(Ordering::Acquire);
+            let deadline = if self.busy() {
+                // Busy: nothing to time here; look again later.
+                None
+            } else if head != NONE {
+                Some((head + head_limit, Expiry::SlowHead))
+            } else if idle == 0 {
+                // A new connection that has sent nothing yet.
+                Some((head_limit, Expiry::Idle))
+            } else {
+                Some((idle + t.keep_alive.as_millis() as u64, Expiry::Idle))
+            };
+            if let Some((at, expiry)) = deadline {
+                if now >= at {
+                    return expiry;
+                }
+            }
+            let next = deadline.map_or(now + head_limit, |(at, _)| at.min(now + head_limit));
+            tokio::time::sleep_until(self.start + Duration::from_millis(next)).await;
+        }
+    }
+}
+
+/// Holds a connection busy while an exchange is in flight; dropping it marks the end.
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.0;
+        // SeqCst with the same in `BodyGuard`'s drop: of an answer and a body ending at
+        // once, at least one sees the other's end.
+        if state.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && state.bodies.load(Ordering::SeqCst) == 0
+        {
+            state.idle();
+        }
+    }
+}
+
+/// Held while a request body is read: the bytes that arrive meanwhile are the body's, not a
+/// request head to time or scan.
+pub struct BodyGuard {
+    state: Arc<ConnState>,
+    finished: bool,
+}
+
+impl BodyGuard {
+    /// The body was read to its end: the connection can serve the next request.
+    pub fn finished(mut self) {
+        self.finished = true;
+    }
+
+    /// The connection the body arrives on.
+    pub fn connection(&self) -> &Arc<ConnState> {
+        &self.state
+    }
+}
+
+impl Drop for BodyGuard {
+    fn drop(&mut self) {
+        let state = &self.state;
+        if !self.finished {
+            state.close_after();
+        }
+        if state.bodies.fetch_sub(1, Ordering::SeqCst) == 1
+            && state.in_flight.load(Ordering::SeqCst) == 0
+        {
+            state.idle();
+        }
+    }
+}
+
+/// The client socket as hyper sees it: notes when a request head starts to arrive and ends
+/// the connection when the watchdog says so.
+pub(crate) struct WatchedIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+    scan: HeadScan,
+}
+
+impl WatchedIo {
+    /// Watches `inner` for the connection whose state is `state`.
+    pub(crate) fn new(inner: TcpStream, state: Arc<ConnState>) -> Self {
+        WatchedIo {
+            inner,
+            state,
+            scan: HeadScan::new(0),
+        }
+    }
+}
+
+impl WatchedIo {
+    /// The socket, for a tunnel that takes the connection over from hyper.
+    pub(crate) fn into_stream(self) -> TcpStream {
+        self.inner
+    }
+}
+
+/// What the head scanner saw, as bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeadFlags(pub u8);
+
+impl HeadFlags {
+    /// The request line carried a `#fragment` (which `http::Uri` drops silently).
+    pub const FRAGMENT: u8 = 1;
+    /// A `Content-Length` field.
+    pub const CONTENT_LENGTH: u8 = 2;
+    /// A `Transfer-Encoding` field.
+    pub const TRANSFER_ENCODING: u8 = 4;
+
+    /// Whether the bit is set.
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+/// Scans the raw bytes of a request head as they arrive, for what hyper's parsed request no
+/// longer shows: a `#fragment` in the request line (`http::Uri` drops it), and whether both
+/// `Content-Length` and `Transfer-Encoding` were sent (hyper keeps only the latter). Only
+/// the head is scanned; it stops at the blank line.
+#[derive(Debug, Clone)]
+struct HeadScan {
+    generation: u32,
+    done: bool,
+    line: u32,
+    /// The start of the current line, lower-cased, up to the longest name looked for.
+    start: [u8; 18],
+    start_len: usize,
+    /// Bytes of the current line so far (beyond `start` only counted).
+    line_len: usize,
+}
+
+impl HeadScan {
+    fn new(generation: u32) -> Self {
+        HeadScan {
+            generation,
+            done: false,
+            line: 0,
+            start: [0; 18],
+            start_len: 0,
+            line_len: 0,
+        }
+    }
+
+    /// Feeds bytes; returns the [`HeadFlags`] bits found in them. Works a line at a time
+    /// (`memchr` finds the ends), looking only at the start of each line.
+    fn feed(&mut self, bytes: &[u8]) -> u8 {
+        const CONTENT_LENGTH: &[u8] = b"content-length:";
+        const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
+        let mut flags = 0;
+        let mut rest = bytes;
+        while !self.done && !rest.is_empty() {
+            let end = memchr::memchr(b'\n', rest);
+            let part = &rest[..end.unwrap_or(rest.len())];
+            if self.line == 0 && memchr::memchr(b'#', part).is_some() {
+                flags |= HeadFlags::FRAGMENT;
+            }
+            let room = self.start.len() - self.start_len;
+            if room > 0 {
+                let take = room.min(part.len());
+                for (slot, b) in self.start[self.start_len..].iter_mut().zip(&part[..take]) {
+                    *slot = b.to_ascii_lowercase();
+                }
+                self.start_len += take;
+                let start = &self.start[..self.start_len];
+                if start.starts_with(CONTENT_LENGTH) {
+                    flags |= HeadFlags::CONTENT_LENGTH;
+                } else if start.starts_with(TRANSFER_ENCODING) {
+                    flags |= HeadFlags::TRANSFER_ENCODING;
+                }
+            }
+            self.line_len += part.len();
+            let Some(end) = end else {
+                break;
+            };
+            let blank = self.line_len == 0 || (self.line_len == 1 && self.start[0] == b'\r');
+            // Leading blank lines before the request line are tolerated by hyper.
+            if blank && self.line > 0 {
+                self.done = true;
+            }
+            if !blank || self.line > 0 {
+                self.line += 1;
+            }
+            self.start_len = 0;
+            self.line_len = 0;
+            rest = &rest[end + 1..];
+        }
+        flags
+    }
+}
+
+const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 50\r\nConnection: close\r\n\r\nthe request head did not arrive in time; closing\n";
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.state.expired.load(Ordering::Acquire) {
+            0 => {}
+            e if e == Expiry::SlowHead as u8 => {
+                // Best effort: the socket's send buffer is empty while a head is awaited.
+                let _ = self.inner.try_write(REQUEST_TIMEOUT_RESPONSE);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head timed out",
+                )));
+            }
+            _ => return Poll::Ready(Ok(())),
+        }
+        if self.state.closing.load(Ordering::Acquire)
+            && self.state.in_flight.load(Ordering::SeqCst) == 0
+        {
+            // Its answer is sent; the rest of a body nobody will read may follow: end the
+            // connection as if the client had (whether a body is still awaited or not).
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if !new.is_empty() && !this.state.busy() {
+            let state = &this.state;
+            if state.head_started.load(Ordering::Acquire) == NONE {
+                state.head_started.store(state.now_ms(), Ordering::Release);
+            }
+            let generation = state.head_generation.load(Ordering::Acquire);
+            if this.scan.generation != generation {
+                this.scan = HeadScan::new(generation);
+            }
+            let flags = this.scan.feed(new);
+            if flags != 0 {
+                state.head_flags.fetch_or(flags, Ordering::AcqRel);
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        let state = &self.state;
+        if flushed.is_ready()
+            && state.closing.load(Ordering::Acquire)
+            && state.in_flight.load(Ordering::SeqCst) == 0
+            && !state.answered.swap(true, Ordering::AcqRel)
+        {
+            // The last answer is out: the connection task ends the connection (hyper would
+            // wait for a body that nobody reads any more).
+            cx.waker().wake_by_ref();
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> HeadFlags {
+        let mut s = HeadScan::new(0);
+        HeadFlags(chunks.iter().fold(0, |acc, c| acc | s.feed(c)))
+    }
+
+    /// The scanner as first written, a byte at a time: the reference for the line-wise one.
+    fn scan_bytewise(bytes: &[u8]) -> u8 {
+        let (mut flags, mut line, mut start, mut line_len) = (0, 0, Vec::new(), 0);
+        for &b in bytes {
+            if b == b'\n' {
+                let blank = line_len == 0 || (line_len == 1 && start[0] == b'\r');
+                if blank && line > 0 {
+                    break;
+                }
+                if !blank || line > 0 {
+                    line += 1;
+                }
+                start.clear();
+                line_len = 0;
+                continue;
+            }
+            if line == 0 && b == b'#' {
+                flags |= HeadFlags::FRAGMENT;
+            }
+            if start.len() < 18 {
+                start.push(b.to_ascii_lowercase());
+                if start == b"content-length:" {
+                    flags |= HeadFlags::CONTENT_LENGTH;
+                } else if start == b"transfer-encoding:" {
+                    flags |= HeadFlags::TRANSFER_ENCODING;
+                }
+            }
+            line_len += 1;
+        }
+        flags
+    }
+
+    #[test]
+    fn the_line_wise_scanner_agrees_with_the_bytewise_one() {
+        // Heads built from pieces that matter (names, near-names, fragments, blank lines,
+        // bare and CR line ends), fed whole and split at every point into two or three.
+        let pieces: [&[u8]; 14] = [
+            b"GET http://h/p HTTP/1.1",
+            b"GET http://h/p#f HTTP/1.1",
+            b"\r\n",
+            b"\n",
+            b"Content-Length: 5",
+            b"content-length:5",
+            b"Content-Length",
+            b"Transfer-Encoding: chunked",
+            b"TRANSFER-ENCODING:",
+            b"Transfer-Encodin: x",
+            b"X-A: #1",
+            b" folded",
+            b"#",
+            b"",
+        ];
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..3_000 {
+            let mut head = Vec::new();
+            for _ in 0..(x % 9) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                head.extend_from_slice(pieces[(x % pieces.len() as u32) as usize]);
+            }
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let want = scan_bytewise(&head);
+            assert_eq!(
+                scan(&[&head]).0,
+                want,
+                "{:?}",
+                String::from_utf8_lossy(&head)
+            );
+            for cut in 0..=head.len() {
+                let second = cut + (x as usize % (head.len() - cut + 1));
+                let got = scan(&[&head[..cut], &head[cut..second], &head[second..]]).0;
+                assert_eq!(
+                    got,
+                    want,
+                    "{:?} at {cut}, {second}",
+                    String::from_utf8_lossy(&head)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_head_scanner_sees_what_hyper_hides() {
+        let f = scan(&[b"GET http://h/p#frag HTTP/1.1\r\nHost: h\r\n\r\n"]);
+        assert!(f.has(HeadFlags::FRAGMENT));
+        let f = scan(&[b"GET http://h/p HTTP/1.1\r\nX-A: #1\r\n\r\n"]);
+        assert_eq!(f, HeadFlags(0));
+        let both =
+            b"POST http://h/ HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let f = scan(&[both]);
+        assert!(f.has(HeadFlags::CONTENT_LENGTH) && f.has(HeadFlags::TRANSFER_ENCODING));
+        // Split anywhere, in any case.
+        for cut in 1..both.len() {
+            let f = scan(&[&both[..cut], &both[cut..]]);
+            assert!(
+                f.has(HeadFlags::CONTENT_LENGTH) && f.has(HeadFlags::TRANSFER_ENCODING),
+                "{cut}"
+            );
+        }
+        let f = scan(&[b"POST / HTTP/1.1\r\ncOnTeNt-LeNgTh: 5\r\n\r\nTransfer-Encoding: x\r\n"]);
+        assert_eq!(
+            f,
+            HeadFlags(HeadFlags::CONTENT_LENGTH),
+            "the body is not scanned"
+        );
+        let f = scan(&[b"\r\nGET / HTTP/1.1\r\nX-Content-Length: 1\r\n\r\n"]);
+        assert_eq!(f, HeadFlags(0));
+    }
+}

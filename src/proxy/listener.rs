@@ -1,0 +1,366 @@
+//! Listeners, connections and shutdown.
+//!
+//! [`run`] takes listeners that are already bound (the binary binds them; tests bind
+//! `127.0.0.1:0`) and a shutdown future. Each accepted connection gets one task and one
+//! tracing span and is served by hyper's HTTP/1 server with upgrades on (CONNECT needs them).
+//! The accept loop survives accept errors. On shutdown the listeners close, idle connections
+//! close, and in-flight requests and tunnels get `timeouts.shutdown_grace` to finish before
+//! they are cut.
+//!
+//! hyper's own header timeout also runs while a keep-alive connection is idle, so the two
+//! client timeouts are kept here instead: [`ConnState`] follows each connection's phase
+//! (waiting for a request head, or busy with an exchange), [`WatchedIo`] notes when a head
+//! starts to arrive, and a per-connection watchdog closes the connection when a head is too
+//! slow (`request_header`, answered `408`) or the connection idles too long (`keep_alive`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn, Instrument};
+
+use crate::core::error::EdgeError;
+use crate::core::policy::Decider;
+use crate::observe::access::PendingRecord;
+use crate::proxy::admission::{Admit, Slot};
+use crate::proxy::conn::{ConnState, Expiry, WatchedIo};
+use crate::proxy::service::{ProxyService, Shared};
+
+/// Accepts connections until `stop` (this listener removed, or shutdown); each connection
+/// drains on `drain` (shutdown only).
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    drain: CancellationToken,
+) {
+    let socket = AcceptedSocket::for_listener(&listener);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let limits = shared.settings().limits.clone();
+                let admitted = match shared.admission.admit(peer.ip(), &limits) {
+                    Admit::Yes(slot) => (slot, None),
+                    Admit::Refuse(refusal, slot) => (slot, Some(refusal)),
+                    Admit::Drop => {
+                        debug!(client = %peer, "connection dropped: far over the connection limit");
+                        continue;
+                    }
+                };
+                let shared_for_task = shared.clone();
+                let stop_for_task = drain.clone();
+                shared.tracker.spawn(
+                    serve_connection(
+                        stream,
+                        peer,
+                        socket,
+                        admitted,
+                        shared_for_task,
+                        stop_for_task,
+                    )
+                    .instrument(tracing::info_span!(
+                        "conn",
+                        client = %crate::core::target::AddrText::socket(peer)
+                    )),
+                );
+            }
+            Err(e) => {
+                // Out of file descriptors or memory, or a connection reset before accept:
+                // none of these should end the proxy. Pause so a persistent error does not spin.
+                warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// What an accept loop knows once about the sockets its listener will give: whether they
+/// come with `TCP_NODELAY` already on, and their local address when the listener's is a
+/// single one. Each saves a system call per connection.
+#[derive(Clone, Copy, Debug)]
+struct AcceptedSocket {
+    /// `TCP_NODELAY` was set on the listener, and accepted sockets inherit it (Linux).
+    nodelay_inherited: bool,
+    /// The listener's address, unless it is a wildcard (`0.0.0.0`, `[::]`), where each
+    /// connection's local address depends on the interface it came in on.
+    local: Option<SocketAddr>,
+}
+
+impl AcceptedSocket {
+    fn for_listener(listener: &TcpListener) -> AcceptedSocket {
+        #[cfg(target_os = "linux")]
+        let nodelay_inherited = rustix::net::sockopt::set_tcp_nodelay(listener, true).is_ok();
+        #[cfg(not(target_os = "linux"))]
+        let nodelay_inherited = false;
+        AcceptedSocket {
+            nodelay_inherited,
+            local: listener.local_addr().ok().and_then(single_address),
+        }
+    }
+
+    /// Sets what the socket did not inherit; returns its local address (`None`: the
+    /// connection is already gone).
+    fn prepare(&self, stream: &TcpStream) -> Option<SocketAddr> {
+        if !self.nodelay_inherited {
+            let _ = stream.set_nodelay(true);
+        }
+        match self.local {
+            Some(local) => Some(local),
+            None => match stream.local_addr() {
+                Ok(local) => Some(local),
+                Err(e) => {
+                    debug!(error = %e, "connection gone before it was served");
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// `addr`, unless it stands for every address of the machine.
+fn single_address(addr: SocketAddr) -> Option<SocketAddr> {
+    (!addr.ip().is_unspecified()).then_some(addr)
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    socket: AcceptedSocket,
+    (slot, refusal): (Slot, Option<EdgeError>),
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let Some(local) = socket.prepare(&stream) else {
+        return;
+    };
+    let settings = shared.settings();
+    let timeouts = settings.timeouts.clone();
+    let state = Arc::new(ConnState::new());
+    // Tunnels opened on this connection hold its slot too: a tunnel counts in the limits.
+    let slot = Arc::new(slot);
+    let service = ProxyService::new(shared.clone(), peer, local, state.clone(), refusal, slot);
+    let limits = &settings.limits;
+    let io = TokioIo::new(WatchedIo::new(stream, state.clone()));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // The watchdog times request heads (timeouts.request_header, answered 408); hyper's
+        // own 30 s timer would arm and drop a boxed sleep for every request.
+        .header_read_timeout(None)
+        // No preserve_header_case: names reach clients in lower case, as over HTTP/2. Keeping
+        // each message's spelling (a map per message, here and in the pooled client) cost 9%
+        // of a proxied request's instructions.
+        // hyper's own bounds sit above the limits, so that the service can answer heads just
+        // over them with a reason; far larger heads get hyper's bare 431 or 414.
+        .max_buf_size((limits.max_header_bytes + limits.max_request_line).max(8192))
+        .max_headers(limits.max_headers * 2 + 16)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+
+    let mut draining = false;
+    let mut expired = false;
+    let mut stop = Signal::new(&stop);
+    let mut hard_stop = Signal::new(&shared.hard_stop);
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = &mut stop, if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            expiry = state.watch(&timeouts), if !expired => {
+                expired = true;
+                debug!(?expiry, "closing the connection");
+                if expiry == Expiry::SlowHead {
+                    connection_record(&shared, peer, 408, "request_header", format!(
+                        "the request head did not arrive within {} (timeouts.request_header)",
+                        humantime::format_duration(timeouts.request_header)
+                    ));
+                }
+                // Polling the connection again lets WatchedIo end it (see `poll_read`).
+                state.expire(expiry);
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)), if expired => {
+                break Ok(());
+            }
+            _ = &mut hard_stop => break Ok(()),
+            // Checked whenever the task wakes; `poll_flush` wakes it when this becomes true.
+            _ = std::future::poll_fn(|_| {
+                if state.answered.load(Ordering::Acquire) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }) => {
+                debug!("closing the connection: a request body was left unread");
+                break Ok(());
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+        // hyper answered a head it could not parse itself; the record is still ours to write.
+        if e.is_parse_too_large() || e.is_parse() {
+            let status = if e.is_parse_too_large() {
+                if e.to_string().contains("URI") {
+                    414
+                } else {
+                    431
+                }
+            } else {
+                400
+            };
+            connection_record(
+                &shared,
+                peer,
+                status,
+                "request",
+                format!("the request could not be parsed: {e}"),
+            );
+        }
+    }
+}
+
+/// Completes when `token` is cancelled, like `token.cancelled()`, but cheaper to poll again:
+/// a connection's task is woken a few times for every request, and registering the waiter
+/// anew each time (a lock and a waker check in the token) cost about 1% of a proxied request.
+/// Once registered with this task's waker, a poll only reads the token's flag: cancelling
+/// wakes that waker.
+struct Signal<'a> {
+    token: &'a CancellationToken,
+    waiter: Pin<Box<tokio_util::sync::WaitForCancellationFuture<'a>>>,
+    registered: Option<std::task::Waker>,
+}
+
+impl<'a> Signal<'a> {
+    fn new(token: &'a CancellationToken) -> Self {
+        Signal {
+            token,
+            waiter: Box::pin(token.cancelled()),
+            registered: None,
+        }
+    }
+}
+
+impl Future for Signal<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if let Some(waker) = &self.registered {
+            if waker.will_wake(cx.waker()) {
+                return Poll::Pending;
+            }
+        }
+        let polled = self.waiter.as_mut().poll(cx);
+        self.registered = polled.is_pending().then(|| cx.waker().clone());
+        polled
+    }
+}
+
+/// Writes the record of a request that never reached the service.
+fn connection_record(
+    shared: &Shared,
+    peer: SocketAddr,
+    status: u16,
+    rule: &'static str,
+    reason: String,
+) {
+    let mut record = PendingRecord::open(shared.recorder.clone(), peer, "NONE");
+    record.fail(status, Some(Decider::Builtin(rule)), reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets get `TCP_NODELAY` (inherited from the listener where the system
+    /// passes it on, set on each socket elsewhere) and the listener's local address; a
+    /// wildcard listener's connections ask their socket.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_and_their_local_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let socket = AcceptedSocket::for_listener(&listener);
+        assert_eq!(socket.local, Some(addr));
+        for _ in 0..3 {
+            let _client = TcpStream::connect(addr).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            assert_eq!(socket.prepare(&stream), Some(addr));
+            assert!(stream.nodelay().unwrap(), "{socket:?}");
+        }
+        // The listener's setting is what the saving rests on: without it, each socket is set.
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        let unset = AcceptedSocket {
+            nodelay_inherited: false,
+            local: None,
+        };
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = plain.accept().await.unwrap();
+        assert!(!stream.nodelay().unwrap());
+        assert_eq!(unset.prepare(&stream), Some(addr));
+        assert!(stream.nodelay().unwrap());
+        #[cfg(target_os = "linux")]
+        assert!(socket.nodelay_inherited);
+        for wildcard in ["0.0.0.0:3128", "[::]:3128"] {
+            assert_eq!(single_address(wildcard.parse().unwrap()), None);
+        }
+        for single in ["192.168.1.2:3128", "[::1]:8080"] {
+            let addr: SocketAddr = single.parse().unwrap();
+            assert_eq!(single_address(addr), Some(addr));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signal_completes_when_its_token_is_cancelled() {
+        let token = CancellationToken::new();
+        let mut signal = Signal::new(&token);
+        // Polled first with another waker (registered there), then awaited by this task
+        // after some polls that only read the flag: the cancel must still wake it.
+        let mut other = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut signal).poll(&mut other).is_pending());
+        for _ in 0..3 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut signal).poll(cx)));
+            assert!(polled.await.is_pending());
+        }
+        let canceller = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            canceller.cancel();
+        });
+        // The timer is looked at first: a signal that is only noticed when something else
+        // wakes the task loses.
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(3)) => panic!("the cancel did not wake the task"),
+            _ = &mut signal => {}
+        }
+        // Already cancelled: ready at once.
+        let token = CancellationToken::new();
+        token.cancel();
+        assert!(Pin::new(&mut Signal::new(&token))
+            .poll(&mut other)
+            .is_ready());
+    }
+}

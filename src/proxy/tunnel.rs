@@ -1,0 +1,519 @@
+//! CONNECT tunnels: check the port, dial the destination, and only then answer `200` and relay
+//! bytes both ways until both sides are done.
+//!
+//! A client's end of data (its FIN) is passed on to the origin while the other direction keeps
+//! flowing, so half-closing protocols work. Bytes are counted as they are delivered, so the
+//! record is right however the tunnel ends: both sides done, an error, `tunnel_idle` with no
+//! byte either way, or the end of the shutdown grace period.
+//!
+//! A quiet direction reads into a small buffer on the task's stack, so an idle tunnel holds
+//! no buffer of its own. Once a read fills it, the direction is busy: on Linux its bytes then
+//! move socket → pipe → socket with `splice(2)` and never enter the proxy's memory; elsewhere,
+//! or when no pipe can be had, through a 64 KiB heap buffer. A short read ends the burst and
+//! gives the pipe or buffer back.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::core::error::EdgeError;
+use crate::core::policy::{Decision, Facts, Kind};
+use crate::core::target::{Host, Target};
+use crate::egress::dial::{choose, dial, is_local_address};
+use crate::observe::access::{PendingRecord, Traffic};
+use crate::proxy::conn::WatchedIo;
+use crate::proxy::service::{Exchange, Shared};
+
+/// Bytes a quiet direction of a tunnel reads at once, from a buffer inside the task: an idle
+/// tunnel holds no heap buffer of its own.
+const QUIET_BUFFER: usize = 512;
+/// Bytes a busy direction reads at once, from a heap buffer it holds only while busy.
+const BUSY_BUFFER: usize = 64 * 1024;
+
+/// A destination dialled for a CONNECT request, waiting for the client's side to upgrade.
+pub struct Dialled {
+    upgrade: OnUpgrade,
+    upstream: TcpStream,
+    port: u16,
+    tunnel_idle: std::time::Duration,
+}
+
+/// Checks and dials a CONNECT destination. The caller answers 200 and spawns [`relay`].
+pub async fn open(
+    ex: &mut Exchange,
+    mut req: Request<Incoming>,
+    target: Target,
+) -> Result<Dialled, EdgeError> {
+    let settings = ex.settings.clone();
+    let user = ex.user.clone();
+    let facts = Facts {
+        client: ex.client.ip(),
+        user: user.as_deref(),
+        method: req.method().as_str(),
+        kind: Kind::Connect,
+        host: &target.host,
+        port: target.port,
+    };
+    let per_address = match settings.policy.decide(&facts, None) {
+        Decision::Allow(decider) => {
+            ex.record.allow(decider);
+            None
+        }
+        Decision::Deny(denial) => return Err(denial.into()),
+        Decision::NeedAddress => Some(&facts),
+    };
+    let timeout = settings.timeouts.connect;
+    let shared = ex.shared.clone();
+    let parents = shared.parents.load_full();
+    let upstream = match parents.as_ref().filter(|p| p.serves(&target.host)) {
+        Some(parents) => {
+            // The parent resolves names; the guards see addresses written as such, and a
+            // rule that needs the address gets it from a lookup here.
+            if let Host::Ip(ip) = &target.host {
+                let addr = SocketAddr::new(*ip, target.port);
+                settings
+                    .policy
+                    .check_address(&target.host.to_string(), addr, is_local_address)?;
+            }
+            if let Some(facts) = per_address {
+                let (_, decider) = choose(&settings.policy, &target, facts, timeout).await?;
+                if let Some(decider) = decider {
+                    ex.record.allow(decider);
+                }
+            }
+            let (stream, addr, parent) = match parents.tunnel(&target, timeout).await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    ex.record.parent(e.parent());
+                    return Err(EdgeError::upstream(
+                        http::StatusCode::BAD_GATEWAY,
+                        e.to_string(),
+                    ));
+                }
+            };
+            ex.record.parent(&parent);
+            ex.record.upstream(addr);
+            stream
+        }
+        None => {
+            let connected = dial(&settings.policy, &target, per_address, timeout).await?;
+            if let Some(decider) = connected.decider {
+                ex.record.allow(decider);
+            }
+            ex.record.upstream(connected.addr);
+            connected.stream
+        }
+    };
+    ex.record.answered(200);
+    Ok(Dialled {
+        upgrade: hyper::upgrade::on(&mut req),
+        upstream,
+        port: target.port,
+        tunnel_idle: settings.timeouts.tunnel_idle,
+    })
+}
+
+/// How a tunnel ended.
+#[derive(Debug)]
+enum End {
+    /// Both sides finished.
+    Done,
+    /// No byte either way for `tunnel_idle`.
+    Idle,
+    /// The shutdown grace period ran out.
+    Shutdown,
+}
+
+/// Relays a dialled tunnel once the client's connection is handed over; ends the record.
+pub async fn relay(
+    dialled: Dialled,
+    mut record: PendingRecord,
+    shared: Arc<Shared>,
+    _slot: Arc<crate::proxy::admission::Slot>,
+) {
+    let upgraded = match dialled.upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            record.note(format!("the client left before the tunnel opened: {e}"));
+            return;
+        }
+    };
+    let idle = dialled.tunnel_idle;
+    let traffic = record.traffic().clone();
+    let port = dialled.port;
+    shared.stats.tunnel_opened(port);
+    // Called inside select!, not bound first: a bound future is kept twice in this task's
+    // state, and every idle tunnel holds that state.
+    let end = tokio::select! {
+        result = relay_upgraded(upgraded, dialled.upstream, &traffic, idle) => result,
+        _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
+    };
+    shared.stats.tunnel_closed(port);
+    match end {
+        Ok(End::Done) => {}
+        Ok(End::Idle) => record.note(format!(
+            "closed after {} without traffic",
+            humantime::format_duration(idle)
+        )),
+        Ok(End::Shutdown) => record.note("cut at the end of the shutdown grace period".into()),
+        Err(e) => {
+            debug!(error = %e, "tunnel ended with an error");
+            record.note(format!("the tunnel ended with an error: {e}"));
+        }
+    }
+}
+
+/// Relays between the client's upgraded connection and the destination. The client's own
+/// socket is taken back from hyper when it can be (always, with this server), so that both
+/// directions work on plain sockets; bytes hyper had already read behind the CONNECT head go
+/// first.
+async fn relay_upgraded(
+    upgraded: Upgraded,
+    mut upstream: TcpStream,
+    traffic: &Traffic,
+    idle: Duration,
+) -> io::Result<End> {
+    match upgraded.downcast::<TokioIo<WatchedIo>>() {
+        Ok(parts) => {
+            // These bytes are a slice of hyper's read buffer, which lives as long as they do:
+            // send them and let go at once, so an idle tunnel does not keep kilobytes of it.
+            let early: Bytes = parts.read_buf;
+            if !early.is_empty() {
+                upstream.write_all(&early).await?;
+                Traffic::add(&traffic.up, early.len());
+            }
+            drop(early);
+            let client = parts.io.into_inner().into_stream().into_split();
+            both_ways(client, upstream.into_split(), traffic, idle).await
+        }
+        Err(upgraded) => {
+            // Boxed: not taken with this server; inline, its state would enlarge every tunnel.
+            let client = tokio::io::split(TokioIo::new(upgraded));
+            Box::pin(both_ways(client, upstream.into_split(), traffic, idle)).await
+        }
+    }
+}
+
+/// Copies both ways until both directions are done, or no byte moved for `idle`.
+async fn both_ways<CR, CW, UR, UW>(
+    (client_read, client_write): (CR, CW),
+    (upstream_read, upstream_write): (UR, UW),
+    traffic: &Traffic,
+    idle: Duration,
+) -> io::Result<End>
+where
+    CR: AsyncRead + Socket + Unpin,
+    CW: AsyncWrite + Socket + Unpin,
+    UR: AsyncRead + Socket + Unpin,
+    UW: AsyncWrite + Socket + Unpin,
+{
+    let start = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let activity = Activity {
+        last: &last_activity,
+        start,
+    };
+    let up = pump(client_read, upstream_write, &traffic.up, activity);
+    let down = pump(upstream_read, client_write, &traffic.down, activity);
+    tokio::select! {
+        result = async { tokio::try_join!(up, down) } => result.map(|_| End::Done),
+        _ = idle_for(idle, &last_activity, start) => Ok(End::Idle),
+    }
+}
+
+/// Where a tunnel notes the time of its last byte, in milliseconds since `start`.
+#[derive(Clone, Copy)]
+struct Activity<'a> {
+    last: &'a AtomicU64,
+    start: Instant,
+}
+
+impl Activity<'_> {
+    fn moved(&self, counter: &AtomicU64, n: usize) {
+        Traffic::add(counter, n);
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One end of a tunnel direction, and the plain socket under it, if it is one.
+trait Socket {
+    fn socket(&self) -> Option<&TcpStream>;
+}
+
+impl Socket for OwnedReadHalf {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl Socket for OwnedWriteHalf {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl<T> Socket for tokio::io::ReadHalf<T> {
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl<T> Socket for tokio::io::WriteHalf<T> {
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// What a busy direction moves its bytes through.
+enum Busy {
+    #[cfg(target_os = "linux")]
+    Pipe(splice::Pipe),
+    Buffer(Vec<u8>),
+}
+
+impl Busy {
+    /// A pipe when both ends are sockets (on Linux) and one can be had; else a buffer.
+    fn start(splice: bool) -> Busy {
+        #[cfg(target_os = "linux")]
+        if let Some(pipe) = splice.then(splice::Pipe::new).flatten() {
+            return Busy::Pipe(pipe);
+        }
+        let _ = splice;
+        Busy::Buffer(vec![0u8; BUSY_BUFFER])
+    }
+}
+
+/// Copies one direction until its reader ends, then passes the end on (half-close).
+async fn pump<R, W>(
+    mut reader: R,
+    mut writer: W,
+    counter: &AtomicU64,
+    activity: Activity<'_>,
+) -> io::Result<()>
+where
+    R: AsyncRead + Socket + Unpin,
+    W: AsyncWrite + Socket + Unpin,
+{
+    let sockets = reader.socket().is_some() && writer.socket().is_some();
+    let mut quiet = [0u8; QUIET_BUFFER];
+    let mut busy: Option<Busy> = None;
+    loop {
+        let n = match busy.as_mut() {
+            #[cfg(target_os = "linux")]
+            Some(Busy::Pipe(pipe)) => {
+                let (Some(from), Some(to)) = (reader.socket(), writer.socket()) else {
+                    unreachable!("a pipe is only taken between two sockets");
+                };
+                match pipe.pass(from, to, counter, activity).await? {
+                    Some(n) => n,
+                    None => {
+                        // These sockets cannot splice; nothing was moved: use a buffer.
+                        busy = Some(Busy::start(false));
+                        continue;
+                    }
+                }
+            }
+            // The small buffer while quiet, the big one while busy without a pipe.
+            buffer => {
+                let buf: &mut [u8] = match buffer {
+                    Some(Busy::Buffer(big)) => big,
+                    _ => &mut quiet,
+                };
+                let n = reader.read(buf).await?;
+                writer.write_all(&buf[..n]).await?;
+                activity.moved(counter, n);
+                n
+            }
+        };
+        if n == 0 {
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        // A full small read means more is waiting: go busy. A short read means the burst is
+        // over: give the pipe or buffer back.
+        if busy.is_none() && n == QUIET_BUFFER {
+            busy = Some(Busy::start(sockets));
+        } else if busy.is_some() && n < QUIET_BUFFER {
+            busy = None;
+        }
+    }
+}
+
+/// Zero-copy relaying through a pipe: `splice(2)` moves a socket's received pages into the
+/// pipe and from it into the other socket, so the bytes never enter the proxy's memory.
+#[cfg(target_os = "linux")]
+mod splice {
+    use std::future::poll_fn;
+    use std::io;
+    use std::os::fd::OwnedFd;
+    use std::sync::atomic::AtomicU64;
+
+    use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    use super::Activity;
+
+    /// What one pipe holds at most. The default is 64 KiB; more lets one `splice` move a
+    /// bigger burst. Past the per-user pipe quota the kernel gives less, which still works.
+    const PIPE_SIZE: usize = 1024 * 1024;
+
+    /// A pipe held by one busy direction of a tunnel (two file descriptors).
+    pub(super) struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        size: usize,
+    }
+
+    impl Pipe {
+        /// A new pipe, or `None` when none can be had (out of file descriptors).
+        pub(super) fn new() -> Option<Pipe> {
+            let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+            let size = fcntl_setpipe_size(&write, PIPE_SIZE)
+                .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))
+                .unwrap_or(4096);
+            Some(Pipe { read, write, size })
+        }
+
+        /// Moves what `from` has into the pipe and all of it on to `to`; returns the bytes
+        /// moved (0 at the reader's end), or `None` when these descriptors cannot splice
+        /// (nothing moved). The pipe is empty again on success.
+        ///
+        /// Readiness is polled (`poll_read_ready`), not awaited through `readable()`, which
+        /// would keep a waiter in every tunnel's state; each socket has one reader and one
+        /// writer, as polling needs.
+        pub(super) async fn pass(
+            &mut self,
+            from: &TcpStream,
+            to: &TcpStream,
+            counter: &AtomicU64,
+            activity: Activity<'_>,
+        ) -> io::Result<Option<usize>> {
+            let n = loop {
+                poll_fn(|cx| from.poll_read_ready(cx)).await?;
+                let filled = from.try_io(Interest::READABLE, || {
+                    splice(from, None, &self.write, None, self.size, flags()).map_err(Into::into)
+                });
+                match filled {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if unsupported(&e) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            };
+            let mut left = n;
+            while left > 0 {
+                poll_fn(|cx| to.poll_write_ready(cx)).await?;
+                let sent = to.try_io(Interest::WRITABLE, || {
+                    splice(&self.read, None, to, None, left, flags()).map_err(Into::into)
+                });
+                match sent {
+                    Ok(sent) => {
+                        left -= sent;
+                        activity.moved(counter, sent);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Some(n))
+        }
+    }
+
+    fn flags() -> SpliceFlags {
+        SpliceFlags::MOVE | SpliceFlags::NONBLOCK
+    }
+
+    /// Whether `splice` cannot be used on these descriptors at all.
+    fn unsupported(e: &io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::INVAL.raw_os_error()
+            || code == rustix::io::Errno::NOSYS.raw_os_error())
+    }
+}
+
+/// Completes once no byte has moved for `idle`.
+async fn idle_for(idle: Duration, last_activity: &AtomicU64, start: Instant) {
+    loop {
+        let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+        tokio::time::sleep_until(start + last + idle).await;
+        if last_activity.load(Ordering::Relaxed) == last.as_millis() as u64 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// The buffered path, for a client end that is not a plain socket (as an upgraded
+    /// connection from another server would be): every byte both ways, in order, the
+    /// half-close passed on, and exact counts. The destination is a real loopback socket.
+    #[tokio::test]
+    async fn a_client_end_that_is_not_a_socket_is_relayed_through_buffers() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The destination echoes until the client's end of data, then closes.
+        let echo = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut read, mut write) = stream.into_split();
+            let n = tokio::io::copy(&mut read, &mut write).await.unwrap();
+            write.shutdown().await.unwrap();
+            n
+        });
+        let upstream = TcpStream::connect(addr).await.unwrap();
+        let (client, proxy_side) = tokio::io::duplex(4096);
+        let traffic = Traffic::default();
+        let relay = both_ways(
+            tokio::io::split(proxy_side),
+            upstream.into_split(),
+            &traffic,
+            Duration::from_secs(30),
+        );
+        // Sizes around the quiet buffer, a burst and a trickle: quiet, busy, quiet again.
+        let sizes = [1usize, 511, 512, 513, 200_000, 3, 70_000, 1];
+        let total: usize = sizes.iter().sum();
+        let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let talk = async {
+            let (mut read, mut write) = tokio::io::split(client);
+            let sender = async {
+                let mut at = 0;
+                for size in sizes {
+                    write.write_all(&data[at..at + size]).await.unwrap();
+                    at += size;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                write.shutdown().await.unwrap();
+            };
+            let mut back = Vec::new();
+            let receiver = read.read_to_end(&mut back);
+            let (_, got) = tokio::join!(sender, receiver);
+            got.unwrap();
+            back
+        };
+        let (end, back) =
+            tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(relay, talk) })
+                .await
+                .expect("the relay ends in time");
+        assert!(matches!(end, Ok(End::Done)), "{end:?}");
+        assert!(back == data, "the bytes came back changed");
+        assert_eq!(echo.await.unwrap(), total as u64);
+        assert_eq!(traffic.up.load(Ordering::Relaxed), total as u64);
+        assert_eq!(traffic.down.load(Ordering::Relaxed), total as u64);
+    }
+}

@@ -1,0 +1,311 @@
+//! Assembles a running proxy: the one builder that the binary and the tests use.
+//!
+//! [`serve`] takes listeners that are already bound (the binary binds the configured
+//! addresses; tests bind `127.0.0.1:0`), derives the addresses the policy must know (the
+//! proxy's own listeners and admin listener, as bound) from them, starts the accept loops, the
+//! admin listener and the reload worker, and drains on shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ConfigError, Settings};
+use crate::control::reload::{Listeners, Reloadable, Running, Start};
+use crate::control::signal;
+use crate::observe::access::Recorder;
+use crate::observe::log::AccessLog;
+use crate::proxy::listener;
+use crate::proxy::service::Shared;
+
+/// What the binary was asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The configuration file; `None` runs on the built-in defaults.
+    pub config: Option<PathBuf>,
+    /// `--listen` addresses, which replace the configuration's `listen`.
+    pub listen: Vec<SocketAddr>,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration could not be read or is not valid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// tokio's runtime could not be built.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(io::Error),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: io::Error,
+    },
+    /// The access log could not be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(io::Error),
+    /// Serving failed.
+    #[error(transparent)]
+    Serve(io::Error),
+}
+
+/// Reads the configuration, then runs the proxy on as many worker threads as it says, until
+/// SIGINT or SIGTERM.
+pub fn launch(launch: Launch) -> Result<(), StartError> {
+    let (mut config, origin) = match &launch.config {
+        Some(path) => (Config::load(path)?, path.display().to_string()),
+        None => (Config::default(), "<built-in defaults>".to_owned()),
+    };
+    if !launch.listen.is_empty() {
+        config.listen = launch.listen.clone();
+    }
+    let settings = config.validate(&origin)?;
+    // One worker is the main thread itself: tokio's single-thread scheduler has no
+    // work-stealing to keep up and no hand-off between an accepting thread and a worker.
+    let mut runtime = if settings.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(settings.workers);
+        builder
+    };
+    runtime
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?
+        .block_on(run_configured(launch, config, settings, origin))
+}
+
+/// Diagnostics go to stderr, so that stdout can carry the access log alone.
+fn init_diagnostics(level: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Binds what the configuration names, opens the access log, installs the signals and the
+/// reload worker, and serves until SIGINT or SIGTERM.
+async fn run_configured(
+    launch: Launch,
+    config: Config,
+    settings: Settings,
+    origin: String,
+) -> Result<(), StartError> {
+    init_diagnostics(&config.log.level);
+    for warning in crate::config::lint::lint(&config, &settings) {
+        tracing::warn!(target: "portcullis::lint", "{warning}");
+    }
+    let mut listeners = Vec::with_capacity(config.listen.len());
+    for addr in &config.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|error| StartError::Listen { addr: *addr, error })?;
+        listeners.push(listener);
+    }
+    let admin = match &settings.admin {
+        Some((addr, _)) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                warn!(%addr, error = %e, "cannot listen on the admin address; continuing without /metrics and /status");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let recorder = Recorder::new();
+    let names = settings.client_names.clone();
+    let (destination, format) = settings.access_log.clone();
+    let access_log = AccessLog::start(
+        destination,
+        format,
+        recorder.dropped_counter(),
+        Arc::new(move |ip| names.get(&ip.to_canonical()).cloned()),
+    )
+    .map_err(StartError::AccessLog)?
+    .map(Arc::new);
+    let recorder = match &access_log {
+        Some(log) => recorder.with_sink(log.clone()),
+        None => recorder,
+    };
+    // SIGUSR1 must never end the proxy, log or no log (its default action would).
+    let for_signal = access_log.clone();
+    tokio::spawn(signal::on_reopen(move || {
+        if let Some(log) = &for_signal {
+            log.reopen();
+        }
+    }));
+
+    // Without a file there is nothing to reload, but SIGHUP must not end the proxy.
+    if launch.config.is_none() {
+        tokio::spawn(signal::on_hangup(|| async {
+            warn!("started on the built-in defaults: there is no configuration file to reload");
+        }));
+    }
+    // Reloads read the file again (SIGHUP, or POST /reload on the admin listener).
+    let reloadable = launch.config.as_ref().map(|path| {
+        let (handle, requests) = crate::control::reload::channel();
+        let on_signal = handle.clone();
+        tokio::spawn(signal::on_hangup(move || {
+            let reload = on_signal.clone();
+            async move {
+                let _ = reload.request().await;
+            }
+        }));
+        Reloadable {
+            source: crate::control::reload::Source {
+                path: path.clone(),
+                listen_override: launch.listen.clone(),
+            },
+            config: config.clone(),
+            handle,
+            requests,
+        }
+    });
+
+    info!(config = %origin, workers = settings.workers, "starting");
+    serve(
+        listeners,
+        admin,
+        settings,
+        recorder,
+        reloadable,
+        signal::shutdown(),
+    )
+    .await
+    .map_err(StartError::Serve)?;
+    // The last records of the drain must reach the file before the process ends.
+    if let Some(log) = access_log {
+        log.flush(Duration::from_secs(5));
+    }
+    Ok(())
+}
+
+/// Runs the proxy on `listeners` until `shutdown` completes, then drains: stops accepting,
+/// lets in-flight requests and tunnels finish within `timeouts.shutdown_grace`, and returns.
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    settings: Settings,
+    recorder: Recorder,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve(listeners, None, settings, recorder, None, shutdown).await
+}
+
+/// [`run`], with the admin listener (`/metrics`, `/status` …) on `admin` when given, and
+/// reloads served when `reloadable` is given (its configuration's `listen` addresses in the
+/// order of `listeners`).
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+    mut settings: Settings,
+    recorder: Recorder,
+    reloadable: Option<Reloadable>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    // The addresses as bound (a port may have been 0): the policy must know the real ones.
+    settings.policy.listen = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let admin_allow = settings
+        .admin
+        .as_ref()
+        .map(|(_, allow)| allow.clone())
+        .unwrap_or_default();
+    // The admin listener as bound (its port may have been 0): never a destination.
+    settings.policy.admin = admin.as_ref().and_then(|l| l.local_addr().ok());
+    let reload_handle = reloadable.as_ref().map(|r| r.handle.clone());
+    let shared = Arc::new(Shared::new(settings, recorder));
+    let stop_accepting = CancellationToken::new();
+    let tracker = shared.tracker.clone();
+
+    // Each listener stops on its own token (a reload removes one), or on shutdown.
+    let configured: Vec<SocketAddr> = match &reloadable {
+        Some(r) => r.config.listen.clone(),
+        None => Vec::new(),
+    };
+    let mut running = Listeners::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let actual = listener.local_addr()?;
+        info!(addr = %actual, "listening");
+        let stop = stop_accepting.child_token();
+        let key = configured.get(i).copied().unwrap_or(actual);
+        running.insert(
+            key,
+            Running {
+                actual,
+                stop: stop.clone(),
+            },
+        );
+        tracker.spawn(listener::accept_loop(
+            listener,
+            shared.clone(),
+            stop,
+            stop_accepting.clone(),
+        ));
+    }
+    if let Some(admin) = admin {
+        tracker.spawn(crate::control::admin::serve(
+            admin,
+            admin_allow,
+            shared.clone(),
+            reload_handle,
+            stop_accepting.clone(),
+        ));
+    }
+    if let Some(r) = reloadable {
+        let (for_loops, drain) = (shared.clone(), stop_accepting.clone());
+        let start: Start = Box::new(move |listener, stop| {
+            for_loops.tracker.spawn(listener::accept_loop(
+                listener,
+                for_loops.clone(),
+                stop,
+                drain.clone(),
+            ));
+        });
+        // Not tracked: it ends when the channel does, and shutdown need not wait for it.
+        tokio::spawn(crate::control::reload::worker(
+            r.requests,
+            r.source,
+            r.config,
+            running,
+            shared.clone(),
+            stop_accepting.clone(),
+            start,
+        ));
+    }
+
+    shutdown.await;
+    let grace = shared.settings().timeouts.shutdown_grace;
+    info!(grace = ?grace, "shutting down: no new connections; waiting for open requests and tunnels");
+    stop_accepting.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        let tunnels: u64 = shared.stats.ports().iter().map(|p| p.active_tunnels).sum();
+        warn!(
+            tunnels,
+            connections = shared.admission.open(),
+            "grace period over: cutting {tunnels} open tunnels and what else is still open"
+        );
+        shared.hard_stop.cancel();
+        // Cut tasks wind down at once; this bound only guards against a stuck one.
+        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    }
+    info!("stopped");
+    Ok(())
+}

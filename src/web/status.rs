@@ -1,0 +1,288 @@
+//! The status page (`/status`) and the snapshot behind it and `/status.json`: rendered from
+//! plain values; the admin listener takes the snapshot and sends the text.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::core::ports::describe;
+use crate::observe::stats::{PortUse, RecentDenial, Usage};
+use crate::web::html::escape_html;
+
+/// Rows shown of each table on the status page.
+const TOP: usize = 15;
+
+/// A client row of the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientRow {
+    /// The address, or `other`.
+    pub client: String,
+    /// Its friendly name.
+    pub name: Option<String>,
+    /// Its use.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// A keyed row (user or host) of the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyRow {
+    /// The user or host, or `other`.
+    pub key: String,
+    /// Its use.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// Everything `/status` and `/status.json` show.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// When counting started (RFC 3339).
+    pub started: String,
+    /// Seconds since.
+    pub uptime_seconds: u64,
+    /// Client connections open now.
+    pub connections_open: usize,
+    /// Access records dropped by a slow log.
+    pub access_log_dropped: u64,
+    /// Every port used, ascending.
+    pub ports: Vec<PortUse>,
+    /// Clients, busiest first (all tracked ones; the page shows the top).
+    pub clients: Vec<ClientRow>,
+    /// Users, busiest first.
+    pub users: Vec<KeyRow>,
+    /// Destination hosts, busiest first (top entries).
+    pub hosts: Vec<KeyRow>,
+    /// Recent refusals, newest first.
+    pub recent_denials: Vec<RecentDenial>,
+}
+
+/// Bytes as people read them: `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The HTML status page.
+pub fn status_page(s: &Snapshot) -> String {
+    let mut h = String::with_capacity(16 * 1024);
+    let total_requests: u64 = s.ports.iter().map(PortUse::total).sum();
+    let total_denied: u64 = s.ports.iter().map(PortUse::denied).sum();
+    let total_bytes: u64 = s.ports.iter().map(|p| p.bytes_up + p.bytes_down).sum();
+    let open_tunnels: u64 = s.ports.iter().map(|p| p.active_tunnels).sum();
+    let _ = write!(
+        h,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"15\">\
+         <title>Portcullis status</title><style>\
+         body{{font:15px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:70em}}\
+         h1{{font-size:1.5em;margin:0 0 .2em}} h2{{font-size:1.15em;margin:1.5em 0 .4em}}\
+         .figures{{display:flex;gap:1em;flex-wrap:wrap}}\
+         .figure{{border:1px solid #ccd;border-radius:6px;padding:.5em 1em;min-width:8em}}\
+         .figure b{{display:block;font-size:1.4em}}\
+         table{{border-collapse:collapse;width:100%}} th,td{{text-align:left;padding:.25em .6em;border-bottom:1px solid #e4e4ea}}\
+         td.n,th.n{{text-align:right;font-variant-numeric:tabular-nums}} .muted{{color:#777}}\
+         svg text{{font:13px system-ui,sans-serif}}\
+         </style></head><body>\
+         <h1>Portcullis: outbound port use</h1>\
+         <p class=\"muted\">Counting since {} ({}). This page refreshes every 15 s.</p>\
+         <div class=\"figures\">\
+         <div class=\"figure\">requests and tunnels<b id=\"total-requests\">{total_requests}</b></div>\
+         <div class=\"figure\">refused<b id=\"total-denied\">{total_denied}</b></div>\
+         <div class=\"figure\">traffic<b id=\"total-bytes\">{}</b></div>\
+         <div class=\"figure\">tunnels open<b id=\"open-tunnels\">{open_tunnels}</b></div>\
+         <div class=\"figure\">connections open<b id=\"connections-open\">{}</b></div>\
+         </div>",
+        escape_html(&s.started),
+        uptime(s.uptime_seconds),
+        human_bytes(total_bytes),
+        s.connections_open
+    );
+
+    h.push_str("<h2>Traffic by destination port</h2>");
+    chart(&mut h, &s.ports);
+
+    h.push_str(
+        "<h2>Ports</h2><table id=\"ports\"><tr><th>port</th><th class=\"n\">requests</th>\
+         <th class=\"n\">tunnels</th><th class=\"n\">refused</th><th class=\"n\">up</th>\
+         <th class=\"n\">down</th><th class=\"n\">open now</th></tr>",
+    );
+    if s.ports.is_empty() {
+        h.push_str("<tr><td colspan=\"7\" class=\"muted\">no traffic yet</td></tr>");
+    }
+    for p in &s.ports {
+        let _ = write!(
+            h,
+            "<tr data-port=\"{}\"><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            p.port,
+            escape_html(&describe(p.port)),
+            p.http_requests,
+            p.connect_requests,
+            p.denied(),
+            human_bytes(p.bytes_up),
+            human_bytes(p.bytes_down),
+            p.active_tunnels
+        );
+    }
+    h.push_str("</table>");
+
+    h.push_str(
+        "<h2>Top clients</h2><table id=\"clients\"><tr><th>client</th><th class=\"n\">requests</th>\
+         <th class=\"n\">refused</th><th class=\"n\">up</th><th class=\"n\">down</th></tr>",
+    );
+    for c in s.clients.iter().take(TOP) {
+        let shown = match &c.name {
+            Some(name) => format!(
+                "{} <span class=\"muted\">{}</span>",
+                escape_html(name),
+                escape_html(&c.client)
+            ),
+            None => escape_html(&c.client),
+        };
+        usage_row(&mut h, &shown, &c.usage);
+    }
+    h.push_str("</table>");
+
+    if !s.users.is_empty() {
+        h.push_str(
+            "<h2>Users</h2><table id=\"users\"><tr><th>user</th><th class=\"n\">requests</th>\
+             <th class=\"n\">refused</th><th class=\"n\">up</th><th class=\"n\">down</th></tr>",
+        );
+        for u in s.users.iter().take(TOP) {
+            usage_row(&mut h, &escape_html(&u.key), &u.usage);
+        }
+        h.push_str("</table>");
+    }
+
+    h.push_str(
+        "<h2>Top destinations</h2><table id=\"hosts\"><tr><th>host</th><th class=\"n\">requests</th>\
+         <th class=\"n\">refused</th><th class=\"n\">up</th><th class=\"n\">down</th></tr>",
+    );
+    for d in s.hosts.iter().take(TOP) {
+        usage_row(&mut h, &escape_html(&d.key), &d.usage);
+    }
+    h.push_str("</table>");
+
+    h.push_str(
+        "<h2>Recent refusals</h2><table id=\"denials\"><tr><th>time</th><th>client</th>\
+         <th>destination</th><th>status</th><th>reason</th></tr>",
+    );
+    if s.recent_denials.is_empty() {
+        h.push_str("<tr><td colspan=\"5\" class=\"muted\">none</td></tr>");
+    }
+    for d in s.recent_denials.iter().take(TOP) {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{} <span class=\"muted\">({})</span></td></tr>",
+            escape_html(&d.time),
+            d.client,
+            escape_html(&d.method),
+            escape_html(&d.destination),
+            d.status,
+            escape_html(&d.reason),
+            escape_html(&d.rule)
+        );
+    }
+    h.push_str("</table></body></html>\n");
+    h
+}
+
+fn usage_row(h: &mut String, shown: &str, u: &Usage) {
+    let _ = write!(
+        h,
+        "<tr><td>{shown}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+        u.requests,
+        u.denied,
+        human_bytes(u.bytes_up),
+        human_bytes(u.bytes_down)
+    );
+}
+
+/// A horizontal bar chart (inline SVG) of bytes per port, busiest first.
+fn chart(h: &mut String, ports: &[PortUse]) {
+    let mut rows: Vec<&PortUse> = ports.iter().filter(|p| p.total() > 0).collect();
+    rows.sort_by_key(|p| std::cmp::Reverse((p.bytes_up + p.bytes_down, p.total())));
+    rows.truncate(TOP);
+    if rows.is_empty() {
+        h.push_str("<p class=\"muted\">no traffic yet</p>");
+        return;
+    }
+    let most = rows
+        .iter()
+        .map(|p| p.bytes_up + p.bytes_down)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let (label_w, bar_w, row_h) = (170.0, 360.0, 24.0);
+    let height = row_h * rows.len() as f64 + 8.0;
+    let _ = write!(
+        h,
+        "<svg id=\"chart\" role=\"img\" aria-label=\"traffic by destination port\" width=\"900\" height=\"{height}\" viewBox=\"0 0 900 {height}\">"
+    );
+    for (i, p) in rows.iter().enumerate() {
+        let y = i as f64 * row_h + 4.0;
+        let bytes = p.bytes_up + p.bytes_down;
+        let w = (bytes as f64 / most as f64 * bar_w).max(2.0);
+        let _ = write!(
+            h,
+            "<text x=\"0\" y=\"{:.0}\">{}</text>\
+             <rect x=\"{label_w}\" y=\"{y:.0}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{:.0}\">{} · {} requests{}</text>",
+            y + 15.0,
+            escape_html(&describe(p.port)),
+            row_h - 6.0,
+            if p.denied() == p.total() {
+                "#c0504d"
+            } else {
+                "#4f81bd"
+            },
+            label_w + w + 6.0,
+            y + 15.0,
+            human_bytes(bytes),
+            p.total(),
+            if p.denied() > 0 {
+                format!(", {} refused", p.denied())
+            } else {
+                String::new()
+            }
+        );
+    }
+    h.push_str("</svg>");
+}
+
+fn uptime(seconds: u64) -> String {
+    let (d, h, m) = (
+        seconds / 86_400,
+        seconds % 86_400 / 3600,
+        seconds % 3600 / 60,
+    );
+    match (d, h) {
+        (0, 0) => format!("up {m} min"),
+        (0, _) => format!("up {h} h {m} min"),
+        _ => format!("up {d} d {h} h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_people_write_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(10 * 1024 * 1024), "10.0 MiB");
+    }
+}
