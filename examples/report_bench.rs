@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use portcullis::access::{AccessRecord, Verdict};
 use portcullis::log::{format_line, Format};
-use portcullis::policy::Decider;
+use portcullis::policy::{Builtin, Decider};
 use portcullis::ports::service_name;
 use portcullis::report::{decode, GroupBy, OutputFormat, Report, Window};
 
@@ -93,8 +93,9 @@ fn generate(file: &File, lines: u64, format: Format) -> anyhow::Result<()> {
             } else {
                 Verdict::Allow
             },
-            rule: Decider::Builtin("ports.http"),
+            rule: Decider::Builtin(Builtin::PortsHttp),
             reason: None,
+            error: None,
             bytes_up: rng.below(10_000),
             bytes_down: rng.below(2_000_000),
             duration: Duration::from_millis(rng.below(30_000)),

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use portcullis::access::{AccessRecord, Verdict};
 use portcullis::log::{format_line, Format};
-use portcullis::policy::Decider;
+use portcullis::policy::{Builtin, Decider};
 use portcullis::ports::service_name;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -105,8 +105,13 @@ fn records(n: usize, seed: u64) -> Vec<AccessRecord> {
                 } else {
                     Verdict::Allow
                 },
-                rule: Decider::Builtin(if local { "local" } else { "ports.http" }),
+                rule: Decider::Builtin(if local {
+                    Builtin::Local
+                } else {
+                    Builtin::PortsHttp
+                }),
                 reason: None,
+                error: None,
                 bytes_up: if denied { 0 } else { rng.below(200_000) },
                 bytes_down: if denied {
                     rng.below(500)

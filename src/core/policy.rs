@@ -38,11 +38,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The name of the port list that governs this kind.
-    pub fn port_rule(self) -> &'static str {
+    /// The port list that governs this kind.
+    pub fn port_rule(self) -> Builtin {
         match self {
-            Kind::Http => "ports.http",
-            Kind::Connect => "ports.connect",
+            Kind::Http => Builtin::PortsHttp,
+            Kind::Connect => Builtin::PortsConnect,
         }
     }
 
@@ -54,11 +54,102 @@ impl Kind {
     }
 }
 
-/// What decided a request: a built-in check named by its configuration key, or a rule.
+/// A built-in check, named in records and refusals by its configuration key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Builtin {
+    /// Nothing decided: the request was let through by default (`-`).
+    Nothing,
+    /// `clients.allow`: the client's address.
+    ClientsAllow,
+    /// `ports.http`: the port list of plain HTTP.
+    PortsHttp,
+    /// `ports.connect`: the port list of CONNECT.
+    PortsConnect,
+    /// `rules`: a rule that needs the destination's address, which could not be had.
+    Rules,
+    /// `auth`: the log-in.
+    Auth,
+    /// `auth.max_failures`: too many failed log-ins.
+    AuthMaxFailures,
+    /// `local`: the proxy's own pages.
+    Local,
+    /// `request`: the request itself is malformed or cannot be served.
+    Request,
+    /// `request_header`: the request head did not arrive in time.
+    RequestHeader,
+    /// `destinations.self`: the proxy's own listeners.
+    DestinationsSelf,
+    /// `destinations.unspecified`: `0.0.0.0`, `::`.
+    DestinationsUnspecified,
+    /// `destinations.loopback`: `127.0.0.0/8`, `::1`.
+    DestinationsLoopback,
+    /// `destinations.link_local`: `169.254.0.0/16`, `fe80::/10`.
+    DestinationsLinkLocal,
+    /// `destinations.unicast`: broadcast and multicast addresses.
+    DestinationsUnicast,
+    /// `limits.max_connections`: open connections in all.
+    LimitsMaxConnections,
+    /// `limits.max_connections_per_client`: open connections of one client.
+    LimitsMaxConnectionsPerClient,
+}
+
+impl Builtin {
+    /// Every built-in check.
+    pub const ALL: [Builtin; 17] = [
+        Builtin::Nothing,
+        Builtin::ClientsAllow,
+        Builtin::PortsHttp,
+        Builtin::PortsConnect,
+        Builtin::Rules,
+        Builtin::Auth,
+        Builtin::AuthMaxFailures,
+        Builtin::Local,
+        Builtin::Request,
+        Builtin::RequestHeader,
+        Builtin::DestinationsSelf,
+        Builtin::DestinationsUnspecified,
+        Builtin::DestinationsLoopback,
+        Builtin::DestinationsLinkLocal,
+        Builtin::DestinationsUnicast,
+        Builtin::LimitsMaxConnections,
+        Builtin::LimitsMaxConnectionsPerClient,
+    ];
+
+    /// The name written in records and refusals.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Builtin::Nothing => "-",
+            Builtin::ClientsAllow => "clients.allow",
+            Builtin::PortsHttp => "ports.http",
+            Builtin::PortsConnect => "ports.connect",
+            Builtin::Rules => "rules",
+            Builtin::Auth => "auth",
+            Builtin::AuthMaxFailures => "auth.max_failures",
+            Builtin::Local => "local",
+            Builtin::Request => "request",
+            Builtin::RequestHeader => "request_header",
+            Builtin::DestinationsSelf => "destinations.self",
+            Builtin::DestinationsUnspecified => "destinations.unspecified",
+            Builtin::DestinationsLoopback => "destinations.loopback",
+            Builtin::DestinationsLinkLocal => "destinations.link_local",
+            Builtin::DestinationsUnicast => "destinations.unicast",
+            Builtin::LimitsMaxConnections => "limits.max_connections",
+            Builtin::LimitsMaxConnectionsPerClient => "limits.max_connections_per_client",
+        }
+    }
+}
+
+impl fmt::Display for Builtin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What decided a request: a built-in check, or a rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Decider {
     /// `clients.allow`, `ports.http`, `destinations.loopback`, `local` …
-    Builtin(&'static str),
+    Builtin(Builtin),
     /// A `[[rules]]` entry, by name.
     Rule(Arc<str>),
 }
@@ -66,29 +157,26 @@ pub enum Decider {
 impl fmt::Display for Decider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Decider::Builtin(name) => f.write_str(name),
+            Decider::Builtin(check) => f.write_str(check.as_str()),
             Decider::Rule(name) => write!(f, "rule \"{name}\""),
         }
     }
 }
 
+/// A decider equals the text it is written as in records and refusals (`ports.http`,
+/// `rule "no ads"`).
 impl PartialEq<&str> for Decider {
     fn eq(&self, other: &&str) -> bool {
         match self {
-            Decider::Builtin(name) => name == other,
-            Decider::Rule(name) => {
-                other
-                    .strip_prefix("rule \"")
-                    .and_then(|rest| rest.strip_suffix('"'))
-                    == Some(name)
-            }
+            Decider::Builtin(check) => check.as_str() == *other,
+            Decider::Rule(_) => self.to_string() == *other,
         }
     }
 }
 
-impl From<&'static str> for Decider {
-    fn from(name: &'static str) -> Self {
-        Decider::Builtin(name)
+impl From<Builtin> for Decider {
+    fn from(check: Builtin) -> Self {
+        Decider::Builtin(check)
     }
 }
 
@@ -202,7 +290,7 @@ impl Policy {
             Ok(())
         } else {
             Err(Denial::new(
-                "clients.allow",
+                Builtin::ClientsAllow,
                 format!("client {ip} is not allowed to use this proxy"),
             ))
         }
@@ -247,7 +335,7 @@ impl Policy {
     }
 
     /// May a request of `kind` reach `port` by the base port lists? Answers the list's name.
-    pub fn check_port(&self, kind: Kind, port: u16) -> Result<&'static str, Denial> {
+    pub fn check_port(&self, kind: Kind, port: u16) -> Result<Builtin, Denial> {
         let set = match kind {
             Kind::Http => &self.http_ports,
             Kind::Connect => &self.connect_ports,
@@ -284,7 +372,7 @@ impl Policy {
     ) -> Result<(), Denial> {
         let ip = addr.ip().to_canonical();
         let addr = SocketAddr::new(ip, addr.port());
-        let refuse = |rule: &'static str, what: &str| {
+        let refuse = |rule: Builtin, what: &str| {
             let shown = if host == ip.to_string() {
                 format!("{ip}")
             } else {
@@ -294,27 +382,27 @@ impl Policy {
         };
         if self.is_listener(addr, is_local) {
             return refuse(
-                "destinations.self",
+                Builtin::DestinationsSelf,
                 "this proxy's own address, so the request would loop",
             );
         }
         if ip.is_unspecified() || in_this_network(ip) {
-            return refuse("destinations.unspecified", "an unspecified address");
+            return refuse(Builtin::DestinationsUnspecified, "an unspecified address");
         }
         if ip.is_loopback() && !self.allow_loopback {
             return refuse(
-                "destinations.loopback",
+                Builtin::DestinationsLoopback,
                 "a loopback address, which this proxy does not reach",
             );
         }
         if is_link_local(ip) || METADATA.contains(&ip) {
             return refuse(
-                "destinations.link_local",
+                Builtin::DestinationsLinkLocal,
                 "a link-local or cloud metadata address, which this proxy does not reach",
             );
         }
         if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
-            return refuse("destinations.unicast", "not a unicast address");
+            return refuse(Builtin::DestinationsUnicast, "not a unicast address");
         }
         Ok(())
     }
@@ -417,7 +505,7 @@ mod tests {
             let got = p.admit_client(ip.parse().unwrap());
             assert_eq!(got.is_ok(), *allowed, "{ip}: {got:?}");
             if let Err(d) = got {
-                assert_eq!(d.rule, "clients.allow");
+                assert_eq!(d.rule.to_string(), "clients.allow");
                 assert!(d.reason.contains(ip.trim_start_matches("::ffff:")), "{d}");
             }
         }
@@ -459,10 +547,10 @@ mod tests {
         for (kind, port, want) in cases {
             let got = p.check_port(*kind, *port);
             match (got, want) {
-                (Ok(rule), Ok(w)) => assert_eq!(rule, *w),
+                (Ok(rule), Ok(w)) => assert_eq!(rule.as_str(), *w),
                 (Err(d), Err(w)) => {
                     assert_eq!(d.reason, *w);
-                    assert_eq!(d.rule, kind.port_rule());
+                    assert_eq!(d.rule, Decider::Builtin(kind.port_rule()));
                 }
                 (got, want) => panic!("{kind:?} {port}: got {got:?}, want {want:?}"),
             }
@@ -552,7 +640,7 @@ mod tests {
         let lan: SocketAddr = "192.168.1.5:3128".parse().unwrap();
         let local = |ip: IpAddr| ip == "192.168.1.5".parse::<IpAddr>().unwrap();
         let rule = p.check_address("proxy.lan", lan, local).unwrap_err().rule;
-        assert_eq!(rule, "destinations.self");
+        assert_eq!(rule.to_string(), "destinations.self");
         assert!(p.check_address("proxy.lan", lan, |_| false).is_ok());
         let other_port: SocketAddr = "192.168.1.5:3129".parse().unwrap();
         assert!(p.check_address("proxy.lan", other_port, local).is_ok());

@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 use arc_swap::ArcSwap;
 
 use crate::config::Settings;
-use crate::core::error::EdgeError;
-use crate::core::policy::{Decider, Decision, Denial, Facts, Policy};
+use crate::core::error::{EdgeError, ErrorKind};
+use crate::core::policy::{Builtin, Decider, Decision, Denial, Facts, Policy};
 use crate::core::target::{parse_authority, Host, Target};
 
 /// Why a destination could not be reached.
@@ -193,7 +193,7 @@ fn permit(
         Decision::Deny(denial) => Err(denial),
         // With the address known a decision is always reached; refuse rather than guess.
         Decision::NeedAddress => Err(Denial {
-            rule: Decider::Builtin("rules"),
+            rule: Decider::Builtin(Builtin::Rules),
             reason: format!("no decision could be reached for {target}"),
         }),
     }
@@ -401,10 +401,16 @@ impl From<&DialError> for EdgeError {
     fn from(e: &DialError) -> Self {
         match e {
             DialError::Denied(d) => d.clone().into(),
-            DialError::TimedOut { .. } => {
-                EdgeError::upstream(http::StatusCode::GATEWAY_TIMEOUT, e.to_string())
+            DialError::TimedOut { .. } => EdgeError::new(ErrorKind::Timeout, e.to_string()),
+            DialError::Resolve { .. } | DialError::NoAddress { .. } => {
+                EdgeError::new(ErrorKind::Dns, e.to_string())
             }
-            _ => EdgeError::upstream(http::StatusCode::BAD_GATEWAY, e.to_string()),
+            DialError::Connect { error, .. }
+                if error.kind() == io::ErrorKind::ConnectionRefused =>
+            {
+                EdgeError::new(ErrorKind::Refused, e.to_string())
+            }
+            DialError::Connect { .. } => EdgeError::new(ErrorKind::Unreachable, e.to_string()),
         }
     }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::core::policy::Decider;
+use crate::core::error::ErrorKind;
+use crate::core::policy::{Builtin, Decider};
 
 /// Whether the proxy let the request through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub struct AccessRecord {
     pub rule: Decider,
     /// The one-line reason of a refusal or failure.
     pub reason: Option<String>,
+    /// Why the exchange ended without the origin's answer, as a machine reads it (`None`
+    /// when it did not, or ended for a reason that is nobody's failure).
+    pub error: Option<ErrorKind>,
     /// Payload bytes from the client to the destination (request body, or tunnel upstream).
     pub bytes_up: u64,
     /// Payload bytes from the destination to the client (response body, or tunnel downstream).
@@ -159,8 +163,9 @@ impl PendingRecord {
                 parent: None,
                 status: 499,
                 verdict: Verdict::Deny,
-                rule: Decider::Builtin("-"),
+                rule: Decider::Builtin(Builtin::Nothing),
                 reason: Some(NO_ANSWER.into()),
+                error: None,
                 bytes_up: 0,
                 bytes_down: 0,
                 duration: Duration::ZERO,
@@ -216,22 +221,30 @@ impl PendingRecord {
         self.record.reason = None;
     }
 
-    /// Marks the request as ended by the proxy with `status` and `reason`; `rule` is set when
-    /// something refused it (the verdict is then `deny`); without it the verdict stays (an
-    /// allowed request whose origin failed).
-    pub fn fail(&mut self, status: u16, rule: Option<Decider>, reason: String) {
+    /// Marks the request as ended by the proxy with `status` and `reason`, a failure of
+    /// `kind`; `rule` is set when something refused it (the verdict is then `deny`); without
+    /// it the verdict stays (an allowed request whose origin failed).
+    pub fn fail(&mut self, kind: ErrorKind, status: u16, rule: Option<Decider>, reason: String) {
         if let Some(rule) = rule {
             self.record.verdict = Verdict::Deny;
             self.record.rule = rule;
         }
         self.record.status = status;
         self.record.reason = Some(reason);
+        self.record.error = Some(kind);
     }
 
     /// Notes why an allowed exchange ended early (an origin or tunnel error) without
     /// changing its status.
     pub fn note(&mut self, reason: String) {
         self.record.reason = Some(reason);
+    }
+
+    /// Like [`PendingRecord::note`], for an end that is a failure of `kind` (a tunnel cut at
+    /// the end of the shutdown grace period, an origin's body that broke off).
+    pub fn note_failure(&mut self, kind: ErrorKind, reason: String) {
+        self.record.reason = Some(reason);
+        self.record.error = Some(kind);
     }
 }
 

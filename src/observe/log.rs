@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::policy::{Builtin, Decider};
 use crate::observe::access::{AccessRecord, AccessSink, Verdict};
 
 pub use crate::config::{Destination, Format};
@@ -338,7 +339,7 @@ pub fn squid_code(r: &AccessRecord) -> &'static str {
                 "NONE_NONE"
             }
         }
-        (Verdict::Allow, _) if r.rule == "local" => "TCP_MEM_HIT",
+        (Verdict::Allow, _) if r.rule == Decider::Builtin(Builtin::Local) => "TCP_MEM_HIT",
         (Verdict::Allow, "CONNECT") => "TCP_TUNNEL",
         (Verdict::Allow, _) if aborted => "TCP_MISS_ABORTED",
         (Verdict::Allow, _) => "TCP_MISS",
@@ -564,7 +565,7 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord, name: Option<&str>) {
     line.str(r.verdict.as_str());
     key!("rule");
     match &r.rule {
-        crate::core::policy::Decider::Builtin(name) => line.str(name),
+        Decider::Builtin(check) => line.str(check.as_str()),
         rule => line.str(&rule.to_string()),
     }
     key!("reason");
@@ -659,7 +660,7 @@ fn needs_escape(text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::policy::Decider;
+    use crate::core::policy::{Builtin, Decider};
 
     fn record() -> AccessRecord {
         AccessRecord {
@@ -676,8 +677,9 @@ mod tests {
             parent: None,
             status: 200,
             verdict: Verdict::Allow,
-            rule: Decider::Builtin("ports.http"),
+            rule: Decider::Builtin(Builtin::PortsHttp),
             reason: None,
+            error: None,
             bytes_up: 0,
             bytes_down: 5120,
             duration: Duration::from_millis(105),
@@ -784,7 +786,7 @@ mod tests {
             r.reason = Some(text.clone());
             r.rule = match i % 2 {
                 0 => Decider::Rule(text.as_str().into()),
-                _ => Decider::Builtin("ports.http"),
+                _ => Decider::Builtin(Builtin::PortsHttp),
             };
             r.bytes_up = u64::MAX >> (i % 64);
             r.duration = Duration::from_millis(i as u64 * 7919);

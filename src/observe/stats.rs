@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
+use crate::core::policy::{Builtin, Decider};
 use crate::core::ports::service_name;
 use crate::observe::access::{AccessRecord, AccessSink, Verdict};
 
@@ -313,7 +314,7 @@ impl AccessSink for Stats {
         if let Some(user) = &r.user {
             lock(&self.users).add(user, r);
         }
-        if !r.host.is_empty() && r.rule != "local" {
+        if !r.host.is_empty() && r.rule != Decider::Builtin(Builtin::Local) {
             lock(&self.hosts).add(&r.host, r);
         }
         if r.verdict == Verdict::Deny {
@@ -516,7 +517,7 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::policy::Decider;
+    use crate::core::policy::{Builtin, Decider};
     use std::time::Duration;
 
     fn record(
@@ -541,8 +542,9 @@ mod tests {
             parent: None,
             status: if verdict == Verdict::Allow { 200 } else { 403 },
             verdict,
-            rule: Decider::Builtin("ports.http"),
+            rule: Decider::Builtin(Builtin::PortsHttp),
             reason: (verdict == Verdict::Deny).then(|| "no".to_owned()),
+            error: None,
             bytes_up: up,
             bytes_down: down,
             duration: Duration::ZERO,

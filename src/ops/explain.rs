@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::{Method, StatusCode, Uri};
 
 use crate::config::Settings;
-use crate::core::policy::{Decider, Decision, Denial, Facts, Kind, Policy};
+use crate::core::policy::{Builtin, Decider, Decision, Denial, Facts, Kind, Policy};
 use crate::core::ports::describe;
 use crate::core::target::{classify, Classified, Host, Target};
 
@@ -164,7 +164,7 @@ pub fn explain(
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
             walk.step(format!("{method} {uri}: not a request the proxy serves"));
             let denial = Denial {
-                rule: Decider::Builtin("request"),
+                rule: Decider::Builtin(Builtin::Request),
                 reason: e.to_string(),
             };
             return Ok(walk.denied(denial, &status_text(status)));
@@ -221,7 +221,7 @@ pub fn explain(
                         .to_owned(),
                 );
                 let denial = Denial {
-                    rule: Decider::Builtin("auth"),
+                    rule: Decider::Builtin(Builtin::Auth),
                     reason: "needs a log-in (407, auth): the client is asked for a user name and password"
                         .to_owned(),
                 };
@@ -236,7 +236,7 @@ pub fn explain(
             Some(user) => {
                 walk.step(format!("log-in: {user} is not in the htpasswd file"));
                 let denial = Denial {
-                    rule: Decider::Builtin("auth"),
+                    rule: Decider::Builtin(Builtin::Auth),
                     reason: format!("wrong user name or password for user {user:?}"),
                 };
                 return Ok(walk.denied(denial, "407 Proxy Authentication Required"));
@@ -423,7 +423,7 @@ impl Walk<'_> {
         allowed_status: &str,
     ) -> Explanation {
         let Host::Name(name) = &target.host else {
-            return self.allowed(Decider::Builtin("-"), allowed_status);
+            return self.allowed(Decider::Builtin(Builtin::Nothing), allowed_status);
         };
         let lookup_failed = |mut walk: Walk<'_>, why: String, mode: PerAddress<'_>| {
             walk.step(format!("addresses: {why}"));
@@ -465,7 +465,7 @@ impl Walk<'_> {
                         Decision::Allow(decider) => Ok(decider),
                         Decision::Deny(denial) => Err(denial),
                         Decision::NeedAddress => Err(Denial {
-                            rule: Decider::Builtin("rules"),
+                            rule: Decider::Builtin(Builtin::Rules),
                             reason: format!("no decision could be reached for {target}"),
                         }),
                     },
@@ -487,7 +487,7 @@ impl Walk<'_> {
         match (first_allowed, first_denied) {
             (Some(decider), _) => self.allowed(decider, allowed_status),
             (None, Some(denial)) => self.denied(denial, "403 Forbidden"),
-            (None, None) => self.allowed(Decider::Builtin("-"), allowed_status),
+            (None, None) => self.allowed(Decider::Builtin(Builtin::Nothing), allowed_status),
         }
     }
 
@@ -509,10 +509,13 @@ impl Walk<'_> {
                 format!("{path} is not a page of this proxy"),
             )
         } else {
-            return self.allowed(Decider::Builtin("local"), &status_text(StatusCode::OK));
+            return self.allowed(
+                Decider::Builtin(Builtin::Local),
+                &status_text(StatusCode::OK),
+            );
         };
         let denial = Denial {
-            rule: Decider::Builtin("local"),
+            rule: Decider::Builtin(Builtin::Local),
             reason,
         };
         self.denied(denial, &status_text(status))

@@ -1245,7 +1245,7 @@ pub fn run(options: &Options) -> Result<bool, ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::policy::Decider;
+    use crate::core::policy::{Builtin, Decider};
     use crate::observe::access::{AccessRecord, Verdict};
     use crate::observe::log::{format_line, Format};
 
@@ -1266,8 +1266,9 @@ mod tests {
             parent: None,
             status: 200,
             verdict: Verdict::Allow,
-            rule: Decider::Builtin("ports.http"),
+            rule: Decider::Builtin(Builtin::PortsHttp),
             reason: None,
+            error: None,
             bytes_up: 300,
             bytes_down: 5120,
             duration: Duration::from_millis(105),
@@ -1371,7 +1372,7 @@ mod tests {
             // The proxy's own page: no host, TCP_MEM_HIT.
             (
                 |r| {
-                    r.rule = Decider::Builtin("local");
+                    r.rule = Decider::Builtin(Builtin::Local);
                     r.host = String::new();
                     r.path = None;
                     r.port = 0;

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use http::StatusCode;
 
 use crate::config::LimitsConfig;
-use crate::core::error::EdgeError;
+use crate::core::error::{EdgeError, ErrorKind};
+use crate::core::policy::Builtin;
 
 /// The outcome of [`Admission::admit`].
 pub enum Admit {
@@ -45,21 +46,22 @@ impl Admission {
         }
         if total > limits.max_connections {
             let refusal = EdgeError::refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "limits.max_connections",
+                ErrorKind::Limit,
+                Builtin::LimitsMaxConnections,
                 format!(
                     "the proxy is serving its maximum of {} connections; try again shortly",
                     limits.max_connections
                 ),
-            );
+            )
+            .with_status(StatusCode::SERVICE_UNAVAILABLE);
             return Admit::Refuse(refusal, slot);
         }
         let mut per_client = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_client.entry(ip).or_insert(0);
         if *count >= limits.max_connections_per_client {
             let refusal = EdgeError::refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                "limits.max_connections_per_client",
+                ErrorKind::Limit,
+                Builtin::LimitsMaxConnectionsPerClient,
                 format!(
                     "{ip} already has {} connections open, the most one client may have",
                     limits.max_connections_per_client

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use crate::core::error::ErrorKind;
 use crate::observe::access::{PendingRecord, Traffic};
 use crate::proxy::conn::{BodyGuard, ConnState, InFlight};
 
@@ -324,7 +325,12 @@ impl Body for DownBody {
             }
             Some(Err(e)) => {
                 if let Some(record) = this.record.as_mut() {
-                    record.note(format!("the origin's response body failed: {e}"));
+                    // A body that stalled ends with a timed-out I/O error; others broke off.
+                    let kind = match e.downcast_ref::<std::io::Error>() {
+                        Some(io) if io.kind() == std::io::ErrorKind::TimedOut => ErrorKind::Timeout,
+                        _ => ErrorKind::OriginProtocol,
+                    };
+                    record.note_failure(kind, format!("the origin's response body failed: {e}"));
                 }
             }
             None => {

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpInfo;
 
 use std::net::SocketAddr;
 
-use crate::core::error::EdgeError;
+use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::policy::{Decision, Facts, Kind};
 use crate::core::target::{Host, Target};
 use crate::egress::dial::{self, is_local_address, DialError};
@@ -93,7 +93,7 @@ pub async fn forward(
     }
     let host_text = target.host_header();
     let host = HeaderValue::from_str(&host_text)
-        .map_err(|_| EdgeError::client(StatusCode::BAD_REQUEST, "the host cannot be sent"))?;
+        .map_err(|_| EdgeError::new(ErrorKind::Client, "the host cannot be sent"))?;
     parts.headers.insert(header::HOST, host);
     append_via(&mut parts.headers, parts.version, &ex.shared.via);
     // The pooled client dials the URI's authority: `dial_to` when given, else the target
@@ -166,8 +166,8 @@ async fn within<T>(
     };
     tokio::select! {
         answer = answer => Ok(answer),
-        _ = clock => Err(EdgeError::upstream(
-            StatusCode::GATEWAY_TIMEOUT,
+        _ = clock => Err(EdgeError::new(
+            ErrorKind::Timeout,
             format!(
                 "the origin {target} did not answer within {} (timeouts.response)",
                 humantime::format_duration(limit)
@@ -182,16 +182,16 @@ async fn within<T>(
 /// never forwards `TE`), and which an HTTP/1.0 client could not be told about.
 fn check_answer(response: &Response<Incoming>, target: &Target) -> Result<(), EdgeError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(EdgeError::upstream(
-            StatusCode::BAD_GATEWAY,
+        return Err(EdgeError::new(
+            ErrorKind::OriginProtocol,
             format!(
                 "the origin {target} switched protocols (101), which the request did not ask for"
             ),
         ));
     }
     if let Some(codings) = transfer_codings_besides_chunked(response.headers()) {
-        return Err(EdgeError::upstream(
-            StatusCode::BAD_GATEWAY,
+        return Err(EdgeError::new(
+            ErrorKind::OriginProtocol,
             format!(
                 "the origin {target} used the transfer coding {codings}, which the request did not accept"
             ),
@@ -211,8 +211,8 @@ async fn through_parent(
     let shared = ex.shared.clone();
     let parents = shared.parents.load_full();
     let Some(parents) = parents.as_ref() else {
-        return Err(EdgeError::upstream(
-            StatusCode::BAD_GATEWAY,
+        return Err(EdgeError::new(
+            ErrorKind::Parent,
             "no parent proxy is configured",
         ));
     };
@@ -246,8 +246,8 @@ async fn through_parent(
         match sent {
             Ok(response) if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
                 parents.mark_up(route);
-                return Err(EdgeError::upstream(
-                    StatusCode::BAD_GATEWAY,
+                return Err(EdgeError::new(
+                    ErrorKind::Parent,
                     format!(
                         "the parent proxy {} wants credentials (407): check upstream.proxy",
                         route.parent.name
@@ -272,9 +272,8 @@ async fn through_parent(
             }
         }
     }
-    Err(last.unwrap_or_else(|| {
-        EdgeError::upstream(StatusCode::BAD_GATEWAY, "no parent proxy could be reached")
-    }))
+    Err(last
+        .unwrap_or_else(|| EdgeError::new(ErrorKind::Parent, "no parent proxy could be reached")))
 }
 
 /// The transfer codings of a message other than `chunked`, as text, if any.
@@ -382,12 +381,7 @@ pub fn append_via(headers: &mut HeaderMap, received: Version, via: &Via) {
 
 /// The absolute URI the pooled client dials (`authority`) and rewrites to origin form.
 fn upstream_uri(authority: String, original: &Uri) -> Result<Uri, EdgeError> {
-    let unusable = || {
-        EdgeError::client(
-            StatusCode::BAD_REQUEST,
-            "the request target cannot be forwarded",
-        )
-    };
+    let unusable = || EdgeError::new(ErrorKind::Client, "the request target cannot be forwarded");
     // The path and query are kept as they came (a shared buffer, not a copy).
     let path = match original.path_and_query() {
         Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
@@ -485,8 +479,8 @@ fn stalled_write<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dial::Stalle
 /// Maps a failure of the pooled client to what the client is told.
 fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> EdgeError {
     if let Some(stalled) = stalled_write(e) {
-        return EdgeError::upstream(
-            StatusCode::GATEWAY_TIMEOUT,
+        return EdgeError::new(
+            ErrorKind::Timeout,
             format!(
                 "the origin {target} stopped taking the request: a write to it waited {} \
                  (3 × timeouts.response)",
@@ -500,7 +494,7 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
             return EdgeError::from(dial);
         }
         if let Some(parent) = err.downcast_ref::<crate::egress::parent::ParentError>() {
-            return EdgeError::upstream(StatusCode::BAD_GATEWAY, parent.to_string());
+            return EdgeError::new(ErrorKind::Parent, parent.to_string());
         }
 
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
@@ -513,13 +507,13 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
                 let cause = cause
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| h.to_string());
-                let status = if stalled {
-                    StatusCode::REQUEST_TIMEOUT
+                let kind = if stalled {
+                    ErrorKind::ClientTimeout
                 } else {
-                    StatusCode::BAD_REQUEST
+                    ErrorKind::Client
                 };
-                return EdgeError::client(
-                    status,
+                return EdgeError::new(
+                    kind,
                     format!("the request body could not be read: {cause}"),
                 );
             }
@@ -537,15 +531,15 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
             } else {
                 format!("failed: {h}")
             };
-            return EdgeError::upstream(
-                StatusCode::BAD_GATEWAY,
+            return EdgeError::new(
+                ErrorKind::OriginProtocol,
                 format!("the origin {target} {what}"),
             );
         }
         source = err.source();
     }
-    EdgeError::upstream(
-        StatusCode::BAD_GATEWAY,
+    EdgeError::new(
+        ErrorKind::OriginProtocol,
         format!("the request to {target} failed: {e}"),
     )
 }

@@ -27,8 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
-use crate::core::error::EdgeError;
-use crate::core::policy::Decider;
+use http::StatusCode;
+
+use crate::core::error::{EdgeError, ErrorKind};
+use crate::core::policy::Builtin;
 use crate::observe::access::PendingRecord;
 use crate::proxy::admission::{Admit, Slot};
 use crate::proxy::conn::{ConnState, Expiry, WatchedIo};
@@ -190,9 +192,13 @@ async fn serve_connection(
                 expired = true;
                 debug!(?expiry, "closing the connection");
                 if expiry == Expiry::SlowHead {
-                    connection_record(&shared, peer, 408, "request_header", format!(
-                        "the request head did not arrive within {} (timeouts.request_header)",
-                        humantime::format_duration(timeouts.request_header)
+                    connection_record(&shared, peer, EdgeError::refusal(
+                        ErrorKind::ClientTimeout,
+                        Builtin::RequestHeader,
+                        format!(
+                            "the request head did not arrive within {} (timeouts.request_header)",
+                            humantime::format_duration(timeouts.request_header)
+                        ),
                     ));
                 }
                 // Polling the connection again lets WatchedIo end it (see `poll_read`).
@@ -219,21 +225,23 @@ async fn serve_connection(
         debug!(error = %e, "connection ended with an error");
         // hyper answered a head it could not parse itself; the record is still ours to write.
         if e.is_parse_too_large() || e.is_parse() {
-            let status = if e.is_parse_too_large() {
+            let (kind, status) = if e.is_parse_too_large() {
                 if e.to_string().contains("URI") {
-                    414
+                    (ErrorKind::Limit, StatusCode::URI_TOO_LONG)
                 } else {
-                    431
+                    (
+                        ErrorKind::Limit,
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    )
                 }
             } else {
-                400
+                (ErrorKind::Client, StatusCode::BAD_REQUEST)
             };
+            let reason = format!("the request could not be parsed: {e}");
             connection_record(
                 &shared,
                 peer,
-                status,
-                "request",
-                format!("the request could not be parsed: {e}"),
+                EdgeError::refusal(kind, Builtin::Request, reason).with_status(status),
             );
         }
     }
@@ -279,15 +287,9 @@ impl Future for Signal<'_> {
 }
 
 /// Writes the record of a request that never reached the service.
-fn connection_record(
-    shared: &Shared,
-    peer: SocketAddr,
-    status: u16,
-    rule: &'static str,
-    reason: String,
-) {
+fn connection_record(shared: &Shared, peer: SocketAddr, error: EdgeError) {
     let mut record = PendingRecord::open(shared.recorder.clone(), peer, "NONE");
-    record.fail(status, Some(Decider::Builtin(rule)), reason);
+    record.fail(error.kind, error.status.as_u16(), error.rule, error.reason);
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::core::error::ErrorKind;
+use crate::core::policy::Builtin;
 use crate::observe::stats::RecentDenial;
 use crate::proxy::body::DownBody;
 use crate::proxy::service::Exchange;
@@ -59,12 +61,13 @@ pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
     };
 
     if status == StatusCode::OK {
-        ex.record.allow("local");
+        ex.record.allow(Builtin::Local);
         ex.record.answered(status.as_u16());
     } else {
         ex.record.fail(
+            ErrorKind::Client,
             status.as_u16(),
-            Some("local".into()),
+            Some(Builtin::Local.into()),
             body.trim_end().to_owned(),
         );
     }
@@ -97,7 +100,7 @@ fn pac_file<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
     });
     let arrived_on = crate::web::pac::proxy_authority(named, ex.local);
     let pac = crate::web::pac::render(&ex.settings.pac, &arrived_on);
-    ex.record.allow("local");
+    ex.record.allow(Builtin::Local);
     ex.record.answered(StatusCode::OK.as_u16());
     let mut response = Response::new(DownBody::text(pac));
     let headers = response.headers_mut();

@@ -21,7 +21,8 @@ use crate::core::auth::{challenge, parse_basic, CredentialCache, FailureTracker}
 use crate::observe::stats::Stats;
 
 use crate::config::{LimitsConfig, Settings};
-use crate::core::error::{EdgeError, Side};
+use crate::core::error::{EdgeError, ErrorKind, Side};
+use crate::core::policy::{Builtin, Decider};
 use crate::core::target::{classify, Classified, Host};
 use crate::egress::dial::is_local_address;
 use crate::egress::dial::Dialer;
@@ -308,21 +309,21 @@ impl ProxyService {
         // Checked per request, so that a reload that narrows clients.allow applies at once.
         ex.settings.policy.admit_client(self.client.ip())?;
         if head.has(HeadFlags::FRAGMENT) {
-            return Err(EdgeError::client(
-                StatusCode::BAD_REQUEST,
+            return Err(EdgeError::new(
+                ErrorKind::Client,
                 "a request target must not carry a #fragment",
             ));
         }
         if head.has(HeadFlags::CONTENT_LENGTH) && head.has(HeadFlags::TRANSFER_ENCODING) {
-            return Err(EdgeError::client(
-                StatusCode::BAD_REQUEST,
+            return Err(EdgeError::new(
+                ErrorKind::Client,
                 "a request must not carry both Content-Length and Transfer-Encoding",
             ));
         }
         check_head(&req, &ex.settings.limits)?;
         if carries_token(req.headers(), self.shared.via.name()) {
-            return Err(EdgeError::client(
-                StatusCode::LOOP_DETECTED,
+            return Err(EdgeError::new(
+                ErrorKind::Loop,
                 "this request has already passed through this proxy: a forwarding loop",
             ));
         }
@@ -373,8 +374,8 @@ impl ProxyService {
         if let Some(left) = login.failures.blocked_for(ip, now) {
             let seconds = left.as_secs().max(1);
             return Err(EdgeError::refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                "auth.max_failures",
+                ErrorKind::Limit,
+                Builtin::AuthMaxFailures,
                 format!("too many failed log-ins from {ip}; try again in {seconds} s"),
             )
             .with_header(header::RETRY_AFTER, HeaderValue::from(seconds)));
@@ -385,8 +386,8 @@ impl ProxyService {
         };
         let Some(value) = req.headers().get(header::PROXY_AUTHORIZATION) else {
             return Err(EdgeError::refusal(
-                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                "auth",
+                ErrorKind::Auth,
+                Builtin::Auth,
                 "this proxy needs a user name and password",
             )
             .with_header(header::PROXY_AUTHENTICATE, challenge()));
@@ -412,8 +413,8 @@ impl ProxyService {
                 warn!(target: "portcullis::auth", client = %ip, user = "-", reason = %e, "authentication failed");
                 login.failures.note_failure(ip, now);
                 return Err(EdgeError::refusal(
-                    StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                    "auth",
+                    ErrorKind::Auth,
+                    Builtin::Auth,
                     format!("the Proxy-Authorization header is not usable: {e}"),
                 )
                 .with_header(header::PROXY_AUTHENTICATE, challenge()));
@@ -431,8 +432,8 @@ impl ProxyService {
         warn!(target: "portcullis::auth", client = %ip, user = %user, "authentication failed");
         login.failures.note_failure(ip, now);
         Err(EdgeError::refusal(
-            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            "auth",
+            ErrorKind::Auth,
+            Builtin::Auth,
             format!("wrong user name or password for user {user:?}"),
         )
         .with_header(header::PROXY_AUTHENTICATE, challenge()))
@@ -453,11 +454,16 @@ fn refusal(
         }
     }
     // A client-side error no rule decided is the request's own fault.
-    let rule = error.rule.clone().or_else(|| {
-        (error.side == Side::Client).then_some(crate::core::policy::Decider::Builtin("request"))
-    });
-    ex.record
-        .fail(error.status.as_u16(), rule, error.reason.clone());
+    let rule = error
+        .rule
+        .clone()
+        .or_else(|| (error.side == Side::Client).then_some(Decider::Builtin(Builtin::Request)));
+    ex.record.fail(
+        error.kind,
+        error.status.as_u16(),
+        rule,
+        error.reason.clone(),
+    );
     let (body, content_type) = match page {
         Some(asked) => {
             let pages = &ex.settings.pages;
@@ -497,23 +503,25 @@ fn check_head<B>(req: &Request<B>, limits: &LimitsConfig) -> Result<(), EdgeErro
         + uri.path_and_query().map_or(0, |p| p.as_str().len());
     let line_len = req.method().as_str().len() + target_len + 10;
     if line_len > limits.max_request_line {
-        return Err(EdgeError::client(
-            StatusCode::URI_TOO_LONG,
+        return Err(EdgeError::new(
+            ErrorKind::Limit,
             format!(
                 "the request line is longer than {} bytes (limits.max_request_line)",
                 limits.max_request_line
             ),
-        ));
+        )
+        .with_status(StatusCode::URI_TOO_LONG));
     }
     let headers = req.headers();
     if headers.len() > limits.max_headers {
-        return Err(EdgeError::client(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        return Err(EdgeError::new(
+            ErrorKind::Limit,
             format!(
                 "the request has more than {} header fields (limits.max_headers)",
                 limits.max_headers
             ),
-        ));
+        )
+        .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
     }
     let head_len = line_len
         + headers
@@ -521,13 +529,14 @@ fn check_head<B>(req: &Request<B>, limits: &LimitsConfig) -> Result<(), EdgeErro
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum::<usize>();
     if head_len > limits.max_header_bytes {
-        return Err(EdgeError::client(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        return Err(EdgeError::new(
+            ErrorKind::Limit,
             format!(
                 "the request head is larger than {} bytes (limits.max_header_bytes)",
                 limits.max_header_bytes
             ),
-        ));
+        )
+        .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
     }
     // hyper accepts a Transfer-Encoding whose last coding is chunked; the proxy re-frames
     // the body as chunked alone, so any other coding would be silently lost.
@@ -538,10 +547,11 @@ fn check_head<B>(req: &Request<B>, limits: &LimitsConfig) -> Result<(), EdgeErro
         .map(str::trim)
         .filter(|c| !c.is_empty());
     if codings.any(|c| !c.eq_ignore_ascii_case("chunked")) {
-        return Err(EdgeError::client(
-            StatusCode::NOT_IMPLEMENTED,
+        return Err(EdgeError::new(
+            ErrorKind::Client,
             "only the chunked transfer coding is supported in requests",
-        ));
+        )
+        .with_status(StatusCode::NOT_IMPLEMENTED));
     }
     let chunked = headers
         .get_all(header::TRANSFER_ENCODING)
@@ -550,8 +560,8 @@ fn check_head<B>(req: &Request<B>, limits: &LimitsConfig) -> Result<(), EdgeErro
         .filter(|c| !c.trim().is_empty())
         .count();
     if chunked > 1 {
-        return Err(EdgeError::client(
-            StatusCode::BAD_REQUEST,
+        return Err(EdgeError::new(
+            ErrorKind::Client,
             "chunked may be applied once (one Transfer-Encoding: chunked)",
         ));
     }

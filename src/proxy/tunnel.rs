@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::core::error::EdgeError;
+use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::policy::{Decision, Facts, Kind};
 use crate::core::target::{Host, Target};
 use crate::egress::dial::{choose, dial, is_local_address};
@@ -98,10 +98,7 @@ pub async fn open(
                 Ok(connected) => connected,
                 Err(e) => {
                     ex.record.parent(e.parent());
-                    return Err(EdgeError::upstream(
-                        http::StatusCode::BAD_GATEWAY,
-                        e.to_string(),
-                    ));
+                    return Err(EdgeError::new(ErrorKind::Parent, e.to_string()));
                 }
             };
             ex.record.parent(&parent);
@@ -168,7 +165,10 @@ pub async fn relay(
             "closed after {} without traffic",
             humantime::format_duration(idle)
         )),
-        Ok(End::Shutdown) => record.note("cut at the end of the shutdown grace period".into()),
+        Ok(End::Shutdown) => record.note_failure(
+            ErrorKind::Shutdown,
+            "cut at the end of the shutdown grace period".into(),
+        ),
         Err(e) => {
             debug!(error = %e, "tunnel ended with an error");
             record.note(format!("the tunnel ended with an error: {e}"));

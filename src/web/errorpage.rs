@@ -335,14 +335,14 @@ fn utc(time: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::policy::Decider;
+    use crate::core::policy::{Builtin, Decider};
 
     const HOSTILE: &str = "<script>alert('x')</script>&\"{{host}}";
 
     fn error(status: StatusCode, rule: Option<Decider>, reason: &str) -> EdgeError {
         EdgeError {
             rule,
-            ..EdgeError::client(status, reason)
+            ..EdgeError::new(crate::core::error::ErrorKind::Client, reason).with_status(status)
         }
     }
 
@@ -359,7 +359,7 @@ mod tests {
         };
         let error = error(
             StatusCode::FORBIDDEN,
-            Some(Decider::Builtin("ports.http")),
+            Some(Decider::Builtin(Builtin::PortsHttp)),
             "port 25 (smtp) is not allowed for plain HTTP",
         );
         PageValues::new(
@@ -440,7 +440,7 @@ mod tests {
             port: None,
             url: "/".into(),
         };
-        let error = EdgeError::upstream(StatusCode::BAD_GATEWAY, "cannot connect");
+        let error = EdgeError::new(crate::core::error::ErrorKind::Refused, "cannot connect");
         let v = PageValues::new(&error, &asked, "::1".parse().unwrap(), "Bob", at_noon());
         assert_eq!(v.rule, "");
         assert_eq!(v.service, "");
