@@ -169,7 +169,10 @@ impl PartialEq<&str> for Decider {
     fn eq(&self, other: &&str) -> bool {
         match self {
             Decider::Builtin(check) => check.as_str() == *other,
-            Decider::Rule(_) => self.to_string() == *other,
+            Decider::Rule(name) => other
+                .strip_prefix("rule \"")
+                .and_then(|rest| rest.strip_suffix('"'))
+                .is_some_and(|written| written == &**name),
         }
     }
 }
