@@ -23,7 +23,7 @@ use crate::control::signal;
 use crate::observe::access::Recorder;
 use crate::observe::log::AccessLog;
 use crate::proxy::listener;
-use crate::proxy::service::Shared;
+use crate::proxy::state::Shared;
 
 /// What the binary was asked to run.
 #[derive(Debug, Clone, Default)]

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::reload::Reload;
 use crate::observe::stats::{render_metrics, Stats, Usage};
-use crate::proxy::service::Shared;
+use crate::proxy::state::Shared;
 use crate::web::status::{status_page, ClientRow, KeyRow, Snapshot};
 
 /// Serves the admin listener until `stop` is cancelled.

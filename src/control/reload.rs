@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::{locate, Config, ConfigError};
-use crate::proxy::service::Shared;
+use crate::proxy::state::Shared;
 
 /// Where the configuration comes from, to read it again.
 #[derive(Debug, Clone)]

@@ -4,7 +4,10 @@
 
 pub mod auth;
 pub mod error;
+pub mod headers;
 pub mod hosts;
+pub mod limits;
+pub mod plan;
 pub mod policy;
 pub mod ports;
 pub mod target;

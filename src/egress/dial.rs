@@ -21,7 +21,8 @@ use arc_swap::ArcSwap;
 
 use crate::config::Settings;
 use crate::core::error::{EdgeError, ErrorKind};
-use crate::core::policy::{Builtin, Decider, Decision, Denial, Facts, Policy};
+use crate::core::plan;
+use crate::core::policy::{Decider, Denial, Facts, Policy};
 use crate::core::target::{parse_authority, Host, Target};
 
 /// Why a destination could not be reached.
@@ -177,26 +178,15 @@ async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, DialError> {
     }
 }
 
-/// The hard guards on `addr`, then (when the decision needs the address) the rules.
+/// The plan's last step on `addr` ([`plan::check_address`]): the guards, then the rules
+/// when the decision needs the address.
 fn permit(
     policy: &Policy,
     target: &Target,
     facts: Option<&Facts<'_>>,
     addr: SocketAddr,
 ) -> Result<Option<Decider>, Denial> {
-    policy.check_address(&target.host.to_string(), addr, is_local_address)?;
-    let Some(facts) = facts else {
-        return Ok(None);
-    };
-    match policy.decide(facts, Some(addr.ip())) {
-        Decision::Allow(decider) => Ok(Some(decider)),
-        Decision::Deny(denial) => Err(denial),
-        // With the address known a decision is always reached; refuse rather than guess.
-        Decision::NeedAddress => Err(Denial {
-            rule: Decider::Builtin(Builtin::Rules),
-            reason: format!("no decision could be reached for {target}"),
-        }),
-    }
+    plan::check_address(policy, target, facts, addr, &is_local_address)
 }
 
 /// ` (address)` when the target was a name, nothing when it was the address itself.

@@ -17,9 +17,10 @@ use std::net::{IpAddr, SocketAddr};
 use http::{Method, StatusCode, Uri};
 
 use crate::config::Settings;
+use crate::core::plan::{self, Event, Front, LogIn, Route, Trail};
 use crate::core::policy::{Builtin, Decider, Decision, Denial, Facts, Kind, Policy};
 use crate::core::ports::describe;
-use crate::core::target::{classify, Classified, Host, Target};
+use crate::core::target::{classify, Host, Target};
 
 /// The request to explain.
 #[derive(Debug, Clone, Copy)]
@@ -141,67 +142,52 @@ pub fn explain(
         steps: Vec::new(),
     };
     let policy = &settings.policy;
-
-    // 1. The client allow-list, before anything else.
     let client = question.client;
     let shown_client = match settings.client_name(client) {
         Some(name) => format!("{client} ({name})"),
         None => client.to_string(),
     };
-    if let Err(denial) = policy.admit_client(client) {
-        walk.step(format!(
-            "client {shown_client}: not in clients.allow ({})",
-            networks(&policy.clients)
-        ));
-        return Ok(walk.denied(denial, "403 Forbidden, and the connection is closed"));
-    }
-    walk.step(format!("client {shown_client}: admitted by clients.allow"));
 
-    // 2. What the client asked for.
-    let classified = match classify(&method, &uri) {
-        Ok(classified) => classified,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            walk.step(format!("{method} {uri}: not a request the proxy serves"));
+    // The front of the plan: the client allow-list, what the client asked for, the proxy's
+    // own pages. A question has no head and no connection limits.
+    let classified = classify(&method, &uri);
+    let request = plan::Request {
+        client,
+        admission: None,
+        head: None,
+        target: &classified,
+        login: LogIn::Off,
+    };
+    let mut told = Told {
+        walk: &mut walk,
+        shown_client: &shown_client,
+        method: &method,
+        uri: &uri,
+    };
+    let front = plan::front(policy, &request, lookups.is_local, &mut told);
+    let (kind, target) = match front {
+        Front::Refuse(error) => {
             let denial = Denial {
-                rule: Decider::Builtin(Builtin::Request),
-                reason: e.to_string(),
+                rule: error
+                    .rule
+                    .clone()
+                    .unwrap_or(Decider::Builtin(Builtin::Request)),
+                reason: error.reason.clone(),
             };
-            return Ok(walk.denied(denial, &status_text(status)));
+            let status = if error.closes_connection()
+                && error.rule == Some(Decider::Builtin(Builtin::ClientsAllow))
+            {
+                "403 Forbidden, and the connection is closed".to_owned()
+            } else {
+                status_text(error.status)
+            };
+            return Ok(walk.denied(denial, &status));
         }
+        Front::OwnPage => return Ok(walk.own_page(&method, &uri)),
+        Front::Proceed { kind, target, .. } => (kind, target),
     };
 
-    // 3. The proxy's own pages: an origin-form request, or an absolute URL naming a listener.
-    let own_page = match &classified {
-        Classified::Local => true,
-        Classified::Forward(target) => match target.host {
-            Host::Ip(ip) => policy.is_listener(SocketAddr::new(ip, target.port), lookups.is_local),
-            Host::Name(_) => false,
-        },
-        Classified::Connect(_) => false,
-    };
-    if own_page {
-        return Ok(walk.own_page(&method, &uri));
-    }
-    let (kind, target) = match classified {
-        Classified::Connect(target) => (Kind::Connect, target),
-        Classified::Forward(target) => (Kind::Http, target),
-        Classified::Local => return Ok(walk.own_page(&method, &uri)),
-    };
-    walk.step(match kind {
-        Kind::Connect => format!(
-            "{method} {target}: a tunnel to {} {}; its port list is ports.connect",
-            target.host,
-            describe(target.port)
-        ),
-        Kind::Http => format!(
-            "{method} {uri}: plain HTTP forwarded to {} {}; its port list is ports.http",
-            target.host,
-            describe(target.port)
-        ),
-    });
-
-    // 4. Log-in, when [auth] is on.
+    // The log-in, when [auth] is on: a question names the user instead of a password.
     let user = match &settings.auth {
         None => {
             walk.step(match question.user {
@@ -244,7 +230,8 @@ pub fn explain(
         },
     };
 
-    // 5. The rules, then the port list; the address guards around them.
+    // The destination part of the plan: parent or direct, the guards on a literal a parent
+    // would carry, the rules and the port list.
     let facts = Facts {
         client,
         user,
@@ -253,64 +240,53 @@ pub fn explain(
         host: &target.host,
         port: target.port,
     };
-    let via_parent = settings
-        .upstream
-        .as_ref()
-        .is_some_and(|u| u.serves(&target.host));
-    if via_parent {
-        walk.step(format!(
-            "parent proxy: {} is not in upstream.direct, so a parent proxy carries the request and resolves names itself",
-            target.host
-        ));
-        // With a parent, an IP literal meets the guards before the decision.
-        if let Host::Ip(ip) = target.host {
-            if let Err(denial) = walk.guard(&target, ip, lookups) {
-                return Ok(walk.denied(denial, "403 Forbidden"));
-            }
-        }
-    }
+    let via_parent = |host: &Host| settings.upstream.as_ref().is_some_and(|u| u.serves(host));
+    let mut told = Told {
+        walk: &mut walk,
+        shown_client: &shown_client,
+        method: &method,
+        uri: &uri,
+    };
+    let go = match plan::destination(policy, &facts, &via_parent, lookups.is_local, &mut told) {
+        Ok(go) => go,
+        Err(denial) => return Ok(walk.denied(denial, "403 Forbidden")),
+    };
     let allowed_status = match kind {
         Kind::Connect => "200 Connection established, then the tunnel (if the destination answers)",
         Kind::Http => "the origin's answer (if it answers)",
     };
-    match policy.decide(&facts, None) {
-        Decision::Deny(denial) => {
-            walk.decided(&denial.rule, "denied");
-            Ok(walk.denied(denial, "403 Forbidden"))
-        }
-        Decision::Allow(decider) => {
-            walk.decided(&decider, "allowed");
-            match (&target.host, via_parent) {
-                (Host::Ip(_), true) => Ok(walk.allowed(decider, allowed_status)),
-                (Host::Ip(ip), false) => match walk.guard(&target, *ip, lookups) {
-                    Ok(()) => Ok(walk.allowed(decider, allowed_status)),
-                    Err(denial) => Ok(walk.denied(denial, "403 Forbidden")),
-                },
-                (Host::Name(_), true) => {
-                    walk.step(
-                        "addresses: the parent resolves the name, so the address guards see none"
-                            .to_owned(),
-                    );
+    let via_parent = go.route == Route::Parent;
+    match go.decider {
+        Some(decider) => match (&target.host, via_parent) {
+            (Host::Ip(_), true) => Ok(walk.allowed(decider, allowed_status)),
+            (Host::Ip(ip), false) => match walk.guard(target, *ip, lookups) {
+                Ok(()) => Ok(walk.allowed(decider, allowed_status)),
+                Err(denial) => Ok(walk.denied(denial, "403 Forbidden")),
+            },
+            (Host::Name(_), true) => {
+                walk.step(
+                    "addresses: the parent resolves the name, so the address guards see none"
+                        .to_owned(),
+                );
+                Ok(walk.allowed(decider, allowed_status))
+            }
+            (Host::Name(name), false) => match lookups.resolve {
+                None => {
+                    walk.step(format!(
+                        "addresses: {name} is a name; the address guards (loopback, link-local, unspecified, the proxy's own listeners) apply to each address it resolves to, when the proxy dials; --resolve checks them now"
+                    ));
                     Ok(walk.allowed(decider, allowed_status))
                 }
-                (Host::Name(name), false) => match lookups.resolve {
-                    None => {
-                        walk.step(format!(
-                            "addresses: {name} is a name; the address guards (loopback, link-local, unspecified, the proxy's own listeners) apply to each address it resolves to, when the proxy dials; --resolve checks them now"
-                        ));
-                        Ok(walk.allowed(decider, allowed_status))
-                    }
-                    Some(resolve) => Ok(walk.per_address(
-                        &target,
-                        resolve,
-                        lookups,
-                        PerAddress::Decided(decider),
-                        allowed_status,
-                    )),
-                },
-            }
-        }
-        Decision::NeedAddress => {
+                Some(resolve) => Ok(walk.per_address(
+                    target,
+                    resolve,
+                    lookups,
+                    PerAddress::Decided(decider),
+                    allowed_status,
+                )),
+            },
+        },
+        None => {
             let rule = rule_needing_address(policy, &facts);
             let shown = rule
                 .as_ref()
@@ -331,7 +307,7 @@ pub fn explain(
                     steps: walk.steps,
                 }),
                 Some(resolve) => Ok(walk.per_address(
-                    &target,
+                    target,
                     resolve,
                     lookups,
                     PerAddress::Decide(&facts),
@@ -339,6 +315,56 @@ pub fn explain(
                 )),
             }
         }
+    }
+}
+
+/// The plan's events, told as steps.
+struct Told<'w, 'p> {
+    walk: &'w mut Walk<'p>,
+    shown_client: &'w str,
+    method: &'w Method,
+    uri: &'w Uri,
+}
+
+impl Trail for Told<'_, '_> {
+    fn note(&mut self, event: Event<'_>) {
+        let (method, uri) = (self.method, self.uri);
+        let text = match event {
+            Event::Client(Ok(())) => {
+                format!("client {}: admitted by clients.allow", self.shown_client)
+            }
+            Event::Client(Err(_)) => format!(
+                "client {}: not in clients.allow ({})",
+                self.shown_client,
+                networks(&self.walk.policy.clients)
+            ),
+            Event::Target(Err(_)) => format!("{method} {uri}: not a request the proxy serves"),
+            Event::Target(Ok((Kind::Connect, target))) => format!(
+                "{method} {target}: a tunnel to {} {}; its port list is ports.connect",
+                target.host,
+                describe(target.port)
+            ),
+            Event::Target(Ok((Kind::Http, target))) => format!(
+                "{method} {uri}: plain HTTP forwarded to {} {}; its port list is ports.http",
+                target.host,
+                describe(target.port)
+            ),
+            // The own page tells its own steps.
+            Event::OwnPage | Event::Route(Route::Direct, _) | Event::NeedsAddress => return,
+            Event::Route(Route::Parent, host) => format!(
+                "parent proxy: {host} is not in upstream.direct, so a parent proxy carries the request and resolves names itself"
+            ),
+            Event::Literal(ip, Ok(())) => {
+                format!("address {ip}: passes the destination guards (destinations.*)")
+            }
+            Event::Literal(ip, Err(denial)) => format!("address {ip}: refused by {}", denial.rule),
+            Event::Decided(decider, allowed) => {
+                self.walk
+                    .decided(decider, if allowed { "allowed" } else { "denied" });
+                return;
+            }
+        };
+        self.walk.step(text);
     }
 }
 
@@ -456,19 +482,16 @@ impl Walk<'_> {
         let mut first_denied = None;
         for ip in ips {
             let addr = SocketAddr::new(ip, target.port);
-            let checked = self
-                .policy
-                .check_address(name, addr, lookups.is_local)
-                .and_then(|()| match &mode {
-                    PerAddress::Decided(decider) => Ok(decider.clone()),
-                    PerAddress::Decide(facts) => match self.policy.decide(facts, Some(ip)) {
-                        Decision::Allow(decider) => Ok(decider),
-                        Decision::Deny(denial) => Err(denial),
-                        Decision::NeedAddress => Err(Denial {
-                            rule: Decider::Builtin(Builtin::Rules),
-                            reason: format!("no decision could be reached for {target}"),
-                        }),
-                    },
+            // The plan's last step, as the proxy takes it before dialling each address.
+            let facts = match &mode {
+                PerAddress::Decided(_) => None,
+                PerAddress::Decide(facts) => Some(*facts),
+            };
+            let checked = plan::check_address(self.policy, target, facts, addr, lookups.is_local)
+                .map(|decided| match (&mode, decided) {
+                    (_, Some(decider)) => decider,
+                    (PerAddress::Decided(decider), None) => decider.clone(),
+                    (PerAddress::Decide(_), None) => Decider::Builtin(Builtin::Nothing),
                 });
             match checked {
                 Ok(decider) => {

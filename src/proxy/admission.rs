@@ -6,11 +6,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::StatusCode;
-
 use crate::config::LimitsConfig;
-use crate::core::error::{EdgeError, ErrorKind};
-use crate::core::policy::Builtin;
+use crate::core::error::EdgeError;
+use crate::core::limits;
 
 /// The outcome of [`Admission::admit`].
 pub enum Admit {
@@ -29,9 +27,6 @@ pub struct Admission {
     per_client: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// Connections answered with a refusal beyond the limit before new ones are dropped unanswered.
-const REFUSAL_ALLOWANCE: usize = 64;
-
 impl Admission {
     /// Admits a connection from `ip`, or says how to turn it away.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &LimitsConfig) -> Admit {
@@ -41,33 +36,17 @@ impl Admission {
             admission: self.clone(),
             ip: None,
         };
-        if total > limits.max_connections + REFUSAL_ALLOWANCE {
-            return Admit::Drop;
-        }
-        if total > limits.max_connections {
-            let refusal = EdgeError::refusal(
-                ErrorKind::Limit,
-                Builtin::LimitsMaxConnections,
-                format!(
-                    "the proxy is serving its maximum of {} connections; try again shortly",
-                    limits.max_connections
-                ),
-            )
-            .with_status(StatusCode::SERVICE_UNAVAILABLE);
-            return Admit::Refuse(refusal, slot);
+        match limits::admit_total(total, limits.max_connections) {
+            limits::Admission::Yes => {}
+            limits::Admission::Refuse(refusal) => return Admit::Refuse(refusal, slot),
+            limits::Admission::Drop => return Admit::Drop,
         }
         let mut per_client = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_client.entry(ip).or_insert(0);
-        if *count >= limits.max_connections_per_client {
-            let refusal = EdgeError::refusal(
-                ErrorKind::Limit,
-                Builtin::LimitsMaxConnectionsPerClient,
-                format!(
-                    "{ip} already has {} connections open, the most one client may have",
-                    limits.max_connections_per_client
-                ),
-            );
-            return Admit::Refuse(refusal, slot);
+        match limits::admit_client_connection(ip, *count, limits.max_connections_per_client) {
+            limits::Admission::Yes => {}
+            limits::Admission::Refuse(refusal) => return Admit::Refuse(refusal, slot),
+            limits::Admission::Drop => return Admit::Drop,
         }
         *count += 1;
         slot.ip = Some(ip);

@@ -9,68 +9,60 @@
 
 use std::error::Error as StdError;
 
-use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::core::error::{EdgeError, ErrorKind};
-use crate::core::policy::{Decision, Facts, Kind};
-use crate::core::target::{Host, Target};
-use crate::egress::dial::{self, is_local_address, DialError};
+use crate::core::headers::{
+    append_via, strip_hop_by_hop, trace_echo, transfer_codings_besides_chunked, upstream_uri, Via,
+};
+use crate::core::plan::{Go, Route};
+use crate::core::policy::{Facts, Kind};
+use crate::core::target::Target;
+use crate::egress::dial::{self, DialError};
+use crate::egress::parent::Parents;
 use crate::proxy::body::{DownBody, UpBody, Upload};
-use crate::proxy::service::Exchange;
+use crate::proxy::exchange::Exchange;
 
 /// The methods the proxy forwards, as listed in its answer to `OPTIONS` with `Max-Forwards: 0`.
 const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT";
 
-/// Forwards an absolute-form request to `target`.
+/// Forwards an absolute-form request to `target`, allowed by the plan as `go`; `parents` are
+/// the parent proxies when `go` routes through them.
 pub async fn forward(
     ex: &mut Exchange,
     req: Request<Incoming>,
     target: Target,
+    go: Go,
+    parents: Option<Arc<Parents<UpBody>>>,
 ) -> Result<Response<DownBody>, EdgeError> {
     let settings = ex.settings.clone();
-    let policy = &settings.policy;
-    let user = ex.user.clone();
-    let facts = Facts {
-        client: ex.client.ip(),
-        user: user.as_deref(),
-        method: req.method().as_str(),
-        kind: Kind::Http,
-        host: &target.host,
-        port: target.port,
-    };
-    let parents = ex.shared.parents.load_full();
-    let via_parent = parents
-        .as_ref()
-        .is_some_and(|parents| parents.serves(&target.host));
-    // Through a parent, which resolves names itself, the address guards can only see targets
-    // written as addresses.
-    if let (true, Host::Ip(ip)) = (via_parent, &target.host) {
-        let addr = SocketAddr::new(*ip, target.port);
-        policy.check_address(&target.host.to_string(), addr, is_local_address)?;
-    }
     // When a rule needs the address, resolve and choose here, and send the pooled client
     // to that address so it cannot pick another (a parent gets the name).
     let mut dial_to = None;
-    match policy.decide(&facts, None) {
-        Decision::Allow(decider) => ex.record.allow(decider),
-        Decision::Deny(denial) => return Err(denial.into()),
-        Decision::NeedAddress => {
-            let (addr, decider) =
-                // Boxed: resolving and racing addresses is a large future that most
-                // requests never build, and every forward future would carry its size.
-                Box::pin(dial::choose(policy, &target, &facts, settings.timeouts.connect))
-                    .await?;
-            if let Some(decider) = decider {
-                ex.record.allow(decider);
-            }
-            dial_to = (!via_parent).then_some(addr);
+    if go.decides_per_address() {
+        let user = ex.user.clone();
+        let facts = Facts {
+            client: ex.client.ip(),
+            user: user.as_deref(),
+            method: req.method().as_str(),
+            kind: Kind::Http,
+            host: &target.host,
+            port: target.port,
+        };
+        let (addr, decider) =
+            // Boxed: resolving and racing addresses is a large future that most requests
+            // never build, and every forward future would carry its size.
+            Box::pin(dial::choose(&settings.policy, &target, &facts, settings.timeouts.connect))
+                .await?;
+        if let Some(decider) = decider {
+            ex.record.allow(decider);
         }
+        dial_to = (go.route == Route::Direct).then_some(addr);
     }
 
     let (mut parts, body) = req.into_parts();
@@ -115,8 +107,8 @@ pub async fn forward(
     );
     // Whatever fails from here on leaves the rest of the request body unread.
     let upload = body.upload();
-    let sent = if via_parent {
-        Box::pin(through_parent(ex, parts, body, &target)).await
+    let sent = if let Some(parents) = &parents {
+        Box::pin(through_parent(ex, parents, parts, body, &target)).await
     } else {
         let upstream = Request::from_parts(parts, body);
         within(
@@ -204,18 +196,11 @@ fn check_answer(response: &Response<Incoming>, target: &Target) -> Result<(), Ed
 /// marked down and, when the request has no body (it can be sent again), the next is tried.
 async fn through_parent(
     ex: &mut Exchange,
+    parents: &Parents<UpBody>,
     parts: http::request::Parts,
     body: UpBody,
     target: &Target,
 ) -> Result<Response<Incoming>, EdgeError> {
-    let shared = ex.shared.clone();
-    let parents = shared.parents.load_full();
-    let Some(parents) = parents.as_ref() else {
-        return Err(EdgeError::new(
-            ErrorKind::Parent,
-            "no parent proxy is configured",
-        ));
-    };
     let limit = ex.settings.timeouts.response;
     let resendable = http_body::Body::is_end_stream(&body);
     let mut body = Some(body);
@@ -276,129 +261,6 @@ async fn through_parent(
         .unwrap_or_else(|| EdgeError::new(ErrorKind::Parent, "no parent proxy could be reached")))
 }
 
-/// The transfer codings of a message other than `chunked`, as text, if any.
-fn transfer_codings_besides_chunked(headers: &HeaderMap) -> Option<String> {
-    let codings: Vec<&str> = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .map(|v| v.to_str().unwrap_or("(not text)"))
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
-        .collect();
-    (!codings.is_empty()).then(|| codings.join(", "))
-}
-
-/// The fields that are always hop-by-hop (lower case); `Connection` can name more.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Whether `name` (any case) is one of [`HOP_BY_HOP`].
-fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|field| field.eq_ignore_ascii_case(name))
-}
-
-/// Removes the hop-by-hop fields, including every field that `Connection` names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One look at each name finds the fields present (usually `Connection` alone, or none):
-    // removing just those is cheaper than a hashed removal for each of the eight.
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n.as_str()))
-        .cloned()
-        .collect();
-    if present.is_empty() {
-        return;
-    }
-    // Options naming the fields above (`keep-alive`, usually) are already among those present.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| !is_hop_by_hop(name))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in named.into_iter().chain(present) {
-        headers.remove(name);
-    }
-}
-
-/// This proxy's name in `Via` (RFC 9110 §7.6.3), with the field values for a message that
-/// carries no `Via` yet made once, one for each protocol version received.
-pub struct Via {
-    name: String,
-    alone: [HeaderValue; 3],
-}
-
-impl Via {
-    /// `name` is a token (letters, digits, `-`).
-    pub fn new(name: String) -> Via {
-        let alone = ["1.0", "1.1", "2"].map(|version| {
-            HeaderValue::from_str(&format!("{version} {name}"))
-                .unwrap_or(HeaderValue::from_static("1.1 portcullis"))
-        });
-        Via { name, alone }
-    }
-
-    /// The name alone.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-/// Appends this proxy to `Via`, with the protocol version it received.
-pub fn append_via(headers: &mut HeaderMap, received: Version, via: &Via) {
-    let ours = &via.alone[match received {
-        Version::HTTP_10 => 0,
-        Version::HTTP_2 => 2,
-        _ => 1,
-    }];
-    let existing = headers.get(header::VIA).and_then(|v| v.to_str().ok());
-    let Some(existing) = existing else {
-        headers.insert(header::VIA, ours.clone());
-        return;
-    };
-    let mut value = Vec::with_capacity(existing.len() + 2 + ours.len());
-    value.extend_from_slice(existing.as_bytes());
-    value.extend_from_slice(b", ");
-    value.extend_from_slice(ours.as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&value) {
-        headers.insert(header::VIA, value);
-    }
-}
-
-/// The absolute URI the pooled client dials (`authority`) and rewrites to origin form.
-fn upstream_uri(authority: String, original: &Uri) -> Result<Uri, EdgeError> {
-    let unusable = || EdgeError::new(ErrorKind::Client, "the request target cannot be forwarded");
-    // The path and query are kept as they came (a shared buffer, not a copy).
-    let path = match original.path_and_query() {
-        Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
-        Some(pq) if pq.as_str().starts_with('?') => {
-            http::uri::PathAndQuery::try_from(format!("/{}", pq.as_str()))
-                .map_err(|_| unusable())?
-        }
-        _ => http::uri::PathAndQuery::from_static("/"),
-    };
-    Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|_| unusable())
-}
-
 /// Honours `Max-Forwards` on TRACE and OPTIONS (RFC 9110 §7.6.2): at zero the proxy answers
 /// itself; otherwise the value is decremented on the way.
 fn max_forwards(
@@ -437,26 +299,6 @@ fn max_forwards(
     };
     append_via(response.headers_mut(), Version::HTTP_11, via);
     Some(response)
-}
-
-/// The request as received, for TRACE; credentials and cookies are left out.
-fn trace_echo(method: &Method, uri: &Uri, version: Version, headers: &HeaderMap) -> bytes::Bytes {
-    let mut out = BytesMut::new();
-    out.put_slice(format!("{method} {uri} {version:?}\r\n").as_bytes());
-    for (name, value) in headers {
-        if name == header::PROXY_AUTHORIZATION
-            || name == header::AUTHORIZATION
-            || name == header::COOKIE
-        {
-            continue;
-        }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"\r\n");
-    out.freeze()
 }
 
 /// The write timeout of [`dial::OriginIo`], wherever it sits in `e`'s chain of causes (an
@@ -552,71 +394,11 @@ mod tests {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
             map.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
                 HeaderValue::from_str(v).unwrap(),
             );
         }
         map
-    }
-
-    #[test]
-    fn hop_by_hop_fields_go_and_end_to_end_fields_stay() {
-        let mut h = headers(&[
-            ("connection", "keep-alive, X-Secret"),
-            ("connection", "x-other"),
-            ("x-secret", "1"),
-            ("x-other", "2"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-connection", "keep-alive"),
-            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
-            ("proxy-authenticate", "Basic"),
-            ("te", "trailers"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("trailer", "x-checksum"),
-            ("accept", "*/*"),
-            ("content-length", "5"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort_unstable();
-        assert_eq!(left, vec!["accept", "content-length", "trailer"]);
-    }
-
-    #[test]
-    fn each_hop_by_hop_field_goes_when_alone() {
-        for name in [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "proxy-authorization",
-            "proxy-authenticate",
-            "te",
-            "transfer-encoding",
-            "upgrade",
-        ] {
-            let mut h = headers(&[("accept", "*/*"), (name, "x"), ("host", "a.b")]);
-            strip_hop_by_hop(&mut h);
-            let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-            assert_eq!(left, vec!["accept", "host"], "{name}");
-        }
-    }
-
-    #[test]
-    fn via_is_appended() {
-        let mut h = HeaderMap::new();
-        append_via(&mut h, Version::HTTP_10, &Via::new("portcullis-1".into()));
-        assert_eq!(h[header::VIA], "1.0 portcullis-1");
-        append_via(&mut h, Version::HTTP_11, &Via::new("portcullis-2".into()));
-        assert_eq!(h[header::VIA], "1.0 portcullis-1, 1.1 portcullis-2");
-        append_via(&mut h, Version::HTTP_2, &Via::new("portcullis-3".into()));
-        assert_eq!(
-            h[header::VIA],
-            "1.0 portcullis-1, 1.1 portcullis-2, 2 portcullis-3"
-        );
-        let mut h = HeaderMap::new();
-        append_via(&mut h, Version::HTTP_2, &Via::new("p".into()));
-        assert_eq!(h[header::VIA], "2 p");
     }
 
     #[test]
@@ -645,27 +427,5 @@ mod tests {
             &headers(&[("cookie", "s"), ("x-a", "b")]),
         );
         assert_eq!(&echo[..], b"TRACE http://h/x HTTP/1.1\r\nx-a: b\r\n\r\n");
-    }
-
-    #[test]
-    fn upstream_uri_keeps_path_and_query() {
-        let at = |text: &str| upstream_uri("example.com:8080".into(), &text.parse().unwrap());
-        assert_eq!(
-            at("http://example.com:8080/a/b?c=d").unwrap(),
-            "http://example.com:8080/a/b?c=d"
-        );
-        assert_eq!(
-            at("http://example.com:8080").unwrap(),
-            "http://example.com:8080/"
-        );
-        assert_eq!(
-            at("http://example.com:8080?q").unwrap(),
-            "http://example.com:8080/?q"
-        );
-        let uri = upstream_uri(
-            "10.0.0.5:8080".into(),
-            &"http://example.com/x".parse().unwrap(),
-        );
-        assert_eq!(uri.unwrap(), "http://10.0.0.5:8080/x");
     }
 }

@@ -34,7 +34,8 @@ use crate::core::policy::Builtin;
 use crate::observe::access::PendingRecord;
 use crate::proxy::admission::{Admit, Slot};
 use crate::proxy::conn::{ConnState, Expiry, WatchedIo};
-use crate::proxy::service::{ProxyService, Shared};
+use crate::proxy::service::ProxyService;
+use crate::proxy::state::Shared;
 
 /// Accepts connections until `stop` (this listener removed, or shutdown); each connection
 /// drains on `drain` (shutdown only).

@@ -1,10 +1,18 @@
 //! The data path: listeners, connections, the hyper service, forwarding, tunnels and bodies.
+//!
+//! The order inside: `listener` → `service` → {`forward`, `tunnel`, `pages`, `authenticate`,
+//! `respond`} → {`exchange`, `body`} → {`conn`, `admission`, `state`}; nothing imports
+//! upward.
 
 pub mod admission;
+pub mod authenticate;
 pub mod body;
 pub mod conn;
+pub mod exchange;
 pub mod forward;
 pub mod listener;
 pub mod pages;
+pub mod respond;
 pub mod service;
+pub mod state;
 pub mod tunnel;

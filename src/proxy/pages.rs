@@ -8,7 +8,7 @@ use crate::core::error::ErrorKind;
 use crate::core::policy::Builtin;
 use crate::observe::stats::RecentDenial;
 use crate::proxy::body::DownBody;
-use crate::proxy::service::Exchange;
+use crate::proxy::exchange::Exchange;
 use crate::web::html::escape_html;
 
 /// Answers an origin-form request to the proxy itself.

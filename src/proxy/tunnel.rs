@@ -13,7 +13,6 @@
 //! gives the pipe or buffer back.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,12 +29,15 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::core::error::{EdgeError, ErrorKind};
-use crate::core::policy::{Decision, Facts, Kind};
-use crate::core::target::{Host, Target};
-use crate::egress::dial::{choose, dial, is_local_address};
+use crate::core::plan::Go;
+use crate::core::policy::{Facts, Kind};
+use crate::core::target::Target;
+use crate::egress::dial::{choose, dial};
+use crate::egress::parent::Parents;
 use crate::observe::access::{PendingRecord, Traffic};
+use crate::proxy::body::UpBody;
 use crate::proxy::conn::WatchedIo;
-use crate::proxy::service::{Exchange, Shared};
+use crate::proxy::{exchange::Exchange, state::Shared};
 
 /// Bytes a quiet direction of a tunnel reads at once, from a buffer inside the task: an idle
 /// tunnel holds no heap buffer of its own.
@@ -51,11 +53,14 @@ pub struct Dialled {
     tunnel_idle: std::time::Duration,
 }
 
-/// Checks and dials a CONNECT destination. The caller answers 200 and spawns [`relay`].
+/// Dials a CONNECT destination the plan allowed as `go` (through `parents` when it routes
+/// through them). The caller answers 200 and spawns [`relay`].
 pub async fn open(
     ex: &mut Exchange,
     mut req: Request<Incoming>,
     target: Target,
+    go: Go,
+    parents: Option<Arc<Parents<UpBody>>>,
 ) -> Result<Dialled, EdgeError> {
     let settings = ex.settings.clone();
     let user = ex.user.clone();
@@ -67,27 +72,12 @@ pub async fn open(
         host: &target.host,
         port: target.port,
     };
-    let per_address = match settings.policy.decide(&facts, None) {
-        Decision::Allow(decider) => {
-            ex.record.allow(decider);
-            None
-        }
-        Decision::Deny(denial) => return Err(denial.into()),
-        Decision::NeedAddress => Some(&facts),
-    };
+    let per_address = go.decides_per_address().then_some(&facts);
     let timeout = settings.timeouts.connect;
-    let shared = ex.shared.clone();
-    let parents = shared.parents.load_full();
-    let upstream = match parents.as_ref().filter(|p| p.serves(&target.host)) {
+    let upstream = match &parents {
         Some(parents) => {
-            // The parent resolves names; the guards see addresses written as such, and a
-            // rule that needs the address gets it from a lookup here.
-            if let Host::Ip(ip) = &target.host {
-                let addr = SocketAddr::new(*ip, target.port);
-                settings
-                    .policy
-                    .check_address(&target.host.to_string(), addr, is_local_address)?;
-            }
+            // The parent resolves names (the plan checked a literal address already); a rule
+            // that needs the address gets it from a lookup here.
             if let Some(facts) = per_address {
                 let (_, decider) = choose(&settings.policy, &target, facts, timeout).await?;
                 if let Some(decider) = decider {

@@ -1,0 +1,68 @@
+//! Where a refusal or a failure becomes a response: the one place an [`EdgeError`] is turned
+//! into what the client reads (the browser error page, or one line of text) and noted in the
+//! access record. The exceptions, each answered where it happens: the proxy's own pages
+//! answer their 404 and 405 themselves (`pages`), a request head that is too slow gets a raw
+//! 408 (`conn`), `Max-Forwards: 0` is answered by forwarding, and heads hyper cannot parse
+//! get hyper's own 400, 414 or 431 (recorded by `listener`).
+
+use http::{header, HeaderValue, Response};
+use tracing::debug;
+
+use crate::core::error::{EdgeError, Side};
+use crate::core::policy::{Builtin, Decider};
+use crate::proxy::body::DownBody;
+use crate::proxy::exchange::Exchange;
+
+/// Turns an error into the response the client sees, and notes it in the record: an HTML
+/// page when `page` says what a browser asked for, else the one-line text.
+pub(crate) fn refusal(
+    ex: &mut Exchange,
+    error: EdgeError,
+    page: Option<&crate::web::errorpage::Asked>,
+) -> Response<DownBody> {
+    match error.side {
+        Side::Client => debug!(status = error.status.as_u16(), reason = %error.reason, "refused"),
+        Side::Upstream => {
+            debug!(status = error.status.as_u16(), reason = %error.reason, "upstream failure")
+        }
+    }
+    // A client-side error no rule decided is the request's own fault.
+    let rule = error
+        .rule
+        .clone()
+        .or_else(|| (error.side == Side::Client).then_some(Decider::Builtin(Builtin::Request)));
+    ex.record.fail(
+        error.kind,
+        error.status.as_u16(),
+        rule,
+        error.reason.clone(),
+    );
+    let (body, content_type) = match page {
+        Some(asked) => {
+            let pages = &ex.settings.pages;
+            let values = crate::web::errorpage::PageValues::new(
+                &error,
+                asked,
+                ex.client.ip(),
+                &pages.contact,
+                std::time::SystemTime::now(),
+            );
+            let html = crate::web::errorpage::render(&values, pages.error_template.as_deref());
+            (html, "text/html; charset=utf-8")
+        }
+        None => (error.body_text(), "text/plain; charset=utf-8"),
+    };
+    let mut response = Response::new(DownBody::text(body));
+    *response.status_mut() = error.status;
+    let closes = error.closes_connection();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if closes {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    for (name, value) in error.headers {
+        headers.append(name, value);
+    }
+    response
+}

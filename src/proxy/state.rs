@@ -1,0 +1,131 @@
+//! The state every connection of the running proxy shares. It lives below the code that uses
+//! it (the service, forwarding, tunnels, the admin listener, reloads), so none of them
+//! imports another to reach it.
+
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use hyper_util::client::legacy::Client;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::core::auth::{CredentialCache, FailureTracker};
+use crate::egress::dial::Dialer;
+use crate::observe::access::Recorder;
+use crate::observe::stats::Stats;
+use crate::proxy::body::UpBody;
+
+/// The pooled client that carries plain HTTP to origins.
+pub type UpstreamClient = Client<Dialer, UpBody>;
+
+/// What every connection of the running proxy shares: the settings in force, the recorder,
+/// the pooled clients, the log-in memory, and the tasks to wait for on shutdown.
+pub struct Shared {
+    /// The validated configuration in force; a reload swaps it whole.
+    pub live: Arc<ArcSwap<Settings>>,
+    /// Where access records go (the statistics among them).
+    pub recorder: Arc<Recorder>,
+    /// Live counters of port use.
+    pub stats: Arc<Stats>,
+    /// Keep-alive connections to origins.
+    pub client: UpstreamClient,
+    /// Parent proxies, when `[upstream]` names any; rebuilt on reload.
+    pub parents: ArcSwapOption<crate::egress::parent::Parents<UpBody>>,
+    /// Every connection and tunnel task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when the shutdown grace period is over: cuts what is still open.
+    pub hard_stop: CancellationToken,
+    /// Verified credentials and failed log-ins; rebuilt on reload.
+    pub login: ArcSwap<Login>,
+    /// Open client connections, for `[limits]`.
+    pub admission: Arc<crate::proxy::admission::Admission>,
+    /// This proxy's name in `Via`, with a token unique to this process: a request that
+    /// already carries it has looped back.
+    pub via: crate::core::headers::Via,
+}
+
+/// What authentication remembers between requests.
+pub struct Login {
+    /// Credentials verified recently (`[auth] cache`).
+    pub credentials: CredentialCache,
+    /// Failed log-ins per client address (`[auth] max_failures`).
+    pub failures: FailureTracker,
+}
+
+impl Login {
+    fn new(settings: &Settings) -> Login {
+        let auth = settings
+            .auth
+            .as_ref()
+            .map(|a| a.config.clone())
+            .unwrap_or_default();
+        Login {
+            credentials: CredentialCache::new(auth.cache, CREDENTIAL_CACHE_ENTRIES),
+            failures: FailureTracker::new(
+                auth.max_failures,
+                auth.failure_window,
+                auth.block_for,
+                FAILURE_TRACKER_ENTRIES,
+            ),
+        }
+    }
+}
+
+fn parents_for(settings: &Settings) -> Option<Arc<crate::egress::parent::Parents<UpBody>>> {
+    settings.upstream.as_ref().map(|u| {
+        Arc::new(crate::egress::parent::Parents::new(
+            u,
+            settings.timeouts.connect,
+            settings.timeouts.origin_write(),
+        ))
+    })
+}
+
+impl Shared {
+    /// Builds the shared state (and the upstream client) from validated settings.
+    pub fn new(settings: Settings, recorder: Recorder) -> Self {
+        let live = Arc::new(ArcSwap::from_pointee(settings));
+        let settings = live.load_full();
+        let client = crate::egress::dial::pooled_client().build(Dialer::new(live.clone()));
+        let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
+        Shared {
+            live,
+            recorder: Arc::new(recorder.with_sink(stats.clone())),
+            stats,
+            client,
+            parents: ArcSwapOption::new(parents_for(&settings)),
+            tracker: TaskTracker::new(),
+            hard_stop: CancellationToken::new(),
+            login: ArcSwap::from_pointee(Login::new(&settings)),
+            admission: Arc::default(),
+            via: crate::core::headers::Via::new(format!("portcullis-{:08x}", instance_token())),
+        }
+    }
+
+    /// The configuration in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.live.load_full()
+    }
+
+    /// Puts new settings in force for new requests: parents and log-in state follow them.
+    /// Requests and tunnels already running keep the settings they started with.
+    pub fn swap(&self, settings: Settings) {
+        self.parents.store(parents_for(&settings));
+        self.login.store(Arc::new(Login::new(&settings)));
+        self.live.store(Arc::new(settings));
+    }
+}
+
+/// Verified credentials remembered at most (each a hash and a user name).
+const CREDENTIAL_CACHE_ENTRIES: usize = 4096;
+/// Client addresses whose failed log-ins are remembered at most.
+const FAILURE_TRACKER_ENTRIES: usize = 16_384;
+
+/// A random number for this process, from the standard library's randomly keyed hasher.
+fn instance_token() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish() as u32
+}
