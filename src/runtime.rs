@@ -62,14 +62,16 @@ pub enum StartError {
 /// Reads the configuration, then runs the proxy on as many worker threads as it says, until
 /// SIGINT or SIGTERM.
 pub fn launch(launch: Launch) -> Result<(), StartError> {
-    let (mut config, origin) = match &launch.config {
-        Some(path) => (Config::load(path)?, path.display().to_string()),
-        None => (Config::default(), "<built-in defaults>".to_owned()),
+    let source = crate::config::Source {
+        file: launch.config.clone(),
+        listen: launch.listen.clone(),
     };
-    if !launch.listen.is_empty() {
-        config.listen = launch.listen.clone();
-    }
-    let settings = config.validate(&origin)?;
+    let crate::config::Loaded {
+        config,
+        settings,
+        origin,
+        ..
+    } = crate::config::load(&source, crate::config::Purpose::Start)?;
     // One worker is the main thread itself: tokio's single-thread scheduler has no
     // work-stealing to keep up and no hand-off between an accepting thread and a worker.
     let mut runtime = if settings.workers == 1 {
