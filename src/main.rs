@@ -5,7 +5,6 @@ use clap::Parser;
 use std::process::ExitCode;
 
 use portcullis::ops::cli::{Cli, Command};
-use portcullis::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -112,20 +111,18 @@ fn explain(
     resolve: bool,
 ) -> ExitCode {
     const USAGE: u8 = 2;
-    let (config, origin) = match config {
-        Some(path) => match Config::load(path) {
-            Ok(config) => (config, path.display().to_string()),
-            Err(e) => {
-                eprintln!("portcullis explain: {e}");
-                return ExitCode::from(USAGE);
-            }
-        },
-        None => (Config::default(), "<built-in defaults>".to_owned()),
+    let source = portcullis::config::Source {
+        file: config.map(std::path::Path::to_path_buf),
+        listen: Vec::new(),
     };
-    let settings = match config.validate(&origin) {
-        Ok(settings) => settings,
-        Err(e) => {
+    let settings = match portcullis::config::load(&source, portcullis::config::Purpose::Explain) {
+        Ok(loaded) => loaded.settings,
+        Err(e @ portcullis::config::ConfigError::Invalid { .. }) => {
             eprintln!("portcullis explain: {e}\n(`portcullis check` shows where)");
+            return ExitCode::from(USAGE);
+        }
+        Err(e) => {
+            eprintln!("portcullis explain: {e}");
             return ExitCode::from(USAGE);
         }
     };

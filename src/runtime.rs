@@ -62,14 +62,16 @@ pub enum StartError {
 /// Reads the configuration, then runs the proxy on as many worker threads as it says, until
 /// SIGINT or SIGTERM.
 pub fn launch(launch: Launch) -> Result<(), StartError> {
-    let (mut config, origin) = match &launch.config {
-        Some(path) => (Config::load(path)?, path.display().to_string()),
-        None => (Config::default(), "<built-in defaults>".to_owned()),
+    let source = crate::config::Source {
+        file: launch.config.clone(),
+        listen: launch.listen.clone(),
     };
-    if !launch.listen.is_empty() {
-        config.listen = launch.listen.clone();
-    }
-    let settings = config.validate(&origin)?;
+    let crate::config::Loaded {
+        config,
+        settings,
+        origin,
+        ..
+    } = crate::config::load(&source, crate::config::Purpose::Start)?;
     // One worker is the main thread itself: tokio's single-thread scheduler has no
     // work-stealing to keep up and no hand-off between an accepting thread and a worker.
     let mut runtime = if settings.workers == 1 {
@@ -217,18 +219,17 @@ pub async fn serve(
     reloadable: Option<Reloadable>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    // The addresses as bound (a port may have been 0): the policy must know the real ones.
-    settings.policy.listen = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
+    // The addresses as bound (a port may have been 0): the policy must know the real ones,
+    // and the admin listener is never a destination either.
+    settings.set_bound(
+        listeners.iter().filter_map(|l| l.local_addr().ok()),
+        admin.as_ref().and_then(|l| l.local_addr().ok()),
+    );
     let admin_allow = settings
         .admin
         .as_ref()
         .map(|(_, allow)| allow.clone())
         .unwrap_or_default();
-    // The admin listener as bound (its port may have been 0): never a destination.
-    settings.policy.admin = admin.as_ref().and_then(|l| l.local_addr().ok());
     let reload_handle = reloadable.as_ref().map(|r| r.handle.clone());
     let shared = Arc::new(Shared::new(settings, recorder));
     let stop_accepting = CancellationToken::new();

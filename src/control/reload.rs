@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{locate, Config, ConfigError};
+use crate::config::{Config, Purpose};
 use crate::proxy::state::Shared;
 
 /// Where the configuration comes from, to read it again.
@@ -160,9 +160,8 @@ async fn reload(
     for (_, listener) in &bound {
         actual.push(listener.local_addr().map_err(|e| e.to_string())?);
     }
-    settings.policy.listen = actual;
     // The admin listener is not bound again on reload: the running one stays the proxy's own.
-    settings.policy.admin = shared.settings().policy.admin;
+    settings.set_bound(actual, shared.settings().policy.admin);
 
     let summary = changes(config, &new);
     shared.swap(settings);
@@ -186,47 +185,18 @@ async fn reload(
     Ok(summary)
 }
 
-/// Whether a configuration text has nothing but blank lines and comments.
-fn holds_nothing(text: &str) -> bool {
-    text.lines()
-        .map(str::trim)
-        .all(|line| line.is_empty() || line.starts_with('#'))
-}
-
 /// Sections read at start-up only.
 const NEED_RESTART: [&str; 3] = ["log", "admin", "workers"];
 
-/// Reads the file and validates it; errors carry file, line and column.
+/// Reads the file and validates it ([`crate::config::load()`]: a file that holds no settings
+/// is refused); errors carry file, line and column.
 fn read_and_validate(
     path: &std::path::Path,
     listen_override: Vec<SocketAddr>,
 ) -> Result<(Config, crate::config::Settings), String> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {origin}: {e}"))?;
-    if holds_nothing(&text) {
-        // Valid (every key has a default), but far likelier a file caught half-written than a
-        // wish to fall back to the defaults, which listen on every interface.
-        return Err(format!(
-            "{origin}: the file holds no settings (empty, or comments only); a reload keeps \
-             the running configuration rather than falling back to the defaults"
-        ));
-    }
-    let mut new = Config::from_toml(&text, &origin).map_err(|e| e.to_string())?;
-    if !listen_override.is_empty() {
-        new.listen = listen_override;
-    }
-    let settings = new.validate(&origin).map_err(|e| match e {
-        ConfigError::Invalid { problems, .. } => problems
-            .iter()
-            .map(|p| match locate(&text, p) {
-                Some((line, column)) => format!("{origin}:{line}:{column}: {p}"),
-                None => format!("{origin}: {p}"),
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        other => other.to_string(),
-    })?;
-    Ok((new, settings))
+    let source = crate::config::Source::file(path, listen_override);
+    let loaded = crate::config::load(&source, Purpose::Reload).map_err(|e| e.located())?;
+    Ok((loaded.config, loaded.settings))
 }
 
 /// What changed between two configurations, in one line.

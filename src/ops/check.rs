@@ -2,7 +2,7 @@
 //! reload, prints the effective configuration in a few lines, then every lint warning.
 //!
 //! Errors name the file, line and column (`FILE:LINE:COLUMN: problem`): toml's parse errors
-//! carry them, and validation problems are placed with [`crate::config::locate`]. Each error
+//! carry them, and [`crate::config::load()`] places validation problems. Each error
 //! says what would be valid; unknown service names get the close names from the table.
 //! Validation and lint are the proxy's own ([`Config::validate`], [`crate::config::lint::lint`]);
 //! this module only words the results. It reads the files the configuration names
@@ -11,7 +11,10 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::config::{locate, Config, ConfigError, RuleConfig, Settings};
+use crate::config::load::load_text;
+use crate::config::{
+    load, Config, ConfigError, Loaded, ProblemKind, Purpose, RuleConfig, Settings, Source,
+};
 use crate::core::policy::{Action, Rule};
 use crate::core::ports::{PortSet, SERVICES};
 
@@ -35,44 +38,36 @@ pub struct Outcome {
 
 /// Checks the file at `path`, or the built-in defaults when there is none.
 pub fn run(path: Option<&Path>, strict: bool) -> Outcome {
-    let Some(path) = path else {
-        return check_config(Config::default(), "<built-in defaults>", None, strict);
+    let source = Source {
+        file: path.map(Path::to_path_buf),
+        listen: Vec::new(),
     };
-    let origin = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => check_text(&text, &origin, strict),
-        Err(e) => Outcome {
-            stdout: String::new(),
-            stderr: format!("{origin}: cannot read the configuration: {e}\n"),
-            code: INVALID,
-        },
-    }
+    outcome(load(&source, Purpose::Check), strict)
 }
 
 /// Checks configuration `text`; `origin` names it in messages, and files it names are read
 /// relative to its directory.
 pub fn check_text(text: &str, origin: &str, strict: bool) -> Outcome {
-    match Config::from_toml(text, origin) {
-        Ok(config) => check_config(config, origin, Some(text), strict),
-        Err(ConfigError::Parse { message, .. }) => Outcome {
-            stdout: String::new(),
-            stderr: format!(
-                "{}{origin}: invalid configuration: the file is not valid TOML for Portcullis\n",
-                parse_error(origin, &message)
-            ),
-            code: INVALID,
-        },
-        Err(other) => Outcome {
-            stdout: String::new(),
-            stderr: format!("{other}\n"),
-            code: INVALID,
-        },
-    }
+    outcome(
+        load_text(text.to_owned(), origin, &[], Purpose::Check),
+        strict,
+    )
 }
 
-fn check_config(config: Config, origin: &str, text: Option<&str>, strict: bool) -> Outcome {
-    match config.validate(origin) {
-        Ok(settings) => {
+/// The outcome of loading: the summary and warnings, or the errors.
+fn outcome(loaded: Result<Loaded, ConfigError>, strict: bool) -> Outcome {
+    let invalid = |stderr: String| Outcome {
+        stdout: String::new(),
+        stderr,
+        code: INVALID,
+    };
+    match loaded {
+        Ok(Loaded {
+            config,
+            settings,
+            origin,
+            ..
+        }) => {
             let warnings = crate::config::lint::lint(&config, &settings);
             let mut stdout = format!("{origin}: valid configuration\n\n");
             stdout.push_str(&summary(&config, &settings));
@@ -94,18 +89,18 @@ fn check_config(config: Config, origin: &str, text: Option<&str>, strict: bool) 
                 code,
             }
         }
-        Err(ConfigError::Invalid { problems, .. }) => {
+        Err(ConfigError::Read { path, error }) => {
+            invalid(format!("{path}: cannot read the configuration: {error}\n"))
+        }
+        Err(ConfigError::Parse { origin, message }) => invalid(format!(
+            "{}{origin}: invalid configuration: the file is not valid TOML for Portcullis\n",
+            parse_error(&origin, &message)
+        )),
+        Err(ConfigError::Invalid { origin, problems }) => {
             let mut stderr = String::new();
             for problem in &problems {
-                match text.and_then(|t| locate(t, problem)) {
-                    Some((line, column)) => {
-                        let _ = writeln!(stderr, "{origin}:{line}:{column}: {problem}");
-                    }
-                    None => {
-                        let _ = writeln!(stderr, "{origin}: {problem}");
-                    }
-                }
-                if let Some(hint) = hint(problem) {
+                let _ = writeln!(stderr, "{}", problem.located(&origin));
+                if let Some(hint) = hint(&problem.kind) {
                     let _ = writeln!(stderr, "  hint: {hint}");
                 }
             }
@@ -115,17 +110,9 @@ fn check_config(config: Config, origin: &str, text: Option<&str>, strict: bool) 
                 "{origin}: invalid configuration: {count} problem{}",
                 if count == 1 { "" } else { "s" }
             );
-            Outcome {
-                stdout: String::new(),
-                stderr,
-                code: INVALID,
-            }
+            invalid(stderr)
         }
-        Err(other) => Outcome {
-            stdout: String::new(),
-            stderr: format!("{other}\n"),
-            code: INVALID,
-        },
+        Err(other) => invalid(format!("{other}\n")),
     }
 }
 
@@ -163,25 +150,26 @@ fn parse_error(origin: &str, message: &str) -> String {
 }
 
 /// What would be valid, where the problem's own words do not say it.
-fn hint(problem: &str) -> Option<String> {
-    if let Some(rest) = problem.split("unknown service name \"").nth(1) {
-        let name = rest.split('"').next().unwrap_or("");
-        let close = close_service_names(name);
-        return Some(if close.is_empty() {
-            let names: Vec<&str> = SERVICES.iter().map(|s| s.name()).collect();
-            format!(
-                "no known service has a close name; an entry is a port (8080), a range (\"8000-8100\") or one of: {}",
-                names.join(", ")
-            )
-        } else {
-            let quoted: Vec<String> = close.iter().map(|n| format!("\"{n}\"")).collect();
-            format!("did you mean {}?", or_list(&quoted))
-        });
+pub fn hint(kind: &ProblemKind) -> Option<String> {
+    match kind {
+        ProblemKind::UnknownServiceName { name, .. } => {
+            let close = close_service_names(name);
+            Some(if close.is_empty() {
+                let names: Vec<&str> = SERVICES.iter().map(|s| s.name()).collect();
+                format!(
+                    "no known service has a close name; an entry is a port (8080), a range (\"8000-8100\") or one of: {}",
+                    names.join(", ")
+                )
+            } else {
+                let quoted: Vec<String> = close.iter().map(|n| format!("\"{n}\"")).collect();
+                format!("did you mean {}?", or_list(&quoted))
+            })
+        }
+        ProblemKind::ZeroDuration => {
+            Some("write a duration such as \"10s\", \"2m\" or \"1h 30m\"".to_owned())
+        }
+        _ => None,
     }
-    if problem.contains(": must be longer than zero") {
-        return Some("write a duration such as \"10s\", \"2m\" or \"1h 30m\"".to_owned());
-    }
-    None
 }
 
 /// Up to four service names close to `name`, closest first: within edit distance 2 (1 for
@@ -491,123 +479,81 @@ mod tests {
     use super::*;
 
     #[test]
-    fn check_locates_validation_problems() {
-        // (file text, the problem's start, the line and column wanted)
-        let cases: &[(&str, &str, (usize, usize))] = &[
-            (
-                "listen = [\"127.0.0.1:1\"]\n[ports]\nhttp = [80]\nconnect = [\"no-such-service\"]\n",
-                "ports.connect: entry \"no-such-service\"",
-                (4, 12),
-            ),
-            (
-                "[ports]\nhttp = [\n  80,\n  \"90-80\",  # reversed\n]\nconnect = [\"https\"]\n",
-                "ports.http: entry \"90-80\"",
-                (4, 3),
-            ),
-            ("[ports]\nhttp = [0, 80]\n", "ports.http: entry 0:", (2, 9)),
-            (
-                "[ports]\nhttp = [80]\n\n[timeouts]\n# the dial\nconnect = \"0s\"\n",
-                "timeouts.connect: must be longer",
-                (6, 1),
-            ),
-            (
-                "[admin]\nlisten = \"nowhere\"\n",
-                "admin.listen: \"nowhere\"",
-                (2, 10),
-            ),
-            ("listen = []\n", "listen: the list is empty", (1, 1)),
-            (
-                "[clients]\nallow = []\n",
-                "clients.allow: the list is empty",
-                (2, 1),
-            ),
-            (
-                "[log]\nlevel = \"loud\"\n",
-                "log.level: \"loud\"",
-                (2, 9),
-            ),
-            (
-                "[[rules]]\nname = \"a\"\naction = \"allow\"\n[[rules]]\nname = \"b\"\nports = [\"https\", \"smtpx\"]\naction = \"deny\"\n",
-                "rules[2] \"b\": ports: entry \"smtpx\"",
-                (6, 19),
-            ),
-            (
-                "[[rules]]\nname = \"a\"\nmethods = [\"G3T\"]\naction = \"allow\"\n",
-                "rules[1] \"a\": methods: \"G3T\" is not a method name",
-                (3, 12),
-            ),
-            (
-                "[[rules]]\nname = \"a\"\naction = \"allow\"\n[[rules]]\n  name = \"a\"\n  action = \"deny\"\n",
-                "rules[2] \"a\": another rule has the same name",
-                (5, 3),
-            ),
-            (
-                "[[rules]]\nname = \"a\"\nhosts = []\naction = \"allow\"\n",
-                "rules[1] \"a\": hosts is an empty list",
-                (3, 1),
-            ),
-            (
-                "[[rules]]\nname = \"a\"\nusers = [\"alice\"]\naction = \"allow\"\n",
-                "rules[1] \"a\": users needs [auth]",
-                (3, 1),
-            ),
-            (
-                "[[rules]]\nname = \"a\"\nhosts = [\"ok.example\", \"bad host\"]\naction = \"deny\"\n",
-                "rules[1] \"a\": hosts: \"bad host\" is not",
-                (3, 24),
-            ),
-            (
-                "[pac]\nproxies = [\"proxy.lan:3128\", \"nope\"]\n",
-                "pac.proxies: \"nope\" is not host:port",
-                (2, 30),
-            ),
-            (
-                "[clients.names]\n\"10.0.0.7\" = \"printer\"\n\"10.0.0.8\" = \" \"\n",
-                "clients.names: the name of 10.0.0.8 must be",
-                (3, 1),
-            ),
-            // Dotted keys and inline tables.
-            (
-                "ports.http = [80]\nports.connect = [\"htps\"]\n",
-                "ports.connect: entry \"htps\"",
-                (2, 18),
-            ),
-            (
-                "ports = { http = [80], connect = [\"htps\"] }\n",
-                "ports.connect: entry \"htps\"",
-                (1, 35),
-            ),
-            // A "# [ports]" comment and brackets inside strings do not confuse the scan.
-            (
-                "# [ports]\n[pac]\nproxy_host = \"[x]\"\n[ports]\nconnect = [ # ports\n  \"https\", \"nope\"\n]\n",
-                "ports.connect: entry \"nope\"",
-                (6, 12),
-            ),
-            // Columns count characters, not bytes.
-            (
-                "[pages]\ncontact = \"Zoë\"\n[ports]\nconnect = [\"é\", \"x\"]\n",
-                "ports.connect: entry \"x\"",
-                (4, 17),
-            ),
-        ];
-        for (text, problem, want) in cases {
-            // The problem as validation words it, when the text is invalid as a whole.
-            let full = match Config::from_toml(text, "t").map(|c| c.validate("t")) {
-                Ok(Err(ConfigError::Invalid { problems, .. })) => problems
-                    .into_iter()
-                    .find(|p| p.starts_with(problem))
-                    .unwrap_or_else(|| problem.to_string()),
-                _ => problem.to_string(),
-            };
-            assert_eq!(locate(text, &full), Some(*want), "{problem:?} in\n{text}");
-        }
-        assert_eq!(locate("", "listen: the list is empty"), None);
-        assert_eq!(locate("a = 1", "not a problem"), None);
-        // A key not written at all (a default): the quoted text wherever it is.
+    fn hints_come_from_the_kind_of_problem() {
+        use crate::config::{ParentError, WorkersError};
+        use crate::core::ports::{PortSpec, PortSpecError};
+        let unknown = |name: &str| ProblemKind::UnknownServiceName {
+            spec: PortSpec::Text(name.to_owned()),
+            name: name.to_owned(),
+        };
         assert_eq!(
-            locate("# uses \"x\"\n", "upstream.proxy: \"x\": bad"),
-            Some((1, 8))
+            hint(&unknown("htps")).unwrap(),
+            "did you mean \"ftps\" or \"https\"?"
         );
+        assert!(hint(&unknown("no-such-service"))
+            .unwrap()
+            .starts_with("no known service has a close name; an entry is a port (8080)"));
+        assert_eq!(
+            hint(&ProblemKind::ZeroDuration).unwrap(),
+            "write a duration such as \"10s\", \"2m\" or \"1h 30m\""
+        );
+        // The others say what would be valid in their own words.
+        for kind in [
+            ProblemKind::NoListenAddress,
+            ProblemKind::NoClients,
+            ProblemKind::Workers(WorkersError::Zero),
+            ProblemKind::NoPorts,
+            ProblemKind::BadPortSpec {
+                spec: PortSpec::Number(0),
+                error: PortSpecError::OutOfRange(0),
+            },
+            ProblemKind::TooSmall(8),
+            ProblemKind::BadAddress("x".into()),
+            ProblemKind::BadLogLevel("loud".into()),
+            ProblemKind::BadClientName("10.0.0.1".parse().unwrap()),
+            ProblemKind::BadHostPattern("bad".into()),
+            ProblemKind::NotHostPort("x".into()),
+            ProblemKind::NotHostName("x y".into()),
+            ProblemKind::UnreadableFile {
+                path: "x".into(),
+                error: "gone".into(),
+            },
+            ProblemKind::NoParents,
+            ProblemKind::BadParent {
+                url: "x".into(),
+                error: ParentError::NotHttp,
+            },
+            ProblemKind::BadRealm,
+            ProblemKind::ZeroAuthSetting,
+            ProblemKind::EmptyRuleName,
+            ProblemKind::DuplicateRuleName,
+            ProblemKind::EmptyCondition,
+            ProblemKind::UsersWithoutAuth,
+            ProblemKind::BadHostsFile("x".into()),
+            ProblemKind::BadMethod("G3T".into()),
+        ] {
+            assert_eq!(hint(&kind), None, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn check_reads_files_and_defaults() {
+        let out = run(None, false);
+        assert_eq!(out.code, VALID, "{out:?}");
+        assert!(out
+            .stdout
+            .starts_with("<built-in defaults>: valid configuration\n"));
+        let out = run(Some(Path::new("/nonexistent/p.toml")), false);
+        assert_eq!(out.code, INVALID);
+        assert!(
+            out.stderr
+                .starts_with("/nonexistent/p.toml: cannot read the configuration: "),
+            "{}",
+            out.stderr
+        );
+        // Check, unlike a reload, takes a file with no settings for the defaults.
+        let out = check_text("# nothing yet\n", "c.toml", false);
+        assert_eq!(out.code, VALID, "{out:?}");
     }
 
     #[test]

@@ -1,0 +1,499 @@
+//! The configuration file as written: serde structs that mirror `config/portcullis.toml`,
+//! and their built-in defaults. Parsing is strict (`deny_unknown_fields`: a typo is an error,
+//! not a silently ignored key).
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::problem::WorkersError;
+use crate::core::policy::default_client_networks;
+use crate::core::ports::PortSpec;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to accept proxy clients on.
+    pub listen: Vec<SocketAddr>,
+    /// Threads that serve connections: `"auto"` or a number.
+    pub workers: Workers,
+    /// Which clients may use the proxy.
+    pub clients: ClientsConfig,
+    /// Which destination ports plain HTTP and CONNECT may reach.
+    pub ports: PortsConfig,
+    /// Guards on destination addresses.
+    pub destinations: DestinationsConfig,
+    /// How long the proxy waits for things.
+    pub timeouts: TimeoutsConfig,
+    /// Bounds on connections and request heads.
+    pub limits: LimitsConfig,
+    /// Proxy authentication.
+    pub auth: AuthConfig,
+    /// Ordered rules, first match wins, checked before the port lists.
+    pub rules: Vec<RuleConfig>,
+    /// The access log and diagnostics.
+    pub log: LogConfig,
+    /// The admin listener: metrics, status pages, health.
+    pub admin: AdminConfig,
+    /// The proxy auto-config file served at `/proxy.pac` and `/wpad.dat`.
+    pub pac: PacConfig,
+    /// The pages browsers show for refusals.
+    pub pages: PagesConfig,
+    /// Parent proxies, for networks whose only way out is another proxy.
+    pub upstream: UpstreamConfig,
+}
+
+/// `workers`: how many threads serve connections, `"auto"` or a number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Workers {
+    /// A number of threads.
+    Count(usize),
+    /// A word: only `"auto"` is valid.
+    Named(String),
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers::Named("auto".to_owned())
+    }
+}
+
+/// The most worker threads a configuration may ask for.
+pub(crate) const MAX_WORKERS: usize = 256;
+
+impl Workers {
+    /// The number of threads; `"auto"` is half the processors the proxy may use, at least
+    /// one. Each worker wakes the others as work arrives, and on two cores one worker served
+    /// the same load with less processor time than two (README, Performance).
+    pub fn resolve(&self) -> Result<usize, WorkersError> {
+        match self {
+            Workers::Count(0) => Err(WorkersError::Zero),
+            Workers::Count(n) if *n > MAX_WORKERS => Err(WorkersError::TooMany(*n)),
+            Workers::Count(n) => Ok(*n),
+            Workers::Named(word) if word == "auto" => Ok(std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1)),
+            Workers::Named(word) => Err(WorkersError::NotANumber(word.clone())),
+        }
+    }
+}
+
+/// `[pac]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PacConfig {
+    /// Hosts browsers reach without the proxy: names, `.domains`, CIDRs. Left out: the
+    /// private networks of `clients.allow`. `[]`: everything but plain host names goes
+    /// through the proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct: Option<Vec<String>>,
+    /// Proxies to offer, in order (`host:port`); left empty, this proxy itself.
+    pub proxies: Vec<String>,
+    /// The name or address of this proxy as clients should use it; left out, the address
+    /// the PAC request arrived on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_host: Option<String>,
+}
+
+/// `[pages]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PagesConfig {
+    /// Whom to ask when something is refused, shown on error pages.
+    pub contact: String,
+    /// A directory of the owner's page templates, replacing the built-in ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for PagesConfig {
+    fn default() -> Self {
+        PagesConfig {
+            contact: "the person who runs this network".to_owned(),
+            dir: None,
+        }
+    }
+}
+
+/// One value or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// `proxy = "http://parent:8080"`
+    One(String),
+    /// `proxy = ["http://a:8080", "http://b:8080"]`
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values, in order.
+    pub fn values(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Parent proxies (`http://[user:password@]host:port`), tried in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<OneOrMany>,
+    /// Hosts reached directly rather than through the parent: names, `.domains`, CIDRs.
+    pub direct: Vec<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"stdout"`, `"off"` or a file path for the access log.
+    pub access: String,
+    /// `"squid"`, `"common"` or `"json"`.
+    pub format: Format,
+    /// The diagnostics level when `RUST_LOG` is not set (`error` … `trace`).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            access: "stdout".to_owned(),
+            format: Format::Squid,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Where the access log goes; a relative path is relative to `base`.
+    pub fn destination(&self, base: &Path) -> Destination {
+        match self.access.as_str() {
+            "stdout" | "-" => Destination::Stdout,
+            "off" => Destination::Off,
+            path => Destination::File(base.join(path)),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where `/metrics`, `/status`, `/status.json` and `/healthz` are served; `"off"` for none.
+    pub listen: String,
+    /// Who may read them.
+    pub allow: Vec<Network>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:3129".to_owned(),
+            allow: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The admin address, or `None` when off.
+    pub fn address(&self) -> Option<SocketAddr> {
+        (self.listen != "off")
+            .then(|| self.listen.parse().ok())
+            .flatten()
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Client connections open at once; past it new ones get `503`.
+    pub max_connections: usize,
+    /// Client connections open at once from one address; past it new ones get `429`.
+    pub max_connections_per_client: usize,
+    /// Bytes of one request head (request line and headers); past it `431`.
+    pub max_header_bytes: usize,
+    /// Bytes of the request line; past it `414`.
+    pub max_request_line: usize,
+    /// Header fields in one request; past it `431`.
+    pub max_headers: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 4096,
+            max_connections_per_client: 256,
+            max_header_bytes: 64 * 1024,
+            max_request_line: 8 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// An htpasswd file; when set, every request must authenticate.
+    pub htpasswd: Option<PathBuf>,
+    /// The realm the browser shows in its log-in prompt.
+    pub realm: String,
+    /// How long a verified credential is remembered.
+    #[serde(with = "humantime_serde")]
+    pub cache: Duration,
+    /// Failed attempts from one address within `failure_window` that block it.
+    pub max_failures: u32,
+    /// The window in which failures are counted.
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// How long a blocked address stays blocked.
+    #[serde(with = "humantime_serde")]
+    pub block_for: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            htpasswd: None,
+            realm: "Portcullis proxy".to_owned(),
+            cache: Duration::from_secs(300),
+            max_failures: 10,
+            failure_window: Duration::from_secs(60),
+            block_for: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One `[[rules]]` entry as written. A condition left out matches everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Shown in refusals and logs.
+    pub name: String,
+    /// Client networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<Network>>,
+    /// Authenticated users (needs `[auth]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<String>>,
+    /// Host patterns: `example.com`, `.example.com`, `10.0.0.0/8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    /// A file of host patterns, one a line; relative to the configuration file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_file: Option<PathBuf>,
+    /// Destination ports, as in `[ports]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<PortSpec>>,
+    /// Request methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// `allow` or `deny`.
+    pub action: RuleAction,
+}
+
+/// `action = "allow" | "deny"`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    /// Let the request through.
+    Allow,
+    /// Refuse it.
+    Deny,
+}
+
+/// `[clients]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientsConfig {
+    /// Client networks (CIDRs; a bare address means just that address).
+    pub allow: Vec<Network>,
+    /// Friendly names of client addresses, shown wherever the address is.
+    pub names: std::collections::BTreeMap<IpAddr, String>,
+}
+
+/// `[ports]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortsConfig {
+    /// Ports plain (absolute-form) HTTP requests may reach.
+    pub http: Vec<PortSpec>,
+    /// Ports CONNECT tunnels may reach.
+    pub connect: Vec<PortSpec>,
+}
+
+/// `[destinations]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DestinationsConfig {
+    /// Let clients reach loopback addresses (for local development and tests).
+    pub allow_loopback: bool,
+}
+
+/// `[timeouts]`, written like `"10s"`, `"2m"`, `"1h 30m"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Resolving and dialling an origin.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// A client's whole request head must arrive within this.
+    #[serde(with = "humantime_serde")]
+    pub request_header: Duration,
+    /// An idle client connection between requests is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// A request body with no byte from the client for this long is cut (slow uploads).
+    #[serde(with = "humantime_serde")]
+    pub request_body: Duration,
+    /// How long the origin may take to begin its answer, and to send each next piece of it.
+    #[serde(with = "humantime_serde")]
+    pub response: Duration,
+    /// A tunnel with no byte either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_idle: Duration,
+    /// On SIGINT or SIGTERM, in-flight requests and tunnels get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl TimeoutsConfig {
+    /// How long a write to an origin or a parent may wait for it to take bytes: three times
+    /// `response` (15 minutes by default, as Squid's `write_timeout`). A single write can
+    /// wait long for a slow but steady reader, as the kernel wakes the writer only once a
+    /// good part of a buffer of several MB has drained; this bound is for a peer that stopped.
+    pub fn origin_write(&self) -> Duration {
+        self.response.saturating_mul(3)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 3128))],
+            workers: Workers::default(),
+            clients: ClientsConfig::default(),
+            ports: PortsConfig::default(),
+            destinations: DestinationsConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            rules: Vec::new(),
+            log: LogConfig::default(),
+            admin: AdminConfig::default(),
+            pac: PacConfig::default(),
+            pages: PagesConfig::default(),
+            upstream: UpstreamConfig::default(),
+        }
+    }
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        ClientsConfig {
+            allow: default_client_networks().into_iter().map(Network).collect(),
+            names: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for PortsConfig {
+    fn default() -> Self {
+        PortsConfig {
+            http: vec!["http".into(), "1025-65535".into()],
+            connect: vec!["https".into()],
+        }
+    }
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect: Duration::from_secs(10),
+            request_header: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(120),
+            request_body: Duration::from_secs(60),
+            response: Duration::from_secs(300),
+            tunnel_idle: Duration::from_secs(15 * 60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A client network: a CIDR such as `192.168.0.0/16`, or a bare address for one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network(pub IpNet);
+
+impl FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(Network(net.trunc()));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| Network(IpNet::from(ip)))
+            .map_err(|_| {
+                format!("\"{s}\" is not a network (CIDR such as 192.168.0.0/16) or an address")
+            })
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Network {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Where access lines go (`[log] access`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Standard output.
+    Stdout,
+    /// Nowhere (statistics still count).
+    Off,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// The access log's line format (`[log] format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Squid's native `access.log` format, which SARG, Calamaris and other Squid tools read.
+    #[default]
+    Squid,
+    /// The Common Log Format of web servers.
+    Common,
+    /// One JSON object a line, with every field of the record.
+    Json,
+}

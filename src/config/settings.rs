@@ -1,0 +1,125 @@
+//! The validated runtime state, [`Settings`]: what the request path reads, built by
+//! [`super::Config::validate`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::core::hosts::{HostPattern, HostSet};
+use crate::core::policy::Policy;
+
+use super::schema::{AuthConfig, Destination, Format, LimitsConfig, TimeoutsConfig};
+
+/// Timeouts as the request path uses them.
+pub type Timeouts = TimeoutsConfig;
+
+/// The validated runtime state: what the request path reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Threads that serve connections (read at start only).
+    pub workers: usize,
+    /// The decision data.
+    pub policy: Policy,
+    /// The timeouts.
+    pub timeouts: Timeouts,
+    /// The limits.
+    pub limits: LimitsConfig,
+    /// Authentication, when configured.
+    pub auth: Option<AuthSettings>,
+    /// Friendly names of client addresses.
+    pub client_names: Arc<std::collections::BTreeMap<IpAddr, String>>,
+    /// The admin listener's address and who may use it.
+    pub admin: Option<(SocketAddr, Vec<IpNet>)>,
+    /// Where the access log goes, and its format.
+    pub access_log: (Destination, Format),
+    /// The PAC file's content settings.
+    pub pac: PacSettings,
+    /// Error pages.
+    pub pages: PagesSettings,
+    /// Parent proxies, when configured.
+    pub upstream: Option<UpstreamSettings>,
+}
+
+/// `[pac]` as the request path uses it.
+#[derive(Debug, Clone)]
+pub struct PacSettings {
+    /// Patterns browsers reach directly.
+    pub direct: Vec<HostPattern>,
+    /// Proxies offered in order; empty: this proxy.
+    pub proxies: Vec<String>,
+    /// This proxy's name for clients, if set.
+    pub proxy_host: Option<String>,
+}
+
+/// `[pages]` as the request path uses it.
+#[derive(Debug, Clone)]
+pub struct PagesSettings {
+    /// Whom to ask.
+    pub contact: String,
+    /// The owner's `error.html` template, replacing the built-in one.
+    pub error_template: Option<Arc<str>>,
+}
+
+/// One parent proxy.
+#[derive(Debug, Clone)]
+pub struct Parent {
+    /// `host:port` as written, without credentials: how logs and errors name it.
+    pub name: String,
+    /// Its host.
+    pub host: crate::core::target::Host,
+    /// Its port.
+    pub port: u16,
+    /// `Proxy-Authorization` for it, from the URL's credentials.
+    pub authorization: Option<http::HeaderValue>,
+}
+
+/// `[upstream]` as the request path uses it.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Parents, tried in order.
+    pub parents: Vec<Parent>,
+    /// Hosts reached without a parent.
+    pub direct: Arc<HostSet>,
+}
+
+impl UpstreamSettings {
+    /// Whether `host` goes through a parent: there is one, and the host is not in
+    /// `upstream.direct`.
+    pub fn serves(&self, host: &crate::core::target::Host) -> bool {
+        !self.parents.is_empty()
+            && self.direct.matches(host, None) != crate::core::hosts::HostMatch::Yes
+    }
+}
+
+impl Settings {
+    /// The friendly name of a client address, if it has one.
+    pub fn client_name(&self, ip: IpAddr) -> Option<&str> {
+        self.client_names
+            .get(&ip.to_canonical())
+            .map(String::as_str)
+    }
+}
+
+/// Authentication as the request path uses it.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The users and their password hashes.
+    pub users: Arc<crate::core::auth::Htpasswd>,
+    /// The configuration (realm, cache and failure settings).
+    pub config: AuthConfig,
+}
+
+impl Settings {
+    /// Records the addresses the proxy's listeners and admin listener were bound to (a port
+    /// may have been 0): the policy refuses them as destinations. The only patch made to
+    /// validated settings; start-up and reload both call it.
+    pub fn set_bound(
+        &mut self,
+        listen: impl IntoIterator<Item = SocketAddr>,
+        admin: Option<SocketAddr>,
+    ) {
+        self.policy.listen = listen.into_iter().collect();
+        self.policy.admin = admin;
+    }
+}

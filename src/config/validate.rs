@@ -1,0 +1,559 @@
+//! Validation: a parsed [`Config`] into the runtime [`Settings`], or every [`Problem`] at
+//! once, each naming its key and the entry at fault.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::core::hosts::{HostPattern, HostSet};
+use crate::core::policy::{Action, Policy, Rule};
+use crate::core::ports::{PortSet, PortSpec, PortSpecError};
+
+use super::problem::{KeyPath, ParentError, Problem, ProblemKind};
+use super::schema::{Config, RuleAction};
+use super::settings::{
+    AuthSettings, PacSettings, PagesSettings, Parent, Settings, UpstreamSettings,
+};
+use super::ConfigError;
+
+impl Config {
+    /// Parses TOML text; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Reads and parses a TOML file (without validating it; [`super::load()`] does both).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = super::load::read(path)?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Validates the configuration into runtime [`Settings`], listing every problem (not
+    /// located: [`super::load()`] places them in the text). Files the configuration names
+    /// (`htpasswd`, `hosts_file`, `pages.dir`) are read relative to the directory of `origin`
+    /// when it is a file path.
+    pub fn validate(&self, origin: &str) -> Result<Settings, ConfigError> {
+        let base = Path::new(origin)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut problems = Vec::new();
+        let problem = |key: KeyPath, kind: ProblemKind| Problem::new(key, kind);
+        if self.listen.is_empty() {
+            problems.push(problem(
+                KeyPath::keys(["listen"]),
+                ProblemKind::NoListenAddress,
+            ));
+        }
+        if self.clients.allow.is_empty() {
+            problems.push(problem(
+                KeyPath::keys(["clients", "allow"]),
+                ProblemKind::NoClients,
+            ));
+        }
+        let workers = self.workers.resolve().unwrap_or_else(|e| {
+            let word = match &self.workers {
+                super::Workers::Named(word) => Some(word.clone()),
+                super::Workers::Count(_) => None,
+            };
+            let p = problem(KeyPath::keys(["workers"]), ProblemKind::Workers(e));
+            problems.push(match word {
+                Some(word) => p.entry(word),
+                None => p,
+            });
+            1
+        });
+        let http_ports = port_set(
+            KeyPath::keys(["ports", "http"]),
+            None,
+            &self.ports.http,
+            &mut problems,
+        );
+        let connect_ports = port_set(
+            KeyPath::keys(["ports", "connect"]),
+            None,
+            &self.ports.connect,
+            &mut problems,
+        );
+        let t = &self.timeouts;
+        for (key, value) in [
+            ("connect", t.connect),
+            ("request_header", t.request_header),
+            ("keep_alive", t.keep_alive),
+            ("request_body", t.request_body),
+            ("response", t.response),
+            ("tunnel_idle", t.tunnel_idle),
+        ] {
+            if value.is_zero() {
+                problems.push(problem(
+                    KeyPath::keys(["timeouts", key]),
+                    ProblemKind::ZeroDuration,
+                ));
+            }
+        }
+        let l = &self.limits;
+        for (key, value, least) in [
+            ("max_connections", l.max_connections, 1),
+            (
+                "max_connections_per_client",
+                l.max_connections_per_client,
+                1,
+            ),
+            ("max_header_bytes", l.max_header_bytes, 1024),
+            ("max_request_line", l.max_request_line, 256),
+            ("max_headers", l.max_headers, 8),
+        ] {
+            if value < least {
+                problems.push(problem(
+                    KeyPath::keys(["limits", key]),
+                    ProblemKind::TooSmall(least),
+                ));
+            }
+        }
+        let admin = match self.admin.listen.as_str() {
+            "off" => None,
+            text => match text.parse::<SocketAddr>() {
+                Ok(addr) => Some((addr, self.admin.allow.iter().map(|n| n.0).collect())),
+                Err(_) => {
+                    problems.push(
+                        problem(
+                            KeyPath::keys(["admin", "listen"]),
+                            ProblemKind::BadAddress(text.to_owned()),
+                        )
+                        .entry(text),
+                    );
+                    None
+                }
+            },
+        };
+        if !valid_log_level(&self.log.level) {
+            problems.push(
+                problem(
+                    KeyPath::keys(["log", "level"]),
+                    ProblemKind::BadLogLevel(self.log.level.clone()),
+                )
+                .entry(self.log.level.as_str()),
+            );
+        }
+        for (ip, name) in &self.clients.names {
+            if name.trim().is_empty() || name.chars().any(|c| c.is_control()) {
+                problems.push(
+                    problem(
+                        KeyPath::keys(["clients", "names"]),
+                        ProblemKind::BadClientName(*ip),
+                    )
+                    .entry(ip.to_string()),
+                );
+            }
+        }
+        let pac = PacSettings {
+            direct: match &self.pac.direct {
+                Some(patterns) => patterns
+                    .iter()
+                    .filter_map(|p| match HostPattern::parse(p) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            problems.push(
+                                problem(
+                                    KeyPath::keys(["pac", "direct"]),
+                                    ProblemKind::BadHostPattern(e),
+                                )
+                                .entry(p.as_str()),
+                            );
+                            None
+                        }
+                    })
+                    .collect(),
+                // The private networks clients come from: a LAN reaches its own hosts directly.
+                None => self
+                    .clients
+                    .allow
+                    .iter()
+                    .filter(|n| !n.0.addr().is_loopback())
+                    .map(|n| HostPattern::Network(n.0))
+                    .collect(),
+            },
+            proxies: self.pac.proxies.clone(),
+            proxy_host: self.pac.proxy_host.clone(),
+        };
+        for proxy in &pac.proxies {
+            if crate::core::target::parse_authority(proxy, None).is_err() {
+                problems.push(
+                    problem(
+                        KeyPath::keys(["pac", "proxies"]),
+                        ProblemKind::NotHostPort(proxy.clone()),
+                    )
+                    .entry(proxy.as_str()),
+                );
+            }
+        }
+        if let Some(host) = &pac.proxy_host {
+            if crate::core::target::parse_authority(host, Some(1)).is_err() {
+                problems.push(
+                    problem(
+                        KeyPath::keys(["pac", "proxy_host"]),
+                        ProblemKind::NotHostName(host.clone()),
+                    )
+                    .entry(host.as_str()),
+                );
+            }
+        }
+        let pages = PagesSettings {
+            contact: self.pages.contact.clone(),
+            error_template: self.pages.dir.as_ref().and_then(|dir| {
+                let path = base.join(dir).join("error.html");
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(Arc::from(text)),
+                    Err(e) => {
+                        problems.push(problem(
+                            KeyPath::keys(["pages", "dir"]),
+                            ProblemKind::UnreadableFile {
+                                path,
+                                error: e.to_string(),
+                            },
+                        ));
+                        None
+                    }
+                }
+            }),
+        };
+        let upstream = self.upstream_settings(&mut problems);
+        let auth = self.auth_settings(base, &mut problems);
+        let rules = self.compile_rules(base, self.auth.htpasswd.is_some(), &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            });
+        }
+        Ok(Settings {
+            workers,
+            policy: Policy {
+                clients: self.clients.allow.iter().map(|n| n.0).collect(),
+                http_ports,
+                connect_ports,
+                allow_loopback: self.destinations.allow_loopback,
+                listen: self.listen.clone(),
+                admin: admin.as_ref().map(|(addr, _)| *addr),
+                rules,
+            },
+            timeouts: self.timeouts.clone(),
+            limits: self.limits.clone(),
+            auth,
+            client_names: Arc::new(
+                self.clients
+                    .names
+                    .iter()
+                    .map(|(ip, name)| (ip.to_canonical(), name.clone()))
+                    .collect(),
+            ),
+            admin,
+            access_log: (self.log.destination(base), self.log.format),
+            pac,
+            pages,
+            upstream,
+        })
+    }
+
+    fn upstream_settings(&self, problems: &mut Vec<Problem>) -> Option<UpstreamSettings> {
+        let urls = self.upstream.proxy.as_ref()?.values();
+        let proxy = || KeyPath::keys(["upstream", "proxy"]);
+        if urls.is_empty() {
+            problems.push(Problem::new(proxy(), ProblemKind::NoParents));
+        }
+        let mut parents = Vec::new();
+        for url in &urls {
+            match parse_parent(url) {
+                Ok(parent) => parents.push(parent),
+                Err(error) => problems.push(
+                    Problem::new(
+                        proxy(),
+                        ProblemKind::BadParent {
+                            url: mask_credentials(url),
+                            error,
+                        },
+                    )
+                    .entry(url.as_str()),
+                ),
+            }
+        }
+        let mut direct = HostSet::new();
+        for text in &self.upstream.direct {
+            match HostPattern::parse(text) {
+                Ok(p) => direct.insert(p),
+                Err(e) => problems.push(
+                    Problem::new(
+                        KeyPath::keys(["upstream", "direct"]),
+                        ProblemKind::BadHostPattern(e),
+                    )
+                    .entry(text.as_str()),
+                ),
+            }
+        }
+        Some(UpstreamSettings {
+            parents,
+            direct: Arc::new(direct),
+        })
+    }
+
+    fn auth_settings(&self, base: &Path, problems: &mut Vec<Problem>) -> Option<AuthSettings> {
+        let path = self.auth.htpasswd.as_ref()?;
+        let a = &self.auth;
+        if a.realm.is_empty() || a.realm.chars().any(|c| c.is_control()) {
+            problems.push(Problem::new(
+                KeyPath::keys(["auth", "realm"]),
+                ProblemKind::BadRealm,
+            ));
+        }
+        if a.cache.is_zero() || a.failure_window.is_zero() || a.max_failures == 0 {
+            problems.push(Problem::new(
+                KeyPath::keys(["auth"]),
+                ProblemKind::ZeroAuthSetting,
+            ));
+        }
+        match crate::core::auth::Htpasswd::load(&base.join(path)) {
+            Ok(users) => Some(AuthSettings {
+                users: Arc::new(users),
+                config: a.clone(),
+            }),
+            Err(e) => {
+                problems.push(Problem::new(
+                    KeyPath::keys(["auth", "htpasswd"]),
+                    ProblemKind::BadHtpasswd(e),
+                ));
+                None
+            }
+        }
+    }
+
+    fn compile_rules(&self, base: &Path, has_auth: bool, problems: &mut Vec<Problem>) -> Vec<Rule> {
+        let mut names = HashSet::new();
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (index, r) in self.rules.iter().enumerate() {
+            let at = |field: &str, kind: ProblemKind| {
+                Problem::new(KeyPath::rule(index, field), kind).in_rule(&r.name)
+            };
+            let before = problems.len();
+            if r.name.trim().is_empty() {
+                problems.push(at("name", ProblemKind::EmptyRuleName));
+            } else if !names.insert(r.name.as_str()) {
+                problems.push(at("name", ProblemKind::DuplicateRuleName));
+            }
+            let clients = r.clients.as_ref().map(|c| {
+                if c.is_empty() {
+                    problems.push(at("clients", ProblemKind::EmptyCondition));
+                }
+                c.iter().map(|n| n.0).collect::<Vec<_>>()
+            });
+            let users = r.users.clone().inspect(|u| {
+                if u.is_empty() {
+                    problems.push(at("users", ProblemKind::EmptyCondition));
+                }
+                if !has_auth {
+                    problems.push(at("users", ProblemKind::UsersWithoutAuth));
+                }
+            });
+            let hosts = if r.hosts.is_some() || r.hosts_file.is_some() {
+                let mut set = HostSet::new();
+                for text in r.hosts.iter().flatten() {
+                    match HostPattern::parse(text) {
+                        Ok(p) => set.insert(p),
+                        Err(e) => problems
+                            .push(at("hosts", ProblemKind::BadHostPattern(e)).entry(text.as_str())),
+                    }
+                }
+                if r.hosts.as_ref().is_some_and(|h| h.is_empty()) && r.hosts_file.is_none() {
+                    problems.push(at("hosts", ProblemKind::EmptyCondition));
+                }
+                if let Some(file) = &r.hosts_file {
+                    let path = base.join(file);
+                    match std::fs::read_to_string(&path) {
+                        Ok(text) => match HostSet::parse_file(&text, &path.display().to_string()) {
+                            Ok(loaded) => set.extend(loaded),
+                            Err(e) => problems.push(at("hosts_file", ProblemKind::BadHostsFile(e))),
+                        },
+                        Err(e) => problems.push(at(
+                            "hosts_file",
+                            ProblemKind::UnreadableFile {
+                                path,
+                                error: e.to_string(),
+                            },
+                        )),
+                    }
+                }
+                Some(Arc::new(set))
+            } else {
+                None
+            };
+            let ports = r.ports.as_ref().map(|specs| {
+                port_set(
+                    KeyPath::rule(index, "ports"),
+                    Some(&r.name),
+                    specs,
+                    problems,
+                )
+            });
+            let methods = r.methods.as_ref().map(|methods| {
+                if methods.is_empty() {
+                    problems.push(at("methods", ProblemKind::EmptyCondition));
+                }
+                methods
+                    .iter()
+                    .map(|m| {
+                        let upper = m.trim().to_ascii_uppercase();
+                        if upper.is_empty()
+                            || !upper.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-')
+                        {
+                            problems.push(
+                                at("methods", ProblemKind::BadMethod(m.clone())).entry(m.as_str()),
+                            );
+                        }
+                        upper
+                    })
+                    .collect::<Vec<_>>()
+            });
+            if problems.len() > before {
+                continue;
+            }
+            rules.push(Rule {
+                name: r.name.as_str().into(),
+                clients,
+                users,
+                hosts,
+                ports,
+                methods,
+                action: match r.action {
+                    RuleAction::Allow => Action::Allow,
+                    RuleAction::Deny => Action::Deny,
+                },
+            });
+        }
+        rules
+    }
+}
+
+/// `http://[user:password@]host:port` → a [`Parent`]. The password may be percent-encoded.
+pub(super) fn parse_parent(url: &str) -> Result<Parent, ParentError> {
+    let rest = url.strip_prefix("http://").ok_or(ParentError::NotHttp)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (credentials, authority) = match rest.rsplit_once('@') {
+        Some((c, a)) => (Some(c), a),
+        None => (None, rest),
+    };
+    let target = crate::core::target::parse_authority(authority, Some(3128))
+        .map_err(|e| ParentError::Authority(e.to_string()))?;
+    let authorization = match credentials {
+        None => None,
+        Some(c) => {
+            use base64::Engine;
+            let decoded = percent_decode(c).ok_or(ParentError::Encoding)?;
+            if !decoded.contains(':') {
+                return Err(ParentError::NoPassword);
+            }
+            let token = base64::engine::general_purpose::STANDARD.encode(decoded);
+            let value = http::HeaderValue::from_str(&format!("Basic {token}"))
+                .map_err(|_| ParentError::Unsendable)?;
+            Some(value)
+        }
+    };
+    Ok(Parent {
+        name: target.to_string(),
+        host: target.host,
+        port: target.port,
+        authorization,
+    })
+}
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A parent URL with its password replaced, for messages.
+pub(super) fn mask_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A level (`info`), or directives with targets (`info,portcullis::auth=debug`): a bare word
+/// must be a level, not a target name that silences everything by accident.
+fn valid_log_level(text: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l.trim()));
+    !text.trim().is_empty()
+        && text
+            .split(',')
+            .all(|directive| match directive.split_once('=') {
+                Some((target, level)) => !target.trim().is_empty() && is_level(level),
+                None => is_level(directive),
+            })
+        && tracing_subscriber::EnvFilter::try_new(text).is_ok()
+}
+
+/// The ports of a list at `key` (in the rule named `rule`, if any), with a problem for each
+/// bad entry.
+fn port_set(
+    key: KeyPath,
+    rule: Option<&str>,
+    specs: &[PortSpec],
+    problems: &mut Vec<Problem>,
+) -> PortSet {
+    let problem = |kind: ProblemKind| {
+        let p = Problem::new(key.clone(), kind);
+        match rule {
+            Some(name) => p.in_rule(name),
+            None => p,
+        }
+    };
+    if specs.is_empty() {
+        problems.push(problem(ProblemKind::NoPorts));
+        return PortSet::empty();
+    }
+    let mut set = PortSet::empty();
+    for spec in specs {
+        match spec.range() {
+            Ok((lo, hi)) => set.insert_range(lo, hi),
+            Err(error) => {
+                let entry = match spec {
+                    PortSpec::Number(n) => n.to_string(),
+                    PortSpec::Text(t) => t.clone(),
+                };
+                let kind = match error {
+                    PortSpecError::UnknownName(name) => ProblemKind::UnknownServiceName {
+                        spec: spec.clone(),
+                        name,
+                    },
+                    error => ProblemKind::BadPortSpec {
+                        spec: spec.clone(),
+                        error,
+                    },
+                };
+                problems.push(problem(kind).entry(entry));
+            }
+        }
+    }
+    set
+}
