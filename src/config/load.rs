@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::{Config, ConfigError, Settings};
+use crate::core::auth::{Htpasswd, HtpasswdError};
 
 /// The origin named in messages when there is no file.
 pub const BUILT_IN: &str = "<built-in defaults>";
@@ -142,9 +143,43 @@ fn holds_nothing(text: &str) -> bool {
         .all(|line| line.is_empty() || line.starts_with('#'))
 }
 
+impl Htpasswd {
+    /// Reads and parses an htpasswd file (`[auth] htpasswd`). Defined here, with the other
+    /// files a configuration names, so that the pure core reads no file.
+    pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| HtpasswdError::Read {
+            path: origin.clone(),
+            source,
+        })?;
+        Htpasswd::from_bytes(bytes, &origin)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::auth::{Htpasswd, HtpasswdError};
+
+    #[test]
+    fn load_reads_files_and_reports_bad_bytes_and_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "apache-md5:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/\n").unwrap();
+        assert!(Htpasswd::load(&good)
+            .unwrap()
+            .verify("apache-md5", "myPassword"));
+
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, b"# ok\nuser:\xff\xfe\n").unwrap();
+        let err = Htpasswd::load(&bad).unwrap_err().to_string();
+        assert!(err.ends_with("bad:2: the line is not valid UTF-8"), "{err}");
+
+        let err = Htpasswd::load(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(err, HtpasswdError::Read { .. }), "{err}");
+        assert!(err.to_string().starts_with("cannot read "), "{err}");
+    }
+
     use crate::config::{Place, ProblemKind};
 
     const PURPOSES: [Purpose; 4] = [
