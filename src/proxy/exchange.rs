@@ -1,16 +1,12 @@
 //! One exchange (a request and its answer, or a tunnel): the context every handler of the
-//! data path gets, and how a request is answered.
+//! data path gets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::Response;
-
 use crate::config::Settings;
 use crate::observe::access::PendingRecord;
-use crate::proxy::body::DownBody;
 use crate::proxy::state::Shared;
-use crate::proxy::tunnel;
 
 /// One request's context: the pending record and what the handlers need.
 pub struct Exchange {
@@ -28,15 +24,4 @@ pub struct Exchange {
     pub record: PendingRecord,
     /// Held while the request's body is unread; forwarding takes it into the body it sends.
     pub body: Option<crate::proxy::conn::BodyGuard>,
-}
-
-/// How a request is answered.
-// A short-lived value moved once per request: boxing the response would cost more than the
-// size difference does.
-#[allow(clippy::large_enum_variant)]
-pub enum Reply {
-    /// A response to send (forwarded, a page of the proxy's own).
-    Response(Response<DownBody>),
-    /// An origin dialled for a CONNECT: answer 200, then relay.
-    Tunnel(tunnel::Dialled),
 }

@@ -22,10 +22,21 @@ use crate::observe::access::PendingRecord;
 use crate::proxy::authenticate::authenticate;
 use crate::proxy::body::DownBody;
 use crate::proxy::conn::{ConnState, HeadFlags};
-use crate::proxy::exchange::{Exchange, Reply};
+use crate::proxy::exchange::Exchange;
 use crate::proxy::respond::refusal;
 use crate::proxy::state::Shared;
 use crate::proxy::{forward, pages, tunnel};
+
+/// How a request is answered.
+// A short-lived value moved once per request: boxing the response would cost more than the
+// size difference does.
+#[allow(clippy::large_enum_variant)]
+pub enum Reply {
+    /// A response to send (forwarded, a page of the proxy's own).
+    Response(Response<DownBody>),
+    /// An origin dialled for a CONNECT: answer 200, then relay.
+    Tunnel(tunnel::Dialled),
+}
 
 /// Serves the requests of one client connection.
 #[derive(Clone)]
