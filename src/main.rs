@@ -159,6 +159,11 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
 
 /// `portcullis man [COMMAND]`: portcullis(1), or portcullis-COMMAND(1), as roff.
 fn man(subcommand: Option<&str>) -> ExitCode {
+    if matches!(subcommand, Some("portcullis.toml" | "config")) {
+        // portcullis.toml(5): written by hand, beside the pages clap generates.
+        print!("{}", include_str!("../docs/man/portcullis.toml.5"));
+        return ExitCode::SUCCESS;
+    }
     let command = <Cli as clap::CommandFactory>::command();
     let source = format!("portcullis {}", command.get_version().unwrap_or_default());
     let page = match subcommand {
@@ -175,7 +180,7 @@ fn man(subcommand: Option<&str>) -> ExitCode {
                     .filter(|n| *n != "help")
                     .collect();
                 eprintln!(
-                    "portcullis man: no subcommand {name:?}; the subcommands are {}",
+                    "portcullis man: no subcommand {name:?}; the subcommands are {} (and portcullis.toml, the configuration file)",
                     names.join(", ")
                 );
                 return ExitCode::from(2);

@@ -144,7 +144,8 @@ pub enum Command {
     /// Without COMMAND, portcullis(1); with one, the page of that subcommand,
     /// portcullis-COMMAND(1). For example: portcullis man | man -l -
     Man {
-        /// A subcommand whose page to print (check, explain, report, passwd …).
+        /// A subcommand whose page to print (check, explain, report, passwd …), or
+        /// `portcullis.toml` for the configuration file's page, portcullis.toml(5).
         #[arg(value_name = "COMMAND")]
         command: Option<String>,
     },
