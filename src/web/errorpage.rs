@@ -59,7 +59,7 @@ impl Asked {
     /// What `req` asks for, when its answer should be an HTML page: a request other than
     /// `CONNECT` whose `Accept` header contains `text/html`. `None` for every other request.
     pub fn for_page<B>(req: &Request<B>) -> Option<Asked> {
-        if req.method() == Method::CONNECT || !accepts_html(req.headers()) {
+        if req.method() == Method::CONNECT || !crate::web::html::accepts_html(req.headers()) {
             return None;
         }
         let uri = req.uri();
@@ -88,15 +88,6 @@ impl Asked {
             url: uri.to_string(),
         })
     }
-}
-
-/// Whether any `Accept` header value names `text/html`.
-fn accepts_html(headers: &http::HeaderMap) -> bool {
-    headers.get_all(header::ACCEPT).iter().any(|v| {
-        String::from_utf8_lossy(v.as_bytes())
-            .to_ascii_lowercase()
-            .contains("text/html")
-    })
 }
 
 /// `host:port` of a `Host` header, as written; `[v6]:port` keeps its brackets.

@@ -16,6 +16,15 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
+/// Whether any `Accept` header value names `text/html` (media types are case-insensitive).
+pub fn accepts_html(headers: &http::HeaderMap) -> bool {
+    headers.get_all(http::header::ACCEPT).iter().any(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .to_ascii_lowercase()
+            .contains("text/html")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -26,5 +35,15 @@ mod tests {
             escape_html("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
+    }
+
+    #[test]
+    fn html_is_wanted_whatever_the_case() {
+        let mut headers = http::HeaderMap::new();
+        assert!(!accepts_html(&headers));
+        headers.append(http::header::ACCEPT, "text/plain".parse().unwrap());
+        assert!(!accepts_html(&headers));
+        headers.append(http::header::ACCEPT, "Text/HTML;q=0.9".parse().unwrap());
+        assert!(accepts_html(&headers));
     }
 }
