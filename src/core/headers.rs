@@ -10,15 +10,22 @@ use crate::core::error::{EdgeError, ErrorKind};
 
 /// The transfer codings of a message other than `chunked`, as text, if any.
 pub fn transfer_codings_besides_chunked(headers: &HeaderMap) -> Option<String> {
-    let codings: Vec<&str> = headers
+    let codings: Vec<&str> = transfer_codings(headers)
+        .filter(|c| !c.eq_ignore_ascii_case("chunked"))
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(", "))
+}
+
+/// The transfer codings of a message, in order, from every `Transfer-Encoding` field (a
+/// value that is not text counts as one coding, `(not text)`).
+pub fn transfer_codings(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .map(|v| v.to_str().unwrap_or("(not text)"))
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
-        .collect();
-    (!codings.is_empty()).then(|| codings.join(", "))
+        .filter(|c| !c.is_empty())
 }
 
 /// The fields that are always hop-by-hop (lower case); `Connection` can name more.

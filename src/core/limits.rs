@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use http::{header, Request, StatusCode};
 
 use crate::core::error::{EdgeError, ErrorKind};
+use crate::core::headers::transfer_codings;
 use crate::core::policy::Builtin;
 
 /// The bounds of a request head (`[limits]`).
@@ -154,26 +155,14 @@ fn check_limits<B>(req: &Request<B>, limits: &HeadLimits) -> Result<(), EdgeErro
     }
     // hyper accepts a Transfer-Encoding whose last coding is chunked; the proxy re-frames
     // the body as chunked alone, so any other coding would be silently lost.
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty());
-    if codings.any(|c| !c.eq_ignore_ascii_case("chunked")) {
+    if transfer_codings(headers).any(|c| !c.eq_ignore_ascii_case("chunked")) {
         return Err(EdgeError::new(
             ErrorKind::Client,
             "only the chunked transfer coding is supported in requests",
         )
         .with_status(StatusCode::NOT_IMPLEMENTED));
     }
-    let chunked = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .filter(|c| !c.trim().is_empty())
-        .count();
-    if chunked > 1 {
+    if transfer_codings(headers).count() > 1 {
         return Err(EdgeError::new(
             ErrorKind::Client,
             "chunked may be applied once (one Transfer-Encoding: chunked)",
@@ -192,4 +181,79 @@ pub fn carries_token(headers: &http::HeaderMap, via: &str) -> bool {
             v.split(',')
                 .any(|hop| hop.split_whitespace().nth(1) == Some(via))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_request_line: 100,
+        max_headers: 4,
+        max_header_bytes: 300,
+    };
+
+    fn head(pairs: &[(&str, &str)], target: &str) -> Request<()> {
+        let mut builder = Request::get(target);
+        for (name, value) in pairs {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn refusal(req: &Request<()>, raw: RawHead) -> Option<(u16, &'static str)> {
+        check_head(req, raw, &LIMITS, "portcullis-1")
+            .err()
+            .map(|e| (e.status.as_u16(), e.kind.as_str()))
+    }
+
+    #[test]
+    fn heads_are_checked_in_order() {
+        let fine = head(&[("host", "a")], "http://a/");
+        assert_eq!(refusal(&fine, RawHead::default()), None);
+        let both = RawHead {
+            fragment: true,
+            length_and_coding: true,
+        };
+        // The fragment is named first, then the two framings, whatever else is wrong.
+        let looped = head(&[("via", "1.1 portcullis-1")], "http://a/");
+        assert_eq!(refusal(&looped, both), Some((400, "client")));
+        assert_eq!(refusal(&looped, RawHead::default()), Some((508, "loop")));
+        let long = head(&[], &format!("http://a/{}", "x".repeat(100)));
+        assert_eq!(refusal(&long, RawHead::default()), Some((414, "limit")));
+        let many = head(
+            &[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1"), ("e", "1")],
+            "/",
+        );
+        assert_eq!(refusal(&many, RawHead::default()), Some((431, "limit")));
+        let big = head(&[("a", &"v".repeat(300))], "/");
+        assert_eq!(refusal(&big, RawHead::default()), Some((431, "limit")));
+        let gzip = head(&[("transfer-encoding", "gzip, chunked")], "/");
+        assert_eq!(refusal(&gzip, RawHead::default()), Some((501, "client")));
+        let twice = head(
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            "/",
+        );
+        assert_eq!(refusal(&twice, RawHead::default()), Some((400, "client")));
+    }
+
+    #[test]
+    fn connection_limits_refuse_then_drop() {
+        assert_eq!(admit_total(10, 10), Admission::Yes);
+        let Admission::Refuse(e) = admit_total(11, 10) else {
+            panic!("over the limit is refused");
+        };
+        assert_eq!((e.status.as_u16(), e.kind.as_str()), (503, "limit"));
+        assert_eq!(e.rule.unwrap().to_string(), "limits.max_connections");
+        assert_eq!(admit_total(10 + REFUSAL_ALLOWANCE + 1, 10), Admission::Drop);
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(admit_client_connection(ip, 1, 2), Admission::Yes);
+        let Admission::Refuse(e) = admit_client_connection(ip, 2, 2) else {
+            panic!("a client at its limit is refused");
+        };
+        assert_eq!(e.status.as_u16(), 429);
+    }
 }
