@@ -34,6 +34,16 @@ pub(super) fn client_hash(client: &str) -> u64 {
 const HLL_BITS: u32 = 12;
 
 /// A HyperLogLog sketch (Flajolet et al., 2007) over 64-bit hashes.
+///
+/// Hand-written on purpose (evaluated against `cardinality-estimator` 1.0.2, the maintained
+/// HyperLogLog++ crate, for the "Layers" issue): it only takes over from the exact set past
+/// [`EXACT_CLIENTS`] clients in one group, which a LAN report rarely reaches; measured here
+/// (`measured_error_of_the_sketch`, 10 runs each) its RMS error is 2.8 % at 10 001, 1.7 % at
+/// 50 000 and 2.1 % at 200 000 distinct clients, worst 4.6 %, in 4 KiB. The crate would save
+/// about 1 KiB per such group (3 092 bytes at the same precision) and correct the bias near
+/// 10 000, but its compact representation is a tagged pointer managed with `unsafe` (an
+/// `unsafe fn drop` per representation), its last release is from May 2024, and it does not
+/// replace the exact count below the cap that the table's `~` marks; for 40 lines, no.
 #[derive(Debug, Clone)]
 pub(super) struct HyperLogLog {
     registers: Box<[u8]>,
@@ -136,6 +146,30 @@ mod tests {
             if let Distinct::Estimate(sketch) = &distinct {
                 assert_eq!(sketch.registers.len(), 4096);
             }
+        }
+    }
+
+    /// The sketch's error, measured: `cargo test --lib distinct -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "prints figures; slow in a debug build"]
+    fn measured_error_of_the_sketch() {
+        for n in [10_001u64, 50_000, 200_000] {
+            let (mut worst, mut sum_sq) = (0f64, 0f64);
+            let runs = 10;
+            for run in 0..runs {
+                let mut sketch = HyperLogLog::new();
+                for i in 0..n {
+                    sketch.insert(client_hash(&format!("{run}/{i}")));
+                }
+                let error = (sketch.estimate() as f64 - n as f64) / n as f64;
+                worst = worst.max(error.abs());
+                sum_sq += error * error;
+            }
+            println!(
+                "n = {n}: rms error {:.2} %, worst of {runs} {:.2} %",
+                100.0 * (sum_sq / runs as f64).sqrt(),
+                100.0 * worst
+            );
         }
     }
 }

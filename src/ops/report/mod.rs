@@ -1,8 +1,9 @@
-//! `portcullis report [FILES…]`: usage per destination port, client, host or user, read back
+//! `portcullis report [FILES…]`: usage per destination port, client, host, user or kind of
+//! failure (`--by error`, the JSON format's `error` field), read back
 //! from access logs in the `squid` and `json` formats that [`crate::observe::log`] writes.
 //!
 //! The core is pure: [`parse_line`] turns one line into an [`Entry`], [`Report`] aggregates
-//! entries into one [`Row`] per port, client, host or user, and [`Report::render`] prints
+//! entries into one [`Row`] per port, client, host, user or failure kind, and [`Report::render`] prints
 //! the rows as a table, CSV or JSON. The thin outer part ([`collect`], [`run`]) opens the
 //! inputs (files or standard input, gzip or plain, told apart by the gzip magic bytes), reads
 //! them line by line with a bounded buffer and draws a progress line on a terminal. Memory does
@@ -31,7 +32,8 @@
 //! when no answer was sent). Allowed requests are `TCP_MISS`, `TCP_MISS_ABORTED`, `TCP_TUNNEL`
 //! or `TCP_MEM_HIT` (the proxy's own pages), so "denied" here equals `"decision": "deny"` in the
 //! JSON format. Lines of the JSON format are read by their fields: `time` (arrival),
-//! `client`, `user`, `host`, `port`, `decision`, `bytes_up`, `bytes_down`.
+//! `client`, `user`, `host`, `port`, `decision`, `bytes_up`, `bytes_down` and `error` (absent
+//! in older lines; Squid lines have no failure kind).
 //!
 //! Times are arrival times in both formats, so `--since`, `--until`, "first seen" and "last
 //! seen" mean the same whichever format a line is in. An empty host is reported as `-`, and a
