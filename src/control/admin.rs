@@ -20,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::control::reload::Reload;
-use crate::observe::stats::{render_metrics, Stats, Usage};
+use crate::observe::metrics::render_metrics;
+use crate::observe::stats::{Stats, Usage};
 use crate::proxy::state::Shared;
-use crate::web::status::{status_page, ClientRow, KeyRow, Snapshot};
+use crate::web::status::{status_page, ClientRow, ErrorCounts, KeyRow, Snapshot};
 
 /// Serves the admin listener until `stop` is cancelled.
 pub async fn serve(
@@ -197,6 +198,7 @@ fn snapshot(shared: &Shared) -> Snapshot {
             .collect(),
         users: keyed(users, other_users, usize::MAX),
         hosts: keyed(hosts, other_hosts, 100),
+        errors: ErrorCounts(stats.errors()),
         recent_denials: stats.recent_denials(),
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::error::ErrorKind;
 use crate::core::policy::{Builtin, Decider};
 use crate::observe::access::{AccessRecord, AccessSink, Verdict};
 
@@ -472,6 +473,10 @@ pub struct JsonRecord {
     pub rule: String,
     /// Why, for refusals and failures.
     pub reason: Option<String>,
+    /// The failure's kind ([`ErrorKind::as_str`]: `refused`, `dns`, `timeout` …), `null` when
+    /// the exchange did not fail; absent from lines written before the field existed.
+    #[serde(default)]
+    pub error: Option<String>,
     /// Payload bytes client to destination.
     pub bytes_up: u64,
     /// Payload bytes destination to client.
@@ -570,6 +575,8 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord, name: Option<&str>) {
     }
     key!("reason");
     line.opt(r.reason.as_deref());
+    key!("error");
+    line.opt(r.error.map(ErrorKind::as_str));
     key!("bytes_up");
     line.num(r.bytes_up);
     key!("bytes_down");
@@ -710,11 +717,17 @@ mod tests {
         unreadable.upstream = None;
         unreadable.verdict = Verdict::Deny;
         unreadable.status = 400;
+        unreadable.error = Some(ErrorKind::Client);
+        let mut refused = record();
+        refused.status = 502;
+        refused.error = Some(ErrorKind::Refused);
+        refused.reason = Some("connection refused".into());
         for (r, name) in [
             (record(), None),
             (odd, Some("Bob's \"PC\"")),
             (tunnel, Some("kitchen")),
             (unreadable, None),
+            (refused, None),
         ] {
             let line = format_line(Format::Json, &r, name);
             let parsed: JsonRecord = serde_json::from_str(&line).unwrap();
@@ -750,6 +763,7 @@ mod tests {
             decision: r.verdict.as_str().to_owned(),
             rule: r.rule.to_string(),
             reason: r.reason.clone(),
+            error: r.error.map(|k| k.as_str().to_owned()),
             bytes_up: r.bytes_up,
             bytes_down: r.bytes_down,
         }
@@ -789,6 +803,7 @@ mod tests {
                 _ => Decider::Builtin(Builtin::PortsHttp),
             };
             r.bytes_up = u64::MAX >> (i % 64);
+            r.error = (i % 5 != 0).then(|| ErrorKind::ALL[i % ErrorKind::ALL.len()]);
             r.duration = Duration::from_millis(i as u64 * 7919);
             let name = (i % 3 != 0).then_some(text.as_str());
             let line = format_line(Format::Json, &r, name);
@@ -840,6 +855,26 @@ mod tests {
             (parsed.port, parsed.status, parsed.bytes_down),
             (80, 200, 5120)
         );
+        // No failure: the field is there, null, as the format's other optional fields.
+        assert!(line.contains(",\"reason\":null,\"error\":null,"), "{line}");
+        let mut refused = record();
+        refused.status = 502;
+        refused.error = Some(ErrorKind::Refused);
+        let line = format_line(Format::Json, &refused, None);
+        assert!(line.contains(",\"error\":\"refused\","), "{line}");
+        // A line written before the field existed still reads.
+        let old = line.replace(",\"error\":\"refused\"", "");
+        let parsed: JsonRecord = serde_json::from_str(&old).unwrap();
+        assert_eq!(parsed.error, None);
+        // Squid and Common lines do not carry the kind: a failure changes none of their bytes.
+        for format in [Format::Squid, Format::Common] {
+            let mut plain = refused.clone();
+            plain.error = None;
+            assert_eq!(
+                format_line(format, &refused, None),
+                format_line(format, &plain, None)
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What the proxy tells about itself: the access record (one per exchange), the access log
-//! and its formats, and the live counters behind `/metrics` and `/status`.
+//! and its formats, the live counters behind `/metrics` and `/status`, and their Prometheus
+//! exposition.
 
 pub mod access;
 pub mod log;
+pub mod metrics;
 pub mod stats;

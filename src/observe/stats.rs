@@ -1,6 +1,7 @@
 //! Live statistics of outbound port use: counters per destination port, per client address,
-//! per user and per destination host, the tunnels open now, and each client's recent
-//! refusals (for the self-service page).
+//! per user and per destination host, failures by kind, the tunnels open now, and each
+//! client's recent refusals (for the self-service page). [`crate::observe::metrics`] renders
+//! them for Prometheus.
 //!
 //! Everything is fed from the access record ([`AccessSink`]), plus the open/close of tunnels.
 //! Per-port counters are atomics in lazily allocated blocks of 256 ports, so counting a
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
+use crate::core::error::ErrorKind;
 use crate::core::policy::{Builtin, Decider};
 use crate::core::ports::service_name;
 use crate::observe::access::{AccessRecord, AccessSink, Verdict};
@@ -165,6 +167,8 @@ pub struct Stats {
     users: Mutex<Table<String>>,
     hosts: Mutex<Table<String>>,
     denials: Mutex<Denials>,
+    /// Failed exchanges by kind, indexed by the kind's place in [`ErrorKind::ALL`].
+    errors: [AtomicU64; ErrorKind::ALL.len()],
     /// Access records the log could not keep up with and dropped.
     pub dropped_records: Arc<AtomicU64>,
 }
@@ -191,6 +195,7 @@ impl Stats {
             users: Mutex::new(Table::new(USER_CAP)),
             hosts: Mutex::new(Table::new(HOST_CAP)),
             denials: Mutex::new(Denials::default()),
+            errors: Default::default(),
             dropped_records: Arc::default(),
         }
     }
@@ -281,6 +286,16 @@ impl Stats {
             .unwrap_or_default()
     }
 
+    /// Failed exchanges by kind: every kind, in the order of [`ErrorKind::ALL`], 0 for those
+    /// not seen.
+    pub fn errors(&self) -> Vec<(ErrorKind, u64)> {
+        ErrorKind::ALL
+            .into_iter()
+            .zip(&self.errors)
+            .map(|(kind, n)| (kind, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// The recent refusals of all clients, newest first.
     pub fn recent_denials(&self) -> Vec<RecentDenial> {
         lock(&self.denials).recent.iter().cloned().collect()
@@ -308,6 +323,12 @@ impl AccessSink for Stats {
             }
             cell.bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
             cell.bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
+        }
+        if let Some(kind) = r.error {
+            // The enum's order is ALL's (a test holds them together).
+            if let Some(n) = self.errors.get(kind as usize) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let client = r.client.ip().to_canonical();
         lock(&self.clients).add(&client, r);
@@ -341,177 +362,6 @@ impl AccessSink for Stats {
             denials.recent.truncate(RECENT_DENIALS);
         }
     }
-}
-
-/// The Prometheus text exposition (format 0.0.4) of the statistics. `names` gives client
-/// addresses their friendly names; `open_connections` is the client connections open now.
-pub fn render_metrics(
-    stats: &Stats,
-    names: &dyn Fn(IpAddr) -> Option<String>,
-    open_connections: usize,
-) -> String {
-    let mut out = String::with_capacity(4096);
-    let ports = stats.ports();
-    let port_labels = |p: &PortUse| {
-        format!(
-            "port=\"{}\",service=\"{}\"",
-            p.port,
-            escape(p.service.unwrap_or(""))
-        )
-    };
-
-    family(&mut out, "portcullis_requests_total", "counter", "Requests (kind=\"http\") and tunnels (kind=\"connect\") by destination port, whatever their outcome.");
-    for p in &ports {
-        for (kind, n) in [("http", p.http_requests), ("connect", p.connect_requests)] {
-            if n > 0 {
-                sample(
-                    &mut out,
-                    "portcullis_requests_total",
-                    &format!("{},kind=\"{kind}\"", port_labels(p)),
-                    n,
-                );
-            }
-        }
-    }
-    family(
-        &mut out,
-        "portcullis_denied_total",
-        "counter",
-        "Requests and tunnels refused, by destination port.",
-    );
-    for p in &ports {
-        for (kind, n) in [("http", p.http_denied), ("connect", p.connect_denied)] {
-            if n > 0 {
-                sample(
-                    &mut out,
-                    "portcullis_denied_total",
-                    &format!("{},kind=\"{kind}\"", port_labels(p)),
-                    n,
-                );
-            }
-        }
-    }
-    for (name, help, pick) in [
-        (
-            "portcullis_bytes_up_total",
-            "Payload bytes from clients to destinations, by destination port.",
-            (|p: &PortUse| p.bytes_up) as fn(&PortUse) -> u64,
-        ),
-        (
-            "portcullis_bytes_down_total",
-            "Payload bytes from destinations to clients, by destination port.",
-            |p: &PortUse| p.bytes_down,
-        ),
-    ] {
-        family(&mut out, name, "counter", help);
-        for p in ports.iter().filter(|p| p.total() > 0) {
-            sample(&mut out, name, &port_labels(p), pick(p));
-        }
-    }
-    family(
-        &mut out,
-        "portcullis_active_tunnels",
-        "gauge",
-        "CONNECT tunnels open now, by destination port.",
-    );
-    for p in ports
-        .iter()
-        .filter(|p| p.active_tunnels > 0 || p.connect_requests > 0)
-    {
-        sample(
-            &mut out,
-            "portcullis_active_tunnels",
-            &port_labels(p),
-            p.active_tunnels,
-        );
-    }
-
-    let (clients, other) = stats.clients();
-    let client_rows: Vec<(String, Usage)> = clients
-        .into_iter()
-        .map(|(ip, u)| {
-            let name = names(ip).unwrap_or_default();
-            (format!("client=\"{ip}\",name=\"{}\"", escape(&name)), u)
-        })
-        .chain((other.requests > 0).then(|| ("client=\"other\",name=\"\"".to_owned(), other)))
-        .collect();
-    usage_families(&mut out, "client", "client address", &client_rows);
-    let (users, other) = stats.users();
-    let user_rows: Vec<(String, Usage)> = users
-        .into_iter()
-        .map(|(user, u)| (format!("user=\"{}\"", escape(&user)), u))
-        .chain((other.requests > 0).then(|| ("user=\"other\"".to_owned(), other)))
-        .collect();
-    usage_families(&mut out, "user", "authenticated user", &user_rows);
-
-    family(
-        &mut out,
-        "portcullis_connections_open",
-        "gauge",
-        "Client connections open now.",
-    );
-    out.push_str(&format!("portcullis_connections_open {open_connections}\n"));
-    family(
-        &mut out,
-        "portcullis_access_log_dropped_total",
-        "counter",
-        "Access records dropped because the log could not keep up.",
-    );
-    out.push_str(&format!(
-        "portcullis_access_log_dropped_total {}\n",
-        stats.dropped_records.load(Ordering::Relaxed)
-    ));
-    family(
-        &mut out,
-        "portcullis_start_time_seconds",
-        "gauge",
-        "When the proxy started, in Unix seconds.",
-    );
-    let started = stats
-        .started
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    out.push_str(&format!("portcullis_start_time_seconds {started}\n"));
-    out
-}
-
-fn usage_families(out: &mut String, what: &str, label: &str, rows: &[(String, Usage)]) {
-    type Family = (&'static str, &'static str, fn(&Usage) -> u64);
-    let families: [Family; 4] = [
-        ("requests", "Requests and tunnels", |u| u.requests),
-        ("denied", "Requests and tunnels refused", |u| u.denied),
-        ("bytes_up", "Payload bytes sent", |u| u.bytes_up),
-        ("bytes_down", "Payload bytes received", |u| u.bytes_down),
-    ];
-    for (suffix, help, pick) in families {
-        let name = format!("portcullis_{what}_{suffix}_total");
-        family(
-            out,
-            &name,
-            "counter",
-            &format!("{help}, by {label} (bounded; the rest are \"other\")."),
-        );
-        for (labels, usage) in rows {
-            sample(out, &name, labels, pick(usage));
-        }
-    }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-}
-
-fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
-    out.push_str(&format!("{name}{{{labels}}} {value}\n"));
-}
-
-/// Escapes a label value: backslash, double quote and newline.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -610,22 +460,29 @@ mod tests {
     }
 
     #[test]
-    fn metrics_render_every_family() {
-        let stats = Stats::new();
-        let mut r = record("192.168.1.2", "GET", 80, Verdict::Allow, 10, 1000);
-        r.user = Some("al\"ice".into());
-        stats.record(&r);
-        let text = render_metrics(&stats, &|_| Some("kids-laptop".into()), 3);
-        for line in [
-            "portcullis_requests_total{port=\"80\",service=\"http\",kind=\"http\"} 1",
-            "portcullis_bytes_down_total{port=\"80\",service=\"http\"} 1000",
-            "portcullis_client_requests_total{client=\"192.168.1.2\",name=\"kids-laptop\"} 1",
-            "portcullis_user_bytes_up_total{user=\"al\\\"ice\"} 10",
-            "portcullis_connections_open 3",
-            "# TYPE portcullis_active_tunnels gauge",
-        ] {
-            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+    fn failures_are_counted_by_kind() {
+        for (i, kind) in ErrorKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "{kind}: ALL is in the enum's order");
         }
+        let stats = Stats::new();
+        let mut r = record("192.168.1.2", "GET", 80, Verdict::Allow, 0, 0);
+        stats.record(&r);
+        r.error = Some(ErrorKind::Refused);
+        stats.record(&r);
+        stats.record(&r);
+        r.error = Some(ErrorKind::Shutdown);
+        stats.record(&r);
+        let errors = stats.errors();
+        assert_eq!(errors.len(), ErrorKind::ALL.len());
+        let count = |kind| errors.iter().find(|(k, _)| *k == kind).unwrap().1;
+        assert_eq!(
+            (
+                count(ErrorKind::Refused),
+                count(ErrorKind::Shutdown),
+                count(ErrorKind::Dns)
+            ),
+            (2, 1, 0)
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub enum Command {
         #[arg(value_name = "USER")]
         user: String,
     },
-    /// Print usage per destination port, client, host or user, read from access logs.
+    /// Print usage per destination port, client, host, user or failure kind, read from access logs.
     ///
     /// Reads access logs in the `squid` or `json` format (told apart line by line), plain or
     /// gzip-compressed, and prints per group: requests, denied, bytes up, bytes down, distinct
@@ -53,6 +53,9 @@ pub enum Command {
     /// Times are request arrival times, in UTC. The Squid format does not record bytes up:
     /// its lines count 0 there. Distinct clients are exact up to 10 000 per group, estimated
     /// above (marked `~` in the table). Malformed lines are skipped and counted on standard error.
+    ///
+    /// `--by error` groups by the JSON format's `error` field (`refused`, `dns`, `timeout` …);
+    /// `-` is the row of exchanges that did not fail, and of every Squid line.
     ///
     /// In Squid lines the port and host come from the URL (`http://host[:port]/…`, or
     /// `host:port` for CONNECT), the client from the 3rd field and the user from the 8th; a
@@ -237,6 +240,17 @@ mod tests {
         assert_eq!(
             until,
             Some(humantime::parse_rfc3339("2025-11-26T12:00:00Z").unwrap())
+        );
+        let cli = Cli::try_parse_from(["portcullis", "report", "--by", "error"]).unwrap();
+        assert!(
+            matches!(
+                cli.command,
+                Some(Command::Report {
+                    by: GroupBy::Error,
+                    ..
+                })
+            ),
+            "{cli:?}"
         );
         for bad in [
             &["portcullis", "report", "--by", "mood"][..],

@@ -1,10 +1,12 @@
 //! The status page (`/status`) and the snapshot behind it and `/status.json`: rendered from
-//! plain values; the admin listener takes the snapshot and sends the text.
+//! plain values; the admin listener takes the snapshot and sends the text. Besides port use
+//! and the top clients, users and hosts, it tables failures by cause ([`ErrorKind`]).
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::core::error::ErrorKind;
 use crate::core::ports::describe;
 use crate::observe::stats::{PortUse, RecentDenial, Usage};
 use crate::web::html::escape_html;
@@ -34,6 +36,37 @@ pub struct KeyRow {
     pub usage: Usage,
 }
 
+/// Failed exchanges by kind, every kind in the order of [`ErrorKind::ALL`]; in JSON an object
+/// `{"client": 0, "refused": 2, …}` in that order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorCounts(pub Vec<(ErrorKind, u64)>);
+
+impl Serialize for ErrorCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(kind, n)| (kind.as_str(), n)))
+    }
+}
+
+/// What a kind of failure means, for the status page (the book's access-log chapter has the
+/// same list).
+pub fn error_meaning(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Client => "malformed request, or one the proxy cannot serve",
+        ErrorKind::ClientTimeout => "the request did not arrive in time",
+        ErrorKind::Denied => "refused by policy",
+        ErrorKind::Auth => "credentials missing or wrong",
+        ErrorKind::Limit => "over a configured limit",
+        ErrorKind::Loop => "the request already passed through this proxy",
+        ErrorKind::Dns => "the destination's name did not resolve",
+        ErrorKind::Refused => "the destination refused the connection",
+        ErrorKind::Unreachable => "the destination could not be reached",
+        ErrorKind::Timeout => "connecting or waiting for the answer took too long",
+        ErrorKind::Parent => "a parent proxy failed",
+        ErrorKind::OriginProtocol => "the origin's answer was not usable HTTP",
+        ErrorKind::Shutdown => "cut at the end of the shutdown grace period",
+    }
+}
+
 /// Everything `/status` and `/status.json` show.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -53,6 +86,8 @@ pub struct Snapshot {
     pub users: Vec<KeyRow>,
     /// Destination hosts, busiest first (top entries).
     pub hosts: Vec<KeyRow>,
+    /// Failed exchanges by kind (every kind, 0 for those not seen).
+    pub errors: ErrorCounts,
     /// Recent refusals, newest first.
     pub recent_denials: Vec<RecentDenial>,
 }
@@ -175,6 +210,24 @@ pub fn status_page(s: &Snapshot) -> String {
     h.push_str("</table>");
 
     h.push_str(
+        "<h2>Failures by cause</h2><table id=\"errors\"><tr><th>cause</th><th>meaning</th>\
+         <th class=\"n\">status</th><th class=\"n\">count</th></tr>",
+    );
+    let failed: Vec<&(ErrorKind, u64)> = s.errors.0.iter().filter(|(_, n)| *n > 0).collect();
+    if failed.is_empty() {
+        h.push_str("<tr><td colspan=\"4\" class=\"muted\">no failures yet</td></tr>");
+    }
+    for (kind, n) in failed {
+        let _ = write!(
+            h,
+            "<tr data-kind=\"{kind}\"><td>{kind}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{n}</td></tr>",
+            error_meaning(*kind),
+            kind.status().as_u16()
+        );
+    }
+    h.push_str("</table>");
+
+    h.push_str(
         "<h2>Recent refusals</h2><table id=\"denials\"><tr><th>time</th><th>client</th>\
          <th>destination</th><th>status</th><th>reason</th></tr>",
     );
@@ -284,5 +337,44 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(10 * 1024 * 1024), "10.0 MiB");
+    }
+
+    fn snapshot(errors: Vec<(ErrorKind, u64)>) -> Snapshot {
+        Snapshot {
+            started: "2026-01-01T00:00:00Z".into(),
+            uptime_seconds: 60,
+            connections_open: 0,
+            access_log_dropped: 0,
+            ports: Vec::new(),
+            clients: Vec::new(),
+            users: Vec::new(),
+            hosts: Vec::new(),
+            errors: ErrorCounts(errors),
+            recent_denials: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn failures_by_cause_are_tabled_and_in_the_json() {
+        let page = status_page(&snapshot(ErrorKind::ALL.map(|k| (k, 0)).to_vec()));
+        assert!(page.contains("<h2>Failures by cause</h2>"), "{page}");
+        assert!(page.contains("no failures yet"), "{page}");
+        let counts: Vec<(ErrorKind, u64)> = ErrorKind::ALL
+            .map(|k| (k, u64::from(k == ErrorKind::Refused) * 3))
+            .to_vec();
+        let s = snapshot(counts);
+        let page = status_page(&s);
+        assert!(
+            page.contains("<tr data-kind=\"refused\"><td>refused</td><td>the destination refused the connection</td><td class=\"n\">502</td><td class=\"n\">3</td></tr>"),
+            "{page}"
+        );
+        assert!(!page.contains("data-kind=\"dns\""), "{page}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["errors"]["refused"], 3);
+        assert_eq!(json["errors"]["dns"], 0);
+        assert_eq!(
+            json["errors"].as_object().unwrap().len(),
+            ErrorKind::ALL.len()
+        );
     }
 }
