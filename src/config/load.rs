@@ -310,7 +310,7 @@ mod tests {
                 e.located(),
                 format!(
                     "{origin}:3:21: ports.connect: entry \"htps\": unknown service name \"htps\" \
-                     (see the service-name table in the README)\n\
+                     (see \"Service names\" in the manual, docs/src/service-names.md)\n\
                      {origin}:5:1: timeouts.connect: must be longer than zero"
                 )
             );

@@ -685,7 +685,7 @@ mod tests {
         Some(Arc::new(set))
     }
 
-    /// The rules of the README's examples, in order.
+    /// The rules of the manual's examples, in order.
     fn ruled_policy() -> Policy {
         let mut p = policy(false);
         p.rules = vec![

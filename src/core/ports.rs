@@ -157,7 +157,7 @@ pub enum PortSpecError {
     #[error("range \"{0}\" is out of range (ports are 1-65535)")]
     RangeOutOfRange(String),
     /// A name the service table does not know.
-    #[error("unknown service name \"{0}\" (see the service-name table in the README)")]
+    #[error("unknown service name \"{0}\" (see \"Service names\" in the manual, docs/src/service-names.md)")]
     UnknownName(String),
     /// Empty text.
     #[error("empty port entry")]
