@@ -318,8 +318,8 @@ mod tests {
                 e.to_string(),
                 format!(
                     "{origin}: invalid configuration:\n  - {origin}:3:21: ports.connect: entry \
-                     \"htps\": unknown service name \"htps\" (see the service-name table in the \
-                     README)\n  - {origin}:5:1: timeouts.connect: must be longer than zero"
+                     \"htps\": unknown service name \"htps\" (see \"Service names\" in the manual, \
+                     docs/src/service-names.md)\n  - {origin}:5:1: timeouts.connect: must be longer than zero"
                 )
             );
         }
