@@ -2,31 +2,16 @@
 //! page naming what was refused, by what and whom to ask; every other client keeps the
 //! one-line text; `[pages] dir` replaces the page with the owner's template.
 
-mod support;
-
 use std::path::Path;
 
+use crate::support::*;
 use portcullis::Config;
-use support::{connect, raw, Proxy, RawResponse};
 
 const BROWSER_ACCEPT: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 /// `GET url` through the proxy as a browser sends it.
 async fn browse(proxy: std::net::SocketAddr, url: &str, extra: &str) -> RawResponse {
-    let host = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or("");
-    raw(
-        proxy,
-        format!(
-            "GET {url} HTTP/1.1\r\nHost: {host}\r\nAccept: {BROWSER_ACCEPT}\r\n{extra}\
-             Connection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
+    get_with(proxy, url, &format!("Accept: {BROWSER_ACCEPT}\r\n{extra}")).await
 }
 
 fn assert_html(r: &RawResponse) {
@@ -114,7 +99,7 @@ async fn a_browser_gets_a_page_other_clients_the_line() {
     .await
     .unwrap();
     let mut buf = Vec::new();
-    let r = support::read_response(&mut s, &mut buf, false)
+    let r = read_response(&mut s, &mut buf, false)
         .await
         .expect("an answer to CONNECT");
     assert_eq!(r.status, 403);
@@ -168,7 +153,7 @@ async fn an_unreachable_origin_is_a_502_page() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let proxy = Proxy::start(&support::loopback_config(&[closed], &[])).await;
+    let proxy = Proxy::start(&loopback_config(&[closed], &[])).await;
     let url = format!("http://127.0.0.1:{closed}/index.html");
 
     let r = browse(proxy.addr, &url, "").await;
@@ -184,7 +169,7 @@ async fn an_unreachable_origin_is_a_502_page() {
         "{body}"
     );
 
-    let r = support::get(proxy.addr, &url).await;
+    let r = get(proxy.addr, &url).await;
     assert_eq!(r.status, 502);
     assert_eq!(
         r.header("content-type").as_deref(),
