@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::support::*;
 use portcullis::observe::access::Verdict;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::test]
@@ -205,15 +204,12 @@ async fn users_authenticate_and_rules_can_name_them() {
 
     // Only alice may tunnel to the ssh port.
     for (user, pw, status) in [("alice", "alice pw", 200), ("bob", "bob pw", 403)] {
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         let request = format!(
             "CONNECT {} HTTP/1.1\r\nHost: x\r\n{}\r\n",
             ssh.addr,
             proxy_authorization(user, pw)
         );
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let r = read_response(&mut s, &mut buf, true).await.unwrap();
+        let r = raw(proxy.addr, request.as_bytes()).await;
         assert_eq!(r.status, status, "{user}");
     }
 
@@ -305,11 +301,7 @@ async fn the_total_connection_limit_answers_503() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut s = connect_from("127.0.0.3", proxy.addr).await;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let r = read_response(&mut s, &mut buf, false).await.unwrap();
+    let r = exchange(&mut s, b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n").await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("limits.max_connections"), "{}", r.text());
     assert!(closes_within(&mut s, Duration::from_secs(2)).await);

@@ -67,15 +67,7 @@ async fn a_browser_gets_a_page_other_clients_the_line() {
 
     // Without text/html in Accept: the line, as before.
     for accept in ["", "Accept: */*\r\n", "Accept: application/json\r\n"] {
-        let r = raw(
-            proxy.addr,
-            format!(
-                "GET http://127.0.0.1:23/ HTTP/1.1\r\nHost: 127.0.0.1:23\r\n{accept}\
-                 Connection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await;
+        let r = get_with(proxy.addr, "http://127.0.0.1:23/", accept).await;
         assert_eq!(r.status, 403);
         assert_eq!(
             r.header("content-type").as_deref(),
@@ -88,20 +80,14 @@ async fn a_browser_gets_a_page_other_clients_the_line() {
     }
 
     // CONNECT never gets a page, whatever it accepts.
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut s,
+    let r = raw(
+        proxy.addr,
         format!(
             "CONNECT 127.0.0.1:25 HTTP/1.1\r\nHost: 127.0.0.1:25\r\nAccept: {BROWSER_ACCEPT}\r\n\r\n"
         )
         .as_bytes(),
     )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    let r = read_response(&mut s, &mut buf, false)
-        .await
-        .expect("an answer to CONNECT");
+    .await;
     assert_eq!(r.status, 403);
     assert_eq!(
         r.header("content-type").as_deref(),

@@ -149,15 +149,7 @@ async fn listeners_are_added_and_removed_without_dropping_the_others() {
     // A keep-alive connection on the listener about to be removed.
     let mut kept = TcpStream::connect(on(a)).await.unwrap();
     let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut buf = Vec::new();
-    kept.write_all(request.as_bytes()).await.unwrap();
-    assert_eq!(
-        read_response(&mut kept, &mut buf, false)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(exchange(&mut kept, &request).await.status, 200);
 
     std::fs::write(&proxy.path, config(&[b, c], &[w], &[443])).unwrap();
     let summary = proxy.reload.request().await.unwrap();
@@ -169,14 +161,7 @@ async fn listeners_are_added_and_removed_without_dropping_the_others() {
         "the removed listener is closed"
     );
     // The connection accepted before the reload still works.
-    kept.write_all(request.as_bytes()).await.unwrap();
-    assert_eq!(
-        read_response(&mut kept, &mut buf, false)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(exchange(&mut kept, &request).await.status, 200);
 
     // An address that cannot be bound keeps everything as it was.
     let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();

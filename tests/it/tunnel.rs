@@ -30,11 +30,7 @@ async fn a_tls_session_runs_through_connect() {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let server_name = ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(server_name, stream).await.unwrap();
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let r = read_response(&mut tls, &mut buf, false).await.unwrap();
+    let r = exchange(&mut tls, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "hello over tls");
     drop(tls);
