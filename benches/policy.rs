@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::config::Config;
-use portcullis::policy::{Decision, Facts, Kind, Policy};
-use portcullis::target::Host;
+use portcullis::core::policy::{Decision, Facts, Kind, Policy};
+use portcullis::core::target::Host;
 
 /// Entries in the block list: names, `.domains` and networks in equal parts.
 const HOSTS: usize = 100_000;
@@ -164,10 +164,10 @@ fn bench(c: &mut Criterion) {
         list.push('\n');
     }
     std::fs::write(dir.path().join("block.txt"), &list).expect("the block list is written");
-    let hash = portcullis::passwd::hash_password("bench-password").expect("a password hash");
+    let hash = portcullis::ops::passwd::hash_password("bench-password").expect("a password hash");
     std::fs::write(
         dir.path().join("users.htpasswd"),
-        portcullis::passwd::set_entry("", "alice", &hash),
+        portcullis::ops::passwd::set_entry("", "alice", &hash),
     )
     .expect("the htpasswd file is written");
 

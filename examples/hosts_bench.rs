@@ -13,8 +13,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use portcullis::hosts::{HostPattern, HostSet};
-use portcullis::target::Host;
+use portcullis::core::hosts::{HostPattern, HostSet};
+use portcullis::core::target::Host;
 
 fn main() {
     let n: usize = std::env::args()
@@ -57,7 +57,7 @@ fn main() {
     let (indexed, hits) = time(|| {
         queries
             .iter()
-            .filter(|q| set.matches(q, addr) == portcullis::hosts::HostMatch::Yes)
+            .filter(|q| set.matches(q, addr) == portcullis::core::hosts::HostMatch::Yes)
             .count()
     });
     println!(

@@ -13,11 +13,11 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use portcullis::access::{AccessRecord, Verdict};
-use portcullis::log::{format_line, Format};
-use portcullis::policy::{Builtin, Decider};
-use portcullis::ports::service_name;
-use portcullis::report::{decode, GroupBy, OutputFormat, Report, Window};
+use portcullis::core::policy::{Builtin, Decider};
+use portcullis::core::ports::service_name;
+use portcullis::observe::access::{AccessRecord, Verdict};
+use portcullis::observe::log::{format_line, Format};
+use portcullis::ops::report::{decode, GroupBy, OutputFormat, Report, Window};
 
 const PORTS: [(u16, bool); 12] = [
     (443, true),

@@ -58,16 +58,6 @@ pub use config::{Config, Settings};
 pub use observe::access::{AccessRecord, AccessSink, Recorder};
 pub use runtime::{run, serve};
 
-// Bridges for the old flat paths while tests move to the new ones (removed with them).
-pub use config::lint;
-pub use control::{admin, reload, signal};
-pub use core::{auth, error, hosts, policy, ports, target};
-pub use egress::{dial, parent as upstream};
-pub use observe::{access, log, stats};
-pub use ops::{check, cli, explain, passwd, report};
-pub use proxy::{body, forward, pages, service, tunnel};
-pub use web::{errorpage, pac};
-
 #[cfg(test)]
 mod tests {
     //! The layout's rules, read from the sources: which layer may import which, and that the

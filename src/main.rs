@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             until,
             format,
         }) => {
-            return report(&portcullis::report::Options {
+            return report(&portcullis::ops::report::Options {
                 files: files.clone(),
                 by: *by,
                 format: *format,
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         }) => {
             return explain(
                 config.as_deref(),
-                &portcullis::explain::Question {
+                &portcullis::ops::explain::Question {
                     client: *client,
                     user: user.as_deref(),
                     method,
@@ -69,8 +69,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// `portcullis report [FILES…]`: the report on stdout, notes on stderr; exit 1 when an input
 /// could not be read.
-fn report(options: &portcullis::report::Options) -> ExitCode {
-    match portcullis::report::run(options) {
+fn report(options: &portcullis::ops::report::Options) -> ExitCode {
+    match portcullis::ops::report::run(options) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -82,7 +82,7 @@ fn report(options: &portcullis::report::Options) -> ExitCode {
 
 /// `portcullis passwd FILE USER`: what happened on stderr, exit 1 with one line on error.
 fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
-    match portcullis::passwd::run(file, user) {
+    match portcullis::ops::passwd::run(file, user) {
         Ok(message) => {
             eprintln!("portcullis: {message}");
             ExitCode::SUCCESS
@@ -97,7 +97,7 @@ fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
 /// `portcullis check [--config FILE] [--strict]`: the summary and warnings on stdout, errors
 /// on stderr; exit 0 valid, 1 invalid, 2 valid with warnings under `--strict`.
 fn check(config: Option<&std::path::Path>, strict: bool) -> ExitCode {
-    let outcome = portcullis::check::run(config, strict);
+    let outcome = portcullis::ops::check::run(config, strict);
     print!("{}", outcome.stdout);
     eprint!("{}", outcome.stderr);
     ExitCode::from(outcome.code)
@@ -107,7 +107,7 @@ fn check(config: Option<&std::path::Path>, strict: bool) -> ExitCode {
 /// 2 for a usage or configuration error, 3 when a rule needs an address not resolved.
 fn explain(
     config: Option<&std::path::Path>,
-    question: &portcullis::explain::Question<'_>,
+    question: &portcullis::ops::explain::Question<'_>,
     resolve: bool,
 ) -> ExitCode {
     const USAGE: u8 = 2;
@@ -134,11 +134,11 @@ fn explain(
             .map(|addrs| addrs.map(|a| a.ip()).collect())
             .map_err(|e| e.to_string())
     };
-    let lookups = portcullis::explain::Lookups {
-        resolve: resolve.then_some(&system as portcullis::explain::Resolver<'_>),
-        is_local: &portcullis::dial::is_local_address,
+    let lookups = portcullis::ops::explain::Lookups {
+        resolve: resolve.then_some(&system as portcullis::ops::explain::Resolver<'_>),
+        is_local: &portcullis::egress::dial::is_local_address,
     };
-    match portcullis::explain::explain(&settings, question, &lookups) {
+    match portcullis::ops::explain::explain(&settings, question, &lookups) {
         Ok(explanation) => {
             print!("{}", explanation.render());
             ExitCode::from(explanation.exit_code())

@@ -4,32 +4,21 @@
 //!
 //! Only loopback addresses; `--resolve` is only ever used on `localhost`.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use portcullis::access::Verdict as RecordVerdict;
-use portcullis::explain::{explain, Lookups, Question, Resolver, Verdict};
-use portcullis::{Config, Settings};
-use support::{find, HttpOrigin, Proxy, WAIT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use crate::support::*;
+use portcullis::observe::access::Verdict as RecordVerdict;
+use portcullis::ops::explain::{explain, Lookups, Question, Resolver, Verdict};
+use portcullis::Settings;
 
 /// Runs the binary; its exit code, stdout and stderr.
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let out = portcullis(args, Vec::new());
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.stderr,
     )
 }
 
@@ -49,9 +38,8 @@ impl Files {
 
     /// An htpasswd file with `users` (password "secret", bcrypt at the lowest cost).
     fn htpasswd(&self, users: &[&str]) -> PathBuf {
-        let hash = bcrypt::hash("secret", 4).unwrap();
-        let text: String = users.iter().map(|u| format!("{u}:{hash}\n")).collect();
-        self.write("users.htpasswd", &text)
+        let users: Vec<(&str, &str)> = users.iter().map(|u| (*u, "secret")).collect();
+        htpasswd(self.0.path(), &users)
     }
 }
 
@@ -368,25 +356,8 @@ fn completions_and_man_page() {
 /// Sends `request` from `client` (an address of 127.0.0.0/8) to the proxy and returns the
 /// status of its answer; the connection is then dropped.
 async fn status_from(client: IpAddr, proxy: SocketAddr, request: &str) -> u16 {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(client, 0)).unwrap();
-    let mut stream = tokio::time::timeout(WAIT, socket.connect(proxy))
-        .await
-        .unwrap()
-        .unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    while find(&buf, b"\r\n\r\n").is_none() {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
-            .await
-            .expect("the proxy answers in time")
-            .unwrap();
-        assert!(n > 0, "the proxy closed without answering {request:?}");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    head.split(' ').nth(1).unwrap().parse().unwrap()
+    let mut stream = connect_from(&client.to_string(), proxy).await;
+    exchange(&mut stream, request).await.status
 }
 
 /// The system resolver, for `localhost` only: no other name may be looked up by a test.
@@ -403,10 +374,8 @@ fn localhost_only(name: &str, port: u16) -> Result<Vec<IpAddr>, String> {
 /// (for refusals) status.
 async fn agree(toml: &str, cases: &[(&str, &str, String)]) {
     let proxy = Proxy::start(toml).await;
-    let mut settings: Settings = Config::from_toml(toml, "test")
-        .unwrap()
-        .validate("test")
-        .unwrap();
+    let mut settings: Settings = settings_of(toml);
+    // explain is asked offline: it learns the listen address from the settings alone.
     settings.policy.listen = vec![proxy.addr];
     let resolver: Resolver<'_> = &localhost_only;
     for (n, (client, method, target)) in cases.iter().enumerate() {
@@ -419,7 +388,7 @@ async fn agree(toml: &str, cases: &[(&str, &str, String)]) {
         };
         let lookups = Lookups {
             resolve: Some(resolver),
-            is_local: &portcullis::dial::is_local_address,
+            is_local: &portcullis::egress::dial::is_local_address,
         };
         let explained = explain(&settings, &question, &lookups).unwrap();
 
@@ -551,10 +520,8 @@ action = "deny"
 /// for an absolute URL.
 async fn agree_own_listener(toml: &str) {
     let proxy = Proxy::start(toml).await;
-    let mut settings: Settings = Config::from_toml(toml, "test")
-        .unwrap()
-        .validate("test")
-        .unwrap();
+    let mut settings: Settings = settings_of(toml);
+    // explain is asked offline: it learns the listen address from the settings alone.
     settings.policy.listen = vec![proxy.addr];
     let me = proxy.addr;
     let cases = [
@@ -570,7 +537,7 @@ async fn agree_own_listener(toml: &str) {
         };
         let lookups = Lookups {
             resolve: None,
-            is_local: &portcullis::dial::is_local_address,
+            is_local: &portcullis::egress::dial::is_local_address,
         };
         let explained = explain(&settings, &question, &lookups).unwrap();
         let request = if *method == "CONNECT" {

@@ -3,11 +3,9 @@
 //! PAC helper functions written out as Netscape and Mozilla define them. `dnsResolve`,
 //! `isResolvable` and `myIpAddress` throw, so a PAC that ever looks a name up fails here.
 
-mod support;
-
-use portcullis::access::Verdict;
+use crate::support::{raw, Proxy, RawResponse};
+use portcullis::observe::access::Verdict;
 use rquickjs::{Context, Runtime};
-use support::{raw, Proxy, RawResponse};
 
 /// The PAC helpers the generated file may call. `isPlainHostName`, `dnsDomainIs`, `isInNet`
 /// (with `isValidIpAddress` and `convert_addr`) follow Netscape's definitions as Mozilla's

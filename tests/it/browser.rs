@@ -5,15 +5,11 @@
 //! Without Chromium the test is skipped, except when `CI` is set: then it fails, since
 //! `.ci/run` installs Chromium.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::Config;
-use support::*;
+use crate::support::*;
 
 /// The Chromium binary, if this machine has one.
 pub fn chromium() -> Option<PathBuf> {
@@ -28,44 +24,6 @@ pub fn chromium() -> Option<PathBuf> {
     .iter()
     .map(PathBuf::from)
     .find(|p| p.exists())
-}
-
-/// Runs a command, killing it after `limit`.
-fn run_bounded(mut command: Command, limit: Duration) -> std::process::Output {
-    use std::io::Read;
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("Chromium starts");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stdout.read_to_end(&mut b);
-        b
-    });
-    let err = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stderr.read_to_end(&mut b);
-        b
-    });
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::process::Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
 }
 
 /// Runs headless Chromium with `args` and a fresh profile; returns its stdout.
@@ -90,7 +48,7 @@ fn run_chromium(binary: &Path, args: &[String]) -> String {
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args);
-    let output = run_bounded(command, Duration::from_secs(60));
+    let (output, _) = run_bounded(command, Vec::new(), Duration::from_secs(60));
     assert!(
         output.status.success(),
         "Chromium failed: {}",
@@ -120,68 +78,19 @@ async fn chromium_async(binary: &Path, args: Vec<String>) -> String {
         .unwrap()
 }
 
-/// Answers every request read from `stream` with `page` (at most 64 on one connection).
-async fn serve_page<S>(mut stream: S, page: &'static str)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    for _ in 0..64 {
-        while find(&seen, b"\r\n\r\n").is_none() {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-        let end = find(&seen, b"\r\n\r\n").unwrap();
-        seen.drain(..end + 4);
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
-            page.len()
-        );
-        if stream.write_all(answer.as_bytes()).await.is_err() {
-            return;
-        }
+/// An origin that serves `page` for every request (at most 64 on one connection), over TLS
+/// with a self-signed certificate when `tls`.
+async fn page_origin(page: &str, tls: bool) -> std::net::SocketAddr {
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+        page.len()
+    );
+    let script = vec![answer.as_bytes(); 64];
+    if tls {
+        tls_origin(&script).await.0
+    } else {
+        scripted_origin(&script).await.detach()
     }
-}
-
-/// A TLS origin with a self-signed certificate that serves `page` for every request.
-async fn tls_page_origin(page: &'static str) -> std::net::SocketAddr {
-    use rustls::pki_types::PrivateKeyDer;
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(stream).await {
-                    serve_page(tls, page).await;
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// An HTTP origin that serves `page` for every request.
-async fn page_origin(page: &'static str) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve_page(stream, page));
-        }
-    });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,11 +98,16 @@ async fn chromium_browses_through_the_proxy_and_sees_its_refusals() {
     let Some(binary) = chromium_or_skip() else {
         return;
     };
-    let http =
-        page_origin("<html><body><h1 id=m>plain-page-through-portcullis</h1></body></html>").await;
-    let https =
-        tls_page_origin("<html><body><h1 id=m>tls-page-through-portcullis</h1></body></html>")
-            .await;
+    let http = page_origin(
+        "<html><body><h1 id=m>plain-page-through-portcullis</h1></body></html>",
+        false,
+    )
+    .await;
+    let https = page_origin(
+        "<html><body><h1 id=m>tls-page-through-portcullis</h1></body></html>",
+        true,
+    )
+    .await;
     let denied = Counter::start().await;
     // Only the two origins' ports are open, so whatever else Chromium asks for is refused
     // before any DNS lookup.
@@ -301,10 +215,7 @@ async fn chromium_renders_the_status_page_with_the_traffic_sent() {
         "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{}]\n[clients.names]\n\"127.0.0.1\" = \"office-pc\"\n",
         web.addr.port()
     );
-    let settings = Config::from_toml(&config, "t")
-        .unwrap()
-        .validate("t")
-        .unwrap();
+    let settings = settings_of(&config);
     let proxy = Proxy::start_observed(settings, true, None).await;
     for i in 0..5 {
         assert_eq!(

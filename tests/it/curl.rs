@@ -4,11 +4,9 @@
 //!
 //! Skipped when this machine has no curl, except when `CI` is set (`.ci/run` installs it).
 
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 /// curl's stdout and the status it reports (`-w %{http_code}` as the last line).
 fn curl(args: &[String]) -> (String, u16) {
@@ -55,12 +53,7 @@ async fn curl_through_the_proxy() {
     let web = HttpOrigin::start().await;
     let denied = Counter::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(
-        &users,
-        format!("ann:{}\n", bcrypt::hash("ann pw", 4).unwrap()),
-    )
-    .unwrap();
+    let users = htpasswd(dir.path(), &[("ann", "ann pw")]);
     let w = web.addr.port();
     let plain = Proxy::start(&loopback_config(&[w], &[w])).await;
     let authed = Proxy::start(&format!(

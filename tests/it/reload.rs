@@ -1,17 +1,15 @@
 //! Reloading the configuration while the proxy runs: valid and invalid files, listeners added
 //! and removed, tunnels that outlive a reload, and no failed request under load.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::reload::{self, Reload, Reloadable, Source};
+use crate::support::*;
+use portcullis::control::reload::{self, Reload, Reloadable, Source};
 use portcullis::{Config, Recorder};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -36,13 +34,13 @@ async fn start(dir: &Path, text: &str) -> Running {
     let path = dir.join("portcullis.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();
-    let mut settings = config.validate(&path.display().to_string()).unwrap();
+    let settings = config.validate(&path.display().to_string()).unwrap();
     let mut listeners = Vec::new();
     for addr in &config.listen {
         listeners.push(TcpListener::bind(addr).await.unwrap());
     }
-    settings.policy.listen = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let addr = settings.policy.listen[0];
+    // `serve` takes the policy's listen addresses from these listeners as bound.
+    let addr = listeners[0].local_addr().unwrap();
     let (handle, requests) = reload::channel();
     let reloadable = Reloadable {
         source: Source {
@@ -151,15 +149,7 @@ async fn listeners_are_added_and_removed_without_dropping_the_others() {
     // A keep-alive connection on the listener about to be removed.
     let mut kept = TcpStream::connect(on(a)).await.unwrap();
     let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut buf = Vec::new();
-    kept.write_all(request.as_bytes()).await.unwrap();
-    assert_eq!(
-        read_response(&mut kept, &mut buf, false)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(exchange(&mut kept, &request).await.status, 200);
 
     std::fs::write(&proxy.path, config(&[b, c], &[w], &[443])).unwrap();
     let summary = proxy.reload.request().await.unwrap();
@@ -171,14 +161,7 @@ async fn listeners_are_added_and_removed_without_dropping_the_others() {
         "the removed listener is closed"
     );
     // The connection accepted before the reload still works.
-    kept.write_all(request.as_bytes()).await.unwrap();
-    assert_eq!(
-        read_response(&mut kept, &mut buf, false)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(exchange(&mut kept, &request).await.status, 200);
 
     // An address that cannot be bound keeps everything as it was.
     let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -195,18 +178,7 @@ async fn listeners_are_added_and_removed_without_dropping_the_others() {
 
 #[tokio::test]
 async fn a_tunnel_outlives_a_reload_that_closes_its_port() {
-    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let e = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        if let Ok((mut s, _)) = echo.accept().await {
-            let mut buf = vec![0u8; 1024];
-            while let Ok(Ok(n)) = tokio::time::timeout(WAIT, s.read(&mut buf)).await {
-                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    });
+    let e = echo_origin().await;
     let dir = tempfile::tempdir().unwrap();
     let p = free_port().await;
     let proxy = start(dir.path(), &config(&[p], &[8080], &[e.port()])).await;

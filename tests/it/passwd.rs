@@ -1,42 +1,18 @@
 //! `portcullis passwd FILE USER` as a script runs it: the password piped on standard input,
 //! the file then loaded the way the proxy loads it.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use portcullis::auth::Htpasswd;
+use portcullis::core::auth::Htpasswd;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use crate::support::{portcullis, Ran};
 
 /// Apache's published bcrypt vector for `myPassword`.
 const OTHER_USER: &str = "carol:$2y$05$c4WoMPo3SXsafkva.HHa6uXQZWr7oboPiC2bT/r7q1BB8I2s0BRqC";
 
-/// Runs `portcullis passwd FILE USER` with `stdin` piped in; gives up after 60 seconds.
-fn passwd(file: &Path, user: &str, stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args(["passwd", file.to_str().unwrap(), user])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A refusal may come before the child reads its input: a broken pipe is fine then.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("portcullis passwd did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+/// Runs `portcullis passwd FILE USER` with `stdin` piped in.
+fn passwd(file: &Path, user: &str, stdin: &str) -> Ran {
+    portcullis(&["passwd", file.to_str().unwrap(), user], stdin)
 }
 
 #[test]
@@ -46,8 +22,8 @@ fn passwd_creates_then_replaces_an_entry_and_keeps_the_rest() {
 
     // A new file: created private, with one entry that verifies.
     let out = passwd(&file, "alice", "first secret\n");
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("created"), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("created"), "{}", out.stderr);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -64,8 +40,8 @@ fn passwd_creates_then_replaces_an_entry_and_keeps_the_rest() {
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("# office users\n{text}{OTHER_USER}\n")).unwrap();
     let out = passwd(&file, "alice", "second: secret\r\nignored line\n");
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("updated"), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("updated"), "{}", out.stderr);
 
     let text = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -98,7 +74,7 @@ fn passwd_refuses_bad_input_and_leaves_the_file_alone() {
     ];
     for (user, stdin, message) in cases {
         let out = passwd(&file, user, stdin);
-        let err = stderr(&out);
+        let err = out.stderr;
         assert_eq!(out.status.code(), Some(1), "{user:?} {stdin:?}: {err}");
         assert!(err.contains(message), "{user:?} {stdin:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -108,7 +84,7 @@ fn passwd_refuses_bad_input_and_leaves_the_file_alone() {
     // Refused before a file is ever created.
     let missing = dir.path().join("new.htpasswd");
     let out = passwd(&missing, "bob", "\n");
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(!missing.exists());
 
     // No temporary files are left behind by any of it.

@@ -1,59 +1,22 @@
 //! CONNECT tunnels through the real proxy: TLS end to end, exact byte counts, half-close,
 //! refusals and the idle timeout.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::access::Verdict;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use crate::support::*;
+use portcullis::observe::access::Verdict;
+use rustls::pki_types::ServerName;
 use sha2::Digest;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// A TLS origin with a fresh self-signed certificate for `localhost`; answers one HTTP
-/// request per connection with `hello over tls`. Returns its address and the certificate.
-async fn tls_origin() -> (std::net::SocketAddr, CertificateDer<'static>) {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while find(&seen, b"\r\n\r\n").is_none() {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tls
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nConnection: close\r\n\r\nhello over tls")
-                    .await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    (addr, cert)
-}
-
 #[tokio::test]
 async fn a_tls_session_runs_through_connect() {
-    let (origin, cert) = tls_origin().await;
+    let (origin, cert) = tls_origin(&[
+        b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nConnection: close\r\n\r\nhello over tls",
+    ])
+    .await;
     let proxy = Proxy::start(&loopback_config(&[], &[origin.port()])).await;
 
     let (answer, stream) = connect(proxy.addr, &origin.to_string()).await;
@@ -67,11 +30,7 @@ async fn a_tls_session_runs_through_connect() {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let server_name = ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(server_name, stream).await.unwrap();
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let r = read_response(&mut tls, &mut buf, false).await.unwrap();
+    let r = exchange(&mut tls, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "hello over tls");
     drop(tls);
@@ -86,32 +45,6 @@ async fn a_tls_session_runs_through_connect() {
     // A TLS handshake and a request each way: hundreds of bytes, not zero.
     assert!(record.bytes_up > 200, "{record:?}");
     assert!(record.bytes_down > 200, "{record:?}");
-}
-
-/// An origin that reads until the client half-closes, then answers how much it got.
-async fn counting_origin() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut total = 0usize;
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-                        Ok(Ok(0)) => break,
-                        Ok(Ok(n)) => total += n,
-                        _ => return,
-                    }
-                }
-                let _ = stream
-                    .write_all(format!("got {total} bytes").as_bytes())
-                    .await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test]
@@ -237,26 +170,6 @@ async fn an_idle_tunnel_is_closed_after_tunnel_idle() {
         records[0]
     );
     assert_eq!(records[0].bytes_down, 2);
-}
-
-/// An origin that echoes every byte back until the client half-closes, then closes.
-async fn echo_origin() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut read, mut write) = stream.into_split();
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    tokio::io::copy(&mut read, &mut write),
-                )
-                .await;
-                let _ = write.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// Writes `chunks` (pattern bytes, in order, pausing between them) while reading the echo
@@ -420,13 +333,10 @@ async fn bytes_behind_a_refused_connect_are_never_read_as_requests() {
 /// with loopback destinations allowed and its port in `ports.connect`.
 #[tokio::test]
 async fn the_admin_listener_is_never_a_tunnel_destination() {
-    let mut config = portcullis::config::Config::from_toml(&loopback_config(&[], &[443]), "test")
-        .unwrap()
-        .validate("test")
-        .unwrap();
+    let mut config = settings_of(&loopback_config(&[], &[443]));
     // Any port the admin listener gets is open to CONNECT.
     config.policy.connect_ports =
-        portcullis::ports::PortSet::from_specs(&["1-65535".into()]).unwrap();
+        portcullis::core::ports::PortSet::from_specs(&["1-65535".into()]).unwrap();
     let proxy = Proxy::start_observed(config, true, None).await;
     let admin = proxy.admin.unwrap();
     let (answer, _) = connect(proxy.addr, &admin.to_string()).await;

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use crate::support::BIN;
 
 /// The running binary, its stdout (the access log) and stderr (diagnostics), line by line.
 struct Running {

@@ -10,10 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use base64::Engine as _;
 use http::{Method, Uri};
 use ipnet::IpNet;
-use portcullis::auth::parse_basic;
-use portcullis::hosts::HostPattern;
-use portcullis::ports::{PortSet, PortSpec};
-use portcullis::target::{classify, parse_authority, Classified, Host, Target};
+use portcullis::core::auth::parse_basic;
+use portcullis::core::hosts::HostPattern;
+use portcullis::core::ports::{PortSet, PortSpec};
+use portcullis::core::target::{classify, parse_authority, Classified, Host, Target};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ proptest! {
             token = token.trim_end_matches('=').to_owned();
         }
         let value = format!(" {scheme}{}{token}\t", " ".repeat(spaces));
-        prop_assume!(value.len() <= portcullis::auth::MAX_HEADER_LEN);
+        prop_assume!(value.len() <= portcullis::core::auth::MAX_HEADER_LEN);
         let c = parse_basic(value.as_bytes()).unwrap();
         prop_assert_eq!(&c.user, &user);
         prop_assert_eq!(&c.password, &password);

@@ -1,46 +1,16 @@
 //! Parent proxies: a chain of two real Portcullis instances (child → parent → origin) for
 //! plain HTTP and CONNECT, with parent credentials, failover, and a parent that is down.
 
-mod support;
-
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::support::*;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-
-/// An origin that echoes whatever a tunnel sends, until the client half-closes.
-async fn echo_origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                while let Ok(Ok(n)) = tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 fn child_config(web: u16, tunnel: u16, upstream: &str) -> String {
     format!(
         "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{web}]\nconnect = [{tunnel}]\n[upstream]\n{upstream}\n"
     )
-}
-
-/// An htpasswd file with `child:child pw`.
-fn htpasswd(dir: &std::path::Path) -> String {
-    let path = dir.join("parent.htpasswd");
-    let hash = bcrypt::hash("child pw", 4).unwrap();
-    std::fs::write(&path, format!("child:{hash}\n")).unwrap();
-    path.display().to_string()
 }
 
 #[tokio::test]
@@ -98,7 +68,9 @@ async fn credentials_go_to_the_parent_only() {
     let parent = Proxy::start(&format!(
         "{}[auth]\nhtpasswd = {:?}\n",
         loopback_config(&[w], &[t]),
-        htpasswd(dir.path())
+        htpasswd(dir.path(), &[("child", "child pw")])
+            .display()
+            .to_string()
     ))
     .await;
 

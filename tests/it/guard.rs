@@ -1,11 +1,9 @@
 //! What the proxy refuses, and what the client and the access log see when it does.
 
-mod support;
-
 use std::time::Duration;
 
-use portcullis::access::Verdict;
-use support::*;
+use crate::support::*;
+use portcullis::observe::access::Verdict;
 use tokio::net::TcpSocket;
 
 #[tokio::test]

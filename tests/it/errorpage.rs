@@ -2,31 +2,16 @@
 //! page naming what was refused, by what and whom to ask; every other client keeps the
 //! one-line text; `[pages] dir` replaces the page with the owner's template.
 
-mod support;
-
 use std::path::Path;
 
+use crate::support::*;
 use portcullis::Config;
-use support::{connect, raw, Proxy, RawResponse};
 
 const BROWSER_ACCEPT: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 /// `GET url` through the proxy as a browser sends it.
 async fn browse(proxy: std::net::SocketAddr, url: &str, extra: &str) -> RawResponse {
-    let host = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or("");
-    raw(
-        proxy,
-        format!(
-            "GET {url} HTTP/1.1\r\nHost: {host}\r\nAccept: {BROWSER_ACCEPT}\r\n{extra}\
-             Connection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
+    get_with(proxy, url, &format!("Accept: {BROWSER_ACCEPT}\r\n{extra}")).await
 }
 
 fn assert_html(r: &RawResponse) {
@@ -82,15 +67,7 @@ async fn a_browser_gets_a_page_other_clients_the_line() {
 
     // Without text/html in Accept: the line, as before.
     for accept in ["", "Accept: */*\r\n", "Accept: application/json\r\n"] {
-        let r = raw(
-            proxy.addr,
-            format!(
-                "GET http://127.0.0.1:23/ HTTP/1.1\r\nHost: 127.0.0.1:23\r\n{accept}\
-                 Connection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await;
+        let r = get_with(proxy.addr, "http://127.0.0.1:23/", accept).await;
         assert_eq!(r.status, 403);
         assert_eq!(
             r.header("content-type").as_deref(),
@@ -103,20 +80,14 @@ async fn a_browser_gets_a_page_other_clients_the_line() {
     }
 
     // CONNECT never gets a page, whatever it accepts.
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut s,
+    let r = raw(
+        proxy.addr,
         format!(
             "CONNECT 127.0.0.1:25 HTTP/1.1\r\nHost: 127.0.0.1:25\r\nAccept: {BROWSER_ACCEPT}\r\n\r\n"
         )
         .as_bytes(),
     )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    let r = support::read_response(&mut s, &mut buf, false)
-        .await
-        .expect("an answer to CONNECT");
+    .await;
     assert_eq!(r.status, 403);
     assert_eq!(
         r.header("content-type").as_deref(),
@@ -168,7 +139,7 @@ async fn an_unreachable_origin_is_a_502_page() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let proxy = Proxy::start(&support::loopback_config(&[closed], &[])).await;
+    let proxy = Proxy::start(&loopback_config(&[closed], &[])).await;
     let url = format!("http://127.0.0.1:{closed}/index.html");
 
     let r = browse(proxy.addr, &url, "").await;
@@ -184,7 +155,7 @@ async fn an_unreachable_origin_is_a_502_page() {
         "{body}"
     );
 
-    let r = support::get(proxy.addr, &url).await;
+    let r = get(proxy.addr, &url).await;
     assert_eq!(r.status, 502);
     assert_eq!(
         r.header("content-type").as_deref(),

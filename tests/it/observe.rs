@@ -2,43 +2,15 @@
 //! parsed back, counters equal to the traffic sent, `/metrics` read by a Prometheus
 //! exposition parser, the status pages, and the self-service page.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::log::{AccessLog, Destination, Format, JsonRecord};
-use portcullis::Config;
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-/// An origin that reads until the client half-closes, then answers `got N bytes`.
-async fn counting_origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut total = 0usize;
-                let mut buf = vec![0u8; 65536];
-                while let Ok(Ok(n)) = tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-                    if n == 0 {
-                        break;
-                    }
-                    total += n;
-                }
-                let _ = stream
-                    .write_all(format!("got {total} bytes").as_bytes())
-                    .await;
-            });
-        }
-    });
-    addr
-}
+use crate::support::*;
+use portcullis::observe::log::{AccessLog, Destination, Format, JsonRecord};
+use tokio::io::AsyncWriteExt;
 
 /// The traffic every test here sends: 4 GETs to `web` (13-byte bodies: `hello GET /pN`), 2 refused GETs to
 /// `denied`, and one tunnel to `tunnel` carrying 1000 bytes up and `got 1000 bytes` down.
@@ -101,10 +73,7 @@ async fn logged_proxy(
     )
     .unwrap()
     .unwrap();
-    let settings = Config::from_toml(&traffic.config(""), "t")
-        .unwrap()
-        .validate("t")
-        .unwrap();
+    let settings = settings_of(&traffic.config(""));
     (
         Proxy::start_observed(settings, false, Some(Arc::new(log))).await,
         path,
@@ -252,10 +221,7 @@ async fn the_log_reopens_after_rotation_and_counts_what_it_cannot_write() {
         .unwrap()
         .unwrap(),
     );
-    let settings = Config::from_toml(&traffic.config(""), "t")
-        .unwrap()
-        .validate("t")
-        .unwrap();
+    let settings = settings_of(&traffic.config(""));
     let proxy = Proxy::start_observed(settings, false, Some(log.clone())).await;
     let url = format!("http://{}/x", traffic.web.addr);
     get(proxy.addr, &url).await;
@@ -288,10 +254,7 @@ async fn the_log_reopens_after_rotation_and_counts_what_it_cannot_write() {
     )
     .unwrap()
     .unwrap();
-    let settings = Config::from_toml(&traffic.config(""), "t")
-        .unwrap()
-        .validate("t")
-        .unwrap();
+    let settings = settings_of(&traffic.config(""));
     let proxy = Proxy::start_observed(settings, true, Some(Arc::new(full))).await;
     for _ in 0..3 {
         assert_eq!(get(proxy.addr, &url).await.status, 200);
@@ -317,10 +280,7 @@ async fn admin_get(admin: SocketAddr, path: &str) -> RawResponse {
 async fn counters_equal_the_traffic_and_metrics_parse() {
     let traffic = Traffic::new().await;
     let config = traffic.config("[clients.names]\n\"127.0.0.1\" = \"test-box\"\n");
-    let settings = Config::from_toml(&config, "t")
-        .unwrap()
-        .validate("t")
-        .unwrap();
+    let settings = settings_of(&config);
     let proxy = Proxy::start_observed(settings, true, None).await;
     let _ = traffic.send(proxy.addr).await;
     proxy.wait_records(7).await;
@@ -435,27 +395,11 @@ async fn counters_equal_the_traffic_and_metrics_parse() {
 #[tokio::test]
 async fn the_admin_listener_answers_only_admin_allow() {
     let config = "[admin]\nallow = [\"10.0.0.0/8\"]\n";
-    let settings = Config::from_toml(config, "t")
-        .unwrap()
-        .validate("t")
-        .unwrap();
+    let settings = settings_of(config);
     let proxy = Proxy::start_observed(settings, true, None).await;
     let r = admin_get(proxy.admin.unwrap(), "/metrics").await;
     assert_eq!(r.status, 403);
     assert!(r.text().contains("admin.allow"));
-}
-
-/// A connection to `proxy` from the loopback address `from`.
-async fn from(addr: &str, proxy: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{addr}:0").parse().unwrap()).unwrap();
-    socket.connect(proxy).await.unwrap()
-}
-
-async fn send_on(mut stream: TcpStream, request: &str) -> RawResponse {
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    read_response(&mut stream, &mut buf, false).await.unwrap()
 }
 
 #[tokio::test]
@@ -466,25 +410,31 @@ async fn the_self_service_page_shows_a_client_its_own_refusals_only() {
     let (a, b) = ("127.0.0.1", "127.0.0.2");
     let connect_to = |target: SocketAddr| format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(
-        send_on(from(a, proxy.addr).await, &connect_to(a_denied.addr))
-            .await
-            .status,
+        exchange(
+            &mut connect_from(a, proxy.addr).await,
+            &connect_to(a_denied.addr)
+        )
+        .await
+        .status,
         403
     );
     assert_eq!(
-        send_on(from(b, proxy.addr).await, &connect_to(b_denied.addr))
-            .await
-            .status,
+        exchange(
+            &mut connect_from(b, proxy.addr).await,
+            &connect_to(b_denied.addr)
+        )
+        .await
+        .status,
         403
     );
     proxy.wait_records(2).await;
 
     let page_request =
         "GET / HTTP/1.1\r\nHost: proxy\r\nAccept: text/html\r\nConnection: close\r\n\r\n";
-    let page_a = send_on(from(a, proxy.addr).await, page_request)
+    let page_a = exchange(&mut connect_from(a, proxy.addr).await, page_request)
         .await
         .text();
-    let page_b = send_on(from(b, proxy.addr).await, page_request)
+    let page_b = exchange(&mut connect_from(b, proxy.addr).await, page_request)
         .await
         .text();
     assert!(
@@ -504,8 +454,8 @@ async fn the_self_service_page_shows_a_client_its_own_refusals_only() {
         !page_b.contains(&a_denied.addr.to_string()),
         "B sees A's refusal: {page_b}"
     );
-    let text = send_on(
-        from(a, proxy.addr).await,
+    let text = exchange(
+        &mut connect_from(a, proxy.addr).await,
         "GET / HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n",
     )
     .await

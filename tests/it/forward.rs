@@ -1,11 +1,9 @@
 //! Plain-HTTP forwarding through the real proxy to real loopback origins.
 
-mod support;
-
 use std::time::Duration;
 
-use portcullis::access::Verdict;
-use support::*;
+use crate::support::*;
+use portcullis::observe::access::Verdict;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -278,30 +276,6 @@ fn is_our_via(via: &str, version: &str) -> bool {
     v == version && token.len() == 8 && token.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// An origin that answers one request with `response` and then closes.
-async fn one_shot_origin(response: &'static [u8]) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        for _ in 0..4 {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let mut buf = vec![0u8; 65536];
-            let mut seen = Vec::new();
-            while find(&seen, b"\r\n\r\n").is_none() {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = stream.write_all(response).await;
-            let _ = stream.shutdown().await;
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn response_hop_by_hop_headers_are_removed() {
     let origin = one_shot_origin(
@@ -482,53 +456,14 @@ async fn an_unreachable_origin_is_a_502_within_a_second() {
         .all(|r| r.status == 502 && r.reason.is_some()));
 }
 
-/// An origin that answers each request on a connection with the next of `responses`.
-async fn scripted_origin(
-    responses: Vec<&'static [u8]>,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = accepts.clone();
-    tokio::spawn(async move {
-        for _ in 0..8 {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let responses = responses.clone();
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = vec![0u8; 65536];
-                for response in responses {
-                    while find(&seen, b"\r\n\r\n").is_none() {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let end = find(&seen, b"\r\n\r\n").unwrap();
-                    seen.drain(..end + 4);
-                    if stream.write_all(response).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepts)
-}
-
 #[tokio::test]
 async fn a_response_smuggled_after_a_body_never_reaches_a_client() {
-    let (origin, accepts) = scripted_origin(vec![
+    let scripted = scripted_origin(&[
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ninjected",
         b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond",
     ])
     .await;
+    let origin = scripted.addr;
     let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
     let first = get(proxy.addr, &format!("http://{origin}/1")).await;
     assert_eq!(first.text(), "hi");
@@ -538,16 +473,15 @@ async fn a_response_smuggled_after_a_body_never_reaches_a_client() {
     // second request goes on a fresh connection, whose script starts again with "hi".
     assert_eq!(second.status, 200);
     assert_eq!(second.text(), "hi", "a smuggled response reached a client");
-    assert_eq!(accepts.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(scripted.accepts(), 2);
 }
 
 #[tokio::test]
 async fn a_response_with_both_lengths_is_read_as_chunked() {
-    let (origin, _) = scripted_origin(vec![
+    let origin = scripted_origin(&[
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond",
-    ])
-    .await;
+    ]).await.detach();
     let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
     let r = get(proxy.addr, &format!("http://{origin}/1")).await;
     assert_eq!(r.status, 200);
@@ -577,7 +511,7 @@ async fn answers_the_request_did_not_allow_are_a_bad_gateway() {
             "switched protocols (101), which the request did not ask for",
         ),
     ] {
-        let (origin, _) = scripted_origin(vec![answer]).await;
+        let origin = scripted_origin(&[answer]).await.detach();
         let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
         for version in ["HTTP/1.1", "HTTP/1.0"] {
             let r = raw(
@@ -603,16 +537,16 @@ async fn answers_the_request_did_not_allow_are_a_bad_gateway() {
 /// send more. Up to 256 pass; past that, the reason says what bound was met.
 #[tokio::test]
 async fn responses_with_many_header_fields_pass_up_to_the_bound() {
-    fn answer(fields: usize) -> &'static [u8] {
+    fn answer(fields: usize) -> String {
         let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
         for i in 0..fields - 1 {
             head.push_str(&format!("X-Field-{i}: v{i}\r\n"));
         }
         head.push_str("\r\nok");
-        Box::leak(head.into_bytes().into_boxed_slice())
+        head
     }
     for (fields, passes) in [(101, true), (250, true), (300, false)] {
-        let (origin, _) = scripted_origin(vec![answer(fields)]).await;
+        let origin = scripted_origin(&[answer(fields).as_bytes()]).await.detach();
         let proxy = Proxy::start(&loopback_config(&[origin.port()], &[])).await;
         let r = get(proxy.addr, &format!("http://{origin}/")).await;
         if passes {
@@ -633,34 +567,6 @@ async fn responses_with_many_header_fields_pass_up_to_the_bound() {
             );
         }
     }
-}
-
-/// An origin that reads a request head and then nothing: not the body, and it never answers.
-/// The second value is told the proxy's end of the connection.
-async fn origin_that_stops_reading() -> (
-    std::net::SocketAddr,
-    tokio::sync::oneshot::Receiver<std::net::SocketAddr>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tell, told) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let Ok((mut stream, peer)) = listener.accept().await else {
-            return;
-        };
-        let _ = tell.send(peer);
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 1024];
-        while find(&seen, b"\r\n\r\n").is_none() {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-        // Holds the connection, reading nothing, for longer than any test waits.
-        tokio::time::sleep(WAIT * 2).await;
-    });
-    (addr, told)
 }
 
 /// The state of the TCP connection from `local` to `remote` in `/proc/net/tcp` (`01` is
@@ -766,11 +672,12 @@ async fn an_upload_the_origin_stops_taking_is_timed_out() {
 async fn an_origin_that_stalls_mid_body_is_cut_after_timeouts_response() {
     // Ten bytes announced, five sent, then silence: the origin keeps the connection open,
     // waiting for a next request that never comes.
-    let (origin, _) = scripted_origin(vec![
+    let origin = scripted_origin(&[
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
         b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
     ])
-    .await;
+    .await
+    .detach();
     let config = format!(
         "{}[timeouts]\nresponse = \"300ms\"\n",
         loopback_config(&[origin.port()], &[])
@@ -805,62 +712,40 @@ async fn an_origin_that_stalls_mid_body_is_cut_after_timeouts_response() {
 /// An origin that answers `/early…` as soon as it has the head and reads the body after, and
 /// answers anything else after reading its body: the path, as text.
 async fn origin_answering_early() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        for _ in 0..4 {
-            let Ok((mut stream, _)) = listener.accept().await else {
+    Origin::serve(|mut stream| async move {
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let Some(head) = read_head(&mut stream, &mut seen).await else {
                 return;
             };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = vec![0u8; 65536];
-                for _ in 0..8 {
-                    let end = loop {
-                        if let Some(end) = find(&seen, b"\r\n\r\n") {
-                            break end;
-                        }
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                    seen.drain(..end + 4);
-                    let length: usize = header_value(&head, "content-length")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                    let answer = if path.starts_with("/early") {
-                        "HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nauth".to_owned()
-                    } else {
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
-                            path.len()
-                        )
-                    };
-                    if path.starts_with("/early")
-                        && stream.write_all(answer.as_bytes()).await.is_err()
-                    {
-                        return;
-                    }
-                    while seen.len() < length {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    seen.drain(..length);
-                    if !path.starts_with("/early")
-                        && stream.write_all(answer.as_bytes()).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+            let length: usize = header_value(&head, "content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+            let answer = if path.starts_with("/early") {
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nauth".to_owned()
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                    path.len()
+                )
+            };
+            if path.starts_with("/early") && stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            if read_exact_body(&mut stream, &mut seen, length)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if !path.starts_with("/early") && stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
         }
-    });
-    addr
+    })
+    .await
+    .detach()
 }
 
 /// The rest of a request body that arrives after the answer is the body's, never a request

@@ -5,20 +5,19 @@
 //! and unreadable inputs are checked too.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flate2::write::GzEncoder;
 use serde_json::Value;
 
-use portcullis::access::{AccessRecord, Verdict};
-use portcullis::log::{format_line, Format};
-use portcullis::policy::{Builtin, Decider};
-use portcullis::ports::service_name;
+use portcullis::core::policy::{Builtin, Decider};
+use portcullis::core::ports::service_name;
+use portcullis::observe::access::{AccessRecord, Verdict};
+use portcullis::observe::log::{format_line, Format};
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use crate::support::{portcullis, Ran};
 
 /// 2025-11-26T20:00:00Z: the generated logs cross midnight.
 const BASE_MS: u64 = 1_764_187_200_000;
@@ -307,54 +306,7 @@ impl Logs {
     }
 }
 
-struct Output {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-/// Runs `portcullis ARGS` with `stdin` piped in; gives up after 60 seconds.
-fn portcullis(args: &[&str], stdin: Vec<u8>) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let read_all = |mut stream: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            stream.read_to_end(&mut bytes).unwrap();
-            bytes
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
-    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("portcullis {args:?} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    writer.join().unwrap();
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: String::from_utf8(stderr.join().unwrap()).unwrap(),
-    }
-}
-
-fn report(args: &[&str]) -> Output {
+fn report(args: &[&str]) -> Ran {
     let mut all = vec!["report"];
     all.extend_from_slice(args);
     let out = portcullis(&all, Vec::new());

@@ -1,30 +1,12 @@
 //! Who may use the proxy and where they may go, end to end: rules, block-list files,
 //! authentication with users in rules, and the connection limits.
 
-mod support;
-
 use std::io::Write;
 use std::time::Duration;
 
-use base64::Engine;
-use portcullis::access::Verdict;
-use support::*;
-use tokio::io::AsyncWriteExt;
+use crate::support::*;
+use portcullis::observe::access::Verdict;
 use tokio::net::{TcpListener, TcpStream};
-
-fn basic(user: &str, password: &str) -> String {
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Proxy-Authorization: Basic {token}\r\n")
-}
-
-/// GET `url` through the proxy with extra header lines.
-async fn get_with(proxy: std::net::SocketAddr, url: &str, extra: &str) -> RawResponse {
-    raw(
-        proxy,
-        format!("GET {url} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-}
 
 #[tokio::test]
 async fn rules_decide_first_match_and_name_themselves() {
@@ -183,21 +165,12 @@ async fn a_hosts_file_blocks_its_domains() {
     }
 }
 
-/// An htpasswd file with alice and bob (bcrypt at the lowest cost, to keep tests fast).
-fn htpasswd(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("users.htpasswd");
-    let alice = bcrypt::hash("alice pw", 4).unwrap();
-    let bob = bcrypt::hash("bob pw", 4).unwrap();
-    std::fs::write(&path, format!("alice:{alice}\nbob:{bob}\n")).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn users_authenticate_and_rules_can_name_them() {
     let web = RawOrigin::start().await;
     let ssh = Counter::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let users = htpasswd(dir.path());
+    let users = htpasswd(dir.path(), &[("alice", "alice pw"), ("bob", "bob pw")]);
     let config = format!(
         "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{}]\n\
          [auth]\nhtpasswd = {:?}\nrealm = \"the office\"\n\
@@ -215,14 +188,14 @@ async fn users_authenticate_and_rules_can_name_them() {
         r.header("proxy-authenticate").as_deref(),
         Some("Basic realm=\"the office\", charset=\"UTF-8\"")
     );
-    let r = get_with(proxy.addr, &url, &basic("alice", "wrong")).await;
+    let r = get_with(proxy.addr, &url, &proxy_authorization("alice", "wrong")).await;
     assert_eq!(r.status, 407);
-    let r = get_with(proxy.addr, &url, &basic("alice", "alice pw")).await;
+    let r = get_with(proxy.addr, &url, &proxy_authorization("alice", "alice pw")).await;
     assert_eq!(r.status, 200);
     // Cached: the same credentials again, and bob's.
-    let r = get_with(proxy.addr, &url, &basic("alice", "alice pw")).await;
+    let r = get_with(proxy.addr, &url, &proxy_authorization("alice", "alice pw")).await;
     assert_eq!(r.status, 200);
-    let r = get_with(proxy.addr, &url, &basic("bob", "bob pw")).await;
+    let r = get_with(proxy.addr, &url, &proxy_authorization("bob", "bob pw")).await;
     assert_eq!(r.status, 200);
     assert!(web
         .heads()
@@ -231,15 +204,12 @@ async fn users_authenticate_and_rules_can_name_them() {
 
     // Only alice may tunnel to the ssh port.
     for (user, pw, status) in [("alice", "alice pw", 200), ("bob", "bob pw", 403)] {
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         let request = format!(
             "CONNECT {} HTTP/1.1\r\nHost: x\r\n{}\r\n",
             ssh.addr,
-            basic(user, pw)
+            proxy_authorization(user, pw)
         );
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let r = read_response(&mut s, &mut buf, true).await.unwrap();
+        let r = raw(proxy.addr, request.as_bytes()).await;
         assert_eq!(r.status, status, "{user}");
     }
 
@@ -265,7 +235,7 @@ async fn users_authenticate_and_rules_can_name_them() {
 async fn repeated_failures_block_the_address_for_a_while() {
     let web = RawOrigin::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let users = htpasswd(dir.path());
+    let users = htpasswd(dir.path(), &[("alice", "alice pw"), ("bob", "bob pw")]);
     let config = format!(
         "[destinations]\nallow_loopback = true\n[ports]\nhttp = [{}]\n\
          [auth]\nhtpasswd = {:?}\nmax_failures = 3\nfailure_window = \"1m\"\nblock_for = \"1m\"\n",
@@ -275,11 +245,11 @@ async fn repeated_failures_block_the_address_for_a_while() {
     let proxy = Proxy::start(&config).await;
     let url = format!("http://{}/", web.addr);
     for _ in 0..3 {
-        let r = get_with(proxy.addr, &url, &basic("alice", "guess")).await;
+        let r = get_with(proxy.addr, &url, &proxy_authorization("alice", "guess")).await;
         assert_eq!(r.status, 407);
     }
     // Blocked now, even with the right password.
-    let r = get_with(proxy.addr, &url, &basic("alice", "alice pw")).await;
+    let r = get_with(proxy.addr, &url, &proxy_authorization("alice", "alice pw")).await;
     assert_eq!(r.status, 429);
     assert!(r.header("retry-after").is_some());
     assert!(r.text().contains("too many failed log-ins"), "{}", r.text());
@@ -321,13 +291,6 @@ async fn connections_beyond_the_limits_are_refused() {
     assert_eq!(records[0].rule, "limits.max_connections_per_client");
 }
 
-/// A connection to `proxy` from the loopback address `from` (any 127/8 address is local).
-async fn connect_from(from: &str, proxy: std::net::SocketAddr) -> TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    socket.connect(proxy).await.unwrap()
-}
-
 #[tokio::test]
 async fn the_total_connection_limit_answers_503() {
     let config = "[limits]\nmax_connections = 4\nmax_connections_per_client = 3\n";
@@ -338,11 +301,7 @@ async fn the_total_connection_limit_answers_503() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut s = connect_from("127.0.0.3", proxy.addr).await;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let r = read_response(&mut s, &mut buf, false).await.unwrap();
+    let r = exchange(&mut s, b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n").await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("limits.max_connections"), "{}", r.text());
     assert!(closes_within(&mut s, Duration::from_secs(2)).await);

@@ -1,0 +1,28 @@
+//! Portcullis end to end, in one test binary: the real proxy in this process (or the
+//! `portcullis` binary, for what users run) against real origins on loopback, through
+//! clients that speak raw bytes, curl and headless Chromium.
+//!
+//! [`support`] is the shared harness; every other module is one user-visible feature. Run
+//! one with `cargo test --test it forward::`, say; `-- --nocapture` shows the tables the
+//! hostile-input tests print.
+
+mod support;
+
+mod access;
+mod browser;
+mod cli;
+mod curl;
+mod errorpage;
+mod forward;
+mod guard;
+mod hostile;
+mod lifecycle;
+mod observe;
+mod ops;
+mod pac;
+mod parsers;
+mod passwd;
+mod reload;
+mod report;
+mod tunnel;
+mod upstream;

@@ -1,0 +1,130 @@
+//! Test harness: the real proxy on `127.0.0.1:0` ([`proxy`]), real origins (raw TCP, HTTP,
+//! TLS, scripted, strict) on loopback ([`origin`]), clients that speak raw bytes so tests can
+//! assert exactly what a user sees ([`raw`]), and the `portcullis` binary run as a user runs
+//! it. Every wait is bounded.
+
+pub mod origin;
+pub mod proxy;
+pub mod raw;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+pub use origin::*;
+pub use proxy::*;
+pub use raw::*;
+
+/// The bound on any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The `portcullis` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Config text for a proxy that may reach loopback origins on the given ports (an empty
+/// list keeps that list's default).
+pub fn loopback_config(http_ports: &[u16], connect_ports: &[u16]) -> String {
+    let mut text = String::from("[destinations]\nallow_loopback = true\n[ports]\n");
+    if !http_ports.is_empty() {
+        text.push_str(&format!("http = {http_ports:?}\n"));
+    }
+    if !connect_ports.is_empty() {
+        text.push_str(&format!("connect = {connect_ports:?}\n"));
+    }
+    text
+}
+
+/// What a run of the binary left: its exit status, stdout, and stderr (UTF-8).
+pub struct Ran {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// Runs `command` with `stdin` piped in and its output collected, killing it after `limit`;
+/// the output, and whether it had to be killed.
+pub fn run_bounded(mut command: Command, stdin: Vec<u8>, limit: Duration) -> (Output, bool) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?} starts: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    // A refusal may come before the child reads its input: a broken pipe is fine then.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let read_all = |mut stream: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = stream.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let mut killed = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            killed = true;
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    writer.join().unwrap();
+    let output = Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    (output, killed)
+}
+
+/// Runs `portcullis ARGS` (without `RUST_LOG`) with `stdin` piped in; fails the test when it
+/// takes more than 60 seconds.
+pub fn portcullis(args: &[&str], stdin: impl Into<Vec<u8>>) -> Ran {
+    let mut command = Command::new(BIN);
+    command.args(args).env_remove("RUST_LOG");
+    let (output, killed) = run_bounded(command, stdin.into(), Duration::from_secs(60));
+    assert!(!killed, "portcullis {args:?} did not finish within 60 s");
+    Ran {
+        status: output.status,
+        stdout: output.stdout,
+        stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
+    }
+}
+
+/// Writes `dir/users.htpasswd`: a comment line, then each user with the password hashed by
+/// bcrypt at the lowest cost (to keep tests fast). Returns its path.
+pub fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join("users.htpasswd");
+    let mut text = String::from("# test users\n");
+    for (user, password) in users {
+        text.push_str(&format!("{user}:{}\n", bcrypt::hash(password, 4).unwrap()));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The `Basic` credentials for `user:password` (any bytes), as Proxy-Authorization carries them.
+pub fn basic(credentials: &[u8]) -> String {
+    format!("Basic {}", BASE64.encode(credentials))
+}
+
+/// A Proxy-Authorization field line (with its CRLF) for `user` and `password`.
+pub fn proxy_authorization(user: &str, password: &str) -> String {
+    format!(
+        "Proxy-Authorization: {}\r\n",
+        basic(format!("{user}:{password}").as_bytes())
+    )
+}
