@@ -50,9 +50,9 @@ pub mod core;
 pub mod egress;
 pub mod observe;
 pub mod ops;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod runtime;
-pub mod web;
+pub(crate) mod web;
 
 pub use config::{Config, Settings};
 pub use observe::access::{AccessRecord, AccessSink, Recorder};

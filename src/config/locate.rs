@@ -28,6 +28,7 @@ pub fn locate_all(text: &str, problems: &mut [Problem]) {
 }
 
 /// Where `key` (and `entry` in its value) is in `text`, if it is written there.
+#[cfg(test)]
 pub fn locate(text: &str, key: &KeyPath, entry: Option<&str>) -> Option<Place> {
     let document = DeTable::parse(text).ok()?;
     let root = Spanned::new(document.span(), DeValue::Table(document.into_inner()));

@@ -6,9 +6,9 @@
 //! and validation reports every problem at once, each naming the key and entry at fault.
 //! Nothing here opens a socket; binding the listeners is the server's job.
 
-pub mod lint;
+pub(crate) mod lint;
 pub mod load;
-pub mod locate;
+pub(crate) mod locate;
 pub mod problem;
 pub mod schema;
 pub mod settings;

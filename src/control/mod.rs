@@ -1,5 +1,5 @@
 //! Live levers over a running proxy: the admin listener, reloads and signals.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod reload;
-pub mod signal;
+pub(crate) mod signal;

@@ -3,11 +3,11 @@
 //! core types only (a test in `tests/it/layers.rs` holds it so).
 
 pub mod auth;
-pub mod error;
-pub mod headers;
+pub(crate) mod error;
+pub(crate) mod headers;
 pub mod hosts;
-pub mod limits;
-pub mod plan;
+pub(crate) mod limits;
+pub(crate) mod plan;
 pub mod policy;
 pub mod ports;
 pub mod target;

@@ -18,7 +18,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::core::error::EdgeError;
+use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::policy::{Builtin, Decider, Decision, Denial, Facts, Kind, Policy};
 use crate::core::target::{Classified, Host, Target, TargetError};
 
@@ -59,25 +59,13 @@ pub const ORDER: [Step; 9] = [
     Step::Addresses,
 ];
 
-/// Whether the client still has to log in.
+/// Whether the client has to log in before its destination is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogIn<'a> {
-    /// `[auth]` is off: nobody logs in.
+pub enum LogIn {
+    /// `[auth]` is off, or the front door has logged the client in already: go on.
     Off,
     /// `[auth]` is on and the client has not logged in yet.
     Needed,
-    /// Logged in as this user.
-    As(&'a str),
-}
-
-impl<'a> LogIn<'a> {
-    /// The user, when there is one.
-    pub fn user(self) -> Option<&'a str> {
-        match self {
-            LogIn::As(user) => Some(user),
-            LogIn::Off | LogIn::Needed => None,
-        }
-    }
 }
 
 /// A request as the front of the plan sees it: plain data any front door can fill in.
@@ -92,7 +80,7 @@ pub struct Request<'a> {
     /// What the client asked for.
     pub target: &'a Result<Classified, TargetError>,
     /// Whether the client has to log in.
-    pub login: LogIn<'a>,
+    pub login: LogIn,
 }
 
 /// What the front of the plan says.
@@ -109,7 +97,7 @@ pub enum Front<'a> {
         /// Where to.
         target: &'a Target,
         /// [`LogIn::Needed`] when the front door must log the client in first.
-        login: LogIn<'a>,
+        login: LogIn,
     },
 }
 
@@ -150,7 +138,8 @@ pub enum Event<'a> {
     OwnPage,
     /// The route to the host.
     Route(Route, &'a Host),
-    /// The guards on an address written in the request, before a parent resolves anything.
+    /// The guards on an address written in the request, met at the route when a parent would
+    /// resolve everything else.
     Literal(IpAddr, Result<(), &'a Denial>),
     /// The rules and port lists decided (allowed or refused) without the address.
     Decided(&'a Decider, bool),
@@ -178,45 +167,69 @@ pub fn front<'a>(
     is_local: &dyn Fn(IpAddr) -> bool,
     trail: &mut dyn Trail,
 ) -> Front<'a> {
-    if let Some(refusal) = request.admission {
-        return Front::Refuse(refusal.clone());
-    }
-    // Checked per request, so that a reload that narrows clients.allow applies at once.
-    let admitted = policy.admit_client(request.client);
-    trail.note(Event::Client(admitted.as_ref().map(|_| ())));
-    if let Err(denial) = admitted {
-        return Front::Refuse(denial.into());
-    }
-    if let Some(problem) = request.head {
-        return Front::Refuse(problem.clone());
-    }
-    let (kind, target) = match request.target {
-        Err(e) => {
-            trail.note(Event::Target(Err(e)));
-            return Front::Refuse(e.clone().into());
+    let mut asked = None;
+    for step in ORDER {
+        match step {
+            Step::Admission => {
+                if let Some(refusal) = request.admission {
+                    return Front::Refuse(refusal.clone());
+                }
+            }
+            Step::Client => {
+                // Asked per request, so that a reload narrowing clients.allow applies at once.
+                let admitted = policy.admit_client(request.client);
+                trail.note(Event::Client(admitted.as_ref().map(|_| ())));
+                if let Err(denial) = admitted {
+                    return Front::Refuse(denial.into());
+                }
+            }
+            Step::Head => {
+                if let Some(problem) = request.head {
+                    return Front::Refuse(problem.clone());
+                }
+            }
+            Step::Target => match request.target {
+                Err(e) => {
+                    trail.note(Event::Target(Err(e)));
+                    return Front::Refuse(e.clone().into());
+                }
+                Ok(Classified::Local) => {
+                    trail.note(Event::OwnPage);
+                    return Front::OwnPage;
+                }
+                Ok(Classified::Connect(target)) => asked = Some((Kind::Connect, target)),
+                Ok(Classified::Forward(target)) => asked = Some((Kind::Http, target)),
+            },
+            Step::OwnPage => {
+                // An absolute URL naming this proxy asks for its own pages (the PAC file, the
+                // welcome page): served like an origin-form request, never dialled, no log-in.
+                if let Some((Kind::Http, target)) = asked {
+                    if let Host::Ip(ip) = target.host {
+                        if policy.is_listener(SocketAddr::new(ip, target.port), is_local) {
+                            trail.note(Event::OwnPage);
+                            return Front::OwnPage;
+                        }
+                    }
+                }
+            }
+            // The front ends where the log-in begins: that is the front door's to do.
+            Step::LogIn | Step::Route | Step::Decide | Step::Addresses => break,
         }
-        Ok(Classified::Local) => {
-            trail.note(Event::OwnPage);
-            return Front::OwnPage;
-        }
-        Ok(Classified::Connect(target)) => (Kind::Connect, target),
-        Ok(Classified::Forward(target)) => (Kind::Http, target),
-    };
-    // An absolute URL naming this proxy is a request for its own pages (the PAC file, the
-    // welcome page): served like an origin-form request, never dialled, no log-in.
-    if kind == Kind::Http {
-        if let Host::Ip(ip) = target.host {
-            if policy.is_listener(SocketAddr::new(ip, target.port), is_local) {
-                trail.note(Event::OwnPage);
-                return Front::OwnPage;
+    }
+    match asked {
+        Some((kind, target)) => {
+            trail.note(Event::Target(Ok((kind, target))));
+            Front::Proceed {
+                kind,
+                target,
+                login: request.login,
             }
         }
-    }
-    trail.note(Event::Target(Ok((kind, target))));
-    Front::Proceed {
-        kind,
-        target,
-        login: request.login,
+        // Not reached: the target step either asks for something or answers.
+        None => Front::Refuse(EdgeError::new(
+            ErrorKind::Client,
+            "the request target cannot be served",
+        )),
     }
 }
 
@@ -311,11 +324,77 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Kept(Vec<String>);
+    struct Kept(Vec<String>, Vec<Step>);
 
     impl Trail for Kept {
         fn note(&mut self, event: Event<'_>) {
             self.0.push(format!("{event:?}"));
+            self.1.push(event.step());
+        }
+    }
+
+    impl Event<'_> {
+        /// The step that reported the event.
+        fn step(&self) -> Step {
+            match self {
+                Event::Client(_) => Step::Client,
+                Event::Target(_) => Step::Target,
+                Event::OwnPage => Step::OwnPage,
+                Event::Route(..) => Step::Route,
+                Event::Literal(..) => Step::Route,
+                Event::Decided(..) | Event::NeedsAddress => Step::Decide,
+            }
+        }
+    }
+
+    /// Where `step` is in [`ORDER`].
+    fn rank(step: Step) -> usize {
+        ORDER.iter().position(|s| *s == step).unwrap()
+    }
+
+    #[test]
+    fn steps_are_reported_in_the_order_of_the_plan() {
+        let p = policy();
+        for (method, uri) in [
+            ("CONNECT", "example.com:443"),
+            ("GET", "http://example.com/"),
+            ("GET", "http://10.0.0.1:3128/"),
+            ("GET", "ftp://x/"),
+        ] {
+            let target = classified(method, uri);
+            let request = Request {
+                client: "10.0.0.2".parse().unwrap(),
+                admission: None,
+                head: None,
+                target: &target,
+                login: LogIn::Off,
+            };
+            let mut trail = Kept::default();
+            if let Front::Proceed { kind, target, .. } = front(&p, &request, &|_| false, &mut trail)
+            {
+                let facts = Facts {
+                    client: request.client,
+                    user: None,
+                    method,
+                    kind,
+                    host: &target.host,
+                    port: target.port,
+                };
+                for parent in [false, true] {
+                    let _ = destination(&p, &facts, &|_| parent, &|_| false, &mut trail);
+                }
+            }
+            // Two runs of the destination part (direct, then through a parent): each in order.
+            let steps: Vec<usize> = trail.1.iter().map(|s| rank(*s)).collect();
+            let restarts = steps.windows(2).filter(|w| w[1] < w[0]).count();
+            let destined = trail.1.iter().filter(|s| **s == Step::Route).count();
+            assert_eq!(
+                restarts,
+                destined.saturating_sub(1),
+                "{method} {uri}: {:?}",
+                trail.1
+            );
+            assert!(!steps.is_empty());
         }
     }
 
@@ -326,7 +405,7 @@ mod tests {
         )
     }
 
-    fn front_of(client: &str, method: &str, uri: &str, login: LogIn<'_>) -> String {
+    fn front_of(client: &str, method: &str, uri: &str, login: LogIn) -> String {
         let target = classified(method, uri);
         let request = Request {
             client: client.parse().unwrap(),

@@ -2,4 +2,4 @@
 //! connect (to origins in [`dial`], to parent proxies in [`parent`]).
 
 pub mod dial;
-pub mod parent;
+pub(crate) mod parent;

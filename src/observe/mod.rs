@@ -4,5 +4,5 @@
 
 pub mod access;
 pub mod log;
-pub mod metrics;
-pub mod stats;
+pub(crate) mod metrics;
+pub(crate) mod stats;
