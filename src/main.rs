@@ -10,21 +10,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Passwd { file, user }) => return passwd(file, user),
-        Some(Command::Report {
-            files,
-            by,
-            since,
-            until,
-            format,
-        }) => {
-            return report(&portcullis::ops::report::Options {
-                files: files.clone(),
-                by: *by,
-                format: *format,
-                since: *since,
-                until: *until,
-            })
-        }
+        Some(Command::Report(options)) => return report(options),
         Some(Command::Check { config, strict }) => return check(config.as_deref(), *strict),
         Some(Command::Explain {
             config,

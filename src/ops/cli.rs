@@ -2,11 +2,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
 
-use crate::ops::report::{parse_since, parse_until, GroupBy, OutputFormat};
+use crate::ops::report::Options as ReportOptions;
+#[cfg(test)]
+use crate::ops::report::{GroupBy, OutputFormat};
 
 /// Portcullis: a LAN HTTP forward proxy that only lets clients reach the destination ports
 /// you allow, and logs who used which port and how much.
@@ -60,25 +61,7 @@ pub enum Command {
     /// In Squid lines the port and host come from the URL (`http://host[:port]/…`, or
     /// `host:port` for CONNECT), the client from the 3rd field and the user from the 8th; a
     /// result code starting `TCP_DENIED` or `NONE` (`NONE_NONE`) counts as denied.
-    Report {
-        /// Access log files, plain or .gz; none, or `-`, reads standard input.
-        #[arg(value_name = "FILES")]
-        files: Vec<PathBuf>,
-        /// What to group by.
-        #[arg(long, value_enum, default_value_t = GroupBy::Port)]
-        by: GroupBy,
-        /// Only requests that arrived at or after TIME: RFC 3339 (2025-11-26T10:00:00Z) or a
-        /// date (2025-11-26, from its midnight), UTC.
-        #[arg(long, value_name = "TIME", value_parser = parse_since)]
-        since: Option<SystemTime>,
-        /// Only requests that arrived before TIME: RFC 3339, or a date (up to the end of that
-        /// day), UTC.
-        #[arg(long, value_name = "TIME", value_parser = parse_until)]
-        until: Option<SystemTime>,
-        /// The output: an aligned table with a totals row, CSV (RFC 4180) or a JSON array.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Report(ReportOptions),
     /// Validate a configuration file, summarize what it sets up, and warn about likely mistakes.
     ///
     /// Reads the file as the proxy does at start-up and on reload (without --config: the
@@ -193,13 +176,13 @@ mod tests {
     #[test]
     fn report_arguments() {
         let cli = Cli::try_parse_from(["portcullis", "report"]).unwrap();
-        let Some(Command::Report {
+        let Some(Command::Report(ReportOptions {
             files,
             by,
             since,
             until,
             format,
-        }) = cli.command
+        })) = cli.command
         else {
             panic!("not a report: {cli:?}");
         };
@@ -221,13 +204,13 @@ mod tests {
             "-",
         ];
         let cli = Cli::try_parse_from(args).unwrap();
-        let Some(Command::Report {
+        let Some(Command::Report(ReportOptions {
             files,
             by,
             since,
             until,
             format,
-        }) = cli.command
+        })) = cli.command
         else {
             panic!("not a report: {cli:?}");
         };
@@ -245,10 +228,10 @@ mod tests {
         assert!(
             matches!(
                 cli.command,
-                Some(Command::Report {
+                Some(Command::Report(ReportOptions {
                     by: GroupBy::Error,
                     ..
-                })
+                }))
             ),
             "{cli:?}"
         );

@@ -142,19 +142,26 @@ pub enum ReportError {
     Write(#[source] io::Error),
 }
 
-/// What `portcullis report` was asked for.
-#[derive(Debug, Clone, Default)]
+/// What `portcullis report` was asked for: its command-line arguments, as clap reads them.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Options {
-    /// Access log files; none, or `-`, is standard input.
+    /// Access log files, plain or .gz; none, or `-`, reads standard input.
+    #[arg(value_name = "FILES")]
     pub files: Vec<PathBuf>,
-    /// The grouping.
+    /// What to group by.
+    #[arg(long, value_enum, default_value_t = GroupBy::Port)]
     pub by: GroupBy,
-    /// The output format.
-    pub format: OutputFormat,
-    /// Only records that arrived at or after this time.
+    /// Only requests that arrived at or after TIME: RFC 3339 (2025-11-26T10:00:00Z) or a
+    /// date (2025-11-26, from its midnight), UTC.
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
     pub since: Option<SystemTime>,
-    /// Only records that arrived before this time.
+    /// Only requests that arrived before TIME: RFC 3339, or a date (up to the end of that
+    /// day), UTC.
+    #[arg(long, value_name = "TIME", value_parser = parse_until)]
     pub until: Option<SystemTime>,
+    /// The output: an aligned table with a totals row, CSV (RFC 4180) or a JSON array.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
 }
 
 /// `input` decompressed if it starts with the gzip magic bytes (`1f 8b`), as it is otherwise.
