@@ -10,4 +10,5 @@ pub(crate) mod limits;
 pub(crate) mod plan;
 pub mod policy;
 pub mod ports;
+pub(crate) mod sync;
 pub mod target;

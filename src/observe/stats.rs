@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use crate::core::error::ErrorKind;
 use crate::core::policy::{Builtin, Decider};
 use crate::core::ports::service_name;
+use crate::core::sync::lock;
 use crate::observe::access::{AccessRecord, AccessSink, Verdict};
 
 /// Clients tracked one by one; more are counted together as `other`.
@@ -300,10 +301,6 @@ impl Stats {
     pub fn recent_denials(&self) -> Vec<RecentDenial> {
         lock(&self.denials).recent.iter().cloned().collect()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AccessSink for Stats {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::LimitsConfig;
 use crate::core::error::EdgeError;
 use crate::core::limits;
+use crate::core::sync::lock;
 
 /// The outcome of [`Admission::admit`].
 pub enum Admit {
@@ -41,7 +42,7 @@ impl Admission {
             limits::Admission::Refuse(refusal) => return Admit::Refuse(refusal, slot),
             limits::Admission::Drop => return Admit::Drop,
         }
-        let mut per_client = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let mut per_client = lock(&self.per_client);
         let count = per_client.entry(ip).or_insert(0);
         match limits::admit_client_connection(ip, *count, limits.max_connections_per_client) {
             limits::Admission::Yes => {}
@@ -70,10 +71,7 @@ impl Drop for Slot {
         let admission = &self.admission;
         admission.total.fetch_sub(1, Ordering::AcqRel);
         if let Some(ip) = self.ip {
-            let mut per_client = admission
-                .per_client
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut per_client = lock(&admission.per_client);
             if let Some(count) = per_client.get_mut(&ip) {
                 *count -= 1;
                 if *count == 0 {

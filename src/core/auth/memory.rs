@@ -3,12 +3,7 @@
 
 use super::*;
 
-/// Locks, carrying on after a panic elsewhere: the maps stay consistent between statements.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::core::sync::lock;
 
 /// `now + d`, which cannot overflow for durations capped at [`MAX_DURATION`].
 fn after(now: Instant, d: Duration) -> Instant {
