@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,6 +23,7 @@ use crate::control::reload::Reload;
 use crate::observe::metrics::render_metrics;
 use crate::observe::stats::{Stats, Usage};
 use crate::proxy::state::Shared;
+use crate::web::html::own_answer;
 use crate::web::status::{status_page, ClientRow, ErrorCounts, KeyRow, Snapshot};
 
 /// Serves the admin listener until `stop` is cancelled.
@@ -150,12 +151,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 fn with_type(body: String, content_type: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    own_answer(StatusCode::OK, content_type, Full::new(Bytes::from(body)))
 }
 
 /// Takes the snapshot of what `/status` and `/status.json` show.

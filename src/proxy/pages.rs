@@ -8,7 +8,7 @@ use crate::core::error::ErrorKind;
 use crate::core::policy::Builtin;
 use crate::proxy::body::DownBody;
 use crate::proxy::exchange::Exchange;
-use crate::web::html::accepts_html;
+use crate::web::html::{accepts_html, own_answer};
 use crate::web::welcome::{denials_html, denials_text, welcome_html, welcome_text};
 
 /// Answers an origin-form request to the proxy itself.
@@ -71,16 +71,13 @@ pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
             body.trim_end().to_owned(),
         );
     }
-    let mut response = Response::new(DownBody::text(body));
-    *response.status_mut() = status;
     let content_type = if html {
         "text/html; charset=utf-8"
     } else {
         "text/plain; charset=utf-8"
     };
+    let mut response = own_answer(status, content_type, DownBody::text(body));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::METHOD_NOT_ALLOWED {
         headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }

@@ -12,6 +12,7 @@ use crate::core::error::{EdgeError, Side};
 use crate::core::policy::{Builtin, Decider};
 use crate::proxy::body::DownBody;
 use crate::proxy::exchange::Exchange;
+use crate::web::html::own_answer;
 
 /// Turns an error into the response the client sees, and notes it in the record: an HTML
 /// page when `page` says what a browser asked for, else the one-line text.
@@ -52,12 +53,9 @@ pub(crate) fn refusal(
         }
         None => (error.body_text(), "text/plain; charset=utf-8"),
     };
-    let mut response = Response::new(DownBody::text(body));
-    *response.status_mut() = error.status;
+    let mut response = own_answer(error.status, content_type, DownBody::text(body));
     let closes = error.closes_connection();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if closes {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -25,6 +25,28 @@ pub fn accepts_html(headers: &http::HeaderMap) -> bool {
     })
 }
 
+/// A page of the proxy's own (an error, its own page, the admin pages): `body` with
+/// `status`, its `content_type`, and `Cache-Control: no-store`, since what it says is true now
+/// and for this client only.
+pub fn own_answer<B>(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: B,
+) -> http::Response<B> {
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
