@@ -81,6 +81,34 @@ pub struct AccessRecord {
     pub duration: Duration,
 }
 
+#[cfg(test)]
+impl AccessRecord {
+    /// A plain-HTTP GET of example.com that the origin answered: the record tests start from.
+    pub(crate) fn example() -> AccessRecord {
+        AccessRecord {
+            time: std::time::UNIX_EPOCH + Duration::from_millis(1_764_152_429_123),
+            client: "192.168.1.20:50000".parse().unwrap(),
+            user: Some("alice smith".into()),
+            method: "GET".into(),
+            version: "HTTP/1.1",
+            path: Some("/index.html".into()),
+            host: "example.com".into(),
+            port: 80,
+            service: Some("http"),
+            upstream: Some("93.184.216.34:80".parse().unwrap()),
+            parent: None,
+            status: 200,
+            verdict: Verdict::Allow,
+            rule: Decider::Builtin(Builtin::PortsHttp),
+            reason: None,
+            error: None,
+            bytes_up: 0,
+            bytes_down: 5120,
+            duration: Duration::from_millis(105),
+        }
+    }
+}
+
 /// A destination for access records.
 pub trait AccessSink: Send + Sync + 'static {
     /// Takes one record. Must not block: it runs on the request path.

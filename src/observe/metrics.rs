@@ -205,7 +205,6 @@ fn escape(value: &str) -> String {
 mod tests {
     use super::*;
     use crate::core::error::ErrorKind;
-    use crate::core::policy::{Builtin, Decider};
     use crate::core::ports::service_name;
     use crate::observe::access::{AccessRecord, AccessSink, Verdict};
     use std::time::{Duration, SystemTime};
@@ -216,21 +215,17 @@ mod tests {
             client: format!("{client}:5000").parse().unwrap(),
             user: None,
             method: method.to_owned(),
-            version: "HTTP/1.1",
             path: None,
-            host: "example.com".to_owned(),
             port,
             service: service_name(port),
             upstream: None,
-            parent: None,
             status: 200,
             verdict: Verdict::Allow,
-            rule: Decider::Builtin(Builtin::PortsHttp),
             reason: None,
-            error: None,
             bytes_up: up,
             bytes_down: down,
             duration: Duration::ZERO,
+            ..AccessRecord::example()
         }
     }
 

@@ -364,7 +364,6 @@ impl AccessSink for Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::policy::{Builtin, Decider};
     use std::time::Duration;
 
     fn record(
@@ -380,21 +379,17 @@ mod tests {
             client: format!("{client}:5000").parse().unwrap(),
             user: None,
             method: method.to_owned(),
-            version: "HTTP/1.1",
             path: None,
-            host: "example.com".to_owned(),
             port,
             service: service_name(port),
             upstream: None,
-            parent: None,
             status: if verdict == Verdict::Allow { 200 } else { 403 },
             verdict,
-            rule: Decider::Builtin(Builtin::PortsHttp),
             reason: (verdict == Verdict::Deny).then(|| "no".to_owned()),
-            error: None,
             bytes_up: up,
             bytes_down: down,
             duration: Duration::ZERO,
+            ..AccessRecord::example()
         }
     }
 

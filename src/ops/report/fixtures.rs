@@ -1,12 +1,11 @@
 //! Records, entries and a small report shared by the report's tests.
 
 use std::borrow::Cow;
-use std::time::Duration;
 
 use super::parse::time_of;
 use super::*;
-use crate::core::policy::{Builtin, Decider};
-use crate::observe::access::{AccessRecord, Verdict};
+
+use crate::observe::access::AccessRecord;
 use crate::observe::log::{format_line, Format};
 
 pub const T0: u64 = 1_764_152_429_123; // 2025-11-26T10:20:29.123Z
@@ -14,24 +13,9 @@ pub const T0: u64 = 1_764_152_429_123; // 2025-11-26T10:20:29.123Z
 pub fn record() -> AccessRecord {
     AccessRecord {
         time: time_of(T0),
-        client: "192.168.1.20:50000".parse().unwrap(),
         user: Some("alice".into()),
-        method: "GET".into(),
-        version: "HTTP/1.1",
-        path: Some("/index.html".into()),
-        host: "example.com".into(),
-        port: 80,
-        service: Some("http"),
-        upstream: Some("93.184.216.34:80".parse().unwrap()),
-        parent: None,
-        status: 200,
-        verdict: Verdict::Allow,
-        rule: Decider::Builtin(Builtin::PortsHttp),
-        reason: None,
-        error: None,
         bytes_up: 300,
-        bytes_down: 5120,
-        duration: Duration::from_millis(105),
+        ..AccessRecord::example()
     }
 }
 
