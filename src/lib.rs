@@ -160,4 +160,34 @@ mod tests {
         }
         assert!(found.is_empty(), "I/O in the pure core: {found:#?}");
     }
+
+    #[test]
+    fn the_book_names_every_module() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let book = std::fs::read_to_string(root.join("docs/src/architecture.md")).unwrap();
+        let mut missing = Vec::new();
+        for (layer, _) in ALLOWED {
+            let folder = root.join("src").join(layer);
+            if !folder.is_dir() {
+                continue;
+            }
+            assert!(
+                book.contains(&format!("{layer}/")),
+                "{layer}/ is not in the book"
+            );
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+                let named =
+                    book.contains(&format!("`{name}`")) || book.contains(&format!("`{name}/`"));
+                if name != "mod" && !named {
+                    missing.push(format!("{layer}/{name}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "modules the architecture chapter does not name: {missing:?}"
+        );
+    }
 }
