@@ -104,7 +104,7 @@ fn explain(
     let settings = match portcullis::config::load(&source, portcullis::config::Purpose::Explain) {
         Ok(loaded) => loaded.settings,
         Err(e @ portcullis::config::ConfigError::Invalid { .. }) => {
-            eprintln!("portcullis explain: {e}\n(`portcullis check` shows where)");
+            eprintln!("portcullis explain: {e}\n(`portcullis check` says more)");
             return ExitCode::from(USAGE);
         }
         Err(e) => {

@@ -199,6 +199,8 @@ async fn run_configured(
 
 /// Runs the proxy on `listeners` until `shutdown` completes, then drains: stops accepting,
 /// lets in-flight requests and tunnels finish within `timeouts.shutdown_grace`, and returns.
+/// The policy's own addresses (never a destination, and the own pages' addresses) are those
+/// of `listeners` as bound, whatever `settings.policy.listen` held.
 pub async fn run(
     listeners: Vec<TcpListener>,
     settings: Settings,

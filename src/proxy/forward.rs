@@ -380,10 +380,14 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
         }
         source = err.source();
     }
-    EdgeError::new(
-        ErrorKind::OriginProtocol,
-        format!("the request to {target} failed: {e}"),
-    )
+    // What is left: the pooled client could not connect for a reason of its own, or the
+    // exchange failed in a way none of the above names.
+    let kind = if e.is_connect() {
+        ErrorKind::Unreachable
+    } else {
+        ErrorKind::OriginProtocol
+    };
+    EdgeError::new(kind, format!("the request to {target} failed: {e}"))
 }
 
 #[cfg(test)]

@@ -205,6 +205,7 @@ impl ProxyService {
                 kind
             }
         };
+        // The front proceeds only with these two; the target is taken back by value here.
         let Ok(Classified::Connect(target) | Classified::Forward(target)) = classified else {
             return Err(EdgeError::new(
                 ErrorKind::Client,

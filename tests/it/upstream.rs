@@ -190,3 +190,44 @@ async fn upstream_direct_hosts_skip_the_parent() {
     assert_eq!(records[0].upstream, Some(web.addr));
     assert_eq!(counter.accepts(), 0);
 }
+
+/// Through a parent, which resolves names itself, a destination written as an address meets
+/// the address guards before the rules and port lists, for plain HTTP and CONNECT alike: the
+/// proxy and `explain` name the same decider, and nothing reaches the parent.
+#[tokio::test]
+async fn a_literal_through_a_parent_meets_the_guards_first() {
+    let parent = Counter::start().await;
+    let config = format!(
+        "[ports]\nhttp = [80]\nconnect = [443]\n[upstream]\nproxy = \"http://{}\"\n",
+        parent.addr
+    );
+    let child = Proxy::start(&config).await;
+    let (answer, _stream) = connect(child.addr, "127.0.0.1:25").await;
+    assert_eq!(answer.status, 403);
+    let r = get(child.addr, "http://127.0.0.1:25/").await;
+    assert_eq!(r.status, 403);
+    let records = child.wait_records(2).await;
+    for record in &records {
+        assert_eq!(record.rule, "destinations.loopback", "{record:?}");
+        assert_eq!(record.error.map(|k| k.as_str()), Some("denied"));
+    }
+    let settings = settings_of(&config);
+    for (method, target) in [("CONNECT", "127.0.0.1:25"), ("GET", "http://127.0.0.1:25/")] {
+        let question = portcullis::ops::explain::Question {
+            client: "127.0.0.1".parse().unwrap(),
+            user: None,
+            method,
+            target,
+        };
+        let lookups = portcullis::ops::explain::Lookups {
+            resolve: None,
+            is_local: &|_| false,
+        };
+        let told = portcullis::ops::explain::explain(&settings, &question, &lookups).unwrap();
+        assert_eq!(
+            told.headline().split(':').next(),
+            Some("denied by destinations.loopback")
+        );
+    }
+    assert_eq!(parent.accepts(), 0, "nothing went to the parent");
+}
