@@ -35,11 +35,11 @@ fn main() -> ExitCode {
         Some(Command::Man { command }) => return man(command.as_deref()),
         None => {}
     }
-    let launch = portcullis::runtime::Launch {
-        config: cli.config.clone(),
+    let source = portcullis::config::Source {
+        file: cli.config.clone(),
         listen: cli.listen.clone(),
     };
-    match portcullis::runtime::launch(launch) {
+    match portcullis::runtime::launch(source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portcullis: {e:#}");

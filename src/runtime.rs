@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,22 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, ConfigError, Settings};
+use crate::config::{Config, ConfigError, Settings, Source};
 use crate::control::reload::{Listeners, Reloadable, Running, Start};
 use crate::control::signal;
 use crate::observe::access::Recorder;
 use crate::observe::log::AccessLog;
 use crate::proxy::listener;
 use crate::proxy::state::Shared;
-
-/// What the binary was asked to run.
-#[derive(Debug, Clone, Default)]
-pub struct Launch {
-    /// The configuration file; `None` runs on the built-in defaults.
-    pub config: Option<PathBuf>,
-    /// `--listen` addresses, which replace the configuration's `listen`.
-    pub listen: Vec<SocketAddr>,
-}
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +51,7 @@ pub enum StartError {
 
 /// Reads the configuration, then runs the proxy on as many worker threads as it says, until
 /// SIGINT or SIGTERM.
-pub fn launch(launch: Launch) -> Result<(), StartError> {
-    let source = crate::config::Source {
-        file: launch.config.clone(),
-        listen: launch.listen.clone(),
-    };
+pub fn launch(source: Source) -> Result<(), StartError> {
     let crate::config::Loaded {
         config,
         settings,
@@ -85,7 +71,7 @@ pub fn launch(launch: Launch) -> Result<(), StartError> {
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?
-        .block_on(run_configured(launch, config, settings, origin))
+        .block_on(run_configured(source, config, settings, origin))
 }
 
 /// Diagnostics go to stderr, so that stdout can carry the access log alone.
@@ -102,7 +88,7 @@ fn init_diagnostics(level: &str) {
 /// Binds what the configuration names, opens the access log, installs the signals and the
 /// reload worker, and serves until SIGINT or SIGTERM.
 async fn run_configured(
-    launch: Launch,
+    source: Source,
     config: Config,
     settings: Settings,
     origin: String,
@@ -153,13 +139,13 @@ async fn run_configured(
     }));
 
     // Without a file there is nothing to reload, but SIGHUP must not end the proxy.
-    if launch.config.is_none() {
+    if source.file.is_none() {
         tokio::spawn(signal::on_hangup(|| async {
             warn!("started on the built-in defaults: there is no configuration file to reload");
         }));
     }
     // Reloads read the file again (SIGHUP, or POST /reload on the admin listener).
-    let reloadable = launch.config.as_ref().map(|path| {
+    let reloadable = source.file.is_some().then(|| {
         let (handle, requests) = crate::control::reload::channel();
         let on_signal = handle.clone();
         tokio::spawn(signal::on_hangup(move || {
@@ -169,10 +155,7 @@ async fn run_configured(
             }
         }));
         Reloadable {
-            source: crate::control::reload::Source {
-                path: path.clone(),
-                listen_override: launch.listen.clone(),
-            },
+            source: source.clone(),
             config: config.clone(),
             handle,
             requests,

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -24,17 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{Config, Purpose};
+use crate::config::{Config, Purpose, Source};
 use crate::proxy::state::Shared;
-
-/// Where the configuration comes from, to read it again.
-#[derive(Debug, Clone)]
-pub struct Source {
-    /// The file.
-    pub path: PathBuf,
-    /// `--listen` addresses given on the command line; they replace the file's `listen`.
-    pub listen_override: Vec<SocketAddr>,
-}
 
 /// What a reload did: a summary of the changes, or why nothing changed.
 pub type Outcome = Result<String, String>;
@@ -67,7 +57,8 @@ impl Reload {
 /// Everything needed to reload: the source, the configuration in force, and the reload
 /// handle (kept for `POST /reload`) with its requests.
 pub struct Reloadable {
-    /// Where to read the configuration.
+    /// Where to read the configuration again: a file, and the `--listen` addresses that
+    /// replace its `listen`.
     pub source: Source,
     /// The configuration the proxy started with (for summaries of what changed).
     pub config: Config,
@@ -129,8 +120,8 @@ async fn reload(
 ) -> Outcome {
     // Reading and validating may take a while (a long hosts_file): off the serving threads.
     let read = {
-        let (path, listen_override) = (source.path.clone(), source.listen_override.clone());
-        tokio::task::spawn_blocking(move || read_and_validate(&path, listen_override))
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || read_and_validate(&source))
     };
     let (new, mut settings) = read
         .await
@@ -190,12 +181,8 @@ const NEED_RESTART: [&str; 3] = ["log", "admin", "workers"];
 
 /// Reads the file and validates it ([`crate::config::load()`]: a file that holds no settings
 /// is refused); errors carry file, line and column.
-fn read_and_validate(
-    path: &std::path::Path,
-    listen_override: Vec<SocketAddr>,
-) -> Result<(Config, crate::config::Settings), String> {
-    let source = crate::config::Source::file(path, listen_override);
-    let loaded = crate::config::load(&source, Purpose::Reload).map_err(|e| e.located())?;
+fn read_and_validate(source: &Source) -> Result<(Config, crate::config::Settings), String> {
+    let loaded = crate::config::load(source, Purpose::Reload).map_err(|e| e.located())?;
     Ok((loaded.config, loaded.settings))
 }
 
@@ -273,11 +260,11 @@ mod tests {
             "# all commented out\n# listen = [\"0.0.0.0:3128\"]\n",
         ] {
             std::fs::write(&path, text).unwrap();
-            let e = read_and_validate(&path, Vec::new()).unwrap_err();
+            let e = read_and_validate(&Source::file(&path, Vec::new())).unwrap_err();
             assert!(e.contains("the file holds no settings"), "{text:?}: {e}");
         }
         std::fs::write(&path, "# one setting\nlisten = [\"127.0.0.1:3128\"]\n").unwrap();
-        assert!(read_and_validate(&path, Vec::new()).is_ok());
+        assert!(read_and_validate(&Source::file(&path, Vec::new())).is_ok());
     }
 
     #[test]

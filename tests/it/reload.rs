@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use portcullis::control::reload::{self, Reload, Reloadable, Source};
+use portcullis::config::Source;
+use portcullis::control::reload::{self, Reload, Reloadable};
 use portcullis::{Config, Recorder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,10 +44,7 @@ async fn start(dir: &Path, text: &str) -> Running {
     let addr = listeners[0].local_addr().unwrap();
     let (handle, requests) = reload::channel();
     let reloadable = Reloadable {
-        source: Source {
-            path: path.clone(),
-            listen_override: Vec::new(),
-        },
+        source: Source::file(&path, Vec::new()),
         config,
         handle: handle.clone(),
         requests,
