@@ -22,7 +22,7 @@ use crate::control::signal;
 use crate::observe::access::Recorder;
 use crate::observe::log::AccessLog;
 use crate::proxy::listener;
-use crate::proxy::state::Shared;
+use crate::proxy::state::ProxyState;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +216,7 @@ pub async fn serve(
         .map(|(_, allow)| allow.clone())
         .unwrap_or_default();
     let reload_handle = reloadable.as_ref().map(|r| r.handle.clone());
-    let shared = Arc::new(Shared::new(settings, recorder));
+    let shared = Arc::new(ProxyState::new(settings, recorder));
     let stop_accepting = CancellationToken::new();
     let tracker = shared.tracker.clone();
 

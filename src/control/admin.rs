@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::control::reload::Reload;
 use crate::observe::metrics::render_metrics;
 use crate::observe::stats::{Stats, Usage};
-use crate::proxy::state::Shared;
+use crate::proxy::state::ProxyState;
 use crate::web::html::own_answer;
 use crate::web::status::{status_page, ClientRow, ErrorCounts, KeyRow, Snapshot};
 
@@ -30,7 +30,7 @@ use crate::web::status::{status_page, ClientRow, ErrorCounts, KeyRow, Snapshot};
 pub async fn serve(
     listener: TcpListener,
     allow: Vec<IpNet>,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
     reload: Option<Reload>,
     stop: CancellationToken,
 ) {
@@ -81,7 +81,7 @@ pub async fn serve(
 }
 
 async fn answer(
-    shared: &Shared,
+    shared: &ProxyState,
     allow: &[IpNet],
     reload: Option<&Reload>,
     peer: SocketAddr,
@@ -155,7 +155,7 @@ fn with_type(body: String, content_type: &'static str) -> Response<Full<Bytes>> 
 }
 
 /// Takes the snapshot of what `/status` and `/status.json` show.
-fn snapshot(shared: &Shared) -> Snapshot {
+fn snapshot(shared: &ProxyState) -> Snapshot {
     let stats: &Stats = &shared.stats;
     let (clients, other_clients) = stats.clients();
     let (users, other_users) = stats.users();

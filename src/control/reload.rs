@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::{Config, Purpose, Source};
-use crate::proxy::state::Shared;
+use crate::proxy::state::ProxyState;
 
 /// What a reload did: a summary of the changes, or why nothing changed.
 pub type Outcome = Result<String, String>;
@@ -86,7 +86,7 @@ pub(crate) async fn worker(
     source: Source,
     mut config: Config,
     mut listeners: Listeners,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
     stop_accepting: CancellationToken,
     start: Start,
 ) {
@@ -114,7 +114,7 @@ async fn reload(
     source: &Source,
     config: &mut Config,
     listeners: &mut Listeners,
-    shared: &Arc<Shared>,
+    shared: &Arc<ProxyState>,
     stop_accepting: &CancellationToken,
     start: &Start,
 ) -> Outcome {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::observe::access::PendingRecord;
-use crate::proxy::state::Shared;
+use crate::proxy::state::ProxyState;
 
 /// One request's context: the pending record and what the handlers need.
 pub struct Exchange {
     /// The shared state.
-    pub shared: Arc<Shared>,
+    pub shared: Arc<ProxyState>,
     /// The configuration this request is served under (one snapshot, whatever reloads).
     pub settings: Arc<Settings>,
     /// The client's address.

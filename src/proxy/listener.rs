@@ -35,13 +35,13 @@ use crate::observe::access::PendingRecord;
 use crate::proxy::admission::{Admit, Slot};
 use crate::proxy::conn::{ConnState, Expiry, WatchedIo};
 use crate::proxy::service::ProxyService;
-use crate::proxy::state::Shared;
+use crate::proxy::state::ProxyState;
 
 /// Accepts connections until `stop` (this listener removed, or shutdown); each connection
 /// drains on `drain` (shutdown only).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
     stop: CancellationToken,
     drain: CancellationToken,
 ) {
@@ -148,7 +148,7 @@ async fn serve_connection(
     peer: SocketAddr,
     socket: AcceptedSocket,
     (slot, refusal): (Slot, Option<EdgeError>),
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
     stop: CancellationToken,
 ) {
     let Some(local) = socket.prepare(&stream) else {
@@ -288,7 +288,7 @@ impl Future for Signal<'_> {
 }
 
 /// Writes the record of a request that never reached the service.
-fn connection_record(shared: &Shared, peer: SocketAddr, error: EdgeError) {
+fn connection_record(shared: &ProxyState, peer: SocketAddr, error: EdgeError) {
     let mut record = PendingRecord::open(shared.recorder.clone(), peer, "NONE");
     record.fail(error.kind, error.status.as_u16(), error.rule, error.reason);
 }

@@ -24,7 +24,7 @@ use crate::proxy::body::DownBody;
 use crate::proxy::conn::{ConnState, HeadFlags};
 use crate::proxy::exchange::Exchange;
 use crate::proxy::respond::refusal;
-use crate::proxy::state::Shared;
+use crate::proxy::state::ProxyState;
 use crate::proxy::{forward, pages, tunnel};
 
 /// How a request is answered.
@@ -41,7 +41,7 @@ pub enum Reply {
 /// Serves the requests of one client connection.
 #[derive(Clone)]
 pub struct ProxyService {
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
     client: SocketAddr,
     local: SocketAddr,
     conn: Arc<ConnState>,
@@ -55,7 +55,7 @@ impl ProxyService {
     /// The service for a connection from `client` that arrived on `local`; `refusal`, when
     /// given, answers every request (a connection over the limits).
     pub fn new(
-        shared: Arc<Shared>,
+        shared: Arc<ProxyState>,
         client: SocketAddr,
         local: SocketAddr,
         conn: Arc<ConnState>,

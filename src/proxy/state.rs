@@ -21,7 +21,7 @@ pub type UpstreamClient = Client<Dialer, UpBody>;
 
 /// What every connection of the running proxy shares: the settings in force, the recorder,
 /// the pooled clients, the log-in memory, and the tasks to wait for on shutdown.
-pub struct Shared {
+pub struct ProxyState {
     /// The validated configuration in force; a reload swaps it whole.
     pub live: Arc<ArcSwap<Settings>>,
     /// Where access records go (the statistics among them).
@@ -82,14 +82,14 @@ fn parents_for(settings: &Settings) -> Option<Arc<crate::egress::parent::Parents
     })
 }
 
-impl Shared {
+impl ProxyState {
     /// Builds the shared state (and the upstream client) from validated settings.
     pub fn new(settings: Settings, recorder: Recorder) -> Self {
         let live = Arc::new(ArcSwap::from_pointee(settings));
         let settings = live.load_full();
         let client = crate::egress::dial::pooled_client().build(Dialer::new(live.clone()));
         let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
-        Shared {
+        ProxyState {
             live,
             recorder: Arc::new(recorder.with_sink(stats.clone())),
             stats,

@@ -37,7 +37,7 @@ use crate::egress::parent::Parents;
 use crate::observe::access::{PendingRecord, Traffic};
 use crate::proxy::body::UpBody;
 use crate::proxy::conn::WatchedIo;
-use crate::proxy::{exchange::Exchange, state::Shared};
+use crate::proxy::{exchange::Exchange, state::ProxyState};
 
 /// Bytes a quiet direction of a tunnel reads at once, from a buffer inside the task: an idle
 /// tunnel holds no heap buffer of its own.
@@ -128,7 +128,7 @@ enum End {
 pub async fn relay(
     dialled: Dialled,
     mut record: PendingRecord,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
     _slot: Arc<crate::proxy::admission::Slot>,
 ) {
     let upgraded = match dialled.upgrade.await {
