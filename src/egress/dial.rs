@@ -129,7 +129,7 @@ pub async fn dial(
 
 /// Resolves and checks `target` like [`dial`] without connecting: the first allowed address
 /// and the rule that allowed it. For plain HTTP whose decision needs the address.
-pub async fn choose(
+pub async fn first_allowed_address(
     policy: &Policy,
     target: &Target,
     facts: &Facts<'_>,

@@ -438,7 +438,7 @@ impl Walk<'_> {
     }
 
     /// Resolves `target` and checks each address as the proxy does before dialling it
-    /// (`dial::dial` and `dial::choose`): the guards, then the rules when they need the
+    /// (`dial::dial` and `dial::first_allowed_address`): the guards, then the rules when they need the
     /// address. The first address that passes is the one the proxy would use.
     fn per_address(
         mut self,
@@ -514,7 +514,7 @@ impl Walk<'_> {
         }
     }
 
-    /// The proxy's own pages (`pages::local`): the welcome page and the PAC file, no log-in.
+    /// The proxy's own pages (`pages::own_page`): the welcome page and the PAC file, no log-in.
     fn own_page(mut self, method: &Method, uri: &Uri) -> Explanation {
         let path = uri.path();
         self.step(format!(

@@ -57,7 +57,7 @@ pub async fn forward(
         let (addr, decider) =
             // Boxed: resolving and racing addresses is a large future that most requests
             // never build, and every forward future would carry its size.
-            Box::pin(dial::choose(&settings.policy, &target, &facts, settings.timeouts.connect))
+            Box::pin(dial::first_allowed_address(&settings.policy, &target, &facts, settings.timeouts.connect))
                 .await?;
         if let Some(decider) = decider {
             ex.record.allow(decider);

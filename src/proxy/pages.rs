@@ -12,7 +12,7 @@ use crate::web::html::{accepts_html, own_answer};
 use crate::web::welcome::{denials_html, denials_text, welcome_html, welcome_text};
 
 /// Answers an origin-form request to the proxy itself.
-pub fn local<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
+pub fn own_page<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
     // An absolute URL names the proxy itself; otherwise the Host header does.
     let shown_host = req
         .uri()

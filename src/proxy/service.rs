@@ -195,7 +195,7 @@ impl ProxyService {
         };
         let kind = match plan::front(&settings.policy, &request, &is_local_address, &mut ()) {
             Front::Refuse(error) => return Err(error),
-            Front::OwnPage => return Ok(Reply::Response(pages::local(ex, &req))),
+            Front::OwnPage => return Ok(Reply::Response(pages::own_page(ex, &req))),
             Front::Proceed { kind, login, .. } => {
                 if login == LogIn::Needed {
                     // Boxed, as the rarer branches below: the future of each request is as

@@ -32,7 +32,7 @@ use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::plan::Go;
 use crate::core::policy::{Facts, Kind};
 use crate::core::target::Target;
-use crate::egress::dial::{choose, dial};
+use crate::egress::dial::{dial, first_allowed_address};
 use crate::egress::parent::Parents;
 use crate::observe::access::{PendingRecord, Traffic};
 use crate::proxy::body::UpBody;
@@ -79,7 +79,8 @@ pub async fn open(
             // The parent resolves names (the plan checked a literal address already); a rule
             // that needs the address gets it from a lookup here.
             if let Some(facts) = per_address {
-                let (_, decider) = choose(&settings.policy, &target, facts, timeout).await?;
+                let (_, decider) =
+                    first_allowed_address(&settings.policy, &target, facts, timeout).await?;
                 if let Some(decider) = decider {
                     ex.record.allow(decider);
                 }
