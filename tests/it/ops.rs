@@ -351,6 +351,39 @@ fn completions_and_man_page() {
     let (code, _, err) = run(&["man", "nope"]);
     assert_eq!(code, 2);
     assert!(err.contains("check"), "{err}");
+    assert!(err.contains("portcullis.toml"), "{err}");
+}
+
+/// portcullis.toml(5) is printed beside the generated pages, and has a section for every
+/// table and a line for every key of the documented example file (which equals the defaults).
+#[test]
+fn the_configuration_file_has_its_man_page() {
+    let (code, page, err) = run(&["man", "portcullis.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(page.contains(".TH PORTCULLIS.TOML 5"), "{page}");
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml"),
+    )
+    .unwrap();
+    let mut table = String::new();
+    for line in example.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = name.to_owned();
+            assert!(
+                page.contains(&format!(".SH [{name}]")),
+                "no section [{name}]"
+            );
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            let key = key.trim();
+            assert!(
+                page.contains(key.replace('_', "\\_").as_str()) || page.contains(key),
+                "[{table}] {key} is not in portcullis.toml(5)"
+            );
+        }
+    }
 }
 
 /// Sends `request` from `client` (an address of 127.0.0.0/8) to the proxy and returns the
