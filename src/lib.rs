@@ -9,19 +9,19 @@
 //! - [`core`]: PURE decisions, functions of plain data (std, `http`, `ipnet`; no tokio, no
 //!   hyper I/O, no files, no clock): what the client asked for ([`core::target`]), ports and
 //!   service names, host patterns, THE policy ([`core::policy`]), the plan — the ordered checks
-//!   of one request, for every front door and for `explain` ([`core::plan`]) —, head and
+//!   of one request, for every front door and for `explain` (`core::plan`) —, head and
 //!   connection limits, header hygiene, Basic credentials and htpasswd ([`core::auth`]), and
-//!   the edge error with its kind ([`core::error`]).
+//!   the edge error with its kind (`core::error`).
 //! - [`config`]: the TOML file → [`config::Settings`]: schema and defaults, validation with
-//!   typed problems placed by the parser's spans, the ONE load path ([`config::load`]) for
+//!   typed problems placed by the parser's spans, the ONE load path ([`config::load()`]) for
 //!   start-up, `check`, `explain` and reload, start-up warnings. Reads the files it names.
 //! - [`observe`]: the access record, one per request or tunnel ([`observe::access`]), the
 //!   access log and its formats, the live counters behind `/metrics` and `/status`.
 //! - [`egress`]: the only place sockets open outbound: resolve, ask the plan about each
-//!   address, connect ([`egress::dial`]); parent proxies ([`egress::parent`]).
-//! - [`web`]: pure renderers of what people read: the error page, the status page, the PAC.
-//! - [`proxy`]: the data path: listeners, connections and their limits, the hyper service that
-//!   runs the plan, forwarding, tunnels, bodies, the proxy's own pages; [`proxy::respond`] is
+//!   address, connect ([`egress::dial`]); parent proxies (`egress::parent`).
+//! - `web`: pure renderers of what people read: the error page, the status page, the PAC.
+//! - `proxy`: the data path: listeners, connections and their limits, the hyper service that
+//!   runs the plan, forwarding, tunnels, bodies, the proxy's own pages; `proxy::respond` is
 //!   where an error becomes a response.
 //! - [`control`]: live levers over a running proxy: the admin listener, reloads, signals.
 //! - [`ops`]: the offline subcommands: the command line, `check`, `explain`, `passwd`,
@@ -29,9 +29,9 @@
 //! - [`runtime`]: assembles a running proxy (bind, derive the bound addresses, access log,
 //!   signals, admin, reload, drain): the one builder the binary and the tests use.
 //!
-//! Where to look: a request is decided in [`core::plan`] (the order) and [`core::policy`]
-//! (each decision); a refusal becomes a response in [`proxy::respond`]; sockets open outbound
-//! in [`egress`]; the one access record is opened in [`proxy::service`] and written when it
+//! Where to look: a request is decided in `core::plan` (the order) and [`core::policy`]
+//! (each decision); a refusal becomes a response in `proxy::respond`; sockets open outbound
+//! in [`egress`]; the one access record is opened in `proxy::service` and written when it
 //! is dropped ([`observe::access::PendingRecord`]).
 //!
 //! # Dependency rule

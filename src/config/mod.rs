@@ -1,10 +1,10 @@
 //! The configuration file: what it says ([`schema`]), validation into [`Settings`] (the
 //! runtime state the request path reads) with typed [`Problem`]s, where each problem lies in
-//! the text ([`locate`]), and the one way a configuration is loaded ([`load()`]).
+//! the text (`locate`), and the one way a configuration is loaded ([`load()`]).
 //!
 //! Parsing is strict (`deny_unknown_fields`: a typo is an error, not a silently ignored key)
 //! and validation reports every problem at once, each naming the key and entry at fault.
-//! Nothing here opens a socket; binding the listeners is the server's job.
+//! Nothing here opens a socket; binding the listeners is `runtime`'s job.
 
 pub(crate) mod lint;
 pub mod load;

@@ -1,7 +1,7 @@
 //! Validation problems, typed: the key at fault as a path of segments, the entry at fault
 //! when there is one, and what is wrong. [`Problem`]'s `Display` is the message users read
 //! (`ports.connect: entry "htps": unknown service name "htps" …`); nothing parses it back:
-//! [`super::locate`] walks the key path in the parsed document, and `portcullis check` picks
+//! `super::locate` walks the key path in the parsed document, and `portcullis check` picks
 //! its hints from the [`ProblemKind`].
 
 use std::fmt;
@@ -278,7 +278,7 @@ pub struct Problem {
     pub kind: ProblemKind,
     /// The name of the rule the key is in (`rules[2] "mail"`), when it is in one.
     pub rule: Option<String>,
-    /// Where the problem is in the text, once located (see [`super::locate`]).
+    /// Where the problem is in the text, once located (see `super::locate`).
     pub at: Option<Place>,
 }
 

@@ -71,7 +71,7 @@ pub(crate) const MAX_WORKERS: usize = 256;
 impl Workers {
     /// The number of threads; `"auto"` is half the processors the proxy may use, at least
     /// one. Each worker wakes the others as work arrives, and on two cores one worker served
-    /// the same load with less processor time than two (README, Performance).
+    /// the same load with less processor time than two (the book, Performance).
     pub fn resolve(&self) -> Result<usize, WorkersError> {
         match self {
             Workers::Count(0) => Err(WorkersError::Zero),

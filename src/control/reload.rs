@@ -33,7 +33,7 @@ pub type Outcome = Result<String, String>;
 #[derive(Clone, Debug)]
 pub struct Reload(mpsc::UnboundedSender<oneshot::Sender<Outcome>>);
 
-/// The receiving end, handed to [`crate::serve`].
+/// The receiving end, handed to [`crate::runtime::serve`].
 pub struct Requests(mpsc::UnboundedReceiver<oneshot::Sender<Outcome>>);
 
 /// A reload handle and the requests it sends.

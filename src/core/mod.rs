@@ -1,6 +1,6 @@
 //! The pure core: what the proxy decides, as functions of plain data. Nothing here opens a
 //! socket, reads a file, waits or reads the clock: std, `http`, `ipnet` and the crate's own
-//! core types only (a test in `tests/it/layers.rs` holds it so).
+//! core types only (the tests at the end of `src/lib.rs` hold it so).
 
 pub mod auth;
 pub(crate) mod error;

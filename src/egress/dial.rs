@@ -1,10 +1,11 @@
 //! The only place sockets to destinations open (those to parent proxies open in
-//! [`crate::egress::parent`]): resolve the destination, check every address against the policy,
+//! `crate::egress::parent`): resolve the destination, check every address against the policy,
 //! then connect to the address that was checked, all within the connect timeout.
 //!
 //! [`dial`] serves tunnels directly; [`Dialer`] wraps it as the connector of the pooled
-//! plain-HTTP client, so both paths meet the same guards. The port allow-list is not checked
-//! here: callers check it before dialling, so a denied port never causes a DNS lookup.
+//! plain-HTTP client, so both paths meet the same guards. Each address is checked by the
+//! plan's last step (`crate::core::plan::check_address`); the port lists were checked by the
+//! plan before, so a denied port never causes a DNS lookup.
 
 use std::future::Future;
 use std::io;
@@ -72,7 +73,7 @@ pub struct Connected {
     pub stream: TcpStream,
     /// The address it is connected to.
     pub addr: SocketAddr,
-    /// The rule that allowed this address, when the decision needed it ([`Decision::NeedAddress`]).
+    /// The rule that allowed this address, when the decision needed it ([`crate::core::policy::Decision::NeedAddress`]).
     pub decider: Option<Decider>,
 }
 

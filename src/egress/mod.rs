@@ -1,5 +1,5 @@
 //! The only place sockets open outbound: resolve, check each address against the guards,
-//! connect (to origins in [`dial`], to parent proxies in [`parent`]).
+//! connect (to origins in [`dial`], to parent proxies in `parent`).
 
 pub mod dial;
 pub(crate) mod parent;

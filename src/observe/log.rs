@@ -8,7 +8,7 @@
 //! go, so logging costs a request no system call and no thread wake-up.
 //! SIGUSR1 (or [`AccessLog::reopen`]) makes the writer reopen the file, for `logrotate`.
 //!
-//! The formats, field by field, are in the README; [`crate::ops::report`] reads them back.
+//! The formats, field by field, are in the book (docs/src/access-log.md); [`crate::ops::report`] reads them back.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -60,7 +60,7 @@ impl Queue {
 /// The access log sink.
 ///
 /// Appending a line takes one short lock and, most of the time, no system call: the writer
-/// thread collects lines every [`ROUND`] (or at once when many wait) and writes them together.
+/// thread collects lines every `ROUND` (or at once when many wait) and writes them together.
 pub struct AccessLog {
     format: Format,
     queue: Arc<Queue>,
@@ -473,7 +473,7 @@ pub struct JsonRecord {
     pub rule: String,
     /// Why, for refusals and failures.
     pub reason: Option<String>,
-    /// The failure's kind ([`ErrorKind::as_str`]: `refused`, `dns`, `timeout` …), `null` when
+    /// The failure's kind (`ErrorKind::as_str`: `refused`, `dns`, `timeout` …), `null` when
     /// the exchange did not fail; absent from lines written before the field existed.
     #[serde(default)]
     pub error: Option<String>,

@@ -4,7 +4,7 @@
 //! Errors name the file, line and column (`FILE:LINE:COLUMN: problem`): toml's parse errors
 //! carry them, and [`crate::config::load()`] places validation problems. Each error
 //! says what would be valid; unknown service names get the close names from the table.
-//! Validation and lint are the proxy's own ([`Config::validate`], [`crate::config::lint::lint`]);
+//! Validation and lint are the proxy's own ([`Config::validate`], `crate::config::lint::lint`);
 //! this module only words the results. It reads the files the configuration names
 //! (`htpasswd`, `hosts_file`, `pages.dir`), and opens no socket.
 

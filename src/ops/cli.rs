@@ -1,5 +1,9 @@
 //! The command line.
 
+// The doc comments below are clap's help text, read by people at a terminal: their brackets
+// (`[[rules]]`, `host[:port]`) are literal, not links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 

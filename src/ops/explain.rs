@@ -1,7 +1,7 @@
 //! `portcullis explain`: what the proxy would answer one request, which rule or list decides
 //! it, and why, without sending anything anywhere.
 //!
-//! It asks the very functions the request path asks, in the order [`crate::proxy::service`] meets
+//! It asks the very functions the request path asks, in the order `crate::proxy::service` meets
 //! them: the client allow-list ([`Policy::admit_client`]), the request target ([`classify`]),
 //! the proxy's own pages ([`Policy::is_listener`]), log-in, the rules and port lists
 //! ([`Policy::decide`]) and the guards on destination addresses ([`Policy::check_address`]):

@@ -1,15 +1,14 @@
-//! Listeners, connections and shutdown.
+//! Listeners and connections.
 //!
-//! [`run`] takes listeners that are already bound (the binary binds them; tests bind
-//! `127.0.0.1:0`) and a shutdown future. Each accepted connection gets one task and one
-//! tracing span and is served by hyper's HTTP/1 server with upgrades on (CONNECT needs them).
-//! The accept loop survives accept errors. On shutdown the listeners close, idle connections
-//! close, and in-flight requests and tunnels get `timeouts.shutdown_grace` to finish before
-//! they are cut.
+//! [`crate::runtime`] hands each bound listener to [`accept_loop`]. Each accepted connection
+//! gets one task and one tracing span and is served by hyper's HTTP/1 server with upgrades on
+//! (CONNECT needs them). The accept loop survives accept errors. On shutdown the listeners
+//! close, idle connections close, and in-flight requests and tunnels get
+//! `timeouts.shutdown_grace` to finish before they are cut.
 //!
 //! hyper's own header timeout also runs while a keep-alive connection is idle, so the two
-//! client timeouts are kept here instead: [`ConnState`] follows each connection's phase
-//! (waiting for a request head, or busy with an exchange), [`WatchedIo`] notes when a head
+//! client timeouts are kept here instead: [`crate::proxy::conn::ConnState`] follows each connection's phase
+//! (waiting for a request head, or busy with an exchange), `WatchedIo` notes when a head
 //! starts to arrive, and a per-connection watchdog closes the connection when a head is too
 //! slow (`request_header`, answered `408`) or the connection idles too long (`keep_alive`).
 

@@ -3,7 +3,7 @@
 //! of who gets a page ([`Asked::for_page`]), the built-in page and the substitution of the
 //! owner's template (`[pages] dir`, file `error.html`). It leaves the status, the reason and
 //! the headers to [`crate::core::error`], and building the response and the access record to
-//! [`crate::proxy::service`].
+//! [`crate::proxy::respond`].
 //!
 //! A page is shown when the request is plain HTTP (not `CONNECT`: browsers never show a
 //! proxy's answer to `CONNECT`) and its `Accept` header contains `text/html`.

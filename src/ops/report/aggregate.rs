@@ -92,7 +92,7 @@ pub struct Row {
     pub bytes_down: u64,
     /// Distinct client addresses.
     pub clients: u64,
-    /// Whether `clients` is exact (at most [`EXACT_CLIENTS`]) rather than an estimate.
+    /// Whether `clients` is exact (at most `EXACT_CLIENTS`) rather than an estimate.
     pub clients_exact: bool,
     /// When the first request arrived.
     pub first_seen: SystemTime,

@@ -10,7 +10,7 @@
 //! not grow with the size of the input: lines are never kept, a line longer than
 //! [`MAX_LINE_BYTES`] is skipped without being buffered, a group's distinct clients are counted
 //! exactly up to [`EXACT_CLIENTS`] and estimated above it, and past [`MAX_GROUPS`] groups new
-//! keys are counted together in one `(other)` row. Live counters are [`crate::observe::stats`]'s job.
+//! keys are counted together in one `(other)` row. Live counters are `crate::observe::stats`'s job.
 //!
 //! # Reading the Squid format
 //!
