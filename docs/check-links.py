@@ -40,8 +40,8 @@ def anchor(text):
     return "".join(out)
 
 
-def strip_code(lines):
-    """Yield (number, line) outside fenced code blocks, with inline code spans blanked."""
+def outside_fences(lines):
+    """Yield (number, line) for the lines outside fenced code blocks."""
     fence = None
     for number, line in enumerate(lines, 1):
         stripped = line.lstrip()
@@ -52,6 +52,12 @@ def strip_code(lines):
             if stripped.startswith(fence):
                 fence = None
             continue
+        yield number, line
+
+
+def strip_code(lines):
+    """Yield (number, line) outside fenced code blocks, with inline code spans blanked."""
+    for number, line in outside_fences(lines):
         yield number, re.sub(r"(`+)(?:(?!\1).)+?\1", lambda m: " " * len(m.group(0)), line)
 
 
@@ -66,16 +72,7 @@ def anchors_of(path):
         for _, line in strip_code(lines):
             for ident in HTML_ID.findall(line):  # <a id="..."> and the like
                 found.add(ident)
-        fence = None
-        for line in lines:
-            stripped = line.lstrip()
-            if fence is None and (stripped.startswith("```") or stripped.startswith("~~~")):
-                fence = stripped[:3]
-                continue
-            if fence is not None:
-                if stripped.startswith(fence):
-                    fence = None
-                continue
+        for _, line in outside_fences(lines):
             m = HEADING.match(line)
             if m:
                 base = anchor(m.group(2).replace("`", ""))  # code spans keep their text

@@ -205,28 +205,11 @@ fn escape(value: &str) -> String {
 mod tests {
     use super::*;
     use crate::core::error::ErrorKind;
-    use crate::core::ports::service_name;
     use crate::observe::access::{AccessRecord, AccessSink, Verdict};
-    use std::time::{Duration, SystemTime};
 
+    /// An allowed record of `client`, as the statistics tests make them.
     fn record(client: &str, method: &str, port: u16, up: u64, down: u64) -> AccessRecord {
-        AccessRecord {
-            time: SystemTime::now(),
-            client: format!("{client}:5000").parse().unwrap(),
-            user: None,
-            method: method.to_owned(),
-            path: None,
-            port,
-            service: service_name(port),
-            upstream: None,
-            status: 200,
-            verdict: Verdict::Allow,
-            reason: None,
-            bytes_up: up,
-            bytes_down: down,
-            duration: Duration::ZERO,
-            ..AccessRecord::example()
-        }
+        crate::observe::stats::tests::record(client, method, port, Verdict::Allow, up, down)
     }
 
     #[test]

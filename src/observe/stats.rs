@@ -362,11 +362,12 @@ impl AccessSink for Stats {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn record(
+    /// A record of `client` asking `method` of port `port`, allowed (200) or refused (403).
+    pub(crate) fn record(
         client: &str,
         method: &str,
         port: u16,
