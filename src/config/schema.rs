@@ -233,6 +233,17 @@ pub struct LimitsConfig {
     pub max_headers: usize,
 }
 
+impl LimitsConfig {
+    /// The bounds of a request head, as the core's head check takes them.
+    pub(crate) fn head(&self) -> crate::core::limits::HeadLimits {
+        crate::core::limits::HeadLimits {
+            max_request_line: self.max_request_line,
+            max_headers: self.max_headers,
+            max_header_bytes: self.max_header_bytes,
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use tracing::{info, Instrument};
 
 use crate::core::error::{EdgeError, ErrorKind};
-use crate::core::limits::{check_head, HeadLimits, RawHead};
+use crate::core::limits::{check_head, RawHead};
 use crate::core::plan::{self, Front, LogIn, Route};
 use crate::core::policy::{Facts, Kind};
 use crate::core::target::{classify, Classified, Host};
@@ -176,12 +176,7 @@ impl ProxyService {
             length_and_coding: head.has(HeadFlags::CONTENT_LENGTH)
                 && head.has(HeadFlags::TRANSFER_ENCODING),
         };
-        let head_limits = HeadLimits {
-            max_request_line: settings.limits.max_request_line,
-            max_headers: settings.limits.max_headers,
-            max_header_bytes: settings.limits.max_header_bytes,
-        };
-        let head = check_head(&req, raw, &head_limits, self.shared.via.name()).err();
+        let head = check_head(&req, raw, &settings.limits.head(), self.shared.via.name()).err();
         let request = plan::Request {
             client: self.client.ip(),
             admission: self.refusal.as_ref(),
