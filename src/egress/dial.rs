@@ -91,7 +91,8 @@ pub async fn dial(
         let mut denied = None;
         let mut failed = None;
         for addr in addrs {
-            let decider = match permit(policy, target, facts, addr) {
+            let decider = match plan::check_address(policy, target, facts, addr, &is_local_address)
+            {
                 Ok(decider) => decider,
                 Err(denial) => {
                     denied.get_or_insert(denial);
@@ -139,7 +140,7 @@ pub async fn first_allowed_address(
     let attempt = async {
         let mut denied = None;
         for addr in resolve(target).await? {
-            match permit(policy, target, Some(facts), addr) {
+            match plan::check_address(policy, target, Some(facts), addr, &is_local_address) {
                 Ok(decider) => return Ok((addr, decider)),
                 Err(denial) => {
                     denied.get_or_insert(denial);
@@ -177,17 +178,6 @@ async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, DialError> {
             })?
             .collect()),
     }
-}
-
-/// The plan's last step on `addr` ([`plan::check_address`]): the guards, then the rules
-/// when the decision needs the address.
-fn permit(
-    policy: &Policy,
-    target: &Target,
-    facts: Option<&Facts<'_>>,
-    addr: SocketAddr,
-) -> Result<Option<Decider>, Denial> {
-    plan::check_address(policy, target, facts, addr, &is_local_address)
 }
 
 /// ` (address)` when the target was a name, nothing when it was the address itself.
