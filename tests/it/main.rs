@@ -16,6 +16,7 @@ mod errorpage;
 mod forward;
 mod guard;
 mod hostile;
+#[cfg(target_os = "linux")]
 mod lan;
 mod lifecycle;
 mod observe;

@@ -4,6 +4,8 @@
 //! it. Every wait is bounded.
 
 pub mod dns;
+#[cfg(target_os = "linux")]
+pub mod netns;
 pub mod origin;
 pub mod proxy;
 pub mod raw;

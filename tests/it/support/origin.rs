@@ -45,6 +45,16 @@ impl Origin {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::serve_on(listener, serve)
+    }
+
+    /// Starts accepting on a listener bound elsewhere (inside a network namespace, say),
+    /// serving each connection with `serve`.
+    pub fn serve_on<F, Fut>(listener: TcpListener, serve: F) -> Origin
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let accepts = Arc::new(AtomicUsize::new(0));
         let counted = accepts.clone();
@@ -165,14 +175,42 @@ pub struct HttpOrigin(Origin);
 
 impl HttpOrigin {
     pub async fn start() -> HttpOrigin {
-        HttpOrigin(
-            Origin::serve(|stream| async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(answer))
-                    .await;
-            })
-            .await,
-        )
+        HttpOrigin::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// The same origin on a listener bound elsewhere (inside a network namespace, say).
+    pub fn start_on(listener: TcpListener) -> HttpOrigin {
+        HttpOrigin(Origin::serve_on(listener, |stream| async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), hyper::service::service_fn(answer))
+                .await;
+        }))
+    }
+
+    /// The same origin behind TLS, with a fresh self-signed certificate for `names`, on a
+    /// listener bound elsewhere. Returns the origin and the certificate in PEM (for curl's
+    /// `--cacert`).
+    pub fn start_tls_on(listener: TcpListener, names: &[&str]) -> (HttpOrigin, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let certified = rcgen::generate_simple_self_signed(names).unwrap();
+        let cert = certified.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let origin = Origin::serve_on(listener, move |stream| {
+            let acceptor = acceptor.clone();
+            async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), hyper::service::service_fn(answer))
+                        .await;
+                }
+            }
+        });
+        (HttpOrigin(origin), certified.cert.pem())
     }
 }
 
