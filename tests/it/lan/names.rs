@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use super::*;
 use crate::support::dns::{Answer, Zone};
 use crate::support::netns::*;
-use crate::support::{exchange, read_answer, HttpOrigin, Origin, RawResponse};
+use crate::support::{exchange, HttpOrigin, Origin, RawResponse};
 
 /// `GET http://{host}{path}` from `pc`, with the time it took.
 async fn get(pc: &Pc, host: &str, path: &str) -> (RawResponse, Duration) {
@@ -28,14 +28,8 @@ async fn get(pc: &Pc, host: &str, path: &str) -> (RawResponse, Duration) {
 /// took.
 async fn connect(pc: &Pc, authority: &str) -> (RawResponse, TcpStream, Duration) {
     let started = Instant::now();
-    let mut stream = pc.ns.connect(proxy_v4()).await;
-    let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-        .await
-        .unwrap();
-    let answer = read_answer(&mut stream, &mut Vec::new(), request.as_bytes())
-        .await
-        .expect("the proxy answers CONNECT");
+    let (answer, stream, early) = pc.connect(authority).await;
+    assert!(early.is_empty(), "the origin spoke first?");
     (answer, stream, started.elapsed())
 }
 

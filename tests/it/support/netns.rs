@@ -41,7 +41,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::origin::Origin;
-use super::raw::{exchange, RawResponse};
+use super::raw::{exchange, read_answer, RawResponse};
 use super::{run_bounded, BIN, WAIT};
 
 /// The proxy's address on the LAN, and its port.
@@ -158,22 +158,24 @@ impl Ns {
     }
 
     /// Runs curl in this namespace with `args` (after `--silent --show-error --max-time 10
-    /// --write-out '\n%{http_code}'`), killing it after 15 s.
-    pub async fn curl(&self, args: &[&str]) -> Curl {
+    /// --write-out '\n%{http_code}'`), killing it after 15 s. (The command is made at once,
+    /// so the future borrows nothing.)
+    pub fn curl(&self, args: &[&str]) -> impl std::future::Future<Output = Curl> + 'static {
         let mut command = self.command("curl");
         command
             .args(["--silent", "--show-error", "--max-time", "10"])
             .args(["--write-out", "\n%{http_code}"])
             .args(args);
         let shown = format!("curl {}", args.join(" "));
-        let started = Instant::now();
-        let (output, killed) = tokio::task::spawn_blocking(move || {
-            run_bounded(command, Vec::new(), Duration::from_secs(15))
-        })
-        .await
-        .unwrap();
-        assert!(!killed, "{shown} did not finish within 15 s");
-        Curl::of(output, started.elapsed())
+        async move {
+            let (output, killed) = tokio::task::spawn_blocking(move || {
+                run_bounded(command, Vec::new(), Duration::from_secs(15))
+            })
+            .await
+            .unwrap();
+            assert!(!killed, "{shown} did not finish within 15 s");
+            Curl::of(output)
+        }
     }
 }
 
@@ -183,11 +185,10 @@ pub struct Curl {
     pub body: Vec<u8>,
     pub code: u16,
     pub stderr: String,
-    pub took: Duration,
 }
 
 impl Curl {
-    fn of(output: Output, took: Duration) -> Curl {
+    fn of(output: Output) -> Curl {
         let mut body = output.stdout;
         let split = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
         let code = String::from_utf8_lossy(&body[split..])
@@ -199,7 +200,6 @@ impl Curl {
             body,
             code,
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            took,
         }
     }
 
@@ -231,6 +231,20 @@ impl Pc {
     pub async fn send(&self, request: &str) -> RawResponse {
         let mut stream = self.ns.connect(proxy_v4()).await;
         exchange(&mut stream, request).await
+    }
+
+    /// Sends `CONNECT authority` to the proxy (its IPv4 address) from this PC: the answer,
+    /// the stream, and the tunnel's bytes that came in the same reads as a 200 (a server that
+    /// speaks first may be that quick).
+    pub async fn connect(&self, authority: &str) -> (RawResponse, TcpStream, Vec<u8>) {
+        let mut stream = self.ns.connect(proxy_v4()).await;
+        let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut early = Vec::new();
+        let answer = read_answer(&mut stream, &mut early, request.as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("no answer to CONNECT {authority}"));
+        (answer, stream, early)
     }
 }
 
@@ -393,12 +407,12 @@ impl Lan {
             .arg(&path)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            // The access log goes to a file in these tests' configurations.
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("ip netns exec {BIN} starts: {e}"));
         let running = Portcullis {
-            stdout: collect(child.stdout.take().unwrap()),
             stderr: collect(child.stderr.take().unwrap()),
             child,
             config: path,
@@ -424,7 +438,6 @@ impl Drop for Lan {
 /// the test failed).
 pub struct Portcullis {
     child: Child,
-    stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     config: PathBuf,
     gateway: Ns,
@@ -438,11 +451,6 @@ impl Portcullis {
     /// The lines of stderr (diagnostics) so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
-    }
-
-    /// The lines of stdout (the access log, when it goes there) so far.
-    pub fn stdout(&self) -> Vec<String> {
-        self.stdout.lock().unwrap().clone()
     }
 
     /// Waits up to `WAIT` for a line of stderr, from line `from` on, that contains `needle`.
@@ -526,18 +534,19 @@ fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
     lines
 }
 
-/// A server in the internet that greets each connection with `banner` (SMTP, POP3 …), then
-/// answers each line it reads with `ok`, until the client closes or `WAIT` passes.
-pub fn banner_origin(listener: TcpListener, banner: &'static str) -> Origin {
+/// A server in the internet that greets each connection with `banner` (SMTP's `220 …`,
+/// POP3's `+OK …`; nothing for NetBIOS, where the client speaks first), then answers each
+/// read with `reply`, until the client closes or `WAIT` passes.
+pub fn banner_origin(listener: TcpListener, banner: &'static [u8], reply: &'static [u8]) -> Origin {
     Origin::serve_on(listener, move |mut stream| async move {
-        if stream.write_all(banner.as_bytes()).await.is_err() {
+        if stream.write_all(banner).await.is_err() {
             return;
         }
         let mut buf = [0u8; 1024];
         for _ in 0..100 {
             match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {
-                    if stream.write_all(b"ok\r\n").await.is_err() {
+                    if stream.write_all(reply).await.is_err() {
                         return;
                     }
                 }
