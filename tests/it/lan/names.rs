@@ -240,6 +240,8 @@ async fn names_of_loopback_of_the_proxy_and_of_the_lan_are_refused() {
         let record = record_for(&lan, host).await;
         assert_eq!(record["rule"], rule, "{record}");
     }
+    let (answer, ..) = connect(pc, "loop.example:443").await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
     assert_eq!(on_loopback.accepts(), 0);
     assert_eq!(on_pc1.accepts(), 0);
 }

@@ -18,9 +18,12 @@
 //! network.
 //!
 //! The test process opens sockets inside a namespace with [`Ns::run`] (a thread that calls
-//! setns(2) and ends); the sockets stay in their namespace. The proxy is the `portcullis`
-//! binary, started in the gateway by [`Lan::start_proxy`]; clients run in the PCs (curl
-//! through [`Ns::command`], or sockets from [`Ns::connect`]).
+//! setns(2) and ends); the sockets stay in their namespace, and the test's runtime serves
+//! them ([`Ns::listen`], [`Ns::bind_udp`], [`Ns::connect`]). The proxy is the `portcullis`
+//! binary, started in the gateway by [`Lan::start_proxy`] (`ip netns exec`, whose system
+//! resolver asks the internet's DNS server); clients run in the PCs (curl with [`Ns::curl`],
+//! or sockets from [`Pc::send`] and [`Pc::connect`]). Building a LAN, starting and reloading
+//! the proxy block the calling thread for a moment: call them from a multi-thread runtime.
 //!
 //! [`Lan::build`] skips (with one line on stderr) when this is not root or `ip netns` does not
 //! work, and panics instead when `CI=true`. Every namespace, and everything started in it, is
@@ -314,11 +317,8 @@ impl Lan {
             ip(&["netns", "add", ns.name()]);
             lan.made.push(ns.clone());
         }
-        let (gw, inet) = (lan.gateway.name(), lan.internet.name());
-        // Each end of a veth pair is made in its namespace: the names stay private to it.
-        ip(&[
-            "link", "add", "wan", "netns", gw, "type", "veth", "peer", "name", "wan", "netns", inet,
-        ]);
+        let gw = lan.gateway.name();
+        veth(("wan", &lan.gateway), ("wan", &lan.internet));
         ip(&["-n", gw, "link", "add", "lan", "type", "bridge"]);
         let mut gateway = vec![
             "link set lo up".to_owned(),
@@ -335,20 +335,7 @@ impl Lan {
         ];
         for (i, pc) in lan.pcs.iter().enumerate() {
             let port = format!("p{i}");
-            ip(&[
-                "link",
-                "add",
-                &port,
-                "netns",
-                gw,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                pc.ns.name(),
-            ]);
+            veth((&port, &lan.gateway), ("eth0", &pc.ns));
             gateway.push(format!("link set {port} master lan"));
             gateway.push(format!("link set {port} up"));
             batch(
@@ -375,12 +362,13 @@ impl Lan {
         }
         batch(&lan.internet, &internet);
         // The gateway is no router: the PCs reach the internet through the proxy only.
-        run(lan.gateway.command("sysctl").args([
-            "-q",
-            "-w",
-            "net.ipv4.ip_forward=0",
-            "net.ipv6.conf.all.forwarding=0",
-        ]));
+        // (/proc/sys/net shows the namespace of the thread that opens it.)
+        lan.gateway.run(|| {
+            for knob in ["ipv4/ip_forward", "ipv6/conf/all/forwarding"] {
+                let path = format!("/proc/sys/net/{knob}");
+                std::fs::write(&path, "0").unwrap_or_else(|e| panic!("write {path}: {e}"));
+            }
+        });
         // `ip netns exec` mounts the files of /etc/netns/NAME over /etc: the system resolver
         // of processes started in the gateway asks the internet's DNS server. Its timeout is
         // longer than any test's connect timeout, so a name never answered meets the latter.
@@ -414,7 +402,7 @@ impl Lan {
             .unwrap_or_else(|e| panic!("ip netns exec {BIN} starts: {e}"));
         let running = Portcullis {
             stderr: collect(child.stderr.take().unwrap()),
-            child,
+            child: Mutex::new(child),
             config: path,
             gateway: self.gateway.clone(),
         };
@@ -437,7 +425,7 @@ impl Drop for Lan {
 /// The proxy binary running in the gateway; killed on drop (its stderr is printed then when
 /// the test failed).
 pub struct Portcullis {
-    child: Child,
+    child: Mutex<Child>,
     stderr: Arc<Mutex<Vec<String>>>,
     config: PathBuf,
     gateway: Ns,
@@ -445,7 +433,19 @@ pub struct Portcullis {
 
 impl Portcullis {
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.lock().unwrap().id()
+    }
+
+    /// Fails the test when the proxy has exited.
+    fn assert_running(&self) {
+        if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
+            // Its last words may still be on their way through the pipe.
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "the proxy exited ({status}); stderr:\n{}",
+                self.stderr().join("\n")
+            );
+        }
     }
 
     /// The lines of stderr (diagnostics) so far.
@@ -460,6 +460,7 @@ impl Portcullis {
             if let Some(line) = self.stderr().iter().skip(from).find(|l| l.contains(needle)) {
                 return line.clone();
             }
+            self.assert_running();
             assert!(
                 Instant::now() < deadline,
                 "the proxy wrote no line with {needle:?} within {WAIT:?}; stderr:\n{}",
@@ -496,6 +497,7 @@ impl Portcullis {
                 "the reload failed:\n{}",
                 new.join("\n")
             );
+            self.assert_running();
             assert!(Instant::now() < deadline, "no reload within {WAIT:?}");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -514,8 +516,9 @@ impl Portcullis {
 
 impl Drop for Portcullis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
         if std::thread::panicking() {
             eprintln!("the proxy's stderr:\n{}", self.stderr().join("\n"));
         }
@@ -640,6 +643,24 @@ fn ip(args: &[&str]) {
     let mut command = Command::new("ip");
     command.args(args);
     run(&mut command);
+}
+
+/// A veth pair, each end made in its namespace (so their names are private to it).
+fn veth(a: (&str, &Ns), b: (&str, &Ns)) {
+    ip(&[
+        "link",
+        "add",
+        a.0,
+        "netns",
+        a.1.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b.0,
+        "netns",
+        b.1.name(),
+    ]);
 }
 
 /// Runs `commands` with `ip -n NS -batch -`, one process for all.
