@@ -3,6 +3,7 @@
 //! assert exactly what a user sees ([`raw`]), and the `portcullis` binary run as a user runs
 //! it. Every wait is bounded.
 
+pub mod dns;
 pub mod origin;
 pub mod proxy;
 pub mod raw;
