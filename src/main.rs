@@ -112,16 +112,46 @@ fn explain(
             return ExitCode::from(USAGE);
         }
     };
-    // The system resolver, as the proxy's dialler asks it (getaddrinfo); only with --resolve.
-    let system = |name: &str, port: u16| -> Result<Vec<std::net::IpAddr>, String> {
-        use std::net::ToSocketAddrs;
-        (name, port)
-            .to_socket_addrs()
-            .map(|addrs| addrs.map(|a| a.ip()).collect())
-            .map_err(|e| e.to_string())
+    // The resolver `[dns]` sets up, as the proxy's dialler asks it; only with --resolve.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("portcullis explain: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let resolver = match resolve
+        .then(|| {
+            runtime.block_on(async { portcullis::egress::resolve::Resolver::new(&settings.dns) })
+        })
+        .transpose()
+    {
+        Ok(resolver) => resolver,
+        Err(e) => {
+            eprintln!("portcullis explain: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let timeout = settings.timeouts.connect;
+    let configured = |name: &str, _port: u16| -> Result<Vec<std::net::IpAddr>, String> {
+        let resolver = resolver.as_ref().ok_or("names are not resolved")?;
+        runtime.block_on(async {
+            tokio::time::timeout(timeout, resolver.resolve_all(name))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no answer within {} (timeouts.connect)",
+                        humantime::format_duration(timeout)
+                    )
+                })?
+                .map_err(|e| e.to_string())
+        })
     };
     let lookups = portcullis::ops::explain::Lookups {
-        resolve: resolve.then_some(&system as portcullis::ops::explain::Resolver<'_>),
+        resolve: resolve.then_some(&configured as portcullis::ops::explain::Resolver<'_>),
         is_local: &portcullis::egress::dial::is_local_address,
     };
     match portcullis::ops::explain::explain(&settings, question, &lookups) {

@@ -216,7 +216,7 @@ pub async fn serve(
         .map(|(_, allow)| allow.clone())
         .unwrap_or_default();
     let reload_handle = reloadable.as_ref().map(|r| r.handle.clone());
-    let shared = Arc::new(ProxyState::new(settings, recorder));
+    let shared = Arc::new(ProxyState::new(settings, recorder).map_err(io::Error::other)?);
     let stop_accepting = CancellationToken::new();
     let tracker = shared.tracker.clone();
 

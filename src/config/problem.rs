@@ -202,6 +202,18 @@ pub enum ProblemKind {
     BadHostsFile(String),
     /// A rule's method that is not a method name.
     BadMethod(String),
+    /// `upstream.bind` lists two addresses of one family.
+    BindFamilyTwice,
+    /// `upstream.bind`: an unspecified or multicast address.
+    NotUnicast(IpAddr),
+    /// `dns.resolver` is neither `"builtin"` nor `"system"`.
+    UnknownResolver(String),
+    /// `dns.servers`: an entry that is not an address.
+    BadDnsServer(String),
+    /// `dns.servers` given with `resolver = "system"`, which asks the system's servers.
+    ServersNeedBuiltin,
+    /// `timeouts.connect_attempt` below what RFC 8305 allows.
+    AttemptTooShort,
 }
 
 impl fmt::Display for ProblemKind {
@@ -263,6 +275,25 @@ impl fmt::Display for ProblemKind {
                 f.write_str("needs [auth] htpasswd, or no request would have a user")
             }
             ProblemKind::BadMethod(m) => write!(f, "\"{m}\" is not a method name"),
+            ProblemKind::BindFamilyTwice => {
+                f.write_str("give at most one IPv4 and one IPv6 address")
+            }
+            ProblemKind::NotUnicast(ip) => {
+                write!(f, "{ip} is not an address of one interface")
+            }
+            ProblemKind::UnknownResolver(word) => {
+                write!(f, "\"{word}\" is not a resolver (\"builtin\" or \"system\")")
+            }
+            ProblemKind::BadDnsServer(text) => write!(
+                f,
+                "\"{text}\" is not a server address such as \"192.0.2.53\" or \"[2001:db8::53]:53\""
+            ),
+            ProblemKind::ServersNeedBuiltin => f.write_str(
+                "servers are asked by the builtin resolver only; with resolver = \"system\" the system's own are used",
+            ),
+            ProblemKind::AttemptTooShort => f.write_str(
+                "must be at least 10ms (RFC 8305); 250ms is the usual delay between attempts",
+            ),
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Config {
     pub pages: PagesConfig,
     /// Parent proxies, for networks whose only way out is another proxy.
     pub upstream: UpstreamConfig,
+    /// How destination names are resolved.
+    pub dns: DnsConfig,
 }
 
 /// `workers`: how many threads serve connections, `"auto"` or a number.
@@ -151,6 +153,41 @@ pub struct UpstreamConfig {
     pub proxy: Option<OneOrMany>,
     /// Hosts reached directly rather than through the parent: names, `.domains`, CIDRs.
     pub direct: Vec<String>,
+    /// Source addresses of outbound connections, at most one IPv4 and one IPv6 (Squid's
+    /// `tcp_outgoing_address`); empty: the system chooses.
+    pub bind: Vec<IpAddr>,
+}
+
+/// `[dns]`: how destination names are resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `"builtin"` (asks DNS servers itself and caches their answers) or `"system"` (the
+    /// operating system's getaddrinfo, for nsswitch or mDNS names; no cache).
+    pub resolver: String,
+    /// DNS servers to ask instead of those in `/etc/resolv.conf`: `"address"` or
+    /// `"address:port"`.
+    pub servers: Vec<String>,
+    /// Answers (one per name and address family) kept at most.
+    pub cache_size: u64,
+    /// The longest a found address is kept, whatever its TTL says.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// The longest a name that does not exist (or has no address) is remembered.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            resolver: "builtin".to_owned(),
+            servers: Vec::new(),
+            cache_size: 4096,
+            max_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[log]`
@@ -360,9 +397,13 @@ pub struct DestinationsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimeoutsConfig {
-    /// Resolving and dialling an origin.
+    /// Resolving and dialling an origin, all addresses tried included.
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
+    /// How long one connection attempt runs before the next address is tried beside it
+    /// (Happy Eyeballs, RFC 8305).
+    #[serde(with = "humantime_serde")]
+    pub connect_attempt: Duration,
     /// A client's whole request head must arrive within this.
     #[serde(with = "humantime_serde")]
     pub request_header: Duration,
@@ -410,6 +451,7 @@ impl Default for Config {
             pac: PacConfig::default(),
             pages: PagesConfig::default(),
             upstream: UpstreamConfig::default(),
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -436,6 +478,7 @@ impl Default for TimeoutsConfig {
     fn default() -> Self {
         TimeoutsConfig {
             connect: Duration::from_secs(10),
+            connect_attempt: Duration::from_millis(250),
             request_header: Duration::from_secs(10),
             keep_alive: Duration::from_secs(120),
             request_body: Duration::from_secs(60),

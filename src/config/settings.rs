@@ -39,6 +39,34 @@ pub struct Settings {
     pub pages: PagesSettings,
     /// Parent proxies, when configured.
     pub upstream: Option<UpstreamSettings>,
+    /// Source addresses of outbound connections (`upstream.bind`): at most one per family.
+    pub bind: Vec<IpAddr>,
+    /// How names are resolved.
+    pub dns: DnsSettings,
+}
+
+/// Which resolver answers for destination names (`dns.resolver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolverKind {
+    /// The proxy's own asynchronous resolver, with a cache.
+    Builtin,
+    /// The operating system's getaddrinfo, without a cache of the proxy's.
+    System,
+}
+
+/// `[dns]` as the request path uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsSettings {
+    /// Which resolver.
+    pub resolver: ResolverKind,
+    /// The servers to ask; empty: those of `/etc/resolv.conf`.
+    pub servers: Vec<SocketAddr>,
+    /// Answers kept at most.
+    pub cache_size: u64,
+    /// The longest a found address is kept.
+    pub max_ttl: std::time::Duration,
+    /// The longest a missing name is remembered.
+    pub negative_ttl: std::time::Duration,
 }
 
 /// `[pac]` as the request path uses it.

@@ -2,7 +2,7 @@
 //! once, each naming its key and the entry at fault.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,7 +13,8 @@ use crate::core::ports::{PortSet, PortSpec, PortSpecError};
 use super::problem::{KeyPath, ParentError, Problem, ProblemKind};
 use super::schema::{Config, RuleAction};
 use super::settings::{
-    AuthSettings, PacSettings, PagesSettings, Parent, Settings, UpstreamSettings,
+    AuthSettings, DnsSettings, PacSettings, PagesSettings, Parent, ResolverKind, Settings,
+    UpstreamSettings,
 };
 use super::ConfigError;
 
@@ -94,6 +95,12 @@ impl Config {
                     ProblemKind::ZeroDuration,
                 ));
             }
+        }
+        if t.connect_attempt < std::time::Duration::from_millis(10) {
+            problems.push(problem(
+                KeyPath::keys(["timeouts", "connect_attempt"]),
+                ProblemKind::AttemptTooShort,
+            ));
         }
         let l = &self.limits;
         for (key, value, least) in [
@@ -222,6 +229,8 @@ impl Config {
             }),
         };
         let upstream = self.upstream_settings(&mut problems);
+        let bind = self.bind_addresses(&mut problems);
+        let dns = self.dns_settings(&mut problems);
         let auth = self.auth_settings(base, &mut problems);
         let rules = self.compile_rules(base, self.auth.htpasswd.is_some(), &mut problems);
         if !problems.is_empty() {
@@ -256,7 +265,97 @@ impl Config {
             pac,
             pages,
             upstream,
+            bind,
+            dns,
         })
+    }
+
+    /// `upstream.bind`: at most one address of each family.
+    fn bind_addresses(&self, problems: &mut Vec<Problem>) -> Vec<IpAddr> {
+        let bind = &self.upstream.bind;
+        for (i, ip) in bind.iter().enumerate() {
+            if bind[..i]
+                .iter()
+                .any(|other| other.is_ipv4() == ip.is_ipv4())
+            {
+                problems.push(
+                    Problem::new(
+                        KeyPath::keys(["upstream", "bind"]),
+                        ProblemKind::BindFamilyTwice,
+                    )
+                    .entry(ip.to_string()),
+                );
+            }
+            if ip.is_unspecified() || ip.is_multicast() {
+                problems.push(
+                    Problem::new(
+                        KeyPath::keys(["upstream", "bind"]),
+                        ProblemKind::NotUnicast(*ip),
+                    )
+                    .entry(ip.to_string()),
+                );
+            }
+        }
+        bind.clone()
+    }
+
+    /// `[dns]`.
+    fn dns_settings(&self, problems: &mut Vec<Problem>) -> DnsSettings {
+        let dns = &self.dns;
+        let resolver = match dns.resolver.as_str() {
+            "builtin" => ResolverKind::Builtin,
+            "system" => ResolverKind::System,
+            other => {
+                problems.push(
+                    Problem::new(
+                        KeyPath::keys(["dns", "resolver"]),
+                        ProblemKind::UnknownResolver(other.to_owned()),
+                    )
+                    .entry(other),
+                );
+                ResolverKind::Builtin
+            }
+        };
+        let mut servers = Vec::new();
+        for text in &dns.servers {
+            match parse_dns_server(text) {
+                Some(addr) => servers.push(addr),
+                None => problems.push(
+                    Problem::new(
+                        KeyPath::keys(["dns", "servers"]),
+                        ProblemKind::BadDnsServer(text.clone()),
+                    )
+                    .entry(text.as_str()),
+                ),
+            }
+        }
+        if resolver == ResolverKind::System && !servers.is_empty() {
+            problems.push(Problem::new(
+                KeyPath::keys(["dns", "servers"]),
+                ProblemKind::ServersNeedBuiltin,
+            ));
+        }
+        if dns.cache_size == 0 {
+            problems.push(Problem::new(
+                KeyPath::keys(["dns", "cache_size"]),
+                ProblemKind::TooSmall(1),
+            ));
+        }
+        for (key, value) in [("max_ttl", dns.max_ttl), ("negative_ttl", dns.negative_ttl)] {
+            if value.is_zero() {
+                problems.push(Problem::new(
+                    KeyPath::keys(["dns", key]),
+                    ProblemKind::ZeroDuration,
+                ));
+            }
+        }
+        DnsSettings {
+            resolver,
+            servers,
+            cache_size: dns.cache_size,
+            max_ttl: dns.max_ttl,
+            negative_ttl: dns.negative_ttl,
+        }
     }
 
     fn upstream_settings(&self, problems: &mut Vec<Problem>) -> Option<UpstreamSettings> {
@@ -556,4 +655,14 @@ fn port_set(
         }
     }
     set
+}
+
+/// A DNS server as `dns.servers` lists it: an address, with or without a port (53).
+fn parse_dns_server(text: &str) -> Option<SocketAddr> {
+    let text = text.trim();
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        text.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
 }

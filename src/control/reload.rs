@@ -155,7 +155,7 @@ async fn reload(
     settings.set_bound(actual, shared.settings().policy.admin);
 
     let summary = changes(config, &new);
-    shared.swap(settings);
+    shared.swap(settings).map_err(|e| e.to_string())?;
     for (addr, listener) in bound {
         let stop = stop_accepting.child_token();
         let running = Running {

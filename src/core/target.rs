@@ -7,7 +7,7 @@
 //! line, what is wrong. Pure: no DNS, no sockets.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::{Method, Uri};
 
@@ -311,6 +311,11 @@ fn parse_host(text: &str) -> Result<Host, TargetError> {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return Ok(Host::Ip(ip));
     }
+    if ends_in_number(name) {
+        return numeric_ipv4(name)
+            .map(|ip| Host::Ip(IpAddr::V4(ip)))
+            .ok_or_else(|| malformed(format!("\"{text}\" is not a valid IPv4 address")));
+    }
     if name.len() > 253 {
         return Err(malformed("the host name is longer than 253 characters"));
     }
@@ -327,10 +332,92 @@ fn parse_host(text: &str) -> Result<Host, TargetError> {
     Ok(Host::Name(name.to_ascii_lowercase()))
 }
 
+/// Whether the last label of `name` is a number (decimal, or `0x` hex): such a host is an
+/// IPv4 address to browsers and to the system resolver (inet_aton), never a DNS name (the
+/// WHATWG URL standard's "ends in a number").
+fn ends_in_number(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let hex = last.strip_prefix("0x").or_else(|| last.strip_prefix("0X"));
+    match hex {
+        Some(digits) => digits.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// An IPv4 address in the forms inet_aton and browsers read: one to four parts, each
+/// decimal, `0x` hex or `0`-led octal, the last filling the bytes the others leave
+/// (`127.1`, `0x7f000001`, `2130706433`, `0177.0.0.1`). `None` when it is none of them.
+fn numeric_ipv4(name: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut numbers = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let hex = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X"));
+        let n = match hex {
+            Some("") => 0,
+            Some(digits) => u64::from_str_radix(digits, 16).ok()?,
+            None if part.len() > 1 && part.starts_with('0') => {
+                u64::from_str_radix(&part[1..], 8).ok()?
+            }
+            None => part.parse::<u64>().ok()?,
+        };
+        numbers.push(n);
+    }
+    let (last, leading) = numbers.split_last()?;
+    if leading.iter().any(|n| *n > 255) || *last >= 1u64 << (8 * (5 - numbers.len())) {
+        return None;
+    }
+    let value = leading
+        .iter()
+        .enumerate()
+        .fold(*last, |v, (i, n)| v + (n << (8 * (3 - i))));
+    Some(Ipv4Addr::from(value as u32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+
+    #[test]
+    fn hosts_that_end_in_a_number_are_ipv4_addresses_in_every_legacy_form() {
+        for (text, ip) in [
+            ("127.1", [127, 0, 0, 1]),
+            ("0x7f.1", [127, 0, 0, 1]),
+            ("0x7f000001", [127, 0, 0, 1]),
+            ("2130706433", [127, 0, 0, 1]),
+            ("0177.0.0.1", [127, 0, 0, 1]),
+            ("0", [0, 0, 0, 0]),
+            ("10.0x10.1", [10, 16, 0, 1]),
+            ("192.168.257", [192, 168, 1, 1]),
+        ] {
+            assert_eq!(
+                parse_host(text).unwrap(),
+                Host::Ip(IpAddr::V4(Ipv4Addr::from(ip))),
+                "{text}"
+            );
+        }
+        for bad in [
+            "256.1.1.1",
+            "1.2.3.4.5",
+            "4294967296",
+            "08",
+            "1..2",
+            "0x1g.1",
+        ] {
+            assert!(parse_host(bad).is_err(), "{bad}");
+        }
+        // A number elsewhere than in the last label is a name.
+        assert_eq!(
+            parse_host("1.example").unwrap(),
+            Host::Name("1.example".into())
+        );
+        assert_eq!(
+            parse_host("0x7f.com").unwrap(),
+            Host::Name("0x7f.com".into())
+        );
+    }
 
     fn name(n: &str, port: u16) -> Target {
         Target {

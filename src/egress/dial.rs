@@ -1,22 +1,35 @@
-//! The only place sockets to destinations open (those to parent proxies open in
-//! `crate::egress::parent`): resolve the destination, check every address against the policy,
-//! then connect to the address that was checked, all within the connect timeout.
+//! The only place sockets to destinations and parent proxies open: resolve the name
+//! ([`crate::egress::resolve`]), check every address against the policy before it is tried,
+//! and race the addresses (Happy Eyeballs, RFC 8305), all within `timeouts.connect`.
 //!
-//! [`dial`] serves tunnels directly; [`Dialer`] wraps it as the connector of the pooled
-//! plain-HTTP client, so both paths meet the same guards. Each address is checked by the
-//! plan's last step (`crate::core::plan::check_address`); the port lists were checked by the
-//! plan before, so a denied port never causes a DNS lookup.
+//! The race: the AAAA and A lookups run at once; connecting starts on the first answer (an
+//! A answer waits up to [`RESOLUTION_DELAY`] for the AAAA one); the addresses are tried with
+//! the families interleaved, IPv6 first; each attempt gets `timeouts.connect_attempt` before
+//! the next one starts beside it, and a failed attempt starts the next at once; the first
+//! connection made wins and the others are dropped. Addresses that arrive late join the
+//! queue. A lookup still running when the race is won is finished in the background, so the
+//! cache has both families for the next request.
+//!
+//! [`dial`] serves tunnels; [`Dialer`] wraps it as the connector of the pooled plain-HTTP
+//! client, so both paths meet the same guards; `crate::egress::parent` dials parents
+//! with the same race. Each address is checked by the plan's last step
+//! (`crate::core::plan::check_address`); the port lists were checked by the plan before, so
+//! a denied port never causes a DNS lookup.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 
@@ -25,6 +38,9 @@ use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::plan;
 use crate::core::policy::{Decider, Denial, Facts, Policy};
 use crate::core::target::{parse_authority, Host, Target};
+use crate::egress::resolve::{
+    Family, LookupError, Lookups, Resolver, ResolverError, RESOLUTION_DELAY,
+};
 
 /// Why a destination could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +53,7 @@ pub enum DialError {
     Resolve {
         /// The name.
         host: String,
-        /// The resolver's message.
+        /// The resolver's words.
         error: String,
     },
     /// The name resolved to no address.
@@ -56,7 +72,7 @@ pub enum DialError {
         /// Why it failed.
         error: io::Error,
     },
-    /// Resolving and connecting took longer than `timeouts.connect`.
+    /// Connecting took longer than `timeouts.connect`.
     #[error("connecting to {target} timed out after {}", humantime::format_duration(*after))]
     TimedOut {
         /// `host:port` as asked.
@@ -64,6 +80,23 @@ pub enum DialError {
         /// The timeout.
         after: Duration,
     },
+    /// The DNS servers gave no address within `timeouts.connect`.
+    #[error("DNS lookup of {host} did not finish within {}", humantime::format_duration(*after))]
+    ResolveTimedOut {
+        /// The name.
+        host: String,
+        /// The timeout.
+        after: Duration,
+    },
+}
+
+/// How a name was resolved for a dial: for the access record and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    /// From the start of the lookups to the last answer the dial used.
+    pub took: Duration,
+    /// Every answer came from the cache or `/etc/hosts`.
+    pub cached: bool,
 }
 
 /// A connection made by [`dial`].
@@ -71,113 +104,364 @@ pub enum DialError {
 pub struct Connected {
     /// The socket.
     pub stream: TcpStream,
-    /// The address it is connected to.
+    /// The address it is connected to (the one that won the race).
     pub addr: SocketAddr,
     /// The rule that allowed this address, when the decision needed it ([`crate::core::policy::Decision::NeedAddress`]).
     pub decider: Option<Decider>,
 }
 
+/// What every dial needs besides its target: the resolver, the connect timeouts and the
+/// source addresses. Built at start and on each reload ([`Outbound::new`]).
+pub struct Outbound {
+    /// Names to addresses.
+    pub resolver: Arc<Resolver>,
+    /// `timeouts.connect`: the whole dial, lookups included.
+    pub connect: Duration,
+    /// `timeouts.connect_attempt`: how long an attempt runs alone.
+    pub attempt: Duration,
+    /// `upstream.bind`: the source address of each family.
+    pub bind: Vec<IpAddr>,
+}
+
+/// Why [`Outbound::new`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// The resolver could not be built.
+    #[error(transparent)]
+    Resolver(#[from] ResolverError),
+    /// An `upstream.bind` address is not one of this machine's.
+    #[error("upstream.bind: {0} is not an address of this machine, so no connection could start from it")]
+    NotLocal(IpAddr),
+}
+
+impl Outbound {
+    /// The outbound side `settings` ask for; `previous` lends its resolver (and so its cache)
+    /// when `[dns]` did not change.
+    pub fn new(
+        settings: &Settings,
+        previous: Option<&Outbound>,
+    ) -> Result<Outbound, OutboundError> {
+        if let Some(ip) = settings.bind.iter().find(|ip| !is_local_address(**ip)) {
+            return Err(OutboundError::NotLocal(*ip));
+        }
+        let resolver = match previous {
+            Some(previous) if *previous.resolver.settings() == settings.dns => {
+                previous.resolver.clone()
+            }
+            _ => Arc::new(Resolver::new(&settings.dns)?),
+        };
+        Ok(Outbound {
+            resolver,
+            connect: settings.timeouts.connect,
+            attempt: settings.timeouts.connect_attempt,
+            bind: settings.bind.clone(),
+        })
+    }
+
+    /// The source address for a connection to `addr`, if one of its family is set.
+    fn source_for(&self, addr: SocketAddr) -> Option<IpAddr> {
+        self.bind
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == addr.is_ipv4())
+    }
+}
+
 /// Resolves `target`, checks each address against `policy` (the hard guards, and the rules
-/// when `facts` is given because the decision needs the address) and connects to the first
-/// address that is allowed and answers, all within `timeout`.
+/// when `facts` is given because the decision needs the address) and races the allowed
+/// addresses, all within `timeouts.connect`. `dns` tells how the name was resolved.
 pub async fn dial(
+    out: &Outbound,
     policy: &Policy,
     target: &Target,
     facts: Option<&Facts<'_>>,
-    timeout: Duration,
+    dns: &mut Option<Resolved>,
 ) -> Result<Connected, DialError> {
-    let attempt = async {
-        let addrs = resolve(target).await?;
-        let mut denied = None;
-        let mut failed = None;
-        for addr in addrs {
-            let decider = match plan::check_address(policy, target, facts, addr, &is_local_address)
-            {
-                Ok(decider) => decider,
-                Err(denial) => {
-                    denied.get_or_insert(denial);
-                    continue;
-                }
-            };
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    // Small writes (request heads, TLS records) should not wait for Nagle.
-                    let _ = stream.set_nodelay(true);
-                    return Ok(Connected {
-                        stream,
-                        addr,
-                        decider,
-                    });
-                }
-                Err(error) => failed = Some((addr, error)),
-            }
-        }
-        Err(match (failed, denied) {
-            (Some((addr, error)), _) => DialError::Connect {
-                target: target.to_string(),
-                addr,
-                error,
-            },
-            (None, Some(denial)) => DialError::Denied(denial),
-            (None, None) => DialError::NoAddress {
-                host: target.host.to_string(),
-            },
-        })
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| Err(timed_out(target, timeout)))
+    let check = |addr| plan::check_address(policy, target, facts, addr, &is_local_address);
+    race(out, &target.host, target.port, &check, dns).await
 }
 
-/// Resolves and checks `target` like [`dial`] without connecting: the first allowed address
-/// and the rule that allowed it. For plain HTTP whose decision needs the address.
-pub async fn first_allowed_address(
+/// The addresses of `target` that `policy` allows for `facts` (and the rule that allowed
+/// each), in the order a race would try them, and whether any was refused. For plain HTTP
+/// whose decision needs the address.
+pub async fn allowed_addresses(
+    out: &Outbound,
     policy: &Policy,
     target: &Target,
     facts: &Facts<'_>,
-    timeout: Duration,
-) -> Result<(SocketAddr, Option<Decider>), DialError> {
-    let attempt = async {
-        let mut denied = None;
-        for addr in resolve(target).await? {
-            match plan::check_address(policy, target, Some(facts), addr, &is_local_address) {
-                Ok(decider) => return Ok((addr, decider)),
-                Err(denial) => {
-                    denied.get_or_insert(denial);
+    dns: &mut Option<Resolved>,
+) -> Result<Checked, DialError> {
+    let deadline = Instant::now() + out.connect;
+    let mut queue = Candidates::default();
+    let mut errors = Vec::new();
+    match &target.host {
+        Host::Ip(ip) => queue.push(*ip),
+        Host::Name(name) => {
+            let started = Instant::now();
+            let mut lookups = out.resolver.lookups(name);
+            loop {
+                let answer = tokio::select! {
+                    answer = lookups.next() => answer,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(DialError::ResolveTimedOut { host: name.clone(), after: out.connect });
+                    }
+                };
+                let Some(answer) = answer else { break };
+                note_answer(dns, started, answer.cached);
+                match answer.result {
+                    Ok(ips) => ips.into_iter().for_each(|ip| queue.push(ip)),
+                    Err(e) => errors.push(e),
                 }
             }
         }
-        Err(match denied {
-            Some(denial) => DialError::Denied(denial),
-            None => DialError::NoAddress {
-                host: target.host.to_string(),
-            },
-        })
+    }
+    let mut checked = Checked {
+        allowed: Vec::new(),
+        denied: None,
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| Err(timed_out(target, timeout)))
+    while let Some(ip) = queue.pop(false) {
+        let addr = SocketAddr::new(ip, target.port);
+        match plan::check_address(policy, target, Some(facts), addr, &is_local_address) {
+            Ok(decider) => checked.allowed.push((addr, decider)),
+            Err(denial) => {
+                checked.denied.get_or_insert(denial);
+            }
+        }
+    }
+    if checked.allowed.is_empty() {
+        return Err(match checked.denied {
+            Some(denial) => DialError::Denied(denial),
+            None => lookup_failure(&target.host, &errors),
+        });
+    }
+    Ok(checked)
 }
 
-fn timed_out(target: &Target, after: Duration) -> DialError {
-    DialError::TimedOut {
-        target: target.to_string(),
-        after,
+/// The addresses [`allowed_addresses`] found.
+#[derive(Debug)]
+pub struct Checked {
+    /// The allowed addresses, each with the rule that allowed it, in race order.
+    pub allowed: Vec<(SocketAddr, Option<Decider>)>,
+    /// The first refusal, when some address was refused.
+    pub denied: Option<Denial>,
+}
+
+/// A name's addresses waiting to be tried, by family; taken alternately, IPv6 first
+/// (RFC 8305 §4).
+#[derive(Default)]
+struct Candidates {
+    v6: VecDeque<IpAddr>,
+    v4: VecDeque<IpAddr>,
+    /// The family taken last was IPv6.
+    last_v6: bool,
+}
+
+impl Candidates {
+    fn push(&mut self, ip: IpAddr) {
+        let queue = if ip.is_ipv6() {
+            &mut self.v6
+        } else {
+            &mut self.v4
+        };
+        if !queue.contains(&ip) {
+            queue.push_back(ip);
+        }
+    }
+
+    /// The next address to try; IPv4 ones are held back while `hold_v4`.
+    fn pop(&mut self, hold_v4: bool) -> Option<IpAddr> {
+        let v4_first = self.last_v6 && !hold_v4;
+        let ip = if v4_first {
+            self.v4.pop_front().or_else(|| self.v6.pop_front())
+        } else if hold_v4 {
+            self.v6.pop_front()
+        } else {
+            self.v6.pop_front().or_else(|| self.v4.pop_front())
+        }?;
+        self.last_v6 = ip.is_ipv6();
+        Some(ip)
+    }
+
+    fn is_empty(&self, hold_v4: bool) -> bool {
+        self.v6.is_empty() && (hold_v4 || self.v4.is_empty())
     }
 }
 
-/// The addresses of `target`: its IP literal, or what the system resolver answers.
-async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, DialError> {
-    match &target.host {
-        Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, target.port)]),
-        Host::Name(name) => Ok(tokio::net::lookup_host((name.as_str(), target.port))
-            .await
-            .map_err(|e| DialError::Resolve {
-                host: name.clone(),
-                error: resolver_message(&e),
-            })?
-            .collect()),
+/// The resolution so far, after an answer that arrived `started.elapsed()` in.
+fn note_answer(dns: &mut Option<Resolved>, started: Instant, cached: bool) {
+    let cached = cached && dns.is_none_or(|d| d.cached);
+    *dns = Some(Resolved {
+        took: started.elapsed(),
+        cached,
+    });
+}
+
+/// The error of a name whose lookups gave no address: a missing name, a failure, or none.
+fn lookup_failure(host: &Host, errors: &[LookupError]) -> DialError {
+    let host = host.to_string();
+    let worst = errors
+        .iter()
+        .find(|e| **e == LookupError::NoSuchName)
+        .or_else(|| errors.iter().find(|e| matches!(e, LookupError::Failed(_))));
+    match worst {
+        Some(error) => DialError::Resolve {
+            host,
+            error: error.to_string(),
+        },
+        None => DialError::NoAddress { host },
     }
+}
+
+/// Happy Eyeballs to `host`:`port`: every address is checked by `check` before it is tried;
+/// the first connection made wins. See the module's documentation.
+pub(crate) async fn race(
+    out: &Outbound,
+    host: &Host,
+    port: u16,
+    check: &(dyn Fn(SocketAddr) -> Result<Option<Decider>, Denial> + Sync),
+    dns: &mut Option<Resolved>,
+) -> Result<Connected, DialError> {
+    let started = Instant::now();
+    let deadline = started + out.connect;
+    let mut queue = Candidates::default();
+    let mut lookups: Option<Lookups> = match host {
+        Host::Ip(ip) => {
+            queue.push(*ip);
+            None
+        }
+        Host::Name(name) => Some(out.resolver.lookups(name)),
+    };
+    let mut attempts: JoinSet<(SocketAddr, io::Result<TcpStream>)> = JoinSet::new();
+    let mut deciders: Vec<(SocketAddr, Option<Decider>)> = Vec::new();
+    let mut next_at = started;
+    // Set when A answered before AAAA: IPv4 waits this long for the IPv6 answer.
+    let mut hold_v4: Option<Instant> = None;
+    let mut lookup_errors = Vec::new();
+    let (mut denied, mut failed) = (None, None);
+    let result = loop {
+        let now = Instant::now();
+        if hold_v4.is_some_and(|until| now >= until) {
+            hold_v4 = None;
+        }
+        if attempts.is_empty() || now >= next_at {
+            if let Some(ip) = queue.pop(hold_v4.is_some()) {
+                let addr = SocketAddr::new(ip, port);
+                match check(addr) {
+                    Ok(decider) => {
+                        deciders.push((addr, decider));
+                        attempts.spawn(connect(addr, out.source_for(addr)));
+                        next_at = now + out.attempt;
+                    }
+                    Err(denial) => {
+                        denied.get_or_insert(denial);
+                    }
+                }
+                continue;
+            }
+        }
+        let resolving = lookups.as_ref().is_some_and(|l| !l.is_done());
+        if attempts.is_empty() && queue.is_empty(false) && !resolving {
+            // A refusal says more than a failed connection: it holds whatever the network
+            // does (a name that leads back to the proxy is refused, reachable or not).
+            break Err(match (denied, failed) {
+                (Some(denial), _) => DialError::Denied(denial),
+                (None, Some((addr, error))) => DialError::Connect {
+                    target: shown_target(host, port),
+                    addr,
+                    error,
+                },
+                (None, None) => lookup_failure(host, &lookup_errors),
+            });
+        }
+        let waiting = !attempts.is_empty() && !queue.is_empty(hold_v4.is_some());
+        tokio::select! {
+            answer = next_answer(&mut lookups), if resolving => {
+                let Some(answer) = answer else { continue };
+                note_answer(dns, started, answer.cached);
+                let v6_pending = lookups.as_ref().is_some_and(|l| !l.is_done());
+                match answer.result {
+                    Ok(ips) => {
+                        ips.into_iter().for_each(|ip| queue.push(ip));
+                        if answer.family == Family::V4 && v6_pending && deciders.is_empty() {
+                            hold_v4 = Some(Instant::now() + RESOLUTION_DELAY);
+                        }
+                    }
+                    Err(e) => lookup_errors.push(e),
+                }
+                if answer.family != Family::V4 {
+                    hold_v4 = None;
+                }
+            }
+            joined = attempts.join_next(), if !attempts.is_empty() => {
+                match joined {
+                    Some(Ok((addr, Ok(stream)))) => {
+                        let decider = deciders
+                            .iter()
+                            .find(|(a, _)| *a == addr)
+                            .and_then(|(_, d)| d.clone());
+                        break Ok(Connected { stream, addr, decider });
+                    }
+                    Some(Ok((addr, Err(error)))) => {
+                        failed = Some((addr, error));
+                        // A failed attempt lets the next one start at once.
+                        next_at = Instant::now();
+                    }
+                    // The attempt task panicked or was cancelled: nothing to learn from it.
+                    Some(Err(_)) | None => next_at = Instant::now(),
+                }
+            }
+            _ = tokio::time::sleep_until(next_at), if waiting => {}
+            _ = tokio::time::sleep_until(hold_v4.unwrap_or(deadline)), if hold_v4.is_some() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                break Err(if deciders.is_empty() && resolving {
+                    DialError::ResolveTimedOut { host: host.to_string(), after: out.connect }
+                } else {
+                    DialError::TimedOut { target: shown_target(host, port), after: out.connect }
+                });
+            }
+        }
+    };
+    // The attempts still running are dropped with the set; a lookup still running is
+    // finished in the background so that the cache holds both families next time.
+    if let Some(mut lookups) = lookups.filter(|l| !l.is_done()) {
+        tokio::spawn(async move { while lookups.next().await.is_some() {} });
+    }
+    result
+}
+
+/// The next answer of `lookups`, when there are any.
+async fn next_answer(lookups: &mut Option<Lookups>) -> Option<crate::egress::resolve::Answer> {
+    match lookups {
+        Some(lookups) => lookups.next().await,
+        None => None,
+    }
+}
+
+/// One attempt: a socket to `addr`, from `source` when set.
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> (SocketAddr, io::Result<TcpStream>) {
+    let attempt = async {
+        let stream = match source {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket = if addr.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
+        // Small writes (request heads, TLS records) should not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    };
+    (addr, attempt.await)
+}
+
+/// `host:port` as errors name it.
+fn shown_target(host: &Host, port: u16) -> String {
+    format!("{host}:{port}")
 }
 
 /// ` (address)` when the target was a name, nothing when it was the address itself.
@@ -189,14 +473,6 @@ fn shown_address(target: &str, addr: &SocketAddr) -> String {
     }
 }
 
-/// getaddrinfo's messages carry a prefix that says nothing to a person; keep the useful part.
-fn resolver_message(e: &io::Error) -> String {
-    let text = e.to_string();
-    text.strip_prefix("failed to lookup address information: ")
-        .unwrap_or(&text)
-        .to_owned()
-}
-
 /// Whether `ip` is an address of this machine: binding a socket to it succeeds only then.
 pub fn is_local_address(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
@@ -206,13 +482,41 @@ pub fn is_local_address(ip: IpAddr) -> bool {
 #[derive(Clone)]
 pub struct Dialer {
     settings: Arc<ArcSwap<Settings>>,
+    outbound: Arc<ArcSwap<Outbound>>,
 }
 
 impl Dialer {
-    /// A dialer that checks addresses against the policy in force when it dials.
-    pub fn new(settings: Arc<ArcSwap<Settings>>) -> Self {
-        Dialer { settings }
+    /// A dialer that checks addresses against the policy in force when it dials, and dials
+    /// with the outbound side in force then.
+    pub fn new(settings: Arc<ArcSwap<Settings>>, outbound: Arc<ArcSwap<Outbound>>) -> Self {
+        Dialer { settings, outbound }
     }
+}
+
+/// How the connection a pooled response came over was dialled, in the response's
+/// extensions: its resolution is the first response's only (later ones reuse the connection).
+#[derive(Debug, Clone)]
+pub struct DialInfo {
+    resolved: Option<Resolved>,
+    taken: Arc<AtomicBool>,
+}
+
+impl DialInfo {
+    /// The resolution, for the first exchange over the connection; `None` after.
+    pub fn take_resolved(&self) -> Option<Resolved> {
+        self.resolved
+            .filter(|_| !self.taken.swap(true, Ordering::Relaxed))
+    }
+}
+
+/// The pooled dialler's error: why, and how far resolution got.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct PooledDialError {
+    /// Why the dial failed.
+    pub error: DialError,
+    /// The resolution, when one was made.
+    pub resolved: Option<Resolved>,
 }
 
 /// A pooled client's connection to an origin or a parent proxy: a write that waits longer
@@ -222,6 +526,8 @@ impl Dialer {
 /// exchange was given up.
 pub struct OriginIo {
     inner: TokioIo<TcpStream>,
+    /// How it was dialled, for the first response over it.
+    info: Option<DialInfo>,
     stall: Duration,
     /// Armed while a write waits; dropped when bytes move.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -234,6 +540,7 @@ impl OriginIo {
     pub fn new(stream: TcpStream, stall: Duration, proxy: bool) -> Self {
         OriginIo {
             inner: TokioIo::new(stream),
+            info: None,
             stall,
             timer: None,
             proxy,
@@ -272,7 +579,11 @@ pub struct StalledWrite(pub Duration);
 
 impl hyper_util::client::legacy::connect::Connection for OriginIo {
     fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        self.inner.connected().proxy(self.proxy)
+        let connected = self.inner.connected().proxy(self.proxy);
+        match &self.info {
+            Some(info) => connected.extra(info.clone()),
+            None => connected,
+        }
     }
 }
 
@@ -322,8 +633,8 @@ impl hyper::rt::Write for OriginIo {
 
 impl tower_service::Service<http::Uri> for Dialer {
     type Response = OriginIo;
-    type Error = DialError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
+    type Error = PooledDialError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, PooledDialError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -331,23 +642,31 @@ impl tower_service::Service<http::Uri> for Dialer {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let settings = self.settings.load_full();
+        let outbound = self.outbound.load_full();
         Box::pin(async move {
             // The forwarder built this URI from a checked target, so it parses.
             let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-            let target = parse_authority(authority, Some(80)).map_err(|e| DialError::Resolve {
-                host: authority.to_owned(),
-                error: e.to_string(),
+            let mut resolved = None;
+            let target = parse_authority(authority, Some(80)).map_err(|e| PooledDialError {
+                error: DialError::Resolve {
+                    host: authority.to_owned(),
+                    error: e.to_string(),
+                },
+                resolved: None,
             })?;
-            let connected =
-                dial(&settings.policy, &target, None, settings.timeouts.connect).await?;
-            Ok(OriginIo::new(
-                connected.stream,
-                settings.timeouts.origin_write(),
-                false,
-            ))
+            let connected = dial(&outbound, &settings.policy, &target, None, &mut resolved)
+                .await
+                .map_err(|error| PooledDialError { error, resolved })?;
+            let mut io = OriginIo::new(connected.stream, settings.timeouts.origin_write(), false);
+            io.info = Some(DialInfo {
+                resolved,
+                taken: Arc::default(),
+            });
+            Ok(io)
         })
     }
 }
+
 /// The most header fields an origin's response head may have (hyper's default is 100; a
 /// page with many cookies and policies can go past that).
 pub(crate) const RESPONSE_MAX_HEADERS: usize = 256;
@@ -383,6 +702,8 @@ impl From<&DialError> for EdgeError {
         match e {
             DialError::Denied(d) => d.clone().into(),
             DialError::TimedOut { .. } => EdgeError::new(ErrorKind::Timeout, e.to_string()),
+            DialError::ResolveTimedOut { .. } => EdgeError::new(ErrorKind::Dns, e.to_string())
+                .with_status(http::StatusCode::GATEWAY_TIMEOUT),
             DialError::Resolve { .. } | DialError::NoAddress { .. } => {
                 EdgeError::new(ErrorKind::Dns, e.to_string())
             }

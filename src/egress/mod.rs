@@ -3,3 +3,4 @@
 
 pub mod dial;
 pub(crate) mod parent;
+pub mod resolve;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::egress::dial::OriginIo;
+use crate::egress::dial::{race, DialError, OriginIo, Outbound};
 use hyper_util::client::legacy::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -88,6 +88,7 @@ pub struct ParentRoute<B> {
 pub struct Parents<B> {
     routes: Vec<ParentRoute<B>>,
     settings: UpstreamSettings,
+    outbound: Arc<Outbound>,
     epoch: Instant,
 }
 
@@ -96,8 +97,13 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    /// Clients for each configured parent; `connect` bounds each dial, `stall` each write.
-    pub fn new(settings: &UpstreamSettings, connect: Duration, stall: Duration) -> Parents<B> {
+    /// Clients for each configured parent, dialled with `outbound` (its resolver, its
+    /// timeouts and source addresses); `stall` bounds each write.
+    pub fn new(
+        settings: &UpstreamSettings,
+        outbound: Arc<Outbound>,
+        stall: Duration,
+    ) -> Parents<B> {
         let routes = settings
             .parents
             .iter()
@@ -105,7 +111,7 @@ where
                 parent: parent.clone(),
                 client: crate::egress::dial::pooled_client().build(ParentConnector {
                     parent: Arc::new(parent.clone()),
-                    timeout: connect,
+                    outbound: outbound.clone(),
                     stall,
                 }),
                 down_until: AtomicU64::new(0),
@@ -114,6 +120,7 @@ where
         Parents {
             routes,
             settings: settings.clone(),
+            outbound,
             epoch: Instant::now(),
         }
     }
@@ -160,11 +167,10 @@ impl<B> Parents<B> {
     pub async fn tunnel(
         &self,
         target: &Target,
-        timeout: Duration,
     ) -> Result<(TcpStream, SocketAddr, String), ParentError> {
         let mut last = None;
         for route in self.in_order() {
-            match connect_through(&route.parent, target, timeout).await {
+            match connect_through(&route.parent, target, &self.outbound).await {
                 Ok((stream, addr)) => {
                     self.mark_up(route);
                     return Ok((stream, addr, route.parent.name.clone()));
@@ -184,22 +190,26 @@ impl<B> Parents<B> {
     }
 }
 
-/// Connects to a parent, within `timeout`.
-async fn dial_parent(parent: &Parent, timeout: Duration) -> Result<TcpStream, ParentError> {
-    let unreachable = |error: io::Error| ParentError::Unreachable {
-        parent: parent.name.clone(),
-        error,
-    };
-    let address = match &parent.host {
-        Host::Ip(ip) => format!("{}", SocketAddr::new(*ip, parent.port)),
-        Host::Name(name) => format!("{name}:{}", parent.port),
-    };
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+/// Connects to a parent: its addresses raced as a destination's are (the guards do not
+/// apply: the owner named it), within `timeouts.connect`.
+async fn dial_parent(parent: &Parent, outbound: &Outbound) -> Result<TcpStream, ParentError> {
+    let allow_all = |_| Ok(None);
+    let connected = race(outbound, &parent.host, parent.port, &allow_all, &mut None)
         .await
-        .map_err(|_| unreachable(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
-        .map_err(unreachable)?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+        .map_err(|e| {
+            let kind = match &e {
+                DialError::TimedOut { .. } | DialError::ResolveTimedOut { .. } => {
+                    io::ErrorKind::TimedOut
+                }
+                DialError::Connect { error, .. } => error.kind(),
+                _ => io::ErrorKind::Other,
+            };
+            ParentError::Unreachable {
+                parent: parent.name.clone(),
+                error: io::Error::new(kind, e.to_string()),
+            }
+        })?;
+    Ok(connected.stream)
 }
 
 /// CONNECT through `parent`: dial it, ask for `target`, and read its answer head exactly,
@@ -207,9 +217,10 @@ async fn dial_parent(parent: &Parent, timeout: Duration) -> Result<TcpStream, Pa
 async fn connect_through(
     parent: &Parent,
     target: &Target,
-    timeout: Duration,
+    outbound: &Outbound,
 ) -> Result<(TcpStream, SocketAddr), ParentError> {
-    let mut stream = dial_parent(parent, timeout).await?;
+    let timeout = outbound.connect;
+    let mut stream = dial_parent(parent, outbound).await?;
     let addr = stream
         .peer_addr()
         .map_err(|error| ParentError::Unreachable {
@@ -284,7 +295,7 @@ async fn connect_through(
 #[derive(Clone)]
 pub struct ParentConnector {
     parent: Arc<Parent>,
-    timeout: Duration,
+    outbound: Arc<Outbound>,
     stall: Duration,
 }
 
@@ -298,9 +309,9 @@ impl tower_service::Service<http::Uri> for ParentConnector {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let (parent, timeout, stall) = (self.parent.clone(), self.timeout, self.stall);
+        let (parent, outbound, stall) = (self.parent.clone(), self.outbound.clone(), self.stall);
         Box::pin(async move {
-            let stream = dial_parent(&parent, timeout).await?;
+            let stream = dial_parent(&parent, &outbound).await?;
             Ok(OriginIo::new(stream, stall, true))
         })
     }

@@ -79,6 +79,18 @@ pub struct AccessRecord {
     pub bytes_down: u64,
     /// From the request's arrival to the end of its response or tunnel.
     pub duration: Duration,
+    /// How the destination's name was resolved, when this exchange resolved one (a
+    /// request over a kept-alive origin connection did not).
+    pub dns: Option<DnsLookup>,
+}
+
+/// How long resolving a destination's name took, and whether a server was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsLookup {
+    /// From the start of the lookups to the last answer used.
+    pub took: Duration,
+    /// Answered from the resolver's cache or `/etc/hosts`, without asking a server.
+    pub cached: bool,
 }
 
 #[cfg(test)]
@@ -105,6 +117,7 @@ impl AccessRecord {
             bytes_up: 0,
             bytes_down: 5120,
             duration: Duration::from_millis(105),
+            dns: None,
         }
     }
 }
@@ -197,6 +210,7 @@ impl PendingRecord {
                 bytes_up: 0,
                 bytes_down: 0,
                 duration: Duration::ZERO,
+                dns: None,
             },
             started: Instant::now(),
             traffic: Arc::new(Traffic::default()),
@@ -230,6 +244,11 @@ impl PendingRecord {
     /// Notes the parent proxy the exchange goes through.
     pub fn parent(&mut self, name: &str) {
         self.record.parent = Some(name.to_owned());
+    }
+
+    /// Notes that resolving the destination's name took `took`, from the cache or not.
+    pub fn resolved(&mut self, took: Duration, cached: bool) {
+        self.record.dns = Some(DnsLookup { took, cached });
     }
 
     /// Sets the address the proxy connected to.

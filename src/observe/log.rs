@@ -462,6 +462,13 @@ pub struct JsonRecord {
     pub service: Option<String>,
     /// The address the proxy connected to.
     pub upstream: Option<String>,
+    /// Microseconds spent resolving the destination's name, when this exchange resolved
+    /// one; absent from lines written before the field existed.
+    #[serde(default)]
+    pub dns_us: Option<u64>,
+    /// Whether that resolution was answered from the cache (or `/etc/hosts`).
+    #[serde(default)]
+    pub dns_cached: Option<bool>,
     /// The parent proxy used, if any.
     #[serde(default)]
     pub parent: Option<String>,
@@ -560,6 +567,18 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord, name: Option<&str>) {
     key!("upstream");
     match r.upstream {
         Some(addr) => line.str(crate::core::target::AddrText::socket(addr).as_str()),
+        None => line.null(),
+    }
+    key!("dns_us");
+    match r.dns {
+        Some(dns) => line.num(dns.took.as_micros() as u64),
+        None => line.null(),
+    }
+    key!("dns_cached");
+    match r.dns {
+        Some(dns) => line
+            .out
+            .extend_from_slice(if dns.cached { b"true" } else { b"false" }),
         None => line.null(),
     }
     key!("parent");
@@ -702,6 +721,10 @@ mod tests {
         refused.status = 502;
         refused.error = Some(ErrorKind::Refused);
         refused.reason = Some("connection refused".into());
+        refused.dns = Some(crate::observe::access::DnsLookup {
+            took: std::time::Duration::from_micros(1234),
+            cached: false,
+        });
         for (r, name) in [
             (record(), None),
             (odd, Some("Bob's \"PC\"")),
@@ -738,6 +761,8 @@ mod tests {
             port: r.port,
             service: r.service.map(str::to_owned),
             upstream: r.upstream.map(|a| a.to_string()),
+            dns_us: r.dns.map(|d| d.took.as_micros() as u64),
+            dns_cached: r.dns.map(|d| d.cached),
             parent: r.parent.clone(),
             status: r.status,
             decision: r.verdict.as_str().to_owned(),

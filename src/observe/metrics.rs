@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
-use crate::observe::stats::{PortUse, Stats, Usage};
+use crate::observe::stats::{PortUse, Stats, Usage, DNS_BUCKETS};
 
 /// The Prometheus text exposition (format 0.0.4) of the statistics. `names` gives client
 /// addresses their friendly names; `open_connections` is the client connections open now.
@@ -127,6 +127,47 @@ pub fn render_metrics(
             &mut out,
             "portcullis_errors_total",
             &format!("kind=\"{}\"", kind.as_str()),
+            n,
+        );
+    }
+
+    let dns = stats.dns();
+    family(
+        &mut out,
+        "portcullis_dns_resolution_seconds",
+        "histogram",
+        "Time to resolve destination names, for the exchanges that resolved one (cache hits included).",
+    );
+    for (bound, n) in DNS_BUCKETS.iter().zip(&dns.cumulative) {
+        sample(
+            &mut out,
+            "portcullis_dns_resolution_seconds_bucket",
+            &format!("le=\"{bound}\""),
+            *n,
+        );
+    }
+    let count = dns.cumulative.last().copied().unwrap_or(0);
+    sample(
+        &mut out,
+        "portcullis_dns_resolution_seconds_bucket",
+        "le=\"+Inf\"",
+        count,
+    );
+    out.push_str(&format!(
+        "portcullis_dns_resolution_seconds_sum {}\nportcullis_dns_resolution_seconds_count {count}\n",
+        dns.sum_seconds
+    ));
+    family(
+        &mut out,
+        "portcullis_dns_cache_total",
+        "counter",
+        "Name resolutions answered from the resolver's cache or /etc/hosts (result=\"hit\") or by asking a DNS server (result=\"miss\").",
+    );
+    for (result, n) in [("hit", dns.hits), ("miss", dns.misses)] {
+        sample(
+            &mut out,
+            "portcullis_dns_cache_total",
+            &format!("result=\"{result}\""),
             n,
         );
     }

@@ -172,6 +172,41 @@ pub struct Stats {
     errors: [AtomicU64; ErrorKind::ALL.len()],
     /// Access records the log could not keep up with and dropped.
     pub dropped_records: Arc<AtomicU64>,
+    /// Name resolutions: how long they took, and how many the cache answered.
+    dns: DnsStats,
+}
+
+/// The upper bounds, in seconds, of the resolution-time histogram's buckets: a cache hit
+/// takes microseconds, a server on the LAN a millisecond or so, one across the world 0.1 s;
+/// the top buckets are for servers that answer late or not at all.
+pub const DNS_BUCKETS: [f64; 12] = [
+    0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Name resolutions, counted from the access records that carry one.
+#[derive(Debug, Default)]
+struct DnsStats {
+    /// Resolutions per bucket of [`DNS_BUCKETS`] (not cumulative), and one past the last.
+    buckets: [AtomicU64; DNS_BUCKETS.len() + 1],
+    /// The sum of their times, in microseconds.
+    sum_us: AtomicU64,
+    /// Answered from the cache or the hosts file.
+    hits: AtomicU64,
+    /// A server was asked.
+    misses: AtomicU64,
+}
+
+/// A snapshot of the resolutions, for the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsUse {
+    /// Cumulative counts per bucket of [`DNS_BUCKETS`], then the total.
+    pub cumulative: Vec<u64>,
+    /// The sum of the times, in seconds.
+    pub sum_seconds: f64,
+    /// Answered without asking a server.
+    pub hits: u64,
+    /// A server was asked.
+    pub misses: u64,
 }
 
 #[derive(Debug, Default)]
@@ -198,6 +233,7 @@ impl Stats {
             denials: Mutex::new(Denials::default()),
             errors: Default::default(),
             dropped_records: Arc::default(),
+            dns: DnsStats::default(),
         }
     }
 
@@ -297,6 +333,26 @@ impl Stats {
             .collect()
     }
 
+    /// The resolutions counted so far.
+    pub fn dns(&self) -> DnsUse {
+        let mut total = 0;
+        let cumulative = self
+            .dns
+            .buckets
+            .iter()
+            .map(|n| {
+                total += n.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        DnsUse {
+            cumulative,
+            sum_seconds: self.dns.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            hits: self.dns.hits.load(Ordering::Relaxed),
+            misses: self.dns.misses.load(Ordering::Relaxed),
+        }
+    }
+
     /// The recent refusals of all clients, newest first.
     pub fn recent_denials(&self) -> Vec<RecentDenial> {
         lock(&self.denials).recent.iter().cloned().collect()
@@ -320,6 +376,23 @@ impl AccessSink for Stats {
             }
             cell.bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
             cell.bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
+        }
+        if let Some(dns) = r.dns {
+            let seconds = dns.took.as_secs_f64();
+            let bucket = DNS_BUCKETS
+                .iter()
+                .position(|bound| seconds <= *bound)
+                .unwrap_or(DNS_BUCKETS.len());
+            self.dns.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            self.dns
+                .sum_us
+                .fetch_add(dns.took.as_micros() as u64, Ordering::Relaxed);
+            let hit_or_miss = if dns.cached {
+                &self.dns.hits
+            } else {
+                &self.dns.misses
+            };
+            hit_or_miss.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(kind) = r.error {
             // The enum's order is ALL's (a test holds them together).
@@ -390,6 +463,7 @@ pub(crate) mod tests {
             bytes_up: up,
             bytes_down: down,
             duration: Duration::ZERO,
+            dns: None,
             ..AccessRecord::example()
         }
     }

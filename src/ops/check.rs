@@ -68,7 +68,16 @@ fn outcome(loaded: Result<Loaded, ConfigError>, strict: bool) -> Outcome {
             origin,
             ..
         }) => {
-            let warnings = crate::config::lint::lint(&config, &settings);
+            let mut warnings = crate::config::lint::lint(&config, &settings);
+            // Where the check runs is, most often, where the proxy will: an address this
+            // machine lacks would stop the start (binding succeeds only on one it has).
+            for ip in &settings.bind {
+                if std::net::UdpSocket::bind(std::net::SocketAddr::new(*ip, 0)).is_err() {
+                    warnings.push(format!(
+                        "upstream.bind: {ip} is not an address of this machine: the proxy would not start here with this file"
+                    ));
+                }
+            }
             let mut stdout = format!("{origin}: valid configuration\n\n");
             stdout.push_str(&summary(&config, &settings));
             stdout.push('\n');
@@ -262,8 +271,9 @@ pub fn summary(config: &Config, settings: &Settings) -> String {
     line(
         "timeouts",
         format!(
-            "connect {}, request_header {}, keep_alive {}, request_body {}, response {}, tunnel_idle {}, shutdown_grace {}",
+            "connect {} (attempts {} apart), request_header {}, keep_alive {}, request_body {}, response {}, tunnel_idle {}, shutdown_grace {}",
             d(t.connect),
+            d(t.connect_attempt),
             d(t.request_header),
             d(t.keep_alive),
             d(t.request_body),
@@ -356,6 +366,34 @@ pub fn summary(config: &Config, settings: &Settings) -> String {
                 .as_deref()
                 .unwrap_or("the address each request arrives on")
         ),
+    );
+    let dns = &settings.dns;
+    line(
+        "dns",
+        match dns.resolver {
+            crate::config::ResolverKind::System => {
+                "the system's resolver (getaddrinfo), no cache of the proxy's".to_owned()
+            }
+            crate::config::ResolverKind::Builtin => format!(
+                "builtin resolver asking {}; cache {} answers, found ones at most {}, missing ones at most {}",
+                if dns.servers.is_empty() {
+                    "the servers of /etc/resolv.conf".to_owned()
+                } else {
+                    join(dns.servers.iter())
+                },
+                dns.cache_size,
+                d(dns.max_ttl),
+                d(dns.negative_ttl)
+            ),
+        },
+    );
+    line(
+        "outbound",
+        if settings.bind.is_empty() {
+            "from the address the system chooses".to_owned()
+        } else {
+            format!("from {}", join(settings.bind.iter()))
+        },
     );
     line(
         "upstream",
@@ -531,6 +569,12 @@ mod tests {
             ProblemKind::UsersWithoutAuth,
             ProblemKind::BadHostsFile("x".into()),
             ProblemKind::BadMethod("G3T".into()),
+            ProblemKind::BindFamilyTwice,
+            ProblemKind::NotUnicast("0.0.0.0".parse().unwrap()),
+            ProblemKind::UnknownResolver("x".into()),
+            ProblemKind::BadDnsServer("x".into()),
+            ProblemKind::ServersNeedBuiltin,
+            ProblemKind::AttemptTooShort,
         ] {
             assert_eq!(hint(&kind), None, "{kind:?}");
         }
@@ -633,6 +677,65 @@ mod tests {
         }
         assert!(!out.stdout.contains("hunter2"));
         assert_eq!(check_text(text, "open.toml", false).code, VALID);
+    }
+
+    #[test]
+    fn dns_and_outbound_settings_are_checked_summarized_and_warned_about() {
+        let text = "[timeouts]\nconnect_attempt = \"5ms\"\n\
+                    [upstream]\nbind = [\"192.0.2.1\", \"192.0.2.2\", \"ff02::1\"]\n\
+                    [dns]\nresolver = \"systme\"\nservers = [\"dns.example\", \"10.0.0.1:53\"]\n\
+                    cache_size = 0\nmax_ttl = \"0s\"\n";
+        let out = check_text(text, "dns.toml", false);
+        assert_eq!(out.code, INVALID);
+        for line in [
+            "dns.toml:2:1: timeouts.connect_attempt: must be at least 10ms (RFC 8305); 250ms is the usual delay between attempts",
+            "dns.toml:4:22: upstream.bind: give at most one IPv4 and one IPv6 address",
+            "dns.toml:4:35: upstream.bind: ff02::1 is not an address of one interface",
+            "dns.toml:6:12: dns.resolver: \"systme\" is not a resolver (\"builtin\" or \"system\")",
+            "dns.toml:7:12: dns.servers: \"dns.example\" is not a server address such as \"192.0.2.53\" or \"[2001:db8::53]:53\"",
+            "dns.toml:8:1: dns.cache_size: must be at least 1",
+            "dns.toml:9:1: dns.max_ttl: must be longer than zero",
+            "dns.toml: invalid configuration: 7 problems",
+        ] {
+            assert!(out.stderr.lines().any(|l| l == line), "{line}\nin\n{}", out.stderr);
+        }
+        let out = check_text(
+            "[dns]\nresolver = \"system\"\nservers = [\"10.0.0.1\"]\n",
+            "s.toml",
+            false,
+        );
+        assert!(
+            out.stderr.starts_with(
+                "s.toml:3:1: dns.servers: servers are asked by the builtin resolver only"
+            ),
+            "{}",
+            out.stderr
+        );
+
+        let text = "[upstream]\nbind = [\"127.0.0.1\", \"2001:db8::1\"]\n\
+                    [dns]\nservers = [\"192.0.2.53\", \"[2001:db8::53]:5353\"]\n";
+        let out = check_text(text, "ok.toml", true);
+        assert_eq!(out.code, WARNINGS, "{out:?}");
+        for fragment in [
+            "dns            builtin resolver asking 192.0.2.53:53, [2001:db8::53]:5353; cache 4096 answers, found ones at most 1h, missing ones at most 30s\n",
+            "outbound       from 127.0.0.1, 2001:db8::1\n",
+            "connect 10s (attempts 250ms apart)",
+            "warning: upstream.bind: 2001:db8::1 is not an address of this machine",
+        ] {
+            assert!(out.stdout.contains(fragment), "{fragment:?} in\n{}", out.stdout);
+        }
+        assert!(
+            !out.stdout.contains("127.0.0.1 is not an address"),
+            "{}",
+            out.stdout
+        );
+        let out = check_text("[dns]\nresolver = \"system\"\n", "sys.toml", false);
+        assert!(
+            out.stdout
+                .contains("dns            the system's resolver (getaddrinfo)"),
+            "{}",
+            out.stdout
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub enum Command {
     /// destination addresses) without sending anything anywhere. TARGET is host:port for
     /// CONNECT, or an absolute http:// URL for other methods; METHOD is taken in upper case.
     ///
-    /// Names are not resolved unless --resolve is given: then the system resolver is asked
+    /// Names are not resolved unless --resolve is given: then the resolver [dns] sets up is asked
     /// and every address is checked as the proxy would before dialling it.
     ///
     /// Exit status: 0 allowed, 1 refused, 2 usage or configuration error, 3 undecided (a
@@ -110,7 +110,7 @@ pub enum Command {
         /// user; passwords are not asked).
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
-        /// Resolve a destination name with the system resolver and check each address.
+        /// Resolve a destination name with the resolver [dns] sets up and check each address.
         #[arg(long)]
         resolve: bool,
         /// The request method: CONNECT, GET, POST …

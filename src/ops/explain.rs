@@ -7,7 +7,7 @@
 //! ([`Policy::decide`]) and the guards on destination addresses ([`Policy::check_address`]):
 //! at once for an IP literal, per resolved address for a name. Pure: resolving a name and
 //! telling whether an address is this machine's are closures the caller passes
-//! ([`Lookups`]); the binary passes the system resolver only with `--resolve`.
+//! ([`Lookups`]); the binary passes the resolver `[dns]` sets up only with `--resolve`.
 //!
 //! Not modelled: the request-head limits and framing checks (a question has no headers), the
 //! blocking of addresses after failed log-ins, passwords, and whether the destination answers.
@@ -36,7 +36,8 @@ pub struct Question<'a> {
     pub target: &'a str,
 }
 
-/// Resolves a name (and port) to addresses, as the system resolver would.
+/// Resolves a name (and port) to addresses, as the proxy's resolver (`[dns]`) would, in the
+/// order its dial tries them.
 pub type Resolver<'a> = &'a dyn Fn(&str, u16) -> Result<Vec<IpAddr>, String>;
 
 /// What `explain` may ask of the world.
@@ -438,8 +439,8 @@ impl Walk<'_> {
     }
 
     /// Resolves `target` and checks each address as the proxy does before dialling it
-    /// (`dial::dial` and `dial::first_allowed_address`): the guards, then the rules when they need the
-    /// address. The first address that passes is the one the proxy would use.
+    /// (`dial::dial` and `dial::allowed_addresses`): the guards, then the rules when they need the
+    /// address. The first address that passes is the one the proxy tries first.
     fn per_address(
         mut self,
         target: &Target,

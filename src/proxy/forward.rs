@@ -23,7 +23,7 @@ use crate::core::headers::{
 use crate::core::plan::{Go, Route};
 use crate::core::policy::{Facts, Kind};
 use crate::core::target::Target;
-use crate::egress::dial::{self, DialError};
+use crate::egress::dial::{self, DialError, DialInfo, PooledDialError};
 use crate::egress::parent::Parents;
 use crate::proxy::body::{DownBody, UpBody, Upload};
 use crate::proxy::exchange::Exchange;
@@ -54,15 +54,31 @@ pub async fn forward(
             host: &target.host,
             port: target.port,
         };
-        let (addr, decider) =
-            // Boxed: resolving and racing addresses is a large future that most requests
-            // never build, and every forward future would carry its size.
-            Box::pin(dial::first_allowed_address(&settings.policy, &target, &facts, settings.timeouts.connect))
-                .await?;
-        if let Some(decider) = decider {
+        let outbound = ex.shared.outbound.load_full();
+        let mut resolved = None;
+        // Boxed: resolving is a large future that most requests never build, and every
+        // forward future would carry its size.
+        let checked = Box::pin(dial::allowed_addresses(
+            &outbound,
+            &settings.policy,
+            &target,
+            &facts,
+            &mut resolved,
+        ))
+        .await;
+        crate::proxy::tunnel::note_resolved(ex, resolved);
+        let checked = checked?;
+        let (addr, decider) = checked.allowed[0].clone();
+        if let Some(decider) = decider.clone() {
             ex.record.allow(decider);
         }
-        dial_to = (go.route == Route::Direct).then_some(addr);
+        // When every address is allowed, and by the same rule, the pooled client may race
+        // them all by name; otherwise it is sent to the first allowed one and cannot pick
+        // another (a parent gets the name).
+        let same = checked.denied.is_none() && checked.allowed.iter().all(|(_, d)| *d == decider);
+        if go.route == Route::Direct && !same {
+            dial_to = Some(addr);
+        }
     }
 
     let (mut parts, body) = req.into_parts();
@@ -118,12 +134,26 @@ pub async fn forward(
             ex.shared.client.request(upstream),
         )
         .await
-        .and_then(|answer| answer.map_err(|e| upstream_error(&target, &e)))
+        .and_then(|answer| {
+            answer.map_err(|e| {
+                if let Some(resolved) = pooled_dial_error(&e).and_then(|p| p.resolved) {
+                    ex.record.resolved(resolved.took, resolved.cached);
+                }
+                upstream_error(&target, &e)
+            })
+        })
     };
     let response = sent.inspect_err(|_| upload.give_up())?;
 
     if let Some(info) = response.extensions().get::<HttpInfo>() {
         ex.record.upstream(info.remote_addr());
+    }
+    if let Some(resolved) = response
+        .extensions()
+        .get::<DialInfo>()
+        .and_then(DialInfo::take_resolved)
+    {
+        ex.record.resolved(resolved.took, resolved.cached);
     }
     check_answer(&response, &target).inspect_err(|_| upload.give_up())?;
     ex.record.answered(response.status().as_u16());
@@ -318,6 +348,18 @@ fn stalled_write<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dial::Stalle
     None
 }
 
+/// The pooled dialler's error inside a failure of the pooled client, if that is what failed.
+fn pooled_dial_error(e: &hyper_util::client::legacy::Error) -> Option<&PooledDialError> {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(pooled) = err.downcast_ref::<PooledDialError>() {
+            return Some(pooled);
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// Maps a failure of the pooled client to what the client is told.
 fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> EdgeError {
     if let Some(stalled) = stalled_write(e) {
@@ -334,6 +376,9 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
     while let Some(err) = source {
         if let Some(dial) = err.downcast_ref::<DialError>() {
             return EdgeError::from(dial);
+        }
+        if let Some(pooled) = err.downcast_ref::<PooledDialError>() {
+            return EdgeError::from(&pooled.error);
         }
         if let Some(parent) = err.downcast_ref::<crate::egress::parent::ParentError>() {
             return EdgeError::new(ErrorKind::Parent, parent.to_string());

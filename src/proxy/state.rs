@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::core::auth::{CredentialCache, FailureTracker};
-use crate::egress::dial::Dialer;
+use crate::egress::dial::{Dialer, Outbound, OutboundError};
 use crate::observe::access::Recorder;
 use crate::observe::stats::Stats;
 use crate::proxy::body::UpBody;
@@ -30,6 +30,9 @@ pub struct ProxyState {
     pub stats: Arc<Stats>,
     /// Keep-alive connections to origins.
     pub client: UpstreamClient,
+    /// The resolver, connect timeouts and source addresses dials use; rebuilt on reload
+    /// (the resolver, and its cache, only when `[dns]` changed).
+    pub outbound: Arc<ArcSwap<Outbound>>,
     /// Parent proxies, when `[upstream]` names any; rebuilt on reload.
     pub parents: ArcSwapOption<crate::egress::parent::Parents<UpBody>>,
     /// Every connection and tunnel task, so shutdown can wait for them.
@@ -72,35 +75,44 @@ impl Login {
     }
 }
 
-fn parents_for(settings: &Settings) -> Option<Arc<crate::egress::parent::Parents<UpBody>>> {
+fn parents_for(
+    settings: &Settings,
+    outbound: &Arc<Outbound>,
+) -> Option<Arc<crate::egress::parent::Parents<UpBody>>> {
     settings.upstream.as_ref().map(|u| {
         Arc::new(crate::egress::parent::Parents::new(
             u,
-            settings.timeouts.connect,
+            outbound.clone(),
             settings.timeouts.origin_write(),
         ))
     })
 }
 
 impl ProxyState {
-    /// Builds the shared state (and the upstream client) from validated settings.
-    pub fn new(settings: Settings, recorder: Recorder) -> Self {
+    /// Builds the shared state (the resolver and the upstream client among it) from
+    /// validated settings.
+    pub fn new(settings: Settings, recorder: Recorder) -> Result<Self, OutboundError> {
+        let outbound = Arc::new(Outbound::new(&settings, None)?);
         let live = Arc::new(ArcSwap::from_pointee(settings));
         let settings = live.load_full();
-        let client = crate::egress::dial::pooled_client().build(Dialer::new(live.clone()));
+        let parents = parents_for(&settings, &outbound);
+        let outbound = Arc::new(ArcSwap::new(outbound));
+        let client =
+            crate::egress::dial::pooled_client().build(Dialer::new(live.clone(), outbound.clone()));
         let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
-        ProxyState {
+        Ok(ProxyState {
             live,
             recorder: Arc::new(recorder.with_sink(stats.clone())),
             stats,
             client,
-            parents: ArcSwapOption::new(parents_for(&settings)),
+            outbound,
+            parents: ArcSwapOption::new(parents),
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             login: ArcSwap::from_pointee(Login::new(&settings)),
             admission: Arc::default(),
             via: crate::core::headers::Via::new(format!("portcullis-{:08x}", instance_token())),
-        }
+        })
     }
 
     /// The configuration in force now.
@@ -108,12 +120,16 @@ impl ProxyState {
         self.live.load_full()
     }
 
-    /// Puts new settings in force for new requests: parents and log-in state follow them.
-    /// Requests and tunnels already running keep the settings they started with.
-    pub fn swap(&self, settings: Settings) {
-        self.parents.store(parents_for(&settings));
+    /// Puts new settings in force for new requests: the outbound side, parents and log-in
+    /// state follow them. Requests and tunnels already running keep the settings they
+    /// started with. Nothing changes when the outbound side cannot be built.
+    pub fn swap(&self, settings: Settings) -> Result<(), OutboundError> {
+        let outbound = Arc::new(Outbound::new(&settings, Some(&self.outbound.load()))?);
+        self.parents.store(parents_for(&settings, &outbound));
+        self.outbound.store(outbound);
         self.login.store(Arc::new(Login::new(&settings)));
         self.live.store(Arc::new(settings));
+        Ok(())
     }
 }
 

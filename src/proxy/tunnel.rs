@@ -32,7 +32,7 @@ use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::plan::Go;
 use crate::core::policy::{Facts, Kind};
 use crate::core::target::Target;
-use crate::egress::dial::{dial, first_allowed_address};
+use crate::egress::dial::{allowed_addresses, dial, Resolved};
 use crate::egress::parent::Parents;
 use crate::observe::access::{PendingRecord, Traffic};
 use crate::proxy::body::UpBody;
@@ -73,19 +73,22 @@ pub async fn open(
         port: target.port,
     };
     let per_address = go.decides_per_address().then_some(&facts);
-    let timeout = settings.timeouts.connect;
+    let outbound = ex.shared.outbound.load_full();
+    let mut resolved = None;
     let upstream = match &parents {
         Some(parents) => {
             // The parent resolves names (the plan checked a literal address already); a rule
             // that needs the address gets it from a lookup here.
             if let Some(facts) = per_address {
-                let (_, decider) =
-                    first_allowed_address(&settings.policy, &target, facts, timeout).await?;
-                if let Some(decider) = decider {
+                let checked =
+                    allowed_addresses(&outbound, &settings.policy, &target, facts, &mut resolved)
+                        .await;
+                note_resolved(ex, resolved);
+                if let Some((_, Some(decider))) = checked?.allowed.into_iter().next() {
                     ex.record.allow(decider);
                 }
             }
-            let (stream, addr, parent) = match parents.tunnel(&target, timeout).await {
+            let (stream, addr, parent) = match parents.tunnel(&target).await {
                 Ok(connected) => connected,
                 Err(e) => {
                     ex.record.parent(e.parent());
@@ -97,7 +100,16 @@ pub async fn open(
             stream
         }
         None => {
-            let connected = dial(&settings.policy, &target, per_address, timeout).await?;
+            let connected = dial(
+                &outbound,
+                &settings.policy,
+                &target,
+                per_address,
+                &mut resolved,
+            )
+            .await;
+            note_resolved(ex, resolved);
+            let connected = connected?;
             if let Some(decider) = connected.decider {
                 ex.record.allow(decider);
             }
@@ -112,6 +124,13 @@ pub async fn open(
         port: target.port,
         tunnel_idle: settings.timeouts.tunnel_idle,
     })
+}
+
+/// Notes in the record how the destination's name was resolved, when it was.
+pub(crate) fn note_resolved(ex: &mut Exchange, resolved: Option<Resolved>) {
+    if let Some(r) = resolved {
+        ex.record.resolved(r.took, r.cached);
+    }
 }
 
 /// How a tunnel ended.

@@ -12,6 +12,7 @@ mod access;
 mod browser;
 mod cli;
 mod curl;
+mod dns;
 mod errorpage;
 mod forward;
 mod guard;

@@ -43,6 +43,19 @@ fn name() -> impl Strategy<Value = String> {
         .prop_filter("an IP literal is not a name", |n| {
             n.parse::<IpAddr>().is_err()
         })
+        .prop_filter("a host that ends in a number is an IPv4 address", |n| {
+            !ends_in_number(n)
+        })
+}
+
+/// Whether the last label is a decimal or `0x` hex number: such a host is an IPv4 address
+/// (`127.1`, `0x7f000001`), as browsers and inet_aton read it, or invalid.
+fn ends_in_number(n: &str) -> bool {
+    let last = n.rsplit('.').next().unwrap_or(n).to_ascii_lowercase();
+    match last.strip_prefix("0x") {
+        Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()),
+    }
 }
 
 fn host() -> impl Strategy<Value = Host> {
@@ -94,6 +107,10 @@ fn assert_well_formed(t: &Target) -> Result<(), TestCaseError> {
         prop_assert!(
             n.parse::<IpAddr>().is_err(),
             "an IP literal kept as a name: {n:?}"
+        );
+        prop_assert!(
+            !ends_in_number(n),
+            "a numeric address kept as a name: {n:?}"
         );
         prop_assert!(
             n.split('.').all(|l| !l.is_empty()

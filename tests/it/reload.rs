@@ -263,3 +263,44 @@ async fn no_request_fails_across_many_reloads_under_load() {
         reloads.1
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_dns_servers_asks_the_new_ones() {
+    use crate::support::dns::{Answer, DnsServer, Zone};
+    let origin = HttpOrigin::start().await;
+    let zone = |answer| Zone::new().with("moved.test", answer);
+    let old = DnsServer::start("127.0.0.1:0".parse().unwrap(), zone(Answer::NxDomain)).await;
+    let new = DnsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        zone(Answer::v4(&[std::net::Ipv4Addr::LOCALHOST])),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = free_port().await;
+    let with_dns = |server: &DnsServer| {
+        format!(
+            "{}[dns]\nservers = [\"{}\"]\n",
+            config(&[p], &[origin.addr.port()], &[443]),
+            server.addr
+        )
+    };
+    let proxy = start(dir.path(), &with_dns(&old)).await;
+    let url = format!("http://moved.test:{}/hello", origin.addr.port());
+    assert_eq!(get(proxy.addr, &url).await.status, 502);
+
+    std::fs::write(&proxy.path, with_dns(&new)).unwrap();
+    assert_eq!(proxy.reload.request().await.unwrap(), "changed: dns");
+    let answer = get(proxy.addr, &url).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(new.queries_for("moved.test"), 2, "one A and one AAAA query");
+
+    // A source address this machine does not have is refused, and changes nothing.
+    let bad = format!("{}[upstream]\nbind = [\"203.0.113.5\"]\n", with_dns(&new));
+    std::fs::write(&proxy.path, bad).unwrap();
+    let error = proxy.reload.request().await.unwrap_err();
+    assert!(
+        error.contains("203.0.113.5 is not an address of this machine"),
+        "{error}"
+    );
+    assert_eq!(get(proxy.addr, &url).await.status, 200);
+}

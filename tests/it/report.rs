@@ -118,6 +118,7 @@ fn records(n: usize, seed: u64) -> Vec<AccessRecord> {
                     rng.below(5_000_000)
                 },
                 duration: Duration::from_millis(rng.below(120_000)),
+                dns: None,
             }
         })
         .collect()
