@@ -11,12 +11,14 @@
 //!   `clients.allow`.
 //! - [`reload`]: SIGHUP during a large download.
 //! - [`services`]: CONNECT to mail, Telnet and NetBIOS banners, refused then allowed.
+//! - [`upstream`]: the source addresses of the proxy's connections (`upstream.bind`).
 
 mod clients;
 mod dns;
 mod names;
 mod reload;
 mod services;
+mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -26,10 +28,12 @@ use serde_json::Value;
 use crate::support::dns::{DnsServer, Zone};
 use crate::support::netns::{Lan, DNS_V4, PROXY_V4, PROXY_V6};
 
-/// Whether the proxy knows the `[dns]` table and `timeouts.connect_attempt` (issue 15). Until
-/// it does, it resolves with the system resolver, which reads the gateway's resolv.conf (made
-/// by [`Lan::build`]); switched on, the configurations name the test DNS server.
-pub const DNS_TABLE: bool = false;
+/// Whether the configurations have the `[dns]` table (issue 15: `servers` naming the
+/// internet's DNS server, or `resolver = "system"`), `timeouts.connect_attempt` and, in
+/// [`upstream`], `upstream.bind`. Switched off, they have none of these (as before those keys
+/// existed), and the proxy finds the DNS server in the gateway's resolv.conf (made by
+/// [`Lan::build`]) with whatever resolver it uses by default.
+pub const DNS_TABLE: bool = true;
 
 /// Which resolver a configuration asks for (with [`DNS_TABLE`]).
 #[derive(Clone, Copy, PartialEq, Eq)]

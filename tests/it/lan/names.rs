@@ -1,5 +1,5 @@
 //! Names the proxy resolves, with the internet's DNS server: found (plain HTTP and CONNECT,
-//! from both of the proxy's LAN addresses), NXDOMAIN, never answered, names of loopback and of
+//! from both of the proxy's LAN addresses), NXDOMAIN or no address, never answered, names of loopback and of
 //! the LAN, a name with IPv6 addresses only, a name whose IPv6 address silently drops beside
 //! a working IPv4 one, and a name with nothing reachable.
 
@@ -129,7 +129,12 @@ async fn the_system_resolver_reads_the_gateways_resolv_conf() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_that_does_not_exist_is_a_502_that_names_dns() {
     let Some(lan) = Lan::build(1) else { return };
-    let dns = start_dns(&lan, Zone::new().with("gone.example", Answer::NxDomain));
+    let dns = start_dns(
+        &lan,
+        Zone::new()
+            .with("gone.example", Answer::NxDomain)
+            .with("empty.example", Answer::v4(&[])),
+    );
     let _proxy = lan.start_proxy(&Conf::default().text(&lan));
     let pc = &lan.pcs[0];
 
@@ -146,6 +151,10 @@ async fn a_name_that_does_not_exist_is_a_502_that_names_dns() {
         assert_eq!(record["error"], "dns", "{record}");
         assert_eq!(record["status"], 502);
     }
+    // A name that exists without an address.
+    let (response, _) = get(pc, "empty.example", "/").await;
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert_eq!(record_for(&lan, "empty.example").await["error"], "dns");
     let (answer, _, _) = connect(pc, "gone.example:443").await;
     assert_eq!(answer.status, 502, "{}", answer.text());
     assert!(dns.queries_for("gone.example") >= 1);
@@ -199,8 +208,15 @@ async fn a_name_never_answered_waits_for_the_connect_timeout_and_holds_up_no_oth
         took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
         "the silent name failed after {took:?}, not at timeouts.connect (2 s)"
     );
+    // A lookup still running at timeouts.connect is a DNS failure (docs/src/dns.md).
     let record = record_for(&lan, "silent.example").await;
-    assert_eq!(record["error"], "timeout", "{record}");
+    assert_eq!(record["error"], "dns", "{record}");
+    assert!(
+        record["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("did not finish within 2s")),
+        "{record}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

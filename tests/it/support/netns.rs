@@ -5,7 +5,7 @@
 //!  PC 1  10.77.0.11   fd00:77::b  ─┼─ bridge "lan" ─ GATEWAY ─ "wan" ─ INTERNET
 //!  PC 2  10.77.0.12   fd00:77::c  ─┘   10.77.0.1           203.0.113.1  203.0.113.2
 //!                                      fd00:77::1          2001:db8:1::1 2001:db8:1::2
-//!                                      (the proxy)                     DNS 198.51.100.53
+//!                                      (the proxy)         (and ::3, .3) DNS 198.51.100.53
 //!                                                                      servers 192.0.2.N,
 //!                                                                      2001:db8:2::N
 //! ```
@@ -56,6 +56,9 @@ pub const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3
 /// The gateway's leg on the internet link, and the internet's.
 pub const GATEWAY_WAN_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const GATEWAY_WAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// Second addresses of the gateway on the internet link (for `upstream.bind`).
+pub const GATEWAY_WAN2_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
+pub const GATEWAY_WAN2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 3);
 pub const INTERNET_WAN_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 pub const INTERNET_WAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 /// Addresses on the internet link that nobody owns.
@@ -328,6 +331,8 @@ impl Lan {
             format!("addr add {PROXY_V6}/64 dev lan nodad"),
             format!("addr add {GATEWAY_WAN_V4}/24 dev wan"),
             format!("addr add {GATEWAY_WAN_V6}/64 dev wan nodad"),
+            format!("addr add {GATEWAY_WAN2_V4}/24 dev wan"),
+            format!("addr add {GATEWAY_WAN2_V6}/64 dev wan nodad"),
             // The internet's networks are reached through its leg; there is no default route.
             format!("route add 192.0.2.0/24 via {INTERNET_WAN_V4}"),
             format!("route add 198.51.100.0/24 via {INTERNET_WAN_V4}"),
