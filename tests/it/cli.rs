@@ -2,77 +2,12 @@
 //! log on stdout and diagnostics on stderr, clear errors for bad configuration, and exit 0
 //! after SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::BIN;
-
-/// The running binary, its stdout (the access log) and stderr (diagnostics), line by line.
-struct Running {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
-}
-
-fn lines_of(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for a line containing all of `needles`.
-fn line_with(lines: &mpsc::Receiver<String>, needles: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
-            Ok(_) => continue,
-            Err(_) => break,
-        }
-    }
-    panic!("no line with {needles:?}");
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = lines_of(child.stdout.take().unwrap());
-        let stderr = lines_of(child.stderr.take().unwrap());
-        Running {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn listening_addr(&self) -> SocketAddr {
-        let line = line_with(&self.stderr, &["listening"]);
-        let addr = line.rsplit("addr=").next().unwrap().trim();
-        addr.parse().unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{line_with, write_config, Running, BIN};
 
 /// A client connection to the proxy at `addr`, whose reads give up after 10 s.
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -81,12 +16,6 @@ fn connect(addr: SocketAddr) -> TcpStream {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     client
-}
-
-fn write_config(text: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(text.as_bytes()).unwrap();
-    file
 }
 
 #[test]

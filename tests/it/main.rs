@@ -19,6 +19,7 @@ mod hostile;
 mod lifecycle;
 mod observe;
 mod ops;
+mod own_page;
 mod pac;
 mod parsers;
 mod passwd;

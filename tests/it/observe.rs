@@ -267,15 +267,6 @@ async fn the_log_reopens_after_rotation_and_counts_what_it_cannot_write() {
     assert!(dropped.load(Ordering::Relaxed) >= 3);
 }
 
-/// GET `path` from the admin listener.
-async fn admin_get(admin: SocketAddr, path: &str) -> RawResponse {
-    raw(
-        admin,
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn counters_equal_the_traffic_and_metrics_parse() {
     let traffic = Traffic::new().await;
@@ -286,26 +277,8 @@ async fn counters_equal_the_traffic_and_metrics_parse() {
     proxy.wait_records(7).await;
     let admin = proxy.admin.unwrap();
 
-    let r = admin_get(admin, "/metrics").await;
-    assert_eq!(r.status, 200);
-    assert!(r
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
-    let scrape =
-        prometheus_parse::Scrape::parse(r.text().lines().map(|l| Ok(l.to_owned()))).unwrap();
-    let value = |metric: &str, labels: &[(&str, &str)]| -> Option<f64> {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            })
-    };
+    let metrics = Metrics::scrape(admin).await;
+    let value = |metric: &str, labels: &[(&str, &str)]| metrics.value(metric, labels);
     let web = traffic.web.addr.port().to_string();
     let denied = traffic.denied.addr.port().to_string();
     let tunnel = traffic.tunnel.port().to_string();

@@ -1,11 +1,14 @@
 //! Test harness: the real proxy on `127.0.0.1:0` ([`proxy`]), real origins (raw TCP, HTTP,
 //! TLS, scripted, strict) on loopback ([`origin`]), clients that speak raw bytes so tests can
-//! assert exactly what a user sees ([`raw`]), and the `portcullis` binary run as a user runs
-//! it. Every wait is bounded.
+//! assert exactly what a user sees ([`raw`]), the admin listener's pages and metrics as
+//! scrapers read them ([`admin`]), and the `portcullis` binary run as a user runs it, for one
+//! command or as a server ([`running`]). Every wait is bounded.
 
+pub mod admin;
 pub mod origin;
 pub mod proxy;
 pub mod raw;
+pub mod running;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,9 +18,11 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
+pub use admin::*;
 pub use origin::*;
 pub use proxy::*;
 pub use raw::*;
+pub use running::*;
 
 /// The bound on any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
