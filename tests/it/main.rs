@@ -16,6 +16,7 @@ mod errorpage;
 mod forward;
 mod guard;
 mod hostile;
+mod ipv6;
 mod lifecycle;
 mod observe;
 mod ops;

@@ -109,6 +109,20 @@ pub fn portcullis(args: &[&str], stdin: impl Into<Vec<u8>>) -> Ran {
     }
 }
 
+/// The lines of the file at `path` once it has at least `n` (an access log being written),
+/// or what it has after `WAIT`.
+pub async fn file_lines(path: &Path, n: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= n || tokio::time::Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Writes `dir/users.htpasswd`: a comment line, then each user with the password hashed by
 /// bcrypt at the lowest cost (to keep tests fast). Returns its path.
 pub fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {

@@ -3,12 +3,12 @@
 //! diagnostics, and the process killed when the test ends.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::BIN;
+use super::{BIN, WAIT};
 
 /// The running binary, its stdout (the access log) and stderr (diagnostics), line by line.
 pub struct Running {
@@ -74,6 +74,23 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A blocking client connection to the proxy at `addr`, whose reads give up after `WAIT`.
+pub fn blocking_client(addr: SocketAddr) -> TcpStream {
+    let client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client
+}
+
+/// Sends `request` on a new blocking connection to `addr` and reads until the proxy closes
+/// it (send `Connection: close`) or `WAIT` passes; what came back, as text.
+pub fn blocking_exchange(addr: SocketAddr, request: &str) -> String {
+    let mut client = blocking_client(addr);
+    client.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// A configuration file holding `text`, removed when dropped.
