@@ -188,6 +188,21 @@ pub fn explain(
         Front::OwnPage => return Ok(walk.own_page(&method, &uri)),
         Front::Proceed { kind, target, .. } => (kind, target),
     };
+    // A name of this proxy on a listener's port is its own page too, as the proxy finds by
+    // resolving it (with --resolve here).
+    if let (Kind::Http, Host::Name(name), Some(resolve)) = (kind, &target.host, lookups.resolve) {
+        let policy = &settings.policy;
+        if policy.listen.iter().any(|l| l.port() == target.port) {
+            let own = resolve(name, target.port)
+                .unwrap_or_default()
+                .into_iter()
+                .any(|ip| policy.is_listener(SocketAddr::new(ip, target.port), lookups.is_local));
+            if own {
+                walk.step(format!("{name} resolves to this proxy's listener"));
+                return Ok(walk.own_page(&method, &uri));
+            }
+        }
+    }
 
     // The log-in, when [auth] is on: a question names the user instead of a password.
     let user = match &settings.auth {
@@ -581,6 +596,7 @@ mod tests {
             "localhost" => &["127.0.0.1", "::1"],
             "split.example" => &["127.0.0.1", "93.184.216.34"],
             "empty.example" => &[],
+            "proxy.lan" => &["192.168.1.2"],
             _ => return Err("Name or service not known".to_owned()),
         };
         Ok(ips.iter().map(|ip| ip.parse().unwrap()).collect())
@@ -774,6 +790,17 @@ action = "allow"
             LOOPBACK,
             true,
             &["192.168.1.20 CONNECT localhost:443 | allowed ports.connect | 200"],
+        );
+        // A name of the proxy on its listener's port is its own page, as the proxy finds it;
+        // on another port it is a destination, refused as the proxy's own address or not.
+        table(
+            "listen = [\"192.168.1.2:3128\"]\n[ports]\nconnect = [3128]\n",
+            true,
+            &[
+                "192.168.1.20 GET http://proxy.lan:3128/ | allowed local | 200",
+                "192.168.1.20 GET http://proxy.lan:8080/ | allowed ports.http | the origin",
+                "192.168.1.20 CONNECT proxy.lan:3128 | denied destinations.self | 403",
+            ],
         );
     }
 
