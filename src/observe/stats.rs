@@ -4,6 +4,7 @@
 //! them for Prometheus.
 //!
 //! Everything is fed from the access record ([`AccessSink`]), plus the open/close of tunnels.
+//! Records of the proxy's own pages (rule `local`) are left out: they are no traffic.
 //! Per-port counters are atomics in lazily allocated blocks of 256 ports, so counting a
 //! record costs a few uncontended atomic adds; the per-client, per-user and per-host tables
 //! take one short lock per record and are bounded: past their cap, new keys are counted
@@ -361,6 +362,12 @@ impl Stats {
 
 impl AccessSink for Stats {
     fn record(&self, r: &AccessRecord) {
+        // The proxy's own pages (rule `local`: its page, PAC file, icon) are the proxy answering
+        // for itself, not traffic through it, nor anyone's refusal: the access log keeps them,
+        // the counters do not.
+        if r.rule == Decider::Builtin(Builtin::Local) {
+            return;
+        }
         if r.port != 0 {
             let cell = self.port(r.port);
             let connect = r.method == "CONNECT";
@@ -405,7 +412,7 @@ impl AccessSink for Stats {
         if let Some(user) = &r.user {
             lock(&self.users).add(user, r);
         }
-        if !r.host.is_empty() && r.rule != Decider::Builtin(Builtin::Local) {
+        if !r.host.is_empty() {
             lock(&self.hosts).add(&r.host, r);
         }
         if r.verdict == Verdict::Deny {
@@ -524,6 +531,25 @@ pub(crate) mod tests {
         assert_eq!(denials.len(), 1);
         assert_eq!(denials[0].destination, "example.com:25");
         assert!(stats.denials_of("192.168.1.3".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn the_proxys_own_pages_are_no_traffic() {
+        let stats = Stats::new();
+        let mut own = record("192.168.1.2", "GET", 3128, Verdict::Allow, 0, 0);
+        own.rule = Decider::Builtin(Builtin::Local);
+        stats.record(&own);
+        own.status = 404;
+        stats.record(&own);
+        assert_eq!(stats.ports(), []);
+        assert_eq!(stats.clients(), (vec![], Usage::default()));
+        assert_eq!(stats.hosts(), (vec![], Usage::default()));
+        assert!(stats.errors().iter().all(|(_, n)| *n == 0));
+        assert!(stats.denials_of("192.168.1.2".parse().unwrap()).is_empty());
+        // The same request through the proxy counts.
+        own.rule = Decider::Builtin(Builtin::PortsHttp);
+        stats.record(&own);
+        assert_eq!(stats.ports()[0].http_requests, 1);
     }
 
     #[test]

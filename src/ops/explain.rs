@@ -21,6 +21,7 @@ use crate::core::plan::{self, Event, Front, LogIn, Route, Trail};
 use crate::core::policy::{Builtin, Decider, Decision, Denial, Facts, Kind, Policy};
 use crate::core::ports::describe;
 use crate::core::target::{classify, Host, Target};
+use crate::web::welcome::OwnPage;
 
 /// The request to explain.
 #[derive(Debug, Clone, Copy)]
@@ -187,6 +188,21 @@ pub fn explain(
         Front::OwnPage => return Ok(walk.own_page(&method, &uri)),
         Front::Proceed { kind, target, .. } => (kind, target),
     };
+    // A name of this proxy on a listener's port is its own page too, as the proxy finds by
+    // resolving it (with --resolve here).
+    if let (Kind::Http, Host::Name(name), Some(resolve)) = (kind, &target.host, lookups.resolve) {
+        let policy = &settings.policy;
+        if policy.listen.iter().any(|l| l.port() == target.port) {
+            let own = resolve(name, target.port)
+                .unwrap_or_default()
+                .into_iter()
+                .any(|ip| policy.is_listener(SocketAddr::new(ip, target.port), lookups.is_local));
+            if own {
+                walk.step(format!("{name} resolves to this proxy's listener"));
+                return Ok(walk.own_page(&method, &uri));
+            }
+        }
+    }
 
     // The log-in, when [auth] is on: a question names the user instead of a password.
     let user = match &settings.auth {
@@ -515,34 +531,19 @@ impl Walk<'_> {
         }
     }
 
-    /// The proxy's own pages (`pages::own_page`): the welcome page and the PAC file, no log-in.
+    /// The proxy's own pages (`pages::own_page`): the page, the PAC file, the icon, no log-in.
+    /// Whatever the path, the proxy answers for itself: allowed by `local`, a `404` too.
     fn own_page(mut self, method: &Method, uri: &Uri) -> Explanation {
         let path = uri.path();
         self.step(format!(
             "{method} {uri}: addressed to the proxy itself, which answers with its own pages (no log-in)"
         ));
-        let readable = *method == Method::GET || *method == Method::HEAD;
-        let (status, reason) = if !readable {
-            (
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not supported on the proxy's own pages"),
-            )
-        } else if path != "/" && !crate::web::pac::PATHS.contains(&path) {
-            (
-                StatusCode::NOT_FOUND,
-                format!("{path} is not a page of this proxy"),
-            )
-        } else {
-            return self.allowed(
-                Decider::Builtin(Builtin::Local),
-                &status_text(StatusCode::OK),
-            );
-        };
-        let denial = Denial {
-            rule: Decider::Builtin(Builtin::Local),
-            reason,
-        };
-        self.denied(denial, &status_text(status))
+        let page = OwnPage::of(method, path);
+        let mut status = status_text(page.status());
+        if let Some(missing) = page.missing(method, path) {
+            status.push_str(&format!(" ({missing})"));
+        }
+        self.allowed(Decider::Builtin(Builtin::Local), &status)
     }
 }
 
@@ -595,6 +596,7 @@ mod tests {
             "localhost" => &["127.0.0.1", "::1"],
             "split.example" => &["127.0.0.1", "93.184.216.34"],
             "empty.example" => &[],
+            "proxy.lan" => &["192.168.1.2"],
             _ => return Err("Name or service not known".to_owned()),
         };
         Ok(ips.iter().map(|ip| ip.parse().unwrap()).collect())
@@ -711,8 +713,9 @@ action = "allow"
                 // The proxy's own pages.
                 "192.168.1.20 GET / | allowed local | 200",
                 "192.168.1.20 GET /proxy.pac | allowed local | 200",
-                "192.168.1.20 GET /nope | denied local | 404",
-                "192.168.1.20 POST / | denied local | 405",
+                "192.168.1.20 GET /favicon.ico | allowed local | 200",
+                "192.168.1.20 GET /nope | allowed local | 404 Not Found (/nope is not a page",
+                "192.168.1.20 POST / | allowed local | 405",
                 // The address guards on IP literals, after the port lists.
                 "192.168.1.20 CONNECT 127.0.0.1:443 | denied destinations.loopback | 403",
                 "192.168.1.20 GET http://[::1]:8080/ | denied destinations.loopback | 403",
@@ -787,6 +790,17 @@ action = "allow"
             LOOPBACK,
             true,
             &["192.168.1.20 CONNECT localhost:443 | allowed ports.connect | 200"],
+        );
+        // A name of the proxy on its listener's port is its own page, as the proxy finds it;
+        // on another port it is a destination, refused as the proxy's own address or not.
+        table(
+            "listen = [\"192.168.1.2:3128\"]\n[ports]\nconnect = [3128]\n",
+            true,
+            &[
+                "192.168.1.20 GET http://proxy.lan:3128/ | allowed local | 200",
+                "192.168.1.20 GET http://proxy.lan:8080/ | allowed ports.http | the origin",
+                "192.168.1.20 CONNECT proxy.lan:3128 | denied destinations.self | 403",
+            ],
         );
     }
 

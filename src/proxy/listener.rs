@@ -54,6 +54,10 @@ pub(crate) async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                // An IPv4 client on a dual-stack `[::]` listener arrives as `::ffff:a.b.c.d`:
+                // from here on it is the IPv4 client it is, for the policy, the records, the
+                // names and the counters alike.
+                let peer = canonical(peer);
                 let limits = shared.settings().limits.clone();
                 let admitted = match shared.admission.admit(peer.ip(), &limits) {
                     Admit::Yes(slot) => (slot, None),
@@ -127,7 +131,7 @@ impl AcceptedSocket {
         match self.local {
             Some(local) => Some(local),
             None => match stream.local_addr() {
-                Ok(local) => Some(local),
+                Ok(local) => Some(canonical(local)),
                 Err(e) => {
                     debug!(error = %e, "connection gone before it was served");
                     None
@@ -135,6 +139,12 @@ impl AcceptedSocket {
             },
         }
     }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]:80`) written as the IPv4
+/// address it is (`127.0.0.1:80`).
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// `addr`, unless it stands for every address of the machine.

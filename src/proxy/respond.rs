@@ -1,7 +1,8 @@
 //! Where a refusal or a failure becomes a response: the one place an [`EdgeError`] is turned
 //! into what the client reads (the browser error page, or one line of text) and noted in the
 //! access record. The exceptions, each answered where it happens: the proxy's own pages
-//! answer their 404 and 405 themselves (`pages`), a request head that is too slow gets a raw
+//! answer their 404 and 405 themselves, as answers of their own and not refusals (`pages`),
+//! a request head that is too slow gets a raw
 //! 408 (`conn`), `Max-Forwards: 0` is answered by forwarding, and heads hyper cannot parse
 //! get hyper's own 400, 414 or 431 (recorded by `listener`).
 

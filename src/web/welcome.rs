@@ -1,34 +1,120 @@
-//! The proxy's own page: what someone who opens the proxy's address in a browser reads (how
-//! to set the proxy up, and their own recent refusals), as HTML or as text.
+//! The proxy's own pages: which answer each path gets ([`OwnPage`]), and what someone who
+//! opens the proxy's address in a browser reads (how to set the proxy up, by address and port
+//! or by its PAC file, and their own recent refusals), as HTML or as text.
+
+use http::{Method, StatusCode};
 
 use crate::observe::stats::RecentDenial;
 use crate::web::html::escape_html;
 
-pub(crate) fn welcome_text(host: &str) -> String {
+/// What the proxy answers to an origin-form request (`GET /path`) for its own pages.
+///
+/// Every answer here is the proxy's own, decided by nothing but the path: none is a refusal
+/// of the person who asked, a `404` included. Browsers ask some paths of every site on their
+/// own (`/favicon.ico`, `/apple-touch-icon.png`, `/robots.txt` …), so a visit to the page
+/// brings them along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OwnPage {
+    /// `/`: the page that says this is a proxy.
+    Welcome,
+    /// `/proxy.pac`, `/wpad.dat`: the PAC file ([`crate::web::pac`]).
+    Pac,
+    /// `/favicon.ico`: the proxy's icon ([`ICON_SVG`]).
+    Icon,
+    /// `/robots.txt`: nothing here is for crawlers ([`ROBOTS_TXT`]).
+    Robots,
+    /// Any other path: `404`.
+    NotFound,
+    /// A method other than `GET` and `HEAD`: `405`.
+    NotAllowed,
+}
+
+impl OwnPage {
+    /// The answer to `method` on `path`.
+    pub(crate) fn of(method: &Method, path: &str) -> OwnPage {
+        if method != Method::GET && method != Method::HEAD {
+            return OwnPage::NotAllowed;
+        }
+        match path {
+            "/" => OwnPage::Welcome,
+            "/favicon.ico" => OwnPage::Icon,
+            "/robots.txt" => OwnPage::Robots,
+            p if crate::web::pac::PATHS.contains(&p) => OwnPage::Pac,
+            _ => OwnPage::NotFound,
+        }
+    }
+
+    /// The status it is answered with.
+    pub(crate) fn status(self) -> StatusCode {
+        match self {
+            OwnPage::NotFound => StatusCode::NOT_FOUND,
+            OwnPage::NotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            OwnPage::Welcome | OwnPage::Pac | OwnPage::Icon | OwnPage::Robots => StatusCode::OK,
+        }
+    }
+
+    /// For a `404` or `405`, its one-line reason (the answer's text, and the record's).
+    pub(crate) fn missing(self, method: &Method, path: &str) -> Option<String> {
+        match self {
+            OwnPage::NotFound => Some(format!("{path} is not a page of this proxy")),
+            OwnPage::NotAllowed => Some(format!(
+                "{method} is not supported on the proxy's own pages"
+            )),
+            OwnPage::Welcome | OwnPage::Pac | OwnPage::Icon | OwnPage::Robots => None,
+        }
+    }
+}
+
+/// The proxy's icon, at `/favicon.ico` (as `image/svg+xml`): a portcullis, a grille of bars.
+pub(crate) const ICON_SVG: &str =
+    "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\">\
+<rect width=\"16\" height=\"16\" rx=\"3\" fill=\"#2f4858\"/>\
+<path d=\"M4.5 2v12M8 2v12M11.5 2v12M2 5.5h12M2 9.5h12\" stroke=\"#fff\" stroke-width=\"1.5\"/>\
+</svg>\n";
+
+/// `/robots.txt`: a proxy has nothing for crawlers.
+pub(crate) const ROBOTS_TXT: &str = "User-agent: *\nDisallow: /\n";
+
+/// The URL of the PAC file of a proxy reached at `proxy` (`host:port`, as
+/// [`crate::web::pac::proxy_authority`] gives it).
+pub(crate) fn pac_url(proxy: &str) -> String {
+    format!("http://{proxy}{}", crate::web::pac::PATHS[0])
+}
+
+/// The page as text, for a proxy reached at `proxy` (`host:port`, as
+/// [`crate::web::pac::proxy_authority`] gives it).
+pub(crate) fn welcome_text(proxy: &str) -> String {
+    let pac = pac_url(proxy);
     format!(
         "This is Portcullis, a web proxy, not a web site.\n\
-         To browse through it, set {host} as the HTTP and HTTPS proxy in your browser's or \
+         To browse through it, set {proxy} as the HTTP and HTTPS proxy in your browser's or \
          system's proxy settings (Windows: Internet Options > Connections > LAN settings), \
-         or for command-line tools: export http_proxy=http://{host} https_proxy=http://{host}\n"
+         or for command-line tools: export http_proxy=http://{proxy} https_proxy=http://{proxy}\n\
+         Automatic configuration (setup script): {pac}\n"
     )
 }
 
-pub(crate) fn welcome_html(host: &str) -> String {
-    let host = escape_html(host);
+/// The page as HTML, for a proxy reached at `proxy` (as [`welcome_text`]).
+pub(crate) fn welcome_html(proxy: &str) -> String {
+    let pac = escape_html(&pac_url(proxy));
+    let host = escape_html(proxy);
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>Portcullis proxy</title>\
+         <link rel=\"icon\" href=\"/favicon.ico\" type=\"image/svg+xml\">\
          <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}}\
          code{{background:#eee;padding:0 .3em}}</style></head><body>\
          <h1>This is a web proxy</h1>\
          <p>You have reached <b>Portcullis</b>, the proxy that shares this network's internet \
          connection. It is not a web site.</p>\
-         <p>To browse through it, set <code>{host}</code> as the proxy for HTTP and HTTPS:</p>\
+         <p>To browse through it, set <code id=\"proxy\">{host}</code> as the proxy for HTTP and HTTPS:</p>\
          <ul><li>Windows: Settings &rarr; Network &amp; Internet &rarr; Proxy, or Internet \
          Options &rarr; Connections &rarr; LAN settings</li>\
          <li>macOS: System Settings &rarr; Network &rarr; Details &rarr; Proxies</li>\
          <li>Linux and command-line tools: <code>export http_proxy=http://{host} \
          https_proxy=http://{host}</code></li></ul>\
+         <p>Or let the system or browser set itself up: automatic configuration \
+         (&ldquo;setup script&rdquo;) <code id=\"pac\">{pac}</code></p>\
          </body></html>\n"
     )
 }
@@ -79,5 +165,35 @@ mod tests {
     #[test]
     fn html_is_escaped() {
         assert!(!welcome_html("<script>").contains("<script>"));
+    }
+
+    #[test]
+    fn both_forms_give_the_pac_url_beside_the_address() {
+        let url = "http://proxy.lan:3128/proxy.pac";
+        assert!(welcome_text("proxy.lan:3128").contains(&format!("setup script): {url}\n")));
+        assert!(welcome_html("proxy.lan:3128").contains(&format!("<code id=\"pac\">{url}</code>")));
+    }
+
+    #[test]
+    fn each_path_gets_its_answer_and_none_is_a_refusal() {
+        let get = |path| OwnPage::of(&Method::GET, path);
+        assert_eq!(get("/"), OwnPage::Welcome);
+        assert_eq!(get("/proxy.pac"), OwnPage::Pac);
+        assert_eq!(get("/wpad.dat"), OwnPage::Pac);
+        assert_eq!(get("/favicon.ico"), OwnPage::Icon);
+        assert_eq!(get("/robots.txt"), OwnPage::Robots);
+        assert_eq!(OwnPage::of(&Method::HEAD, "/favicon.ico"), OwnPage::Icon);
+        let missing = get("/apple-touch-icon.png");
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            missing
+                .missing(&Method::GET, "/apple-touch-icon.png")
+                .as_deref(),
+            Some("/apple-touch-icon.png is not a page of this proxy")
+        );
+        let post = OwnPage::of(&Method::POST, "/");
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(get("/").missing(&Method::GET, "/"), None);
+        assert!(ICON_SVG.starts_with("<svg ") && ICON_SVG.ends_with("</svg>\n"));
     }
 }

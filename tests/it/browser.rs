@@ -29,6 +29,12 @@ pub fn chromium() -> Option<PathBuf> {
 /// Runs headless Chromium with `args` and a fresh profile; returns its stdout.
 fn run_chromium(binary: &Path, args: &[String]) -> String {
     let profile = tempfile::tempdir().unwrap();
+    run_chromium_in(binary, profile.path(), args)
+}
+
+/// Runs headless Chromium with `args` and the profile in `profile` (which a later run may
+/// take up again, as a browser that comes back); returns its stdout.
+pub fn run_chromium_in(binary: &Path, profile: &Path, args: &[String]) -> String {
     let mut command = Command::new(binary);
     command
         .args([
@@ -46,7 +52,7 @@ fn run_chromium(binary: &Path, args: &[String]) -> String {
             "--dns-prefetch-disable",
             "--no-default-browser-check",
         ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--user-data-dir={}", profile.display()))
         .args(args);
     let (output, _) = run_bounded(command, Vec::new(), Duration::from_secs(60));
     assert!(
@@ -58,7 +64,7 @@ fn run_chromium(binary: &Path, args: &[String]) -> String {
 }
 
 /// Chromium, or `None` (the test is skipped) when this machine has none and CI is not set.
-fn chromium_or_skip() -> Option<PathBuf> {
+pub fn chromium_or_skip() -> Option<PathBuf> {
     let binary = chromium();
     if binary.is_none() {
         assert!(

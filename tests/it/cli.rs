@@ -2,92 +2,12 @@
 //! log on stdout and diagnostics on stderr, clear errors for bad configuration, and exit 0
 //! after SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::BIN;
-
-/// The running binary, its stdout (the access log) and stderr (diagnostics), line by line.
-struct Running {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
-}
-
-fn lines_of(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for a line containing all of `needles`.
-fn line_with(lines: &mpsc::Receiver<String>, needles: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
-            Ok(_) => continue,
-            Err(_) => break,
-        }
-    }
-    panic!("no line with {needles:?}");
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = lines_of(child.stdout.take().unwrap());
-        let stderr = lines_of(child.stderr.take().unwrap());
-        Running {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn listening_addr(&self) -> SocketAddr {
-        let line = line_with(&self.stderr, &["listening"]);
-        let addr = line.rsplit("addr=").next().unwrap().trim();
-        addr.parse().unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A client connection to the proxy at `addr`, whose reads give up after 10 s.
-fn connect(addr: SocketAddr) -> TcpStream {
-    let client = TcpStream::connect(addr).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    client
-}
-
-fn write_config(text: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(text.as_bytes()).unwrap();
-    file
-}
+use crate::support::{blocking_client, blocking_exchange, line_with, write_config, Running, BIN};
 
 #[test]
 fn runs_from_a_config_file_logs_access_and_exits_0_on_sigterm() {
@@ -110,14 +30,10 @@ fn runs_from_a_config_file_logs_access_and_exits_0_on_sigterm() {
     let running = Running::start(&["--config", path, "--listen", "127.0.0.1:0"]);
     let addr = running.listening_addr();
 
-    let mut client = connect(addr);
-    write!(
-        client,
-        "GET http://{origin_addr}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    let _ = client.read_to_string(&mut response);
+    let response = blocking_exchange(
+        addr,
+        &format!("GET http://{origin_addr}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    );
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(response.ends_with("hi"), "{response}");
 
@@ -245,7 +161,7 @@ fn a_tunnel_gives_back_its_pipes_when_quiet_and_everything_when_closed() {
     let pid = running.child.id();
     let baseline = open_fds(pid);
 
-    let mut client = connect(addr);
+    let mut client = blocking_client(addr);
     write!(
         client,
         "CONNECT {origin_addr} HTTP/1.1\r\nHost: {origin_addr}\r\n\r\n"
@@ -328,12 +244,10 @@ fn workers_sets_the_number_of_serving_threads() {
         }
         assert_eq!(seen, want, "{setting}: (workers, threads)");
         // The threads serve: a request for the proxy's own page is answered.
-        let mut client = connect(addr);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: portcullis\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        let _ = client.read_to_string(&mut answer);
+        let answer = blocking_exchange(
+            addr,
+            "GET / HTTP/1.1\r\nHost: portcullis\r\nConnection: close\r\n\r\n",
+        );
         assert!(answer.starts_with("HTTP/1.1 200"), "{setting}: {answer}");
         // And no more start later.
         std::thread::sleep(Duration::from_millis(200));

@@ -429,3 +429,31 @@ async fn resolution_shows_in_the_metrics() {
         .iter()
         .any(|s| s.metric == "portcullis_dns_resolution_seconds_count"));
 }
+
+#[tokio::test]
+async fn the_proxys_page_opened_by_its_name_through_the_proxy_is_its_own_page() {
+    let dns = DnsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Zone::new().with("proxy.test", Answer::v4(&[V4])),
+    )
+    .await;
+    // Loopback destinations refused: the page is no destination.
+    let proxy = Proxy::start(&format!("[dns]\nservers = [\"{}\"]\n", dns.addr)).await;
+    let port = proxy.addr.port();
+    let page = get(proxy.addr, &format!("http://proxy.test:{port}/")).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("proxy.test"), "{}", page.text());
+    let pac = get(proxy.addr, &format!("http://proxy.test:{port}/proxy.pac")).await;
+    assert_eq!(pac.status, 200);
+    assert!(
+        pac.text().contains(&format!("PROXY proxy.test:{port}")),
+        "{}",
+        pac.text()
+    );
+    // A tunnel to the same name is no page: refused (port 3128-like ports are not open to
+    // CONNECT, and the address is the proxy's own).
+    let (status, _) = connect(proxy.addr, &format!("proxy.test:{port}")).await;
+    assert!(status.contains(" 403 "), "{status}");
+    let records = proxy.wait_records(3).await;
+    assert_eq!(records[0].rule.to_string(), "local");
+}

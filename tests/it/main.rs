@@ -17,11 +17,13 @@ mod errorpage;
 mod forward;
 mod guard;
 mod hostile;
+mod ipv6;
 #[cfg(target_os = "linux")]
 mod lan;
 mod lifecycle;
 mod observe;
 mod ops;
+mod own_page;
 mod pac;
 mod parsers;
 mod passwd;

@@ -80,26 +80,13 @@ async fn logged_proxy(
     )
 }
 
-/// The file's lines once `n` have been written.
-async fn lines(path: &Path, n: usize) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= n || tokio::time::Instant::now() > deadline {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn json_log_lines_carry_every_field() {
     let traffic = Traffic::new().await;
     let dir = tempfile::tempdir().unwrap();
     let (proxy, path) = logged_proxy(&traffic, dir.path(), Format::Json).await;
     let _ = traffic.send(proxy.addr).await;
-    let lines = lines(&path, 7).await;
+    let lines = file_lines(&path, 7).await;
     assert_eq!(lines.len(), 7, "{lines:#?}");
     let records: Vec<JsonRecord> = lines
         .iter()
@@ -151,7 +138,7 @@ async fn squid_log_lines_follow_the_native_layout() {
     let dir = tempfile::tempdir().unwrap();
     let (proxy, path) = logged_proxy(&traffic, dir.path(), Format::Squid).await;
     let _ = traffic.send(proxy.addr).await;
-    let lines = lines(&path, 7).await;
+    let lines = file_lines(&path, 7).await;
     assert_eq!(lines.len(), 7, "{lines:#?}");
     // time.ms elapsed client code/status bytes method URL user hierarchy/peer type
     let fields: Vec<Vec<&str>> = lines
@@ -189,7 +176,7 @@ async fn common_log_lines_read_like_a_web_server_s() {
     let dir = tempfile::tempdir().unwrap();
     let (proxy, path) = logged_proxy(&traffic, dir.path(), Format::Common).await;
     let _ = traffic.send(proxy.addr).await;
-    let lines = lines(&path, 7).await;
+    let lines = file_lines(&path, 7).await;
     assert_eq!(lines.len(), 7);
     let web = traffic.web.addr;
     let first = &lines[0];
@@ -225,7 +212,7 @@ async fn the_log_reopens_after_rotation_and_counts_what_it_cannot_write() {
     let proxy = Proxy::start_observed(settings, false, Some(log.clone())).await;
     let url = format!("http://{}/x", traffic.web.addr);
     get(proxy.addr, &url).await;
-    assert_eq!(lines(&path, 1).await.len(), 1);
+    assert_eq!(file_lines(&path, 1).await.len(), 1);
     // logrotate: move the file away, then signal.
     let rotated = dir.path().join("access.log.1");
     std::fs::rename(&path, &rotated).unwrap();
@@ -234,12 +221,12 @@ async fn the_log_reopens_after_rotation_and_counts_what_it_cannot_write() {
     get(proxy.addr, &url).await;
     get(proxy.addr, &url).await;
     assert_eq!(
-        lines(&path, 2).await.len(),
+        file_lines(&path, 2).await.len(),
         2,
         "new lines go to the new file"
     );
     assert_eq!(
-        lines(&rotated, 1).await.len(),
+        file_lines(&rotated, 1).await.len(),
         1,
         "old lines stay in the rotated file"
     );
@@ -267,15 +254,6 @@ async fn the_log_reopens_after_rotation_and_counts_what_it_cannot_write() {
     assert!(dropped.load(Ordering::Relaxed) >= 3);
 }
 
-/// GET `path` from the admin listener.
-async fn admin_get(admin: SocketAddr, path: &str) -> RawResponse {
-    raw(
-        admin,
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn counters_equal_the_traffic_and_metrics_parse() {
     let traffic = Traffic::new().await;
@@ -286,26 +264,8 @@ async fn counters_equal_the_traffic_and_metrics_parse() {
     proxy.wait_records(7).await;
     let admin = proxy.admin.unwrap();
 
-    let r = admin_get(admin, "/metrics").await;
-    assert_eq!(r.status, 200);
-    assert!(r
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
-    let scrape =
-        prometheus_parse::Scrape::parse(r.text().lines().map(|l| Ok(l.to_owned()))).unwrap();
-    let value = |metric: &str, labels: &[(&str, &str)]| -> Option<f64> {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            })
-    };
+    let metrics = Metrics::scrape(admin).await;
+    let value = |metric: &str, labels: &[(&str, &str)]| metrics.value(metric, labels);
     let web = traffic.web.addr.port().to_string();
     let denied = traffic.denied.addr.port().to_string();
     let tunnel = traffic.tunnel.port().to_string();

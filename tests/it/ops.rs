@@ -560,6 +560,8 @@ async fn agree_own_listener(toml: &str) {
     let cases = [
         ("CONNECT", me.to_string(), "destinations.self", false),
         ("GET", format!("http://{me}/proxy.pac"), "local", true),
+        // A path the own pages do not have: their own 404, not a refusal.
+        ("GET", format!("http://{me}/nope"), "local", true),
     ];
     for (n, (method, target, decider, allowed)) in cases.iter().enumerate() {
         let question = Question {

@@ -118,6 +118,9 @@ pub struct Counts {
     pub lines: u64,
     /// Records inside the time window, counted in the groups.
     pub counted: u64,
+    /// Records inside the time window of the proxy's own pages (its page, PAC file, icon),
+    /// which are no traffic through it and are counted in no group.
+    pub own_pages: u64,
     /// Records outside the time window.
     pub outside: u64,
     /// Malformed lines, skipped.
@@ -174,6 +177,10 @@ impl Report {
         }
         if !self.window.contains(e.time_ms) {
             self.counts.outside += 1;
+            return;
+        }
+        if e.own_page {
+            self.counts.own_pages += 1;
             return;
         }
         self.counts.counted += 1;
@@ -309,11 +316,40 @@ fn read_line<R: BufRead>(input: &mut R, buf: &mut Vec<u8>) -> io::Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::policy::{Builtin, Decider};
     use crate::observe::log::{format_line, Format};
     use crate::ops::report::fixtures::*;
     use crate::ops::report::parse::{parse_since, parse_until};
     use crate::ops::report::summary;
     use std::time::Duration;
+
+    #[test]
+    fn the_proxys_own_pages_count_in_no_group() {
+        let mut own = record();
+        own.rule = Decider::Builtin(Builtin::Local);
+        (own.host, own.port, own.path) = ("proxy.lan".into(), 3128, Some("/favicon.ico".into()));
+        for by in [
+            GroupBy::Port,
+            GroupBy::Client,
+            GroupBy::Host,
+            GroupBy::User,
+            GroupBy::Error,
+        ] {
+            let mut report = Report::new(by, Window::default());
+            for format in [Format::Squid, Format::Json] {
+                scan(&mut report, format_line(format, &own, None).as_bytes());
+                scan(&mut report, format_line(format, &record(), None).as_bytes());
+            }
+            let counts = report.counts();
+            assert_eq!((counts.counted, counts.own_pages), (2, 2), "{by:?}");
+            assert_eq!(report.total().map(|t| t.requests), Some(2), "{by:?}");
+            let keys: Vec<String> = report.rows().iter().map(|r| r.key.text().into()).collect();
+            assert!(
+                !keys.iter().any(|k| k == "3128" || k == "proxy.lan"),
+                "{by:?}: {keys:?}"
+            );
+        }
+    }
 
     #[test]
     fn scan_counts_and_locates_malformed_lines() {

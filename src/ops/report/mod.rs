@@ -32,12 +32,16 @@
 //! when no answer was sent). Allowed requests are `TCP_MISS`, `TCP_MISS_ABORTED`, `TCP_TUNNEL`
 //! or `TCP_MEM_HIT` (the proxy's own pages), so "denied" here equals `"decision": "deny"` in the
 //! JSON format. Lines of the JSON format are read by their fields: `time` (arrival),
-//! `client`, `user`, `host`, `port`, `decision`, `bytes_up`, `bytes_down` and `error` (absent
-//! in older lines; Squid lines have no failure kind).
+//! `client`, `user`, `host`, `port`, `decision`, `rule` (whether it is `local`), `bytes_up`,
+//! `bytes_down` and `error` (absent in older lines; Squid lines have no failure kind).
 //!
 //! Times are arrival times in both formats, so `--since`, `--until`, "first seen" and "last
 //! seen" mean the same whichever format a line is in. An empty host is reported as `-`, and a
 //! missing user as `-`.
+//!
+//! Lines of the proxy's own pages (`TCP_MEM_HIT`; rule `local` in JSON) are counted in no
+//! group and no total ([`Counts::own_pages`] only): they are no traffic through the proxy,
+//! which is also how the live statistics treat them.
 
 mod aggregate;
 mod distinct;

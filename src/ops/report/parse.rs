@@ -30,6 +30,9 @@ pub struct Entry<'a> {
     pub port: u16,
     /// Whether the proxy refused the request.
     pub denied: bool,
+    /// Whether the proxy answered it with its own pages (Squid's `TCP_MEM_HIT`, the JSON
+    /// format's rule `local`): no traffic through the proxy, so a report leaves it out.
+    pub own_page: bool,
     /// Payload bytes from the client (always 0 in the Squid format).
     pub bytes_up: u64,
     /// Payload bytes to the client.
@@ -80,6 +83,7 @@ fn parse_squid(line: &str) -> Result<Entry<'_>, BadLine> {
         host,
         port,
         denied: code.starts_with("TCP_DENIED") || code.starts_with("NONE"),
+        own_page: code == "TCP_MEM_HIT",
         bytes_up: 0,
         bytes_down,
         error: None,
@@ -207,6 +211,8 @@ struct JsonLine<'a> {
     port: u16,
     #[serde(borrow)]
     decision: Cow<'a, str>,
+    #[serde(borrow, default)]
+    rule: Option<Cow<'a, str>>,
     bytes_up: u64,
     bytes_down: u64,
     #[serde(borrow, default)]
@@ -233,6 +239,7 @@ fn parse_json(line: &str) -> Result<Entry<'_>, BadLine> {
         },
         port: record.port,
         denied,
+        own_page: record.rule.as_deref() == Some("local"),
         bytes_up: record.bytes_up,
         bytes_down: record.bytes_down,
         error: record.error.filter(|e| !e.is_empty()),
@@ -403,7 +410,24 @@ mod tests {
                     r.path = None;
                     r.port = 0;
                 },
-                entry("-", 0, Some("alice"), false),
+                Entry {
+                    own_page: true,
+                    ..entry("-", 0, Some("alice"), false)
+                },
+            ),
+            // The proxy's own pages answer a missing path with 404: still their own answer.
+            (
+                |r| {
+                    r.rule = Decider::Builtin(Builtin::Local);
+                    r.host = "proxy.lan".into();
+                    r.path = Some("/apple-touch-icon.png".into());
+                    r.port = 3128;
+                    r.status = 404;
+                },
+                Entry {
+                    own_page: true,
+                    ..entry("proxy.lan", 3128, Some("alice"), false)
+                },
             ),
             // IPv6 destinations, with and without a path.
             (

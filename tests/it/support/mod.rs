@@ -1,14 +1,18 @@
 //! Test harness: the real proxy on `127.0.0.1:0` ([`proxy`]), real origins (raw TCP, HTTP,
 //! TLS, scripted, strict) on loopback ([`origin`]), clients that speak raw bytes so tests can
-//! assert exactly what a user sees ([`raw`]), and the `portcullis` binary run as a user runs
-//! it. Every wait is bounded.
+//! assert exactly what a user sees ([`raw`]), the admin listener's pages and metrics as
+//! scrapers read them ([`admin`]), and the `portcullis` binary run as a user runs it, for one
+//! command or as a server ([`running`]), and a small DNS server for names ([`dns`]). Every
+//! wait is bounded.
 
+pub mod admin;
 pub mod dns;
 #[cfg(target_os = "linux")]
 pub mod netns;
 pub mod origin;
 pub mod proxy;
 pub mod raw;
+pub mod running;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,9 +22,11 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
+pub use admin::*;
 pub use origin::*;
 pub use proxy::*;
 pub use raw::*;
+pub use running::*;
 
 /// The bound on any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -104,6 +110,20 @@ pub fn portcullis(args: &[&str], stdin: impl Into<Vec<u8>>) -> Ran {
         status: output.status,
         stdout: output.stdout,
         stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
+    }
+}
+
+/// The lines of the file at `path` once it has at least `n` (an access log being written),
+/// or what it has after `WAIT`.
+pub async fn file_lines(path: &Path, n: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= n || tokio::time::Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

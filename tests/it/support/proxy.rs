@@ -1,4 +1,5 @@
-//! The real proxy, started in this process on `127.0.0.1:0`, and the access records it makes.
+//! The real proxy, started in this process on `127.0.0.1:0` (or another address, `[::]:0`
+//! say), and the access records it makes.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -49,7 +50,18 @@ impl Proxy {
         admin: bool,
         sink: Option<Arc<dyn AccessSink>>,
     ) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Proxy::start_listening("127.0.0.1:0", settings, admin, sink.into_iter().collect()).await
+    }
+
+    /// Starts the proxy listening on `listen` (`[::]:0`, `[::1]:0` …), with an admin listener
+    /// on `127.0.0.1:0` when `admin`, and `sinks` (access logs, say) among its record sinks.
+    pub async fn start_listening(
+        listen: &str,
+        settings: Settings,
+        admin: bool,
+        sinks: Vec<Arc<dyn AccessSink>>,
+    ) -> Proxy {
+        let listener = TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin_listener = if admin {
             Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
@@ -59,7 +71,7 @@ impl Proxy {
         let admin_addr = admin_listener.as_ref().map(|l| l.local_addr().unwrap());
         let records = Arc::new(Mutex::new(Vec::new()));
         let mut recorder = Recorder::new().with_sink(Arc::new(Collect(records.clone())));
-        if let Some(sink) = sink {
+        for sink in sinks {
             recorder = recorder.with_sink(sink);
         }
         let (tx, rx) = oneshot::channel::<()>();
