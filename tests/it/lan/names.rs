@@ -1,7 +1,8 @@
 //! Names the proxy resolves, with the internet's DNS server: found (plain HTTP and CONNECT,
-//! from both of the proxy's LAN addresses), NXDOMAIN or no address, never answered, names of loopback and of
-//! the LAN, a name with IPv6 addresses only, a name whose IPv6 address silently drops beside
-//! a working IPv4 one, and a name with nothing reachable.
+//! from both of the proxy's LAN addresses), NXDOMAIN or no address, never answered, names of
+//! loopback, of the LAN and of the proxy itself, a name with IPv6 addresses only, a name
+//! whose IPv6 address silently drops beside a working IPv4 one, and a name with nothing
+//! reachable.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -220,7 +221,7 @@ async fn a_name_never_answered_waits_for_the_connect_timeout_and_holds_up_no_oth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn names_of_loopback_of_the_proxy_and_of_the_lan_are_refused() {
+async fn names_of_loopback_and_of_the_lan_are_refused_and_the_proxys_own_name_loops_nowhere() {
     let Some(lan) = Lan::build(2) else { return };
     let pc1 = lan.pcs[1].v4;
     let _dns = start_dns(
@@ -240,15 +241,15 @@ async fn names_of_loopback_of_the_proxy_and_of_the_lan_are_refused() {
         lan.pcs[1].ns.listen(at(pc1, 8080)),
         |s| async move { drop(s) },
     );
+    // Tunnels to the proxy's port are open, so that the guard is what refuses one to itself.
     let conf = Conf::with(
-        "[[rules]]\nname = \"no LAN hosts\"\nhosts = [\"10.77.0.0/24\", \"fd00:77::/64\"]\naction = \"deny\"\n",
+        "[ports]\nconnect = [\"https\", 3128]\n\n[[rules]]\nname = \"no LAN hosts\"\nhosts = [\"10.77.0.0/24\", \"fd00:77::/64\"]\naction = \"deny\"\n",
     );
     let _proxy = lan.start_proxy(&conf.text(&lan));
     let pc = &lan.pcs[0];
 
     for (host, port, rule) in [
         ("loop.example", 8080, "destinations.loopback"),
-        ("proxy.example", PROXY_PORT, "destinations.self"),
         ("pc1.example", 8080, "rule \"no LAN hosts\""),
     ] {
         let (response, _) = get(pc, &format!("{host}:{port}"), "/").await;
@@ -258,6 +259,28 @@ async fn names_of_loopback_of_the_proxy_and_of_the_lan_are_refused() {
     }
     let (answer, ..) = connect(pc, "loop.example:443").await;
     assert_eq!(answer.status, 403, "{}", answer.text());
+    // The proxy's own name on its port: a tunnel would loop and is refused; plain HTTP is
+    // the proxy's own page, dialled nowhere.
+    let (answer, ..) = connect(pc, &format!("proxy.example:{PROXY_PORT}")).await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    let record = wait_record(&lan, |r| {
+        r["host"] == "proxy.example" && r["method"] == "CONNECT"
+    })
+    .await;
+    assert_eq!(record["rule"], "destinations.self", "{record}");
+    let (page, _) = get(pc, &format!("proxy.example:{PROXY_PORT}"), "/").await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(
+        page.text().contains("This is Portcullis"),
+        "{}",
+        page.text()
+    );
+    let record = wait_record(&lan, |r| {
+        r["host"] == "proxy.example" && r["method"] == "GET"
+    })
+    .await;
+    assert_eq!(record["rule"], "local", "{record}");
+
     assert_eq!(on_loopback.accepts(), 0);
     assert_eq!(on_pc1.accepts(), 0);
 }
