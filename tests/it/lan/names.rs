@@ -333,6 +333,7 @@ async fn broken_ipv6_beside_working_ipv4_answers_within_a_second() {
         through(&mut tunnel, "dual.example", "/tunnel").await,
         "hello GET /tunnel"
     );
+    eprintln!("broken IPv6 beside IPv4: plain HTTP {plain_took:?}, CONNECT {tunnel_took:?}");
     assert!(
         plain_took < Duration::from_secs(1) && tunnel_took < Duration::from_secs(1),
         "with a silent IPv6 address beside a working IPv4 one, plain HTTP took {plain_took:?} \
