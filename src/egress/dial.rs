@@ -136,7 +136,7 @@ pub enum OutboundError {
 
 impl Outbound {
     /// The outbound side `settings` ask for; `previous` lends its resolver (and so its cache)
-    /// when `[dns]` did not change.
+    /// when neither `[dns]` nor `/etc/resolv.conf` changed.
     pub fn new(
         settings: &Settings,
         previous: Option<&Outbound>,
@@ -145,7 +145,7 @@ impl Outbound {
             return Err(OutboundError::NotLocal(*ip));
         }
         let resolver = match previous {
-            Some(previous) if *previous.resolver.settings() == settings.dns => {
+            Some(previous) if previous.resolver.is_current(&settings.dns) => {
                 previous.resolver.clone()
             }
             _ => Arc::new(Resolver::new(&settings.dns)?),

@@ -30,6 +30,8 @@ use crate::config::{DnsSettings, ResolverKind};
 pub struct Resolver {
     inner: Inner,
     settings: DnsSettings,
+    /// `/etc/resolv.conf` and `/etc/hosts` as they were read, for the builtin resolver.
+    files: Option<SystemFiles>,
 }
 
 enum Inner {
@@ -117,19 +119,30 @@ impl Resolver {
     /// Builds the resolver `settings` ask for. The builtin one reads `/etc/resolv.conf` now
     /// (its servers unless `dns.servers` replace them).
     pub fn new(settings: &DnsSettings) -> Result<Resolver, ResolverError> {
-        let inner = match settings.resolver {
-            ResolverKind::System => Inner::System,
-            ResolverKind::Builtin => Inner::Builtin(Arc::new(builtin(settings)?)),
+        let (inner, files) = match settings.resolver {
+            ResolverKind::System => (Inner::System, None),
+            ResolverKind::Builtin => {
+                let files = SystemFiles::read();
+                (Inner::Builtin(Arc::new(builtin(settings)?)), Some(files))
+            }
         };
         Ok(Resolver {
             inner,
             settings: settings.clone(),
+            files,
         })
     }
 
-    /// The settings it was built from.
-    pub fn settings(&self) -> &DnsSettings {
-        &self.settings
+    /// Whether this resolver is the one `settings` ask for now: the same `[dns]`, and, for
+    /// the builtin one, `/etc/resolv.conf` and `/etc/hosts` as they were read (a DHCP
+    /// client may have rewritten the first since). A reload keeps the resolver, and its
+    /// cache, only then.
+    pub fn is_current(&self, settings: &DnsSettings) -> bool {
+        self.settings == *settings
+            && self
+                .files
+                .as_ref()
+                .is_none_or(|files| *files == SystemFiles::read())
     }
 
     /// Starts looking `name` up: AAAA and A at once with the builtin resolver, one
@@ -324,6 +337,23 @@ fn system_error(e: &std::io::Error) -> LookupError {
         LookupError::NoSuchName
     } else {
         LookupError::Failed(text.to_owned())
+    }
+}
+
+/// The files the builtin resolver reads when it is built: its servers, search list and
+/// options, and the static names.
+#[derive(PartialEq, Eq)]
+struct SystemFiles {
+    resolv_conf: Option<Vec<u8>>,
+    hosts: Option<Vec<u8>>,
+}
+
+impl SystemFiles {
+    fn read() -> SystemFiles {
+        SystemFiles {
+            resolv_conf: std::fs::read("/etc/resolv.conf").ok(),
+            hosts: std::fs::read("/etc/hosts").ok(),
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! Names the proxy resolves, with the internet's DNS server: found (plain HTTP and CONNECT,
 //! from both of the proxy's LAN addresses), NXDOMAIN or no address, never answered, names of
 //! loopback, of the LAN and of the proxy itself, a name with IPv6 addresses only, a name
-//! whose IPv6 address silently drops beside a working IPv4 one, and a name with nothing
-//! reachable.
+//! whose IPv6 address silently drops beside a working IPv4 one, a name with nothing
+//! reachable, and the builtin resolver following a rewritten resolv.conf on reload.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use super::*;
-use crate::support::dns::{Answer, Zone};
+use crate::support::dns::{Answer, DnsServer, Zone};
 use crate::support::netns::*;
 use crate::support::{exchange, HttpOrigin, Origin, RawResponse};
 
@@ -379,4 +379,56 @@ async fn a_name_with_every_address_black_holed_gets_504_at_the_connect_timeout()
     }
     let record = record_for(&lan, "dark.example").await;
     assert_eq!(record["error"], "timeout", "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builtin_resolver_follows_a_rewritten_resolv_conf_on_reload() {
+    let Some(lan) = Lan::build(1) else { return };
+    let (old_web, new_web) = (server_v4(10), server_v4(11));
+    // The server the gateway's resolv.conf names, and another one, on an address of its own.
+    let old = start_dns(
+        &lan,
+        Zone::new().with("moving.example", Answer::v4(&[old_web])),
+    );
+    let new_dns = server_v4(19);
+    let new = DnsServer::serve(
+        lan.internet.bind_udp(SocketAddr::new(new_dns.into(), 53)),
+        Zone::new().with("moving.example", Answer::v4(&[new_web])),
+    );
+    let _origins = (
+        http_origin(&lan, at(old_web, 80)),
+        http_origin(&lan, at(new_web, 80)),
+    );
+    // The builtin resolver with the servers of resolv.conf (no [dns] servers).
+    let config = Conf::with("[ports]\nconnect = [\"http\"]\n")
+        .text(&lan)
+        .replace(&format!("servers = [\"{DNS_V4}\"]\n"), "");
+    assert!(!config.contains("servers"), "{config}");
+    let proxy = lan.start_proxy(&config);
+    let pc = &lan.pcs[0];
+
+    // Tunnels, which dial every time (plain HTTP may reuse a kept-alive origin connection).
+    let (answer, _, _) = connect(pc, "moving.example:80").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let before = wait_record(&lan, |r| r["method"] == "CONNECT").await;
+    assert_eq!(before["upstream"], "192.0.2.10:80", "{before}");
+    assert!(old.queries_for("moving.example") >= 1);
+
+    // A DHCP client rewrites resolv.conf; the owner reloads with the same configuration.
+    proxy.set_resolv_conf(&format!(
+        "nameserver {new_dns}\noptions timeout:5 attempts:1\n"
+    ));
+    proxy.reload(&config);
+    let (answer, _, _) = connect(pc, "moving.example:80").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let after = wait_record(&lan, |r| {
+        r["method"] == "CONNECT" && r["upstream"] != before["upstream"]
+    })
+    .await;
+    assert_eq!(after["upstream"], "192.0.2.11:80", "{after}");
+    assert_eq!(
+        after["dns_cached"], false,
+        "a new resolver, a new cache: {after}"
+    );
+    assert!(new.queries_for("moving.example") >= 1);
 }

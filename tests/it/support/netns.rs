@@ -484,6 +484,12 @@ impl Portcullis {
         assert!(status.success(), "kill -{name} {}", self.pid());
     }
 
+    /// Rewrites the gateway's `/etc/resolv.conf` (the file `ip netns exec` mounts there, written
+    /// in place so the mount shows the new text).
+    pub fn set_resolv_conf(&self, text: &str) {
+        std::fs::write(etc_dir(&self.gateway).join("resolv.conf"), text).unwrap();
+    }
+
     /// Rewrites the configuration file with `config`, sends SIGHUP and waits until the proxy
     /// says it reloaded; fails the test when it says the reload failed.
     pub fn reload(&self, config: &str) {
