@@ -1,7 +1,7 @@
 //! Start-up lint: configurations that are valid but probably not what the owner meant.
 //!
 //! Printed as warnings when the proxy starts (and by a `check` command later): an open proxy,
-//! SMTP reachable through CONNECT, a rule that can never match because an earlier rule
+//! SMTP reachable through CONNECT, Happy Eyeballs switched off by its timeouts, a rule that can never match because an earlier rule
 //! matches everything it would, and a rule with no conditions. Pure: reads the configuration
 //! and its validated settings, returns one line per finding.
 
@@ -40,6 +40,15 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
                 join(&public)
             ));
         }
+    }
+
+    let t = &settings.timeouts;
+    if t.connect_attempt >= t.connect {
+        out.push(format!(
+            "timeouts.connect_attempt ({}) is not shorter than timeouts.connect ({}): only the first address of a name is ever tried, so a dual-stack name whose IPv6 is broken fails",
+            humantime::format_duration(t.connect_attempt),
+            humantime::format_duration(t.connect)
+        ));
     }
 
     if policy.connect_ports.contains(25) {
@@ -221,6 +230,10 @@ mod tests {
     #[test]
     fn findings() {
         let cases: &[(&str, &str)] = &[
+            (
+                "[timeouts]\nconnect = \"1s\"\nconnect_attempt = \"2s\"\n",
+                "timeouts.connect_attempt (2s) is not shorter than timeouts.connect (1s)",
+            ),
             (
                 "[clients]\nallow = [\"0.0.0.0/0\", \"::/0\"]\n",
                 "open proxy: listening on 0.0.0.0:3128",

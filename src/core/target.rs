@@ -355,9 +355,14 @@ fn numeric_ipv4(name: &str) -> Option<Ipv4Addr> {
     let mut numbers = Vec::with_capacity(parts.len());
     for part in &parts {
         let hex = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X"));
+        // Digits only: the standard library's parsers would also take a sign.
         let n = match hex {
             Some("") => 0,
-            Some(digits) => u64::from_str_radix(digits, 16).ok()?,
+            Some(digits) if digits.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                u64::from_str_radix(digits, 16).ok()?
+            }
+            Some(_) => return None,
+            None if !part.bytes().all(|b| b.is_ascii_digit()) => return None,
             None if part.len() > 1 && part.starts_with('0') => {
                 u64::from_str_radix(&part[1..], 8).ok()?
             }

@@ -199,20 +199,31 @@ pub async fn allowed_addresses(
         Host::Name(name) => {
             let started = Instant::now();
             let mut lookups = out.resolver.lookups(name);
+            // Once some addresses are known, the other family gets the resolution delay.
+            let mut until = deadline;
             loop {
                 let answer = tokio::select! {
                     answer = lookups.next() => answer,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        return Err(DialError::ResolveTimedOut { host: name.clone(), after: out.connect });
-                    }
+                    _ = tokio::time::sleep_until(until) => None,
                 };
                 let Some(answer) = answer else { break };
                 note_answer(dns, started, answer.cached);
                 match answer.result {
-                    Ok(ips) => ips.into_iter().for_each(|ip| queue.push(ip)),
+                    Ok(ips) => {
+                        ips.into_iter().for_each(|ip| queue.push(ip));
+                        until = until.min(Instant::now() + RESOLUTION_DELAY);
+                    }
                     Err(e) => errors.push(e),
                 }
             }
+            let nothing = queue.is_empty(false);
+            if nothing && !lookups.is_done() && Instant::now() >= deadline {
+                return Err(DialError::ResolveTimedOut {
+                    host: name.clone(),
+                    after: out.connect,
+                });
+            }
+            lookups.finish_in_background();
         }
     }
     let mut checked = Checked {
@@ -338,12 +349,16 @@ pub(crate) async fn race(
     let mut hold_v4: Option<Instant> = None;
     let mut lookup_errors = Vec::new();
     let (mut denied, mut failed) = (None, None);
+    // Set when every address known has been refused or has failed while a lookup still
+    // runs: the other family gets this long, not the whole connect timeout.
+    let mut give_up_at: Option<Instant> = None;
     let result = loop {
         let now = Instant::now();
         if hold_v4.is_some_and(|until| now >= until) {
             hold_v4 = None;
         }
-        if attempts.is_empty() || now >= next_at {
+        let room = attempts.len() < MAX_ATTEMPTS_IN_FLIGHT;
+        if room && (attempts.is_empty() || now >= next_at) {
             if let Some(ip) = queue.pop(hold_v4.is_some()) {
                 let addr = SocketAddr::new(ip, port);
                 match check(addr) {
@@ -360,20 +375,14 @@ pub(crate) async fn race(
             }
         }
         let resolving = lookups.as_ref().is_some_and(|l| !l.is_done());
-        if attempts.is_empty() && queue.is_empty(false) && !resolving {
-            // A refusal says more than a failed connection: it holds whatever the network
-            // does (a name that leads back to the proxy is refused, reachable or not).
-            break Err(match (denied, failed) {
-                (Some(denial), _) => DialError::Denied(denial),
-                (None, Some((addr, error))) => DialError::Connect {
-                    target: shown_target(host, port),
-                    addr,
-                    error,
-                },
-                (None, None) => lookup_failure(host, &lookup_errors),
-            });
+        let exhausted = attempts.is_empty() && queue.is_empty(false);
+        if exhausted && (!resolving || give_up_at.is_some_and(|at| now >= at)) {
+            break Err(given_up(host, port, denied, failed, &lookup_errors));
         }
-        let waiting = !attempts.is_empty() && !queue.is_empty(hold_v4.is_some());
+        if exhausted && give_up_at.is_none() && (denied.is_some() || failed.is_some()) {
+            give_up_at = Some(now + LATE_FAMILY_WAIT);
+        }
+        let waiting = room && !attempts.is_empty() && !queue.is_empty(hold_v4.is_some());
         tokio::select! {
             answer = next_answer(&mut lookups), if resolving => {
                 let Some(answer) = answer else { continue };
@@ -412,21 +421,52 @@ pub(crate) async fn race(
             }
             _ = tokio::time::sleep_until(next_at), if waiting => {}
             _ = tokio::time::sleep_until(hold_v4.unwrap_or(deadline)), if hold_v4.is_some() => {}
+            _ = tokio::time::sleep_until(give_up_at.unwrap_or(deadline)), if give_up_at.is_some() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                break Err(if deciders.is_empty() && resolving {
-                    DialError::ResolveTimedOut { host: host.to_string(), after: out.connect }
-                } else {
+                break Err(if !attempts.is_empty() {
                     DialError::TimedOut { target: shown_target(host, port), after: out.connect }
+                } else if denied.is_some() || failed.is_some() {
+                    given_up(host, port, denied, failed, &lookup_errors)
+                } else {
+                    DialError::ResolveTimedOut { host: host.to_string(), after: out.connect }
                 });
             }
         }
     };
     // The attempts still running are dropped with the set; a lookup still running is
-    // finished in the background so that the cache holds both families next time.
-    if let Some(mut lookups) = lookups.filter(|l| !l.is_done()) {
-        tokio::spawn(async move { while lookups.next().await.is_some() {} });
+    // finished in the background (bounded) so that the cache holds both families next time.
+    if let Some(lookups) = lookups {
+        lookups.finish_in_background();
     }
     result
+}
+
+/// Connection attempts of one dial running at once: a name with many addresses that do not
+/// answer holds this many sockets at most.
+const MAX_ATTEMPTS_IN_FLIGHT: usize = 8;
+/// How long a dial whose known addresses were all refused or failed waits for the other
+/// family's answer before it says so.
+const LATE_FAMILY_WAIT: Duration = Duration::from_secs(1);
+
+/// The error of a dial with nothing left to try. A refusal says more than a failed
+/// connection: it holds whatever the network does (a name that leads back to the proxy is
+/// refused, reachable or not).
+fn given_up(
+    host: &Host,
+    port: u16,
+    denied: Option<Denial>,
+    failed: Option<(SocketAddr, io::Error)>,
+    lookup_errors: &[LookupError],
+) -> DialError {
+    match (denied, failed) {
+        (Some(denial), _) => DialError::Denied(denial),
+        (None, Some((addr, error))) => DialError::Connect {
+            target: shown_target(host, port),
+            addr,
+            error,
+        },
+        (None, None) => lookup_failure(host, lookup_errors),
+    }
 }
 
 /// The next answer of `lookups`, when there are any.

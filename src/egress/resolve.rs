@@ -16,7 +16,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
+
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -29,6 +31,9 @@ use crate::config::{DnsSettings, ResolverKind};
 /// A resolver built from `[dns]`.
 pub struct Resolver {
     inner: Inner,
+    /// Lookups finished in the background after their dial was won, at most
+    /// [`BACKGROUND_LOOKUPS`] at once.
+    background: Arc<Semaphore>,
     settings: DnsSettings,
     /// `/etc/resolv.conf` and `/etc/hosts` as they were read, for the builtin resolver.
     files: Option<SystemFiles>,
@@ -88,6 +93,7 @@ type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
 /// The lookups of one name, answered one by one as they arrive.
 pub struct Lookups {
     pending: Vec<Pending>,
+    background: Arc<Semaphore>,
 }
 
 impl Lookups {
@@ -113,7 +119,32 @@ impl Lookups {
     pub fn is_done(&self) -> bool {
         self.pending.is_empty()
     }
+
+    /// Lets the lookups still running finish on a task of their own, so that the cache holds
+    /// their answers for the next request: at most [`BACKGROUND_LOOKUPS`] at once across the
+    /// proxy (past that they are dropped), each for [`BACKGROUND_LIMIT`] at most.
+    pub fn finish_in_background(mut self) {
+        if self.is_done() {
+            return;
+        }
+        let Ok(permit) = self.background.clone().try_acquire_owned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let finish = async { while self.next().await.is_some() {} };
+            let _ = tokio::time::timeout(BACKGROUND_LIMIT, finish).await;
+        });
+    }
 }
+
+/// Lookups finished in the background at once, across the proxy.
+pub const BACKGROUND_LOOKUPS: usize = 64;
+/// The longest a lookup is finished in the background.
+pub const BACKGROUND_LIMIT: Duration = Duration::from_secs(10);
+/// Addresses of one family taken from an answer: a dial tries a few; an answer of thousands
+/// would only cost time and memory.
+pub const MAX_ADDRESSES_PER_FAMILY: usize = 16;
 
 impl Resolver {
     /// Builds the resolver `settings` ask for. The builtin one reads `/etc/resolv.conf` now
@@ -128,6 +159,7 @@ impl Resolver {
         };
         Ok(Resolver {
             inner,
+            background: Arc::new(Semaphore::new(BACKGROUND_LOOKUPS)),
             settings: settings.clone(),
             files,
         })
@@ -166,7 +198,15 @@ impl Resolver {
                 vec![Box::pin(async move {
                     let result = match tokio::net::lookup_host((name.as_str(), 0)).await {
                         Ok(addrs) => {
-                            let ips: Vec<IpAddr> = addrs.map(|a: SocketAddr| a.ip()).collect();
+                            let (mut v6, mut v4) = (0, 0);
+                            let ips: Vec<IpAddr> = addrs
+                                .map(|a: SocketAddr| a.ip())
+                                .filter(|ip| {
+                                    let n = if ip.is_ipv6() { &mut v6 } else { &mut v4 };
+                                    *n += 1;
+                                    *n <= MAX_ADDRESSES_PER_FAMILY
+                                })
+                                .collect();
                             if ips.is_empty() {
                                 Err(LookupError::NoAddress)
                             } else {
@@ -183,7 +223,10 @@ impl Resolver {
                 })]
             }
         };
-        Lookups { pending }
+        Lookups {
+            pending,
+            background: self.background.clone(),
+        }
     }
 }
 
@@ -273,7 +316,8 @@ fn builtin(settings: &DnsSettings) -> Result<TokioResolver, ResolverError> {
 }
 
 /// Runs `lookup`, noting whether it answered at its first poll: the resolver answers from
-/// its cache or `/etc/hosts` without waiting, and waits only when it asks a server.
+/// its cache or `/etc/hosts` without waiting, and waits only when it asks a server. A
+/// failure at once (no server could be asked) is no cache hit.
 fn watched(
     family: Family,
     lookup: impl Future<Output = Result<Vec<IpAddr>, LookupError>> + Send + 'static,
@@ -282,11 +326,11 @@ fn watched(
     let mut first = true;
     std::future::poll_fn(move |cx| {
         let polled = lookup.as_mut().poll(cx);
-        let cached = std::mem::replace(&mut first, false);
+        let first_poll = std::mem::replace(&mut first, false);
         polled.map(|result| Answer {
             family,
+            cached: first_poll && !matches!(result, Err(LookupError::Failed(_))),
             result,
-            cached,
         })
     })
 }
@@ -304,6 +348,7 @@ fn addresses(
             RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
             _ => None,
         })
+        .take(MAX_ADDRESSES_PER_FAMILY)
         .collect();
     if ips.is_empty() {
         Err(LookupError::NoAddress)

@@ -188,22 +188,6 @@ pub fn explain(
         Front::OwnPage => return Ok(walk.own_page(&method, &uri)),
         Front::Proceed { kind, target, .. } => (kind, target),
     };
-    // A name of this proxy on a listener's port is its own page too, as the proxy finds by
-    // resolving it (with --resolve here).
-    if let (Kind::Http, Host::Name(name), Some(resolve)) = (kind, &target.host, lookups.resolve) {
-        let policy = &settings.policy;
-        if policy.listen.iter().any(|l| l.port() == target.port) {
-            let own = resolve(name, target.port)
-                .unwrap_or_default()
-                .into_iter()
-                .any(|ip| policy.is_listener(SocketAddr::new(ip, target.port), lookups.is_local));
-            if own {
-                walk.step(format!("{name} resolves to this proxy's listener"));
-                return Ok(walk.own_page(&method, &uri));
-            }
-        }
-    }
-
     // The log-in, when [auth] is on: a question names the user instead of a password.
     let user = match &settings.auth {
         None => {
@@ -273,6 +257,8 @@ pub fn explain(
         Kind::Http => "the origin's answer (if it answers)",
     };
     let via_parent = go.route == Route::Parent;
+    // Plain HTTP that resolves to the proxy's own listener gets its pages.
+    let page = (kind == Kind::Http).then_some((&method, &uri));
     match go.decider {
         Some(decider) => match (&target.host, via_parent) {
             (Host::Ip(_), true) => Ok(walk.allowed(decider, allowed_status)),
@@ -300,6 +286,7 @@ pub fn explain(
                     lookups,
                     PerAddress::Decided(decider),
                     allowed_status,
+                    page,
                 )),
             },
         },
@@ -329,6 +316,7 @@ pub fn explain(
                     lookups,
                     PerAddress::Decide(&facts),
                     allowed_status,
+                    page,
                 )),
             }
         }
@@ -464,6 +452,7 @@ impl Walk<'_> {
         lookups: &Lookups<'_>,
         mode: PerAddress<'_>,
         allowed_status: &str,
+        page: Option<(&Method, &Uri)>,
     ) -> Explanation {
         let Host::Name(name) = &target.host else {
             return self.allowed(Decider::Builtin(Builtin::Nothing), allowed_status);
@@ -524,10 +513,27 @@ impl Walk<'_> {
                 }
             }
         }
-        match (first_allowed, first_denied) {
-            (Some(decider), _) => self.allowed(decider, allowed_status),
-            (None, Some(denial)) => self.denied(denial, "403 Forbidden"),
-            (None, None) => self.allowed(Decider::Builtin(Builtin::Nothing), allowed_status),
+        match (first_allowed, first_denied, page) {
+            (Some(decider), _, _) => self.allowed(decider, allowed_status),
+            // Plain HTTP to a name of the proxy itself: its own pages, as the proxy answers
+            // the refusal of its own address.
+            (None, Some(denial), Some((method, uri)))
+                if denial.rule == Decider::Builtin(Builtin::DestinationsSelf) =>
+            {
+                self.step(format!(
+                    "{method} {uri}: {} names the proxy itself, which answers with its own pages",
+                    target.host
+                ));
+                let path = uri.path();
+                let own = OwnPage::of(method, path);
+                let mut status = status_text(own.status());
+                if let Some(missing) = own.missing(method, path) {
+                    status.push_str(&format!(" ({missing})"));
+                }
+                self.allowed(Decider::Builtin(Builtin::Local), &status)
+            }
+            (None, Some(denial), _) => self.denied(denial, "403 Forbidden"),
+            (None, None, _) => self.allowed(Decider::Builtin(Builtin::Nothing), allowed_status),
         }
     }
 

@@ -41,9 +41,11 @@ pub async fn forward(
     parents: Option<Arc<Parents<UpBody>>>,
 ) -> Result<Response<DownBody>, EdgeError> {
     let settings = ex.settings.clone();
-    // When a rule needs the address, resolve and choose here, and send the pooled client
-    // to that address so it cannot pick another (a parent gets the name).
-    let mut dial_to = None;
+    // When a rule needs the address, the rules see each address before it is used: a
+    // direct request races them here, every one checked, over a connection of its own (the
+    // pooled client would resolve again and dial whatever it got, unchecked by the rules);
+    // through a parent, which resolves the name itself, the addresses are checked here.
+    let mut own_connection = None;
     if go.decides_per_address() {
         let user = ex.user.clone();
         let facts = Facts {
@@ -56,28 +58,40 @@ pub async fn forward(
         };
         let outbound = ex.shared.outbound.load_full();
         let mut resolved = None;
-        // Boxed: resolving is a large future that most requests never build, and every
-        // forward future would carry its size.
-        let checked = Box::pin(dial::allowed_addresses(
-            &outbound,
-            &settings.policy,
-            &target,
-            &facts,
-            &mut resolved,
-        ))
-        .await;
-        crate::proxy::tunnel::note_resolved(ex, resolved);
-        let checked = checked?;
-        let (addr, decider) = checked.allowed[0].clone();
-        if let Some(decider) = decider.clone() {
+        // Boxed: resolving and racing is a large future that most requests never build, and
+        // every forward future would carry its size.
+        let decider = match go.route {
+            Route::Direct => {
+                let connected = Box::pin(dial::dial(
+                    &outbound,
+                    &settings.policy,
+                    &target,
+                    Some(&facts),
+                    &mut resolved,
+                ))
+                .await;
+                crate::proxy::tunnel::note_resolved(ex, resolved);
+                let connected = connected?;
+                ex.record.upstream(connected.addr);
+                let decider = connected.decider.clone();
+                own_connection = Some(connected.stream);
+                decider
+            }
+            Route::Parent => {
+                let checked = Box::pin(dial::allowed_addresses(
+                    &outbound,
+                    &settings.policy,
+                    &target,
+                    &facts,
+                    &mut resolved,
+                ))
+                .await;
+                crate::proxy::tunnel::note_resolved(ex, resolved);
+                checked?.allowed.into_iter().next().and_then(|(_, d)| d)
+            }
+        };
+        if let Some(decider) = decider {
             ex.record.allow(decider);
-        }
-        // When every address is allowed, and by the same rule, the pooled client may race
-        // them all by name; otherwise it is sent to the first allowed one and cannot pick
-        // another (a parent gets the name).
-        let same = checked.denied.is_none() && checked.allowed.iter().all(|(_, d)| *d == decider);
-        if go.route == Route::Direct && !same {
-            dial_to = Some(addr);
         }
     }
 
@@ -104,14 +118,22 @@ pub async fn forward(
         .map_err(|_| EdgeError::new(ErrorKind::Client, "the host cannot be sent"))?;
     parts.headers.insert(header::HOST, host);
     append_via(&mut parts.headers, parts.version, &ex.shared.via);
-    // The pooled client dials the URI's authority: `dial_to` when given, else the target
-    // (its text made once, for the Host header and here).
-    let authority = match dial_to {
-        Some(addr) => addr.to_string(),
-        None if target.port == 80 => format!("{host_text}:80"),
-        None => host_text,
+    // The pooled client dials the URI's authority, the target (its text made once, for the
+    // Host header and here); a connection of the request's own takes the origin form.
+    let authority = match target.port {
+        80 => format!("{host_text}:80"),
+        _ => host_text,
     };
     parts.uri = upstream_uri(authority, &parts.uri)?;
+    if own_connection.is_some() {
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+    }
     parts.version = Version::HTTP_11;
 
     let timeouts = &settings.timeouts;
@@ -125,6 +147,17 @@ pub async fn forward(
     let upload = body.upload();
     let sent = if let Some(parents) = &parents {
         Box::pin(through_parent(ex, parents, parts, body, &target)).await
+    } else if let Some(stream) = own_connection {
+        let upstream = Request::from_parts(parts, body);
+        let stall = timeouts.origin_write();
+        within(
+            timeouts.response,
+            &target,
+            &upload,
+            Box::pin(send_once(stream, stall, upstream)),
+        )
+        .await
+        .and_then(|answer| answer.map_err(|e| upstream_error(&target, &e)))
     } else {
         let upstream = Request::from_parts(parts, body);
         within(
@@ -360,8 +393,28 @@ fn pooled_dial_error(e: &hyper_util::client::legacy::Error) -> Option<&PooledDia
     None
 }
 
-/// Maps a failure of the pooled client to what the client is told.
-fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> EdgeError {
+/// Sends `request` over `stream`, a connection of its own (not pooled), and waits for the
+/// answer's head; the connection ends with the answer.
+async fn send_once(
+    stream: tokio::net::TcpStream,
+    stall: std::time::Duration,
+    request: Request<UpBody>,
+) -> Result<Response<Incoming>, hyper::Error> {
+    let io = dial::OriginIo::new(stream, stall, false);
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .max_headers(dial::RESPONSE_MAX_HEADERS)
+        .max_buf_size(dial::RESPONSE_MAX_HEAD)
+        .handshake(io)
+        .await?;
+    // Runs until the answer's body is through (or either side gives up).
+    tokio::spawn(connection);
+    sender.send_request(request).await
+}
+
+/// Maps a failure of the pooled client, or of a connection of the request's own, to what
+/// the client is told.
+fn upstream_error(target: &Target, e: &(dyn StdError + 'static)) -> EdgeError {
     if let Some(stalled) = stalled_write(e) {
         return EdgeError::new(
             ErrorKind::Timeout,
@@ -427,7 +480,10 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Edg
     }
     // What is left: the pooled client could not connect for a reason of its own, or the
     // exchange failed in a way none of the above names.
-    let kind = if e.is_connect() {
+    let connecting = e
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(|e| e.is_connect());
+    let kind = if connecting {
         ErrorKind::Unreachable
     } else {
         ErrorKind::OriginProtocol

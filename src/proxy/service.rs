@@ -15,8 +15,8 @@ use tracing::{info, Instrument};
 use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::limits::{check_head, RawHead};
 use crate::core::plan::{self, Front, LogIn, Route};
-use crate::core::policy::{Facts, Kind};
-use crate::core::target::{classify, Classified, Host, Target};
+use crate::core::policy::{Builtin, Decider, Facts, Kind};
+use crate::core::target::{classify, Classified, Host};
 use crate::egress::dial::is_local_address;
 use crate::observe::access::PendingRecord;
 use crate::proxy::authenticate::authenticate;
@@ -192,12 +192,6 @@ impl ProxyService {
             Front::Refuse(error) => return Err(error),
             Front::OwnPage => return Ok(Reply::Response(pages::own_page(ex, &req))),
             Front::Proceed { kind, login, .. } => {
-                if let (Kind::Http, Ok(Classified::Forward(target))) = (kind, &classified) {
-                    // Boxed: resolving is rare here, and its future would weigh on every request.
-                    if Box::pin(names_this_proxy(ex, target)).await {
-                        return Ok(Reply::Response(pages::own_page(ex, &req)));
-                    }
-                }
                 if login == LogIn::Needed {
                     // Boxed, as the rarer branches below: the future of each request is as
                     // large as its largest branch, and is moved as a whole.
@@ -241,32 +235,39 @@ impl ProxyService {
             Kind::Connect => Box::pin(tunnel::open(ex, req, target, go, parents))
                 .await
                 .map(Reply::Tunnel),
-            Kind::Http => Box::pin(forward::forward(ex, req, target, go, parents))
-                .await
-                .map(Reply::Response),
+            Kind::Http => {
+                // A name of this proxy on a listener's port (`http://proxy.lan:3128/` from a
+                // browser that uses the proxy) is resolved and refused as the proxy's own
+                // address like any destination, after the log-in and the rules; that refusal
+                // is answered with the proxy's own pages, as the same URL with the address is
+                // by the plan's front. The head is kept only for a listener's port.
+                let head = settings
+                    .policy
+                    .listen
+                    .iter()
+                    .any(|l| l.port() == target.port)
+                    .then(|| request_head(&req));
+                match Box::pin(forward::forward(ex, req, target, go, parents)).await {
+                    Err(e) if e.rule == Some(Decider::Builtin(Builtin::DestinationsSelf)) => {
+                        match head {
+                            Some(head) => Ok(Reply::Response(pages::own_page(ex, &head))),
+                            None => Err(e),
+                        }
+                    }
+                    answered => answered.map(Reply::Response),
+                }
+            }
         }
     }
 }
 
-/// Whether `target` is a name of this proxy: the port of one of its listeners, and a name
-/// that resolves to that listener (`http://proxy.lan:3128/` from a browser that uses the
-/// proxy). Such a request is answered with the proxy's own pages, as the same URL with the
-/// address is by the plan's front; resolving is asked only for a listener's port.
-async fn names_this_proxy(ex: &Exchange, target: &Target) -> bool {
-    let Host::Name(name) = &target.host else {
-        return false;
-    };
-    let policy = &ex.settings.policy;
-    if !policy.listen.iter().any(|l| l.port() == target.port) {
-        return false;
-    }
-    let outbound = ex.shared.outbound.load_full();
-    let resolved =
-        tokio::time::timeout(outbound.connect, outbound.resolver.resolve_all(name)).await;
-    let Ok(Ok(addresses)) = resolved else {
-        return false;
-    };
-    addresses
-        .into_iter()
-        .any(|ip| policy.is_listener(SocketAddr::new(ip, target.port), is_local_address))
+/// The method, target and header fields of `req`, without its body: what the proxy's own
+/// pages read.
+fn request_head<B>(req: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head
 }

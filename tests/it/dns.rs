@@ -457,3 +457,127 @@ async fn the_proxys_page_opened_by_its_name_through_the_proxy_is_its_own_page() 
     let records = proxy.wait_records(3).await;
     assert_eq!(records[0].rule.to_string(), "local");
 }
+
+#[tokio::test]
+async fn a_rule_that_refuses_an_address_holds_when_the_name_moves_to_it_between_lookups() {
+    let origin = HttpOrigin::start().await;
+    let port = origin.addr.port();
+    // Two loopback addresses of one origin: 127.0.0.1 is refused by the rule.
+    let other = TcpListener::bind(("127.0.0.2", port)).await;
+    let Ok(other) = other else {
+        eprintln!("skipped: 127.0.0.2:{port} is taken");
+        return;
+    };
+    drop(other);
+    let dns = DnsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Zone::new().with(
+            "rebind.test",
+            Answer::Moving {
+                first: vec![Ipv4Addr::new(127, 0, 0, 2)],
+                then: vec![V4],
+            },
+        ),
+    )
+    .await;
+    let rules =
+        "[[rules]]\nname = \"not the origin\"\nhosts = [\"127.0.0.1/32\"]\naction = \"deny\"\n";
+    let proxy = Proxy::start(&config(&dns, rules)).await;
+    for _ in 0..3 {
+        let answer = get(proxy.addr, &format!("http://rebind.test:{port}/hello")).await;
+        // The first lookup gives 127.0.0.2 (nobody listens: 502), every later one 127.0.0.1,
+        // which the rule refuses: never the origin's answer.
+        assert!(
+            answer.status == 403 || answer.status == 502,
+            "{} {}",
+            answer.status,
+            answer.text()
+        );
+    }
+    assert_eq!(origin.accepts(), 0, "the refused address was dialled");
+}
+
+#[tokio::test]
+async fn a_request_refused_for_want_of_a_log_in_resolves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = crate::support::htpasswd(dir.path(), &[("alice", "secret")]);
+    let dns = DnsServer::start("127.0.0.1:0".parse().unwrap(), Zone::new()).await;
+    let proxy = Proxy::start(&config(
+        &dns,
+        &format!("[auth]\nhtpasswd = {:?}\n", users.display().to_string()),
+    ))
+    .await;
+    let port = proxy.addr.port();
+    for host in [format!("leak-1.test:{port}"), "leak-2.test:81".to_owned()] {
+        let answer = get(proxy.addr, &format!("http://{host}/")).await;
+        assert_eq!(answer.status, 407, "{}", answer.text());
+    }
+    assert_eq!(dns.queries(), 0, "a lookup before the log-in");
+}
+
+/// A name whose `A` query is answered with `a` and whose `AAAA` query never is.
+async fn half_silent(name: &str, a: Ipv4Addr) -> DnsServer {
+    DnsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Zone::new().with(name, Answer::SilentV6 { a: vec![a] }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn when_the_other_family_never_answers_the_known_addresses_decide_within_a_second() {
+    // Refused by the guards (loopback not allowed): 403 soon, not 504 at timeouts.connect.
+    let dns = half_silent("loop.test", V4).await;
+    let proxy = Proxy::start(&format!(
+        "[ports]\nconnect = [\"1-65535\"]\n[timeouts]\nconnect = \"5s\"\n[dns]\nservers = [\"{}\"]\n",
+        dns.addr
+    ))
+    .await;
+    let started = Instant::now();
+    let (status, _) = connect(proxy.addr, "loop.test:443").await;
+    assert!(status.contains(" 403 "), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A closed port: 502 refused soon.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dns = half_silent("closed.test", V4).await;
+    let proxy = Proxy::start(&config(&dns, "[timeouts]\nconnect = \"5s\"\n")).await;
+    let started = Instant::now();
+    let (status, _) = connect(proxy.addr, &format!("closed.test:{port}")).await;
+    assert!(status.contains(" 502 "), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A rule that needs the address, and a working A: the answer comes at once.
+    let origin = HttpOrigin::start().await;
+    let dns = half_silent("ruled.test", V4).await;
+    let rule = "[[rules]]\nname = \"loopback ok\"\nhosts = [\"127.0.0.0/8\"]\naction = \"allow\"\n";
+    let proxy = Proxy::start(&config(
+        &dns,
+        &format!("[timeouts]\nconnect = \"5s\"\n{rule}"),
+    ))
+    .await;
+    let started = Instant::now();
+    let answer = get(
+        proxy.addr,
+        &format!("http://ruled.test:{}/hello", origin.addr.port()),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records[0].rule.to_string(), "rule \"loopback ok\"");
+}

@@ -32,6 +32,15 @@ pub enum Answer {
     NxDomain,
     /// The query is received and counted, and never answered.
     Never,
+    /// `A` queries get `a` (TTL 60); `AAAA` queries are received, counted and never
+    /// answered: a server that drops one family's queries.
+    SilentV6 { a: Vec<Ipv4Addr> },
+    /// A name that moves (DNS rebinding): the first `A` query gets `first`, every later one
+    /// `then`, all with TTL 0; `AAAA` queries get an empty NOERROR.
+    Moving {
+        first: Vec<Ipv4Addr>,
+        then: Vec<Ipv4Addr>,
+    },
 }
 
 impl Answer {
@@ -96,6 +105,8 @@ const NXDOMAIN_TTL: u32 = 60;
 struct Counts {
     all: AtomicUsize,
     per_name: Mutex<HashMap<String, usize>>,
+    /// `A` queries per name, for [`Answer::Moving`].
+    a_per_name: Mutex<HashMap<String, usize>>,
 }
 
 /// A running server; it stops when dropped.
@@ -139,10 +150,17 @@ impl DnsServer {
                 };
                 counted.all.fetch_add(1, Ordering::SeqCst);
                 let query = &buf[..n];
-                if let Some(name) = question(query).map(|q| q.name) {
-                    *counted.per_name.lock().unwrap().entry(name).or_default() += 1;
+                let mut a_seen = 0;
+                if let Some(q) = question(query) {
+                    if q.qtype == TYPE_A {
+                        let mut a = counted.a_per_name.lock().unwrap();
+                        let seen = a.entry(q.name.clone()).or_default();
+                        *seen += 1;
+                        a_seen = *seen;
+                    }
+                    *counted.per_name.lock().unwrap().entry(q.name).or_default() += 1;
                 }
-                if let Some(reply) = respond(query, &zone) {
+                if let Some(reply) = respond(query, &zone, a_seen) {
                     let _ = socket.send_to(&reply, peer).await;
                 }
             }
@@ -220,7 +238,9 @@ fn question(msg: &[u8]) -> Option<Question> {
 
 /// The reply to `query`, or `None` when it gets none (a response, a message too short to
 /// carry an ID, or a name the zone says never to answer).
-fn respond(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
+/// The reply to `query`; `a_seen` counts the `A` queries for its name so far, this one
+/// included.
+fn respond(query: &[u8], zone: &Zone, a_seen: usize) -> Option<Vec<u8>> {
     if query.len() < 12 || query[2] & 0x80 != 0 {
         return None;
     }
@@ -250,6 +270,30 @@ fn respond(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
     let answer = zone.get(&q.name);
     let (rcode, records, negative_ttl): (u16, Vec<Vec<u8>>, Option<u32>) = match answer {
         Some(Answer::Never) => return None,
+        Some(Answer::SilentV6 { .. }) if q.qtype == TYPE_AAAA => return None,
+        Some(Answer::SilentV6 { a }) => {
+            let records: Vec<Vec<u8>> = match (q.qclass, q.qtype) {
+                (CLASS_IN, TYPE_A) => a
+                    .iter()
+                    .map(|ip| record(TYPE_A, 60, &ip.octets()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let negative = records.is_empty().then_some(60);
+            (0, records, negative)
+        }
+        Some(Answer::Moving { first, then }) => {
+            let now = if a_seen <= 1 { first } else { then };
+            let records: Vec<Vec<u8>> = match (q.qclass, q.qtype) {
+                (CLASS_IN, TYPE_A) => now
+                    .iter()
+                    .map(|ip| record(TYPE_A, 0, &ip.octets()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let negative = records.is_empty().then_some(0);
+            (0, records, negative)
+        }
         None | Some(Answer::NxDomain) => (RCODE_NXDOMAIN, Vec::new(), Some(NXDOMAIN_TTL)),
         Some(Answer::Records { a, aaaa, ttl }) => {
             let records: Vec<Vec<u8>> = match (q.qclass, q.qtype) {
