@@ -17,8 +17,9 @@
 //! child process, so that the proxy's CPU time (utime + stime of /proc/PID/stat) and memory
 //! (VmRSS of /proc/PID/status) are its own. In this process it runs an HTTP/1.1 origin on
 //! 127.0.0.1 (`/1k` and `/1m`, 1024 bytes and 1 MiB with Content-Length, keep-alive), a TCP
-//! sink for tunnels (sends N bytes for each line "N" it reads) and the load generator (hyper's
-//! client connection over TcpStream, one task per connection, a fixed time per shape):
+//! sink for tunnels (sends N bytes for each line "N" it reads, and closes after a line
+//! "N close"), a DNS server for the runs by name, and the load generator (hyper's client
+//! connection over TcpStream, one task per connection, a fixed time per shape):
 //!
 //! - A: keep-alive GET /1k, 50 connections: req/s, p50/p99 latency, proxy CPU µs per request;
 //!   then the same through a second proxy with the access log off, for the cost of logging,
@@ -32,6 +33,25 @@
 //!   RSS per tunnel = (RSS with N − RSS before) / N; then one byte through each and again.
 //! - E: `Connection: close` GET /1k, 50 connections (a TCP connection per request): req/s,
 //!   p99 (not counting the TCP connect), proxy CPU µs per request.
+//! - A by name: shape A with the origin named `bench.test:PORT` in the URL instead of
+//!   `127.0.0.1:PORT`, through the logging proxy, which resolves it with its builtin resolver
+//!   against a DNS server this process runs (`tests/it/support/dns.rs`: `bench.test` → 127.0.0.1
+//!   with a TTL of an hour, no AAAA). Interleaved with the log pairs above (on, off, by name,
+//!   …): proxy CPU µs per request, and by name − by address as the median of the differences.
+//!   The pooled origin client keeps its connections, keyed by the name: the proxy resolves only
+//!   when it opens one (the 50 of the warm-up, then hardly ever), so this shows what a name
+//!   costs a request that does not resolve, not the cost of a lookup.
+//! - T: a CONNECT tunnel per request, 50 connections, each asking the sink for 1 KiB through
+//!   a new tunnel, which the sink then closes: tunnels/s, proxy CPU µs per tunnel; by address
+//!   (`CONNECT 127.0.0.1:PORT`) and by name (`CONNECT bench.test:PORT`) as three interleaved
+//!   pairs (address first, then name first, then address first). Every tunnel dials, so every
+//!   tunnel by name resolves: with the cache warm, the difference is the cost of a cache hit
+//!   (the AAAA and A lookups and the dial's handling of their answers).
+//!
+//! `--no-names` leaves out the DNS server, the proxy's `[dns]` section and the runs by name
+//! (for a proxy binary from before the builtin resolver). `--serve-dns ADDR` runs nothing but
+//! that DNS server on ADDR (UDP), until interrupted: for counting instructions by hand, as in
+//! the book's Profiling section.
 //!
 //! The proxy logs every request as JSON to a file in a temporary directory, as the targets of
 //! the performance issue require, and has no admin listener; its `[limits]` are raised so that
@@ -44,7 +64,7 @@
 use std::convert::Infallible;
 use std::fs;
 use std::io::{self, Read as _};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -74,6 +94,34 @@ struct Args {
     /// The proxy binary [default: target/release/portcullis].
     #[arg(long, value_name = "PATH")]
     binary: Option<PathBuf>,
+    /// Leave out the runs by name and the proxy's `[dns]` section (for a binary from before
+    /// the builtin resolver).
+    #[arg(long)]
+    no_names: bool,
+    /// Only serve `bench.test` → 127.0.0.1 by DNS (UDP) on ADDR until interrupted.
+    #[arg(long, value_name = "ADDR")]
+    serve_dns: Option<SocketAddr>,
+}
+
+/// The DNS server this benchmark runs, from the integration tests.
+#[path = "../tests/it/support/dns.rs"]
+mod dns;
+
+/// The origin's name in the runs by name; the sink has the same address.
+const BENCH_NAME: &str = "bench.test";
+
+/// The zone of the benchmark's DNS server: [`BENCH_NAME`] → 127.0.0.1, no AAAA, for an hour
+/// (the proxy is told to remember the missing AAAA as long), so that no answer runs out
+/// during a run.
+fn bench_zone() -> dns::Zone {
+    dns::Zone::new().with(
+        BENCH_NAME,
+        dns::Answer::Records {
+            a: vec![Ipv4Addr::LOCALHOST],
+            aaaa: Vec::new(),
+            ttl: 3600,
+        },
+    )
 }
 
 /// Connections of shapes A and E, and of B.
@@ -88,6 +136,11 @@ const C_MAX_RUNS: usize = 16;
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Errors one load-generator connection tolerates before it gives up.
 const MAX_ERRORS_PER_CONN: u64 = 100;
+/// Connections of shape T, and the bytes through each tunnel.
+const T_CONNS: usize = 50;
+const T_BYTES: u64 = 1024;
+/// Interleaved pairs of T, by address and by name.
+const T_PAIRS: usize = 3;
 /// Tunnels D opens at once.
 const D_CONCURRENCY: usize = 64;
 /// Failed tunnels after which D stops opening more.
@@ -111,6 +164,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(addr) = args.serve_dns {
+        return runtime.block_on(serve_dns(addr));
+    }
     // An interrupt drops the run, and with it the proxies it started (their guards kill them).
     let outcome = runtime.block_on(async {
         tokio::select! {
@@ -125,6 +181,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--serve-dns`: the benchmark's DNS server alone, until interrupted.
+async fn serve_dns(addr: SocketAddr) -> ExitCode {
+    let server = dns::DnsServer::start(addr, bench_zone()).await;
+    eprintln!(
+        "serving {BENCH_NAME} → 127.0.0.1 by DNS on {} (UDP); Ctrl-C ends it",
+        server.addr
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!(
+        "{} queries for {BENCH_NAME}",
+        server.queries_for(BENCH_NAME)
+    );
+    ExitCode::SUCCESS
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -169,24 +240,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let origin = start_origin().await?;
     let sink = start_sink().await?;
+    let dns = if args.no_names {
+        None
+    } else {
+        Some(dns::DnsServer::start("127.0.0.1:0".parse()?, bench_zone()).await)
+    };
+    let dns_addr = dns.as_ref().map(|d| d.addr);
     let clk = clock_ticks();
     let mut table = Table::default();
     let mut checks = Vec::new();
 
     print_header(&binary, &durations, &steps);
     let access_log = dir.path().join("access.log");
-    let proxy = Proxy::start(&binary, dir.path(), "logged", origin, sink, &access_log)?;
-    preflight(proxy.addr, origin, sink).await?;
-    let mut logged_requests: u64 = 3;
+    let proxy = Proxy::start(
+        &binary,
+        dir.path(),
+        "logged",
+        origin,
+        sink,
+        &access_log,
+        dns_addr,
+    )?;
+    let names = dns.is_some();
+    preflight(proxy.addr, origin, sink, names).await?;
+    let mut logged_requests: u64 = if names { 5 } else { 3 };
 
     let one_k = Target::new(origin, "/1k", 1024);
     let one_m = Target::new(origin, "/1m", ONE_MIB as u64);
+    let one_k_named = Target::named(origin, "/1k", 1024);
     let direct = Via::Direct;
     let through = Via::Proxy(proxy.addr);
 
-    // Warm-up, not recorded.
-    for via in [direct, through] {
-        let r = http_load(via, &one_k, A_CONNS, false, durations.warm_up, None, clk).await?;
+    // Warm-up, not recorded; by name it also opens the pooled connections to bench.test.
+    let mut warm = vec![(direct, &one_k), (through, &one_k)];
+    if names {
+        warm.push((through, &one_k_named));
+    }
+    for (via, target) in warm {
+        let r = http_load(via, target, A_CONNS, false, durations.warm_up, None, clk).await?;
         if via.is_proxy() {
             logged_requests += r.requests + r.errors;
         }
@@ -225,6 +316,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         origin,
         sink,
         Path::new("off"),
+        dns_addr,
     )?;
     http_load(
         Via::Proxy(quiet.addr),
@@ -238,9 +330,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     // The cost of logging is a few percent, less than two runs differ on a shared machine:
     // compare it over interleaved pairs (the first "on" is A above), on then off, and take
-    // the median ratio.
+    // the median ratio. A by name follows each pair, through the logging proxy, and is
+    // compared with the pair's "on".
     let mut a_quiet = None;
     let mut on_off = Vec::new();
+    let mut a_named = None;
+    let mut by_name = Vec::new();
     for pair in 0..LOG_PAIRS {
         let later;
         let on = if pair == 0 {
@@ -281,6 +376,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .map(|(on, off)| on / off),
         ));
         a_quiet.get_or_insert(off);
+        if names {
+            let named = measure(
+                "A name",
+                through,
+                &one_k_named,
+                A_CONNS,
+                false,
+                &durations,
+                Some(proxy.pid),
+                clk,
+                &mut checks,
+            )
+            .await?;
+            logged_requests += named.requests + named.errors;
+            by_name.extend(Compared::of(on, &named));
+            a_named.get_or_insert(named);
+        }
     }
     let a_quiet = a_quiet.context("no run with the access log off")?;
     drop(quiet);
@@ -322,6 +434,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "A access log on ÷ off, CPU per request (median of pairs)",
         median(on_off.iter().filter_map(|&(_, cpu)| cpu).collect()),
     );
+    if let Some(named) = &a_named {
+        table.row(
+            "A by name (pooled: hardly resolves), req/s",
+            Some(a_direct.rps()),
+            Some(named.rps()),
+        );
+        table.row(
+            "A by name, proxy CPU per request, µs",
+            None,
+            named.cpu_us_per_request(),
+        );
+        Compared::rows(&mut table, "A", "request", &by_name);
+    }
 
     // L: one connection, unloaded.
     let l = Durations {
@@ -445,13 +570,77 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     logged_requests += e_proxy.requests + e_proxy.errors;
 
+    // T: a tunnel per request, by address and (interleaved) by name.
+    let by_address = sink.to_string();
+    let by_name_authority = format!("{BENCH_NAME}:{}", sink.port());
+    let t_direct = measure_tunnels(
+        "T",
+        direct,
+        sink,
+        &by_address,
+        &durations,
+        None,
+        clk,
+        &mut checks,
+    )
+    .await?;
+    let mut t_proxy = None;
+    let mut t_named = None;
+    let mut t_by_name = Vec::new();
+    for pair in 0..T_PAIRS {
+        // By address first, then by name first, and so on, so that a drift of the machine's
+        // speed during the pairs does not always favour one of them.
+        let mut order = vec![("T", &by_address)];
+        if names {
+            order.push(("T name", &by_name_authority));
+        }
+        if pair % 2 == 1 {
+            order.reverse();
+        }
+        let (mut address, mut named) = (None, None);
+        for (shape, authority) in order {
+            let load = measure_tunnels(
+                shape,
+                through,
+                sink,
+                authority,
+                &durations,
+                Some(proxy.pid),
+                clk,
+                &mut checks,
+            )
+            .await?;
+            logged_requests += load.requests + load.errors;
+            if authority == &by_address {
+                address = Some(load);
+            } else {
+                named = Some(load);
+            }
+        }
+        let address = address.context("no run of T by address")?;
+        if let Some(named) = named {
+            t_by_name.extend(Compared::of(&address, &named));
+            t_named.get_or_insert(named);
+        }
+        t_proxy.get_or_insert(address);
+    }
+    let t_proxy = t_proxy.context("no run of T")?;
+
     // The access log of the logging proxy, once its writer has had a round.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (log_lines, log_bytes) = count_lines(&access_log);
     drop(proxy);
 
     // D: idle tunnels on a freshly started proxy.
-    let fresh = Proxy::start(&binary, dir.path(), "fresh", origin, sink, &access_log)?;
+    let fresh = Proxy::start(
+        &binary,
+        dir.path(),
+        "fresh",
+        origin,
+        sink,
+        &access_log,
+        dns_addr,
+    )?;
     let d = idle_tunnels(&fresh, sink, &steps).await?;
     drop(fresh);
     table.row(
@@ -497,6 +686,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None,
         e_proxy.cpu_us_per_request(),
     );
+    table.row(
+        "T CONNECT per request, 1 KiB, 50 conns, tunnels/s",
+        Some(t_direct.rps()),
+        Some(t_proxy.rps()),
+    );
+    table.row(
+        "T proxy CPU per tunnel, µs",
+        None,
+        t_proxy.cpu_us_per_request(),
+    );
+    if let Some(named) = &t_named {
+        table.row(
+            "T by name (resolves each), tunnels/s",
+            Some(t_direct.rps()),
+            Some(named.rps()),
+        );
+        table.row(
+            "T by name, proxy CPU per tunnel, µs",
+            None,
+            named.cpu_us_per_request(),
+        );
+        Compared::rows(&mut table, "T", "tunnel", &t_by_name);
+    }
 
     println!();
     table.print();
@@ -529,6 +741,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "access log (JSON): {log_lines} lines, {:.1} MB, for {logged_requests} requests and tunnels sent through the logging proxy",
         log_bytes as f64 / 1e6
     );
+    if let Some(dns) = &dns {
+        println!(
+            "DNS server: {} queries for {BENCH_NAME} (A and AAAA once per proxy that asked, while the cache holds them)",
+            dns.queries_for(BENCH_NAME)
+        );
+    }
     let errors: u64 = checks.iter().map(|c| c.errors).sum();
     if errors > 0 || d.fails > 0 {
         println!("WARNING: {errors} request errors and {} failed tunnels: the figures above are suspect.", d.fails);
@@ -576,7 +794,7 @@ struct Proxy {
 
 impl Proxy {
     /// Writes a configuration named `name` into `dir` and starts `binary` with it. `access` is
-    /// the access log file, or `off`.
+    /// the access log file, or `off`; `dns` the DNS server of its `[dns] servers`, if any.
     fn start(
         binary: &Path,
         dir: &Path,
@@ -584,9 +802,10 @@ impl Proxy {
         origin: SocketAddr,
         sink: SocketAddr,
         access: &Path,
+        dns: Option<SocketAddr>,
     ) -> anyhow::Result<Proxy> {
         let addr = free_port()?;
-        let config = format!(
+        let mut config = format!(
             r#"listen = ["{addr}"]
 [ports]
 http = [{origin_port}]
@@ -607,6 +826,12 @@ listen = "off"
             sink_port = sink.port(),
             access = access.display(),
         );
+        if let Some(dns) = dns {
+            // Answers kept an hour, missing ones too (30 s by default): none runs out mid-run.
+            config.push_str(&format!(
+                "[dns]\nservers = [\"{dns}\"]\nnegative_ttl = \"1h\"\n"
+            ));
+        }
         let config_path = dir.join(format!("{name}.toml"));
         fs::write(&config_path, config)?;
         let stderr_path = dir.join(format!("{name}.stderr"));
@@ -740,7 +965,7 @@ fn print_header(binary: &Path, d: &Durations, steps: &[usize]) {
     println!("loadavg_at_start: {}", read("/proc/loadavg").trim());
     println!("proxy: {} (built {built})", binary.display());
     println!(
-        "durations: A B E {} s, L {} s, C 256 MiB downloads for {} s (at least 1, at most {C_MAX_RUNS}), warm-up {} s; D steps {steps:?}",
+        "durations: A B E T {} s, L {} s, C 256 MiB downloads for {} s (at least 1, at most {C_MAX_RUNS}), warm-up {} s; D steps {steps:?}",
         d.keep_alive.as_secs_f64(),
         d.latency.as_secs_f64(),
         d.tunnel.as_secs_f64(),
@@ -794,7 +1019,7 @@ async fn start_origin() -> anyhow::Result<SocketAddr> {
 }
 
 /// A TCP sink on 127.0.0.1: for each line "N" it reads it sends N bytes, until the client
-/// closes.
+/// closes; after a line "N close" it sends N bytes and closes the connection itself.
 async fn start_sink() -> anyhow::Result<SocketAddr> {
     let listener = listen().await?;
     let addr = listener.local_addr()?;
@@ -825,15 +1050,22 @@ async fn sink_connection(mut stream: TcpStream, chunk: Bytes) -> io::Result<()> 
         }
         len += n;
         while let Some(end) = line[..len].iter().position(|&b| b == b'\n') {
-            let want: u64 = std::str::from_utf8(&line[..end])
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| io::Error::other("not a byte count"))?;
+            let text = std::str::from_utf8(&line[..end]).unwrap_or_default().trim();
+            let (count, close) = match text.strip_suffix(" close") {
+                Some(count) => (count, true),
+                None => (text, false),
+            };
+            let want: u64 = count
+                .parse()
+                .map_err(|_| io::Error::other("not a byte count"))?;
             let mut left = want;
             while left > 0 {
                 let n = left.min(chunk.len() as u64) as usize;
                 stream.write_all(&chunk[..n]).await?;
                 left -= n as u64;
+            }
+            if close {
+                return Ok(());
             }
             line.copy_within(end + 1..len, 0);
             len -= end + 1;
@@ -894,6 +1126,20 @@ impl Target {
                 .parse()
                 .expect("an absolute URI"),
             host: HeaderValue::from_str(&origin.to_string()).expect("a Host value"),
+            size,
+        }
+    }
+
+    /// The same resource with the origin named [`BENCH_NAME`] (for the proxy only).
+    fn named(origin: SocketAddr, path: &'static str, size: u64) -> Target {
+        let authority = format!("{BENCH_NAME}:{}", origin.port());
+        Target {
+            origin,
+            path: Uri::from_static(path),
+            absolute: format!("http://{authority}{path}")
+                .parse()
+                .expect("an absolute URI"),
+            host: HeaderValue::from_str(&authority).expect("a Host value"),
             size,
         }
     }
@@ -1014,6 +1260,37 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     values.get(values.len() / 2).copied()
 }
 
+/// A run by name against the run by address next to it: proxy CPU per request.
+struct Compared {
+    /// By name − by address, µs.
+    difference: f64,
+    /// By name ÷ by address.
+    ratio: f64,
+}
+
+impl Compared {
+    fn of(address: &Load, name: &Load) -> Option<Compared> {
+        let (address, name) = (address.cpu_us_per_request()?, name.cpu_us_per_request()?);
+        Some(Compared {
+            difference: name - address,
+            ratio: name / address,
+        })
+    }
+
+    /// The median difference and ratio of `pairs`, as two rows of `table`.
+    fn rows(table: &mut Table, shape: &str, unit: &str, pairs: &[Compared]) {
+        table.row(
+            &format!("{shape} by name − by address, proxy CPU per {unit}, µs (median of pairs)"),
+            None,
+            median(pairs.iter().map(|c| c.difference).collect()),
+        );
+        table.ratio_row(
+            &format!("{shape} by name ÷ by address, CPU per {unit} (median of pairs)"),
+            median(pairs.iter().map(|c| c.ratio).collect()),
+        );
+    }
+}
+
 /// Runs one HTTP shape, reports it on stderr and adds it to the checks.
 #[allow(clippy::too_many_arguments)]
 async fn measure(
@@ -1028,6 +1305,16 @@ async fn measure(
     checks: &mut Vec<Check>,
 ) -> anyhow::Result<Load> {
     let load = http_load(via, target, conns, close, d.keep_alive, pid, clk).await?;
+    report(shape, via, load, checks)
+}
+
+/// Prints one run on stderr and adds it to the checks; fails when nothing succeeded.
+fn report(
+    shape: &'static str,
+    via: Via,
+    load: Load,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<Load> {
     eprintln!(
         "{shape:<9} {:<10} {:>9.0} req/s {:>8.1} MB/s  p50 {:>6.3} ms  p99 {:>6.3} ms  proxy CPU {}  errors {}",
         via.name(),
@@ -1078,6 +1365,17 @@ async fn http_load(
             tasks.spawn(keep_alive_connection(addr, req, size, deadline));
         }
     }
+    gather(tasks, duration, mark, pid, clk).await
+}
+
+/// The connections' loads added up, once every task has ended, and the CPU used since `mark`.
+async fn gather(
+    mut tasks: JoinSet<ConnLoad>,
+    duration: Duration,
+    mark: CpuMark,
+    pid: Option<u32>,
+    clk: f64,
+) -> anyhow::Result<Load> {
     let mut load = Load::default();
     let all = async {
         while let Some(done) = tasks.join_next().await {
@@ -1254,6 +1552,11 @@ fn clone_request(req: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
 
 /// Opens a connection to `sink`, through a CONNECT tunnel of the proxy when `via` is one.
 async fn open_tunnel(via: Via, sink: SocketAddr) -> anyhow::Result<TcpStream> {
+    open_tunnel_to(via, sink, &sink.to_string()).await
+}
+
+/// [`open_tunnel`] with the sink named `authority` in the CONNECT request (`host:port`).
+async fn open_tunnel_to(via: Via, sink: SocketAddr, authority: &str) -> anyhow::Result<TcpStream> {
     let open = async {
         let Via::Proxy(proxy) = via else {
             let stream = TcpStream::connect(sink).await?;
@@ -1263,7 +1566,9 @@ async fn open_tunnel(via: Via, sink: SocketAddr) -> anyhow::Result<TcpStream> {
         let mut stream = TcpStream::connect(proxy).await?;
         stream.set_nodelay(true)?;
         stream
-            .write_all(format!("CONNECT {sink} HTTP/1.1\r\nHost: {sink}\r\n\r\n").as_bytes())
+            .write_all(
+                format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+            )
             .await?;
         // The sink sends nothing before it reads a line, so nothing follows the head yet.
         let mut head = Vec::with_capacity(256);
@@ -1292,6 +1597,22 @@ async fn download(stream: &mut TcpStream, n: u64) -> anyhow::Result<()> {
     while got < n {
         let read = tokio::time::timeout(OP_TIMEOUT, stream.read(&mut buf)).await??;
         ensure!(read > 0, "the tunnel closed after {got} of {n} bytes");
+        got += read as u64;
+    }
+    ensure!(got == n, "{got} bytes, not {n}");
+    Ok(())
+}
+
+/// Asks the sink for `n` bytes and to close, and reads them and the end of the stream.
+async fn download_to_end(stream: &mut TcpStream, n: u64) -> anyhow::Result<()> {
+    stream.write_all(format!("{n} close\n").as_bytes()).await?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut got = 0;
+    loop {
+        let read = tokio::time::timeout(OP_TIMEOUT, stream.read(&mut buf)).await??;
+        if read == 0 {
+            break;
+        }
         got += read as u64;
     }
     ensure!(got == n, "{got} bytes, not {n}");
@@ -1355,6 +1676,67 @@ async fn tunnel_load(
         via.name()
     );
     Ok(load)
+}
+
+/// T: [`T_CONNS`] connections, each opening a tunnel to the sink (named `authority` in the
+/// CONNECT request) and taking [`T_BYTES`] through it, one tunnel after another for the
+/// shape's time; reported like an HTTP shape, a tunnel counting as a request (its latency
+/// from the TCP connect to the end of the stream). The sink closes each tunnel, as an origin
+/// closes a connection after its answer: the side that closes first keeps the connection in
+/// TIME_WAIT, and on the sides that connect (this process to the proxy, the proxy to the
+/// sink) tens of thousands of those would make each new connection's search for a free port
+/// slower and slower over the runs.
+#[allow(clippy::too_many_arguments)]
+async fn measure_tunnels(
+    shape: &'static str,
+    via: Via,
+    sink: SocketAddr,
+    authority: &str,
+    d: &Durations,
+    pid: Option<u32>,
+    clk: f64,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<Load> {
+    let mark = CpuMark::now(pid);
+    let deadline = Instant::now() + d.keep_alive;
+    let mut tasks = JoinSet::new();
+    for _ in 0..T_CONNS {
+        tasks.spawn(tunnel_per_request(
+            via,
+            sink,
+            authority.to_owned(),
+            deadline,
+        ));
+    }
+    let load = gather(tasks, d.keep_alive, mark, pid, clk).await?;
+    report(shape, via, load, checks)
+}
+
+/// One T connection: a new tunnel for each [`T_BYTES`] until `deadline`.
+async fn tunnel_per_request(
+    via: Via,
+    sink: SocketAddr,
+    authority: String,
+    deadline: Instant,
+) -> ConnLoad {
+    let mut out = ConnLoad::default();
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        let one = async {
+            let mut stream = open_tunnel_to(via, sink, &authority).await?;
+            download_to_end(&mut stream, T_BYTES).await
+        };
+        match one.await {
+            Ok(()) => out.done(started, T_BYTES),
+            Err(_) => {
+                if !out.error() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    out
 }
 
 /// The proxy's memory with N tunnels open.
@@ -1452,26 +1834,53 @@ async fn idle_tunnels(proxy: &Proxy, sink: SocketAddr, steps: &[usize]) -> anyho
 }
 
 /// Checks that the proxy answers each kind of request before anything is measured.
-async fn preflight(proxy: SocketAddr, origin: SocketAddr, sink: SocketAddr) -> anyhow::Result<()> {
+/// With `names`, also a GET and a tunnel by name.
+async fn preflight(
+    proxy: SocketAddr,
+    origin: SocketAddr,
+    sink: SocketAddr,
+    names: bool,
+) -> anyhow::Result<()> {
     let via = Via::Proxy(proxy);
-    for (path, size) in [("/1k", 1024), ("/1m", ONE_MIB as u64)] {
-        let target = Target::new(origin, path, size);
+    let mut gets = vec![
+        Target::new(origin, "/1k", 1024),
+        Target::new(origin, "/1m", ONE_MIB as u64),
+    ];
+    let mut tunnels = vec![sink.to_string()];
+    if names {
+        gets.push(Target::named(origin, "/1k", 1024));
+        tunnels.push(format!("{BENCH_NAME}:{}", sink.port()));
+    }
+    for target in &gets {
         let (mut sender, conn) = open(proxy).await?;
         let driver = tokio::spawn(conn);
-        let bytes = exchange(&mut sender, target.request(via, false), size)
+        let bytes = exchange(&mut sender, target.request(via, false), target.size)
             .await
-            .with_context(|| format!("preflight: GET http://{origin}{path} through the proxy"))?;
-        ensure!(bytes == size, "preflight: {path} gave {bytes} bytes");
+            .with_context(|| format!("preflight: GET {} through the proxy", target.absolute))?;
+        ensure!(
+            bytes == target.size,
+            "preflight: {} gave {bytes} bytes",
+            target.absolute
+        );
         drop(sender);
         let _ = driver.await;
     }
-    let mut stream = open_tunnel(via, sink)
-        .await
-        .context("preflight: CONNECT to the sink through the proxy")?;
-    download(&mut stream, 100_000)
-        .await
-        .context("preflight: download through a tunnel")?;
-    eprintln!("preflight: PASS (GET 1k, GET 1m, CONNECT + 100 kB)");
+    for authority in &tunnels {
+        let mut stream = open_tunnel_to(via, sink, authority)
+            .await
+            .with_context(|| format!("preflight: CONNECT {authority} through the proxy"))?;
+        download(&mut stream, 100_000)
+            .await
+            .context("preflight: download through a tunnel")?;
+    }
+    eprintln!(
+        "preflight: PASS (GET 1k, GET 1m, CONNECT + 100 kB{})",
+        if names {
+            "; GET 1k and CONNECT + 100 kB to bench.test"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 
