@@ -352,6 +352,9 @@ pub(crate) async fn race(
     // Set when every address known has been refused or has failed while a lookup still
     // runs: the other family gets this long, not the whole connect timeout.
     let mut give_up_at: Option<Instant> = None;
+    // One timer for the whole dial, not one a turn of the loop.
+    let overall = tokio::time::sleep_until(deadline);
+    tokio::pin!(overall);
     let result = loop {
         let now = Instant::now();
         if hold_v4.is_some_and(|until| now >= until) {
@@ -422,7 +425,7 @@ pub(crate) async fn race(
             _ = tokio::time::sleep_until(next_at), if waiting => {}
             _ = tokio::time::sleep_until(hold_v4.unwrap_or(deadline)), if hold_v4.is_some() => {}
             _ = tokio::time::sleep_until(give_up_at.unwrap_or(deadline)), if give_up_at.is_some() => {}
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = &mut overall => {
                 break Err(if !attempts.is_empty() {
                     DialError::TimedOut { target: shown_target(host, port), after: out.connect }
                 } else if denied.is_some() || failed.is_some() {
