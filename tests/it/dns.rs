@@ -581,3 +581,44 @@ async fn when_the_other_family_never_answers_the_known_addresses_decide_within_a
     let records = proxy.wait_records(1).await;
     assert_eq!(records[0].rule.to_string(), "rule \"loopback ok\"");
 }
+
+#[tokio::test]
+async fn a_parent_proxy_named_with_a_broken_ipv6_address_is_reached_over_ipv4() {
+    let origin = HttpOrigin::start().await;
+    let port = origin.addr.port();
+    let mut found = None;
+    for _ in 0..20 {
+        let parent = Proxy::start(&crate::support::loopback_config(&[port], &[])).await;
+        if let Ok(hole) = BlackHole::at(SocketAddr::new(V6.into(), parent.addr.port())) {
+            found = Some((parent, hole));
+            break;
+        }
+    }
+    let (parent, _hole) = found.expect("a port free on both 127.0.0.1 and ::1 in 20 tries");
+    let dns = DnsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Zone::new().with("parent.test", Answer::dual(&[V4], &[V6])),
+    )
+    .await;
+    let child = Proxy::start(&config(
+        &dns,
+        &format!(
+            "[upstream]\nproxy = \"http://parent.test:{}\"\n",
+            parent.addr.port()
+        ),
+    ))
+    .await;
+    let started = Instant::now();
+    let answer = get(child.addr, &format!("http://127.0.0.1:{port}/hello")).await;
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        took < Duration::from_secs(1),
+        "through the parent after {took:?}"
+    );
+    let records = child.wait_records(1).await;
+    assert_eq!(
+        records[0].parent.as_deref(),
+        Some(format!("parent.test:{}", parent.addr.port()).as_str())
+    );
+}
