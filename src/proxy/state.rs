@@ -31,7 +31,8 @@ pub struct ProxyState {
     /// Keep-alive connections to origins.
     pub client: UpstreamClient,
     /// The resolver, connect timeouts and source addresses dials use; rebuilt on reload
-    /// (the resolver, and its cache, only when `[dns]` changed).
+    /// (the resolver, and its cache, only when `[dns]`, `/etc/resolv.conf` or `/etc/hosts`
+    /// changed).
     pub outbound: Arc<ArcSwap<Outbound>>,
     /// Parent proxies, when `[upstream]` names any; rebuilt on reload.
     pub parents: ArcSwapOption<crate::egress::parent::Parents<UpBody>>,
