@@ -373,13 +373,18 @@ impl Policy {
         addr: SocketAddr,
         is_local: impl Fn(IpAddr) -> bool,
     ) -> Result<(), Denial> {
-        let ip = addr.ip().to_canonical();
+        let written = addr.ip().to_canonical();
+        // An IPv6 address that embeds an IPv4 one is judged as that address: a translator
+        // (NAT64, a 6to4 relay) would take the connection there.
+        let embedded = embedded_ipv4(written);
+        let ip = embedded.map_or(written, IpAddr::V4);
         let addr = SocketAddr::new(ip, addr.port());
         let refuse = |rule: Builtin, what: &str| {
-            let shown = if host == ip.to_string() {
-                format!("{ip}")
-            } else {
-                format!("{host} ({ip})")
+            let shown = match embedded {
+                Some(v4) if host == format!("[{written}]") => format!("{written} (embedding {v4})"),
+                Some(v4) => format!("{host} ({written}, embedding {v4})"),
+                None if host == written.to_string() => format!("{written}"),
+                None => format!("{host} ({written})"),
             };
             Err(Denial::new(rule, format!("{shown} is {what}")))
         };
@@ -433,6 +438,26 @@ impl Rule {
     }
 }
 
+/// The IPv4 address that `ip` embeds by a standard form, other than IPv4-mapped (which
+/// `to_canonical` takes care of): IPv4-compatible `::a.b.c.d` (RFC 4291 §2.5.5.1, not `::`
+/// or `::1`), the NAT64 prefixes `64:ff9b::/96` (RFC 6052) and `64:ff9b:1::/48` (RFC 8215,
+/// laid out as RFC 6052 §2.2 says for a /48), and 6to4 `2002::/16` (RFC 3056).
+pub fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    let o = v6.octets();
+    let seg = v6.segments();
+    let v4 = |a: u8, b: u8, c: u8, d: u8| Some(Ipv4Addr::new(a, b, c, d));
+    match seg {
+        [0, 0, 0, 0, 0, 0, hi, lo] if (hi, lo) != (0, 0) && (hi, lo) != (0, 1) => {
+            v4(o[12], o[13], o[14], o[15])
+        }
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => v4(o[12], o[13], o[14], o[15]),
+        [0x64, 0xff9b, 1, ..] => v4(o[6], o[7], o[9], o[10]),
+        [0x2002, ..] => v4(o[2], o[3], o[4], o[5]),
+        _ => None,
+    }
+}
+
 /// 0.0.0.0/8: "this network", which Linux connects to the local host.
 fn in_this_network(ip: IpAddr) -> bool {
     matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 0)
@@ -466,6 +491,52 @@ pub fn default_client_networks() -> Vec<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_spellings_of_ipv4_addresses_are_judged_as_the_ipv4_address() {
+        let v4 = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
+        for (v6, want) in [
+            ("::127.0.0.1", v4("127.0.0.1")),
+            ("::a9fe:a9fe", v4("169.254.169.254")),
+            ("64:ff9b::7f00:1", v4("127.0.0.1")),
+            ("64:ff9b:1:7f00:0:100::", v4("127.0.0.1")),
+            ("2002:7f00:1::", v4("127.0.0.1")),
+            ("2002:a9fe:a9fe:1::5", v4("169.254.169.254")),
+            ("::", None),
+            ("::1", None),
+            ("2001:db8::7f00:1", None),
+            ("fe80::7f00:1", None),
+        ] {
+            let ip: IpAddr = v6.parse().unwrap();
+            assert_eq!(embedded_ipv4(ip), want, "{v6}");
+        }
+        let policy = Policy {
+            clients: vec![],
+            http_ports: PortSet::empty(),
+            connect_ports: PortSet::empty(),
+            allow_loopback: false,
+            listen: vec![],
+            admin: None,
+            rules: vec![],
+        };
+        for (v6, rule) in [
+            ("::127.0.0.1", Builtin::DestinationsLoopback),
+            ("64:ff9b::7f00:1", Builtin::DestinationsLoopback),
+            ("2002:7f00:1::", Builtin::DestinationsLoopback),
+            ("64:ff9b::a9fe:a9fe", Builtin::DestinationsLinkLocal),
+            ("2002::", Builtin::DestinationsUnspecified),
+        ] {
+            let addr = SocketAddr::new(v6.parse().unwrap(), 443);
+            let denial = policy
+                .check_address(&format!("[{v6}]"), addr, |_| false)
+                .expect_err(v6);
+            assert_eq!(denial.rule, Decider::Builtin(rule), "{v6}");
+            assert!(denial.reason.contains("embedding"), "{}", denial.reason);
+        }
+        // A public IPv4 address behind NAT64 is a destination like any other.
+        let public = SocketAddr::new("64:ff9b::5db8:d822".parse().unwrap(), 443);
+        assert!(policy.check_address("x", public, |_| false).is_ok());
+    }
     use crate::core::ports::PortSpec;
 
     fn policy(allow_loopback: bool) -> Policy {
