@@ -102,7 +102,7 @@ pub async fn forward(
         &parts.uri,
         parts.version,
         &ex.shared.via,
-    ) {
+    )? {
         ex.record.answered(reply.status().as_u16());
         return Ok(reply);
     }
@@ -325,27 +325,35 @@ async fn through_parent(
 }
 
 /// Honours `Max-Forwards` on TRACE and OPTIONS (RFC 9110 §7.6.2): at zero the proxy answers
-/// itself; otherwise the value is decremented on the way.
+/// itself; otherwise the value is decremented on the way. The field is one decimal number
+/// (`1*DIGIT`): anything else (a sign, a list, two fields, not digits) is a `400`, since the
+/// proxy cannot tell how many hops the client meant; a number too large for 64 bits is taken
+/// as the largest. Other methods carry the field unchanged (the RFC lets a proxy ignore it).
 fn max_forwards(
     method: &Method,
     headers: &mut HeaderMap,
     uri: &Uri,
     version: Version,
     via: &Via,
-) -> Option<Response<DownBody>> {
+) -> Result<Option<Response<DownBody>>, EdgeError> {
     if method != Method::TRACE && method != Method::OPTIONS {
-        return None;
+        return Ok(None);
     }
-    let value: u64 = headers
-        .get(header::MAX_FORWARDS)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let mut fields = headers.get_all(header::MAX_FORWARDS).iter();
+    let Some(field) = fields.next() else {
+        return Ok(None);
+    };
+    let digits = field.to_str().map(str::trim).unwrap_or_default();
+    if fields.next().is_some() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(EdgeError::new(
+            ErrorKind::Client,
+            "Max-Forwards must be one decimal number (RFC 9110 §7.6.2)",
+        ));
+    }
+    let value = digits.parse::<u64>().unwrap_or(u64::MAX);
     if value > 0 {
         headers.insert(header::MAX_FORWARDS, HeaderValue::from(value - 1));
-        return None;
+        return Ok(None);
     }
     let mut response = if method == Method::OPTIONS {
         let mut r = Response::new(DownBody::empty());
@@ -361,7 +369,7 @@ fn max_forwards(
         r
     };
     append_via(response.headers_mut(), Version::HTTP_11, via);
-    Some(response)
+    Ok(Some(response))
 }
 
 /// The write timeout of [`dial::OriginIo`], wherever it sits in `e`'s chain of causes (an
@@ -511,20 +519,36 @@ mod tests {
         let uri: Uri = "http://h/x".parse().unwrap();
         let p = &Via::new("p".into());
         let mut h = headers(&[("max-forwards", "2")]);
-        assert!(max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11, p).is_none());
+        let mf = |m: &Method, h: &mut HeaderMap| max_forwards(m, h, &uri, Version::HTTP_11, p);
+        assert!(mf(&Method::TRACE, &mut h).unwrap().is_none());
         assert_eq!(h[header::MAX_FORWARDS], "1");
         let mut h = headers(&[("max-forwards", "0"), ("cookie", "s=1"), ("x-a", "b")]);
-        let r = max_forwards(&Method::TRACE, &mut h, &uri, Version::HTTP_11, p).unwrap();
+        let r = mf(&Method::TRACE, &mut h).unwrap().unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "message/http");
         assert_eq!(r.headers()[header::VIA], "1.1 p");
-        let r = max_forwards(&Method::OPTIONS, &mut h, &uri, Version::HTTP_11, p).unwrap();
+        let r = mf(&Method::OPTIONS, &mut h).unwrap().unwrap();
         assert!(r.headers()[header::ALLOW]
             .to_str()
             .unwrap()
             .contains("CONNECT"));
         let mut h = headers(&[("max-forwards", "0")]);
-        assert!(max_forwards(&Method::GET, &mut h, &uri, Version::HTTP_11, p).is_none());
+        assert!(mf(&Method::GET, &mut h).unwrap().is_none());
+        // Not one decimal number: refused on TRACE and OPTIONS, carried on other methods.
+        for bad in ["-1", "abc", "0, 5", "+3", "", "1 2"] {
+            let mut h = headers(&[("max-forwards", bad)]);
+            let Err(e) = mf(&Method::OPTIONS, &mut h) else {
+                panic!("{bad:?} accepted");
+            };
+            assert_eq!(e.status, http::StatusCode::BAD_REQUEST, "{bad}");
+            assert!(mf(&Method::GET, &mut h).unwrap().is_none());
+            assert_eq!(h[header::MAX_FORWARDS], bad);
+        }
+        let mut h = headers(&[("max-forwards", "1"), ("max-forwards", "1")]);
+        assert!(mf(&Method::TRACE, &mut h).is_err(), "two fields");
+        let mut h = headers(&[("max-forwards", "99999999999999999999999")]);
+        assert!(mf(&Method::TRACE, &mut h).unwrap().is_none());
+        assert_eq!(h[header::MAX_FORWARDS], (u64::MAX - 1).to_string().as_str());
         let echo = trace_echo(
             &Method::TRACE,
             &uri,

@@ -831,3 +831,38 @@ async fn an_answer_that_leaves_the_body_unread_closes_the_connection() {
     let records = proxy.wait_records(2).await;
     assert_eq!(records.len(), 2, "{records:#?}");
 }
+
+#[tokio::test]
+async fn a_max_forwards_that_is_not_one_number_is_refused_on_trace_and_options() {
+    let origin = RawOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    for bad in ["-1", "abc", "0, 5"] {
+        for method in ["OPTIONS", "TRACE"] {
+            let r = raw(
+                proxy.addr,
+                format!(
+                    "{method} http://{}/ HTTP/1.1\r\nHost: x\r\nMax-Forwards: {bad}\r\nConnection: close\r\n\r\n",
+                    origin.addr
+                )
+                .as_bytes(),
+            )
+            .await;
+            assert_eq!(r.status, 400, "{method} with {bad:?}: {}", r.text());
+            assert!(r.text().contains("Max-Forwards must be one decimal number"));
+        }
+    }
+    assert_eq!(origin.accepts(), 0, "a refused request reached the origin");
+    // Other methods carry the field as it came.
+    let r = raw(
+        proxy.addr,
+        format!(
+            "GET http://{}/ HTTP/1.1\r\nHost: x\r\nMax-Forwards: abc\r\nConnection: close\r\n\r\n",
+            origin.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let head = origin.heads().pop().unwrap();
+    assert_eq!(header_value(&head, "max-forwards").as_deref(), Some("abc"));
+}
