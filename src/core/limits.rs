@@ -52,11 +52,31 @@ pub fn check_head<B>(
         ));
     }
     check_limits(req, limits)?;
+    check_content_length(req.headers())?;
     if carries_token(req.headers(), via) {
         return Err(EdgeError::new(
             ErrorKind::Loop,
             "this request has already passed through this proxy: a forwarding loop",
         ));
+    }
+    Ok(())
+}
+
+/// Refuses a `Content-Length` past 2^63 − 1 (RFC 9110 §8.6 asks recipients to guard against
+/// overflow): many servers count body lengths in signed 64 bits and would read such a value
+/// as negative or as another length, so the proxy does not pass it on.
+fn check_content_length(headers: &http::HeaderMap) -> Result<(), EdgeError> {
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        let text = value.to_str().unwrap_or_default().trim();
+        let too_large = text.bytes().all(|b| b.is_ascii_digit())
+            && text.trim_start_matches('0').len() >= 19
+            && text.trim_start_matches('0').parse::<i64>().is_err();
+        if too_large {
+            return Err(EdgeError::new(
+                ErrorKind::Client,
+                format!("Content-Length {text} is past 2^63 - 1, more than servers can count"),
+            ));
+        }
     }
     Ok(())
 }
@@ -238,6 +258,19 @@ mod tests {
             "/",
         );
         assert_eq!(refusal(&twice, RawHead::default()), Some((400, "client")));
+        // Content-Length past what a signed 64-bit count holds.
+        for (value, refused) in [
+            ("9223372036854775807", false),
+            ("09223372036854775807", false),
+            ("9223372036854775808", true),
+            ("18446744073709551615", true),
+            ("99999999999999999999999", true),
+            ("1024", false),
+        ] {
+            let req = head(&[("content-length", value)], "/");
+            let want = refused.then_some((400, "client"));
+            assert_eq!(refusal(&req, RawHead::default()), want, "{value}");
+        }
     }
 
     #[test]
