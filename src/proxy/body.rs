@@ -203,6 +203,8 @@ impl Body for UpBody {
         let end = match &frame {
             None => Some(true),
             Some(Err(_)) => Some(false),
+            // Trailers are a body's last frame: after them hyper asks for nothing more.
+            Some(Ok(frame)) if frame.is_trailers() => Some(true),
             Some(Ok(_)) => inner.is_end_stream().then_some(true),
         };
         if let Some(complete) = end {

@@ -888,3 +888,33 @@ async fn a_content_length_past_signed_64_bits_is_refused_before_the_origin() {
     }
     assert_eq!(origin.accepts(), 0);
 }
+
+#[tokio::test]
+async fn a_chunked_upload_with_a_trailer_keeps_the_connection() {
+    let origin = RawOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let upload = format!(
+        "POST http://{}/up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+         5\r\nhello\r\n0\r\nX-Sum: 5\r\n\r\n",
+        origin.addr
+    );
+    let first = exchange(&mut stream, upload.as_bytes()).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_ne!(
+        first.header("connection").as_deref(),
+        Some("close"),
+        "a trailer closed the connection"
+    );
+    // The same connection serves the next request.
+    let next = exchange(
+        &mut stream,
+        format!(
+            "GET http://{}/next HTTP/1.1\r\nHost: x\r\n\r\n",
+            origin.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(next.status, 200);
+}
