@@ -46,6 +46,10 @@ pub struct ConnState {
     closing: AtomicBool,
     /// Closing, and the last answer has been written out: the connection can end.
     pub(crate) answered: AtomicBool,
+    /// The shutdown grace period is over: an exchange still waiting for its answer is
+    /// answered `503` at once ([`ConnState::cut`]).
+    cut: AtomicBool,
+    cut_notify: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -61,7 +65,29 @@ impl ConnState {
             bodies: AtomicU32::new(0),
             closing: AtomicBool::new(false),
             answered: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
+            cut_notify: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The shutdown grace period is over: the exchange waiting for an answer gets one now,
+    /// and the connection closes after it.
+    pub(crate) fn cut_now(&self) {
+        self.close_after();
+        self.cut.store(true, Ordering::Release);
+        self.cut_notify.notify_waiters();
+    }
+
+    /// Ready once [`ConnState::cut_now`] is called. Registers with the connection's own
+    /// notifier only when first polled.
+    pub(crate) async fn cut(&self) {
+        let notified = self.cut_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.cut.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 
     fn now_ms(&self) -> u64 {

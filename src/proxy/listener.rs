@@ -191,6 +191,7 @@ async fn serve_connection(
     let mut expired = false;
     let mut stop = Signal::new(&stop);
     let mut hard_stop = Signal::new(&shared.hard_stop);
+    let mut cut = false;
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break result,
@@ -217,7 +218,13 @@ async fn serve_connection(
             _ = tokio::time::sleep(Duration::from_secs(1)), if expired => {
                 break Ok(());
             }
-            _ = &mut hard_stop => break Ok(()),
+            // The grace period is over: an exchange still waiting for its answer gets a
+            // 503 (the service watches the cut), and the connection has a moment to write it.
+            _ = &mut hard_stop, if !cut => {
+                cut = true;
+                state.cut_now();
+            }
+            _ = tokio::time::sleep(CUT_WRITE), if cut => break Ok(()),
             // Checked whenever the task wakes; `poll_flush` wakes it when this becomes true.
             _ = std::future::poll_fn(|_| {
                 if state.answered.load(Ordering::Acquire) {
@@ -295,6 +302,10 @@ impl Future for Signal<'_> {
         polled
     }
 }
+
+/// How long a connection cut at the end of the shutdown grace period has to write the `503`
+/// of an exchange still waiting for its answer.
+const CUT_WRITE: Duration = Duration::from_millis(200);
 
 /// Writes the record of a request that never reached the service.
 fn connection_record(shared: &ProxyState, peer: SocketAddr, error: EdgeError) {

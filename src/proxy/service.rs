@@ -109,7 +109,16 @@ impl ProxyService {
         };
         // Read before the request is consumed: an error answers it with a page or a line.
         let page = crate::web::errorpage::Asked::for_page(&req);
-        let routed = self.route(&mut ex, req, head).await;
+        // An exchange still waiting for its answer when the shutdown grace period ends is
+        // answered 503 rather than cut without a word.
+        let routed = tokio::select! {
+            biased;
+            routed = self.route(&mut ex, req, head) => routed,
+            _ = self.conn.cut() => Err(EdgeError::new(
+                ErrorKind::Shutdown,
+                "the proxy is shutting down, and the answer did not come within timeouts.shutdown_grace",
+            )),
+        };
         // A body that was not forwarded is left unread: its rest could not be told from a
         // next request, so this connection ends with this exchange, and says so.
         drop(ex.body.take());
