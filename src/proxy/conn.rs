@@ -49,7 +49,6 @@ pub struct ConnState {
     /// The shutdown grace period is over: an exchange still waiting for its answer is
     /// answered `503` at once ([`ConnState::cut`]).
     cut: AtomicBool,
-    cut_notify: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -66,7 +65,6 @@ impl ConnState {
             closing: AtomicBool::new(false),
             answered: AtomicBool::new(false),
             cut: AtomicBool::new(false),
-            cut_notify: tokio::sync::Notify::new(),
         }
     }
 
@@ -75,19 +73,19 @@ impl ConnState {
     pub(crate) fn cut_now(&self) {
         self.close_after();
         self.cut.store(true, Ordering::Release);
-        self.cut_notify.notify_waiters();
     }
 
-    /// Ready once [`ConnState::cut_now`] is called. Registers with the connection's own
-    /// notifier only when first polled.
-    pub(crate) async fn cut(&self) {
-        let notified = self.cut_notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.cut.load(Ordering::Acquire) {
-            return;
-        }
-        notified.await;
+    /// Ready once [`ConnState::cut_now`] was called. A flag, with no waker of its own: the
+    /// exchange runs in its connection's task, which polls it again as soon as the
+    /// connection's loop has called `cut_now` (as for `answered`).
+    pub(crate) fn cut(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|_| {
+            if self.cut.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     fn now_ms(&self) -> u64 {
