@@ -95,6 +95,29 @@ pub async fn forward(
         }
     }
 
+    // A request that cannot be sent twice (a method that is not idempotent, or a body,
+    // which streams through once) goes over a fresh connection, never a kept-alive one the
+    // origin may be closing (RFC 9112 §9.3.1); a bodiless idempotent one goes over the pool
+    // and is retried once, on a fresh connection, when the kept-alive one closes unanswered.
+    let has_body = !http_body::Body::is_end_stream(req.body());
+    let once_only = has_body || !is_idempotent(req.method());
+    if once_only && own_connection.is_none() && parents.is_none() {
+        let outbound = ex.shared.outbound.load_full();
+        let mut resolved = None;
+        let connected = Box::pin(dial::dial(
+            &outbound,
+            &settings.policy,
+            &target,
+            None,
+            &mut resolved,
+        ))
+        .await;
+        crate::proxy::tunnel::note_resolved(ex, resolved);
+        let connected = connected?;
+        ex.record.upstream(connected.addr);
+        own_connection = Some(connected.stream);
+    }
+
     let (mut parts, body) = req.into_parts();
     if let Some(reply) = max_forwards(
         &parts.method,
@@ -145,6 +168,7 @@ pub async fn forward(
     );
     // Whatever fails from here on leaves the rest of the request body unread.
     let upload = body.upload();
+    let mut retried = false;
     let sent = if let Some(parents) = &parents {
         Box::pin(through_parent(ex, parents, parts, body, &target)).await
     } else if let Some(stream) = own_connection {
@@ -159,22 +183,30 @@ pub async fn forward(
         .await
         .and_then(|answer| answer.map_err(|e| upstream_error(&target, &e)))
     } else {
+        // Kept for a retry: a bodiless idempotent request can be sent again.
+        let again = http::request::Parts::clone(&parts);
         let upstream = Request::from_parts(parts, body);
-        within(
+        let first = within(
             timeouts.response,
             &target,
             &upload,
             ex.shared.client.request(upstream),
         )
-        .await
-        .and_then(|answer| {
-            answer.map_err(|e| {
-                if let Some(resolved) = pooled_dial_error(&e).and_then(|p| p.resolved) {
-                    ex.record.resolved(resolved.took, resolved.cached);
-                }
-                upstream_error(&target, &e)
-            })
-        })
+        .await;
+        match first {
+            Ok(Err(e)) if closed_unanswered(&e) => {
+                retried = true;
+                Box::pin(retry_fresh(ex, &target, again)).await
+            }
+            first => first.and_then(|answer| {
+                answer.map_err(|e| {
+                    if let Some(resolved) = pooled_dial_error(&e).and_then(|p| p.resolved) {
+                        ex.record.resolved(resolved.took, resolved.cached);
+                    }
+                    upstream_error(&target, &e)
+                })
+            }),
+        }
     };
     let response = sent.inspect_err(|_| upload.give_up())?;
 
@@ -190,6 +222,12 @@ pub async fn forward(
     }
     check_answer(&response, &target).inspect_err(|_| upload.give_up())?;
     ex.record.answered(response.status().as_u16());
+    if retried {
+        ex.record.note(
+            "the kept-alive origin connection closed without answering: sent again on a fresh one"
+                .to_owned(),
+        );
+    }
     let (mut parts, body) = response.into_parts();
     let had_transfer_encoding = parts.headers.contains_key(header::TRANSFER_ENCODING);
     strip_hop_by_hop(&mut parts.headers);
@@ -399,6 +437,65 @@ fn pooled_dial_error(e: &hyper_util::client::legacy::Error) -> Option<&PooledDia
         source = err.source();
     }
     None
+}
+
+/// Whether a request may be sent again with the same effect (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether the pooled client failed because the origin closed the connection before any
+/// byte of an answer: what a kept-alive connection the origin was closing does.
+fn closed_unanswered(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Sends a bodiless request again, on a fresh connection of its own.
+async fn retry_fresh(
+    ex: &mut Exchange,
+    target: &Target,
+    mut parts: http::request::Parts,
+) -> Result<Response<Incoming>, EdgeError> {
+    let settings = ex.settings.clone();
+    let outbound = ex.shared.outbound.load_full();
+    let connected = dial::dial(&outbound, &settings.policy, target, None, &mut None).await?;
+    ex.record.upstream(connected.addr);
+    parts.uri = Uri::from(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    let request = Request::from_parts(parts, UpBody::empty(ex.record.traffic().clone()));
+    let timeouts = &settings.timeouts;
+    let upload = request.body().upload();
+    within(
+        timeouts.response,
+        target,
+        &upload,
+        send_once(connected.stream, timeouts.origin_write(), request),
+    )
+    .await
+    .and_then(|answer| answer.map_err(|e| upstream_error(target, &e)))
 }
 
 /// Sends `request` over `stream`, a connection of its own (not pooled), and waits for the

@@ -918,3 +918,77 @@ async fn a_chunked_upload_with_a_trailer_keeps_the_connection() {
     .await;
     assert_eq!(next.status, 200);
 }
+
+/// An origin that answers the first request of each connection with keep-alive, and resets
+/// the connection when a second request comes on it.
+async fn closes_kept_alive_connections() -> Origin {
+    Origin::serve(|mut stream| async move {
+        let mut buf = Vec::new();
+        let Some(head) = read_head(&mut stream, &mut buf).await else {
+            return;
+        };
+        if let Some(n) = header_value(&head, "content-length").and_then(|v| v.parse::<usize>().ok())
+        {
+            let mut rest = vec![0u8; n.saturating_sub(buf.len())];
+            let _ = stream.read_exact(&mut rest).await;
+        }
+        buf.clear();
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+        // The next request on this connection: read it, then reset the connection.
+        if read_head(&mut stream, &mut buf).await.is_some() {
+            let _ = stream.set_zero_linger();
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_kept_alive_origin_connection_closed_unanswered_is_retried_for_safe_requests_only() {
+    let origin = closes_kept_alive_connections().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let url = |path: &str| format!("http://{}{path}", origin.addr);
+    // The first GET opens a connection; the second goes over it, which the origin closes
+    // unanswered: retried on a fresh one.
+    for (i, method) in ["GET", "GET", "DELETE", "HEAD"].iter().enumerate() {
+        let r = raw(
+            proxy.addr,
+            format!(
+                "{method} {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                url(&format!("/{i}"))
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{method} #{i}: {}", r.text());
+        // The origin connection goes back to the pool once its answer is through.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let records = proxy.wait_records(4).await;
+    let retried = records
+        .iter()
+        .filter(|r| {
+            r.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("sent again on a fresh one")
+        })
+        .count();
+    assert!(retried >= 2, "{records:#?}");
+    // A request that cannot be sent twice never goes over a kept-alive connection.
+    let accepted = origin.accepts();
+    for method in ["POST", "PATCH"] {
+        let r = raw(
+            proxy.addr,
+            format!(
+                "{method} {} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+                url("/form")
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+    }
+    assert_eq!(origin.accepts(), accepted + 2, "each on a fresh connection");
+}
