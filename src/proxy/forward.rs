@@ -149,13 +149,7 @@ pub async fn forward(
     };
     parts.uri = upstream_uri(authority, &parts.uri)?;
     if own_connection.is_some() {
-        parts.uri = Uri::from(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
+        parts.uri = origin_form(&parts.uri);
     }
     parts.version = Version::HTTP_11;
 
@@ -439,6 +433,16 @@ fn pooled_dial_error(e: &hyper_util::client::legacy::Error) -> Option<&PooledDia
     None
 }
 
+/// The origin form of `uri` (`/path?query`), as a request on a connection of its own is
+/// sent (the pooled client makes it itself).
+fn origin_form(uri: &Uri) -> Uri {
+    Uri::from(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    )
+}
+
 /// Whether a request may be sent again with the same effect (RFC 9110 §9.2.2).
 fn is_idempotent(method: &Method) -> bool {
     matches!(
@@ -478,13 +482,7 @@ async fn retry_fresh(
     let outbound = ex.shared.outbound.load_full();
     let connected = dial::dial(&outbound, &settings.policy, target, None, &mut None).await?;
     ex.record.upstream(connected.addr);
-    parts.uri = Uri::from(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
+    parts.uri = origin_form(&parts.uri);
     let request = Request::from_parts(parts, UpBody::empty(ex.record.traffic().clone()));
     let timeouts = &settings.timeouts;
     let upload = request.body().upload();
