@@ -435,17 +435,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         median(on_off.iter().filter_map(|&(_, cpu)| cpu).collect()),
     );
     if let Some(named) = &a_named {
-        table.row(
-            "A by name (pooled: hardly resolves), req/s",
-            Some(a_direct.rps()),
-            Some(named.rps()),
-        );
-        table.row(
-            "A by name, proxy CPU per request, µs",
-            None,
-            named.cpu_us_per_request(),
-        );
-        Compared::rows(&mut table, "A", "request", &by_name);
+        let shown = ("A", "(pooled: hardly resolves)", "req/s", "request");
+        Compared::rows(&mut table, shown, &a_direct, named, &by_name);
     }
 
     // L: one connection, unloaded.
@@ -697,17 +688,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         t_proxy.cpu_us_per_request(),
     );
     if let Some(named) = &t_named {
-        table.row(
-            "T by name (resolves each), tunnels/s",
-            Some(t_direct.rps()),
-            Some(named.rps()),
-        );
-        table.row(
-            "T by name, proxy CPU per tunnel, µs",
-            None,
-            named.cpu_us_per_request(),
-        );
-        Compared::rows(&mut table, "T", "tunnel", &t_by_name);
+        let shown = ("T", "(resolves each)", "tunnels/s", "tunnel");
+        Compared::rows(&mut table, shown, &t_direct, named, &t_by_name);
     }
 
     println!();
@@ -1277,8 +1259,26 @@ impl Compared {
         })
     }
 
-    /// The median difference and ratio of `pairs`, as two rows of `table`.
-    fn rows(table: &mut Table, shape: &str, unit: &str, pairs: &[Compared]) {
+    /// The rows of a shape by name: its rate beside the direct run's and its CPU per
+    /// `unit`, then the median difference and ratio of `pairs` against the shape by address.
+    /// `shown` is the shape, a note on how often it resolves, the rate's unit and `unit`.
+    fn rows(
+        table: &mut Table,
+        (shape, note, rate, unit): (&str, &str, &str, &str),
+        direct: &Load,
+        named: &Load,
+        pairs: &[Compared],
+    ) {
+        table.row(
+            &format!("{shape} by name {note}, {rate}"),
+            Some(direct.rps()),
+            Some(named.rps()),
+        );
+        table.row(
+            &format!("{shape} by name, proxy CPU per {unit}, µs"),
+            None,
+            named.cpu_us_per_request(),
+        );
         table.row(
             &format!("{shape} by name − by address, proxy CPU per {unit}, µs (median of pairs)"),
             None,

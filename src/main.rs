@@ -139,15 +139,18 @@ fn explain(
     let configured = |name: &str, _port: u16| -> Result<Vec<std::net::IpAddr>, String> {
         let resolver = resolver.as_ref().ok_or("names are not resolved")?;
         runtime.block_on(async {
-            tokio::time::timeout(timeout, resolver.resolve_all(name))
+            use portcullis::egress::dial::{addresses_of, DialError};
+            addresses_of(resolver, name, timeout, &mut None)
                 .await
-                .map_err(|_| {
-                    format!(
+                .map_err(|e| match e {
+                    DialError::Resolve { error, .. } => error,
+                    DialError::NoAddress { .. } => "no address".to_owned(),
+                    DialError::ResolveTimedOut { after, .. } => format!(
                         "no answer within {} (timeouts.connect)",
-                        humantime::format_duration(timeout)
-                    )
-                })?
-                .map_err(|e| e.to_string())
+                        humantime::format_duration(after)
+                    ),
+                    other => other.to_string(),
+                })
         })
     };
     let lookups = portcullis::ops::explain::Lookups {

@@ -191,46 +191,15 @@ pub async fn allowed_addresses(
     facts: &Facts<'_>,
     dns: &mut Option<Resolved>,
 ) -> Result<Checked, DialError> {
-    let deadline = Instant::now() + out.connect;
-    let mut queue = Candidates::default();
-    let mut errors = Vec::new();
-    match &target.host {
-        Host::Ip(ip) => queue.push(*ip),
-        Host::Name(name) => {
-            let started = Instant::now();
-            let mut lookups = out.resolver.lookups(name);
-            // Once some addresses are known, the other family gets the resolution delay.
-            let mut until = deadline;
-            loop {
-                let answer = tokio::select! {
-                    answer = lookups.next() => answer,
-                    _ = tokio::time::sleep_until(until) => None,
-                };
-                let Some(answer) = answer else { break };
-                note_answer(dns, started, answer.cached);
-                match answer.result {
-                    Ok(ips) => {
-                        ips.into_iter().for_each(|ip| queue.push(ip));
-                        until = until.min(Instant::now() + RESOLUTION_DELAY);
-                    }
-                    Err(e) => errors.push(e),
-                }
-            }
-            let nothing = queue.is_empty(false);
-            if nothing && !lookups.is_done() && Instant::now() >= deadline {
-                return Err(DialError::ResolveTimedOut {
-                    host: name.clone(),
-                    after: out.connect,
-                });
-            }
-            lookups.finish_in_background();
-        }
-    }
+    let addresses = match &target.host {
+        Host::Ip(ip) => vec![*ip],
+        Host::Name(name) => addresses_of(&out.resolver, name, out.connect, dns).await?,
+    };
     let mut checked = Checked {
         allowed: Vec::new(),
         denied: None,
     };
-    while let Some(ip) = queue.pop(false) {
+    for ip in addresses {
         let addr = SocketAddr::new(ip, target.port);
         match plan::check_address(policy, target, Some(facts), addr, &is_local_address) {
             Ok(decider) => checked.allowed.push((addr, decider)),
@@ -239,13 +208,56 @@ pub async fn allowed_addresses(
             }
         }
     }
-    if checked.allowed.is_empty() {
-        return Err(match checked.denied {
-            Some(denial) => DialError::Denied(denial),
-            None => lookup_failure(&target.host, &errors),
+    match checked.denied {
+        Some(denial) if checked.allowed.is_empty() => Err(DialError::Denied(denial)),
+        _ => Ok(checked),
+    }
+}
+
+/// The addresses of `name` in the order a race tries them (the families interleaved, IPv6
+/// first), as the lookups give them within `timeout`: once some are known, the other family
+/// gets the resolution delay, and a lookup still running then is finished in the
+/// background. `dns` notes the resolution. For plain HTTP whose rules need the address, and
+/// for `portcullis explain --resolve`.
+pub async fn addresses_of(
+    resolver: &Resolver,
+    name: &str,
+    timeout: Duration,
+    dns: &mut Option<Resolved>,
+) -> Result<Vec<IpAddr>, DialError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut queue = Candidates::default();
+    let mut errors = Vec::new();
+    let mut lookups = resolver.lookups(name);
+    let mut until = deadline;
+    loop {
+        let answer = tokio::select! {
+            answer = lookups.next() => answer,
+            _ = tokio::time::sleep_until(until) => None,
+        };
+        let Some(answer) = answer else { break };
+        note_answer(dns, started, answer.cached);
+        match answer.result {
+            Ok(ips) => {
+                ips.into_iter().for_each(|ip| queue.push(ip));
+                until = until.min(Instant::now() + RESOLUTION_DELAY);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let nothing = queue.is_empty(false);
+    if nothing && !lookups.is_done() {
+        return Err(DialError::ResolveTimedOut {
+            host: name.to_owned(),
+            after: timeout,
         });
     }
-    Ok(checked)
+    lookups.finish_in_background();
+    if nothing {
+        return Err(lookup_failure(&Host::Name(name.to_owned()), &errors));
+    }
+    Ok(std::iter::from_fn(|| queue.pop(false)).collect())
 }
 
 /// The addresses [`allowed_addresses`] found.

@@ -230,50 +230,6 @@ impl Resolver {
     }
 }
 
-impl Resolver {
-    /// Every address of `name`, in the order a dial tries them (the families interleaved,
-    /// IPv6 first), once every lookup has answered; the first failure when none has an
-    /// address. For `portcullis explain --resolve`.
-    pub async fn resolve_all(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
-        let mut lookups = self.lookups(name);
-        let (mut v6, mut v4, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some(answer) = lookups.next().await {
-            match answer.result {
-                Ok(ips) => {
-                    for ip in ips {
-                        if ip.is_ipv6() {
-                            v6.push(ip)
-                        } else {
-                            v4.push(ip)
-                        }
-                    }
-                }
-                Err(e) => failures.push(e),
-            }
-        }
-        if v6.is_empty() && v4.is_empty() {
-            failures.sort_by_key(|e| match e {
-                LookupError::NoSuchName => 0,
-                LookupError::Failed(_) => 1,
-                LookupError::NoAddress => 2,
-            });
-            return Err(failures
-                .into_iter()
-                .next()
-                .unwrap_or(LookupError::NoAddress));
-        }
-        let mut ordered = Vec::with_capacity(v6.len() + v4.len());
-        let (mut six, mut four) = (v6.into_iter(), v4.into_iter());
-        loop {
-            match (six.next(), four.next()) {
-                (None, None) => break,
-                (a, b) => ordered.extend(a.into_iter().chain(b)),
-            }
-        }
-        Ok(ordered)
-    }
-}
-
 /// The builtin resolver: `/etc/resolv.conf`'s search list and options, its servers or
 /// `dns.servers`, `/etc/hosts`, and the cache bounds of `[dns]`.
 fn builtin(settings: &DnsSettings) -> Result<TokioResolver, ResolverError> {

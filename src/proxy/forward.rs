@@ -99,8 +99,19 @@ pub async fn forward(
     // which streams through once) goes over a fresh connection, never a kept-alive one the
     // origin may be closing (RFC 9112 §9.3.1); a bodiless idempotent one goes over the pool
     // and is retried once, on a fresh connection, when the kept-alive one closes unanswered.
-    let has_body = !http_body::Body::is_end_stream(req.body());
-    let once_only = has_body || !is_idempotent(req.method());
+    let once_only = !http_body::Body::is_end_stream(req.body()) || !is_idempotent(req.method());
+    let (mut parts, body) = req.into_parts();
+    if let Some(reply) = max_forwards(
+        &parts.method,
+        &mut parts.headers,
+        &parts.uri,
+        parts.version,
+        &ex.shared.via,
+    )? {
+        ex.record.answered(reply.status().as_u16());
+        return Ok(reply);
+    }
+    // Dialled once the proxy knows it will not answer, or refuse, the request itself.
     if once_only && own_connection.is_none() && parents.is_none() {
         let outbound = ex.shared.outbound.load_full();
         let mut resolved = None;
@@ -116,18 +127,6 @@ pub async fn forward(
         let connected = connected?;
         ex.record.upstream(connected.addr);
         own_connection = Some(connected.stream);
-    }
-
-    let (mut parts, body) = req.into_parts();
-    if let Some(reply) = max_forwards(
-        &parts.method,
-        &mut parts.headers,
-        &parts.uri,
-        parts.version,
-        &ex.shared.via,
-    )? {
-        ex.record.answered(reply.status().as_u16());
-        return Ok(reply);
     }
 
     let had_transfer_encoding = parts.headers.contains_key(header::TRANSFER_ENCODING);
