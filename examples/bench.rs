@@ -67,6 +67,8 @@ use std::io::{self, Read as _};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context};
@@ -98,6 +100,12 @@ struct Args {
     /// the builtin resolver).
     #[arg(long)]
     no_names: bool,
+    /// Leave out I, the idle flood (about 30 s, 5,040 connections).
+    #[arg(long)]
+    no_flood: bool,
+    /// Run nothing but I, the idle flood.
+    #[arg(long)]
+    flood_only: bool,
     /// Only serve `bench.test` → 127.0.0.1 by DNS (UDP) on ADDR until interrupted.
     #[arg(long, value_name = "ADDR")]
     serve_dns: Option<SocketAddr>,
@@ -223,6 +231,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     warn_if_stale(&binary);
+    let visits = if args.quick { 30 } else { 100 };
+    let flood_files = (FLOOD_ADDRESSES * FLOOD_PER_ADDRESS) as u64 + 512;
+    let flood = !args.no_flood && open_files_limit().is_none_or(|l| l >= flood_files);
+    if !args.no_flood && !flood {
+        eprintln!("bench: I (the idle flood) needs {flood_files} open files in this process: left out; raise it with `ulimit -n {flood_files}`");
+    }
+    if args.flood_only {
+        ensure!(flood, "I cannot run: too few open files allowed");
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let origin = start_origin().await?;
+        print_flood(&idle_flood(&binary, dir.path(), origin, visits).await?);
+        return Ok(());
+    }
     let mut steps = vec![1_000];
     if args.full {
         steps.push(2_000);
@@ -733,6 +754,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if errors > 0 || d.fails > 0 {
         println!("WARNING: {errors} request errors and {} failed tunnels: the figures above are suspect.", d.fails);
     }
+    if flood {
+        println!();
+        print_flood(&idle_flood(&binary, dir.path(), origin, visits).await?);
+    }
     Ok(())
 }
 
@@ -814,6 +839,18 @@ listen = "off"
                 "[dns]\nservers = [\"{dns}\"]\nnegative_ttl = \"1h\"\n"
             ));
         }
+        Proxy::launch(binary, dir, name, addr, &config)
+    }
+
+    /// Starts `binary` with `config` (written into `dir` as `name`.toml), which makes it
+    /// listen on `addr`; waits until it does.
+    fn launch(
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        addr: SocketAddr,
+        config: &str,
+    ) -> anyhow::Result<Proxy> {
         let config_path = dir.join(format!("{name}.toml"));
         fs::write(&config_path, config)?;
         let stderr_path = dir.join(format!("{name}.stderr"));
@@ -1886,6 +1923,307 @@ async fn preflight(
 
 // ------------------------------------------------------------------ the table
 
+// ------------------------------------------------------------------ I: an idle flood
+
+/// I's attackers come from 127.0.0.2 to 127.0.0.127, this many connections from each: under
+/// the per-client limit (256), 5,040 in all, over the total (4,096).
+const FLOOD_ADDRESSES: usize = 126;
+const FLOOD_PER_ADDRESS: usize = 40;
+
+/// A normal client's visits: one GET /1k on a connection of its own every 100 ms, each
+/// given at most 5 s.
+#[derive(Default)]
+struct Visits {
+    sent: usize,
+    answered: usize,
+    latencies_ms: Vec<f64>,
+    /// The first few failures, as they were seen.
+    failures: Vec<String>,
+}
+
+impl Visits {
+    fn answered_pct(&self) -> f64 {
+        100.0 * self.answered as f64 / self.sent.max(1) as f64
+    }
+
+    fn percentile_ms(&self, p: f64) -> Option<f64> {
+        let mut sorted = self.latencies_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let i = ((sorted.len() as f64 * p).ceil() as usize).checked_sub(1)?;
+        sorted.get(i).copied()
+    }
+}
+
+/// What I measured.
+struct Flood {
+    quiet: Visits,
+    flooded: Visits,
+    /// Attacker connections the proxy had accepted and not closed, at the start of the visits.
+    held: usize,
+    /// Connections the attackers opened in all.
+    opened: u64,
+    rss_before_kib: u64,
+    rss_peak_kib: u64,
+    rss_after_kib: u64,
+    /// From the proxy's /metrics at the end of the visits.
+    open_at_end: Option<f64>,
+    made_room: Option<f64>,
+    shed: Option<f64>,
+}
+
+/// I: a proxy with the default limits; a normal client's visits without a flood, then under
+/// 5,040 idle connections that reconnect as soon as they are closed; the proxy's memory
+/// before, during and after.
+async fn idle_flood(
+    binary: &Path,
+    dir: &Path,
+    origin: SocketAddr,
+    visits: usize,
+) -> anyhow::Result<Flood> {
+    let addr = free_port()?;
+    let admin = free_port()?;
+    let config = format!(
+        "listen = [\"{addr}\"]\n[ports]\nhttp = [{}]\n[destinations]\nallow_loopback = true\n\
+         [log]\naccess = \"off\"\nlevel = \"error\"\n[admin]\nlisten = \"{admin}\"\n",
+        origin.port()
+    );
+    let proxy = Proxy::launch(binary, dir, "flood", addr, &config)?;
+    let quiet = normal_visits(addr, origin, visits, None).await;
+    let rss_before_kib = status_field(proxy.pid, "VmRSS:").unwrap_or(0);
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let held = Arc::new(AtomicUsize::new(0));
+    let opened = Arc::new(AtomicU64::new(0));
+    // The attackers run on a runtime of their own, on their own thread: as other machines
+    // would, they share this machine's cores with the proxy and the normal client, but not
+    // the normal client's and the origin's task queues.
+    let attackers = {
+        let (stop, held, opened) = (stop.clone(), held.clone(), opened.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(attack(addr, stop, held, opened));
+            Ok(())
+        })
+    };
+    // Until the proxy holds as many as it will (its limit), or 20 s.
+    let ramp = Instant::now();
+    let mut last = 0;
+    while ramp.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = held.load(Ordering::Relaxed);
+        if now >= 4_000 && now == last {
+            break;
+        }
+        last = now;
+    }
+    let held_at_start = held.load(Ordering::Relaxed);
+    let flooded = normal_visits(addr, origin, visits, Some(proxy.pid)).await;
+    let metrics = scrape(admin).await.unwrap_or_default();
+    stop.cancel();
+    let ended = tokio::task::spawn_blocking(move || attackers.join()).await;
+    ensure!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the attackers did not end well"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sum = |name: &str| -> Option<f64> {
+        let values: Vec<f64> = metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    };
+    Ok(Flood {
+        rss_peak_kib: flooded.rss_peak_kib.max(rss_before_kib),
+        quiet: quiet.visits,
+        flooded: flooded.visits,
+        held: held_at_start,
+        opened: opened.load(Ordering::Relaxed),
+        rss_before_kib,
+        rss_after_kib: status_field(proxy.pid, "VmRSS:").unwrap_or(0),
+        open_at_end: sum("portcullis_connections_open "),
+        made_room: sum("portcullis_connections_made_room_total{"),
+        shed: sum("portcullis_connections_shed_total "),
+    })
+}
+
+/// I's attackers: idle connections that are opened again as soon as the proxy closes them,
+/// until `stop`.
+async fn attack(
+    addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    held: Arc<AtomicUsize>,
+    opened: Arc<AtomicU64>,
+) {
+    let mut attackers = JoinSet::new();
+    for i in 0..FLOOD_ADDRESSES * FLOOD_PER_ADDRESS {
+        let from = Ipv4Addr::new(127, 0, 0, 2 + (i % FLOOD_ADDRESSES) as u8);
+        let (stop, held, opened) = (stop.clone(), held.clone(), opened.clone());
+        attackers.spawn(async move {
+            // Bounded: an attacker opens at most this many connections.
+            for _ in 0..100_000 {
+                let Ok(socket) = TcpSocket::new_v4() else {
+                    return;
+                };
+                if socket.bind(SocketAddr::from((from, 0))).is_err() {
+                    return;
+                }
+                let connected = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    c = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr)) => c,
+                };
+                let Ok(Ok(mut stream)) = connected else {
+                    continue;
+                };
+                opened.fetch_add(1, Ordering::Relaxed);
+                held.fetch_add(1, Ordering::Relaxed);
+                let mut buf = [0u8; 512];
+                let stopped = loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break true,
+                        read = stream.read(&mut buf) => if matches!(read, Ok(0) | Err(_)) {
+                            break false;
+                        },
+                    }
+                };
+                held.fetch_sub(1, Ordering::Relaxed);
+                if stopped {
+                    return;
+                }
+            }
+        });
+    }
+    while attackers.join_next().await.is_some() {}
+}
+
+/// Visits and the proxy's largest RSS seen meanwhile (when `pid` is given).
+struct Observed {
+    visits: Visits,
+    rss_peak_kib: u64,
+}
+
+/// `n` visits of a normal client from 127.0.0.1, one every 100 ms.
+async fn normal_visits(
+    proxy: SocketAddr,
+    origin: SocketAddr,
+    n: usize,
+    pid: Option<u32>,
+) -> Observed {
+    let mut visits = Visits::default();
+    let mut rss_peak_kib = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for _ in 0..n {
+        tick.tick().await;
+        let start = Instant::now();
+        visits.sent += 1;
+        match tokio::time::timeout(Duration::from_secs(5), one_visit(proxy, origin)).await {
+            Ok(Ok(())) => {
+                visits.answered += 1;
+                visits
+                    .latencies_ms
+                    .push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok(Err(e)) if visits.failures.len() < 5 => visits.failures.push(format!("{e:#}")),
+            Err(_) if visits.failures.len() < 5 => {
+                visits.failures.push("no answer within 5 s".into())
+            }
+            _ => {}
+        }
+        if let Some(pid) = pid {
+            rss_peak_kib = rss_peak_kib.max(status_field(pid, "VmRSS:").unwrap_or(0));
+        }
+    }
+    Observed {
+        visits,
+        rss_peak_kib,
+    }
+}
+
+/// One GET /1k through the proxy on a connection of its own; Ok when answered 200 in full.
+async fn one_visit(proxy: SocketAddr, origin: SocketAddr) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(proxy).await.context("connect")?;
+    let request =
+        format!("GET http://{origin}/1k HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.context("send")?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.context("read")?;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.lines().next().unwrap_or("(closed without an answer)");
+    ensure!(status.starts_with("HTTP/1.1 200"), "{status}");
+    ensure!(
+        answer.len() > 1024,
+        "a short answer: {} bytes",
+        answer.len()
+    );
+    Ok(())
+}
+
+/// The proxy's /metrics text.
+async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(admin).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// I's table: the same client without and under the flood.
+fn print_flood(f: &Flood) {
+    let mut t = Table::default();
+    let mib = |kib: u64| Some(kib as f64 / 1024.0);
+    let (q, u) = (&f.quiet, &f.flooded);
+    t.row(
+        "I normal client: requests answered, %",
+        Some(q.answered_pct()),
+        Some(u.answered_pct()),
+    );
+    t.row(
+        "I normal client: p50, ms",
+        q.percentile_ms(0.5),
+        u.percentile_ms(0.5),
+    );
+    t.row(
+        "I normal client: p95, ms",
+        q.percentile_ms(0.95),
+        u.percentile_ms(0.95),
+    );
+    t.row(
+        "I normal client: slowest, ms",
+        q.percentile_ms(1.0),
+        u.percentile_ms(1.0),
+    );
+    t.row(
+        "I proxy RSS, MiB (before; at the flood's peak)",
+        mib(f.rss_before_kib),
+        mib(f.rss_peak_kib),
+    );
+    println!("I: {} idle connections from {FLOOD_ADDRESSES} addresses, reconnecting when closed; a normal client from 127.0.0.1, one GET /1k per connection every 100 ms ({} visits)", FLOOD_ADDRESSES * FLOOD_PER_ADDRESS, q.sent);
+    t.print_headed(["figure", "no flood", "under the flood", "ratio"]);
+    println!(
+        "attacker connections held by the proxy when the visits began: {}; opened in all: {}; \
+         at the end: {} open, {} closed to make room, {} shed; RSS after the flood: {:.0} MiB",
+        f.held,
+        f.opened,
+        number(f.open_at_end),
+        number(f.made_room),
+        number(f.shed),
+        f.rss_after_kib as f64 / 1024.0
+    );
+    for failure in &u.failures {
+        println!("  a failed visit under the flood: {failure}");
+    }
+    let ok = u.answered_pct() >= 95.0 && u.percentile_ms(0.95).is_some_and(|p| p <= 100.0);
+    println!(
+        "I target (≥ 95% answered, p95 ≤ 100 ms under the flood): {}",
+        if ok { "met" } else { "NOT MET" }
+    );
+}
+
 #[derive(Default)]
 struct Table {
     rows: Vec<[String; 4]>,
@@ -1920,7 +2258,11 @@ impl Table {
     }
 
     fn print(&self) {
-        let head = ["figure", "direct", "portcullis", "ratio"];
+        self.print_headed(["figure", "direct", "portcullis", "ratio"]);
+    }
+
+    /// Prints the table under these column names.
+    fn print_headed(&self, head: [&str; 4]) {
         let mut widths = head.map(|h| h.chars().count());
         for row in &self.rows {
             for (w, cell) in widths.iter_mut().zip(row) {

@@ -74,6 +74,30 @@ pub fn launch(source: Source) -> Result<(), StartError> {
         .block_on(run_configured(source, config, settings, origin))
 }
 
+/// Raises the soft limit on open files to the hard one, as far as this process may, and
+/// returns it (`None`: unlimited, or unknown). The usual soft default, 1024, is far below
+/// the descriptors `limits.max_connections` connections hold.
+#[cfg(target_os = "linux")]
+fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    limit.current
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_open_files_limit() -> Option<u64> {
+    None
+}
+
 /// Diagnostics go to stderr, so that stdout can carry the access log alone.
 fn init_diagnostics(level: &str) {
     let _ = tracing_subscriber::fmt()
@@ -97,10 +121,20 @@ async fn run_configured(
     for warning in crate::config::lint::lint(&config, &settings) {
         tracing::warn!(target: "portcullis::lint", "{warning}");
     }
+    if let Some(open_files) = raise_open_files_limit() {
+        // Each client connection holds a descriptor, and one more for its origin or tunnel.
+        let needed = 2 * settings.limits.max_connections as u64 + 64;
+        if open_files < needed {
+            warn!(
+                open_files,
+                needed,
+                "the open files limit is below what limits.max_connections needs (two per connection): raise it (LimitNOFILE=, ulimit -n) or lower the limit"
+            );
+        }
+    }
     let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = crate::proxy::listener::bind(*addr, settings.limits.listen_backlog)
             .map_err(|error| StartError::Listen { addr: *addr, error })?;
         listeners.push(listener);
     }

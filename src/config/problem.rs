@@ -156,6 +156,8 @@ pub enum ProblemKind {
     ZeroDuration,
     /// A limit below its least value.
     TooSmall(usize),
+    /// A value outside its range (both ends included).
+    OutOfRange(usize, usize),
     /// `admin.listen` is neither an address nor `"off"`.
     BadAddress(String),
     /// `log.level` is not a level.
@@ -238,6 +240,9 @@ impl fmt::Display for ProblemKind {
             ProblemKind::BadPortSpec { spec, error } => write!(f, "entry {spec}: {error}"),
             ProblemKind::ZeroDuration => f.write_str("must be longer than zero"),
             ProblemKind::TooSmall(least) => write!(f, "must be at least {least}"),
+            ProblemKind::OutOfRange(least, most) => {
+                write!(f, "must be from {least} to {most}")
+            }
             ProblemKind::BadAddress(text) => write!(
                 f,
                 "\"{text}\" is not an address such as \"127.0.0.1:3129\", or \"off\""

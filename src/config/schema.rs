@@ -258,10 +258,29 @@ impl AdminConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Client connections open at once; past it new ones get `503`.
+    /// Client connections open at once. At it, a new one takes the place of an idle one;
+    /// when all are busy it gets `503`.
     pub max_connections: usize,
-    /// Client connections open at once from one address; past it new ones get `429`.
+    /// Client connections open at once from one address. At it, a new one takes the place
+    /// of one of the address's idle ones; when all are busy it gets `429`.
     pub max_connections_per_client: usize,
+    /// Client connections open at once from one network (`network_prefix_v4`,
+    /// `network_prefix_v6`); unset, no such limit. At it, a new one takes the place of one
+    /// of the network's idle ones; when all are busy it gets `503`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_network: Option<usize>,
+    /// The length of an IPv4 client's network prefix, for the per-network limit and for
+    /// choosing whose idle connection makes room.
+    pub network_prefix_v4: u8,
+    /// The length of an IPv6 client's network prefix (a /64 is one site's LAN).
+    pub network_prefix_v6: u8,
+    /// A tunnel that has moved no byte for this long may be closed to make room at a
+    /// connection limit (after every idle and waiting connection).
+    #[serde(with = "humantime_serde")]
+    pub idle_tunnel_after: Duration,
+    /// Connections the system may queue on each listener before the proxy accepts them
+    /// (`listen(2)`'s backlog; the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Bytes of one request head (request line and headers); past it `431`.
     pub max_header_bytes: usize,
     /// Bytes of the request line; past it `414`.
@@ -271,6 +290,15 @@ pub struct LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// The network a client address belongs to, for the per-network limit.
+    pub(crate) fn network_of(&self, ip: std::net::IpAddr) -> ipnet::IpNet {
+        let prefix = match ip {
+            std::net::IpAddr::V4(_) => self.network_prefix_v4,
+            std::net::IpAddr::V6(_) => self.network_prefix_v6,
+        };
+        ipnet::IpNet::new(ip, prefix).map_or_else(|_| ipnet::IpNet::from(ip), |net| net.trunc())
+    }
+
     /// The bounds of a request head, as the core's head check takes them.
     pub(crate) fn head(&self) -> crate::core::limits::HeadLimits {
         crate::core::limits::HeadLimits {
@@ -286,6 +314,11 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 4096,
             max_connections_per_client: 256,
+            max_connections_per_network: None,
+            network_prefix_v4: 24,
+            network_prefix_v6: 64,
+            idle_tunnel_after: Duration::from_secs(60),
+            listen_backlog: 4096,
             max_header_bytes: 64 * 1024,
             max_request_line: 8 * 1024,
             max_headers: 100,

@@ -96,6 +96,12 @@ impl Config {
                 ));
             }
         }
+        if self.limits.idle_tunnel_after.is_zero() {
+            problems.push(problem(
+                KeyPath::keys(["limits", "idle_tunnel_after"]),
+                ProblemKind::ZeroDuration,
+            ));
+        }
         if t.connect_attempt < std::time::Duration::from_millis(10) {
             problems.push(problem(
                 KeyPath::keys(["timeouts", "connect_attempt"]),
@@ -113,11 +119,28 @@ impl Config {
             ("max_header_bytes", l.max_header_bytes, 1024),
             ("max_request_line", l.max_request_line, 256),
             ("max_headers", l.max_headers, 8),
+            (
+                "max_connections_per_network",
+                l.max_connections_per_network.unwrap_or(1),
+                1,
+            ),
         ] {
             if value < least {
                 problems.push(problem(
                     KeyPath::keys(["limits", key]),
                     ProblemKind::TooSmall(least),
+                ));
+            }
+        }
+        for (key, value, most) in [
+            ("network_prefix_v4", usize::from(l.network_prefix_v4), 32),
+            ("network_prefix_v6", usize::from(l.network_prefix_v6), 128),
+            ("listen_backlog", l.listen_backlog as usize, 65535),
+        ] {
+            if !(1..=most).contains(&value) {
+                problems.push(problem(
+                    KeyPath::keys(["limits", key]),
+                    ProblemKind::OutOfRange(1, most),
                 ));
             }
         }

@@ -128,7 +128,11 @@ async fn answer(
     let names = |ip: IpAddr| settings.client_name(ip).map(str::to_owned);
     match req.uri().path() {
         "/metrics" => with_type(
-            render_metrics(&shared.stats, &names, shared.admission.open()),
+            render_metrics(
+                &shared.stats,
+                &names,
+                &shared.admission.counts(&settings.limits),
+            ),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/status.json" => with_type(
@@ -175,6 +179,7 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
         started: humantime::format_rfc3339_seconds(stats.started()).to_string(),
         uptime_seconds: stats.started().elapsed().map(|d| d.as_secs()).unwrap_or(0),
         connections_open: shared.admission.open(),
+        connections: shared.admission.counts(&settings.limits),
         access_log_dropped: stats
             .dropped_records
             .load(std::sync::atomic::Ordering::Relaxed),

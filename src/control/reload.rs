@@ -133,8 +133,7 @@ async fn reload(
         if listeners.contains_key(addr) || bound.iter().any(|(a, _)| a == addr) {
             continue;
         }
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = crate::proxy::listener::bind(*addr, settings.limits.listen_backlog)
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         bound.push((*addr, listener));
     }

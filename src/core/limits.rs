@@ -82,52 +82,63 @@ fn check_content_length(headers: &http::HeaderMap) -> Result<(), EdgeError> {
     Ok(())
 }
 
-/// Connections answered with a refusal beyond the limit before new ones are dropped unanswered.
+/// Connections answered with a refusal beyond the limit before new ones are shed: answered
+/// with [`NO_ROOM_RESPONSE`] at once, with no task and no record, so that refusing costs little.
 pub const REFUSAL_ALLOWANCE: usize = 64;
 
-/// What the connection limits say of one more connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// Within the limits.
-    Yes,
-    /// Over a limit: answered with this refusal, then closed.
-    Refuse(EdgeError),
-    /// Far over the limit: closed unanswered, so that refusing costs little.
-    Drop,
+/// Seconds a client refused at a connection limit is asked to wait (`Retry-After`).
+pub const RETRY_AFTER_SECONDS: u16 = 1;
+
+/// The answer to a connection shed far over the limit, or closed to make room while its
+/// request head was arriving: written as is, before any request is read.
+pub const NO_ROOM_RESPONSE: &[u8] = concat!(
+    "HTTP/1.1 503 Service Unavailable\r\n",
+    "Retry-After: 1\r\n",
+    "Content-Type: text/plain; charset=utf-8\r\n",
+    "Content-Length: 60\r\n",
+    "Connection: close\r\n",
+    "\r\n",
+    "the proxy is at its connection limit; try again in a second\n",
+)
+.as_bytes();
+
+/// Whether a connection is shed: `open` (every open connection, this one and those being
+/// refused included) is past the limit and the refusals beyond it.
+pub fn shed(open: usize, max_connections: usize) -> bool {
+    open > max_connections.saturating_add(REFUSAL_ALLOWANCE)
 }
 
-/// `limits.max_connections`: `open` counts the open connections with this one.
-pub fn admit_total(open: usize, max_connections: usize) -> Admission {
-    if open > max_connections + REFUSAL_ALLOWANCE {
-        Admission::Drop
-    } else if open > max_connections {
-        Admission::Refuse(
-            EdgeError::refusal(
-                ErrorKind::Limit,
-                Builtin::LimitsMaxConnections,
-                format!(
-                    "the proxy is serving its maximum of {max_connections} connections; try again shortly"
-                ),
-            )
-            .with_status(StatusCode::SERVICE_UNAVAILABLE),
-        )
-    } else {
-        Admission::Yes
-    }
+fn no_room(status: StatusCode, rule: Builtin, reason: String) -> EdgeError {
+    EdgeError::refusal(ErrorKind::Limit, rule, reason)
+        .with_status(status)
+        .with_header(header::RETRY_AFTER, RETRY_AFTER_SECONDS.into())
 }
 
-/// `limits.max_connections_per_client`: `open` counts the client's open connections before
-/// this one.
-pub fn admit_client_connection(client: IpAddr, open: usize, max_per_client: usize) -> Admission {
-    if open >= max_per_client {
-        Admission::Refuse(EdgeError::refusal(
-            ErrorKind::Limit,
-            Builtin::LimitsMaxConnectionsPerClient,
-            format!("{client} already has {max_per_client} connections open, the most one client may have"),
-        ))
-    } else {
-        Admission::Yes
-    }
+/// `limits.max_connections`: every open connection is busy, none could make room.
+pub fn refuse_total(max_connections: usize) -> EdgeError {
+    no_room(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Builtin::LimitsMaxConnections,
+        format!("the proxy is serving its maximum of {max_connections} connections, all busy; try again shortly"),
+    )
+}
+
+/// `limits.max_connections_per_client`: every connection of `client` is busy.
+pub fn refuse_client(client: IpAddr, max_per_client: usize) -> EdgeError {
+    no_room(
+        StatusCode::TOO_MANY_REQUESTS,
+        Builtin::LimitsMaxConnectionsPerClient,
+        format!("{client} already has {max_per_client} connections open, all busy, the most one client may have"),
+    )
+}
+
+/// `limits.max_connections_per_network`: every connection from `network` is busy.
+pub fn refuse_network(network: ipnet::IpNet, max_per_network: usize) -> EdgeError {
+    no_room(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Builtin::LimitsMaxConnectionsPerNetwork,
+        format!("addresses in {network} already have {max_per_network} connections open, all busy, the most one network may have"),
+    )
 }
 
 /// Refuses request heads beyond the `[limits]`, and framing a downstream server could read
@@ -275,19 +286,38 @@ mod tests {
     }
 
     #[test]
-    fn connection_limits_refuse_then_drop() {
-        assert_eq!(admit_total(10, 10), Admission::Yes);
-        let Admission::Refuse(e) = admit_total(11, 10) else {
-            panic!("over the limit is refused");
-        };
-        assert_eq!((e.status.as_u16(), e.kind.as_str()), (503, "limit"));
-        assert_eq!(e.rule.unwrap().to_string(), "limits.max_connections");
-        assert_eq!(admit_total(10 + REFUSAL_ALLOWANCE + 1, 10), Admission::Drop);
+    fn connection_limits_refuse_with_retry_after_then_shed() {
+        assert!(!shed(10 + REFUSAL_ALLOWANCE, 10));
+        assert!(shed(10 + REFUSAL_ALLOWANCE + 1, 10));
+        assert!(!shed(usize::MAX, usize::MAX));
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(admit_client_connection(ip, 1, 2), Admission::Yes);
-        let Admission::Refuse(e) = admit_client_connection(ip, 2, 2) else {
-            panic!("a client at its limit is refused");
-        };
-        assert_eq!(e.status.as_u16(), 429);
+        let net: ipnet::IpNet = "10.0.0.0/24".parse().unwrap();
+        for (e, status, rule) in [
+            (refuse_total(10), 503, "limits.max_connections"),
+            (
+                refuse_client(ip, 2),
+                429,
+                "limits.max_connections_per_client",
+            ),
+            (
+                refuse_network(net, 5),
+                503,
+                "limits.max_connections_per_network",
+            ),
+        ] {
+            assert_eq!((e.status.as_u16(), e.kind.as_str()), (status, "limit"));
+            assert_eq!(e.rule.unwrap().to_string(), rule);
+            let retry = e
+                .headers
+                .iter()
+                .find(|(name, _)| name == header::RETRY_AFTER);
+            assert_eq!(retry.map(|(_, v)| v.to_str().unwrap()), Some("1"), "{rule}");
+        }
+        // The fixed answer is a well-formed response whose length field is right.
+        let text = std::str::from_utf8(NO_ROOM_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains(&format!("Retry-After: {RETRY_AFTER_SECONDS}\r\n")));
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
     }
 }

@@ -91,11 +91,13 @@ pub enum Builtin {
     LimitsMaxConnections,
     /// `limits.max_connections_per_client`: open connections of one client.
     LimitsMaxConnectionsPerClient,
+    /// `limits.max_connections_per_network`: open connections of one network (a /24, a /64).
+    LimitsMaxConnectionsPerNetwork,
 }
 
 impl Builtin {
     /// Every built-in check.
-    pub const ALL: [Builtin; 17] = [
+    pub const ALL: [Builtin; 18] = [
         Builtin::Nothing,
         Builtin::ClientsAllow,
         Builtin::PortsHttp,
@@ -113,6 +115,7 @@ impl Builtin {
         Builtin::DestinationsUnicast,
         Builtin::LimitsMaxConnections,
         Builtin::LimitsMaxConnectionsPerClient,
+        Builtin::LimitsMaxConnectionsPerNetwork,
     ];
 
     /// The name written in records and refusals.
@@ -135,6 +138,7 @@ impl Builtin {
             Builtin::DestinationsUnicast => "destinations.unicast",
             Builtin::LimitsMaxConnections => "limits.max_connections",
             Builtin::LimitsMaxConnectionsPerClient => "limits.max_connections_per_client",
+            Builtin::LimitsMaxConnectionsPerNetwork => "limits.max_connections_per_network",
         }
     }
 }

@@ -13,14 +13,14 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
-use crate::observe::stats::{PortUse, Stats, Usage, DNS_BUCKETS};
+use crate::observe::stats::{ConnectionCounts, PortUse, Stats, Usage, DNS_BUCKETS};
 
 /// The Prometheus text exposition (format 0.0.4) of the statistics. `names` gives client
-/// addresses their friendly names; `open_connections` is the client connections open now.
+/// addresses their friendly names; `connections` is what the client connections do now.
 pub fn render_metrics(
     stats: &Stats,
     names: &dyn Fn(IpAddr) -> Option<String>,
-    open_connections: usize,
+    connections: &ConnectionCounts,
 ) -> String {
     let mut out = String::with_capacity(4096);
     let ports = stats.ports();
@@ -178,7 +178,59 @@ pub fn render_metrics(
         "gauge",
         "Client connections open now.",
     );
-    out.push_str(&format!("portcullis_connections_open {open_connections}\n"));
+    out.push_str(&format!(
+        "portcullis_connections_open {}\n",
+        connections.open
+    ));
+    family(
+        &mut out,
+        "portcullis_connections",
+        "gauge",
+        "Client connections by what they do now: serving an exchange (busy), kept alive between requests, waiting for a request head, holding a tunnel, holding a quiet tunnel (idle_tunnel). Those being refused are only in portcullis_connections_open.",
+    );
+    for (state, n) in [
+        ("busy", connections.busy),
+        ("kept_alive", connections.kept_alive),
+        ("waiting", connections.waiting),
+        ("tunnel", connections.tunnels),
+        ("idle_tunnel", connections.idle_tunnels),
+    ] {
+        sample(
+            &mut out,
+            "portcullis_connections",
+            &format!("state=\"{state}\""),
+            n as u64,
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_connections_made_room_total",
+        "counter",
+        "Idle client connections closed to make room for a new one at the connection limits, by what they were doing.",
+    );
+    let made = &connections.made_room;
+    for (was, n) in [
+        ("kept_alive", made.kept_alive),
+        ("waiting", made.waiting),
+        ("idle_tunnel", made.idle_tunnel),
+    ] {
+        sample(
+            &mut out,
+            "portcullis_connections_made_room_total",
+            &format!("was=\"{was}\""),
+            n,
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_connections_shed_total",
+        "counter",
+        "New client connections answered with a fixed 503 and closed at once, far over the connection limit.",
+    );
+    out.push_str(&format!(
+        "portcullis_connections_shed_total {}\n",
+        connections.shed
+    ));
     family(
         &mut out,
         "portcullis_access_log_dropped_total",
@@ -259,7 +311,14 @@ mod tests {
         let mut r = record("192.168.1.2", "GET", 80, 10, 1000);
         r.user = Some("al\"ice".into());
         stats.record(&r);
-        let text = render_metrics(&stats, &|_| Some("kids-laptop".into()), 3);
+        let text = render_metrics(
+            &stats,
+            &|_| Some("kids-laptop".into()),
+            &ConnectionCounts {
+                open: 3,
+                ..ConnectionCounts::default()
+            },
+        );
         for line in [
             "portcullis_requests_total{port=\"80\",service=\"http\",kind=\"http\"} 1",
             "portcullis_bytes_down_total{port=\"80\",service=\"http\"} 1000",
@@ -279,7 +338,7 @@ mod tests {
         r.status = 502;
         r.error = Some(ErrorKind::Refused);
         stats.record(&r);
-        let text = render_metrics(&stats, &|_| None, 0);
+        let text = render_metrics(&stats, &|_| None, &ConnectionCounts::default());
         assert!(
             text.contains("# TYPE portcullis_errors_total counter\n"),
             "{text}"

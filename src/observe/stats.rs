@@ -47,6 +47,40 @@ struct PortCell {
 }
 
 /// A snapshot of one port's counters.
+/// What the open client connections are doing, and how many were closed to make room or
+/// shed at the connection limits (the admission counts them; `/metrics` and `/status` show
+/// them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectionCounts {
+    /// Every open client connection, those being refused and tunnels included.
+    pub open: usize,
+    /// Serving an exchange or reading a request body.
+    pub busy: usize,
+    /// Kept alive between requests.
+    pub kept_alive: usize,
+    /// Waiting for a request head (nothing sent yet, or a head begun).
+    pub waiting: usize,
+    /// Holding a tunnel that moved a byte lately.
+    pub tunnels: usize,
+    /// Holding a tunnel that has been quiet long enough to make room.
+    pub idle_tunnels: usize,
+    /// Closed to make room for a newcomer, by what they were doing.
+    pub made_room: MadeRoom,
+    /// Shed far over the limit with a fixed `503`.
+    pub shed: u64,
+}
+
+/// Connections closed to make room, by what they were doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MadeRoom {
+    /// Kept alive between requests.
+    pub kept_alive: u64,
+    /// Waiting for a request head.
+    pub waiting: u64,
+    /// Holding a quiet tunnel.
+    pub idle_tunnel: u64,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PortUse {
     /// The port.

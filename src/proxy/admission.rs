@@ -1,15 +1,33 @@
-//! Admission: open client connections counted in all and per client address, against
-//! `[limits]`; each connection holds a [`Slot`] until it (and its tunnels) end.
+//! Admission: open client connections counted in all, per client address and per network,
+//! against `[limits]`; each connection holds a [`Slot`] until it (and its tunnels) end.
+//!
+//! At a limit the admission makes room before it refuses. It closes one connection that is
+//! doing nothing, in this order: one kept alive between requests, then a new one that has
+//! sent nothing yet, then one whose request head has begun but not ended, then a tunnel that
+//! has moved no byte for `limits.idle_tunnel_after`; the oldest of its kind, taken from the
+//! network (a /24, a /64) that holds the most connections; chosen among the next [`SAMPLE`]
+//! idle connections (all of them, when fewer are open). A flood of idle connections from many
+//! addresses therefore gives way to every newcomer, and a connection that has sent nothing
+//! has, under such pressure, only until a newer one needs its place. Only when every
+//! connection in reach is busy is the newcomer refused (`503`, or `429` at its address's
+//! limit, with `Retry-After`); past the limit and [`limits::REFUSAL_ALLOWANCE`] refusals it
+//! is shed with a fixed `503`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use slab::Slab;
+use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
 use crate::core::error::EdgeError;
 use crate::core::limits;
 use crate::core::sync::lock;
+use crate::observe::stats::{ConnectionCounts, MadeRoom};
+use crate::proxy::conn::{ConnState, Standing};
 
 /// The outcome of [`Admission::admit`].
 pub enum Admit {
@@ -17,67 +35,267 @@ pub enum Admit {
     Yes(Slot),
     /// Answered with this refusal, then closed; counted meanwhile.
     Refuse(EdgeError, Slot),
-    /// Closed at once: so far over the limit that even a refusal costs too much.
-    Drop,
+    /// Far over the limit: answered at once with [`limits::NO_ROOM_RESPONSE`] and closed,
+    /// with no task and no record.
+    Shed,
 }
 
-/// Counts open client connections, in all and per client address (`[limits]`).
+/// What a connection that can make room was doing, in the order they are chosen.
+const KEPT_ALIVE: usize = 0;
+const SILENT: usize = 1;
+const HEAD_BEGUN: usize = 2;
+const IDLE_TUNNEL_CLASS: usize = 3;
+
+/// Counts open client connections, in all, per client address and per network, and knows
+/// each admitted one's state so that an idle one can make room.
 #[derive(Default)]
 pub struct Admission {
+    /// Every open connection, refused ones included.
     total: AtomicUsize,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    inner: Mutex<Inner>,
+    made_room: [AtomicU64; 4],
+    shed: AtomicU64,
+}
+
+/// Idle connections compared, at most, to choose the one that makes room: looked for from
+/// where the last look ended, so that each is compared in turn and a choice costs the same
+/// however many are open. With fewer open, the choice is exact.
+const SAMPLE: usize = 64;
+
+/// How readily a connection makes room: its network's connections (more first, hence
+/// reversed), what it is doing, since when.
+type Rank = (std::cmp::Reverse<usize>, usize, Instant);
+
+#[derive(Default)]
+struct Inner {
+    /// Admitted connections.
+    conns: Slab<Entry>,
+    /// Admitted connections per client address.
+    per_client: HashMap<IpAddr, usize>,
+    /// Networks with admitted connections, and where their count is in `networks`.
+    network_keys: HashMap<IpNet, usize>,
+    networks: Slab<Network>,
+    /// Admitted connections told to make room that have not closed yet.
+    leaving: usize,
+    /// Where the last look for a connection to make room ended (a key of `conns`).
+    cursor: usize,
+}
+
+struct Entry {
+    ip: IpAddr,
+    /// Its network's key in `Inner::networks`.
+    network: usize,
+    conn: Arc<ConnState>,
+    leaving: bool,
+}
+
+struct Network {
+    net: IpNet,
+    open: usize,
+}
+
+/// Whose connection may make room for a newcomer.
+#[derive(Clone, Copy)]
+enum Among {
+    All,
+    Client(IpAddr),
+    Network(usize),
 }
 
 impl Admission {
-    /// Admits a connection from `ip`, or says how to turn it away.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &LimitsConfig) -> Admit {
+    /// Admits a connection from `ip` whose state is `conn`, making room when a limit is
+    /// reached, or says how to turn it away.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        conn: Arc<ConnState>,
+        limits: &LimitsConfig,
+    ) -> Admit {
         let ip = ip.to_canonical();
-        let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
+        let open = self.total.fetch_add(1, Ordering::AcqRel) + 1;
         let mut slot = Slot {
             admission: self.clone(),
-            ip: None,
+            conn,
+            key: None,
         };
-        match limits::admit_total(total, limits.max_connections) {
-            limits::Admission::Yes => {}
-            limits::Admission::Refuse(refusal) => return Admit::Refuse(refusal, slot),
-            limits::Admission::Drop => return Admit::Drop,
+        let mut inner = lock(&self.inner);
+        let refusal = 'refused: {
+            let of_client = inner.per_client.get(&ip).copied().unwrap_or(0);
+            if of_client >= limits.max_connections_per_client
+                && !self.make_room(&mut inner, Among::Client(ip), limits)
+            {
+                break 'refused limits::refuse_client(ip, limits.max_connections_per_client);
+            }
+            let net = limits.network_of(ip);
+            if let Some(most) = limits.max_connections_per_network {
+                if let Some(&key) = inner.network_keys.get(&net) {
+                    if inner.networks[key].open >= most
+                        && !self.make_room(&mut inner, Among::Network(key), limits)
+                    {
+                        break 'refused limits::refuse_network(net, most);
+                    }
+                }
+            }
+            let staying = inner.conns.len() - inner.leaving;
+            if staying >= limits.max_connections && !self.make_room(&mut inner, Among::All, limits)
+            {
+                break 'refused limits::refuse_total(limits.max_connections);
+            }
+            let network = match inner.network_keys.get(&net) {
+                Some(&key) => key,
+                None => {
+                    let key = inner.networks.insert(Network { net, open: 0 });
+                    inner.network_keys.insert(net, key);
+                    key
+                }
+            };
+            inner.networks[network].open += 1;
+            *inner.per_client.entry(ip).or_insert(0) += 1;
+            let key = inner.conns.insert(Entry {
+                ip,
+                network,
+                conn: slot.conn.clone(),
+                leaving: false,
+            });
+            slot.key = Some(key);
+            return Admit::Yes(slot);
+        };
+        drop(inner);
+        if limits::shed(open, limits.max_connections) {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            return Admit::Shed;
         }
-        let mut per_client = lock(&self.per_client);
-        let count = per_client.entry(ip).or_insert(0);
-        match limits::admit_client_connection(ip, *count, limits.max_connections_per_client) {
-            limits::Admission::Yes => {}
-            limits::Admission::Refuse(refusal) => return Admit::Refuse(refusal, slot),
-            limits::Admission::Drop => return Admit::Drop,
+        Admit::Refuse(refusal, slot)
+    }
+
+    /// Tells one idle connection among `among` to close, the first in the order of the
+    /// module's documentation; false when every one of them is busy.
+    fn make_room(&self, inner: &mut Inner, among: Among, limits: &LimitsConfig) -> bool {
+        let quiet_since = Instant::now().checked_sub(limits.idle_tunnel_after);
+        // Smallest wins: the most crowded network, then the kind, then the oldest.
+        let mut best: Option<(Rank, usize)> = None;
+        let slots = inner.conns.capacity();
+        let mut at = inner.cursor;
+        let mut candidates = 0;
+        for _ in 0..slots {
+            at = if at + 1 >= slots { 0 } else { at + 1 };
+            let Some(entry) = inner.conns.get(at) else {
+                continue;
+            };
+            let ours = match among {
+                Among::All => true,
+                Among::Client(ip) => entry.ip == ip,
+                Among::Network(network) => entry.network == network,
+            };
+            if entry.leaving || !ours {
+                continue;
+            }
+            let (class, since) = match entry.conn.standing() {
+                Standing::KeptAlive(since) => (KEPT_ALIVE, since),
+                Standing::Silent(since) => (SILENT, since),
+                Standing::HeadBegun(since) => (HEAD_BEGUN, since),
+                Standing::Tunnel(last) if quiet_since.is_some_and(|q| last <= q) => {
+                    (IDLE_TUNNEL_CLASS, last)
+                }
+                Standing::Tunnel(_) | Standing::Busy | Standing::Closing => continue,
+            };
+            let crowd = std::cmp::Reverse(inner.networks[entry.network].open);
+            let rank = (crowd, class, since);
+            if best.as_ref().is_none_or(|(b, _)| rank < *b) {
+                best = Some((rank, at));
+            }
+            candidates += 1;
+            if candidates == SAMPLE {
+                break;
+            }
         }
-        *count += 1;
-        slot.ip = Some(ip);
-        Admit::Yes(slot)
+        inner.cursor = at;
+        let Some(((_, class, _), key)) = best else {
+            return false;
+        };
+        let entry = &mut inner.conns[key];
+        entry.leaving = true;
+        entry.conn.evict();
+        inner.leaving += 1;
+        self.made_room[class].fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Open connections now.
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
+
+    /// What the open connections are doing, and how many made room or were shed.
+    pub fn counts(&self, limits: &LimitsConfig) -> ConnectionCounts {
+        let mut counts = ConnectionCounts {
+            open: self.open(),
+            made_room: MadeRoom {
+                kept_alive: self.made_room[KEPT_ALIVE].load(Ordering::Relaxed),
+                waiting: self.made_room[SILENT].load(Ordering::Relaxed)
+                    + self.made_room[HEAD_BEGUN].load(Ordering::Relaxed),
+                idle_tunnel: self.made_room[IDLE_TUNNEL_CLASS].load(Ordering::Relaxed),
+            },
+            shed: self.shed.load(Ordering::Relaxed),
+            ..ConnectionCounts::default()
+        };
+        let quiet_since = Instant::now().checked_sub(limits.idle_tunnel_after);
+        let inner = lock(&self.inner);
+        for (_, entry) in inner.conns.iter() {
+            match entry.conn.standing() {
+                Standing::Busy | Standing::Closing => counts.busy += 1,
+                Standing::KeptAlive(_) => counts.kept_alive += 1,
+                Standing::Silent(_) | Standing::HeadBegun(_) => counts.waiting += 1,
+                Standing::Tunnel(last) if quiet_since.is_some_and(|q| last <= q) => {
+                    counts.idle_tunnels += 1
+                }
+                Standing::Tunnel(_) => counts.tunnels += 1,
+            }
+        }
+        counts
+    }
 }
 
 /// One admitted (or refused) connection's place in the counts; freed on drop.
 pub struct Slot {
     admission: Arc<Admission>,
-    ip: Option<IpAddr>,
+    conn: Arc<ConnState>,
+    /// Its entry among the admitted connections (none when refused).
+    key: Option<usize>,
+}
+
+impl Slot {
+    /// The state of the connection that holds this slot.
+    pub fn conn(&self) -> &Arc<ConnState> {
+        &self.conn
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let admission = &self.admission;
         admission.total.fetch_sub(1, Ordering::AcqRel);
-        if let Some(ip) = self.ip {
-            let mut per_client = lock(&admission.per_client);
-            if let Some(count) = per_client.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    per_client.remove(&ip);
-                }
+        let Some(key) = self.key else {
+            return;
+        };
+        let mut inner = lock(&admission.inner);
+        let inner = &mut *inner;
+        let entry = inner.conns.remove(key);
+        if entry.leaving {
+            inner.leaving -= 1;
+        }
+        if let Some(count) = inner.per_client.get_mut(&entry.ip) {
+            *count -= 1;
+            if *count == 0 {
+                inner.per_client.remove(&entry.ip);
             }
+        }
+        let network = &mut inner.networks[entry.network];
+        network.open -= 1;
+        if network.open == 0 {
+            let net = network.net;
+            inner.networks.remove(entry.network);
+            inner.network_keys.remove(&net);
         }
     }
 }

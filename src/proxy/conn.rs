@@ -20,6 +20,26 @@ pub enum Expiry {
     Idle = 1,
     /// A request head started but did not complete within `request_header`: answer 408.
     SlowHead = 2,
+    /// Closed to make room for a new connection at the connection limits
+    /// ([`ConnState::evict`]): quietly when it was idle, with `503` when a head had started.
+    Evicted = 3,
+}
+
+/// What a connection is doing, as the admission sees it when it must make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Serving an exchange or reading a request body.
+    Busy,
+    /// Kept alive between requests, since then.
+    KeptAlive(Instant),
+    /// New since then, and has sent nothing yet.
+    Silent(Instant),
+    /// A request head began to arrive then and is not complete.
+    HeadBegun(Instant),
+    /// Holding a tunnel that last moved a byte then.
+    Tunnel(Instant),
+    /// Already closing (timed out or made room).
+    Closing,
 }
 
 const NONE: u64 = u64::MAX;
@@ -49,6 +69,13 @@ pub struct ConnState {
     /// The shutdown grace period is over: an exchange still waiting for its answer is
     /// answered `503` at once ([`ConnState::cut`]).
     cut: AtomicBool,
+    /// Told when the connection is closed to make room ([`ConnState::evict`]): its watchdog,
+    /// or the relay of its tunnel, waits for it.
+    evicted: tokio::sync::Notify,
+    /// A tunnel holds the connection: hyper is done with it and the relay moves its bytes.
+    tunnel: AtomicBool,
+    /// When the tunnel last moved a byte (ms since `start`).
+    tunnel_activity: AtomicU64,
 }
 
 impl ConnState {
@@ -65,7 +92,65 @@ impl ConnState {
             closing: AtomicBool::new(false),
             answered: AtomicBool::new(false),
             cut: AtomicBool::new(false),
+            evicted: tokio::sync::Notify::new(),
+            tunnel: AtomicBool::new(false),
+            tunnel_activity: AtomicU64::new(0),
         }
+    }
+
+    /// The connection now holds a tunnel: from here on it stands as one, and the tunnel's
+    /// bytes are noted with [`ConnState::tunnel_moved`].
+    pub(crate) fn tunnel_opened(&self) {
+        self.tunnel_activity.store(self.now_ms(), Ordering::Relaxed);
+        self.tunnel.store(true, Ordering::Release);
+    }
+
+    /// The tunnel has just moved bytes.
+    pub(crate) fn tunnel_moved(&self) {
+        self.tunnel_activity.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long ago the tunnel last moved a byte (zero before it opened).
+    pub(crate) fn tunnel_quiet_for(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.tunnel_activity.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// What the connection is doing now (see [`Standing`]).
+    pub(crate) fn standing(&self) -> Standing {
+        let at = |ms: u64| self.start + Duration::from_millis(ms);
+        if self.expired.load(Ordering::Acquire) != 0 {
+            return Standing::Closing;
+        }
+        if self.tunnel.load(Ordering::Acquire) {
+            return Standing::Tunnel(at(self.tunnel_activity.load(Ordering::Relaxed)));
+        }
+        if self.busy() {
+            return Standing::Busy;
+        }
+        let head = self.head_started.load(Ordering::Acquire);
+        let idle = self.idle_since.load(Ordering::Acquire);
+        if head != NONE {
+            Standing::HeadBegun(at(head))
+        } else if idle == 0 {
+            Standing::Silent(self.start)
+        } else {
+            Standing::KeptAlive(at(idle))
+        }
+    }
+
+    /// Closes the connection to make room for a new one: its watchdog (or its tunnel's
+    /// relay) is told at once.
+    pub(crate) fn evict(&self) {
+        self.expired.store(Expiry::Evicted as u8, Ordering::Release);
+        self.evicted.notify_one();
+    }
+
+    /// Completes once the connection has been told to make room.
+    pub(crate) async fn evicted(&self) {
+        self.evicted.notified().await
     }
 
     /// The shutdown grace period is over: the exchange waiting for an answer gets one now,
@@ -173,7 +258,10 @@ impl ConnState {
                 }
             }
             let next = deadline.map_or(now + head_limit, |(at, _)| at.min(now + head_limit));
-            tokio::time::sleep_until(self.start + Duration::from_millis(next)).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.start + Duration::from_millis(next)) => {}
+                _ = self.evicted.notified() => return Expiry::Evicted,
+            }
         }
     }
 }
@@ -363,6 +451,13 @@ impl AsyncRead for WatchedIo {
                     io::ErrorKind::TimedOut,
                     "request head timed out",
                 )));
+            }
+            e if e == Expiry::Evicted as u8
+                && self.state.head_started.load(Ordering::Acquire) != NONE =>
+            {
+                // A head had begun: its sender is told why, as when no slot was free.
+                let _ = self.inner.try_write(crate::core::limits::NO_ROOM_RESPONSE);
+                return Poll::Ready(Err(io::Error::other("closed to make room")));
             }
             _ => return Poll::Ready(Ok(())),
         }

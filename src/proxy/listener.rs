@@ -36,6 +36,20 @@ use crate::proxy::conn::{ConnState, Expiry, WatchedIo};
 use crate::proxy::service::ProxyService;
 use crate::proxy::state::ProxyState;
 
+/// Binds a client listener on `addr` whose queue of connections not yet accepted holds
+/// `backlog` (`limits.listen_backlog`; the kernel caps it at `net.core.somaxconn`). As with
+/// tokio's own bind, the address can be bound again at once after a restart.
+pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Accepts connections until `stop` (this listener removed, or shutdown); each connection
 /// drains on `drain` (shutdown only).
 pub(crate) async fn accept_loop(
@@ -58,15 +72,20 @@ pub(crate) async fn accept_loop(
                 // from here on it is the IPv4 client it is, for the policy, the records, the
                 // names and the counters alike.
                 let peer = canonical(peer);
-                let limits = shared.settings().limits.clone();
-                let admitted = match shared.admission.admit(peer.ip(), &limits) {
+                let settings = shared.settings();
+                let conn = Arc::new(ConnState::new());
+                let admitted = match shared.admission.admit(peer.ip(), conn, &settings.limits) {
                     Admit::Yes(slot) => (slot, None),
                     Admit::Refuse(refusal, slot) => (slot, Some(refusal)),
-                    Admit::Drop => {
-                        debug!(client = %peer, "connection dropped: far over the connection limit");
+                    Admit::Shed => {
+                        debug!(client = %peer, "connection shed: far over the connection limit");
+                        // Best effort: a new socket's send buffer is empty.
+                        let _ = stream.try_write(crate::core::limits::NO_ROOM_RESPONSE);
                         continue;
                     }
                 };
+                let pressed = shared.admission.open() >= settings.limits.max_connections;
+                drop(settings);
                 let shared_for_task = shared.clone();
                 let stop_for_task = drain.clone();
                 shared.tracker.spawn(
@@ -83,6 +102,12 @@ pub(crate) async fn accept_loop(
                         client = %crate::core::target::AddrText::socket(peer)
                     )),
                 );
+                if pressed {
+                    // At the limit, each new connection makes room for the next: let this one
+                    // read what its client sent (its task runs next on this thread) before
+                    // more are accepted, so that a request already there is seen as begun.
+                    tokio::task::yield_now().await;
+                }
             }
             Err(e) => {
                 // Out of file descriptors or memory, or a connection reset before accept:
@@ -165,7 +190,7 @@ async fn serve_connection(
     };
     let settings = shared.settings();
     let timeouts = settings.timeouts.clone();
-    let state = Arc::new(ConnState::new());
+    let state = slot.conn().clone();
     // Tunnels opened on this connection hold its slot too: a tunnel counts in the limits.
     let slot = Arc::new(slot);
     let service = ProxyService::new(shared.clone(), peer, local, state.clone(), refusal, slot);

@@ -131,6 +131,8 @@ impl ProxyService {
             Ok(Reply::Response(response)) => (response, Some(ex.record)),
             Ok(Reply::Tunnel(dialled)) => {
                 // The tunnel task owns the record from here: it ends when the tunnel does.
+                // The connection stands as a tunnel before this exchange ends.
+                self.conn.tunnel_opened();
                 let shared = self.shared.clone();
                 self.shared.tracker.spawn(
                     tunnel::relay(dialled, ex.record, shared, self.slot.clone()).in_current_span(),

@@ -13,7 +13,7 @@
 //! gives the pipe or buffer back.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tracing::debug;
 
 use crate::core::error::{EdgeError, ErrorKind};
@@ -36,7 +35,7 @@ use crate::egress::dial::{allowed_addresses, dial, Resolved};
 use crate::egress::parent::Parents;
 use crate::observe::access::{PendingRecord, Traffic};
 use crate::proxy::body::UpBody;
-use crate::proxy::conn::WatchedIo;
+use crate::proxy::conn::{ConnState, WatchedIo};
 use crate::proxy::{exchange::Exchange, state::ProxyState};
 
 /// Bytes a quiet direction of a tunnel reads at once, from a buffer inside the task: an idle
@@ -142,6 +141,8 @@ enum End {
     Idle,
     /// The shutdown grace period ran out.
     Shutdown,
+    /// Closed while idle to make room for a new connection at the connection limits.
+    Evicted,
 }
 
 /// Relays a dialled tunnel once the client's connection is handed over; ends the record.
@@ -149,7 +150,7 @@ pub async fn relay(
     dialled: Dialled,
     mut record: PendingRecord,
     shared: Arc<ProxyState>,
-    _slot: Arc<crate::proxy::admission::Slot>,
+    slot: Arc<crate::proxy::admission::Slot>,
 ) {
     let upgraded = match dialled.upgrade.await {
         Ok(upgraded) => upgraded,
@@ -165,7 +166,7 @@ pub async fn relay(
     // Called inside select!, not bound first: a bound future is kept twice in this task's
     // state, and every idle tunnel holds that state.
     let end = tokio::select! {
-        result = relay_upgraded(upgraded, dialled.upstream, &traffic, idle) => result,
+        result = relay_upgraded(upgraded, dialled.upstream, &traffic, idle, slot.conn()) => result,
         _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
     };
     shared.stats.tunnel_closed(port);
@@ -174,6 +175,10 @@ pub async fn relay(
         Ok(End::Idle) => record.note(format!(
             "closed after {} without traffic",
             humantime::format_duration(idle)
+        )),
+        Ok(End::Evicted) => record.note(format!(
+            "closed after {} without traffic, to make room for a new connection at the connection limits",
+            humantime::format_duration(slot.conn().tunnel_quiet_for())
         )),
         Ok(End::Shutdown) => record.note_failure(
             ErrorKind::Shutdown,
@@ -195,6 +200,7 @@ async fn relay_upgraded(
     mut upstream: TcpStream,
     traffic: &Traffic,
     idle: Duration,
+    conn: &ConnState,
 ) -> io::Result<End> {
     match upgraded.downcast::<TokioIo<WatchedIo>>() {
         Ok(parts) => {
@@ -207,22 +213,31 @@ async fn relay_upgraded(
             }
             drop(early);
             let client = parts.io.into_inner().into_stream().into_split();
-            both_ways(client, upstream.into_split(), traffic, idle).await
+            both_ways(client, upstream.into_split(), traffic, idle, conn).await
         }
         Err(upgraded) => {
             // Boxed: not taken with this server; inline, its state would enlarge every tunnel.
             let client = tokio::io::split(TokioIo::new(upgraded));
-            Box::pin(both_ways(client, upstream.into_split(), traffic, idle)).await
+            Box::pin(both_ways(
+                client,
+                upstream.into_split(),
+                traffic,
+                idle,
+                conn,
+            ))
+            .await
         }
     }
 }
 
-/// Copies both ways until both directions are done, or no byte moved for `idle`.
+/// Copies both ways until both directions are done, or no byte moved for `idle`, or the
+/// connection is closed to make room (an idle tunnel, at the connection limits).
 async fn both_ways<CR, CW, UR, UW>(
     (client_read, client_write): (CR, CW),
     (upstream_read, upstream_write): (UR, UW),
     traffic: &Traffic,
     idle: Duration,
+    conn: &ConnState,
 ) -> io::Result<End>
 where
     CR: AsyncRead + Socket + Unpin,
@@ -230,32 +245,27 @@ where
     UR: AsyncRead + Socket + Unpin,
     UW: AsyncWrite + Socket + Unpin,
 {
-    let start = Instant::now();
-    let last_activity = AtomicU64::new(0);
-    let activity = Activity {
-        last: &last_activity,
-        start,
-    };
+    let activity = Activity { conn };
     let up = pump(client_read, upstream_write, &traffic.up, activity);
     let down = pump(upstream_read, client_write, &traffic.down, activity);
     tokio::select! {
         result = async { tokio::try_join!(up, down) } => result.map(|_| End::Done),
-        _ = idle_for(idle, &last_activity, start) => Ok(End::Idle),
+        _ = idle_for(idle, conn) => Ok(End::Idle),
+        _ = conn.evicted() => Ok(End::Evicted),
     }
 }
 
-/// Where a tunnel notes the time of its last byte, in milliseconds since `start`.
+/// Where a tunnel notes that bytes moved: its connection's state, which the idle timer and
+/// the admission read.
 #[derive(Clone, Copy)]
 struct Activity<'a> {
-    last: &'a AtomicU64,
-    start: Instant,
+    conn: &'a ConnState,
 }
 
 impl Activity<'_> {
     fn moved(&self, counter: &AtomicU64, n: usize) {
         Traffic::add(counter, n);
-        self.last
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.conn.tunnel_moved();
     }
 }
 
@@ -456,19 +466,20 @@ mod splice {
 }
 
 /// Completes once no byte has moved for `idle`.
-async fn idle_for(idle: Duration, last_activity: &AtomicU64, start: Instant) {
+async fn idle_for(idle: Duration, conn: &ConnState) {
     loop {
-        let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-        tokio::time::sleep_until(start + last + idle).await;
-        if last_activity.load(Ordering::Relaxed) == last.as_millis() as u64 {
+        let quiet = conn.tunnel_quiet_for();
+        if quiet >= idle {
             return;
         }
+        tokio::time::sleep(idle - quiet).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
     use tokio::net::TcpListener;
 
     /// The buffered path, for a client end that is not a plain socket (as an upgraded
@@ -489,11 +500,13 @@ mod tests {
         let upstream = TcpStream::connect(addr).await.unwrap();
         let (client, proxy_side) = tokio::io::duplex(4096);
         let traffic = Traffic::default();
+        let conn = ConnState::new();
         let relay = both_ways(
             tokio::io::split(proxy_side),
             upstream.into_split(),
             &traffic,
             Duration::from_secs(30),
+            &conn,
         );
         // Sizes around the quiet buffer, a burst and a trickle: quiet, busy, quiet again.
         let sizes = [1usize, 511, 512, 513, 200_000, 3, 70_000, 1];

@@ -76,6 +76,8 @@ pub struct Snapshot {
     pub uptime_seconds: u64,
     /// Client connections open now.
     pub connections_open: usize,
+    /// What they are doing, and how many made room or were shed.
+    pub connections: crate::observe::stats::ConnectionCounts,
     /// Access records dropped by a slow log.
     pub access_log_dropped: u64,
     /// Every port used, ascending.
@@ -115,6 +117,7 @@ pub fn status_page(s: &Snapshot) -> String {
     let total_denied: u64 = s.ports.iter().map(PortUse::denied).sum();
     let total_bytes: u64 = s.ports.iter().map(|p| p.bytes_up + p.bytes_down).sum();
     let open_tunnels: u64 = s.ports.iter().map(|p| p.active_tunnels).sum();
+    let c = &s.connections;
     let _ = write!(
         h,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -137,11 +140,20 @@ pub fn status_page(s: &Snapshot) -> String {
          <div class=\"figure\">traffic<b id=\"total-bytes\">{}</b></div>\
          <div class=\"figure\">tunnels open<b id=\"open-tunnels\">{open_tunnels}</b></div>\
          <div class=\"figure\">connections open<b id=\"connections-open\">{}</b></div>\
-         </div>",
+         </div>\
+         <p class=\"muted\" id=\"connections\">Connections: {} busy, {} kept alive, {} waiting for a \
+         request, {} tunnels ({} quiet). Closed to make room at the connection limits: {}; shed: {}.</p>",
         escape_html(&s.started),
         uptime(s.uptime_seconds),
         human_bytes(total_bytes),
-        s.connections_open
+        s.connections_open,
+        c.busy,
+        c.kept_alive,
+        c.waiting,
+        c.tunnels + c.idle_tunnels,
+        c.idle_tunnels,
+        c.made_room.kept_alive + c.made_room.waiting + c.made_room.idle_tunnel,
+        c.shed,
     );
 
     h.push_str("<h2>Traffic by destination port</h2>");
@@ -344,6 +356,7 @@ mod tests {
             started: "2026-01-01T00:00:00Z".into(),
             uptime_seconds: 60,
             connections_open: 0,
+            connections: Default::default(),
             access_log_dropped: 0,
             ports: Vec::new(),
             clients: Vec::new(),

@@ -9,6 +9,7 @@
 mod support;
 
 mod access;
+mod admission;
 mod browser;
 mod cli;
 mod curl;
