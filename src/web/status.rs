@@ -76,7 +76,7 @@ pub struct Snapshot {
     pub uptime_seconds: u64,
     /// Client connections open now.
     pub connections_open: usize,
-    /// Access records dropped by a slow log.
+    /// Access records dropped by a slow log or a failed write.
     pub access_log_dropped: u64,
     /// Every port used, ascending.
     pub ports: Vec<PortUse>,
