@@ -235,7 +235,7 @@ pub fn render_metrics(
         &mut out,
         "portcullis_access_log_dropped_total",
         "counter",
-        "Access records dropped because the log could not keep up.",
+        "Access records dropped because the log could not keep up or could not be written.",
     );
     out.push_str(&format!(
         "portcullis_access_log_dropped_total {}\n",

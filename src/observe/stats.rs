@@ -205,7 +205,7 @@ pub struct Stats {
     denials: Mutex<Denials>,
     /// Failed exchanges by kind, indexed by the kind's place in [`ErrorKind::ALL`].
     errors: [AtomicU64; ErrorKind::ALL.len()],
-    /// Access records the log could not keep up with and dropped.
+    /// Access records the log dropped: it could not keep up, or could not write them.
     pub dropped_records: Arc<AtomicU64>,
     /// Name resolutions: how long they took, and how many the cache answered.
     dns: DnsStats,

@@ -78,7 +78,7 @@ pub struct Snapshot {
     pub connections_open: usize,
     /// What they are doing, and how many made room or were shed.
     pub connections: crate::observe::stats::ConnectionCounts,
-    /// Access records dropped by a slow log.
+    /// Access records dropped by a slow log or a failed write.
     pub access_log_dropped: u64,
     /// Every port used, ascending.
     pub ports: Vec<PortUse>,

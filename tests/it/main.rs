@@ -16,6 +16,8 @@ mod curl;
 mod dns;
 mod errorpage;
 mod forward;
+#[cfg(target_os = "linux")]
+mod full_disk;
 mod guard;
 mod hostile;
 mod ipv6;

@@ -231,18 +231,21 @@ async fn the_log_reopens_after_rotation_and_counts_what_it_cannot_write() {
         "old lines stay in the rotated file"
     );
 
-    // A full disk: every write fails, nothing blocks, and the loss is counted.
+    // A full disk: every write fails, nothing blocks, and the loss is counted, exactly (the
+    // full disk of a real file is in full_disk.rs).
     let dropped = Arc::new(AtomicU64::new(0));
-    let full = AccessLog::start(
-        Destination::File("/dev/full".into()),
-        Format::Squid,
-        dropped.clone(),
-        Arc::new(|_| None),
-    )
-    .unwrap()
-    .unwrap();
+    let full = Arc::new(
+        AccessLog::start(
+            Destination::File("/dev/full".into()),
+            Format::Squid,
+            dropped.clone(),
+            Arc::new(|_| None),
+        )
+        .unwrap()
+        .unwrap(),
+    );
     let settings = settings_of(&traffic.config(""));
-    let proxy = Proxy::start_observed(settings, true, Some(Arc::new(full))).await;
+    let proxy = Proxy::start_observed(settings, true, Some(full.clone())).await;
     for _ in 0..3 {
         assert_eq!(get(proxy.addr, &url).await.status, 200);
     }
@@ -251,7 +254,8 @@ async fn the_log_reopens_after_rotation_and_counts_what_it_cannot_write() {
     while dropped.load(Ordering::Relaxed) < 3 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(dropped.load(Ordering::Relaxed) >= 3);
+    full.flush(WAIT);
+    assert_eq!(dropped.load(Ordering::Relaxed), 3);
 }
 
 #[tokio::test]
