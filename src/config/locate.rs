@@ -290,6 +290,16 @@ mod tests {
                 (3, 3),
             ),
             (
+                "[limits]\nnetwork_prefix_v6 = 129\n",
+                "limits.network_prefix_v6: must be from 1 to 128",
+                (2, 1),
+            ),
+            (
+                "[limits]\nlisten_backlog = 0\nmax_connections_per_network = 0\n",
+                "limits.max_connections_per_network: must be at least 1",
+                (3, 1),
+            ),
+            (
                 "ports = { http = [80], connect = [\"htps\"] }\n",
                 "ports.connect: entry \"htps\"",
                 (1, 35),

@@ -299,3 +299,26 @@ impl Drop for Slot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_belongs_to_the_network_of_its_prefix() {
+        let limits = LimitsConfig::default();
+        let network = |l: &LimitsConfig, ip: &str| l.network_of(ip.parse().unwrap()).to_string();
+        assert_eq!(network(&limits, "192.168.1.77"), "192.168.1.0/24");
+        assert_eq!(
+            network(&limits, "2001:db8:1:2:3:4:5:6"),
+            "2001:db8:1:2::/64"
+        );
+        let narrow = LimitsConfig {
+            network_prefix_v4: 32,
+            network_prefix_v6: 128,
+            ..LimitsConfig::default()
+        };
+        assert_eq!(network(&narrow, "192.168.1.77"), "192.168.1.77/32");
+        assert_eq!(network(&narrow, "2001:db8::1"), "2001:db8::1/128");
+    }
+}
