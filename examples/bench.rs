@@ -48,6 +48,16 @@
 //!   tunnel by name resolves: with the cache warm, the difference is the cost of a cache hit
 //!   (the AAAA and A lookups and the dial's handling of their answers).
 //!
+//! - I: an idle flood. A third proxy, with the default `[limits]` and an admin listener,
+//!   serves a normal client from 127.0.0.1 (one `GET /1k` on a connection of its own every
+//!   100 ms, 100 visits, 30 with `--quick`) first alone, then while 5,040 idle connections from
+//!   126 addresses (127.0.0.2 to 127.0.0.127, 40 each: under the per-client limit, over the
+//!   total) reconnect as soon as the proxy closes them, on a thread and runtime of their own:
+//!   requests answered, p50/p95/slowest, the proxy's RSS before and at the flood's peak, and
+//!   from its `/metrics` the connections that made room or were shed. The target: at least
+//!   95% answered with p95 at most 100 ms. `--flood-only` runs nothing else; `--no-flood`
+//!   leaves it out. It needs about 5,600 open files in this process.
+//!
 //! `--no-names` leaves out the DNS server, the proxy's `[dns]` section and the runs by name
 //! (for a proxy binary from before the builtin resolver). `--serve-dns ADDR` runs nothing but
 //! that DNS server on ADDR (UDP), until interrupted: for counting instructions by hand, as in

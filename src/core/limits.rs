@@ -95,6 +95,7 @@ pub const NO_ROOM_RESPONSE: &[u8] = concat!(
     "HTTP/1.1 503 Service Unavailable\r\n",
     "Retry-After: 1\r\n",
     "Content-Type: text/plain; charset=utf-8\r\n",
+    "Cache-Control: no-store\r\n",
     "Content-Length: 60\r\n",
     "Connection: close\r\n",
     "\r\n",

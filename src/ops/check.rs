@@ -286,13 +286,14 @@ pub fn summary(config: &Config, settings: &Settings) -> String {
     line(
         "limits",
         format!(
-            "{} connections, {} per client, {} per network (/{}, /{}); listen backlog {}; request head {} bytes, request line {} bytes, {} header fields",
+            "{} connections, {} per client, {} per network (/{}, /{}); quiet tunnels make room after {}; listen backlog {}; request head {} bytes, request line {} bytes, {} header fields",
             l.max_connections,
             l.max_connections_per_client,
             l.max_connections_per_network
                 .map_or("no limit".to_owned(), |n| n.to_string()),
             l.network_prefix_v4,
             l.network_prefix_v6,
+            d(l.idle_tunnel_after),
             l.listen_backlog,
             l.max_header_bytes,
             l.max_request_line,

@@ -4,9 +4,9 @@
 //! At a limit the admission makes room before it refuses. It closes one connection that is
 //! doing nothing, in this order: one kept alive between requests, then a new one that has
 //! sent nothing yet, then one whose request head has begun but not ended, then a tunnel that
-//! has moved no byte for `limits.idle_tunnel_after`; the oldest of its kind, taken from the
-//! network (a /24, a /64) that holds the most connections; chosen among the next [`SAMPLE`]
-//! idle connections (all of them, when fewer are open). A flood of idle connections from many
+//! has moved no byte for `limits.idle_tunnel_after`; of its kind, one from the network (a
+//! /24, a /64) that holds the most connections, and of those the oldest; chosen among the
+//! next [`SAMPLE`] idle connections (all of them, when fewer are open). A flood of idle connections from many
 //! addresses therefore gives way to every newcomer, and a connection that has sent nothing
 //! has, under such pressure, only until a newer one needs its place. Only when every
 //! connection in reach is busy is the newcomer refused (`503`, or `429` at its address's
@@ -62,15 +62,15 @@ pub struct Admission {
 /// however many are open. With fewer open, the choice is exact.
 const SAMPLE: usize = 64;
 
-/// How readily a connection makes room: its network's connections (more first, hence
-/// reversed), what it is doing, since when.
-type Rank = (std::cmp::Reverse<usize>, usize, Instant);
+/// How readily a connection makes room: what it is doing, its network's connections (more
+/// first, hence reversed), since when.
+type Rank = (usize, std::cmp::Reverse<usize>, Instant);
 
 #[derive(Default)]
 struct Inner {
     /// Admitted connections.
     conns: Slab<Entry>,
-    /// Admitted connections per client address.
+    /// Admitted connections per client address (those told to make room no longer count).
     per_client: HashMap<IpAddr, usize>,
     /// Networks with admitted connections, and where their count is in `networks`.
     network_keys: HashMap<IpNet, usize>,
@@ -172,7 +172,7 @@ impl Admission {
     /// module's documentation; false when every one of them is busy.
     fn make_room(&self, inner: &mut Inner, among: Among, limits: &LimitsConfig) -> bool {
         let quiet_since = Instant::now().checked_sub(limits.idle_tunnel_after);
-        // Smallest wins: the most crowded network, then the kind, then the oldest.
+        // Smallest wins: the kind, then the most crowded network, then the oldest.
         let mut best: Option<(Rank, usize)> = None;
         let slots = inner.conns.capacity();
         let mut at = inner.cursor;
@@ -200,7 +200,7 @@ impl Admission {
                 Standing::Tunnel(_) | Standing::Busy | Standing::Closing => continue,
             };
             let crowd = std::cmp::Reverse(inner.networks[entry.network].open);
-            let rank = (crowd, class, since);
+            let rank = (class, crowd, since);
             if best.as_ref().is_none_or(|(b, _)| rank < *b) {
                 best = Some((rank, at));
             }
@@ -210,13 +210,16 @@ impl Admission {
             }
         }
         inner.cursor = at;
-        let Some(((_, class, _), key)) = best else {
+        let Some(((class, _, _), key)) = best else {
             return false;
         };
         let entry = &mut inner.conns[key];
         entry.leaving = true;
         entry.conn.evict();
+        let (ip, network) = (entry.ip, entry.network);
+        // From now on it counts nowhere: the next newcomer does not make room again for it.
         inner.leaving += 1;
+        inner.release(ip, network);
         self.made_room[class].fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -282,20 +285,29 @@ impl Drop for Slot {
         let inner = &mut *inner;
         let entry = inner.conns.remove(key);
         if entry.leaving {
+            // Its counts were released when it was told to make room.
             inner.leaving -= 1;
+        } else {
+            inner.release(entry.ip, entry.network);
         }
-        if let Some(count) = inner.per_client.get_mut(&entry.ip) {
+    }
+}
+
+impl Inner {
+    /// Takes a connection out of its address's and its network's counts.
+    fn release(&mut self, ip: IpAddr, network: usize) {
+        if let Some(count) = self.per_client.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
-                inner.per_client.remove(&entry.ip);
+                self.per_client.remove(&ip);
             }
         }
-        let network = &mut inner.networks[entry.network];
-        network.open -= 1;
-        if network.open == 0 {
-            let net = network.net;
-            inner.networks.remove(entry.network);
-            inner.network_keys.remove(&net);
+        let counted = &mut self.networks[network];
+        counted.open -= 1;
+        if counted.open == 0 {
+            let net = counted.net;
+            self.networks.remove(network);
+            self.network_keys.remove(&net);
         }
     }
 }

@@ -141,6 +141,16 @@ impl ConnState {
         }
     }
 
+    /// Whether the connection was told to make room ([`ConnState::evict`]).
+    pub(crate) fn was_evicted(&self) -> bool {
+        self.expired.load(Ordering::Acquire) == Expiry::Evicted as u8
+    }
+
+    /// Whether a request head has begun to arrive and is not complete.
+    pub(crate) fn head_begun(&self) -> bool {
+        self.head_started.load(Ordering::Acquire) != NONE
+    }
+
     /// Closes the connection to make room for a new one: its watchdog (or its tunnel's
     /// relay) is told at once.
     pub(crate) fn evict(&self) {
@@ -452,9 +462,7 @@ impl AsyncRead for WatchedIo {
                     "request head timed out",
                 )));
             }
-            e if e == Expiry::Evicted as u8
-                && self.state.head_started.load(Ordering::Acquire) != NONE =>
-            {
+            e if e == Expiry::Evicted as u8 && self.state.head_begun() => {
                 // A head had begun: its sender is told why, as when no slot was free.
                 let _ = self.inner.try_write(crate::core::limits::NO_ROOM_RESPONSE);
                 return Poll::Ready(Err(io::Error::other("closed to make room")));

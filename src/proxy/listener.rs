@@ -263,6 +263,20 @@ async fn serve_connection(
             }
         }
     };
+    if state.was_evicted() && state.head_begun() {
+        // WatchedIo told the client `503` (see `poll_read`): the record says why.
+        connection_record(
+            &shared,
+            peer,
+            EdgeError::refusal(
+                ErrorKind::Limit,
+                Builtin::LimitsMaxConnections,
+                "closed while its request head was arriving, to make room for a new connection at the connection limits",
+            )
+            .with_status(StatusCode::SERVICE_UNAVAILABLE),
+        );
+        return;
+    }
     if let Err(e) = result {
         debug!(error = %e, "connection ended with an error");
         // hyper answered a head it could not parse itself; the record is still ours to write.

@@ -236,6 +236,19 @@ async fn a_connection_closed_while_its_head_arrives_is_told_503() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
     assert!(text.contains("Retry-After: 1\r\n"), "{text}");
+    let records = proxy.wait_records(2).await;
+    let cut = records
+        .iter()
+        .find(|r| r.status == 503)
+        .expect("a record of the head cut short");
+    assert_eq!(cut.rule, "limits.max_connections");
+    assert!(
+        cut.reason
+            .as_deref()
+            .is_some_and(|t| t.contains("make room")),
+        "{:?}",
+        cut.reason
+    );
 }
 
 #[tokio::test]
