@@ -157,6 +157,11 @@ impl<B> Parents<B> {
         );
     }
 
+    /// A connection of its own to the parent of `route` (not pooled).
+    pub async fn dial(&self, route: &ParentRoute<B>) -> Result<TcpStream, ParentError> {
+        dial_parent(&route.parent, &self.outbound).await
+    }
+
     /// Notes that `route` answered.
     pub fn mark_up(&self, route: &ParentRoute<B>) {
         route.down_until.store(0, Ordering::Relaxed);

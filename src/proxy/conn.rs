@@ -362,6 +362,11 @@ impl HeadFlags {
     pub const CONTENT_LENGTH: u8 = 2;
     /// A `Transfer-Encoding` field.
     pub const TRANSFER_ENCODING: u8 = 4;
+    /// An `OPTIONS` request line whose target is in absolute form with an empty path and no
+    /// query (`http://h:8080`, which `http::Uri` reads as `http://h:8080/`): a question about
+    /// the origin as a whole, sent on as `OPTIONS *` (RFC 9112 §3.2.4). The method is matched
+    /// without regard to case: the service checks it is `OPTIONS`.
+    pub const EMPTY_PATH: u8 = 8;
 
     /// Whether the bit is set.
     pub fn has(self, bit: u8) -> bool {
@@ -370,9 +375,12 @@ impl HeadFlags {
 }
 
 /// Scans the raw bytes of a request head as they arrive, for what hyper's parsed request no
-/// longer shows: a `#fragment` in the request line (`http::Uri` drops it), and whether both
-/// `Content-Length` and `Transfer-Encoding` were sent (hyper keeps only the latter). Only
-/// the head is scanned; it stops at the blank line.
+/// longer shows: a `#fragment` in the request line (`http::Uri` drops it), whether both
+/// `Content-Length` and `Transfer-Encoding` were sent (hyper keeps only the latter), and an
+/// `OPTIONS` target with an empty path ([`HeadFlags::EMPTY_PATH`]). It also rewrites a higher
+/// minor version of HTTP/1 (`HTTP/1.2` … `HTTP/1.9`) to `HTTP/1.1` as its digit arrives, which
+/// httparse would refuse (RFC 9112 §2.3: a recipient treats it as the highest minor version it
+/// supports). Only the head is scanned; it stops at the blank line.
 #[derive(Debug, Clone)]
 struct HeadScan {
     generation: u32,
@@ -383,6 +391,45 @@ struct HeadScan {
     start_len: usize,
     /// Bytes of the current line so far (beyond `start` only counted).
     line_len: usize,
+    /// The request line's spaces seen so far, up to the two around the target (httparse
+    /// takes exactly one space between the parts).
+    spaces: u8,
+    /// Bytes of the version seen so far (after the second space), up to 8; 8 as well once
+    /// they are not `HTTP/1.`.
+    version_len: u8,
+    /// The target of an `OPTIONS` request line, as read so far.
+    options: Options,
+}
+
+/// How far the target of an `OPTIONS` request line has been read, for
+/// [`HeadFlags::EMPTY_PATH`]: a scheme, `://`, then an authority up to the space, without a
+/// `/` or `?`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Options {
+    /// Not an `OPTIONS` request line (or not known yet).
+    Off,
+    Scheme,
+    Colon,
+    Slash,
+    Authority,
+    /// Anything else: a path, a query, another form.
+    Other,
+}
+
+impl Options {
+    fn step(self, b: u8) -> Options {
+        match (self, b) {
+            (Options::Scheme, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'+' | b'-' | b'.') => {
+                Options::Scheme
+            }
+            (Options::Scheme, b':') => Options::Colon,
+            (Options::Colon, b'/') => Options::Slash,
+            (Options::Slash, b'/') => Options::Authority,
+            (Options::Authority, b'/' | b'?') => Options::Other,
+            (Options::Authority | Options::Off, _) => self,
+            _ => Options::Other,
+        }
+    }
 }
 
 impl HeadScan {
@@ -394,22 +441,24 @@ impl HeadScan {
             start: [0; 18],
             start_len: 0,
             line_len: 0,
+            spaces: 0,
+            version_len: 0,
+            options: Options::Off,
         }
     }
 
-    /// Feeds bytes; returns the [`HeadFlags`] bits found in them. Works a line at a time
-    /// (`memchr` finds the ends), looking only at the start of each line.
-    fn feed(&mut self, bytes: &[u8]) -> u8 {
+    /// Feeds bytes; returns the [`HeadFlags`] bits found in them, and rewrites a higher minor
+    /// version in place. Works a line at a time (`memchr` finds the ends), looking only at the
+    /// start of each line, and on the request line at its two spaces and the version.
+    fn feed(&mut self, bytes: &mut [u8]) -> u8 {
         const CONTENT_LENGTH: &[u8] = b"content-length:";
         const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
         let mut flags = 0;
         let mut rest = bytes;
         while !self.done && !rest.is_empty() {
             let end = memchr::memchr(b'\n', rest);
-            let part = &rest[..end.unwrap_or(rest.len())];
-            if self.line == 0 && memchr::memchr(b'#', part).is_some() {
-                flags |= HeadFlags::FRAGMENT;
-            }
+            let at = end.unwrap_or(rest.len());
+            let (part, after) = std::mem::take(&mut rest).split_at_mut(at);
             let room = self.start.len() - self.start_len;
             if room > 0 {
                 let take = room.min(part.len());
@@ -424,10 +473,18 @@ impl HeadScan {
                     flags |= HeadFlags::TRANSFER_ENCODING;
                 }
             }
+            if self.line == 0 {
+                if memchr::memchr(b'#', part).is_some() {
+                    flags |= HeadFlags::FRAGMENT;
+                }
+                if self.version_len < 8 {
+                    flags |= self.request_line(part);
+                }
+            }
             self.line_len += part.len();
-            let Some(end) = end else {
+            if end.is_none() {
                 break;
-            };
+            }
             let blank = self.line_len == 0 || (self.line_len == 1 && self.start[0] == b'\r');
             // Leading blank lines before the request line are tolerated by hyper.
             if blank && self.line > 0 {
@@ -438,7 +495,61 @@ impl HeadScan {
             }
             self.start_len = 0;
             self.line_len = 0;
-            rest = &rest[end + 1..];
+            rest = &mut after[1..];
+        }
+        flags
+    }
+
+    /// A piece of the request line (`part` starts at `self.line_len` in it; `start` already
+    /// holds its beginning), until its version is read: finds the two spaces, follows an
+    /// `OPTIONS` target between them, and rewrites the version's minor digit past `1`.
+    fn request_line(&mut self, part: &mut [u8]) -> u8 {
+        let mut flags = 0;
+        let mut from = 0;
+        while self.spaces < 2 {
+            let space = if self.spaces == 0 {
+                // A method is a few bytes: cheaper to look at them than to call `memchr`.
+                part.iter().position(|&b| b == b' ')
+            } else {
+                memchr::memchr(b' ', &part[from..]).map(|at| from + at)
+            };
+            if self.options != Options::Off {
+                for &b in &part[from..space.unwrap_or(part.len())] {
+                    self.options = self.options.step(b);
+                }
+                if space.is_some() && self.options == Options::Authority {
+                    flags |= HeadFlags::EMPTY_PATH;
+                }
+            }
+            let Some(space) = space else {
+                return flags;
+            };
+            if self.spaces == 0 && self.line_len + space == 7 && self.start[..7] == *b"options" {
+                self.options = Options::Scheme;
+            }
+            self.spaces += 1;
+            from = space + 1;
+        }
+        let version = &mut part[from..];
+        if self.version_len == 0 && version.len() >= 8 {
+            // The whole version at once, as it usually comes.
+            if version[..7] == *b"HTTP/1." && (b'2'..=b'9').contains(&version[7]) {
+                version[7] = b'1';
+            }
+            self.version_len = 8;
+            return flags;
+        }
+        for b in version {
+            match self.version_len {
+                0..=6 if *b != b"HTTP/1."[self.version_len as usize] => {
+                    self.version_len = 8;
+                    break;
+                }
+                7 if (b'2'..=b'9').contains(b) => *b = b'1',
+                8 => break,
+                _ => {}
+            }
+            self.version_len += 1;
         }
         flags
     }
@@ -479,7 +590,7 @@ impl AsyncRead for WatchedIo {
         let before = buf.filled().len();
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let new = &buf.filled()[before..];
+        let new = &mut buf.filled_mut()[before..];
         if !new.is_empty() && !this.state.busy() {
             let state = &this.state;
             if state.head_started.load(Ordering::Acquire) == NONE {
@@ -544,15 +655,29 @@ mod tests {
     use super::*;
 
     fn scan(chunks: &[&[u8]]) -> HeadFlags {
+        scan_rewritten(chunks).0
+    }
+
+    /// The flags, and the bytes as the scanner left them.
+    fn scan_rewritten(chunks: &[&[u8]]) -> (HeadFlags, Vec<u8>) {
         let mut s = HeadScan::new(0);
-        HeadFlags(chunks.iter().fold(0, |acc, c| acc | s.feed(c)))
+        let mut out = Vec::new();
+        let mut flags = 0;
+        for chunk in chunks {
+            let mut chunk = chunk.to_vec();
+            flags |= s.feed(&mut chunk);
+            out.extend_from_slice(&chunk);
+        }
+        (HeadFlags(flags), out)
     }
 
     /// The scanner as first written, a byte at a time: the reference for the line-wise one.
-    fn scan_bytewise(bytes: &[u8]) -> u8 {
+    /// On the request line it keeps the bytes so far and looks at them whole.
+    fn scan_bytewise(bytes: &mut [u8]) -> u8 {
         let (mut flags, mut line, mut start, mut line_len) = (0, 0, Vec::new(), 0);
-        for &b in bytes {
-            if b == b'\n' {
+        let mut request_line = Vec::new();
+        for b in bytes.iter_mut() {
+            if *b == b'\n' {
                 let blank = line_len == 0 || (line_len == 1 && start[0] == b'\r');
                 if blank && line > 0 {
                     break;
@@ -561,11 +686,27 @@ mod tests {
                     line += 1;
                 }
                 start.clear();
+                request_line.clear();
                 line_len = 0;
                 continue;
             }
-            if line == 0 && b == b'#' {
-                flags |= HeadFlags::FRAGMENT;
+            if line == 0 {
+                if *b == b'#' {
+                    flags |= HeadFlags::FRAGMENT;
+                }
+                let spaces: Vec<usize> = (0..request_line.len())
+                    .filter(|&i| request_line[i] == b' ')
+                    .collect();
+                if *b == b' ' && spaces == [7] && options_with_empty_path(&request_line) {
+                    flags |= HeadFlags::EMPTY_PATH;
+                }
+                if spaces.len() == 2
+                    && request_line[spaces[1] + 1..] == *b"HTTP/1."
+                    && (b'2'..=b'9').contains(b)
+                {
+                    *b = b'1';
+                }
+                request_line.push(*b);
             }
             if start.len() < 18 {
                 start.push(b.to_ascii_lowercase());
@@ -580,13 +721,29 @@ mod tests {
         flags
     }
 
+    /// `OPTIONS TARGET` (any case) where TARGET is a scheme, `://` and an authority.
+    fn options_with_empty_path(line: &[u8]) -> bool {
+        if !line.to_ascii_lowercase().starts_with(b"options ") {
+            return false;
+        }
+        let target = &line[8..];
+        let Some(at) = target.windows(3).position(|w| w == b"://") else {
+            return false;
+        };
+        let scheme_byte = |b: &u8| b.is_ascii_alphanumeric() || b"+-.".contains(b);
+        target[..at].iter().all(scheme_byte) && !target[at + 3..].iter().any(|b| b"/?".contains(b))
+    }
+
     #[test]
     fn the_line_wise_scanner_agrees_with_the_bytewise_one() {
         // Heads built from pieces that matter (names, near-names, fragments, blank lines,
-        // bare and CR line ends), fed whole and split at every point into two or three.
-        let pieces: [&[u8]; 14] = [
+        // bare and CR line ends), half of them after a request line built from parts that
+        // matter (methods, targets with and without a path, versions), fed whole and split
+        // at every point into two or three.
+        let pieces: [&[u8]; 17] = [
             b"GET http://h/p HTTP/1.1",
             b"GET http://h/p#f HTTP/1.1",
+            b"OPTIONS http://h HTTP/1.2",
             b"\r\n",
             b"\n",
             b"Content-Length: 5",
@@ -597,39 +754,138 @@ mod tests {
             b"Transfer-Encodin: x",
             b"X-A: #1",
             b" folded",
+            b" HTTP/1.2",
             b"#",
+            b" ",
             b"",
         ];
+        let methods: [&[u8]; 5] = [b"OPTIONS ", b"options ", b"GET ", b"OPTIONS", b"OPTIONSX "];
+        let targets: [&[u8]; 11] = [
+            b"http://h",
+            b"http://h:8080",
+            b"http://h/",
+            b"http://h?q",
+            b"h+t.p://u@h",
+            b"x:/",
+            b"a:b://h",
+            b"*",
+            b"/p",
+            b"http://h#f",
+            b"",
+        ];
+        let versions: [&[u8]; 9] = [
+            b" HTTP/1.2",
+            b" HTTP/1.9",
+            b" HTTP/1.1",
+            b" HTTP/1.",
+            b" HTTP/2.0",
+            b" HTTP/1.3 x",
+            b" HTTP/1.24",
+            b" HTTP/1.x",
+            b" HTTP/1.2 HTTP/1.2",
+        ];
         let mut x: u32 = 0x9e37_79b9;
-        for _ in 0..3_000 {
-            let mut head = Vec::new();
-            for _ in 0..(x % 9) {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                head.extend_from_slice(pieces[(x % pieces.len() as u32) as usize]);
-            }
+        let mut next = |n: usize| {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            let want = scan_bytewise(&head);
-            assert_eq!(
-                scan(&[&head]).0,
-                want,
-                "{:?}",
-                String::from_utf8_lossy(&head)
-            );
+            x as usize % n
+        };
+        let (mut empty_paths, mut rewritten) = (0, 0);
+        for _ in 0..4_000 {
+            let mut head = Vec::new();
+            if next(2) == 0 {
+                head.extend_from_slice(methods[next(methods.len())]);
+                head.extend_from_slice(targets[next(targets.len())]);
+                head.extend_from_slice(versions[next(versions.len())]);
+            }
+            for _ in 0..next(9) {
+                head.extend_from_slice(pieces[next(pieces.len())]);
+            }
+            let mut want = head.clone();
+            let want = (scan_bytewise(&mut want), want);
+            empty_paths += usize::from(HeadFlags(want.0).has(HeadFlags::EMPTY_PATH));
+            rewritten += usize::from(want.1 != head);
+            let (flags, bytes) = scan_rewritten(&[&head]);
+            let shown = String::from_utf8_lossy(&head);
+            assert_eq!((flags.0, bytes), want, "{shown:?}");
             for cut in 0..=head.len() {
-                let second = cut + (x as usize % (head.len() - cut + 1));
-                let got = scan(&[&head[..cut], &head[cut..second], &head[second..]]).0;
+                let second = cut + next(head.len() - cut + 1);
+                let (flags, bytes) =
+                    scan_rewritten(&[&head[..cut], &head[cut..second], &head[second..]]);
                 assert_eq!(
-                    got,
-                    want,
-                    "{:?} at {cut}, {second}",
-                    String::from_utf8_lossy(&head)
+                    (flags.0, &bytes),
+                    (want.0, &want.1),
+                    "{shown:?} at {cut}, {second}"
                 );
             }
         }
+        // The mix reaches both: empty paths flagged, versions rewritten.
+        assert!(
+            empty_paths > 100 && rewritten > 100,
+            "{empty_paths} {rewritten}"
+        );
+    }
+
+    #[test]
+    fn an_options_target_without_a_path_is_marked() {
+        let marked = |line: &str| {
+            scan(&[format!("{line}\r\nHost: h\r\n\r\n").as_bytes()]).has(HeadFlags::EMPTY_PATH)
+        };
+        for line in [
+            "OPTIONS http://example.com HTTP/1.1",
+            "OPTIONS http://example.com:8080 HTTP/1.1",
+            "OPTIONS http://u@[::1]:8080 HTTP/1.1",
+            "\r\nOPTIONS http://example.com HTTP/1.1",
+        ] {
+            assert!(marked(line), "{line}");
+        }
+        for line in [
+            "OPTIONS http://example.com/ HTTP/1.1",
+            "OPTIONS http://example.com?q HTTP/1.1",
+            "OPTIONS http://example.com:8080/p HTTP/1.1",
+            "OPTIONS * HTTP/1.1",
+            "OPTIONS / HTTP/1.1",
+            "GET http://example.com HTTP/1.1",
+            "OPTIONSX http://example.com HTTP/1.1",
+            "OPTIONS http://example.com",
+        ] {
+            assert!(!marked(line), "{line}");
+        }
+        // A field line is not a request line.
+        let f = scan(&[b"GET / HTTP/1.1\r\nOPTIONS http://h HTTP/1.1\r\n\r\n"]);
+        assert_eq!(f, HeadFlags(0));
+    }
+
+    #[test]
+    fn a_higher_minor_version_is_read_as_http_1_1_wherever_its_digit_arrives() {
+        let head = b"GET http://h/x HTTP/1.2\r\nHost: h\r\n\r\n";
+        let want = b"GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n";
+        for cut in 0..=head.len() {
+            let (_, bytes) = scan_rewritten(&[&head[..cut], &head[cut..]]);
+            assert_eq!(bytes, want, "{cut}");
+        }
+        let bytewise: Vec<&[u8]> = head.chunks(1).collect();
+        assert_eq!(scan_rewritten(&bytewise).1, want);
+        for (line, after) in [
+            ("GET /x HTTP/1.9", "GET /x HTTP/1.1"),
+            ("GET /x HTTP/1.0", "GET /x HTTP/1.0"),
+            ("GET /x HTTP/2.0", "GET /x HTTP/2.0"),
+            ("GET /x HTTP/1.x", "GET /x HTTP/1.x"),
+            ("GET /x HTTP/1.", "GET /x HTTP/1."),
+            // Not the version: the target, and a field line.
+            ("GET HTTP/1.2 HTTP/1.1", "GET HTTP/1.2 HTTP/1.1"),
+            (
+                "GET / HTTP/1.1\r\nX: a HTTP/1.2",
+                "GET / HTTP/1.1\r\nX: a HTTP/1.2",
+            ),
+        ] {
+            let (_, bytes) = scan_rewritten(&[line.as_bytes()]);
+            assert_eq!(String::from_utf8(bytes).unwrap(), after);
+        }
+        // The body is not touched.
+        let (_, bytes) = scan_rewritten(&[b"POST / HTTP/1.1\r\n\r\nA B HTTP/1.2"]);
+        assert_eq!(&bytes[..], b"POST / HTTP/1.1\r\n\r\nA B HTTP/1.2");
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! it names, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authorization`, `Proxy-Authenticate`,
 //! `TE`, `Upgrade`, and `Transfer-Encoding`, which hyper re-derives) are removed in both
 //! directions; `Trailer` is end-to-end and stays. `Host` is set from the request target, and
-//! `Via` names this proxy. `Max-Forwards` is honoured for TRACE and OPTIONS.
+//! `Via` names this proxy. `Max-Forwards` is honoured for TRACE and OPTIONS. An `OPTIONS`
+//! whose absolute-form target has an empty path asks about the origin as a whole and goes to
+//! it as `OPTIONS *` (RFC 9112 §3.2.4).
 
 use std::error::Error as StdError;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -32,13 +36,16 @@ use crate::proxy::exchange::Exchange;
 const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT";
 
 /// Forwards an absolute-form request to `target`, allowed by the plan as `go`; `parents` are
-/// the parent proxies when `go` routes through them.
+/// the parent proxies when `go` routes through them. `asterisk`: the request is an `OPTIONS`
+/// whose target had an empty path and no query (`http://host:port`, which `http::Uri` reads
+/// as `http://host:port/`), sent to the origin as `OPTIONS *`, and to a parent as it came.
 pub async fn forward(
     ex: &mut Exchange,
     req: Request<Incoming>,
     target: Target,
     go: Go,
     parents: Option<Arc<Parents<UpBody>>>,
+    asterisk: bool,
 ) -> Result<Response<DownBody>, EdgeError> {
     let settings = ex.settings.clone();
     // When a rule needs the address, the rules see each address before it is used: a
@@ -99,6 +106,7 @@ pub async fn forward(
     // which streams through once) goes over a fresh connection, never a kept-alive one the
     // origin may be closing (RFC 9112 §9.3.1); a bodiless idempotent one goes over the pool
     // and is retried once, on a fresh connection, when the kept-alive one closes unanswered.
+    // An `OPTIONS *` goes over a fresh connection too: the pooled client writes no `*`.
     let once_only = !http_body::Body::is_end_stream(req.body()) || !is_idempotent(req.method());
     let (mut parts, body) = req.into_parts();
     if let Some(reply) = max_forwards(
@@ -112,7 +120,7 @@ pub async fn forward(
         return Ok(reply);
     }
     // Dialled once the proxy knows it will not answer, or refuse, the request itself.
-    if once_only && own_connection.is_none() && parents.is_none() {
+    if (once_only || asterisk) && own_connection.is_none() && parents.is_none() {
         let outbound = ex.shared.outbound.load_full();
         let mut resolved = None;
         let connected = Box::pin(dial::dial(
@@ -148,7 +156,7 @@ pub async fn forward(
     };
     parts.uri = upstream_uri(authority, &parts.uri)?;
     if own_connection.is_some() {
-        parts.uri = origin_form(&parts.uri);
+        parts.uri = origin_form(&parts.uri, asterisk);
     }
     parts.version = Version::HTTP_11;
 
@@ -163,7 +171,7 @@ pub async fn forward(
     let upload = body.upload();
     let mut retried = false;
     let sent = if let Some(parents) = &parents {
-        Box::pin(through_parent(ex, parents, parts, body, &target)).await
+        Box::pin(through_parent(ex, parents, parts, body, &target, asterisk)).await
     } else if let Some(stream) = own_connection {
         let upstream = Request::from_parts(parts, body);
         let stall = timeouts.origin_write();
@@ -171,7 +179,10 @@ pub async fn forward(
             timeouts.response,
             &target,
             &upload,
-            Box::pin(send_once(stream, stall, upstream)),
+            Box::pin(send_once(
+                dial::OriginIo::new(stream, stall, false),
+                upstream,
+            )),
         )
         .await
         .and_then(|answer| answer.map_err(|e| upstream_error(&target, &e)))
@@ -288,14 +299,24 @@ fn check_answer(response: &Response<Incoming>, target: &Target) -> Result<(), Ed
 
 /// Sends a request through the parent proxies, in order. A parent that cannot be reached is
 /// marked down and, when the request has no body (it can be sent again), the next is tried.
+///
+/// The parent, not this proxy, is the last on the chain, so an `OPTIONS` about the origin as
+/// a whole (`asterisk`) keeps its target `http://host:port` without a `/`, for the parent to
+/// send `*` (RFC 9112 §3.2.4). `http::Uri` always writes a `/` after an authority, so such a
+/// request goes over a connection of its own to the parent, which leaves that `/` out
+/// ([`DropSlash`]).
 async fn through_parent(
     ex: &mut Exchange,
     parents: &Parents<UpBody>,
     parts: http::request::Parts,
     body: UpBody,
     target: &Target,
+    asterisk: bool,
 ) -> Result<Response<Incoming>, EdgeError> {
     let limit = ex.settings.timeouts.response;
+    let stall = ex.settings.timeouts.origin_write();
+    // Where hyper writes the `/` of `OPTIONS http://host:port/ HTTP/1.1`.
+    let slash = "OPTIONS http://".len() + parts.uri.authority().map_or(0, |a| a.as_str().len());
     let resendable = http_body::Body::is_end_stream(&body);
     let mut body = Some(body);
     let mut last = None;
@@ -313,15 +334,29 @@ async fn through_parent(
         };
         ex.record.parent(&route.parent.name);
         let upload = attempt_body.upload();
-        let sent = within(
-            limit,
-            target,
-            &upload,
-            route
-                .client
-                .request(Request::from_parts(head, attempt_body)),
-        )
-        .await?;
+        let request = Request::from_parts(head, attempt_body);
+        // Whether the parent could not be reached, and what the client is told.
+        let sent = if asterisk {
+            let record = &mut ex.record;
+            let own = async move {
+                let stream = parents
+                    .dial(route)
+                    .await
+                    .map_err(|e| (true, upstream_error(target, &e)))?;
+                if let Ok(addr) = stream.peer_addr() {
+                    record.upstream(addr);
+                }
+                let io = DropSlash::new(dial::OriginIo::new(stream, stall, true), slash);
+                send_once(io, request)
+                    .await
+                    .map_err(|e| (false, upstream_error(target, &e)))
+            };
+            within(limit, target, &upload, own).await?
+        } else {
+            within(limit, target, &upload, route.client.request(request))
+                .await?
+                .map_err(|e| (e.is_connect(), upstream_error(target, &e)))
+        };
         match sent {
             Ok(response) if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
                 parents.mark_up(route);
@@ -337,9 +372,7 @@ async fn through_parent(
                 parents.mark_up(route);
                 return Ok(response);
             }
-            Err(e) => {
-                let unreachable = e.is_connect();
-                let error = upstream_error(target, &e);
+            Err((unreachable, error)) => {
                 if !unreachable {
                     return Err(error);
                 }
@@ -433,8 +466,11 @@ fn pooled_dial_error(e: &hyper_util::client::legacy::Error) -> Option<&PooledDia
 }
 
 /// The origin form of `uri` (`/path?query`), as a request on a connection of its own is
-/// sent (the pooled client makes it itself).
-fn origin_form(uri: &Uri) -> Uri {
+/// sent (the pooled client makes it itself); `*` for an `OPTIONS` about the origin as a whole.
+fn origin_form(uri: &Uri, asterisk: bool) -> Uri {
+    if asterisk {
+        return Uri::from_static("*");
+    }
     Uri::from(
         uri.path_and_query()
             .cloned()
@@ -481,7 +517,7 @@ async fn retry_fresh(
     let outbound = ex.shared.outbound.load_full();
     let connected = dial::dial(&outbound, &settings.policy, target, None, &mut None).await?;
     ex.record.upstream(connected.addr);
-    parts.uri = origin_form(&parts.uri);
+    parts.uri = origin_form(&parts.uri, false);
     let request = Request::from_parts(parts, UpBody::empty(ex.record.traffic().clone()));
     let timeouts = &settings.timeouts;
     let upload = request.body().upload();
@@ -489,20 +525,21 @@ async fn retry_fresh(
         timeouts.response,
         target,
         &upload,
-        send_once(connected.stream, timeouts.origin_write(), request),
+        send_once(
+            dial::OriginIo::new(connected.stream, timeouts.origin_write(), false),
+            request,
+        ),
     )
     .await
     .and_then(|answer| answer.map_err(|e| upstream_error(target, &e)))
 }
 
-/// Sends `request` over `stream`, a connection of its own (not pooled), and waits for the
+/// Sends `request` over `io`, a connection of its own (not pooled), and waits for the
 /// answer's head; the connection ends with the answer.
-async fn send_once(
-    stream: tokio::net::TcpStream,
-    stall: std::time::Duration,
-    request: Request<UpBody>,
-) -> Result<Response<Incoming>, hyper::Error> {
-    let io = dial::OriginIo::new(stream, stall, false);
+async fn send_once<I>(io: I, request: Request<UpBody>) -> Result<Response<Incoming>, hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
         .max_headers(dial::RESPONSE_MAX_HEADERS)
@@ -512,6 +549,69 @@ async fn send_once(
     // Runs until the answer's body is through (or either side gives up).
     tokio::spawn(connection);
     sender.send_request(request).await
+}
+
+/// A connection that writes what hyper writes except the byte at `at` of its output when
+/// it is a `/`: the one `http::Uri` writes after an authority (`OPTIONS http://host:port/`),
+/// which an `OPTIONS` about a whole origin must not carry to a parent. A write is cut short
+/// before that byte, and the byte reported written without being sent.
+struct DropSlash<I> {
+    inner: I,
+    at: usize,
+    written: usize,
+}
+
+impl<I> DropSlash<I> {
+    fn new(inner: I, at: usize) -> Self {
+        DropSlash {
+            inner,
+            at,
+            written: 0,
+        }
+    }
+}
+
+impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for DropSlash<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for DropSlash<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let mut len = buf.len();
+        if let Some(offset) = this.at.checked_sub(this.written).filter(|&o| o < len) {
+            if offset == 0 && buf[0] == b'/' {
+                this.written += 1;
+                return Poll::Ready(Ok(1));
+            }
+            if offset > 0 {
+                len = offset;
+            }
+        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, &buf[..len]);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.written += n;
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Maps a failure of the pooled client, or of a connection of the request's own, to what
@@ -606,6 +706,74 @@ mod tests {
             );
         }
         map
+    }
+
+    /// Takes at most `max` bytes a write.
+    struct Chunky {
+        out: Vec<u8>,
+        max: usize,
+    }
+
+    impl hyper::rt::Write for Chunky {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What `pieces`, each written whole, come out as through a [`DropSlash`] at `at` over a
+    /// connection that takes at most `max` bytes a write.
+    fn through_drop_slash(pieces: &[&[u8]], at: usize, max: usize) -> Vec<u8> {
+        use hyper::rt::Write as _;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut io = DropSlash::new(
+            Chunky {
+                out: Vec::new(),
+                max,
+            },
+            at,
+        );
+        for piece in pieces {
+            let mut rest = *piece;
+            while !rest.is_empty() {
+                let Poll::Ready(Ok(n)) = Pin::new(&mut io).poll_write(&mut cx, rest) else {
+                    panic!("the write failed");
+                };
+                rest = &rest[n..];
+            }
+        }
+        io.inner.out
+    }
+
+    #[test]
+    fn the_slash_after_the_authority_is_left_out_however_the_writes_fall() {
+        let head = b"OPTIONS http://h:81/ HTTP/1.1\r\nHost: h:81\r\n\r\n";
+        let at = "OPTIONS http://h:81".len();
+        for max in 1..=head.len() {
+            for pieces in [vec![&head[..]], head.chunks(7).collect()] {
+                assert_eq!(
+                    through_drop_slash(&pieces, at, max),
+                    b"OPTIONS http://h:81 HTTP/1.1\r\nHost: h:81\r\n\r\n",
+                    "{max}"
+                );
+            }
+        }
+        // Not a slash there: nothing is left out.
+        let line = b"GET / HTTP/1.1";
+        assert_eq!(through_drop_slash(&[line], 3, 99), line);
     }
 
     #[test]

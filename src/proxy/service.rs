@@ -187,6 +187,12 @@ impl ProxyService {
             length_and_coding: head.has(HeadFlags::CONTENT_LENGTH)
                 && head.has(HeadFlags::TRANSFER_ENCODING),
         };
+        // `OPTIONS http://host:port` (no path, no query) asks about the origin as a whole: it
+        // goes out as `OPTIONS *` (RFC 9112 §3.2.4). Only the raw line tells it from `.../`.
+        let asterisk = head.has(HeadFlags::EMPTY_PATH)
+            && req.method() == http::Method::OPTIONS
+            && req.uri().path() == "/"
+            && req.uri().query().is_none();
         let head = check_head(&req, raw, &settings.limits.head(), self.shared.via.name()).err();
         let request = plan::Request {
             client: self.client.ip(),
@@ -258,7 +264,7 @@ impl ProxyService {
                     .iter()
                     .any(|l| l.port() == target.port)
                     .then(|| request_head(&req));
-                match Box::pin(forward::forward(ex, req, target, go, parents)).await {
+                match Box::pin(forward::forward(ex, req, target, go, parents, asterisk)).await {
                     Err(e) if e.rule == Some(Decider::Builtin(Builtin::DestinationsSelf)) => {
                         match head {
                             Some(head) => Ok(Reply::Response(pages::own_page(ex, &head))),

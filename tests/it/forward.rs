@@ -403,6 +403,118 @@ async fn max_forwards_is_honoured_for_trace_and_options() {
     assert_eq!(header_value(&head, "max-forwards").as_deref(), Some("2"));
 }
 
+/// The request line the origin received last.
+fn request_line(origin: &RawOrigin) -> String {
+    let head = origin.heads().pop().expect("the origin got a request");
+    head.split("\r\n").next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_options_request_for_the_whole_origin_goes_out_as_an_asterisk() {
+    let origin = RawOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let at = origin.addr;
+    // RFC 9112 §3.2.4: an empty path and no query asks about the origin as a whole; a `/`,
+    // a query or another method keeps the origin form. Two requests on one connection each:
+    // what the scanner saw for the first is not the second's.
+    for (sent, seen) in [
+        (
+            format!("OPTIONS http://{at} HTTP/1.1"),
+            "OPTIONS * HTTP/1.1",
+        ),
+        (
+            format!("OPTIONS http://{at}/ HTTP/1.1"),
+            "OPTIONS / HTTP/1.1",
+        ),
+        (
+            format!("OPTIONS http://{at}?q HTTP/1.1"),
+            "OPTIONS /?q HTTP/1.1",
+        ),
+        (
+            format!("OPTIONS http://{at}/p HTTP/1.1"),
+            "OPTIONS /p HTTP/1.1",
+        ),
+        (format!("GET http://{at} HTTP/1.1"), "GET / HTTP/1.1"),
+        // An extension method, not OPTIONS (methods are case-sensitive).
+        (
+            format!("options http://{at} HTTP/1.1"),
+            "options / HTTP/1.1",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        for (request, want) in [
+            (&sent, seen),
+            (&format!("GET http://{at} HTTP/1.1"), "GET / HTTP/1.1"),
+        ] {
+            let r = exchange(&mut stream, format!("{request}\r\nHost: x\r\n\r\n")).await;
+            assert_eq!(r.status, 200, "{request}");
+            assert_eq!(request_line(&origin), want, "{request}");
+        }
+    }
+    let head = origin.heads()[0].clone();
+    assert_eq!(header_value(&head, "host"), Some(at.to_string()));
+
+    // Max-Forwards still counts down on the way, and at zero the proxy answers itself.
+    let hops = |n: u8| {
+        format!("OPTIONS http://{at} HTTP/1.1\r\nHost: x\r\nMax-Forwards: {n}\r\nConnection: close\r\n\r\n")
+    };
+    let r = raw(proxy.addr, hops(3).as_bytes()).await;
+    assert_eq!(r.status, 200);
+    let head = origin.heads().pop().unwrap();
+    assert!(head.starts_with("OPTIONS * HTTP/1.1\r\n"), "{head}");
+    assert_eq!(header_value(&head, "max-forwards").as_deref(), Some("2"));
+    let before = origin.heads().len();
+    let r = raw(proxy.addr, hops(0).as_bytes()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("allow").unwrap().contains("OPTIONS"));
+    assert_eq!(origin.heads().len(), before, "answered by the proxy");
+}
+
+#[tokio::test]
+async fn a_higher_minor_version_of_http_1_is_served_as_http_1_1() {
+    let origin = RawOrigin::start().await;
+    let proxy = Proxy::start(&loopback_config(&[origin.addr.port()], &[])).await;
+    let at = origin.addr;
+    for version in ["HTTP/1.2", "HTTP/1.9"] {
+        let r = raw(
+            proxy.addr,
+            format!("GET http://{at}/x {version}\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{version}");
+        assert!(r.head.starts_with("HTTP/1.1 200 "), "{}", r.head);
+        assert_eq!(r.text(), "hello /x");
+        assert_eq!(request_line(&origin), "GET /x HTTP/1.1");
+    }
+    // The request line a byte at a time: the digit is rewritten in whatever read it comes.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let line = format!("GET http://{at}/bytes HTTP/1.2\r\n");
+    for byte in line.as_bytes() {
+        stream.write_all(&[*byte]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let r = exchange(&mut stream, "Host: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(r.status, 200);
+    assert!(r.head.starts_with("HTTP/1.1 200 "), "{}", r.head);
+    assert_eq!(request_line(&origin), "GET /bytes HTTP/1.1");
+    let records = proxy.wait_records(3).await;
+    assert!(records.iter().all(|r| r.version == "HTTP/1.1"));
+
+    // Another major version, or no minor digit, is still refused by hyper.
+    let before = origin.heads().len();
+    for version in ["HTTP/2.0", "HTTP/1.x", "HTTP/1.", "HTTP/1.12", "HTTP/1.2x"] {
+        let answer = send(
+            proxy.addr,
+            format!("GET http://{at}/x {version}\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(answer.status(), Some(400), "{version}: {}", answer.shown());
+    }
+    assert_eq!(origin.heads().len(), before, "nothing reached the origin");
+}
+
 #[tokio::test]
 async fn the_proxy_itself_answers_origin_form_requests() {
     let proxy = Proxy::start(&loopback_config(&[80], &[443])).await;

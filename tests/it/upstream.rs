@@ -168,6 +168,75 @@ async fn a_parent_that_is_down_gives_502_and_the_next_one_is_used() {
     );
 }
 
+/// RFC 9112 §3.2.4: `OPTIONS http://host:port` (no path) becomes `OPTIONS *` at the last
+/// proxy only. A child keeps the target as it came for its parent (past one that is down),
+/// and the parent sends `*`.
+#[tokio::test]
+async fn an_options_request_for_the_whole_origin_becomes_an_asterisk_at_the_last_proxy() {
+    let web = RawOrigin::start().await;
+    let w = web.addr.port();
+    let parent = Proxy::start(&loopback_config(&[w], &[])).await;
+    let child = Proxy::start(&child_config(
+        w,
+        w,
+        &format!("proxy = \"http://{}\"", parent.addr),
+    ))
+    .await;
+    let options = |target: String| {
+        format!("OPTIONS {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    };
+    let r = raw(
+        child.addr,
+        options(format!("http://{}", web.addr)).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let head = web.heads().pop().unwrap();
+    assert!(head.starts_with("OPTIONS * HTTP/1.1\r\n"), "{head}");
+    let via = header_value(&head, "via").unwrap();
+    assert_eq!(via.split(',').count(), 2, "both proxies in Via: {via}");
+    let record = child.wait_records(1).await.remove(0);
+    assert_eq!(
+        record.parent.as_deref(),
+        Some(parent.addr.to_string().as_str())
+    );
+    assert_eq!(record.upstream, Some(parent.addr));
+    assert_eq!(parent.wait_records(1).await[0].upstream, Some(web.addr));
+
+    // What the parent receives, recorded by an origin standing in for it.
+    let recorder = RawOrigin::start().await;
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let child = Proxy::start(&child_config(
+        w,
+        w,
+        &format!("proxy = [\"http://{down}\", \"http://{}\"]", recorder.addr),
+    ))
+    .await;
+    for (target, seen) in [
+        (
+            format!("http://{}", web.addr),
+            format!("OPTIONS http://{} HTTP/1.1", web.addr),
+        ),
+        (
+            format!("http://{}/", web.addr),
+            format!("OPTIONS http://{}/ HTTP/1.1", web.addr),
+        ),
+    ] {
+        let r = raw(child.addr, options(target).as_bytes()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let head = recorder.heads().pop().unwrap();
+        assert!(head.starts_with(&format!("{seen}\r\n")), "{head}");
+    }
+    let records = child.wait_records(2).await;
+    assert!(
+        records.iter().all(|r| r.upstream == Some(recorder.addr)),
+        "{records:#?}"
+    );
+}
+
 #[tokio::test]
 async fn upstream_direct_hosts_skip_the_parent() {
     let web = RawOrigin::start().await;

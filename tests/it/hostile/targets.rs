@@ -27,8 +27,18 @@ async fn malformed_request_lines_and_targets_are_refused() {
             Expect::StatusClose(400),
         ),
         case(
-            "unknown version HTTP/1.2",
+            "HTTP/1.2, read as HTTP/1.1 (to the denied port)",
             format!("GET http://127.0.0.1:{d}/ HTTP/1.2\r\nHost: x\r\n\r\n"),
+            Expect::Status(403),
+        ),
+        case(
+            "unknown version HTTP/2.0",
+            format!("GET http://127.0.0.1:{d}/ HTTP/2.0\r\nHost: x\r\n\r\n"),
+            Expect::StatusClose(400),
+        ),
+        case(
+            "unknown version HTTP/1.x",
+            format!("GET http://127.0.0.1:{d}/ HTTP/1.x\r\nHost: x\r\n\r\n"),
             Expect::StatusClose(400),
         ),
         case(
