@@ -3,6 +3,7 @@
 //! exposition.
 
 pub mod access;
+pub mod format;
 pub mod log;
 pub(crate) mod metrics;
 pub(crate) mod stats;
