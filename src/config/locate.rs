@@ -210,8 +210,8 @@ mod tests {
                 (6, 19),
             ),
             (
-                "[[rules]]\nname = \"a\"\nmethods = [\"G3T\"]\naction = \"allow\"\n",
-                "rules[1] \"a\": methods: \"G3T\" is not a method name",
+                "[[rules]]\nname = \"a\"\nmethods = [\"G_T\"]\naction = \"allow\"\n",
+                "rules[1] \"a\": methods: \"G_T\" is not a method name",
                 (3, 12),
             ),
             (

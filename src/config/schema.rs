@@ -49,6 +49,37 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// How destination names are resolved.
     pub dns: DnsConfig,
+    /// SOCKS5 (and 4a) on the listen addresses.
+    pub socks: SocksConfig,
+}
+
+/// `[socks]`: SOCKS on the same port as HTTP, told apart by the first byte.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocksConfig {
+    /// Serve SOCKS5 (first byte `0x05`) on every listen address.
+    pub enabled: bool,
+    /// Serve SOCKS4 and 4a too (first byte `0x04`): no passwords, IPv4 and names only.
+    pub v4: bool,
+    /// Ports SOCKS CONNECT may reach; left out, those of `ports.connect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<PortSpec>>,
+    /// Serve UDP ASSOCIATE (a UDP relay per client connection).
+    pub udp: bool,
+    /// Ports datagrams through the UDP relay may reach.
+    pub udp_ports: Vec<PortSpec>,
+}
+
+impl Default for SocksConfig {
+    fn default() -> Self {
+        SocksConfig {
+            enabled: true,
+            v4: false,
+            ports: None,
+            udp: false,
+            udp_ports: vec![PortSpec::Number(53)],
+        }
+    }
 }
 
 /// `workers`: how many threads serve connections, `"auto"` or a number.
@@ -485,6 +516,7 @@ impl Default for Config {
             pages: PagesConfig::default(),
             upstream: UpstreamConfig::default(),
             dns: DnsConfig::default(),
+            socks: SocksConfig::default(),
         }
     }
 }

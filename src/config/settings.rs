@@ -43,6 +43,20 @@ pub struct Settings {
     pub bind: Vec<IpAddr>,
     /// How names are resolved.
     pub dns: DnsSettings,
+    /// SOCKS on the listen addresses (its port lists are in the policy).
+    pub socks: SocksSettings,
+}
+
+/// `[socks]` as the request path uses it; its port lists are the policy's
+/// (`socks_ports`, `udp_ports`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocksSettings {
+    /// SOCKS5 is served.
+    pub enabled: bool,
+    /// SOCKS4 and 4a are served.
+    pub v4: bool,
+    /// UDP ASSOCIATE is served.
+    pub udp: bool,
 }
 
 /// Which resolver answers for destination names (`dns.resolver`).

@@ -80,6 +80,20 @@ impl Config {
             &self.ports.connect,
             &mut problems,
         );
+        let socks_ports = self.socks.ports.as_ref().map(|specs| {
+            port_set(
+                KeyPath::keys(["socks", "ports"]),
+                None,
+                specs,
+                &mut problems,
+            )
+        });
+        let udp_ports = port_set(
+            KeyPath::keys(["socks", "udp_ports"]),
+            None,
+            &self.socks.udp_ports,
+            &mut problems,
+        );
         let t = &self.timeouts;
         for (key, value) in [
             ("connect", t.connect),
@@ -268,6 +282,8 @@ impl Config {
                 clients: self.clients.allow.iter().map(|n| n.0).collect(),
                 http_ports,
                 connect_ports,
+                socks_ports,
+                udp_ports,
                 allow_loopback: self.destinations.allow_loopback,
                 listen: self.listen.clone(),
                 admin: admin.as_ref().map(|(addr, _)| *addr),
@@ -290,6 +306,11 @@ impl Config {
             upstream,
             bind,
             dns,
+            socks: super::settings::SocksSettings {
+                enabled: self.socks.enabled,
+                v4: self.socks.v4,
+                udp: self.socks.udp,
+            },
         })
     }
 
@@ -528,7 +549,9 @@ impl Config {
                     .map(|m| {
                         let upper = m.trim().to_ascii_uppercase();
                         if upper.is_empty()
-                            || !upper.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-')
+                            || !upper
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                         {
                             problems.push(
                                 at("methods", ProblemKind::BadMethod(m.clone())).entry(m.as_str()),

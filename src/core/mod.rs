@@ -10,5 +10,6 @@ pub(crate) mod limits;
 pub(crate) mod plan;
 pub mod policy;
 pub mod ports;
+pub(crate) mod socks;
 pub(crate) mod sync;
 pub mod target;

@@ -1,5 +1,5 @@
 //! The plan: the ordered checks of one request, written once, for every front door (plain
-//! HTTP and CONNECT today; SOCKS5 and TLS listeners next) and for `portcullis explain`.
+//! HTTP, CONNECT and SOCKS today; TLS listeners next) and for `portcullis explain`.
 //!
 //! The order is [`ORDER`]. A front door runs it in three calls, doing the I/O between them:
 //!
@@ -199,6 +199,7 @@ pub fn front<'a>(
                 }
                 Ok(Classified::Connect(target)) => asked = Some((Kind::Connect, target)),
                 Ok(Classified::Forward(target)) => asked = Some((Kind::Http, target)),
+                Ok(Classified::Socks(target)) => asked = Some((Kind::Socks, target)),
             },
             Step::OwnPage => {
                 // An absolute URL naming this proxy asks for its own pages (the PAC file, the
@@ -316,6 +317,8 @@ mod tests {
             clients: vec!["10.0.0.0/8".parse().unwrap()],
             http_ports: PortSet::from_specs(&[PortSpec::from("http")]).unwrap(),
             connect_ports: PortSet::from_specs(&[PortSpec::from("https")]).unwrap(),
+            socks_ports: None,
+            udp_ports: PortSet::empty(),
             allow_loopback: false,
             listen: vec!["10.0.0.1:3128".parse().unwrap()],
             admin: None,

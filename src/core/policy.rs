@@ -35,21 +35,19 @@ pub enum Kind {
     Http,
     /// A CONNECT tunnel (`ports.connect`).
     Connect,
+    /// A SOCKS CONNECT (`socks.ports`, else `ports.connect`).
+    Socks,
+    /// A datagram through a SOCKS5 UDP relay (`socks.udp_ports`).
+    SocksUdp,
 }
 
 impl Kind {
-    /// The port list that governs this kind.
-    pub fn port_rule(self) -> Builtin {
-        match self {
-            Kind::Http => Builtin::PortsHttp,
-            Kind::Connect => Builtin::PortsConnect,
-        }
-    }
-
     fn label(self) -> &'static str {
         match self {
             Kind::Http => "plain HTTP",
             Kind::Connect => "CONNECT",
+            Kind::Socks => "SOCKS",
+            Kind::SocksUdp => "SOCKS UDP",
         }
     }
 }
@@ -93,11 +91,15 @@ pub enum Builtin {
     LimitsMaxConnectionsPerClient,
     /// `limits.max_connections_per_network`: open connections of one network (a /24, a /64).
     LimitsMaxConnectionsPerNetwork,
+    /// `socks.ports`: the port list of SOCKS CONNECT, when set.
+    SocksPorts,
+    /// `socks.udp_ports`: the port list of SOCKS UDP datagrams.
+    SocksUdpPorts,
 }
 
 impl Builtin {
     /// Every built-in check.
-    pub const ALL: [Builtin; 18] = [
+    pub const ALL: [Builtin; 20] = [
         Builtin::Nothing,
         Builtin::ClientsAllow,
         Builtin::PortsHttp,
@@ -116,6 +118,8 @@ impl Builtin {
         Builtin::LimitsMaxConnections,
         Builtin::LimitsMaxConnectionsPerClient,
         Builtin::LimitsMaxConnectionsPerNetwork,
+        Builtin::SocksPorts,
+        Builtin::SocksUdpPorts,
     ];
 
     /// The name written in records and refusals.
@@ -139,6 +143,8 @@ impl Builtin {
             Builtin::LimitsMaxConnections => "limits.max_connections",
             Builtin::LimitsMaxConnectionsPerClient => "limits.max_connections_per_client",
             Builtin::LimitsMaxConnectionsPerNetwork => "limits.max_connections_per_network",
+            Builtin::SocksPorts => "socks.ports",
+            Builtin::SocksUdpPorts => "socks.udp_ports",
         }
     }
 }
@@ -271,6 +277,10 @@ pub struct Policy {
     pub http_ports: PortSet,
     /// Ports CONNECT may reach.
     pub connect_ports: PortSet,
+    /// Ports SOCKS CONNECT may reach (`socks.ports`); `None`: those of CONNECT.
+    pub socks_ports: Option<PortSet>,
+    /// Ports datagrams through a SOCKS UDP relay may reach (`socks.udp_ports`).
+    pub udp_ports: PortSet,
     /// Whether loopback destinations are allowed (development and tests).
     pub allow_loopback: bool,
     /// The proxy's own listen addresses: never a destination.
@@ -343,15 +353,19 @@ impl Policy {
 
     /// May a request of `kind` reach `port` by the base port lists? Answers the list's name.
     pub fn check_port(&self, kind: Kind, port: u16) -> Result<Builtin, Denial> {
-        let set = match kind {
-            Kind::Http => &self.http_ports,
-            Kind::Connect => &self.connect_ports,
+        let (set, rule) = match (kind, &self.socks_ports) {
+            (Kind::Http, _) => (&self.http_ports, Builtin::PortsHttp),
+            (Kind::Connect, _) | (Kind::Socks, None) => {
+                (&self.connect_ports, Builtin::PortsConnect)
+            }
+            (Kind::Socks, Some(socks)) => (socks, Builtin::SocksPorts),
+            (Kind::SocksUdp, _) => (&self.udp_ports, Builtin::SocksUdpPorts),
         };
         if set.contains(port) {
-            Ok(kind.port_rule())
+            Ok(rule)
         } else {
             Err(Denial::new(
-                kind.port_rule(),
+                rule,
                 format!("{} is not allowed for {}", describe(port), kind.label()),
             ))
         }
@@ -518,6 +532,8 @@ mod tests {
             clients: vec![],
             http_ports: PortSet::empty(),
             connect_ports: PortSet::empty(),
+            socks_ports: None,
+            udp_ports: PortSet::empty(),
             allow_loopback: false,
             listen: vec![],
             admin: None,
@@ -549,6 +565,8 @@ mod tests {
             http_ports: PortSet::from_specs(&[PortSpec::from("http"), "1025-65535".into()])
                 .unwrap(),
             connect_ports: PortSet::from_specs(&["https".into()]).unwrap(),
+            socks_ports: None,
+            udp_ports: PortSet::empty(),
             allow_loopback,
             listen: vec![
                 "0.0.0.0:3128".parse().unwrap(),
@@ -591,8 +609,22 @@ mod tests {
 
     #[test]
     fn ports_are_checked_against_the_list_of_the_kind() {
-        let p = policy(false);
+        let mut p = policy(false);
+        p.udp_ports = PortSet::from_specs(&[PortSpec::from("domain")]).unwrap();
         let cases: &[(Kind, u16, Result<&str, &str>)] = &[
+            // SOCKS uses ports.connect while socks.ports is not set.
+            (Kind::Socks, 443, Ok("ports.connect")),
+            (
+                Kind::Socks,
+                22,
+                Err("port 22 (ssh) is not allowed for SOCKS"),
+            ),
+            (Kind::SocksUdp, 53, Ok("socks.udp_ports")),
+            (
+                Kind::SocksUdp,
+                443,
+                Err("port 443 (https) is not allowed for SOCKS UDP"),
+            ),
             (Kind::Http, 80, Ok("ports.http")),
             (Kind::Http, 8080, Ok("ports.http")),
             (
@@ -628,11 +660,22 @@ mod tests {
                 (Ok(rule), Ok(w)) => assert_eq!(rule.as_str(), *w),
                 (Err(d), Err(w)) => {
                     assert_eq!(d.reason, *w);
-                    assert_eq!(d.rule, Decider::Builtin(kind.port_rule()));
+                    let list = match kind {
+                        Kind::Http => "ports.http",
+                        Kind::Connect | Kind::Socks => "ports.connect",
+                        Kind::SocksUdp => "socks.udp_ports",
+                    };
+                    assert_eq!(d.rule.to_string(), list);
                 }
                 (got, want) => panic!("{kind:?} {port}: got {got:?}, want {want:?}"),
             }
         }
+        // socks.ports, when set, replaces ports.connect for SOCKS only.
+        p.socks_ports = Some(PortSet::from_specs(&[PortSpec::from("ssh")]).unwrap());
+        assert_eq!(p.check_port(Kind::Socks, 22), Ok(Builtin::SocksPorts));
+        let d = p.check_port(Kind::Socks, 443).unwrap_err();
+        assert_eq!(d.rule.to_string(), "socks.ports");
+        assert_eq!(p.check_port(Kind::Connect, 443), Ok(Builtin::PortsConnect));
     }
 
     #[test]

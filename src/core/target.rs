@@ -167,6 +167,9 @@ pub enum Classified {
     Forward(Target),
     /// `METHOD /path`: a request for the proxy's own pages.
     Local,
+    /// A SOCKS request for this destination (never made by [`classify`]: the SOCKS front
+    /// door decodes its own requests, `crate::core::socks`).
+    Socks(Target),
 }
 
 /// Why a request target cannot be served, with the status to answer.
@@ -296,7 +299,7 @@ fn parse_port(text: &str) -> Result<u16, TargetError> {
     }
 }
 
-fn parse_host(text: &str) -> Result<Host, TargetError> {
+pub(crate) fn parse_host(text: &str) -> Result<Host, TargetError> {
     if let Some(inner) = text.strip_prefix('[') {
         let inner = inner.strip_suffix(']').unwrap_or(inner);
         return inner

@@ -218,6 +218,16 @@ impl PendingRecord {
         }
     }
 
+    /// The request's method, as recorded.
+    pub fn method(&self) -> &str {
+        &self.record.method
+    }
+
+    /// Sets the request's method (a SOCKS5 UDP association's record, opened as `SOCKS5`).
+    pub fn set_method(&mut self, method: &str) {
+        method.clone_into(&mut self.record.method);
+    }
+
     /// The counters that bodies and tunnels add to.
     pub fn traffic(&self) -> &Arc<Traffic> {
         &self.traffic

@@ -32,9 +32,13 @@ pub fn render_metrics(
         )
     };
 
-    family(&mut out, "portcullis_requests_total", "counter", "Requests (kind=\"http\") and tunnels (kind=\"connect\") by destination port, whatever their outcome.");
+    family(&mut out, "portcullis_requests_total", "counter", "Requests (kind=\"http\"), tunnels (kind=\"connect\") and SOCKS requests (kind=\"socks\") by destination port, whatever their outcome.");
     for p in &ports {
-        for (kind, n) in [("http", p.http_requests), ("connect", p.connect_requests)] {
+        for (kind, n) in [
+            ("http", p.http_requests),
+            ("connect", p.connect_requests),
+            ("socks", p.socks_requests),
+        ] {
             if n > 0 {
                 sample(
                     &mut out,
@@ -52,7 +56,11 @@ pub fn render_metrics(
         "Requests and tunnels refused, by destination port.",
     );
     for p in &ports {
-        for (kind, n) in [("http", p.http_denied), ("connect", p.connect_denied)] {
+        for (kind, n) in [
+            ("http", p.http_denied),
+            ("connect", p.connect_denied),
+            ("socks", p.socks_denied),
+        ] {
             if n > 0 {
                 sample(
                     &mut out,

@@ -41,6 +41,8 @@ struct PortCell {
     connect: AtomicU64,
     http_denied: AtomicU64,
     connect_denied: AtomicU64,
+    socks: AtomicU64,
+    socks_denied: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     active_tunnels: AtomicU64,
@@ -95,6 +97,10 @@ pub struct PortUse {
     pub http_denied: u64,
     /// CONNECT requests refused.
     pub connect_denied: u64,
+    /// SOCKS requests and UDP associations (any outcome).
+    pub socks_requests: u64,
+    /// SOCKS requests refused.
+    pub socks_denied: u64,
     /// Payload bytes client to destination.
     pub bytes_up: u64,
     /// Payload bytes destination to client.
@@ -106,12 +112,12 @@ pub struct PortUse {
 impl PortUse {
     /// Requests and tunnels together.
     pub fn total(&self) -> u64 {
-        self.http_requests + self.connect_requests
+        self.http_requests + self.connect_requests + self.socks_requests
     }
 
     /// Refused requests and tunnels together.
     pub fn denied(&self) -> u64 {
-        self.http_denied + self.connect_denied
+        self.http_denied + self.connect_denied + self.socks_denied
     }
 }
 
@@ -322,6 +328,8 @@ impl Stats {
                     connect_requests: load(&cell.connect),
                     http_denied: load(&cell.http_denied),
                     connect_denied: load(&cell.connect_denied),
+                    socks_requests: load(&cell.socks),
+                    socks_denied: load(&cell.socks_denied),
                     bytes_up: load(&cell.bytes_up),
                     bytes_down: load(&cell.bytes_down),
                     active_tunnels: load(&cell.active_tunnels),
@@ -404,10 +412,11 @@ impl AccessSink for Stats {
         }
         if r.port != 0 {
             let cell = self.port(r.port);
-            let connect = r.method == "CONNECT";
             let denied = r.verdict == Verdict::Deny;
-            let (count, refused) = if connect {
+            let (count, refused) = if r.method == "CONNECT" {
                 (&cell.connect, &cell.connect_denied)
+            } else if r.method.starts_with("SOCKS") {
+                (&cell.socks, &cell.socks_denied)
             } else {
                 (&cell.http, &cell.http_denied)
             };
@@ -549,6 +558,26 @@ pub(crate) mod tests {
         assert_eq!(ports[2].active_tunnels, 1);
         stats.tunnel_closed(443);
         assert_eq!(stats.ports()[2].active_tunnels, 0);
+        // SOCKS requests and UDP associations have counters of their own.
+        stats.record(&record("192.168.1.9", "SOCKS5", 25, Verdict::Deny, 0, 0));
+        stats.record(&record(
+            "192.168.1.9",
+            "SOCKS5-UDP",
+            25,
+            Verdict::Allow,
+            4,
+            9,
+        ));
+        let smtp = stats.ports()[0];
+        assert_eq!(
+            (
+                smtp.socks_requests,
+                smtp.socks_denied,
+                smtp.connect_requests
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!((smtp.total(), smtp.denied()), (3, 2));
         let (clients, other) = stats.clients();
         assert_eq!(clients[0].0, "192.168.1.3".parse::<IpAddr>().unwrap());
         assert_eq!(

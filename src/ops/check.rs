@@ -574,7 +574,7 @@ mod tests {
             ProblemKind::EmptyCondition,
             ProblemKind::UsersWithoutAuth,
             ProblemKind::BadHostsFile("x".into()),
-            ProblemKind::BadMethod("G3T".into()),
+            ProblemKind::BadMethod("G_T".into()),
             ProblemKind::BindFamilyTwice,
             ProblemKind::NotUnicast("0.0.0.0".parse().unwrap()),
             ProblemKind::UnknownResolver("x".into()),

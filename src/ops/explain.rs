@@ -255,6 +255,7 @@ pub fn explain(
     let allowed_status = match kind {
         Kind::Connect => "200 Connection established, then the tunnel (if the destination answers)",
         Kind::Http => "the origin's answer (if it answers)",
+        Kind::Socks | Kind::SocksUdp => "SOCKS reply 0x00, then the relay",
     };
     let via_parent = go.route == Route::Parent;
     // Plain HTTP that resolves to the proxy's own listener gets its pages.
@@ -351,6 +352,11 @@ impl Trail for Told<'_, '_> {
             ),
             Event::Target(Ok((Kind::Http, target))) => format!(
                 "{method} {uri}: plain HTTP forwarded to {} {}; its port list is ports.http",
+                target.host,
+                describe(target.port)
+            ),
+            Event::Target(Ok((Kind::Socks | Kind::SocksUdp, target))) => format!(
+                "{method} {target}: a SOCKS relay to {} {}",
                 target.host,
                 describe(target.port)
             ),

@@ -1,5 +1,9 @@
 //! Listeners and connections.
 //!
+//! Each connection's first byte picks its front door: `0x05` SOCKS5 and `0x04` SOCKS4 (when
+//! `[socks]` serves them) go to [`crate::proxy::socks`], anything else to HTTP. The byte is
+//! peeked, not read: one system call per connection, none per request.
+//!
 //! [`crate::runtime`] hands each bound listener to [`accept_loop`]. Each accepted connection
 //! gets one task and one tracing span and is served by hyper's HTTP/1 server with upgrades on
 //! (CONNECT needs them). The accept loop survives accept errors. On shutdown the listeners
@@ -34,6 +38,7 @@ use crate::observe::access::PendingRecord;
 use crate::proxy::admission::{Admit, Slot};
 use crate::proxy::conn::{ConnState, Expiry, WatchedIo};
 use crate::proxy::service::ProxyService;
+use crate::proxy::socks;
 use crate::proxy::state::ProxyState;
 
 /// Binds a client listener on `addr` whose queue of connections not yet accepted holds
@@ -191,6 +196,35 @@ async fn serve_connection(
     let settings = shared.settings();
     let timeouts = settings.timeouts.clone();
     let state = slot.conn().clone();
+    if settings.socks.enabled {
+        // The first byte tells SOCKS from HTTP; it is peeked, so hyper still reads it. A
+        // client that sends nothing is closed quietly after `request_header`, as the
+        // watchdog would; one closed to make room, or at shutdown, goes at once.
+        let first = tokio::select! {
+            first = first_byte(&stream) => first,
+            _ = tokio::time::sleep(timeouts.request_header) => None,
+            _ = state.evicted() => None,
+            _ = stop.cancelled() => None,
+        };
+        let version = match first {
+            None => return,
+            Some(0x05) => Some(socks::Version::Five),
+            Some(0x04) if settings.socks.v4 => Some(socks::Version::Four),
+            Some(_) => None,
+        };
+        if let Some(version) = version {
+            drop(settings);
+            let accepted = socks::Accepted {
+                stream,
+                version,
+                peer,
+                local,
+                slot,
+                refusal,
+            };
+            return socks::serve(accepted, shared, stop).await;
+        }
+    }
     // Tunnels opened on this connection hold its slot too: a tunnel counts in the limits.
     let slot = Arc::new(slot);
     let service = ProxyService::new(shared.clone(), peer, local, state.clone(), refusal, slot);
@@ -300,6 +334,15 @@ async fn serve_connection(
                 EdgeError::refusal(kind, Builtin::Request, reason).with_status(status),
             );
         }
+    }
+}
+
+/// The first byte a new connection sends, left in the socket; `None` when it closes first.
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1) => Some(first[0]),
+        _ => None,
     }
 }
 

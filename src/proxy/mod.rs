@@ -1,7 +1,7 @@
 //! The data path: listeners, connections, the hyper service, forwarding, tunnels and bodies.
 //!
-//! The order inside: `listener` → `service` → {`forward`, `tunnel`, `pages`, `authenticate`,
-//! `respond`} → {`exchange`, `body`} → {`conn`, `admission`, `state`}; nothing imports
+//! The order inside: `listener` → {`service`, `socks` → `socks_udp`} → {`forward`, `tunnel`,
+//! `pages`, `authenticate`, `respond`} → {`exchange`, `body`} → {`conn`, `admission`, `state`}; nothing imports
 //! upward.
 
 pub mod admission;
@@ -14,5 +14,7 @@ pub mod listener;
 pub mod pages;
 pub mod respond;
 pub mod service;
+pub mod socks;
+pub mod socks_udp;
 pub mod state;
 pub mod tunnel;

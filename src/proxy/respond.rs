@@ -15,6 +15,22 @@ use crate::proxy::body::DownBody;
 use crate::proxy::exchange::Exchange;
 use crate::web::html::own_answer;
 
+/// Notes an error in the exchange's record: its kind, status, reason, and what decided it (a
+/// client-side error no rule decided is the request's own fault, `request`). The SOCKS front
+/// door, which answers with a reply code instead of a response, notes its errors here too.
+pub(crate) fn note_failure(ex: &mut Exchange, error: &EdgeError) {
+    let rule = error
+        .rule
+        .clone()
+        .or_else(|| (error.side == Side::Client).then_some(Decider::Builtin(Builtin::Request)));
+    ex.record.fail(
+        error.kind,
+        error.status.as_u16(),
+        rule,
+        error.reason.clone(),
+    );
+}
+
 /// Turns an error into the response the client sees, and notes it in the record: an HTML
 /// page when `page` says what a browser asked for, else the one-line text.
 pub(crate) fn refusal(
@@ -28,17 +44,7 @@ pub(crate) fn refusal(
             debug!(status = error.status.as_u16(), reason = %error.reason, "upstream failure")
         }
     }
-    // A client-side error no rule decided is the request's own fault.
-    let rule = error
-        .rule
-        .clone()
-        .or_else(|| (error.side == Side::Client).then_some(Decider::Builtin(Builtin::Request)));
-    ex.record.fail(
-        error.kind,
-        error.status.as_u16(),
-        rule,
-        error.reason.clone(),
-    );
+    note_failure(ex, &error);
     let (body, content_type) = match page {
         Some(asked) => {
             let pages = &ex.settings.pages;

@@ -171,7 +171,7 @@ impl ProxyService {
             .then(|| req.uri().path());
         ex.record.request(version, path);
         match &classified {
-            Ok(Classified::Connect(t) | Classified::Forward(t)) => {
+            Ok(Classified::Connect(t) | Classified::Forward(t) | Classified::Socks(t)) => {
                 ex.record.destination(t.host.to_string(), t.port);
             }
             Ok(Classified::Local) => {}
@@ -252,6 +252,11 @@ impl ProxyService {
             Kind::Connect => Box::pin(tunnel::open(ex, req, target, go, parents))
                 .await
                 .map(Reply::Tunnel),
+            // Not asked by this front door: only the SOCKS one classifies SOCKS requests.
+            Kind::Socks | Kind::SocksUdp => Err(EdgeError::new(
+                ErrorKind::Client,
+                "the request target cannot be served",
+            )),
             Kind::Http => {
                 // A name of this proxy on a listener's port (`http://proxy.lan:3128/` from a
                 // browser that uses the proxy) is resolved and refused as the proxy's own

@@ -61,13 +61,33 @@ pub async fn open(
     go: Go,
     parents: Option<Arc<Parents<UpBody>>>,
 ) -> Result<Dialled, EdgeError> {
+    let upstream = connect(ex, &target, &go, parents, Kind::Connect).await?;
+    ex.record.answered(200);
+    Ok(Dialled {
+        upgrade: hyper::upgrade::on(&mut req),
+        upstream,
+        port: target.port,
+        tunnel_idle: ex.settings.timeouts.tunnel_idle,
+    })
+}
+
+/// Connects to a tunnel's destination, allowed by the plan as `go`, directly or through
+/// `parents`: the dial of CONNECT and of SOCKS alike (the method is the record's).
+pub(crate) async fn connect(
+    ex: &mut Exchange,
+    target: &Target,
+    go: &Go,
+    parents: Option<Arc<Parents<UpBody>>>,
+    kind: Kind,
+) -> Result<TcpStream, EdgeError> {
     let settings = ex.settings.clone();
     let user = ex.user.clone();
+    let method = ex.record.method().to_owned();
     let facts = Facts {
         client: ex.client.ip(),
         user: user.as_deref(),
-        method: req.method().as_str(),
-        kind: Kind::Connect,
+        method: &method,
+        kind,
         host: &target.host,
         port: target.port,
     };
@@ -80,14 +100,14 @@ pub async fn open(
             // that needs the address gets it from a lookup here.
             if let Some(facts) = per_address {
                 let checked =
-                    allowed_addresses(&outbound, &settings.policy, &target, facts, &mut resolved)
+                    allowed_addresses(&outbound, &settings.policy, target, facts, &mut resolved)
                         .await;
                 note_resolved(ex, resolved);
                 if let Some((_, Some(decider))) = checked?.allowed.into_iter().next() {
                     ex.record.allow(decider);
                 }
             }
-            let (stream, addr, parent) = match parents.tunnel(&target).await {
+            let (stream, addr, parent) = match parents.tunnel(target).await {
                 Ok(connected) => connected,
                 Err(e) => {
                     ex.record.parent(e.parent());
@@ -102,7 +122,7 @@ pub async fn open(
             let connected = dial(
                 &outbound,
                 &settings.policy,
-                &target,
+                target,
                 per_address,
                 &mut resolved,
             )
@@ -116,13 +136,7 @@ pub async fn open(
             connected.stream
         }
     };
-    ex.record.answered(200);
-    Ok(Dialled {
-        upgrade: hyper::upgrade::on(&mut req),
-        upstream,
-        port: target.port,
-        tunnel_idle: settings.timeouts.tunnel_idle,
-    })
+    Ok(upstream)
 }
 
 /// Notes in the record how the destination's name was resolved, when it was.
@@ -159,14 +173,44 @@ pub async fn relay(
             return;
         }
     };
-    let idle = dialled.tunnel_idle;
+    carry(
+        Client::Upgraded(upgraded),
+        dialled.upstream,
+        dialled.port,
+        dialled.tunnel_idle,
+        record,
+        &shared,
+        &slot,
+    )
+    .await
+}
+
+/// The client's end of a tunnel.
+pub(crate) enum Client {
+    /// A CONNECT's connection, handed over by hyper.
+    Upgraded(Upgraded),
+    /// A SOCKS connection's own socket.
+    Socket(TcpStream),
+}
+
+/// Relays between `client` and `upstream` (a tunnel to `port`) until both are done, the
+/// tunnel idles for `idle`, its connection is closed to make room, or the shutdown grace
+/// period ends; notes how it ended in the record, which ends with it.
+pub(crate) async fn carry(
+    client: Client,
+    upstream: TcpStream,
+    port: u16,
+    idle: Duration,
+    mut record: PendingRecord,
+    shared: &ProxyState,
+    slot: &crate::proxy::admission::Slot,
+) {
     let traffic = record.traffic().clone();
-    let port = dialled.port;
     shared.stats.tunnel_opened(port);
     // Called inside select!, not bound first: a bound future is kept twice in this task's
     // state, and every idle tunnel holds that state.
     let end = tokio::select! {
-        result = relay_upgraded(upgraded, dialled.upstream, &traffic, idle, slot.conn()) => result,
+        result = relay_client(client, upstream, &traffic, idle, slot.conn()) => result,
         _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
     };
     shared.stats.tunnel_closed(port);
@@ -191,17 +235,31 @@ pub async fn relay(
     }
 }
 
-/// Relays between the client's upgraded connection and the destination. The client's own
+/// Relays between the client's end (a SOCKS socket, or an upgraded connection) and the
+/// destination. An upgraded connection's own
 /// socket is taken back from hyper when it can be (always, with this server), so that both
 /// directions work on plain sockets; bytes hyper had already read behind the CONNECT head go
 /// first.
-async fn relay_upgraded(
-    upgraded: Upgraded,
+async fn relay_client(
+    client: Client,
     mut upstream: TcpStream,
     traffic: &Traffic,
     idle: Duration,
     conn: &ConnState,
 ) -> io::Result<End> {
+    let upgraded = match client {
+        Client::Upgraded(upgraded) => upgraded,
+        Client::Socket(socket) => {
+            return both_ways(
+                socket.into_split(),
+                upstream.into_split(),
+                traffic,
+                idle,
+                conn,
+            )
+            .await
+        }
+    };
     match upgraded.downcast::<TokioIo<WatchedIo>>() {
         Ok(parts) => {
             // These bytes are a slice of hyper's read buffer, which lives as long as they do:

@@ -175,7 +175,7 @@ pub fn status_page(s: &Snapshot) -> String {
             p.port,
             escape_html(&describe(p.port)),
             p.http_requests,
-            p.connect_requests,
+            p.connect_requests + p.socks_requests,
             p.denied(),
             human_bytes(p.bytes_up),
             human_bytes(p.bytes_down),

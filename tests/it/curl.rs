@@ -33,7 +33,8 @@ fn curl(args: &[String]) -> (String, u16) {
     (body.to_owned(), code.trim().parse().unwrap_or(0))
 }
 
-fn have_curl() -> bool {
+/// Whether curl is here (it must be when `CI` is set); says so when it is not.
+pub(crate) fn have_curl() -> bool {
     let found = Command::new("curl").arg("--version").output().is_ok();
     if !found {
         assert!(

@@ -32,5 +32,6 @@ mod parsers;
 mod passwd;
 mod reload;
 mod report;
+mod socks;
 mod tunnel;
 mod upstream;

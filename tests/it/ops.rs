@@ -101,13 +101,13 @@ fn check_exit_codes_and_locations() {
     // Problems in rules, at their rule's line.
     let rules = files.write(
         "rules.toml",
-        "[[rules]]\nname = \"a\"\naction = \"allow\"\n\n[[rules]]\nname = \"b\"\nmethods = [\"GET\", \"G3T\"]\naction = \"deny\"\n",
+        "[[rules]]\nname = \"a\"\naction = \"allow\"\n\n[[rules]]\nname = \"b\"\nmethods = [\"GET\", \"G_T\"]\naction = \"deny\"\n",
     );
     let (code, _, err) = run(&["check", "--config", s(&rules)]);
     assert_eq!(code, 1);
     assert!(
         err.starts_with(&format!(
-            "{}:7:19: rules[2] \"b\": methods: \"G3T\" is not a method name",
+            "{}:7:19: rules[2] \"b\": methods: \"G_T\" is not a method name",
             s(&rules)
         )),
         "{err}"

@@ -158,6 +158,7 @@ proptest! {
         match classify(&method, &uri) {
             Ok(Classified::Connect(t) | Classified::Forward(t)) => assert_well_formed(&t)?,
             Ok(Classified::Local) => prop_assert!(uri.path().starts_with('/')),
+            Ok(Classified::Socks(_)) => prop_assert!(false, "classify never makes a SOCKS target"),
             Err(e) => prop_assert!(e.status() == 400 || e.status() == 501, "{e:?}"),
         }
     }

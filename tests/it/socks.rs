@@ -1,0 +1,367 @@
+//! SOCKS5 (and 4a) on the proxy's own port: curl as mail, ssh and FTP clients use it; raw
+//! negotiations byte by byte (bad versions, short method lists, address types, BIND, the
+//! reply codes); the log-in (RFC 1929); UDP ASSOCIATE; and the records.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::curl::have_curl;
+use crate::support::*;
+
+/// A proxy that reaches loopback origins on `ports` by CONNECT and SOCKS, with `extra`
+/// configuration after.
+async fn proxy(ports: &[u16], extra: &str) -> Proxy {
+    Proxy::start(&format!("{}{extra}", loopback_config(ports, ports))).await
+}
+
+/// What the proxy sends until it closes or `WAIT` passes (at most `max` bytes).
+async fn read_upto(stream: &mut TcpStream, max: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.len() < max {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+/// Greets without authentication and sends `request`; the greeting's answer and the reply.
+async fn socks5(proxy: SocketAddr, request: &[u8]) -> (TcpStream, Vec<u8>, Vec<u8>) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let greeting = read_upto(&mut s, 2).await;
+    s.write_all(request).await.unwrap();
+    let reply = read_upto(&mut s, 10).await;
+    (s, greeting, reply)
+}
+
+/// `05 CMD 00 01 127.0.0.1 PORT`.
+fn to_loopback(command: u8, port: u16) -> Vec<u8> {
+    let mut r = vec![5, command, 0, 1, 127, 0, 0, 1];
+    r.extend_from_slice(&port.to_be_bytes());
+    r
+}
+
+/// `05 01 00 03 NAME PORT`.
+fn to_name(name: &str, port: u16) -> Vec<u8> {
+    let mut r = vec![5, 1, 0, 3, name.len() as u8];
+    r.extend_from_slice(name.as_bytes());
+    r.extend_from_slice(&port.to_be_bytes());
+    r
+}
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["--silent", "--max-time", "10", "--noproxy", ""])
+        .args(args)
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .output()
+        .expect("curl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_speaks_socks5_and_socks4a_on_the_proxy_port() {
+    if !have_curl() {
+        return;
+    }
+    let web = HttpOrigin::start().await;
+    let w = web.addr.port();
+    let p = proxy(&[w], "[socks]\nv4 = true\n").await;
+    let at = p.addr.to_string();
+    let url = |path: &str| format!("http://localhost:{w}{path}");
+    let (ok, body) = curl(&["--socks5-hostname", &at, &url("/a")]);
+    assert!(ok && body.ends_with("/a"), "{body}");
+    let (ok, body) = curl(&["--socks5", &at, &format!("http://127.0.0.1:{w}/b")]);
+    assert!(ok && body.ends_with("/b"), "{body}");
+    let (ok, body) = curl(&["--socks4a", &at, &url("/c")]);
+    assert!(ok && body.ends_with("/c"), "{body}");
+    // Plain HTTP on the same port still works.
+    let (ok, body) = curl(&["-x", &format!("http://{at}"), &url("/d")]);
+    assert!(ok && body.ends_with("/d"), "{body}");
+    let records = p.wait_records(4).await;
+    let methods: Vec<&str> = records.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["SOCKS5", "SOCKS5", "SOCKS4", "GET"]);
+    for r in &records[..3] {
+        assert_eq!((r.status, r.port), (200, w), "{r:?}");
+        assert!(r.rule == "ports.connect", "{r:?}");
+        assert!(r.bytes_up > 0 && r.bytes_down > 0, "{r:?}");
+    }
+    assert_eq!(records[0].host, "localhost");
+
+    // With [auth]: the right password through RFC 1929, the wrong one refused.
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("ann", "ann pw")]);
+    let authed = proxy(&[w], &format!("[auth]\nhtpasswd = {users:?}\n")).await;
+    let at = authed.addr.to_string();
+    let (ok, body) = curl(&["--socks5-hostname", &at, "-U", "ann:ann pw", &url("/in")]);
+    assert!(ok && body.ends_with("/in"), "{body}");
+    let (ok, body) = curl(&["--socks5-hostname", &at, "-U", "ann:wrong", &url("/out")]);
+    assert!(!ok && body.is_empty(), "{body}");
+    let (ok, _) = curl(&["--socks5-hostname", &at, &url("/none")]);
+    assert!(!ok);
+    let records = authed.wait_records(3).await;
+    assert_eq!(records[0].user.as_deref(), Some("ann"));
+    assert_eq!(records[1].status, 407, "{:?}", records[1]);
+    assert!(records[1].rule == "auth", "{:?}", records[1]);
+}
+
+#[tokio::test]
+async fn raw_socks5_negotiations_get_the_reply_that_says_what_happened() {
+    let echo = echo_origin().await;
+    let refused = Counter::start().await;
+    let p = proxy(&[echo.port()], "").await;
+
+    // A whole exchange: IPv4 address type, bytes both ways, BND is the outbound socket.
+    let (mut s, greeting, reply) = socks5(p.addr, &to_loopback(1, echo.port())).await;
+    assert_eq!(greeting, [5, 0]);
+    assert_eq!(reply[..4], [5, 0, 0, 1], "{reply:?}");
+    assert_eq!(reply[4..8], [127, 0, 0, 1]);
+    assert_ne!(u16::from_be_bytes([reply[8], reply[9]]), 0);
+    s.write_all(b"ping").await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(read_upto(&mut s, 100).await, b"ping");
+
+    // A greeting and a request trickled byte by byte.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut all = vec![5u8, 2, 2, 0];
+    all.extend_from_slice(&to_name("localhost", echo.port()));
+    for (i, b) in all.iter().enumerate() {
+        s.write_all(&[*b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        if i == 3 {
+            assert_eq!(read_upto(&mut s, 2).await, [5, 0]);
+        }
+    }
+    let reply = read_upto(&mut s, 10).await;
+    assert_eq!(reply[..2], [5, 0], "{reply:?}");
+    s.write_all(b"slow").await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(read_upto(&mut s, 100).await, b"slow");
+
+    // A port not allowed: 0x02, never dialled, the record names the list.
+    let (_s, _, reply) = socks5(p.addr, &to_name("localhost", refused.addr.port())).await;
+    assert_eq!(reply[..2], [5, 2], "{reply:?}");
+    // Replies by cause: BIND, UDP ASSOCIATE (off), an unknown address type, a name of length
+    // 0, port 0, a bad version in the request.
+    let mut ipv6 = vec![5, 1, 0, 4];
+    ipv6.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    ipv6.extend_from_slice(&refused.addr.port().to_be_bytes());
+    for (request, code) in [
+        (to_loopback(2, echo.port()), 7),
+        (to_loopback(3, 0), 7),
+        (vec![5, 1, 0, 9, 1, 2, 3, 4, 0, 80], 8),
+        (vec![5, 1, 0, 3, 0, 0, 80], 1),
+        (to_loopback(1, 0), 1),
+        (vec![4, 1, 0, 1, 127, 0, 0, 1, 0, 80], 1),
+        // IPv6: the address type is read; ::1 on a port nobody serves there (refused, or
+        // unreachable without IPv6), or refused by the port list (the Counter's port is not
+        // allowed): never a success.
+        (ipv6, 2),
+    ] {
+        let (_s, greeting, reply) = socks5(p.addr, &request).await;
+        assert_eq!(greeting, [5, 0]);
+        assert_eq!(
+            reply.get(..2),
+            Some(&[5, code][..]),
+            "{request:?}: {reply:?}"
+        );
+        assert_eq!(reply.len(), 10, "{request:?}: {reply:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(refused.accepts(), 0, "a refused port is never dialled");
+
+    // A greeting with no methods: 05 FF. A method list longer than what came: no answer.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[5, 0]).await.unwrap();
+    assert_eq!(read_upto(&mut s, 10).await, [5, 0xFF]);
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[5, 5, 0]).await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(read_upto(&mut s, 10).await, b"");
+
+    let records = p.wait_records(12).await;
+    let denied = records
+        .iter()
+        .find(|r| r.port == refused.addr.port() && r.host == "localhost")
+        .expect("the refusal's record");
+    assert_eq!((denied.method.as_str(), denied.status), ("SOCKS5", 403));
+    assert!(denied.rule == "ports.connect", "{denied:?}");
+    assert!(records.iter().all(|r| r.method == "SOCKS5"), "{records:#?}");
+    let v6 = records
+        .iter()
+        .find(|r| r.host == "[::1]")
+        .expect("the IPv6 record");
+    assert!(v6.rule == "ports.connect", "{v6:?}");
+}
+
+#[tokio::test]
+async fn the_log_in_socks_ports_and_rules_apply_to_socks() {
+    let echo = echo_origin().await;
+    let other = echo_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("ann", "ann pw")]);
+    // socks.ports replaces ports.connect for SOCKS; a rule matches the method SOCKS5.
+    let p = proxy(
+        &[echo.port(), other.port()],
+        &format!(
+            "[auth]\nhtpasswd = {users:?}\n[socks]\nports = [{}, {}]\n\
+             [[rules]]\nname = \"no socks to other\"\nmethods = [\"SOCKS5\"]\nports = [{}]\naction = \"deny\"\n",
+            echo.port(),
+            other.port(),
+            other.port()
+        ),
+    )
+    .await;
+    // Only "no authentication" offered: no acceptable method.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    assert_eq!(read_upto(&mut s, 10).await, [5, 0xFF]);
+    // The wrong password: 01 01, and closed.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[5, 2, 0, 2]).await.unwrap();
+    assert_eq!(read_upto(&mut s, 2).await, [5, 2]);
+    s.write_all(b"\x01\x03ann\x05wrong").await.unwrap();
+    assert_eq!(read_upto(&mut s, 10).await, [1, 1]);
+    // The right one, then a request the rule refuses, and one it lets through.
+    for (port, code) in [(other.port(), 2u8), (echo.port(), 0)] {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(&[5, 1, 2]).await.unwrap();
+        assert_eq!(read_upto(&mut s, 2).await, [5, 2]);
+        s.write_all(b"\x01\x03ann\x06ann pw").await.unwrap();
+        assert_eq!(read_upto(&mut s, 2).await, [1, 0]);
+        s.write_all(&to_loopback(1, port)).await.unwrap();
+        let reply = read_upto(&mut s, 10).await;
+        assert_eq!(reply[..2], [5, code], "{reply:?}");
+    }
+    let records = p.wait_records(4).await;
+    assert!(
+        records[0].rule == "auth" && records[0].status == 407,
+        "{:?}",
+        records[0]
+    );
+    assert!(records[1].rule == "auth", "{:?}", records[1]);
+    assert!(
+        records[2].rule == "rule \"no socks to other\"",
+        "{:?}",
+        records[2]
+    );
+    assert_eq!(records[2].user.as_deref(), Some("ann"));
+    assert!(records[3].rule == "socks.ports", "{:?}", records[3]);
+}
+
+#[tokio::test]
+async fn socks_off_leaves_the_port_to_http() {
+    let p = proxy(&[], "[socks]\nenabled = false\n").await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let got = read_upto(&mut s, 4096).await;
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 400"),
+        "{got:?}"
+    );
+}
+
+/// A UDP echo server on loopback: answers `echo:` and the datagram.
+async fn udp_echo() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..100 {
+            let Ok(Ok((n, from))) =
+                tokio::time::timeout(Duration::from_secs(30), socket.recv_from(&mut buf)).await
+            else {
+                return;
+            };
+            let mut back = b"echo:".to_vec();
+            back.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&back, from).await;
+        }
+    });
+    addr
+}
+
+fn udp_header(port: u16) -> Vec<u8> {
+    let mut h = vec![0, 0, 0, 1, 127, 0, 0, 1];
+    h.extend_from_slice(&port.to_be_bytes());
+    h
+}
+
+#[tokio::test]
+async fn udp_associate_relays_allowed_datagrams_while_its_connection_lives() {
+    let allowed = udp_echo().await;
+    let other = udp_echo().await;
+    let p = proxy(
+        &[],
+        &format!("[socks]\nudp = true\nudp_ports = [{}]\n", allowed.port()),
+    )
+    .await;
+    let (control, greeting, reply) = socks5(p.addr, &to_loopback(3, 0)).await;
+    assert_eq!(greeting, [5, 0]);
+    assert_eq!(reply[..4], [5, 0, 0, 1], "{reply:?}");
+    let relay = SocketAddr::from((
+        [reply[4], reply[5], reply[6], reply[7]],
+        u16::from_be_bytes([reply[8], reply[9]]),
+    ));
+    assert_eq!(
+        relay.ip(),
+        p.addr.ip(),
+        "bound to the address the client came to"
+    );
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    // Allowed: echoed back, wrapped in the SOCKS header naming the echo server.
+    let mut datagram = udp_header(allowed.port());
+    datagram.extend_from_slice(b"ping");
+    client.send_to(&datagram, relay).await.unwrap();
+    let (n, from) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+        .await
+        .expect("the echo comes back")
+        .unwrap();
+    assert_eq!(from, relay);
+    assert_eq!(
+        &buf[..n],
+        [&udp_header(allowed.port())[..], b"echo:ping"].concat()
+    );
+    // A port not in udp_ports, and a fragment: dropped.
+    let mut datagram = udp_header(other.port());
+    datagram.extend_from_slice(b"no");
+    client.send_to(&datagram, relay).await.unwrap();
+    let mut fragment = udp_header(allowed.port());
+    fragment[2] = 1;
+    fragment.extend_from_slice(b"frag");
+    client.send_to(&fragment, relay).await.unwrap();
+    let nothing =
+        tokio::time::timeout(Duration::from_millis(300), client.recv_from(&mut buf)).await;
+    assert!(nothing.is_err(), "a dropped datagram came back");
+    assert!(p.records().is_empty(), "the association is still open");
+    // Closing the control connection ends the association and writes its record.
+    drop(control);
+    let records = p.wait_records(1).await;
+    let r = &records[0];
+    assert_eq!(
+        (r.method.as_str(), r.status, r.port),
+        ("SOCKS5-UDP", 200, allowed.port())
+    );
+    assert_eq!((r.bytes_up, r.bytes_down), (4, 9), "{r:?}");
+    assert!(r.rule == "socks.udp_ports", "{r:?}");
+    let reason = r.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.contains("1 datagrams up, 1 down, 2 dropped"),
+        "{reason}"
+    );
+    assert!(reason.contains("socks.udp_ports"), "{reason}");
+}
