@@ -156,6 +156,8 @@ pub enum ProblemKind {
     ZeroDuration,
     /// A limit below its least value.
     TooSmall(usize),
+    /// A duration shorter than its least value (written as in the file).
+    TooShort(&'static str),
     /// A value outside its range (both ends included).
     OutOfRange(usize, usize),
     /// `admin.listen` is neither an address nor `"off"`.
@@ -240,6 +242,7 @@ impl fmt::Display for ProblemKind {
             ProblemKind::BadPortSpec { spec, error } => write!(f, "entry {spec}: {error}"),
             ProblemKind::ZeroDuration => f.write_str("must be longer than zero"),
             ProblemKind::TooSmall(least) => write!(f, "must be at least {least}"),
+            ProblemKind::TooShort(least) => write!(f, "must be at least {least}"),
             ProblemKind::OutOfRange(least, most) => {
                 write!(f, "must be from {least} to {most}")
             }

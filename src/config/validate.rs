@@ -110,10 +110,10 @@ impl Config {
                 ));
             }
         }
-        if self.limits.idle_tunnel_after.is_zero() {
+        if self.limits.idle_tunnel_after < std::time::Duration::from_secs(1) {
             problems.push(problem(
                 KeyPath::keys(["limits", "idle_tunnel_after"]),
-                ProblemKind::ZeroDuration,
+                ProblemKind::TooShort("1s"),
             ));
         }
         if t.connect_attempt < std::time::Duration::from_millis(10) {

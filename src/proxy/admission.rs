@@ -2,21 +2,24 @@
 //! against `[limits]`; each connection holds a [`Slot`] until it (and its tunnels) end.
 //!
 //! At a limit the admission makes room before it refuses. It closes one connection that is
-//! doing nothing, in this order: one kept alive between requests, then a new one that has
-//! sent nothing yet, then one whose request head has begun but not ended, then a tunnel that
-//! has moved no byte for `limits.idle_tunnel_after`; of its kind, one from the network (a
-//! /24, a /64) that holds the most connections, and of those the oldest; chosen among the
-//! next [`SAMPLE`] idle connections (all of them, when fewer are open). A flood of idle connections from many
-//! addresses therefore gives way to every newcomer, and a connection that has sent nothing
-//! has, under such pressure, only until a newer one needs its place. Only when every
-//! connection in reach is busy is the newcomer refused (`503`, or `429` at its address's
-//! limit, with `Retry-After`); past the limit and [`limits::REFUSAL_ALLOWANCE`] refusals it
-//! is shed with a fixed `503`.
+//! doing nothing, in this order: one waiting for its request head (new and silent for at
+//! least [`SILENT_GRACE`], or a head begun and not complete), then one kept alive between
+//! requests, then a tunnel that has moved no byte for `limits.idle_tunnel_after`; of its
+//! kind, one from the network (a /24, a /64) that holds the most connections, and of those
+//! the oldest (waiting, or idle, the longest). It is chosen among the next [`SAMPLE`] such
+//! connections, looking at no more than [`LOOK_AT_MOST`] places of the table, so that a
+//! choice costs little however many are open. A flood of idle connections from many
+//! addresses therefore gives way to every newcomer, while a client that sends its request
+//! within [`SILENT_GRACE`] of connecting keeps its connection. Only when no connection in
+//! reach can make room is the newcomer refused (`503`, or `429` at its address's limit, with
+//! `Retry-After`); past the limit and [`limits::REFUSAL_ALLOWANCE`] refusals it is shed with
+//! a fixed `503`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use slab::Slab;
@@ -41,10 +44,18 @@ pub enum Admit {
 }
 
 /// What a connection that can make room was doing, in the order they are chosen.
-const KEPT_ALIVE: usize = 0;
-const SILENT: usize = 1;
-const HEAD_BEGUN: usize = 2;
-const IDLE_TUNNEL_CLASS: usize = 3;
+const WAITING: usize = 0;
+const KEPT_ALIVE: usize = 1;
+const IDLE_TUNNEL_CLASS: usize = 2;
+
+/// A new connection that has sent nothing for less than this does not make room: its
+/// client has just connected and is about to send (a request arrives within a few
+/// milliseconds of the handshake on a LAN). Without it, at a limit each newcomer would close
+/// the one before it before that one's request arrived.
+pub const SILENT_GRACE: Duration = Duration::from_millis(20);
+
+/// Places of the connection table looked at, at most, to find a connection that makes room.
+pub const LOOK_AT_MOST: usize = 1024;
 
 /// Counts open client connections, in all, per client address and per network, and knows
 /// each admitted one's state so that an idle one can make room.
@@ -53,14 +64,14 @@ pub struct Admission {
     /// Every open connection, refused ones included.
     total: AtomicUsize,
     inner: Mutex<Inner>,
-    made_room: [AtomicU64; 4],
+    made_room: [AtomicU64; 3],
     shed: AtomicU64,
 }
 
 /// Idle connections compared, at most, to choose the one that makes room: looked for from
-/// where the last look ended, so that each is compared in turn and a choice costs the same
-/// however many are open. With fewer open, the choice is exact.
-const SAMPLE: usize = 64;
+/// where the last look ended, so that each is compared in turn. With fewer open, the choice
+/// is exact.
+pub const SAMPLE: usize = 64;
 
 /// How readily a connection makes room: what it is doing, its network's connections (more
 /// first, hence reversed), since when.
@@ -171,13 +182,15 @@ impl Admission {
     /// Tells one idle connection among `among` to close, the first in the order of the
     /// module's documentation; false when every one of them is busy.
     fn make_room(&self, inner: &mut Inner, among: Among, limits: &LimitsConfig) -> bool {
-        let quiet_since = Instant::now().checked_sub(limits.idle_tunnel_after);
+        let now = Instant::now();
+        let quiet_since = now.checked_sub(limits.idle_tunnel_after);
+        let silent_since = now.checked_sub(SILENT_GRACE);
         // Smallest wins: the kind, then the most crowded network, then the oldest.
         let mut best: Option<(Rank, usize)> = None;
         let slots = inner.conns.capacity();
         let mut at = inner.cursor;
         let mut candidates = 0;
-        for _ in 0..slots {
+        for _ in 0..slots.min(LOOK_AT_MOST) {
             at = if at + 1 >= slots { 0 } else { at + 1 };
             let Some(entry) = inner.conns.get(at) else {
                 continue;
@@ -192,8 +205,11 @@ impl Admission {
             }
             let (class, since) = match entry.conn.standing() {
                 Standing::KeptAlive(since) => (KEPT_ALIVE, since),
-                Standing::Silent(since) => (SILENT, since),
-                Standing::HeadBegun(since) => (HEAD_BEGUN, since),
+                Standing::Silent(since) if silent_since.is_some_and(|s| since <= s) => {
+                    (WAITING, since)
+                }
+                Standing::HeadBegun(since) => (WAITING, since),
+                Standing::Silent(_) => continue,
                 Standing::Tunnel(last) if quiet_since.is_some_and(|q| last <= q) => {
                     (IDLE_TUNNEL_CLASS, last)
                 }
@@ -235,8 +251,7 @@ impl Admission {
             open: self.open(),
             made_room: MadeRoom {
                 kept_alive: self.made_room[KEPT_ALIVE].load(Ordering::Relaxed),
-                waiting: self.made_room[SILENT].load(Ordering::Relaxed)
-                    + self.made_room[HEAD_BEGUN].load(Ordering::Relaxed),
+                waiting: self.made_room[WAITING].load(Ordering::Relaxed),
                 idle_tunnel: self.made_room[IDLE_TUNNEL_CLASS].load(Ordering::Relaxed),
             },
             shed: self.shed.load(Ordering::Relaxed),

@@ -72,6 +72,8 @@ pub struct ConnState {
     /// Told when the connection is closed to make room ([`ConnState::evict`]): its watchdog,
     /// or the relay of its tunnel, waits for it.
     evicted: tokio::sync::Notify,
+    /// Set with that notice, for a waiter that registers after it ([`ConnState::evicted`]).
+    evict_told: AtomicBool,
     /// A tunnel holds the connection: hyper is done with it and the relay moves its bytes.
     tunnel: AtomicBool,
     /// When the tunnel last moved a byte (ms since `start`).
@@ -93,6 +95,7 @@ impl ConnState {
             answered: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             evicted: tokio::sync::Notify::new(),
+            evict_told: AtomicBool::new(false),
             tunnel: AtomicBool::new(false),
             tunnel_activity: AtomicU64::new(0),
         }
@@ -141,7 +144,8 @@ impl ConnState {
         }
     }
 
-    /// Whether the connection was told to make room ([`ConnState::evict`]).
+    /// Whether the connection was closed to make room ([`ConnState::evict`], then
+    /// [`ConnState::expire`] with [`Expiry::Evicted`]).
     pub(crate) fn was_evicted(&self) -> bool {
         self.expired.load(Ordering::Acquire) == Expiry::Evicted as u8
     }
@@ -151,16 +155,28 @@ impl ConnState {
         self.head_started.load(Ordering::Acquire) != NONE
     }
 
-    /// Closes the connection to make room for a new one: its watchdog (or its tunnel's
-    /// relay) is told at once.
+    /// Tells the connection to close to make room for a new one: its watchdog (or its
+    /// tunnel's relay) is told at once, and closes it unless an exchange has begun meanwhile
+    /// (then it closes after that exchange).
     pub(crate) fn evict(&self) {
-        self.expired.store(Expiry::Evicted as u8, Ordering::Release);
-        self.evicted.notify_one();
+        self.evict_told.store(true, Ordering::Release);
+        self.evicted.notify_waiters();
     }
 
-    /// Completes once the connection has been told to make room.
+    /// Completes once the connection has been told to make room, whenever that was.
     pub(crate) async fn evicted(&self) {
-        self.evicted.notified().await
+        let notified = self.evicted.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.evict_told.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await
+    }
+
+    /// Whether an exchange is in progress (an answer being sent or a request body read).
+    pub(crate) fn is_busy(&self) -> bool {
+        self.busy()
     }
 
     /// The shutdown grace period is over: the exchange waiting for an answer gets one now,
@@ -270,7 +286,7 @@ impl ConnState {
             let next = deadline.map_or(now + head_limit, |(at, _)| at.min(now + head_limit));
             tokio::select! {
                 _ = tokio::time::sleep_until(self.start + Duration::from_millis(next)) => {}
-                _ = self.evicted.notified() => return Expiry::Evicted,
+                _ = self.evicted() => return Expiry::Evicted,
             }
         }
     }

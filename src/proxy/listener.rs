@@ -84,7 +84,11 @@ pub(crate) async fn accept_loop(
                     Admit::Refuse(refusal, slot) => (slot, Some(refusal)),
                     Admit::Shed => {
                         debug!(client = %peer, "connection shed: far over the connection limit");
-                        // Best effort: a new socket's send buffer is empty.
+                        // Best effort: a new socket's send buffer is empty. What the client
+                        // has already sent is read first, so that closing sends a FIN, not a
+                        // reset that could make its TCP drop the answer.
+                        let mut sent = [0u8; 4096];
+                        let _ = stream.try_read(&mut sent);
                         let _ = stream.try_write(crate::core::limits::NO_ROOM_RESPONSE);
                         continue;
                     }
@@ -247,7 +251,10 @@ async fn serve_connection(
     tokio::pin!(conn);
 
     let mut draining = false;
+    // The watchdog has spoken; the connection is ending (closed by WatchedIo, or cut a
+    // second later).
     let mut expired = false;
+    let mut ending = false;
     let mut stop = Signal::new(&stop);
     let mut hard_stop = Signal::new(&shared.hard_stop);
     let mut cut = false;
@@ -260,6 +267,14 @@ async fn serve_connection(
             }
             expiry = state.watch(&timeouts), if !expired => {
                 expired = true;
+                if expiry == Expiry::Evicted && state.is_busy() {
+                    // Told to make room just as a request arrived: that exchange finishes,
+                    // and the connection closes after it.
+                    debug!("closing the connection after this exchange, to make room");
+                    state.close_after();
+                    continue;
+                }
+                ending = true;
                 debug!(?expiry, "closing the connection");
                 if expiry == Expiry::SlowHead {
                     connection_record(&shared, peer, EdgeError::refusal(
@@ -274,7 +289,7 @@ async fn serve_connection(
                 // Polling the connection again lets WatchedIo end it (see `poll_read`).
                 state.expire(expiry);
             }
-            _ = tokio::time::sleep(Duration::from_secs(1)), if expired => {
+            _ = tokio::time::sleep(Duration::from_secs(1)), if ending => {
                 break Ok(());
             }
             // The grace period is over: an exchange still waiting for its answer gets a
