@@ -226,7 +226,9 @@ async fn serve_connection(
                 slot,
                 refusal,
             };
-            return socks::serve(accepted, shared, stop).await;
+            // Boxed: inline, the SOCKS state machine would enlarge every connection's task
+            // (a copy of it on each spawn, and its memory while the connection lives).
+            return Box::pin(socks::serve(accepted, shared, stop)).await;
         }
     }
     // Tunnels opened on this connection hold its slot too: a tunnel counts in the limits.
