@@ -616,7 +616,13 @@ mod tests {
             .with_writer(move || for_events.clone())
             .with_ansi(false)
             .finish();
-        tracing::subscriber::with_default(subscriber, f);
+        tracing::subscriber::with_default(subscriber, || {
+            // A warning's call site first reached by another test's thread, with no
+            // subscriber there, may have been marked as never wanted: ask again, now that
+            // this thread has one.
+            tracing::callsite::rebuild_interest_cache();
+            f()
+        });
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         text.lines().map(str::to_owned).collect()
     }
