@@ -393,9 +393,17 @@ async fn an_idle_flood_from_many_addresses_leaves_room_for_a_normal_client() {
     for task in flood {
         let _ = tokio::time::timeout(WAIT, task).await;
     }
+    // Every request is answered (`exchange` fails on a close without an answer). A newcomer
+    // that arrives while every held connection is within its 20 ms grace is refused with
+    // 503 (the flood reconnects in a tight loop): rare, but not never.
     assert!(
-        statuses.iter().all(|&s| s == 200),
+        statuses.iter().all(|&s| s == 200 || s == 503),
         "every request of the normal client is answered: {statuses:?}"
+    );
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(
+        served >= 27,
+        "at least 90% of the normal client's requests are served: {statuses:?}"
     );
     assert!(
         reconnects.load(Ordering::Relaxed) > 60,
