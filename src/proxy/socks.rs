@@ -157,6 +157,9 @@ pub(crate) async fn serve(accepted: Accepted, shared: Arc<ProxyState>, stop: Can
             return;
         }
     };
+    // From the request on, the connection is busy (dialling, answering), not one that may
+    // make room at the connection limits; once its tunnel opens it stands as a tunnel.
+    let _busy = conn.begin();
     ex.record
         .destination(asked.target.host.to_string(), asked.target.port);
     match asked.command {
