@@ -204,7 +204,10 @@ async fn serve_connection(
         // The first byte tells SOCKS from HTTP; it is peeked, so hyper still reads it. A
         // client that sends nothing is closed quietly after `request_header`, as the
         // watchdog would; one closed to make room, or at shutdown, goes at once.
+        // Biased, the byte first: when it is already there (the usual case), neither the
+        // timer nor the waiters are registered.
         let first = tokio::select! {
+            biased;
             first = first_byte(&stream) => first,
             _ = tokio::time::sleep(timeouts.request_header) => None,
             _ = state.evicted() => None,
