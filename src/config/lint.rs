@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use crate::config::{Config, RuleConfig, Settings};
 use crate::core::hosts::HostPattern;
-use crate::core::policy::{Action, Rule};
+use crate::core::policy::{Action, Rule, SOCKS_METHODS};
 
 /// Everything worth a warning, one line each.
 pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
@@ -56,18 +56,55 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
             "SMTP (port 25) is reachable through CONNECT (ports.connect): any client could send mail, or spam, through this proxy".to_owned(),
         );
     }
+    let socks = &settings.socks;
+    let (socks_list, socks_key) = match &policy.socks_ports {
+        Some(ports) => (ports, "socks.ports"),
+        None => (&policy.connect_ports, "ports.connect"),
+    };
+    if socks.enabled && settings.auth.is_none() && socks_list.contains(25) {
+        out.push(format!(
+            "SMTP (port 25) is reachable through SOCKS ({socks_key}) without a log-in: any client could send mail, or spam, through this proxy; leave 25 out of {socks_key}, or turn on [auth]"
+        ));
+    }
     for rule in &policy.rules {
-        let connect = rule
-            .methods
-            .as_ref()
-            .is_none_or(|m| m.iter().any(|m| m == "CONNECT"));
-        let smtp = rule.ports.as_ref().is_some_and(|p| p.contains(25));
-        if rule.action == Action::Allow && connect && smtp {
+        let names = |method: &dyn Fn(&str) -> bool| {
+            rule.methods
+                .as_ref()
+                .is_none_or(|m| m.iter().any(|m| method(m)))
+        };
+        let connect = names(&|m| m == "CONNECT");
+        let through_socks = socks.enabled && names(&|m| SOCKS_METHODS.contains(&m));
+        let smtp = rule.ports.as_ref().is_none_or(|p| p.contains(25));
+        let without_login = settings.auth.is_some() && rule.admits_socks_without_login();
+        if rule.action != Action::Allow || !smtp {
+            continue;
+        }
+        if without_login {
             out.push(format!(
-                "SMTP (port 25) is reachable through CONNECT by rule \"{}\": make sure its clients should send mail",
+                "SMTP (port 25) is reachable through SOCKS without a log-in by rule \"{}\" (it admits clients by address): anyone at those addresses could send mail, or spam; name the ports it needs",
+                rule.name
+            ));
+        } else if rule.ports.is_some() && (connect || through_socks) {
+            let doors = match (connect, through_socks) {
+                (true, true) => "CONNECT and SOCKS",
+                (true, false) => "CONNECT",
+                _ => "SOCKS",
+            };
+            out.push(format!(
+                "SMTP (port 25) is reachable through {doors} by rule \"{}\": make sure its clients should send mail",
                 rule.name
             ));
         }
+    }
+    if settings.pac.socks && !socks.enabled && settings.pac.proxies.is_empty() {
+        out.push(
+            "pac.socks offers SOCKS5 on this proxy, but socks.enabled is off: clients that fall back to it are refused".to_owned(),
+        );
+    }
+    if socks.enabled && socks.v4 && settings.auth.is_some() && socks.without_login.is_none() {
+        out.push(
+            "socks.v4 is on while [auth] is on: SOCKS4 carries no password, so every SOCKS4 request is refused (a rule naming clients and methods = [\"SOCKS4\"] admits them by address)".to_owned(),
+        );
     }
 
     if let Some(auth) = &settings.auth {
@@ -251,6 +288,18 @@ mod tests {
                 "by rule \"mail\"",
             ),
             (
+                "[socks]\nports = [\"ssh\", \"smtp\"]\n",
+                "SMTP (port 25) is reachable through SOCKS (socks.ports) without a log-in",
+            ),
+            (
+                "[[rules]]\nname = \"relay\"\nmethods = [\"SOCKS5\"]\nports = [25]\naction = \"allow\"\n",
+                "reachable through SOCKS by rule \"relay\"",
+            ),
+            (
+                "[pac]\nsocks = true\n[socks]\nenabled = false\n",
+                "pac.socks offers SOCKS5 on this proxy, but socks.enabled is off",
+            ),
+            (
                 "[[rules]]\nname = \"all\"\naction = \"deny\"\n[[rules]]\nname = \"x\"\nports = [80]\naction = \"allow\"\n",
                 "rule \"all\" has no conditions",
             ),
@@ -281,8 +330,41 @@ mod tests {
             has(&lines, "\"other clients\" can never match: rule \"wide\""),
             "{lines:#?}"
         );
+        // The SOCKS default port list is ports.connect, which has no 25.
+        assert!(!has(&lint_text("[socks]\nv4 = true\n"), "SMTP"));
         let loopback_only =
             lint_text("listen = [\"127.0.0.1:3128\"]\n[clients]\nallow = [\"0.0.0.0/0\"]\n");
         assert!(!has(&loopback_only, "open proxy"), "{loopback_only:#?}");
+    }
+
+    #[test]
+    fn with_auth_socks_lints_name_socks4_and_rules_admitting_by_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        std::fs::write(dir.path().join("users"), format!("alice:{hash}\n")).unwrap();
+        let origin = dir.path().join("portcullis.toml");
+        let lint_auth = |extra: &str| {
+            let text = format!("[auth]\nhtpasswd = \"users\"\n{extra}");
+            let config = Config::from_toml(&text, "t").unwrap();
+            let settings = config.validate(&origin.display().to_string()).unwrap();
+            lint(&config, &settings)
+        };
+        let lines = lint_auth("[socks]\nv4 = true\n");
+        assert!(has(&lines, "every SOCKS4 request is refused"), "{lines:#?}");
+        // A log-in keeps SOCKS to 25 from strangers: no SMTP warning for the port list.
+        let lines = lint_auth("[socks]\nports = [25]\n");
+        assert!(!has(&lines, "SMTP"), "{lines:#?}");
+        // A rule admitting SOCKS clients by address, with no ports: 25 too.
+        let lines = lint_auth(
+            "[[rules]]\nname = \"lan\"\nclients = [\"192.168.1.0/24\"]\nmethods = [\"SOCKS5\"]\naction = \"allow\"\n",
+        );
+        assert!(
+            has(&lines, "without a log-in by rule \"lan\""),
+            "{lines:#?}"
+        );
+        let lines = lint_auth(
+            "[[rules]]\nname = \"lan\"\nclients = [\"192.168.1.0/24\"]\nmethods = [\"SOCKS5\"]\nports = [\"ssh\"]\naction = \"allow\"\n",
+        );
+        assert!(!has(&lines, "SMTP"), "{lines:#?}");
     }
 }

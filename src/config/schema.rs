@@ -133,6 +133,9 @@ pub struct PacConfig {
     /// the PAC request arrived on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_host: Option<String>,
+    /// Offer `SOCKS5 host:port` after the `PROXY` entries, for clients that send non-HTTP
+    /// traffic through the PAC's proxies (this proxy answers SOCKS5 on the same port).
+    pub socks: bool,
 }
 
 /// `[pages]`

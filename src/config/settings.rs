@@ -49,7 +49,7 @@ pub struct Settings {
 
 /// `[socks]` as the request path uses it; its port lists are the policy's
 /// (`socks_ports`, `udp_ports`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SocksSettings {
     /// SOCKS5 is served.
     pub enabled: bool,
@@ -57,6 +57,10 @@ pub struct SocksSettings {
     pub v4: bool,
     /// UDP ASSOCIATE is served.
     pub udp: bool,
+    /// While `[auth]` is on, the policy for SOCKS clients that do not log in
+    /// ([`crate::core::policy::Policy::without_login`]); `None`: every SOCKS client logs in
+    /// (or `[auth]` is off).
+    pub without_login: Option<Arc<Policy>>,
 }
 
 /// Which resolver answers for destination names (`dns.resolver`).
@@ -92,6 +96,8 @@ pub struct PacSettings {
     pub proxies: Vec<String>,
     /// This proxy's name for clients, if set.
     pub proxy_host: Option<String>,
+    /// `SOCKS5` entries after the `PROXY` ones.
+    pub socks: bool,
 }
 
 /// `[pages]` as the request path uses it.

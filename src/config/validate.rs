@@ -223,6 +223,7 @@ impl Config {
             },
             proxies: self.pac.proxies.clone(),
             proxy_host: self.pac.proxy_host.clone(),
+            socks: self.pac.socks,
         };
         for proxy in &pac.proxies {
             if crate::core::target::parse_authority(proxy, None).is_err() {
@@ -276,19 +277,26 @@ impl Config {
                 problems,
             });
         }
+        let policy = Policy {
+            clients: self.clients.allow.iter().map(|n| n.0).collect(),
+            http_ports,
+            connect_ports,
+            socks_ports,
+            udp_ports,
+            allow_loopback: self.destinations.allow_loopback,
+            listen: self.listen.clone(),
+            admin: admin.as_ref().map(|(addr, _)| *addr),
+            rules,
+        };
+        // SOCKS clients that do not log in while [auth] is on: what rules admit them by address.
+        let without_login = auth
+            .is_some()
+            .then(|| policy.without_login())
+            .flatten()
+            .map(Arc::new);
         Ok(Settings {
             workers,
-            policy: Policy {
-                clients: self.clients.allow.iter().map(|n| n.0).collect(),
-                http_ports,
-                connect_ports,
-                socks_ports,
-                udp_ports,
-                allow_loopback: self.destinations.allow_loopback,
-                listen: self.listen.clone(),
-                admin: admin.as_ref().map(|(addr, _)| *addr),
-                rules,
-            },
+            policy,
             timeouts: self.timeouts.clone(),
             limits: self.limits.clone(),
             auth,
@@ -310,6 +318,7 @@ impl Config {
                 enabled: self.socks.enabled,
                 v4: self.socks.v4,
                 udp: self.socks.udp,
+                without_login,
             },
         })
     }

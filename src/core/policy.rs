@@ -434,7 +434,79 @@ impl Policy {
     }
 }
 
+/// The request methods of SOCKS (`SOCKS5`, `SOCKS4`, `SOCKS5-UDP`), as rules and records name
+/// them.
+pub const SOCKS_METHODS: [&str; 3] = ["SOCKS5", "SOCKS4", "SOCKS5-UDP"];
+
+impl Policy {
+    /// The policy for SOCKS clients that do not log in while `[auth]` is on (browsers send no
+    /// SOCKS passwords): only the rules that admit them by address
+    /// ([`Rule::admits_socks_without_login`]) allow, every `deny` rule still refuses, and no
+    /// port list lets anything through. `None` when no rule admits anyone so.
+    pub fn without_login(&self) -> Option<Policy> {
+        if !self.rules.iter().any(Rule::admits_socks_without_login) {
+            return None;
+        }
+        let mut policy = self.clone();
+        policy
+            .rules
+            .retain(|r| r.action == Action::Deny || r.admits_socks_without_login());
+        policy.http_ports = PortSet::empty();
+        policy.connect_ports = PortSet::empty();
+        policy.socks_ports = Some(PortSet::empty());
+        policy.udp_ports = PortSet::empty();
+        Some(policy)
+    }
+
+    /// Whether a rule admits a SOCKS client at `client` using `method` without a log-in.
+    pub fn admits_without_login(&self, client: IpAddr, method: &str) -> bool {
+        let client = client.to_canonical();
+        self.rules.iter().any(|r| {
+            r.admits_socks_without_login()
+                && r.clients.iter().flatten().any(|net| net.contains(&client))
+                && r.methods.iter().flatten().any(|m| m == method)
+        })
+    }
+}
+
+/// For a SOCKS client admitted without a log-in (by [`Policy::without_login`]), a refusal
+/// by a port list is the log-in's: such a client reaches only what the rules naming its
+/// address allow. `None` for a refusal by anything else, which stands.
+pub fn without_login_refusal(
+    rule: &Decider,
+    client: IpAddr,
+    host: &Host,
+    port: u16,
+) -> Option<Denial> {
+    let Decider::Builtin(
+        Builtin::PortsConnect | Builtin::SocksPorts | Builtin::SocksUdpPorts | Builtin::PortsHttp,
+    ) = rule
+    else {
+        return None;
+    };
+    Some(Denial::new(
+        Builtin::Auth,
+        format!(
+            "without a log-in, SOCKS from {} reaches only what the rules admitting it by address allow, and none allows {host} {}",
+            client.to_canonical(),
+            describe(port)
+        ),
+    ))
+}
+
 impl Rule {
+    /// Whether this rule lets SOCKS clients through without a log-in while `[auth]` is on: it
+    /// allows, names client networks and only SOCKS methods, and no users. (Other rules
+    /// apply to SOCKS clients once they have logged in, as to HTTP clients.)
+    pub fn admits_socks_without_login(&self) -> bool {
+        self.action == Action::Allow
+            && self.users.is_none()
+            && self.clients.is_some()
+            && self.methods.as_ref().is_some_and(|methods| {
+                !methods.is_empty() && methods.iter().all(|m| SOCKS_METHODS.contains(&m.as_str()))
+            })
+    }
+
     /// Whether every condition but the hosts holds.
     fn matches_request(&self, f: &Facts<'_>) -> bool {
         let client = f.client.to_canonical();

@@ -357,7 +357,7 @@ pub fn summary(config: &Config, settings: &Settings) -> String {
     line(
         "pac",
         format!(
-            "/proxy.pac and /wpad.dat: direct {}; proxies {}; proxy_host {}",
+            "/proxy.pac and /wpad.dat: direct {}; proxies {}; proxy_host {}{}",
             if pac.direct.is_empty() {
                 "plain host names only".to_owned()
             } else {
@@ -370,7 +370,12 @@ pub fn summary(config: &Config, settings: &Settings) -> String {
             },
             pac.proxy_host
                 .as_deref()
-                .unwrap_or("the address each request arrives on")
+                .unwrap_or("the address each request arrives on"),
+            if pac.socks {
+                "; SOCKS5 entries after the PROXY ones"
+            } else {
+                ""
+            }
         ),
     );
     let dns = &settings.dns;

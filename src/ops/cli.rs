@@ -90,7 +90,9 @@ pub enum Command {
     /// Runs the proxy's own checks in the proxy's order (client allow-list, the request
     /// target, the proxy's own pages, log-in, the [[rules]] then the port lists, the guards on
     /// destination addresses) without sending anything anywhere. TARGET is host:port for
-    /// CONNECT, or an absolute http:// URL for other methods; METHOD is taken in upper case.
+    /// CONNECT and SOCKS, or an absolute http:// URL for other methods; METHOD is taken in
+    /// upper case. SOCKS requests are asked as SOCKS5, SOCKS4 (also 4a) or SOCKS5-UDP (a
+    /// datagram through UDP ASSOCIATE), the methods their records and rules use.
     ///
     /// Names are not resolved unless --resolve is given: then the resolver [dns] sets up is asked
     /// and every address is checked as the proxy would before dialling it.
@@ -113,10 +115,10 @@ pub enum Command {
         /// Resolve a destination name with the resolver [dns] sets up and check each address.
         #[arg(long)]
         resolve: bool,
-        /// The request method: CONNECT, GET, POST …
+        /// The request method: CONNECT, GET, POST …, or SOCKS5, SOCKS4, SOCKS5-UDP.
         #[arg(value_name = "METHOD")]
         method: String,
-        /// host:port for CONNECT, http://host[:port]/path for the other methods.
+        /// host:port for CONNECT and SOCKS, http://host[:port]/path for the other methods.
         #[arg(value_name = "TARGET")]
         target: String,
     },

@@ -18,9 +18,11 @@ use http::{Method, StatusCode, Uri};
 
 use crate::config::Settings;
 use crate::core::plan::{self, Event, Front, LogIn, Route, Trail};
-use crate::core::policy::{Builtin, Decider, Decision, Denial, Facts, Kind, Policy};
+use crate::core::policy::{
+    without_login_refusal, Builtin, Decider, Decision, Denial, Facts, Kind, Policy,
+};
 use crate::core::ports::describe;
-use crate::core::target::{classify, Host, Target};
+use crate::core::target::{classify, parse_authority, Classified, Host, Target};
 use crate::web::welcome::OwnPage;
 
 /// The request to explain.
@@ -123,7 +125,9 @@ pub enum ExplainError {
     #[error("\"{0}\" is not a request method (CONNECT, GET, POST …)")]
     Method(String),
     /// Not a request target.
-    #[error("\"{0}\" is not a request target: write host:port for CONNECT, or an http:// URL")]
+    #[error(
+        "\"{0}\" is not a request target: write host:port for CONNECT and SOCKS, or an http:// URL"
+    )]
     Target(String),
 }
 
@@ -133,15 +137,19 @@ pub fn explain(
     question: &Question<'_>,
     lookups: &Lookups<'_>,
 ) -> Result<Explanation, ExplainError> {
-    let method = Method::from_bytes(question.method.to_ascii_uppercase().as_bytes())
+    let upper = question.method.to_ascii_uppercase();
+    let method = Method::from_bytes(upper.as_bytes())
         .map_err(|_| ExplainError::Method(question.method.to_owned()))?;
     let uri: Uri = question
         .target
         .parse()
         .map_err(|_| ExplainError::Target(question.target.to_owned()))?;
+    // SOCKS has no request line: its "method" names the front door and the command.
+    let socks = Socks::of(&upper);
     let mut walk = Walk {
         policy: &settings.policy,
         steps: Vec::new(),
+        refused: "403 Forbidden",
     };
     let policy = &settings.policy;
     let client = question.client;
@@ -150,9 +158,20 @@ pub fn explain(
         None => client.to_string(),
     };
 
+    if let Some((closed, status)) = socks.and_then(|s| s.closed(settings)) {
+        walk.step(format!("[socks]: {}", closed.reason));
+        return Ok(walk.denied(closed, status));
+    }
+
     // The front of the plan: the client allow-list, what the client asked for, the proxy's
     // own pages. A question has no head and no connection limits.
-    let classified = classify(&method, &uri);
+    let classified = match socks {
+        Some(_) => Ok(Classified::Socks(
+            parse_authority(question.target, None)
+                .map_err(|_| ExplainError::Target(question.target.to_owned()))?,
+        )),
+        None => classify(&method, &uri),
+    };
     let request = plan::Request {
         client,
         admission: None,
@@ -176,7 +195,13 @@ pub fn explain(
                     .unwrap_or(Decider::Builtin(Builtin::Request)),
                 reason: error.reason.clone(),
             };
-            let status = if error.closes_connection()
+            let status = if let Some(socks) = socks {
+                match socks {
+                    Socks::Four => "SOCKS4 reply 0x5B (rejected)".to_owned(),
+                    _ => "SOCKS5 05 FF (no acceptable method), and the connection is closed"
+                        .to_owned(),
+                }
+            } else if error.closes_connection()
                 && error.rule == Some(Decider::Builtin(Builtin::ClientsAllow))
             {
                 "403 Forbidden, and the connection is closed".to_owned()
@@ -186,9 +211,25 @@ pub fn explain(
             return Ok(walk.denied(denial, &status));
         }
         Front::OwnPage => return Ok(walk.own_page(&method, &uri)),
-        Front::Proceed { kind, target, .. } => (kind, target),
+        Front::Proceed { kind, target, .. } => match socks {
+            Some(Socks::Udp) => (Kind::SocksUdp, target),
+            _ => (kind, target),
+        },
+    };
+    let refused_status = match socks {
+        None => "403 Forbidden",
+        Some(Socks::Four) => "SOCKS4 reply 0x5B (rejected)",
+        Some(Socks::Five) => "SOCKS reply 0x02 (connection not allowed by ruleset)",
+        Some(Socks::Udp) => "datagrams to it are dropped (counted in the association's record)",
+    };
+    walk.refused = refused_status;
+    let login_status = match socks {
+        None => "407 Proxy Authentication Required",
+        Some(Socks::Four) => "SOCKS4 reply 0x5B (rejected): SOCKS4 carries no password",
+        Some(_) => "SOCKS5 05 FF (no acceptable method) without a password, 01 01 with a wrong one",
     };
     // The log-in, when [auth] is on: a question names the user instead of a password.
+    let mut anonymous = false;
     let user = match &settings.auth {
         None => {
             walk.step(match question.user {
@@ -201,18 +242,43 @@ pub fn explain(
             });
             None
         }
+        // A SOCKS client that names no user may be admitted by a rule naming its address.
+        Some(_) if socks.is_some() && question.user.is_none() => {
+            match without_login(settings, client, &upper) {
+                Some(policy) => {
+                    walk.admitted_without_login(policy, client);
+                    anonymous = true;
+                    None
+                }
+                None => {
+                    walk.step(
+                        "log-in: [auth] is on, no user is given (--user NAME explains a logged-in user), and no rule admits SOCKS clients from this address without one"
+                            .to_owned(),
+                    );
+                    return Ok(walk.denied(
+                        login_denial("needs a log-in: a user name and password (SOCKS5, RFC 1929)"),
+                        login_status,
+                    ));
+                }
+            }
+        }
+        Some(_) if socks == Some(Socks::Four) => {
+            walk.step("log-in: SOCKS4 carries no password, so no one logs in over it".to_owned());
+            return Ok(walk.denied(
+                login_denial("SOCKS4 cannot log in: use SOCKS5 with a user name and password"),
+                login_status,
+            ));
+        }
         Some(auth) => match question.user {
             None => {
                 walk.step(
                     "log-in: [auth] is on and no user is given (--user NAME explains a logged-in user)"
                         .to_owned(),
                 );
-                let denial = Denial {
-                    rule: Decider::Builtin(Builtin::Auth),
-                    reason: "needs a log-in (407, auth): the client is asked for a user name and password"
-                        .to_owned(),
-                };
-                return Ok(walk.denied(denial, "407 Proxy Authentication Required"));
+                let denial = login_denial(
+                    "needs a log-in (407, auth): the client is asked for a user name and password",
+                );
+                return Ok(walk.denied(denial, login_status));
             }
             Some(user) if auth.users.users().any(|u| u == user) => {
                 walk.step(format!(
@@ -222,11 +288,9 @@ pub fn explain(
             }
             Some(user) => {
                 walk.step(format!("log-in: {user} is not in the htpasswd file"));
-                let denial = Denial {
-                    rule: Decider::Builtin(Builtin::Auth),
-                    reason: format!("wrong user name or password for user {user:?}"),
-                };
-                return Ok(walk.denied(denial, "407 Proxy Authentication Required"));
+                let denial =
+                    login_denial(&format!("wrong user name or password for user {user:?}"));
+                return Ok(walk.denied(denial, login_status));
             }
         },
     };
@@ -248,14 +312,32 @@ pub fn explain(
         method: &method,
         uri: &uri,
     };
+    let policy = told.walk.policy;
     let go = match plan::destination(policy, &facts, &via_parent, lookups.is_local, &mut told) {
         Ok(go) => go,
-        Err(denial) => return Ok(walk.denied(denial, "403 Forbidden")),
+        Err(denial) => {
+            let denial = match anonymous {
+                true => without_login_refusal(&denial.rule, client, &target.host, target.port)
+                    .unwrap_or(denial),
+                false => denial,
+            };
+            return Ok(walk.denied(denial, refused_status));
+        }
     };
-    let allowed_status = match kind {
-        Kind::Connect => "200 Connection established, then the tunnel (if the destination answers)",
-        Kind::Http => "the origin's answer (if it answers)",
-        Kind::Socks | Kind::SocksUdp => "SOCKS reply 0x00, then the relay",
+    let allowed_status = match (kind, socks) {
+        (Kind::Connect, _) => {
+            "200 Connection established, then the tunnel (if the destination answers)"
+        }
+        (Kind::Http, _) => "the origin's answer (if it answers)",
+        (_, Some(Socks::Four)) => {
+            "SOCKS4 reply 0x5A (granted), then the relay (if the destination answers)"
+        }
+        (Kind::SocksUdp, _) => {
+            "SOCKS reply 0x00 with the relay's address; datagrams to it are relayed"
+        }
+        (Kind::Socks, _) => {
+            "SOCKS reply 0x00 (succeeded), then the relay (if the destination answers)"
+        }
     };
     let via_parent = go.route == Route::Parent;
     // Plain HTTP that resolves to the proxy's own listener gets its pages.
@@ -265,7 +347,7 @@ pub fn explain(
             (Host::Ip(_), true) => Ok(walk.allowed(decider, allowed_status)),
             (Host::Ip(ip), false) => match walk.guard(target, *ip, lookups) {
                 Ok(()) => Ok(walk.allowed(decider, allowed_status)),
-                Err(denial) => Ok(walk.denied(denial, "403 Forbidden")),
+                Err(denial) => Ok(walk.denied(denial, refused_status)),
             },
             (Host::Name(_), true) => {
                 walk.step(
@@ -355,11 +437,18 @@ impl Trail for Told<'_, '_> {
                 target.host,
                 describe(target.port)
             ),
-            Event::Target(Ok((Kind::Socks | Kind::SocksUdp, target))) => format!(
-                "{method} {target}: a SOCKS relay to {} {}",
-                target.host,
-                describe(target.port)
-            ),
+            Event::Target(Ok((Kind::Socks | Kind::SocksUdp, target))) => {
+                let list = match (method.as_str(), &self.walk.policy.socks_ports) {
+                    ("SOCKS5-UDP", _) => "socks.udp_ports",
+                    (_, Some(_)) => "socks.ports",
+                    (_, None) => "ports.connect (socks.ports is not set)",
+                };
+                format!(
+                    "{method} {target}: a SOCKS relay to {} {}; its port list is {list}",
+                    target.host,
+                    describe(target.port)
+                )
+            }
             // The own page tells its own steps.
             Event::OwnPage | Event::Route(Route::Direct, _) | Event::NeedsAddress => return,
             Event::Route(Route::Parent, host) => format!(
@@ -391,9 +480,27 @@ enum PerAddress<'a> {
 struct Walk<'a> {
     policy: &'a Policy,
     steps: Vec<String>,
+    /// What the client gets when the destination is refused.
+    refused: &'static str,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    /// A SOCKS client admitted without a log-in while `[auth]` is on: from here on only the
+    /// rules naming its address can allow.
+    fn admitted_without_login(&mut self, policy: &'a Policy, client: IpAddr) {
+        let names: Vec<String> = policy
+            .rules
+            .iter()
+            .filter(|r| r.admits_socks_without_login())
+            .map(|r| format!("\"{}\"", r.name))
+            .collect();
+        self.step(format!(
+            "log-in: [auth] is on, and rule {} admits SOCKS clients from {client} without one (browsers send no SOCKS password): only such rules allow, every deny rule still applies, and no port list does",
+            names.join(", ")
+        ));
+        self.policy = policy;
+    }
+
     fn step(&mut self, text: String) {
         self.steps.push(text);
     }
@@ -538,7 +645,10 @@ impl Walk<'_> {
                 }
                 self.allowed(Decider::Builtin(Builtin::Local), &status)
             }
-            (None, Some(denial), _) => self.denied(denial, "403 Forbidden"),
+            (None, Some(denial), _) => {
+                let refused = self.refused;
+                self.denied(denial, refused)
+            }
             (None, None, _) => self.allowed(Decider::Builtin(Builtin::Nothing), allowed_status),
         }
     }
@@ -556,6 +666,68 @@ impl Walk<'_> {
             status.push_str(&format!(" ({missing})"));
         }
         self.allowed(Decider::Builtin(Builtin::Local), &status)
+    }
+}
+
+/// The SOCKS front doors `explain` knows, by the method its records and rules give them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Socks {
+    /// `SOCKS5`: a SOCKS5 CONNECT.
+    Five,
+    /// `SOCKS4`: a SOCKS4 or 4a CONNECT.
+    Four,
+    /// `SOCKS5-UDP`: datagrams through a UDP ASSOCIATE relay.
+    Udp,
+}
+
+impl Socks {
+    fn of(method: &str) -> Option<Socks> {
+        match method {
+            "SOCKS5" => Some(Socks::Five),
+            "SOCKS4" => Some(Socks::Four),
+            "SOCKS5-UDP" => Some(Socks::Udp),
+            _ => None,
+        }
+    }
+
+    /// Why this front door is closed by `[socks]`, if it is, and what the client gets.
+    fn closed(self, settings: &Settings) -> Option<(Denial, &'static str)> {
+        let socks = &settings.socks;
+        let as_http = "no SOCKS answer: the bytes are read as HTTP, which they are not (400 Bad Request, or closed)";
+        let (why, status) = match self {
+            _ if !socks.enabled => (
+                "SOCKS is off on this proxy (socks.enabled = false)",
+                as_http,
+            ),
+            Socks::Four if !socks.v4 => ("SOCKS4 is off on this proxy (socks.v4 = false)", as_http),
+            Socks::Udp if !socks.udp => (
+                "UDP ASSOCIATE is off on this proxy (socks.udp = false)",
+                "SOCKS reply 0x07 (command not supported)",
+            ),
+            _ => return None,
+        };
+        let denial = Denial {
+            rule: Decider::Builtin(Builtin::Request),
+            reason: why.to_owned(),
+        };
+        Some((denial, status))
+    }
+}
+
+/// The policy for a SOCKS client at `client` that does not log in, when a rule admits it.
+fn without_login<'s>(settings: &'s Settings, client: IpAddr, method: &str) -> Option<&'s Policy> {
+    settings
+        .socks
+        .without_login
+        .as_deref()
+        .filter(|policy| policy.admits_without_login(client, method))
+}
+
+/// The refusal of a client that cannot log in.
+fn login_denial(reason: &str) -> Denial {
+    Denial {
+        rule: Decider::Builtin(Builtin::Auth),
+        reason: reason.to_owned(),
     }
 }
 
@@ -899,18 +1071,24 @@ action = "allow"
         );
     }
 
-    #[test]
-    fn log_in_comes_before_the_rules() {
+    /// Settings from `config` beside an htpasswd file `users.htpasswd` with the user alice.
+    fn with_alice(config: &str) -> Settings {
         let dir = tempfile::tempdir().unwrap();
         let hash = bcrypt::hash("secret", 4).unwrap();
         std::fs::write(dir.path().join("users.htpasswd"), format!("alice:{hash}\n")).unwrap();
-        let config = "[auth]\nhtpasswd = \"users.htpasswd\"\n[ports]\nconnect = [\"https\"]\n\
-                      [[rules]]\nname = \"alice may ssh\"\nusers = [\"alice\"]\nports = [\"ssh\"]\naction = \"allow\"\n";
         let origin = dir.path().join("portcullis.toml");
-        let s = Config::from_toml(config, "t")
+        Config::from_toml(config, "t")
             .unwrap()
             .validate(&origin.display().to_string())
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn log_in_comes_before_the_rules() {
+        let s = with_alice(
+            "[auth]\nhtpasswd = \"users.htpasswd\"\n[ports]\nconnect = [\"https\"]\n\
+             [[rules]]\nname = \"alice may ssh\"\nusers = [\"alice\"]\nports = [\"ssh\"]\naction = \"allow\"\n",
+        );
         table_with(
             &s,
             false,
@@ -936,5 +1114,69 @@ action = "allow"
         };
         let text = explain(&s, &q, &lookups).unwrap().render();
         assert!(text.contains("needs a log-in (407, auth)"), "{text}");
+    }
+
+    #[test]
+    fn socks_questions_take_the_socks_front_door() {
+        let plain = "[socks]\nports = [\"ssh\", 21]\n";
+        table(
+            plain,
+            false,
+            &[
+                "192.168.1.20 SOCKS5 example.com:22 | allowed socks.ports | SOCKS reply 0x00",
+                "192.168.1.20 socks5 example.com:21 | allowed socks.ports | SOCKS reply 0x00",
+                "192.168.1.20 SOCKS5 example.com:443 | denied socks.ports | SOCKS reply 0x02",
+                "192.168.1.20 SOCKS5 127.0.0.1:22 | denied destinations.loopback | SOCKS reply 0x02",
+                "8.8.8.8 SOCKS5 example.com:22 | denied clients.allow | SOCKS5 05 FF",
+                // SOCKS4 and UDP ASSOCIATE are off by default.
+                "192.168.1.20 SOCKS4 example.com:22 | denied request | no SOCKS answer",
+                "192.168.1.20 SOCKS5-UDP example.com:53 | denied request | SOCKS reply 0x07",
+            ],
+        );
+        table(
+            "[socks]\nv4 = true\nudp = true\n",
+            false,
+            &[
+                // Without socks.ports, ports.connect.
+                "192.168.1.20 SOCKS5 example.com:443 | allowed ports.connect | SOCKS reply 0x00",
+                "192.168.1.20 SOCKS4 example.com:443 | allowed ports.connect | SOCKS4 reply 0x5A",
+                "192.168.1.20 SOCKS4 example.com:25 | denied ports.connect | SOCKS4 reply 0x5B",
+                "192.168.1.20 SOCKS5-UDP example.com:53 | allowed socks.udp_ports | SOCKS reply 0x00",
+                "192.168.1.20 SOCKS5-UDP example.com:5060 | denied socks.udp_ports | datagrams",
+            ],
+        );
+        table(
+            "[socks]\nenabled = false\n",
+            false,
+            &["192.168.1.20 SOCKS5 example.com:443 | denied request | no SOCKS answer"],
+        );
+    }
+
+    #[test]
+    fn with_auth_socks_logs_in_unless_a_rule_admits_its_address() {
+        let s = with_alice(
+            "[auth]\nhtpasswd = \"users.htpasswd\"\n[socks]\nv4 = true\n\
+             [[rules]]\nname = \"no mail\"\nports = [\"smtp\"]\naction = \"deny\"\n\
+             [[rules]]\nname = \"lab socks\"\nclients = [\"192.168.1.0/28\"]\nmethods = [\"SOCKS5\", \"SOCKS4\"]\n\
+             hosts = [\".lab.example\"]\naction = \"allow\"\n",
+        );
+        table_with(
+            &s,
+            false,
+            &[
+                // Admitted by address: only the rule's destinations, deny rules still apply.
+                "192.168.1.5 SOCKS5 git.lab.example:22 | allowed rule \"lab socks\" | SOCKS reply 0x00",
+                "192.168.1.5 SOCKS4 git.lab.example:22 | allowed rule \"lab socks\" | SOCKS4 reply 0x5A",
+                "192.168.1.5 SOCKS5 example.com:443 | denied auth | SOCKS reply 0x02",
+                "192.168.1.5 SOCKS5 mx.lab.example:25 | denied rule \"no mail\" | SOCKS reply 0x02",
+                // Other addresses log in; SOCKS4 cannot.
+                "192.168.1.50 SOCKS5 git.lab.example:22 | denied auth | SOCKS5 05 FF",
+                "alice@192.168.1.50 SOCKS5 example.com:443 | allowed ports.connect | SOCKS reply 0x00",
+                "alice@192.168.1.50 SOCKS4 example.com:443 | denied auth | SOCKS4 reply 0x5B",
+                "bob@192.168.1.50 SOCKS5 example.com:443 | denied auth | SOCKS5 05 FF",
+                // HTTP from an admitted address still logs in.
+                "192.168.1.5 CONNECT git.lab.example:22 | denied auth | 407",
+            ],
+        );
     }
 }

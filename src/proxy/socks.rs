@@ -20,9 +20,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::config::Settings;
 use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::plan::{self, Front, Go, LogIn, Route};
-use crate::core::policy::{Builtin, Facts, Kind};
+use crate::core::policy::{without_login_refusal, Builtin, Facts, Kind, Policy};
 use crate::core::socks::{
     self as wire, Command, Decode, Malformed, Reply, MAX_MESSAGE, NO_ACCEPTABLE, NO_AUTH, PASSWORD,
 };
@@ -104,6 +105,9 @@ enum Ended {
 struct Asked {
     command: Command,
     target: Target,
+    /// Admitted without a log-in while `[auth]` is on, by a rule naming its address
+    /// ([`crate::core::policy::Policy::without_login`]).
+    without_login: bool,
 }
 
 /// Serves one SOCKS connection to its end.
@@ -160,6 +164,11 @@ pub(crate) async fn serve(accepted: Accepted, shared: Arc<ProxyState>, stop: Can
     // From the request on, the connection is busy (dialling, answering), not one that may
     // make room at the connection limits; once its tunnel opens it stands as a tunnel.
     let _busy = conn.begin();
+    if asked.without_login {
+        if let Some(settings) = settings_without_login(&ex) {
+            ex.settings = settings;
+        }
+    }
     ex.record
         .destination(asked.target.host.to_string(), asked.target.port);
     match asked.command {
@@ -287,7 +296,11 @@ async fn negotiate(
                 send(stream, &[5, NO_ACCEPTABLE]).await?;
                 return Err(Ended::Refused(e));
             }
-            if ex.settings.auth.is_some() {
+            let without_login = ex.settings.auth.is_some()
+                && !greeting.password
+                && greeting.no_auth
+                && admits_without_login(ex, version);
+            if ex.settings.auth.is_some() && !without_login {
                 if !greeting.password {
                     send(stream, &[5, NO_ACCEPTABLE]).await?;
                     return Err(Ended::Refused(EdgeError::refusal(
@@ -340,6 +353,7 @@ async fn negotiate(
                 Ok(r) => Ok(Asked {
                     command: r.command,
                     target: r.target,
+                    without_login,
                 }),
                 Err(Ended::Malformed(m)) => {
                     send(stream, &version.failure(m.reply())).await?;
@@ -360,7 +374,8 @@ async fn negotiate(
                 send(stream, &version.failure(Reply::NOT_ALLOWED)).await?;
                 return Err(Ended::Refused(e));
             }
-            if ex.settings.auth.is_some() {
+            let without_login = ex.settings.auth.is_some() && admits_without_login(ex, version);
+            if ex.settings.auth.is_some() && !without_login {
                 send(stream, &version.failure(Reply::NOT_ALLOWED)).await?;
                 return Err(Ended::Refused(EdgeError::refusal(
                     ErrorKind::Auth,
@@ -371,8 +386,44 @@ async fn negotiate(
             Ok(Asked {
                 command: request.command,
                 target: request.target,
+                without_login,
             })
         }
+    }
+}
+
+/// Whether a rule lets this client use SOCKS without a log-in while `[auth]` is on.
+fn admits_without_login(ex: &Exchange, version: Version) -> bool {
+    ex.settings
+        .socks
+        .without_login
+        .as_ref()
+        .is_some_and(|policy| policy.admits_without_login(ex.client.ip(), version.method()))
+}
+
+/// The settings a client admitted without a log-in is served by: the policy of
+/// [`crate::core::policy::Policy::without_login`] in place of the whole one. (Cloned per such
+/// connection, which only a rule admitting SOCKS clients by address makes.)
+fn settings_without_login(ex: &Exchange) -> Option<Arc<Settings>> {
+    let policy = ex.settings.socks.without_login.as_ref()?;
+    let mut settings = Settings::clone(&ex.settings);
+    settings.policy = Policy::clone(policy);
+    Some(Arc::new(settings))
+}
+
+/// A refusal by a port list, for a client admitted without a log-in, is the log-in's
+/// ([`without_login_refusal`]).
+fn as_login_refusal(ex: &Exchange, e: EdgeError, target: &Target) -> EdgeError {
+    if ex.user.is_some() || ex.settings.auth.is_none() {
+        return e;
+    }
+    let denial = e
+        .rule
+        .as_ref()
+        .and_then(|rule| without_login_refusal(rule, ex.client.ip(), &target.host, target.port));
+    match denial {
+        Some(denial) => EdgeError::refusal(ErrorKind::Auth, Builtin::Auth, denial.reason),
+        None => e,
     }
 }
 
@@ -455,6 +506,7 @@ async fn connect(
         }
         Err(e) => Err(e),
     };
+    let dialled = dialled.map_err(|e| as_login_refusal(&ex, e, target));
     let mut upstream = match dialled {
         Ok(upstream) => upstream,
         Err(e) => {

@@ -11,6 +11,9 @@
 //!   over from one to the next, or this proxy alone. There is deliberately no trailing
 //!   `DIRECT`: on a network that requires the proxy, a browser that cannot reach it must show
 //!   an error, not quietly go around the proxy (and its rules and records).
+//! - With `pac.socks`, `SOCKS5 a:3128` for each of them after the `PROXY` entries: a fallback
+//!   for clients that use the PAC for traffic that is not HTTP (the proxy's port answers
+//!   SOCKS5 too).
 //!
 //! The file never resolves a name: it calls neither `dnsResolve` nor `isResolvable`, and
 //! network patterns are only tried on hosts that are already addresses. Browsers run the PAC
@@ -136,21 +139,24 @@ fn header(out: &mut String) {
     );
 }
 
-/// `PROXY a:1; PROXY b:2`: the configured proxies, or this proxy as clients reach it.
+/// `PROXY a:1; PROXY b:2`: the configured proxies, or this proxy as clients reach it; with
+/// `pac.socks`, then `SOCKS5 a:1; SOCKS5 b:2` (the same ports answer SOCKS5).
 fn proxy_list(settings: &PacSettings, arrived_on: &str) -> String {
-    if !settings.proxies.is_empty() {
-        return settings
-            .proxies
-            .iter()
-            .map(|p| format!("PROXY {p}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-    }
-    let this = match &settings.proxy_host {
-        Some(host) => with_port(host, arrived_on),
-        None => arrived_on.to_owned(),
+    let proxies = if settings.proxies.is_empty() {
+        vec![match &settings.proxy_host {
+            Some(host) => with_port(host, arrived_on),
+            None => arrived_on.to_owned(),
+        }]
+    } else {
+        settings.proxies.clone()
     };
-    format!("PROXY {this}")
+    let socks: &[&str] = if settings.socks { &["SOCKS5"] } else { &[] };
+    ["PROXY"]
+        .iter()
+        .chain(socks)
+        .flat_map(|kind| proxies.iter().map(move |p| format!("{kind} {p}")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `host` (from `[pac] proxy_host`) with its own port, or else the port of `arrived_on`.
@@ -251,7 +257,26 @@ mod tests {
                 .collect(),
             proxies: proxies.iter().map(|p| p.to_string()).collect(),
             proxy_host: proxy_host.map(str::to_owned),
+            socks: false,
         }
+    }
+
+    #[test]
+    fn socks_entries_follow_the_proxy_entries() {
+        let mut s = settings(&[], &[], None);
+        s.socks = true;
+        assert_eq!(
+            proxy_list(&s, "10.0.0.1:3128"),
+            "PROXY 10.0.0.1:3128; SOCKS5 10.0.0.1:3128"
+        );
+        s.proxies = vec!["a.lan:3128".into(), "b.lan:8080".into()];
+        assert_eq!(
+            proxy_list(&s, "10.0.0.1:3128"),
+            "PROXY a.lan:3128; PROXY b.lan:8080; SOCKS5 a.lan:3128; SOCKS5 b.lan:8080"
+        );
+        assert!(render(&s, "10.0.0.1:3128").contains(
+            "return \"PROXY a.lan:3128; PROXY b.lan:8080; SOCKS5 a.lan:3128; SOCKS5 b.lan:8080\";"
+        ));
     }
 
     fn local() -> SocketAddr {

@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 use portcullis::observe::access::Verdict as RecordVerdict;
@@ -393,6 +394,34 @@ async fn status_from(client: IpAddr, proxy: SocketAddr, request: &str) -> u16 {
     exchange(&mut stream, request).await.status
 }
 
+/// Asks the proxy for a SOCKS5 CONNECT to `target` (`host:port`, by name or IPv4 address)
+/// from `client`, without a log-in; the reply code.
+async fn socks5_reply_from(client: IpAddr, proxy: SocketAddr, target: &str) -> u8 {
+    let mut stream = connect_from(&client.to_string(), proxy).await;
+    let (host, port) = target.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let mut request = vec![5, 1, 0, 5, 1, 0];
+    match host.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => {
+            request.push(1);
+            request.extend_from_slice(&ip.octets());
+        }
+        Err(_) => {
+            request.extend_from_slice(&[3, host.len() as u8]);
+            request.extend_from_slice(host.as_bytes());
+        }
+    }
+    request.extend_from_slice(&port.to_be_bytes());
+    stream.write_all(&request).await.unwrap();
+    let mut reply = [0u8; 12];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut reply))
+        .await
+        .expect("the SOCKS reply in time")
+        .expect("greeting answer and reply");
+    assert_eq!(reply[..2], [5, 0], "no log-in needed");
+    reply[3]
+}
+
 /// The system resolver, for `localhost` only: no other name may be looked up by a test.
 fn localhost_only(name: &str, port: u16) -> Result<Vec<IpAddr>, String> {
     assert_eq!(name, "localhost", "tests resolve localhost only");
@@ -424,7 +453,29 @@ async fn agree(toml: &str, cases: &[(&str, &str, String)]) {
             is_local: &portcullis::egress::dial::is_local_address,
         };
         let explained = explain(&settings, &question, &lookups).unwrap();
+        let what = format!("{method} {target} from {client}:\n{}", explained.render());
 
+        if *method == "SOCKS5" {
+            // The SOCKS reply code is what explain must name.
+            let code = socks5_reply_from(client, proxy.addr, target).await;
+            let record = proxy.wait_records(n + 1).await[n].clone();
+            assert_eq!(record.method, "SOCKS5", "records arrive in order: {what}");
+            assert_eq!(
+                explained.verdict == Verdict::Allowed,
+                record.verdict == RecordVerdict::Allow,
+                "{what}\nproxy: {record:?}"
+            );
+            assert_eq!(
+                explained.decider.as_ref().map(ToString::to_string),
+                Some(record.rule.to_string()),
+                "{what}\nproxy: {record:?}"
+            );
+            assert!(
+                explained.status.contains(&format!("0x{code:02X}")),
+                "{what}\nproxy replied 0x{code:02X}"
+            );
+            continue;
+        }
         let request = if *method == "CONNECT" {
             format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")
         } else {
@@ -438,7 +489,6 @@ async fn agree(toml: &str, cases: &[(&str, &str, String)]) {
         let status = status_from(client, proxy.addr, &request).await;
         let record = proxy.wait_records(n + 1).await[n].clone();
 
-        let what = format!("{method} {target} from {client}:\n{}", explained.render());
         assert_eq!(record.method, *method, "records arrive in order: {what}");
         let live_allowed = record.verdict == RecordVerdict::Allow;
         assert_eq!(
@@ -525,6 +575,13 @@ action = "deny"
         ("127.0.0.1", "GET", format!("http://localhost:{w}/e")),
         // A client not in clients.allow.
         ("127.0.0.3", "CONNECT", format!("127.0.0.1:{w}")),
+        // SOCKS5: the same port list and rules; the CONNECT-only rule does not apply.
+        ("127.0.0.1", "SOCKS5", format!("127.0.0.1:{w}")),
+        ("127.0.0.1", "SOCKS5", format!("127.0.0.1:{unused}")),
+        ("127.0.0.1", "SOCKS5", format!("127.0.0.1:{x}")),
+        ("127.0.0.2", "SOCKS5", format!("127.0.0.1:{w}")),
+        ("127.0.0.1", "SOCKS5", format!("blocked.test:{w}")),
+        ("127.0.0.1", "SOCKS5", format!("127.0.0.99:{w}")),
         // The proxy's own page.
         ("127.0.0.1", "GET", "/".to_owned()),
     ];

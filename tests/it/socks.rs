@@ -365,3 +365,80 @@ async fn udp_associate_relays_allowed_datagrams_while_its_connection_lives() {
     );
     assert!(reason.contains("socks.udp_ports"), "{reason}");
 }
+
+#[tokio::test]
+async fn with_auth_a_rule_admits_socks_clients_by_address_without_a_log_in() {
+    let echo = echo_origin().await;
+    let other = echo_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("ann", "ann pw")]);
+    // Browsers send no SOCKS password: 127.0.0.1 may reach the echo port without one; the
+    // other port stays behind the log-in, and so does every other client.
+    let p = proxy(
+        &[echo.port(), other.port()],
+        &format!(
+            "[auth]\nhtpasswd = {users:?}\n\
+             [[rules]]\nname = \"lan socks\"\nclients = [\"127.0.0.1\"]\nmethods = [\"SOCKS5\"]\nports = [{}]\naction = \"allow\"\n",
+            echo.port()
+        ),
+    )
+    .await;
+    // No password offered: 05 00, and the rule lets the echo port through.
+    let (mut s, greeting, reply) = socks5(p.addr, &to_loopback(1, echo.port())).await;
+    assert_eq!(greeting, [5, 0]);
+    assert_eq!(reply[..2], [5, 0], "{reply:?}");
+    s.write_all(b"anon").await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(read_upto(&mut s, 100).await, b"anon");
+    // A port the rule does not name, though ports.connect has it: refused, as the log-in.
+    let (_s, greeting, reply) = socks5(p.addr, &to_loopback(1, other.port())).await;
+    assert_eq!(greeting, [5, 0]);
+    assert_eq!(reply[..2], [5, 2], "{reply:?}");
+    // A client offering a password as well logs in (and then reaches the other port).
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[5, 2, 0, 2]).await.unwrap();
+    assert_eq!(read_upto(&mut s, 2).await, [5, 2]);
+    s.write_all(b"\x01\x03ann\x06ann pw").await.unwrap();
+    assert_eq!(read_upto(&mut s, 2).await, [1, 0]);
+    s.write_all(&to_loopback(1, other.port())).await.unwrap();
+    assert_eq!(read_upto(&mut s, 10).await[..2], [5, 0]);
+    drop(s);
+    // Another client address: no method acceptable.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = socket.connect(p.addr).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    assert_eq!(read_upto(&mut s, 10).await, [5, 0xFF]);
+    // HTTP from the admitted address still logs in.
+    let mut h = TcpStream::connect(p.addr).await.unwrap();
+    h.write_all(
+        format!(
+            "CONNECT 127.0.0.1:{0} HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\n\r\n",
+            echo.port()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let head = read_upto(&mut h, 12).await;
+    assert!(head.starts_with(b"HTTP/1.1 407"), "{head:?}");
+
+    let records = p.wait_records(5).await;
+    let find = |port: u16, user: Option<&str>| {
+        records
+            .iter()
+            .find(|r| r.method == "SOCKS5" && r.port == port && r.user.as_deref() == user)
+            .unwrap_or_else(|| panic!("{port} {user:?}: {records:#?}"))
+    };
+    let anon = find(echo.port(), None);
+    assert!(
+        anon.status == 200 && anon.rule == "rule \"lan socks\"",
+        "{anon:?}"
+    );
+    let refused = find(other.port(), None);
+    assert!(refused.rule == "auth", "{refused:?}");
+    let reason = refused.reason.as_deref().unwrap_or("");
+    assert!(reason.contains("without a log-in"), "{reason}");
+    let ann = find(other.port(), Some("ann"));
+    assert!(ann.status == 200 && ann.rule == "ports.connect", "{ann:?}");
+}
