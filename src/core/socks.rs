@@ -20,6 +20,9 @@ pub const NO_ACCEPTABLE: u8 = 0xFF;
 /// 255-byte user id and a 255-byte name is the longest, 520 bytes).
 pub const MAX_MESSAGE: usize = 600;
 
+/// The method of a UDP association's record, and the one rules match for its datagrams.
+pub const UDP_METHOD: &str = "SOCKS5-UDP";
+
 /// What a decoder made of the bytes so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decode<T> {

@@ -84,8 +84,26 @@ pub fn render_metrics(
         ),
     ] {
         family(&mut out, name, "counter", help);
-        for p in ports.iter().filter(|p| p.total() > 0) {
+        for p in ports.iter().filter(|p| p.used()) {
             sample(&mut out, name, &port_labels(p), pick(p));
+        }
+    }
+    family(
+        &mut out,
+        "portcullis_datagrams_total",
+        "counter",
+        "Datagrams relayed through SOCKS UDP associations, by destination port and direction (up: client to destination).",
+    );
+    for p in &ports {
+        for (direction, n) in [("up", p.datagrams_up), ("down", p.datagrams_down)] {
+            if n > 0 {
+                sample(
+                    &mut out,
+                    "portcullis_datagrams_total",
+                    &format!("{},direction=\"{direction}\"", port_labels(p)),
+                    n,
+                );
+            }
         }
     }
     family(

@@ -20,6 +20,7 @@ use std::time::SystemTime;
 use crate::core::error::ErrorKind;
 use crate::core::policy::{Builtin, Decider};
 use crate::core::ports::service_name;
+use crate::core::socks::UDP_METHOD;
 use crate::core::sync::lock;
 use crate::observe::access::{AccessRecord, AccessSink, Verdict};
 
@@ -46,6 +47,36 @@ struct PortCell {
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     active_tunnels: AtomicU64,
+    datagrams_up: AtomicU64,
+    datagrams_down: AtomicU64,
+}
+
+/// Datagrams and their payload bytes relayed each way to one destination port, by one UDP
+/// association.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relayed {
+    /// Datagrams client to destination.
+    pub datagrams_up: u64,
+    /// Their payload bytes.
+    pub bytes_up: u64,
+    /// Datagrams destination to client.
+    pub datagrams_down: u64,
+    /// Their payload bytes.
+    pub bytes_down: u64,
+}
+
+impl Relayed {
+    /// One datagram of `bytes` to the destination.
+    pub fn add_up(&mut self, bytes: usize) {
+        self.datagrams_up += 1;
+        self.bytes_up += bytes as u64;
+    }
+
+    /// One datagram of `bytes` from it.
+    pub fn add_down(&mut self, bytes: usize) {
+        self.datagrams_down += 1;
+        self.bytes_down += bytes as u64;
+    }
 }
 
 /// A snapshot of one port's counters.
@@ -107,6 +138,10 @@ pub struct PortUse {
     pub bytes_down: u64,
     /// Tunnels open now.
     pub active_tunnels: u64,
+    /// Datagrams relayed to this port through SOCKS UDP associations.
+    pub datagrams_up: u64,
+    /// Datagrams relayed from it.
+    pub datagrams_down: u64,
 }
 
 impl PortUse {
@@ -118,6 +153,11 @@ impl PortUse {
     /// Refused requests and tunnels together.
     pub fn denied(&self) -> u64 {
         self.http_denied + self.connect_denied + self.socks_denied
+    }
+
+    /// Whether anything went to this port: a request, a tunnel or a datagram.
+    pub fn used(&self) -> bool {
+        self.total() > 0 || self.datagrams_up > 0 || self.datagrams_down > 0
     }
 }
 
@@ -304,6 +344,19 @@ impl Stats {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A UDP association relayed `relayed` to and from destination `port`. Its bytes are
+    /// counted here, per port, and not again from the association's record.
+    pub fn udp_relayed(&self, port: u16, relayed: &Relayed) {
+        let cell = self.port(port);
+        cell.datagrams_up
+            .fetch_add(relayed.datagrams_up, Ordering::Relaxed);
+        cell.datagrams_down
+            .fetch_add(relayed.datagrams_down, Ordering::Relaxed);
+        cell.bytes_up.fetch_add(relayed.bytes_up, Ordering::Relaxed);
+        cell.bytes_down
+            .fetch_add(relayed.bytes_down, Ordering::Relaxed);
+    }
+
     /// A tunnel to `port` closed.
     pub fn tunnel_closed(&self, port: u16) {
         self.port(port)
@@ -333,8 +386,10 @@ impl Stats {
                     bytes_up: load(&cell.bytes_up),
                     bytes_down: load(&cell.bytes_down),
                     active_tunnels: load(&cell.active_tunnels),
+                    datagrams_up: load(&cell.datagrams_up),
+                    datagrams_down: load(&cell.datagrams_down),
                 };
-                if row.total() > 0 || row.active_tunnels > 0 {
+                if row.used() || row.active_tunnels > 0 {
                     out.push(row);
                 }
             }
@@ -424,8 +479,12 @@ impl AccessSink for Stats {
             if denied {
                 refused.fetch_add(1, Ordering::Relaxed);
             }
-            cell.bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
-            cell.bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
+            // A UDP association's bytes were counted per destination port as relayed
+            // (`udp_relayed`); its record's port is only the first destination's.
+            if r.method != UDP_METHOD {
+                cell.bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
+                cell.bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
+            }
         }
         if let Some(dns) = r.dns {
             let seconds = dns.took.as_secs_f64();

@@ -23,12 +23,17 @@ use crate::core::socks::{self as wire, Reply};
 use crate::core::target::{Host, Target};
 use crate::egress::dial::{allowed_addresses, is_local_address};
 use crate::observe::access::Traffic;
+use crate::observe::stats::Relayed;
 use crate::proxy::admission::Slot;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::respond::note_failure;
 
 /// The method of an association's record, and the one rules match for its datagrams.
-pub(crate) const METHOD: &str = "SOCKS5-UDP";
+pub(crate) use crate::core::socks::UDP_METHOD as METHOD;
+
+/// Destination ports whose datagrams are counted apart, per association; those of more go
+/// to the first destination's port.
+const MAX_PORTS: usize = 64;
 
 /// Destinations remembered per association, whose answers are let back.
 const MAX_PEERS: usize = 1024;
@@ -36,13 +41,31 @@ const MAX_PEERS: usize = 1024;
 /// The largest datagram.
 const DATAGRAM: usize = 65_536;
 
-/// What the association counts, for its record.
+/// What the association counts, for its record and the statistics.
 #[derive(Default)]
 struct Counts {
     up: u64,
     down: u64,
     dropped: u64,
     refusal: Option<String>,
+    /// Per destination port: datagrams and bytes relayed each way.
+    ports: Vec<(u16, Relayed)>,
+}
+
+impl Counts {
+    /// Datagrams relayed to or from destination `port`: at most [`MAX_PORTS`] ports are kept
+    /// apart, then the first one takes the rest.
+    fn port(&mut self, port: u16) -> &mut Relayed {
+        let at = match self.ports.iter().position(|(p, _)| *p == port) {
+            Some(at) => at,
+            None if self.ports.len() < MAX_PORTS => {
+                self.ports.push((port, Relayed::default()));
+                self.ports.len() - 1
+            }
+            None => 0,
+        };
+        &mut self.ports[at].1
+    }
 }
 
 /// What woke the relay.
@@ -183,6 +206,7 @@ pub(crate) async fn associate(
                             peers.insert(to);
                         }
                         counts.up += 1;
+                        counts.port(to.port()).add_up(data.len());
                         Traffic::add(&traffic.up, data.len());
                         conn.tunnel_moved();
                         if first {
@@ -213,12 +237,16 @@ pub(crate) async fn associate(
                 back.extend_from_slice(data);
                 if relay.send_to(&back, to).await.is_ok() {
                     counts.down += 1;
+                    counts.port(from.port()).add_down(n);
                     Traffic::add(&traffic.down, n);
                     conn.tunnel_moved();
                 }
             }
         }
     };
+    for (port, relayed) in &counts.ports {
+        ex.shared.stats.udp_relayed(*port, relayed);
+    }
     let mut note = format!(
         "UDP: {} datagrams up, {} down, {} dropped",
         counts.up, counts.down, counts.dropped

@@ -303,10 +303,17 @@ fn udp_header(port: u16) -> Vec<u8> {
 #[tokio::test]
 async fn udp_associate_relays_allowed_datagrams_while_its_connection_lives() {
     let allowed = udp_echo().await;
+    let second = udp_echo().await;
     let other = udp_echo().await;
-    let p = proxy(
-        &[],
-        &format!("[socks]\nudp = true\nudp_ports = [{}]\n", allowed.port()),
+    let p = Proxy::start_observed(
+        settings_of(&format!(
+            "{}[socks]\nudp = true\nudp_ports = [{}, {}]\n",
+            loopback_config(&[], &[]),
+            allowed.port(),
+            second.port()
+        )),
+        true,
+        None,
     )
     .await;
     let (control, greeting, reply) = socks5(p.addr, &to_loopback(3, 0)).await;
@@ -336,6 +343,20 @@ async fn udp_associate_relays_allowed_datagrams_while_its_connection_lives() {
         &buf[..n],
         [&udp_header(allowed.port())[..], b"echo:ping"].concat()
     );
+    // A second allowed port, twice: counted apart in the statistics.
+    for _ in 0..2 {
+        let mut datagram = udp_header(second.port());
+        datagram.extend_from_slice(b"hi");
+        client.send_to(&datagram, relay).await.unwrap();
+        let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+            .await
+            .expect("the second echo comes back")
+            .unwrap();
+        assert_eq!(
+            &buf[..n],
+            [&udp_header(second.port())[..], b"echo:hi"].concat()
+        );
+    }
     // A port not in udp_ports, and a fragment: dropped.
     let mut datagram = udp_header(other.port());
     datagram.extend_from_slice(b"no");
@@ -356,14 +377,52 @@ async fn udp_associate_relays_allowed_datagrams_while_its_connection_lives() {
         (r.method.as_str(), r.status, r.port),
         ("SOCKS5-UDP", 200, allowed.port())
     );
-    assert_eq!((r.bytes_up, r.bytes_down), (4, 9), "{r:?}");
+    assert_eq!((r.bytes_up, r.bytes_down), (4 + 2 * 2, 9 + 2 * 7), "{r:?}");
     assert!(r.rule == "socks.udp_ports", "{r:?}");
     let reason = r.reason.as_deref().unwrap_or("");
     assert!(
-        reason.contains("1 datagrams up, 1 down, 2 dropped"),
+        reason.contains("3 datagrams up, 3 down, 2 dropped"),
         "{reason}"
     );
     assert!(reason.contains("socks.udp_ports"), "{reason}");
+    // The statistics count datagrams and bytes per destination port, each port its own.
+    let metrics = Metrics::scrape(p.admin.unwrap()).await;
+    for (port, datagrams, up, down) in [
+        (allowed.port(), 1.0, 4.0, 9.0),
+        (second.port(), 2.0, 4.0, 14.0),
+    ] {
+        let port = port.to_string();
+        let at = |direction: &'static str| [("port", port.as_str()), ("direction", direction)];
+        assert_eq!(
+            metrics.value("portcullis_datagrams_total", &at("up")),
+            Some(datagrams),
+            "{}",
+            metrics.text
+        );
+        assert_eq!(
+            metrics.value("portcullis_datagrams_total", &at("down")),
+            Some(datagrams)
+        );
+        assert_eq!(
+            metrics.value("portcullis_bytes_up_total", &[("port", port.as_str())]),
+            Some(up)
+        );
+        assert_eq!(
+            metrics.value("portcullis_bytes_down_total", &[("port", port.as_str())]),
+            Some(down)
+        );
+    }
+    assert_eq!(
+        metrics.value(
+            "portcullis_requests_total",
+            &[
+                ("port", allowed.port().to_string().as_str()),
+                ("kind", "socks")
+            ]
+        ),
+        Some(1.0),
+        "one association"
+    );
 }
 
 #[tokio::test]
