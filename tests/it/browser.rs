@@ -65,19 +65,11 @@ pub fn run_chromium_in(binary: &Path, profile: &Path, args: &[String]) -> String
 
 /// Chromium, or `None` (the test is skipped) when this machine has none and CI is not set.
 pub fn chromium_or_skip() -> Option<PathBuf> {
-    let binary = chromium();
-    if binary.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but Chromium is missing: .ci/run installs it"
-        );
-        eprintln!("skipped: no Chromium on this machine (apt-get install chromium)");
-    }
-    binary
+    tool_here(chromium(), "Chromium", "chromium")
 }
 
 /// Runs Chromium off the async runtime.
-async fn chromium_async(binary: &Path, args: Vec<String>) -> String {
+pub(crate) async fn chromium_async(binary: &Path, args: Vec<String>) -> String {
     let binary = binary.to_path_buf();
     tokio::task::spawn_blocking(move || run_chromium(&binary, &args))
         .await

@@ -33,5 +33,6 @@ mod passwd;
 mod reload;
 mod report;
 mod socks;
+mod socks_clients;
 mod tunnel;
 mod upstream;

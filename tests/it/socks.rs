@@ -14,12 +14,12 @@ use crate::support::*;
 
 /// A proxy that reaches loopback origins on `ports` by CONNECT and SOCKS, with `extra`
 /// configuration after.
-async fn proxy(ports: &[u16], extra: &str) -> Proxy {
+pub(crate) async fn proxy(ports: &[u16], extra: &str) -> Proxy {
     Proxy::start(&format!("{}{extra}", loopback_config(ports, ports))).await
 }
 
 /// What the proxy sends until it closes or `WAIT` passes (at most `max` bytes).
-async fn read_upto(stream: &mut TcpStream, max: usize) -> Vec<u8> {
+pub(crate) async fn read_upto(stream: &mut TcpStream, max: usize) -> Vec<u8> {
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -33,7 +33,7 @@ async fn read_upto(stream: &mut TcpStream, max: usize) -> Vec<u8> {
 }
 
 /// Greets without authentication and sends `request`; the greeting's answer and the reply.
-async fn socks5(proxy: SocketAddr, request: &[u8]) -> (TcpStream, Vec<u8>, Vec<u8>) {
+pub(crate) async fn socks5(proxy: SocketAddr, request: &[u8]) -> (TcpStream, Vec<u8>, Vec<u8>) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(&[5, 1, 0]).await.unwrap();
     let greeting = read_upto(&mut s, 2).await;
@@ -43,21 +43,21 @@ async fn socks5(proxy: SocketAddr, request: &[u8]) -> (TcpStream, Vec<u8>, Vec<u
 }
 
 /// `05 CMD 00 01 127.0.0.1 PORT`.
-fn to_loopback(command: u8, port: u16) -> Vec<u8> {
+pub(crate) fn to_loopback(command: u8, port: u16) -> Vec<u8> {
     let mut r = vec![5, command, 0, 1, 127, 0, 0, 1];
     r.extend_from_slice(&port.to_be_bytes());
     r
 }
 
 /// `05 01 00 03 NAME PORT`.
-fn to_name(name: &str, port: u16) -> Vec<u8> {
+pub(crate) fn to_name(name: &str, port: u16) -> Vec<u8> {
     let mut r = vec![5, 1, 0, 3, name.len() as u8];
     r.extend_from_slice(name.as_bytes());
     r.extend_from_slice(&port.to_be_bytes());
     r
 }
 
-fn curl(args: &[&str]) -> (bool, String) {
+pub(crate) fn curl(args: &[&str]) -> (bool, String) {
     let out = Command::new("curl")
         .args(["--silent", "--max-time", "10", "--noproxy", ""])
         .args(args)

@@ -47,6 +47,38 @@ pub fn loopback_config(http_ports: &[u16], connect_ports: &[u16]) -> String {
     text
 }
 
+/// A program a test drives, when this machine has it (`found`); when it does not, the test is
+/// skipped and says so, except when `CI` is set, since `.ci/run` installs `package`: then the
+/// test fails.
+pub fn tool_here<T>(found: Option<T>, what: &str, package: &str) -> Option<T> {
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but {what} is missing: .ci/run installs {package}"
+        );
+        eprintln!("skipped: no {what} on this machine (apt-get install {package})");
+    }
+    found
+}
+
+/// Runs a client program off the async runtime with `stdin` piped in; fails the test when it
+/// takes more than 20 seconds. Whether it succeeded, its stdout and its stderr.
+pub async fn run_client(command: Command, stdin: &[u8]) -> (bool, String, String) {
+    let stdin = stdin.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let (out, killed) = run_bounded(command, stdin, Duration::from_secs(20));
+        assert!(!killed, "{program} did not finish within 20 s");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 /// What a run of the binary left: its exit status, stdout, and stderr (UTF-8).
 pub struct Ran {
     pub status: ExitStatus,

@@ -102,15 +102,26 @@ impl Proxy {
 
     /// Waits until at least `n` records exist and returns them all.
     pub async fn wait_records(&self, n: usize) -> Vec<AccessRecord> {
+        self.wait_until(&format!("{n} access records"), |records| records.len() >= n)
+            .await
+    }
+
+    /// Waits until `done` holds of the records and returns them all; fails the test, saying
+    /// it expected `what`, when it does not within `WAIT`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[AccessRecord]) -> bool,
+    ) -> Vec<AccessRecord> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let records = self.records();
-            if records.len() >= n {
+            if done(&records) {
                 return records;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "expected {n} access records, have {}: {records:#?}",
+                "expected {what}, have {}: {records:#?}",
                 records.len()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
