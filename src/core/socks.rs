@@ -52,9 +52,13 @@ pub enum Malformed {
     /// An address type other than IPv4, a name and IPv6.
     #[error("SOCKS address type {0:#04x} is not known")]
     AddressType(u8),
-    /// A name of length 0, or that is not a host name.
-    #[error("the destination name is empty or not a host name")]
+    /// A name of length 0 (or, in SOCKS4a, missing or too long).
+    #[error("the destination name is empty")]
     Name,
+    /// A name no resolver could look up (RFC 1928 allows 255 octets of anything; DNS 253 of
+    /// a host name's characters): answered as an unreachable host, not a malformed request.
+    #[error("the destination name is not a host name DNS could resolve")]
+    NotAHostName,
     /// The reserved byte of a request is not 0.
     #[error("the reserved byte of the SOCKS request is not 0")]
     Reserved,
@@ -69,6 +73,7 @@ impl Malformed {
         match self {
             Malformed::Command(_) => Reply::COMMAND_NOT_SUPPORTED,
             Malformed::AddressType(_) => Reply::ADDRESS_TYPE_NOT_SUPPORTED,
+            Malformed::NotAHostName => Reply::HOST_UNREACHABLE,
             _ => Reply::GENERAL_FAILURE,
         }
     }
@@ -272,7 +277,7 @@ pub fn address(buf: &[u8]) -> Decode<Target> {
                 .and_then(|n| parse_host(n).ok());
             match host {
                 Some(host) => (host, end),
-                None => return Decode::Bad(Malformed::Name),
+                None => return Decode::Bad(Malformed::NotAHostName),
             }
         }
         other => return Decode::Bad(Malformed::AddressType(other)),
@@ -537,7 +542,7 @@ mod tests {
             (vec![5, 1, 0, 3, 0, 0, 80], Decode::Bad(Malformed::Name)),
             (
                 [&[5u8, 1, 0, 3, 3][..], b"a b", &[0, 80]].concat(),
-                Decode::Bad(Malformed::Name),
+                Decode::Bad(Malformed::NotAHostName),
             ),
             (vec![5, 1, 0, 9], Decode::Bad(Malformed::AddressType(9))),
             (vec![5, 9, 0, 1], Decode::Bad(Malformed::Command(9))),
@@ -613,7 +618,9 @@ mod tests {
                     assert_eq!(t, atyp);
                     bad += 1
                 }
-                (Some(_), 3, None, Decode::Bad(Malformed::Name)) => bad += 1,
+                (Some(_), 3, None, Decode::Bad(Malformed::Name | Malformed::NotAHostName)) => {
+                    bad += 1
+                }
                 (Some(c), _, Some(h), Decode::Done(r, _)) => {
                     assert_eq!(r.command, c);
                     assert_eq!(&r.target.host, h);

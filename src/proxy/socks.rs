@@ -222,6 +222,7 @@ fn ended_early(ex: &mut Exchange, ended: Ended) {
         Ended::Malformed(m) => {
             let e = EdgeError::new(ErrorKind::Client, m.to_string());
             match m {
+                Malformed::NotAHostName => EdgeError::new(ErrorKind::Dns, m.to_string()),
                 Malformed::Command(_) | Malformed::AddressType(_) => {
                     e.with_status(http::StatusCode::NOT_IMPLEMENTED)
                 }

@@ -445,7 +445,6 @@ async fn the_longest_names_reach_the_port_list() {
 /// 253 characters), but the request is well formed: it should meet the port list like any
 /// other (0x02 here), or fail to resolve (0x04), not be answered as a malformed request.
 #[tokio::test]
-#[ignore = "issue 17: a 255-byte SOCKS5 name is answered 0x01 (malformed) before the port list"]
 async fn a_name_of_255_bytes_is_a_well_formed_request() {
     let refused = Counter::start().await;
     let p = proxy(&[], "").await;
