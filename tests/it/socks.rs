@@ -501,3 +501,45 @@ async fn with_auth_a_rule_admits_socks_clients_by_address_without_a_log_in() {
     let ann = find(other.port(), Some("ann"));
     assert!(ann.status == 200 && ann.rule == "ports.connect", "{ann:?}");
 }
+
+#[tokio::test]
+async fn an_ipv6_destination_is_dialled_over_ipv6() {
+    // An echo server on ::1 (skipped where the machine has no IPv6 loopback).
+    let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+        return;
+    };
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        if let Ok(Ok((stream, _))) = tokio::time::timeout(WAIT, listener.accept()).await {
+            let (mut read, mut write) = stream.into_split();
+            let _ = tokio::time::timeout(WAIT, tokio::io::copy(&mut read, &mut write)).await;
+        }
+    });
+    let p = proxy(&[port], "").await;
+    let mut request = vec![5, 1, 0, 4];
+    request.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    request.extend_from_slice(&port.to_be_bytes());
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    assert_eq!(read_upto(&mut s, 2).await, [5, 0]);
+    s.write_all(&request).await.unwrap();
+    // The reply's BND is the proxy's end of an IPv6 socket: address type 4, 22 bytes.
+    let reply = read_upto(&mut s, 22).await;
+    assert_eq!(reply[..4], [5, 0, 0, 4], "{reply:?}");
+    assert_eq!(reply[4..20], std::net::Ipv6Addr::LOCALHOST.octets());
+    s.write_all(b"six").await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(read_upto(&mut s, 100).await, b"six");
+    let records = p.wait_records(1).await;
+    let r = &records[0];
+    assert_eq!(
+        (r.host.as_str(), r.port, r.status),
+        ("[::1]", port, 200),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.upstream.map(|u| u.ip()),
+        Some("::1".parse().unwrap()),
+        "{r:?}"
+    );
+}
