@@ -110,11 +110,11 @@ pub fn render_metrics(
         &mut out,
         "portcullis_active_tunnels",
         "gauge",
-        "CONNECT tunnels open now, by destination port.",
+        "CONNECT and SOCKS tunnels open now, by destination port.",
     );
     for p in ports
         .iter()
-        .filter(|p| p.active_tunnels > 0 || p.connect_requests > 0)
+        .filter(|p| p.active_tunnels > 0 || p.connect_requests > 0 || p.socks_requests > 0)
     {
         sample(
             &mut out,

@@ -161,21 +161,25 @@ pub fn status_page(s: &Snapshot) -> String {
 
     h.push_str(
         "<h2>Ports</h2><table id=\"ports\"><tr><th>port</th><th class=\"n\">requests</th>\
-         <th class=\"n\">tunnels</th><th class=\"n\">refused</th><th class=\"n\">up</th>\
+         <th class=\"n\">tunnels</th><th class=\"n\">SOCKS</th><th class=\"n\">datagrams</th>\
+         <th class=\"n\">refused</th><th class=\"n\">up</th>\
          <th class=\"n\">down</th><th class=\"n\">open now</th></tr>",
     );
     if s.ports.is_empty() {
-        h.push_str("<tr><td colspan=\"7\" class=\"muted\">no traffic yet</td></tr>");
+        h.push_str("<tr><td colspan=\"9\" class=\"muted\">no traffic yet</td></tr>");
     }
     for p in &s.ports {
         let _ = write!(
             h,
             "<tr data-port=\"{}\"><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             p.port,
             escape_html(&describe(p.port)),
             p.http_requests,
-            p.connect_requests + p.socks_requests,
+            p.connect_requests,
+            p.socks_requests,
+            p.datagrams_up + p.datagrams_down,
             p.denied(),
             human_bytes(p.bytes_up),
             human_bytes(p.bytes_down),
