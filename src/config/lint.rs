@@ -96,6 +96,21 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
             ));
         }
     }
+    if socks.enabled {
+        for rule in &policy.rules {
+            let Some(methods) = &rule.methods else {
+                continue;
+            };
+            let connect = methods.iter().any(|m| m == "CONNECT");
+            let socks_too = methods.iter().any(|m| SOCKS_METHODS.contains(&m.as_str()));
+            if rule.action == Action::Deny && connect && !socks_too {
+                out.push(format!(
+                    "rule \"{}\" refuses CONNECT but not SOCKS: SOCKS clients reach what it refuses (socks.enabled is on); add \"SOCKS5\" to its methods, or leave methods out",
+                    rule.name
+                ));
+            }
+        }
+    }
     if settings.pac.socks && !socks.enabled && settings.pac.proxies.is_empty() {
         out.push(
             "pac.socks offers SOCKS5 on this proxy, but socks.enabled is off: clients that fall back to it are refused".to_owned(),
@@ -294,6 +309,10 @@ mod tests {
             (
                 "[[rules]]\nname = \"relay\"\nmethods = [\"SOCKS5\"]\nports = [25]\naction = \"allow\"\n",
                 "reachable through SOCKS by rule \"relay\"",
+            ),
+            (
+                "[[rules]]\nname = \"no tunnels to x\"\nhosts = [\"x.example\"]\nmethods = [\"CONNECT\"]\naction = \"deny\"\n",
+                "rule \"no tunnels to x\" refuses CONNECT but not SOCKS",
             ),
             (
                 "[pac]\nsocks = true\n[socks]\nenabled = false\n",

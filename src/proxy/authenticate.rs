@@ -77,6 +77,15 @@ pub(crate) async fn log_in(
     }
     let (user, verified) = match offered() {
         Ok((user, password)) => {
+            // Counted before the check, so that checks at once cannot all pass the block.
+            let Some(_attempt) = login.failures.attempt(ip, now) else {
+                return Err(EdgeError::refusal(
+                    ErrorKind::Limit,
+                    Builtin::AuthMaxFailures,
+                    format!("too many log-ins from {ip} failed or under way at once (auth.max_failures); try again in 1 s"),
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from(1)));
+            };
             let users = auth.users.clone();
             let name = user.clone();
             // bcrypt takes tens of milliseconds on purpose: keep it off the reactor.

@@ -87,9 +87,20 @@ pub(crate) async fn accept_loop(
                         // Best effort: a new socket's send buffer is empty. What the client
                         // has already sent is read first, so that closing sends a FIN, not a
                         // reset that could make its TCP drop the answer.
+                        // A SOCKS greeting already there is answered in SOCKS.
                         let mut sent = [0u8; 4096];
-                        let _ = stream.try_read(&mut sent);
-                        let _ = stream.try_write(crate::core::limits::NO_ROOM_RESPONSE);
+                        let first = match stream.try_read(&mut sent) {
+                            Ok(n) if n > 0 => Some(sent[0]),
+                            _ => None,
+                        };
+                        let answer: &[u8] = match first {
+                            Some(0x05) if settings.socks.enabled => &[5, 0xFF],
+                            Some(0x04) if settings.socks.enabled && settings.socks.v4 => {
+                                &[0, 0x5B, 0, 0, 0, 0, 0, 0]
+                            }
+                            _ => crate::core::limits::NO_ROOM_RESPONSE,
+                        };
+                        let _ = stream.try_write(answer);
                         continue;
                     }
                 };

@@ -34,6 +34,7 @@ use crate::observe::access::{PendingRecord, Traffic};
 use crate::proxy::admission::Slot;
 use crate::proxy::authenticate::{log_in, not_blocked};
 use crate::proxy::body::UpBody;
+use crate::proxy::conn::ConnState;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::respond::note_failure;
 use crate::proxy::state::ProxyState;
@@ -139,9 +140,17 @@ pub(crate) async fn serve(accepted: Accepted, shared: Arc<ProxyState>, stop: Can
     let negotiated = tokio::select! {
         done = tokio::time::timeout(
             limit,
-            negotiate(&mut ex, &mut stream, &mut buf, version, refusal.as_ref()),
+            negotiate(&mut ex, &mut stream, &mut buf, version, refusal.as_ref(), &conn),
         ) => done,
-        _ = conn.evicted() => return,
+        _ = conn.evicted() => {
+            ex.record.fail(
+                ErrorKind::Limit,
+                503,
+                Some(Builtin::LimitsMaxConnections.into()),
+                "closed during its SOCKS negotiation, to make room for a new connection at the connection limits".to_owned(),
+            );
+            return;
+        }
         _ = stop.cancelled() => return,
     };
     let asked = match negotiated {
@@ -198,7 +207,25 @@ pub(crate) async fn serve(accepted: Accepted, shared: Arc<ProxyState>, stop: Can
         }
         Command::UdpAssociate => {
             ex.record.set_method(socks_udp::METHOD);
-            let front = front(&ex, &asked.target, refusal.as_ref());
+            let front = front(&ex, &asked.target, refusal.as_ref()).and_then(|()| {
+                // Without a log-in, only a rule admitting the client for SOCKS5-UDP opens a relay.
+                let admitted = !asked.without_login
+                    || ex
+                        .settings
+                        .policy
+                        .admits_without_login(ex.client.ip(), socks_udp::METHOD);
+                match admitted {
+                    true => Ok(()),
+                    false => Err(EdgeError::refusal(
+                        ErrorKind::Auth,
+                        Builtin::Auth,
+                        format!(
+                            "without a log-in, no rule admits {} for SOCKS5-UDP",
+                            ex.client.ip()
+                        ),
+                    )),
+                }
+            });
             match front {
                 Ok(()) => socks_udp::associate(ex, stream, asked.target, slot, stop).await,
                 Err(e) => {
@@ -273,6 +300,7 @@ async fn negotiate(
     buf: &mut Vec<u8>,
     version: Version,
     refusal: Option<&EdgeError>,
+    conn: &Arc<ConnState>,
 ) -> Result<Asked, Ended> {
     // A client refused at the door (over the limits, not in clients.allow) learns no more
     // than that: no method is acceptable, or the request is rejected.
@@ -312,24 +340,30 @@ async fn negotiate(
                 }
                 send(stream, &[5, PASSWORD]).await?;
                 let credentials = read_message(stream, buf, wire::credentials).await?;
+                // The user name's length first (RFC 1929 gives it one byte): no two pairs
+                // of user name and password make the same key.
                 let key = [
                     b"socks\0",
+                    &[credentials.user.len() as u8][..],
                     &credentials.user[..],
-                    b"\0",
                     &credentials.password[..],
                 ]
                 .concat();
                 let logged_in = match not_blocked(ex) {
                     Ok(()) => {
+                        // Busy while the password is checked: not one to close to make room.
+                        let _checking = conn.begin();
                         log_in(ex, &key, || {
                             match (
                                 String::from_utf8(credentials.user),
                                 String::from_utf8(credentials.password),
                             ) {
-                                (Ok(user), Ok(password)) if !user.is_empty() => {
+                                (Ok(user), Ok(password))
+                                    if !user.is_empty() && !user.chars().any(char::is_control) =>
+                                {
                                     Ok((user, password))
                                 }
-                                _ => Err("the SOCKS user name is empty, or the user name or password is not UTF-8".to_owned()),
+                                _ => Err("the SOCKS user name is empty or has control characters, or the user name or password is not UTF-8".to_owned()),
                             }
                         })
                         .await
@@ -343,11 +377,17 @@ async fn negotiate(
                 send(stream, &[1, 0]).await?;
             } else if greeting.no_auth {
                 send(stream, &[5, NO_AUTH]).await?;
+            } else if greeting.password {
+                // A client set up with a password, on a proxy without [auth]: its log-in is
+                // accepted unread (no one logs in here), as a proxy without passwords would.
+                send(stream, &[5, PASSWORD]).await?;
+                read_message(stream, buf, wire::credentials).await?;
+                send(stream, &[1, 0]).await?;
             } else {
                 send(stream, &[5, NO_ACCEPTABLE]).await?;
                 return Err(Ended::Refused(EdgeError::new(
                     ErrorKind::Client,
-                    "the SOCKS greeting offers neither method 0x00 nor 0x02",
+                    "the SOCKS greeting offers neither method 0x00 (no log-in) nor 0x02 (user name and password)",
                 )));
             }
             match read_message(stream, buf, wire::request).await {
@@ -393,13 +433,22 @@ async fn negotiate(
     }
 }
 
-/// Whether a rule lets this client use SOCKS without a log-in while `[auth]` is on.
+/// Whether a rule lets this client use SOCKS without a log-in while `[auth]` is on (for
+/// SOCKS5, for CONNECT or UDP ASSOCIATE: the request is decided later).
 fn admits_without_login(ex: &Exchange, version: Version) -> bool {
+    let methods: &[&str] = match version {
+        Version::Five => &[version.method(), socks_udp::METHOD],
+        Version::Four => &[version.method()],
+    };
     ex.settings
         .socks
         .without_login
         .as_ref()
-        .is_some_and(|policy| policy.admits_without_login(ex.client.ip(), version.method()))
+        .is_some_and(|policy| {
+            methods
+                .iter()
+                .any(|m| policy.admits_without_login(ex.client.ip(), m))
+        })
 }
 
 /// The settings a client admitted without a log-in is served by: the policy of
@@ -414,7 +463,7 @@ fn settings_without_login(ex: &Exchange) -> Option<Arc<Settings>> {
 
 /// A refusal by a port list, for a client admitted without a log-in, is the log-in's
 /// ([`without_login_refusal`]).
-fn as_login_refusal(ex: &Exchange, e: EdgeError, target: &Target) -> EdgeError {
+pub(crate) fn as_login_refusal(ex: &Exchange, e: EdgeError, target: &Target) -> EdgeError {
     if ex.user.is_some() || ex.settings.auth.is_none() {
         return e;
     }

@@ -77,7 +77,7 @@ enum Woke {
     /// A datagram on the relay socket.
     FromClient(usize, SocketAddr),
     /// A datagram on an outbound socket.
-    FromDestination(usize, SocketAddr, bool),
+    FromDestination(usize, SocketAddr),
     /// No datagram either way for `tunnel_idle`.
     Idle,
     /// Closed to make room, or cut at the end of the shutdown grace period.
@@ -130,9 +130,8 @@ pub(crate) async fn associate(
     let mut client: Option<SocketAddr> = None;
     let mut peers: HashSet<SocketAddr> = HashSet::new();
     let (mut v4, mut v6): (Option<UdpSocket>, Option<UdpSocket>) = (None, None);
-    let mut up_buf = vec![0u8; DATAGRAM];
-    let mut v4_buf = vec![0u8; DATAGRAM];
-    let mut v6_buf = vec![0u8; DATAGRAM];
+    // One buffer for every socket: each is waited on for readiness, then read at once.
+    let mut buf = vec![0u8; DATAGRAM];
     let mut counts = Counts::default();
     let traffic = ex.record.traffic().clone();
     let mut first = true;
@@ -144,16 +143,12 @@ pub(crate) async fn associate(
                 Ok(0) | Err(_) => Woke::ControlClosed,
                 Ok(_) => Woke::ControlBytes,
             },
-            got = relay.recv_from(&mut up_buf) => match got {
+            ready = relay.readable() => match ready.and_then(|()| relay.try_recv_from(&mut buf)) {
                 Ok((n, from)) => Woke::FromClient(n, from),
                 Err(_) => continue,
             },
-            got = recv_on(&v4, &mut v4_buf) => match got {
-                Ok((n, from)) => Woke::FromDestination(n, from, true),
-                Err(_) => continue,
-            },
-            got = recv_on(&v6, &mut v6_buf) => match got {
-                Ok((n, from)) => Woke::FromDestination(n, from, false),
+            socket = readable(&v4, &v6) => match socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => Woke::FromDestination(n, from),
                 Err(_) => continue,
             },
             _ = tokio::time::sleep(idle.saturating_sub(quiet).max(Duration::from_millis(1))) => {
@@ -182,7 +177,7 @@ pub(crate) async fn associate(
                     continue;
                 }
                 client = Some(from);
-                let datagram = &up_buf[..n];
+                let datagram = &buf[..n];
                 let Some(header) = wire::datagram(datagram).filter(|d| d.frag == 0) else {
                     counts.dropped += 1;
                     continue;
@@ -218,6 +213,7 @@ pub(crate) async fn associate(
                         }
                     }
                     Err(e) => {
+                        let e = crate::proxy::socks::as_login_refusal(&ex, e, &header.target);
                         counts.dropped += 1;
                         counts.refusal.get_or_insert(match &e.rule {
                             Some(rule) => format!("{} (decided by {rule})", e.reason),
@@ -226,13 +222,13 @@ pub(crate) async fn associate(
                     }
                 }
             }
-            Woke::FromDestination(n, from, is_v4) => {
+            Woke::FromDestination(n, from) => {
                 let from = SocketAddr::new(from.ip().to_canonical(), from.port());
                 let (Some(to), true) = (client, peers.contains(&from)) else {
                     counts.dropped += 1;
                     continue;
                 };
-                let data = if is_v4 { &v4_buf[..n] } else { &v6_buf[..n] };
+                let data = &buf[..n];
                 let mut back = wire::datagram_header(from);
                 back.extend_from_slice(data);
                 if relay.send_to(&back, to).await.is_ok() {
@@ -260,14 +256,21 @@ pub(crate) async fn associate(
     ex.record.note(note);
 }
 
-/// Receives on `socket` when there is one; never completes otherwise.
-async fn recv_on(
-    socket: &Option<UdpSocket>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
-    match socket {
-        Some(socket) => socket.recv_from(buf).await,
-        None => std::future::pending().await,
+/// The first of the outbound sockets (those there are) that has a datagram to read; never
+/// completes while there is none. (A readiness error shows again on the read.)
+async fn readable<'s>(v4: &'s Option<UdpSocket>, v6: &'s Option<UdpSocket>) -> &'s UdpSocket {
+    async fn ready(socket: &Option<UdpSocket>) -> &UdpSocket {
+        match socket {
+            Some(socket) => {
+                let _ = socket.readable().await;
+                socket
+            }
+            None => std::future::pending().await,
+        }
+    }
+    tokio::select! {
+        socket = ready(v4) => socket,
+        socket = ready(v6) => socket,
     }
 }
 

@@ -543,3 +543,124 @@ async fn an_ipv6_destination_is_dialled_over_ipv6() {
         "{r:?}"
     );
 }
+
+/// Greets offering only method 0x02 and sends `user`/`password`; the two answers.
+async fn socks5_log_in(proxy: SocketAddr, user: &[u8], password: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(&[5, 1, 2]).await.unwrap();
+    let greeting = read_upto(&mut s, 2).await;
+    let mut sub = vec![1, user.len() as u8];
+    sub.extend_from_slice(user);
+    sub.push(password.len() as u8);
+    sub.extend_from_slice(password);
+    s.write_all(&sub).await.unwrap();
+    (greeting, read_upto(&mut s, 2).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_ins_at_once_cannot_outrun_the_failure_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("ann", "ann pw")]);
+    let p = proxy(
+        &[],
+        &format!("[auth]\nhtpasswd = {users:?}\nmax_failures = 3\n"),
+    )
+    .await;
+    // Twenty wrong passwords at once: at most three are checked, the rest refused unchecked.
+    let tries: Vec<_> = (0..20)
+        .map(|i| {
+            let at = p.addr;
+            tokio::spawn(
+                async move { socks5_log_in(at, b"ann", format!("guess {i}").as_bytes()).await },
+            )
+        })
+        .collect();
+    for t in tries {
+        let (greeting, answer) = t.await.unwrap();
+        assert_eq!((greeting, answer), (vec![5, 2], vec![1, 1]));
+    }
+    let records = p.wait_records(20).await;
+    let checked = records.iter().filter(|r| r.rule == "auth").count();
+    let blocked = records
+        .iter()
+        .filter(|r| r.rule == "auth.max_failures")
+        .count();
+    assert!(
+        checked <= 3 && checked + blocked == 20,
+        "{checked} checked, {blocked} blocked: {records:#?}"
+    );
+}
+
+#[tokio::test]
+async fn socks_user_names_with_control_characters_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("ann", "ann pw")]);
+    let p = proxy(&[], &format!("[auth]\nhtpasswd = {users:?}\n")).await;
+    let (_, answer) = socks5_log_in(p.addr, b"ann\n2099-01-01 FAKE LINE", b"ann pw").await;
+    assert_eq!(answer, [1, 1]);
+    let records = p.wait_records(1).await;
+    assert!(
+        records[0].rule == "auth" && records[0].user.is_none(),
+        "{:?}",
+        records[0]
+    );
+    assert!(
+        records[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("control characters"),
+        "{:?}",
+        records[0]
+    );
+}
+
+#[tokio::test]
+async fn without_auth_a_client_that_offers_only_a_password_is_served() {
+    let echo = echo_origin().await;
+    let p = proxy(&[echo.port()], "").await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[5, 1, 2]).await.unwrap();
+    assert_eq!(read_upto(&mut s, 2).await, [5, 2]);
+    s.write_all(b"\x01\x03any\x03pwd").await.unwrap();
+    assert_eq!(read_upto(&mut s, 2).await, [1, 0]);
+    s.write_all(&to_loopback(1, echo.port())).await.unwrap();
+    assert_eq!(read_upto(&mut s, 10).await[..2], [5, 0]);
+    s.write_all(b"x").await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(read_upto(&mut s, 10).await, b"x");
+    let records = p.wait_records(1).await;
+    assert!(
+        records[0].status == 200 && records[0].user.is_none(),
+        "{:?}",
+        records[0]
+    );
+}
+
+#[tokio::test]
+async fn without_a_log_in_udp_needs_a_rule_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("ann", "ann pw")]);
+    let rules = |methods: &str| {
+        format!(
+            "[auth]\nhtpasswd = {users:?}\n[socks]\nudp = true\n\
+             [[rules]]\nname = \"lan\"\nclients = [\"127.0.0.1\"]\nmethods = [{methods}]\naction = \"allow\"\n"
+        )
+    };
+    // A rule for SOCKS5 CONNECT only: no relay.
+    let p = proxy(&[], &rules("\"SOCKS5\"")).await;
+    let (_c, greeting, reply) = socks5(p.addr, &to_loopback(3, 0)).await;
+    assert_eq!(
+        (greeting.as_slice(), &reply[..2]),
+        (&[5u8, 0][..], &[5u8, 2][..])
+    );
+    let records = p.wait_records(1).await;
+    assert!(records[0].rule == "auth", "{:?}", records[0]);
+    // A rule for SOCKS5-UDP only: the greeting is accepted and the relay opens.
+    let p = proxy(&[], &rules("\"SOCKS5-UDP\"")).await;
+    let (_c, greeting, reply) = socks5(p.addr, &to_loopback(3, 0)).await;
+    assert_eq!(
+        (greeting.as_slice(), &reply[..2]),
+        (&[5u8, 0][..], &[5u8, 0][..])
+    );
+}

@@ -142,6 +142,27 @@ pub struct FailureTracker {
 struct TrackerInner {
     clients: HashMap<IpAddr, ClientFailures>,
     next_seq: u64,
+    /// Passwords being checked now, per address: each may yet fail.
+    checking: HashMap<IpAddr, u32>,
+}
+
+/// A password check under way, counted against its address's budget until dropped.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    tracker: &'a FailureTracker,
+    ip: IpAddr,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.tracker.inner);
+        if let Some(n) = inner.checking.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                inner.checking.remove(&self.ip);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -177,6 +198,7 @@ impl FailureTracker {
             inner: Mutex::new(TrackerInner {
                 clients: HashMap::new(),
                 next_seq: 0,
+                checking: HashMap::new(),
             }),
         }
     }
@@ -226,6 +248,31 @@ impl FailureTracker {
             return !self.block_for.is_zero();
         }
         false
+    }
+
+    /// Begins a password check for `ip`, unless the address's failures in the window and the
+    /// checks under way already reach `max_failures`: checks running at once would otherwise
+    /// all pass the block before any of them failed. `None`: refuse without checking.
+    pub fn attempt(&self, ip: IpAddr, now: Instant) -> Option<Attempt<'_>> {
+        let ip = ip.to_canonical();
+        let mut inner = lock(&self.inner);
+        if self.max_failures > 0 {
+            let failed = inner.clients.get(&ip).map_or(0, |c| {
+                if c.blocked_at(now) {
+                    self.max_failures
+                } else if now < c.window_ends && c.blocked_until.is_none() {
+                    c.failures
+                } else {
+                    0
+                }
+            });
+            let checking = inner.checking.get(&ip).copied().unwrap_or(0);
+            if failed.saturating_add(checking) >= self.max_failures {
+                return None;
+            }
+        }
+        *inner.checking.entry(ip).or_insert(0) += 1;
+        Some(Attempt { tracker: self, ip })
     }
 
     /// How much longer `ip` is blocked, if it is.

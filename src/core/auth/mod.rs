@@ -699,4 +699,39 @@ apr1-short:$apr1$z$LmKThnQ/TYkKa0li0YNgP1
         }
         assert_eq!(cache.len(), 100);
     }
+
+    #[test]
+    fn checks_under_way_count_against_the_failure_budget() {
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let tracker = FailureTracker::new(3, secs(60), secs(300), 100);
+        // Three at once: the fourth is refused before any of them fails.
+        let running: Vec<_> = (0..3).map(|_| tracker.attempt(ip, t0).unwrap()).collect();
+        assert!(tracker.attempt(ip, t0).is_none());
+        assert!(
+            tracker.attempt(other, t0).is_some(),
+            "another address has its own"
+        );
+        // One of them fails: two failures' room is left, one taken by a check.
+        drop(running);
+        tracker.note_failure(ip, t0);
+        let a = tracker.attempt(ip, t0).unwrap();
+        let b = tracker.attempt(ip, t0).unwrap();
+        assert!(tracker.attempt(ip, t0).is_none());
+        drop((a, b));
+        // Blocked: none; after the block, the budget is whole again.
+        tracker.note_failure(ip, t0);
+        tracker.note_failure(ip, t0);
+        assert!(tracker.attempt(ip, t0 + secs(1)).is_none());
+        let after = t0 + secs(301);
+        let whole: Vec<_> = (0..3)
+            .map(|_| tracker.attempt(ip, after).unwrap())
+            .collect();
+        assert_eq!(whole.len(), 3);
+        // max_failures = 0: no block, and no budget either.
+        let open = FailureTracker::new(0, secs(60), secs(300), 100);
+        let many: Vec<_> = (0..50).map(|_| open.attempt(ip, t0).unwrap()).collect();
+        assert_eq!(many.len(), 50);
+    }
 }
