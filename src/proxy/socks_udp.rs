@@ -75,9 +75,9 @@ enum Woke {
     /// It sent bytes, which mean nothing now.
     ControlBytes,
     /// A datagram on the relay socket.
-    FromClient(usize, SocketAddr),
+    FromClient(Vec<u8>, SocketAddr),
     /// A datagram on an outbound socket.
-    FromDestination(usize, SocketAddr),
+    FromDestination(Vec<u8>, SocketAddr),
     /// No datagram either way for `tunnel_idle`.
     Idle,
     /// Closed to make room, or cut at the end of the shutdown grace period.
@@ -130,8 +130,6 @@ pub(crate) async fn associate(
     let mut client: Option<SocketAddr> = None;
     let mut peers: HashSet<SocketAddr> = HashSet::new();
     let (mut v4, mut v6): (Option<UdpSocket>, Option<UdpSocket>) = (None, None);
-    // One buffer for every socket: each is waited on for readiness, then read at once.
-    let mut buf = vec![0u8; DATAGRAM];
     let mut counts = Counts::default();
     let traffic = ex.record.traffic().clone();
     let mut first = true;
@@ -143,12 +141,12 @@ pub(crate) async fn associate(
                 Ok(0) | Err(_) => Woke::ControlClosed,
                 Ok(_) => Woke::ControlBytes,
             },
-            ready = relay.readable() => match ready.and_then(|()| relay.try_recv_from(&mut buf)) {
-                Ok((n, from)) => Woke::FromClient(n, from),
+            ready = relay.readable() => match ready.and_then(|()| receive(&relay)) {
+                Ok((datagram, from)) => Woke::FromClient(datagram, from),
                 Err(_) => continue,
             },
-            socket = readable(&v4, &v6) => match socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => Woke::FromDestination(n, from),
+            socket = readable(&v4, &v6) => match receive(socket) {
+                Ok((data, from)) => Woke::FromDestination(data, from),
                 Err(_) => continue,
             },
             _ = tokio::time::sleep(idle.saturating_sub(quiet).max(Duration::from_millis(1))) => {
@@ -167,7 +165,7 @@ pub(crate) async fn associate(
                 ))
             }
             Woke::Cut(why) => break Some(why.to_owned()),
-            Woke::FromClient(n, from) => {
+            Woke::FromClient(datagram, from) => {
                 let from = SocketAddr::new(from.ip().to_canonical(), from.port());
                 let ours = from.ip() == client_ip
                     && (declared.port == 0 || from.port() == declared.port)
@@ -177,7 +175,7 @@ pub(crate) async fn associate(
                     continue;
                 }
                 client = Some(from);
-                let datagram = &buf[..n];
+                let datagram = &datagram[..];
                 let Some(header) = wire::datagram(datagram).filter(|d| d.frag == 0) else {
                     counts.dropped += 1;
                     continue;
@@ -222,15 +220,15 @@ pub(crate) async fn associate(
                     }
                 }
             }
-            Woke::FromDestination(n, from) => {
+            Woke::FromDestination(data, from) => {
                 let from = SocketAddr::new(from.ip().to_canonical(), from.port());
                 let (Some(to), true) = (client, peers.contains(&from)) else {
                     counts.dropped += 1;
                     continue;
                 };
-                let data = &buf[..n];
+                let n = data.len();
                 let mut back = wire::datagram_header(from);
-                back.extend_from_slice(data);
+                back.extend_from_slice(&data);
                 if relay.send_to(&back, to).await.is_ok() {
                     counts.down += 1;
                     counts.port(from.port()).add_down(n);
@@ -254,6 +252,20 @@ pub(crate) async fn associate(
         note.push_str(&format!("; {why}"));
     }
     ex.record.note(note);
+}
+
+thread_local! {
+    /// Room for the largest datagram, one per worker thread, shared by every association.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; DATAGRAM]);
+}
+
+/// Reads the datagram `socket` has ready (`WouldBlock` when it has none) into a buffer of
+/// its own size: an association holds no 64 KiB buffer of its own while it waits.
+fn receive(socket: &UdpSocket) -> std::io::Result<(Vec<u8>, SocketAddr)> {
+    SCRATCH.with_borrow_mut(|buf| {
+        let (n, from) = socket.try_recv_from(buf)?;
+        Ok((buf[..n].to_vec(), from))
+    })
 }
 
 /// The first of the outbound sockets (those there are) that has a datagram to read; never
