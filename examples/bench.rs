@@ -4,14 +4,17 @@
 //!
 //! # To try this example
 //!
-//! 1. Build the proxy, then run the benchmark (about a minute):
+//! 1. Build the proxy, then run the benchmark (about three minutes, and 30 s more for I):
 //!
 //!    ```sh
 //!    cargo build --release && cargo run --release --example bench
 //!    ```
 //!
-//! 2. A quick look (about 15 seconds): `cargo run --release --example bench -- --quick`
+//! 2. A quick look (about 40 seconds, and I): `cargo run --release --example bench -- --quick`
 //! 3. With 2,000 idle tunnels as well as 1,000 in D: `cargo run --release --example bench -- --full`
+//! 4. The SOCKS5 shapes alone, beside Dante (about 70 seconds; `apt-get install dante-server`
+//!    first): `cargo run --release --example bench -- --socks-only` (with `--quick`, about
+//!    15 seconds)
 //!
 //! It builds nothing itself: it runs `target/release/portcullis` (or `--binary PATH`) as a
 //! child process, so that the proxy's CPU time (utime + stime of /proc/PID/stat) and memory
@@ -47,6 +50,29 @@
 //!   pairs (address first, then name first, then address first). Every tunnel dials, so every
 //!   tunnel by name resolves: with the cache warm, the difference is the cost of a cache hit
 //!   (the AAAA and A lookups and the dial's handling of their answers).
+//! - C over SOCKS5: C with the tunnel opened by SOCKS5 (no authentication, CONNECT to the
+//!   sink's IPv4 address, address type 0x01) on the same port of the same proxy, as three
+//!   interleaved pairs with C over CONNECT (CONNECT first, then SOCKS5 first, …): MB/s and
+//!   proxy CPU seconds per GB of each (medians), and SOCKS5 ÷ CONNECT (median of the pairs'
+//!   ratios). The target: equal within noise, taken as ±10%.
+//! - S: a SOCKS5 connection per request, 50 connections, each one TCP connect, the greeting,
+//!   CONNECT to the sink's IPv4 address, then 1 KiB from the sink, which closes: connections/s,
+//!   p50/p99 from the TCP connect to the first byte from the sink, CPU µs per connection.
+//!   Through Portcullis by CONNECT (T, with S's latency) and by SOCKS5, and through Dante
+//!   (`danted`, `--dante PATH`, by default /usr/sbin/danted; left out with a note when it is
+//!   not there), each warmed up, then three rounds of the three, each round starting with the
+//!   next. Dante runs as a child process with a configuration this process writes to its
+//!   temporary directory: a loopback port, `socksmethod: none`, client and socks rules that
+//!   pass 127.0.0.0/8 only, `external: 127.0.0.1`, errors alone logged (to a file; Portcullis
+//!   logs every connection), as root `user.privileged: root` and `user.unprivileged: nobody`.
+//!   danted forks (a monitor, negotiate, request and I/O children; more under load, and they
+//!   exit when idle), so its CPU is that of its process tree: utime + stime + cutime + cstime
+//!   of danted and of every process whose parents lead to it, from one pass over /proc at each
+//!   end of a run (a child that exits and is waited for moves its ticks into its parent's
+//!   cutime + cstime; Portcullis, which does not fork, is counted the same way). C through
+//!   Dante runs once, for comparison. The target: Portcullis's CPU per connection ≤ 0.5×
+//!   Dante's (median of the rounds' ratios). `--socks-only` runs nothing else (with
+//!   `--quick`, 1 s a run); `--no-socks` leaves them out.
 //!
 //! - I: an idle flood. A third proxy, with the default `[limits]` and an admin listener,
 //!   serves a normal client from 127.0.0.1 (one `GET /1k` on a connection of its own every
@@ -94,7 +120,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
-/// Runs the A–E shapes directly and through Portcullis and prints one table.
+/// Runs the A–E shapes directly and through Portcullis and prints one table; then the SOCKS5
+/// shapes, beside Dante.
 #[derive(Debug, Parser)]
 struct Args {
     /// Short runs (1 s a shape): a quick look, noisier figures.
@@ -119,6 +146,17 @@ struct Args {
     /// Only serve `bench.test` → 127.0.0.1 by DNS (UDP) on ADDR until interrupted.
     #[arg(long, value_name = "ADDR")]
     serve_dns: Option<SocketAddr>,
+    /// Run nothing but the SOCKS5 shapes: C over SOCKS5 beside C over CONNECT, and S,
+    /// through Portcullis and Dante.
+    #[arg(long)]
+    socks_only: bool,
+    /// Leave out the SOCKS5 shapes.
+    #[arg(long, conflicts_with = "socks_only")]
+    no_socks: bool,
+    /// Dante's server, measured beside Portcullis in the SOCKS5 shapes (left out, with a
+    /// note, when it is not there).
+    #[arg(long, value_name = "PATH", default_value = "/usr/sbin/danted")]
+    dante: PathBuf,
 }
 
 /// The DNS server this benchmark runs, from the integration tests.
@@ -159,6 +197,12 @@ const T_CONNS: usize = 50;
 const T_BYTES: u64 = 1024;
 /// Interleaved pairs of T, by address and by name.
 const T_PAIRS: usize = 3;
+/// Interleaved rounds of the SOCKS5 shapes: C by CONNECT and by SOCKS5; S by CONNECT, by
+/// SOCKS5 and through Dante.
+const SOCKS_ROUNDS: usize = 3;
+/// C through Portcullis (by CONNECT or SOCKS5) counts as within noise of the other when
+/// the median of the rounds' ratios is within this share of 1.
+const SOCKS_NOISE: f64 = 0.10;
 /// Tunnels D opens at once.
 const D_CONCURRENCY: usize = 64;
 /// Failed tunnels after which D stops opening more.
@@ -254,6 +298,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         print_flood(&idle_flood(&binary, dir.path(), origin, visits).await?);
         return Ok(());
     }
+    if args.socks_only {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let origin = start_origin().await?;
+        let sink = start_sink().await?;
+        let clk = clock_ticks();
+        let mut checks = Vec::new();
+        print_header(&binary, &durations, None);
+        let (proxy, _) = Proxy::logged(&binary, dir.path(), origin, sink, None)?;
+        let dante = Dante::start_if_there(&args.dante, dir.path());
+        let socks =
+            socks_shapes(&proxy, dante.as_ref(), sink, &durations, clk, &mut checks).await?;
+        drop(dante);
+        print_socks(&socks);
+        print_checks(&checks);
+        return Ok(());
+    }
     let mut steps = vec![1_000];
     if args.full {
         steps.push(2_000);
@@ -281,17 +341,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut table = Table::default();
     let mut checks = Vec::new();
 
-    print_header(&binary, &durations, &steps);
-    let access_log = dir.path().join("access.log");
-    let proxy = Proxy::start(
-        &binary,
-        dir.path(),
-        "logged",
-        origin,
-        sink,
-        &access_log,
-        dns_addr,
-    )?;
+    print_header(&binary, &durations, Some(&steps));
+    let (proxy, access_log) = Proxy::logged(&binary, dir.path(), origin, sink, dns_addr)?;
     let names = dns.is_some();
     preflight(proxy.addr, origin, sink, names).await?;
     let mut logged_requests: u64 = if names { 5 } else { 3 };
@@ -600,6 +651,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         direct,
         sink,
         &by_address,
+        Until::End,
         &durations,
         None,
         clk,
@@ -626,6 +678,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 through,
                 sink,
                 authority,
+                Until::End,
                 &durations,
                 Some(proxy.pid),
                 clk,
@@ -647,6 +700,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         t_proxy.get_or_insert(address);
     }
     let t_proxy = t_proxy.context("no run of T")?;
+
+    // The SOCKS5 shapes, through the same proxy, beside Dante.
+    let socks = if args.no_socks {
+        None
+    } else {
+        let dante = Dante::start_if_there(&args.dante, dir.path());
+        let socks =
+            socks_shapes(&proxy, dante.as_ref(), sink, &durations, clk, &mut checks).await?;
+        logged_requests += socks.through_portcullis;
+        Some(socks)
+    };
 
     // The access log of the logging proxy, once its writer has had a round.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -730,28 +794,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "The load generator and origin run in this process and share the cores with the proxy."
     );
-    println!();
-    println!("| shape | via | requests | errors | bench CPU % of a core | proxy CPU % of a core |");
-    println!("|---|---|---:|---:|---:|---:|");
-    for c in &checks {
-        println!(
-            "| {} | {} | {} | {} | {:.0} | {} |",
-            c.shape,
-            c.via,
-            c.requests,
-            c.errors,
-            c.bench_cpu_pct,
-            c.proxy_cpu_pct
-                .map_or("—".to_owned(), |p| format!("{p:.0}"))
-        );
+    if let Some(socks) = &socks {
+        print_socks(socks);
     }
+    print_checks(&checks);
     println!(
         "| D | portcullis | {} tunnels | {} failed, {} of {} answered 1 byte | — | — |",
         d.after_use.n, d.fails, d.echo_ok, d.after_use.n
     );
     println!();
     println!(
-        "access log (JSON): {log_lines} lines, {:.1} MB, for {logged_requests} requests and tunnels sent through the logging proxy",
+        "access log (JSON): {log_lines} lines, {:.1} MB, for {logged_requests} requests, tunnels and SOCKS connections sent through the logging proxy",
         log_bytes as f64 / 1e6
     );
     if let Some(dns) = &dns {
@@ -810,6 +863,19 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// The benchmark's main proxy, which writes its JSON access log into `dir`; and that log.
+    fn logged(
+        binary: &Path,
+        dir: &Path,
+        origin: SocketAddr,
+        sink: SocketAddr,
+        dns: Option<SocketAddr>,
+    ) -> anyhow::Result<(Proxy, PathBuf)> {
+        let access_log = dir.join("access.log");
+        let proxy = Proxy::start(binary, dir, "logged", origin, sink, &access_log, dns)?;
+        Ok((proxy, access_log))
+    }
+
     /// Writes a configuration named `name` into `dir` and starts `binary` with it. `access` is
     /// the access log file, or `off`; `dns` the DNS server of its `[dns] servers`, if any.
     fn start(
@@ -878,22 +944,36 @@ listen = "off"
             child,
             addr,
         };
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = proxy.child.try_wait() {
-                let said = fs::read_to_string(&stderr_path).unwrap_or_default();
-                bail!("the proxy exited ({status}) at start:\n{said}");
-            }
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                let said = fs::read_to_string(&stderr_path).unwrap_or_default();
-                bail!("the proxy did not listen on {addr} within 10 s:\n{said}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_listening(&mut proxy.child, "the proxy", addr, &[&stderr_path])?;
         Ok(proxy)
+    }
+}
+
+/// Waits until `child` (`name`) listens on `addr`, at most 10 s; fails with what it wrote to
+/// `logs` when it exits or does not listen by then.
+fn wait_until_listening(
+    child: &mut Child,
+    name: &str,
+    addr: SocketAddr,
+    logs: &[&Path],
+) -> anyhow::Result<()> {
+    let said = || -> String {
+        logs.iter()
+            .map(|log| fs::read_to_string(log).unwrap_or_default())
+            .collect()
+    };
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("{name} exited ({status}) at start:\n{}", said());
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("{name} did not listen on {addr} within 10 s:\n{}", said());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -904,17 +984,179 @@ impl Drop for Proxy {
     }
 }
 
+/// Dante's SOCKS server (`danted`) for the SOCKS5 shapes, with a configuration of ours in the
+/// temporary directory; stopped when dropped.
+struct Dante {
+    child: Child,
+    /// The main process: its descendants (the children it forks) are counted with it.
+    pid: u32,
+    addr: SocketAddr,
+    /// What `danted -v` says.
+    version: String,
+}
+
+impl Dante {
+    /// Starts `binary` if it is there; otherwise, or when it does not start, says why on
+    /// stderr and gives none: the SOCKS5 shapes then run through Portcullis alone.
+    fn start_if_there(binary: &Path, dir: &Path) -> Option<Dante> {
+        if !binary.is_file() {
+            eprintln!(
+                "bench: {} not found: Dante is left out of the SOCKS5 shapes \
+                 (`apt-get install dante-server`, or `--dante PATH`)",
+                binary.display()
+            );
+            return None;
+        }
+        match Dante::start(binary, dir) {
+            Ok(dante) => Some(dante),
+            Err(e) => {
+                eprintln!("bench: Dante is left out of the SOCKS5 shapes: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// SOCKS5 without authentication on a loopback port, for clients in 127.0.0.0/8 and
+    /// destinations in 127.0.0.0/8 only, leaving from 127.0.0.1; it logs errors alone (to a
+    /// file), where Portcullis writes an access record for every connection.
+    fn start(binary: &Path, dir: &Path) -> anyhow::Result<Dante> {
+        let addr = free_port()?;
+        let log = dir.join("danted.log");
+        // As root, danted must be told whom to be; as anyone else, it stays who it is.
+        let users = if status_field(std::process::id(), "Uid:") == Some(0) {
+            "user.privileged: root\nuser.unprivileged: nobody\n"
+        } else {
+            ""
+        };
+        let config = format!(
+            "logoutput: {log}\ninternal: {ip} port = {port}\nexternal: 127.0.0.1\n\
+             clientmethod: none\nsocksmethod: none\n{users}\
+             client pass {{\n  from: 127.0.0.0/8 to: 127.0.0.0/8\n  log: error\n}}\n\
+             socks pass {{\n  from: 127.0.0.0/8 to: 127.0.0.0/8\n  command: connect\n  log: error\n}}\n",
+            log = log.display(),
+            ip = addr.ip(),
+            port = addr.port(),
+        );
+        let config_path = dir.join("danted.conf");
+        fs::write(&config_path, config)?;
+        let stderr_path = dir.join("danted.stderr");
+        let child = Command::new(binary)
+            .arg("-f")
+            .arg(&config_path)
+            .arg("-p")
+            .arg(dir.join("danted.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr_path)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut dante = Dante {
+            pid: child.id(),
+            child,
+            addr,
+            version: String::new(),
+        };
+        wait_until_listening(&mut dante.child, "danted", addr, &[&stderr_path, &log])?;
+        let said = Command::new(binary).arg("-v").output().ok();
+        dante.version = said
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| {
+                let first = s.lines().next()?.split("  ").next()?;
+                Some(first.trim_end_matches('.').to_owned())
+            })
+            .unwrap_or_else(|| "Dante (version unknown)".to_owned());
+        Ok(dante)
+    }
+}
+
+impl Drop for Dante {
+    fn drop(&mut self) {
+        // SIGTERM, so that the main process ends its children; SIGKILL after 3 s.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .stderr(Stdio::null())
+            .status();
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A loopback port that was free a moment ago.
 fn free_port() -> io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: &str) -> Option<u64> {
+/// A process's parent and CPU times, from /proc/PID/stat.
+struct Stat {
+    ppid: u32,
+    /// utime + stime, in clock ticks.
+    own: u64,
+    /// cutime + cstime: its children that have exited and been waited for.
+    children: u64,
+}
+
+fn stat(pid: &str) -> Option<Stat> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name, which is in parentheses and may hold spaces.
     let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
-    Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+    let field = |i: usize| rest.get(i)?.parse::<u64>().ok();
+    Some(Stat {
+        ppid: rest.get(1)?.parse().ok()?,
+        own: field(11)? + field(12)?,
+        children: field(13)? + field(14)?,
+    })
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    Some(stat(pid)?.own)
+}
+
+/// CPU ticks of a process and all its descendants: utime + stime + cutime + cstime of `root`
+/// and of every process whose chain of parents leads to it, read in one pass over /proc.
+///
+/// danted forks (a monitor, negotiate, request and I/O children, more under load, which exit
+/// again when idle). A child's ticks are in its own utime + stime while it lives; once it has
+/// exited and been waited for (danted waits for its children), they are in its parent's
+/// cutime + cstime, together with those of its own waited-for children. So each tick counts
+/// once whether its process is alive at both ends of a run, started during it or exited
+/// during it. What this misses: a child waited for by a process outside the tree (none
+/// here), and a child waited for while the pass reads /proc, which is counted twice or not at
+/// all (its own ticks, a few per child, against the thousands of a run). Portcullis does not
+/// fork: its figure is its own utime + stime.
+fn tree_ticks(root: u32) -> Option<u64> {
+    let mut procs = Vec::new();
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some(s) = stat(&pid.to_string()) {
+            procs.push((pid, s.ppid, s.own + s.children));
+        }
+    }
+    let mut tree = std::collections::HashSet::from([root]);
+    let mut total = procs.iter().find(|p| p.0 == root)?.2;
+    // Parents usually have lower pids than their children, but not always (pids wrap).
+    loop {
+        let before = tree.len();
+        for &(pid, ppid, ticks) in &procs {
+            if tree.contains(&ppid) && tree.insert(pid) {
+                total += ticks;
+            }
+        }
+        if tree.len() == before {
+            return Some(total);
+        }
+    }
 }
 
 /// A field of /proc/PID/status (VmRSS in KiB, Threads).
@@ -969,7 +1211,9 @@ fn count_lines(path: &Path) -> (u64, u64) {
     (lines, bytes)
 }
 
-fn print_header(binary: &Path, d: &Durations, steps: &[usize]) {
+/// The machine, the binary and the durations; `steps` are D's, and none in a run of the SOCKS5
+/// shapes alone.
+fn print_header(binary: &Path, d: &Durations, steps: Option<&[usize]>) {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
         .lines()
@@ -993,13 +1237,20 @@ fn print_header(binary: &Path, d: &Durations, steps: &[usize]) {
     );
     println!("loadavg_at_start: {}", read("/proc/loadavg").trim());
     println!("proxy: {} (built {built})", binary.display());
-    println!(
-        "durations: A B E T {} s, L {} s, C 256 MiB downloads for {} s (at least 1, at most {C_MAX_RUNS}), warm-up {} s; D steps {steps:?}",
-        d.keep_alive.as_secs_f64(),
-        d.latency.as_secs_f64(),
-        d.tunnel.as_secs_f64(),
-        d.warm_up.as_secs_f64()
+    let c = format!(
+        "C 256 MiB downloads for {} s (at least 1, at most {C_MAX_RUNS})",
+        d.tunnel.as_secs_f64()
     );
+    let (keep_alive, warm_up) = (d.keep_alive.as_secs_f64(), d.warm_up.as_secs_f64());
+    match steps {
+        Some(steps) => println!(
+            "durations: A B E T S {keep_alive} s, L {} s, {c}, warm-up {warm_up} s; D steps {steps:?}",
+            d.latency.as_secs_f64(),
+        ),
+        None => println!(
+            "durations: S {keep_alive} s, {c}, warm-up {warm_up} s; {SOCKS_ROUNDS} rounds"
+        ),
+    }
     println!("```");
     eprintln!();
 }
@@ -1115,22 +1366,25 @@ async fn listen() -> io::Result<TcpListener> {
 
 // ------------------------------------------------------------------ load generator
 
-/// Straight to the origin, or through the proxy at this address.
+/// Straight to the origin, through the proxy at this address, or (tunnels only) through the
+/// SOCKS5 server at this address, named for the reports.
 #[derive(Debug, Clone, Copy)]
 enum Via {
     Direct,
     Proxy(SocketAddr),
+    Socks(SocketAddr, &'static str),
 }
 
 impl Via {
     fn is_proxy(self) -> bool {
-        matches!(self, Via::Proxy(_))
+        !matches!(self, Via::Direct)
     }
 
     fn name(self) -> &'static str {
         match self {
             Via::Direct => "direct",
             Via::Proxy(_) => "portcullis",
+            Via::Socks(_, name) => name,
         }
     }
 }
@@ -1175,7 +1429,7 @@ impl Target {
 
     fn request(&self, via: Via, close: bool) -> Request<Empty<Bytes>> {
         let uri = match via {
-            Via::Direct => self.path.clone(),
+            Via::Direct | Via::Socks(..) => self.path.clone(),
             Via::Proxy(_) => self.absolute.clone(),
         };
         let mut req = Request::new(Empty::new());
@@ -1192,6 +1446,7 @@ impl Target {
         match via {
             Via::Direct => self.origin,
             Via::Proxy(proxy) => proxy,
+            Via::Socks(..) => unreachable!("the HTTP shapes do not speak SOCKS"),
         }
     }
 }
@@ -1252,7 +1507,8 @@ struct Check {
     proxy_cpu_pct: Option<f64>,
 }
 
-/// CPU ticks of the proxy (when measured) and of this process, for a run's start and end.
+/// CPU ticks of the proxy (when measured; with its descendants, see [`tree_ticks`]) and of
+/// this process, for a run's start and end.
 struct CpuMark {
     proxy: Option<u64>,
     bench: u64,
@@ -1262,7 +1518,7 @@ struct CpuMark {
 impl CpuMark {
     fn now(proxy: Option<u32>) -> CpuMark {
         CpuMark {
-            proxy: proxy.and_then(|pid| cpu_ticks(&pid.to_string())),
+            proxy: proxy.and_then(tree_ticks),
             bench: cpu_ticks("self").unwrap_or(0),
             at: Instant::now(),
         }
@@ -1461,9 +1717,17 @@ impl ConnLoad {
     }
 
     fn done(&mut self, started: Instant, bytes: u64) {
+        self.done_at(started, Instant::now(), bytes);
+    }
+
+    /// A request that took from `started` to `ended`.
+    fn done_at(&mut self, started: Instant, ended: Instant, bytes: u64) {
         self.requests += 1;
         self.bytes += bytes;
-        let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        let us = ended
+            .duration_since(started)
+            .as_micros()
+            .min(u128::from(u32::MAX)) as u32;
         self.latencies.push(us);
     }
 }
@@ -1602,16 +1866,24 @@ async fn open_tunnel(via: Via, sink: SocketAddr) -> anyhow::Result<TcpStream> {
     open_tunnel_to(via, sink, &sink.to_string()).await
 }
 
-/// [`open_tunnel`] with the sink named `authority` in the CONNECT request (`host:port`).
+/// [`open_tunnel`] with the sink named `authority` in the CONNECT request (`host:port`); over
+/// SOCKS5 the sink is named by its IPv4 address.
 async fn open_tunnel_to(via: Via, sink: SocketAddr, authority: &str) -> anyhow::Result<TcpStream> {
     let open = async {
-        let Via::Proxy(proxy) = via else {
-            let stream = TcpStream::connect(sink).await?;
-            stream.set_nodelay(true)?;
-            return Ok(stream);
+        let proxy = match via {
+            Via::Direct => {
+                let stream = TcpStream::connect(sink).await?;
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Via::Proxy(proxy) | Via::Socks(proxy, _) => proxy,
         };
         let mut stream = TcpStream::connect(proxy).await?;
         stream.set_nodelay(true)?;
+        if let Via::Socks(..) = via {
+            socks5_connect(&mut stream, sink).await?;
+            return Ok(stream);
+        }
         stream
             .write_all(
                 format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
@@ -1636,6 +1908,47 @@ async fn open_tunnel_to(via: Via, sink: SocketAddr, authority: &str) -> anyhow::
     tokio::time::timeout(OP_TIMEOUT, open).await?
 }
 
+/// A SOCKS5 client's side (RFC 1928) up to an open tunnel to `sink`: a greeting that offers
+/// "no authentication" alone, then CONNECT to the sink's IPv4 address (address type 0x01),
+/// each answer awaited before the next message, as clients do.
+async fn socks5_connect(stream: &mut TcpStream, sink: SocketAddr) -> anyhow::Result<()> {
+    let SocketAddr::V4(sink) = sink else {
+        bail!("the sink has no IPv4 address");
+    };
+    stream.write_all(&[5, 1, 0]).await?;
+    let mut chosen = [0u8; 2];
+    stream.read_exact(&mut chosen).await?;
+    ensure!(
+        chosen == [5, 0],
+        "the SOCKS5 greeting was answered {chosen:?}"
+    );
+    let mut request = vec![5, 1, 0, 1];
+    request.extend_from_slice(&sink.ip().octets());
+    request.extend_from_slice(&sink.port().to_be_bytes());
+    stream.write_all(&request).await?;
+    // VER REP RSV ATYP, then the bound address and port.
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head).await?;
+    ensure!(
+        head[0] == 5 && head[1] == 0,
+        "the SOCKS5 CONNECT was answered with reply code {}",
+        head[1]
+    );
+    let bound = match head[3] {
+        1 => 4 + 2,
+        4 => 16 + 2,
+        3 => {
+            let mut len = [0u8; 1];
+            stream.read_exact(&mut len).await?;
+            usize::from(len[0]) + 2
+        }
+        other => bail!("a SOCKS5 reply with address type {other}"),
+    };
+    let mut rest = [0u8; 257];
+    stream.read_exact(&mut rest[..bound]).await?;
+    Ok(())
+}
+
 /// Asks the sink for `n` bytes and reads them all.
 async fn download(stream: &mut TcpStream, n: u64) -> anyhow::Result<()> {
     stream.write_all(format!("{n}\n").as_bytes()).await?;
@@ -1650,20 +1963,23 @@ async fn download(stream: &mut TcpStream, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Asks the sink for `n` bytes and to close, and reads them and the end of the stream.
-async fn download_to_end(stream: &mut TcpStream, n: u64) -> anyhow::Result<()> {
+/// Asks the sink for `n` bytes and to close, and reads them and the end of the stream; when
+/// the first of them arrived.
+async fn download_to_end(stream: &mut TcpStream, n: u64) -> anyhow::Result<Instant> {
     stream.write_all(format!("{n} close\n").as_bytes()).await?;
     let mut buf = vec![0u8; 16 * 1024];
     let mut got = 0;
+    let mut first = None;
     loop {
         let read = tokio::time::timeout(OP_TIMEOUT, stream.read(&mut buf)).await??;
         if read == 0 {
             break;
         }
+        first.get_or_insert_with(Instant::now);
         got += read as u64;
     }
     ensure!(got == n, "{got} bytes, not {n}");
-    Ok(())
+    Ok(first.unwrap_or_else(Instant::now))
 }
 
 /// C: 256 MiB downloads, each through a new tunnel, one after another: at least one, then
@@ -1725,10 +2041,18 @@ async fn tunnel_load(
     Ok(load)
 }
 
-/// T: [`T_CONNS`] connections, each opening a tunnel to the sink (named `authority` in the
-/// CONNECT request) and taking [`T_BYTES`] through it, one tunnel after another for the
-/// shape's time; reported like an HTTP shape, a tunnel counting as a request (its latency
-/// from the TCP connect to the end of the stream). The sink closes each tunnel, as an origin
+/// Where a tunnel's latency ends: at the end of its stream (T), or at the first byte from the
+/// sink (S).
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    End,
+    FirstByte,
+}
+
+/// T and S: [`T_CONNS`] connections, each opening a tunnel to the sink (named `authority` in
+/// the CONNECT request; over SOCKS5, its IPv4 address) and taking [`T_BYTES`] through it, one
+/// tunnel after another for the shape's time; reported like an HTTP shape, a tunnel counting
+/// as a request (its latency from the TCP connect to `until`). The sink closes each tunnel, as an origin
 /// closes a connection after its answer: the side that closes first keeps the connection in
 /// TIME_WAIT, and on the sides that connect (this process to the proxy, the proxy to the
 /// sink) tens of thousands of those would make each new connection's search for a free port
@@ -1739,6 +2063,7 @@ async fn measure_tunnels(
     via: Via,
     sink: SocketAddr,
     authority: &str,
+    until: Until,
     d: &Durations,
     pid: Option<u32>,
     clk: f64,
@@ -1752,6 +2077,7 @@ async fn measure_tunnels(
             via,
             sink,
             authority.to_owned(),
+            until,
             deadline,
         ));
     }
@@ -1759,11 +2085,12 @@ async fn measure_tunnels(
     report(shape, via, load, checks)
 }
 
-/// One T connection: a new tunnel for each [`T_BYTES`] until `deadline`.
+/// One T or S connection: a new tunnel for each [`T_BYTES`] until `deadline`.
 async fn tunnel_per_request(
     via: Via,
     sink: SocketAddr,
     authority: String,
+    until: Until,
     deadline: Instant,
 ) -> ConnLoad {
     let mut out = ConnLoad::default();
@@ -1774,7 +2101,10 @@ async fn tunnel_per_request(
             download_to_end(&mut stream, T_BYTES).await
         };
         match one.await {
-            Ok(()) => out.done(started, T_BYTES),
+            Ok(first) => match until {
+                Until::End => out.done(started, T_BYTES),
+                Until::FirstByte => out.done_at(started, first, T_BYTES),
+            },
             Err(_) => {
                 if !out.error() {
                     break;
@@ -1784,6 +2114,160 @@ async fn tunnel_per_request(
         }
     }
     out
+}
+
+/// What the SOCKS5 shapes measured, round by round (the rounds' figures in the same order).
+struct Socks {
+    /// C through Portcullis, by CONNECT and by SOCKS5.
+    c_connect: Vec<Load>,
+    c_socks: Vec<Load>,
+    /// C through Dante, once.
+    c_dante: Option<Load>,
+    /// S through Portcullis, by CONNECT and by SOCKS5, and through Dante.
+    s_connect: Vec<Load>,
+    s_socks: Vec<Load>,
+    s_dante: Vec<Load>,
+    /// Dante's version, when it ran.
+    dante: Option<String>,
+    /// Tunnels and connections sent through Portcullis (each makes an access record).
+    through_portcullis: u64,
+}
+
+/// The SOCKS5 shapes, through `proxy` (which also serves CONNECT, for the comparison) and
+/// `dante` when there is one: C by CONNECT and by SOCKS5 in [`SOCKS_ROUNDS`] interleaved
+/// pairs, then C through Dante once; S by CONNECT, by SOCKS5 and through Dante, each warmed
+/// up first, in [`SOCKS_ROUNDS`] rounds, each round starting with the next of the three.
+async fn socks_shapes(
+    proxy: &Proxy,
+    dante: Option<&Dante>,
+    sink: SocketAddr,
+    d: &Durations,
+    clk: f64,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<Socks> {
+    let connect = Via::Proxy(proxy.addr);
+    let socks = Via::Socks(proxy.addr, "portcullis");
+    let mut servers = vec![
+        ("S CONNECT", connect, proxy.pid),
+        ("S SOCKS5", socks, proxy.pid),
+    ];
+    if let Some(dante) = dante {
+        servers.push(("S SOCKS5", Via::Socks(dante.addr, "dante"), dante.pid));
+    }
+    let mut out = Socks {
+        c_connect: Vec::new(),
+        c_socks: Vec::new(),
+        c_dante: None,
+        s_connect: Vec::new(),
+        s_socks: Vec::new(),
+        s_dante: Vec::new(),
+        dante: dante.map(|d| d.version.clone()),
+        through_portcullis: 0,
+    };
+    for &(_, via, _) in &servers {
+        let mut stream = open_tunnel(via, sink)
+            .await
+            .with_context(|| format!("preflight: a tunnel through {}", via.name()))?;
+        download(&mut stream, 100_000)
+            .await
+            .with_context(|| format!("preflight: 100 kB through {}", via.name()))?;
+        if via.name() == "portcullis" {
+            out.through_portcullis += 1;
+        }
+    }
+    eprintln!(
+        "preflight: PASS (CONNECT and SOCKS5 + 100 kB through portcullis{})",
+        if dante.is_some() {
+            ", SOCKS5 + 100 kB through dante"
+        } else {
+            ""
+        }
+    );
+
+    for round in 0..SOCKS_ROUNDS {
+        let mut order = [("C", connect), ("C SOCKS5", socks)];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (shape, via) in order {
+            let load =
+                tunnel_load(shape, via, sink, d.tunnel, Some(proxy.pid), clk, checks).await?;
+            out.through_portcullis += load.requests + load.errors;
+            match via {
+                Via::Socks(..) => out.c_socks.push(load),
+                _ => out.c_connect.push(load),
+            }
+        }
+    }
+    if let Some(dante) = dante {
+        let via = Via::Socks(dante.addr, "dante");
+        out.c_dante = Some(
+            tunnel_load(
+                "C SOCKS5",
+                via,
+                sink,
+                d.tunnel,
+                Some(dante.pid),
+                clk,
+                checks,
+            )
+            .await?,
+        );
+    }
+
+    let authority = sink.to_string();
+    let warm = Durations {
+        keep_alive: d.warm_up,
+        ..*d
+    };
+    for &(_, via, _) in &servers {
+        let load = measure_tunnels(
+            "S warm-up",
+            via,
+            sink,
+            &authority,
+            Until::FirstByte,
+            &warm,
+            None,
+            clk,
+            &mut Vec::new(),
+        )
+        .await?;
+        if via.name() == "portcullis" {
+            out.through_portcullis += load.requests + load.errors;
+        }
+    }
+    for round in 0..SOCKS_ROUNDS {
+        let mut order: Vec<usize> = (0..servers.len()).collect();
+        order.rotate_left(round % servers.len());
+        for i in order {
+            let (shape, via, pid) = servers[i];
+            let load = measure_tunnels(
+                shape,
+                via,
+                sink,
+                &authority,
+                Until::FirstByte,
+                d,
+                Some(pid),
+                clk,
+                checks,
+            )
+            .await?;
+            match i {
+                0 => out.s_connect.push(load),
+                1 => out.s_socks.push(load),
+                _ => out.s_dante.push(load),
+            }
+        }
+    }
+    out.through_portcullis += out
+        .s_connect
+        .iter()
+        .chain(&out.s_socks)
+        .map(|l| l.requests + l.errors)
+        .sum::<u64>();
+    Ok(out)
 }
 
 /// The proxy's memory with N tunnels open.
@@ -2232,6 +2716,155 @@ fn print_flood(f: &Flood) {
         "I target (≥ 95% answered, p95 ≤ 100 ms under the flood): {}",
         if ok { "met" } else { "NOT MET" }
     );
+}
+
+/// A figure of a load (MB/s, CPU per connection, …), when it has one.
+type Figure = fn(&Load) -> Option<f64>;
+
+/// A figure of each load, its median.
+fn median_of(loads: &[Load], figure: Figure) -> Option<f64> {
+    median(loads.iter().filter_map(figure).collect())
+}
+
+/// A figure's ratio `b` ÷ `a`, round by round.
+fn ratios(a: &[Load], b: &[Load], figure: Figure) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter_map(|(a, b)| Some(figure(b)? / figure(a)?))
+        .collect()
+}
+
+/// `0.98 / 1.02 / 1.00`
+fn listed(values: &[f64]) -> String {
+    let shown: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+    shown.join(" / ")
+}
+
+/// The SOCKS5 shapes' tables: CONNECT against SOCKS5 through Portcullis, then Dante against
+/// Portcullis, each with its target.
+fn print_socks(s: &Socks) {
+    let rate: Figure = |l| Some(l.mb_per_s());
+    let per_gb: Figure = |l| l.cpu_s_per_gb(l.bytes);
+    let rps: Figure = |l| Some(l.rps());
+    let p50: Figure = |l| Some(l.percentile_ms(0.50));
+    let p99: Figure = |l| Some(l.percentile_ms(0.99));
+    let per_conn: Figure = Load::cpu_us_per_request;
+    let s_rows = |t: &mut Table, a: &[Load], b: &[Load]| {
+        let rows: [(&str, Figure); 4] = [
+            ("S a connection per request, 1 KiB, 50 conns, conn/s", rps),
+            ("S p50 from the TCP connect to the first byte, ms", p50),
+            ("S p99 from the TCP connect to the first byte, ms", p99),
+            ("S proxy CPU per connection, µs", per_conn),
+        ];
+        for (figure, f) in rows {
+            t.row(figure, median_of(a, f), median_of(b, f));
+        }
+    };
+
+    println!();
+    println!(
+        "SOCKS5 (no authentication, CONNECT to the sink's IPv4 address) beside CONNECT, through \
+         the same Portcullis: medians of {SOCKS_ROUNDS} interleaved rounds; ratio SOCKS5 ÷ CONNECT"
+    );
+    let mut t = Table::default();
+    t.row(
+        "C download, 256 MiB a tunnel, MB/s",
+        median_of(&s.c_connect, rate),
+        median_of(&s.c_socks, rate),
+    );
+    t.row(
+        "C proxy CPU-s per GB",
+        median_of(&s.c_connect, per_gb),
+        median_of(&s.c_socks, per_gb),
+    );
+    let c_rate = ratios(&s.c_connect, &s.c_socks, rate);
+    let c_cpu = ratios(&s.c_connect, &s.c_socks, per_gb);
+    let (c_rate_median, c_cpu_median) = (median(c_rate.clone()), median(c_cpu.clone()));
+    t.ratio_row("C SOCKS5 ÷ CONNECT, MB/s (median of rounds)", c_rate_median);
+    t.ratio_row(
+        "C SOCKS5 ÷ CONNECT, CPU per GB (median of rounds)",
+        c_cpu_median,
+    );
+    s_rows(&mut t, &s.s_connect, &s.s_socks);
+    t.ratio_row(
+        "S SOCKS5 ÷ CONNECT, CPU per connection (median of rounds)",
+        median(ratios(&s.s_connect, &s.s_socks, per_conn)),
+    );
+    t.print_headed(["figure", "CONNECT", "SOCKS5", "ratio"]);
+    let met = c_rate_median.is_some_and(|r| r >= 1.0 - SOCKS_NOISE)
+        && c_cpu_median.is_some_and(|r| r <= 1.0 + SOCKS_NOISE);
+    println!(
+        "C target (SOCKS5's MB/s and CPU per GB equal to CONNECT's within noise, taken as ±{:.0}% \
+         on the median of the rounds' ratios): MB/s {}, CPU per GB {}: {}",
+        SOCKS_NOISE * 100.0,
+        listed(&c_rate),
+        listed(&c_cpu),
+        if met { "met" } else { "NOT MET" }
+    );
+
+    println!();
+    let Some(version) = &s.dante else {
+        println!("Dante: not run (see the note on stderr), so S has no comparison with it.");
+        return;
+    };
+    println!(
+        "SOCKS5 through Dante ({version}) and Portcullis: medians of {SOCKS_ROUNDS} rounds (C \
+         through Dante: one run); ratio portcullis ÷ dante"
+    );
+    let mut t = Table::default();
+    let c_dante = s.c_dante.as_slice();
+    t.row(
+        "C SOCKS5 download, 256 MiB a tunnel, MB/s",
+        median_of(c_dante, rate),
+        median_of(&s.c_socks, rate),
+    );
+    t.row(
+        "C SOCKS5 CPU-s per GB",
+        median_of(c_dante, per_gb),
+        median_of(&s.c_socks, per_gb),
+    );
+    s_rows(&mut t, &s.s_dante, &s.s_socks);
+    let s_cpu = ratios(&s.s_dante, &s.s_socks, per_conn);
+    let ratio = median(s_cpu.clone());
+    t.ratio_row(
+        "S portcullis ÷ dante, CPU per connection (median of rounds)",
+        ratio,
+    );
+    t.print_headed(["figure", "dante", "portcullis", "ratio"]);
+    println!(
+        "S target (Portcullis's CPU per SOCKS5 connection ≤ 0.5× Dante's): {} by round, median {}: {}",
+        listed(&s_cpu),
+        ratio.map_or("—".to_owned(), |r| format!("{r:.2}×")),
+        if ratio.is_some_and(|r| r <= 0.5) {
+            "met"
+        } else {
+            "NOT MET"
+        }
+    );
+    println!(
+        "Dante's CPU is that of danted and every process descended from it: utime + stime + \
+         cutime + cstime from /proc/*/stat at both ends of each run, so its children that exit \
+         during a run are counted too."
+    );
+}
+
+/// The checks table: every run's requests, errors and CPU shares.
+fn print_checks(checks: &[Check]) {
+    println!();
+    println!("| shape | via | requests | errors | bench CPU % of a core | proxy CPU % of a core |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for c in checks {
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {} |",
+            c.shape,
+            c.via,
+            c.requests,
+            c.errors,
+            c.bench_cpu_pct,
+            c.proxy_cpu_pct
+                .map_or("—".to_owned(), |p| format!("{p:.0}"))
+        );
+    }
 }
 
 #[derive(Default)]
