@@ -307,7 +307,9 @@ fn put_address(out: &mut Vec<u8>, addr: SocketAddr) {
 /// A SOCKS5 reply: `05 REP 00 ATYP BND.ADDR BND.PORT`; `bound` is `0.0.0.0:0` when there is
 /// nothing to tell.
 pub fn reply(code: u8, bound: Option<SocketAddr>) -> Vec<u8> {
-    let mut out = vec![5, code, 0];
+    // Room for the longest (IPv6) at once.
+    let mut out = Vec::with_capacity(22);
+    out.extend_from_slice(&[5, code, 0]);
     put_address(
         &mut out,
         bound.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
