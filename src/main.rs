@@ -32,6 +32,20 @@ fn main() -> ExitCode {
             )
         }
         Some(Command::Completions { shell }) => return completions(*shell),
+        Some(Command::Top {
+            admin,
+            interval,
+            once,
+        }) => {
+            let every = std::time::Duration::from_secs_f64(interval.clamp(0.2, 3600.0));
+            return match portcullis::ops::top::run(*admin, every, *once) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis top: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Man { command }) => return man(command.as_deref()),
         None => {}
     }

@@ -164,6 +164,8 @@ pub enum ProblemKind {
     BadAddress(String),
     /// `log.level` is not a level.
     BadLogLevel(String),
+    /// A rate or size of `[shaping]` or `[[limits.rate]]` that does not parse (its words).
+    BadRate(String),
     /// `clients.names`: a name that is not one line of text.
     BadClientName(IpAddr),
     /// A host pattern that does not parse (the pattern parser's words).
@@ -257,7 +259,9 @@ impl fmt::Display for ProblemKind {
             ProblemKind::BadClientName(ip) => {
                 write!(f, "the name of {ip} must be one line of text")
             }
-            ProblemKind::BadHostPattern(e) | ProblemKind::BadHostsFile(e) => f.write_str(e),
+            ProblemKind::BadHostPattern(e)
+            | ProblemKind::BadHostsFile(e)
+            | ProblemKind::BadRate(e) => f.write_str(e),
             ProblemKind::NotHostPort(text) => write!(f, "\"{text}\" is not host:port"),
             ProblemKind::NotHostName(text) => {
                 write!(f, "\"{text}\" is not a host name or address")

@@ -51,6 +51,85 @@ pub struct Config {
     pub dns: DnsConfig,
     /// SOCKS5 (and 4a) on the listen addresses.
     pub socks: SocksConfig,
+    /// The shared link and each client's fair share of it.
+    pub shaping: ShapingConfig,
+}
+
+/// `[shaping]`: the link the LAN shares, split fairly among the clients that use it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShapingConfig {
+    /// The link's speed towards the clients (`"100Mbit/s"`); unset, not shaped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub down: Option<String>,
+    /// The link's speed from the clients; unset, not shaped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub up: Option<String>,
+    /// Whose share: each client address, or each logged-in user (others by address).
+    pub per: SharePer,
+    /// Weights of clients (by address) or users (by name); 1 for the others.
+    pub weights: std::collections::BTreeMap<String, f64>,
+}
+
+/// `shaping.per`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharePer {
+    /// Each client address has a share.
+    #[default]
+    Client,
+    /// Each logged-in user has a share; clients that did not log in, by address.
+    User,
+}
+
+/// `[[limits.rate]]`: a cap on what the clients a rule's matchers pick may move, each client
+/// (or user) across all its connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateCapConfig {
+    /// Shown in `explain`, the status page and the record.
+    pub name: String,
+    /// Client networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<Network>>,
+    /// Authenticated users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<String>>,
+    /// Destination host patterns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    /// Destination ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<PortSpec>>,
+    /// Request methods (`CONNECT`, `GET`, `SOCKS5` …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// The cap towards the client (`"5Mbit/s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down: Option<String>,
+    /// The cap from the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up: Option<String>,
+    /// What may go at once after a pause (`"256KiB"`); left out, a tenth of a second of the
+    /// rate, at least 16 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<String>,
+}
+
+impl RateCapConfig {
+    /// Its matchers as a rule's, for the rule compiler (`hosts_file` is not offered here).
+    pub(crate) fn as_rule(&self) -> RuleConfig {
+        RuleConfig {
+            name: self.name.clone(),
+            clients: self.clients.clone(),
+            users: self.users.clone(),
+            hosts: self.hosts.clone(),
+            hosts_file: None,
+            ports: self.ports.clone(),
+            methods: self.methods.clone(),
+            action: RuleAction::Allow,
+        }
+    }
 }
 
 /// `[socks]`: SOCKS on the same port as HTTP, told apart by the first byte.
@@ -321,6 +400,9 @@ pub struct LimitsConfig {
     pub max_request_line: usize,
     /// Header fields in one request; past it `431`.
     pub max_headers: usize,
+    /// Caps on what chosen clients may move (`[[limits.rate]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate: Vec<RateCapConfig>,
 }
 
 impl LimitsConfig {
@@ -356,6 +438,7 @@ impl Default for LimitsConfig {
             max_header_bytes: 64 * 1024,
             max_request_line: 8 * 1024,
             max_headers: 100,
+            rate: Vec::new(),
         }
     }
 }
@@ -520,6 +603,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             dns: DnsConfig::default(),
             socks: SocksConfig::default(),
+            shaping: ShapingConfig::default(),
         }
     }
 }

@@ -45,6 +45,43 @@ pub struct Settings {
     pub dns: DnsSettings,
     /// SOCKS on the listen addresses (its port lists are in the policy).
     pub socks: SocksSettings,
+    /// The shared link and the caps.
+    pub shaping: ShapingSettings,
+}
+
+/// `[shaping]` and `[[limits.rate]]` as the data path uses them: rates in bytes per second.
+#[derive(Debug, Clone, Default)]
+pub struct ShapingSettings {
+    /// The link towards the clients; `None`: not shaped.
+    pub down: Option<f64>,
+    /// The link from the clients.
+    pub up: Option<f64>,
+    /// Whose share.
+    pub per: super::schema::SharePer,
+    /// Weights by client address or user name.
+    pub weights: std::collections::HashMap<String, f64>,
+    /// The caps, in order: a transfer is held by every cap that matches it.
+    pub caps: Vec<RateCap>,
+}
+
+impl ShapingSettings {
+    /// Whether anything is shaped at all (off: the data path asks nothing).
+    pub fn is_on(&self) -> bool {
+        self.down.is_some() || self.up.is_some() || !self.caps.is_empty()
+    }
+}
+
+/// One `[[limits.rate]]`.
+#[derive(Debug, Clone)]
+pub struct RateCap {
+    /// Its matchers, compiled as a rule's (its name is the cap's).
+    pub matcher: crate::core::policy::Rule,
+    /// Towards the client, bytes per second.
+    pub down: Option<f64>,
+    /// From the client.
+    pub up: Option<f64>,
+    /// Its bucket, bytes; `None`: [`crate::core::shaping::default_burst`].
+    pub burst: Option<f64>,
 }
 
 /// `[socks]` as the request path uses it; its port lists are the policy's

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use crate::core::hosts::{HostPattern, HostSet};
 use crate::core::policy::{Action, Policy, Rule};
 use crate::core::ports::{PortSet, PortSpec, PortSpecError};
+use crate::core::shaping::parse_amount;
 
 use super::problem::{KeyPath, ParentError, Problem, ProblemKind};
-use super::schema::{Config, RuleAction};
+use super::schema::{Config, RuleAction, RuleConfig};
 use super::settings::{
-    AuthSettings, DnsSettings, PacSettings, PagesSettings, Parent, ResolverKind, Settings,
-    UpstreamSettings,
+    AuthSettings, DnsSettings, PacSettings, PagesSettings, Parent, RateCap, ResolverKind, Settings,
+    ShapingSettings, UpstreamSettings,
 };
 use super::ConfigError;
 
@@ -271,6 +272,7 @@ impl Config {
         let dns = self.dns_settings(&mut problems);
         let auth = self.auth_settings(base, &mut problems);
         let rules = self.compile_rules(base, self.auth.htpasswd.is_some(), &mut problems);
+        let shaping = self.shaping_settings(base, self.auth.htpasswd.is_some(), &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 origin: origin.to_owned(),
@@ -320,6 +322,7 @@ impl Config {
                 udp: self.socks.udp,
                 without_login,
             },
+            shaping,
         })
     }
 
@@ -486,13 +489,120 @@ impl Config {
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(self.rules.len());
         for (index, r) in self.rules.iter().enumerate() {
-            let at = |field: &str, kind: ProblemKind| {
-                Problem::new(KeyPath::rule(index, field), kind).in_rule(&r.name)
+            let key = |field: &str| KeyPath::rule(index, field);
+            if let Some(rule) = compile_rule(r, &key, &mut names, base, has_auth, problems) {
+                rules.push(rule);
+            }
+        }
+        rules
+    }
+
+    /// `[shaping]` and `[[limits.rate]]`: rates read, each cap's matchers compiled as a rule's.
+    fn shaping_settings(
+        &self,
+        base: &Path,
+        has_auth: bool,
+        problems: &mut Vec<Problem>,
+    ) -> ShapingSettings {
+        let mut rate = |key: KeyPath, text: &Option<String>, size: bool| {
+            let read = parse_amount(text.as_ref()?, size);
+            read.map_err(|e| problems.push(Problem::new(key, ProblemKind::BadRate(e))))
+                .ok()
+        };
+        let shaping = &self.shaping;
+        let down = rate(KeyPath::keys(["shaping", "down"]), &shaping.down, false);
+        let up = rate(KeyPath::keys(["shaping", "up"]), &shaping.up, false);
+        let mut weights = std::collections::HashMap::new();
+        for (who, weight) in &shaping.weights {
+            if !(weight.is_finite() && *weight > 0.0 && *weight <= 1000.0) {
+                problems.push(
+                    Problem::new(
+                        KeyPath::keys(["shaping", "weights"]),
+                        ProblemKind::BadRate(format!(
+                            "the weight of {who:?} must be a number above 0 and at most 1000, not {weight}"
+                        )),
+                    )
+                    .entry(who.as_str()),
+                );
+            }
+            // Addresses as the data path writes them (canonical), names as they are.
+            let key = match who.parse::<IpAddr>() {
+                Ok(ip) => ip.to_canonical().to_string(),
+                Err(_) => who.clone(),
             };
+            weights.insert(key, *weight);
+        }
+        let mut names = HashSet::new();
+        let mut caps = Vec::new();
+        for (index, c) in self.limits.rate.iter().enumerate() {
+            let path = |field: &str| {
+                KeyPath(vec![
+                    "limits".into(),
+                    "rate".into(),
+                    index.into(),
+                    field.into(),
+                ])
+            };
+            let before = problems.len();
+            let as_rule = c.as_rule();
+            let matcher = compile_rule(&as_rule, &path, &mut names, base, has_auth, problems);
+            let mut rate = |field: &str, text: &Option<String>, size: bool| {
+                let read = parse_amount(text.as_ref()?, size);
+                read.map_err(|e| {
+                    problems
+                        .push(Problem::new(path(field), ProblemKind::BadRate(e)).in_rule(&c.name))
+                })
+                .ok()
+            };
+            let cap_down = rate("down", &c.down, false);
+            let cap_up = rate("up", &c.up, false);
+            let burst = rate("burst", &c.burst, true);
+            if c.down.is_none() && c.up.is_none() {
+                problems.push(
+                    Problem::new(
+                        path("down"),
+                        ProblemKind::BadRate("a cap needs down, up or both".to_owned()),
+                    )
+                    .in_rule(&c.name),
+                );
+            }
+            if let (Some(matcher), true) = (matcher, problems.len() == before) {
+                caps.push(RateCap {
+                    matcher,
+                    down: cap_down,
+                    up: cap_up,
+                    burst,
+                });
+            }
+        }
+        ShapingSettings {
+            down,
+            up,
+            per: shaping.per,
+            weights,
+            caps,
+        }
+    }
+}
+
+/// Compiles one rule (or a cap's matchers, which are a rule's), its problems at `key(field)`;
+/// `names` holds the names seen so far among its kind. `None` when it has problems.
+fn compile_rule(
+    r: &RuleConfig,
+    key: &dyn Fn(&str) -> KeyPath,
+    names: &mut HashSet<String>,
+    base: &Path,
+    has_auth: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<Rule> {
+    {
+        {
+            let at =
+                |field: &str, kind: ProblemKind| Problem::new(key(field), kind).in_rule(&r.name);
             let before = problems.len();
             if r.name.trim().is_empty() {
                 problems.push(at("name", ProblemKind::EmptyRuleName));
-            } else if !names.insert(r.name.as_str()) {
+            } else if !names.insert(r.name.clone()) {
                 problems.push(at("name", ProblemKind::DuplicateRuleName));
             }
             let clients = r.clients.as_ref().map(|c| {
@@ -541,14 +651,10 @@ impl Config {
             } else {
                 None
             };
-            let ports = r.ports.as_ref().map(|specs| {
-                port_set(
-                    KeyPath::rule(index, "ports"),
-                    Some(&r.name),
-                    specs,
-                    problems,
-                )
-            });
+            let ports = r
+                .ports
+                .as_ref()
+                .map(|specs| port_set(key("ports"), Some(&r.name), specs, problems));
             let methods = r.methods.as_ref().map(|methods| {
                 if methods.is_empty() {
                     problems.push(at("methods", ProblemKind::EmptyCondition));
@@ -571,9 +677,9 @@ impl Config {
                     .collect::<Vec<_>>()
             });
             if problems.len() > before {
-                continue;
+                return None;
             }
-            rules.push(Rule {
+            Some(Rule {
                 name: r.name.as_str().into(),
                 clients,
                 users,
@@ -584,9 +690,8 @@ impl Config {
                     RuleAction::Allow => Action::Allow,
                     RuleAction::Deny => Action::Deny,
                 },
-            });
+            })
         }
-        rules
     }
 }
 

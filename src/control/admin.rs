@@ -179,6 +179,12 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
         started: humantime::format_rfc3339_seconds(stats.started()).to_string(),
         uptime_seconds: stats.started().elapsed().map(|d| d.as_secs()).unwrap_or(0),
         connections_open: shared.admission.open(),
+        link: shared
+            .shaper
+            .load()
+            .as_ref()
+            .map(|shaper| shaper.clients())
+            .unwrap_or_default(),
         connections: shared.admission.counts(&settings.limits),
         access_log_dropped: stats
             .dropped_records

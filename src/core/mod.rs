@@ -10,6 +10,7 @@ pub(crate) mod limits;
 pub(crate) mod plan;
 pub mod policy;
 pub mod ports;
+pub mod shaping;
 pub(crate) mod socks;
 pub(crate) mod sync;
 pub mod target;

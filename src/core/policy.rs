@@ -507,6 +507,16 @@ impl Rule {
             })
     }
 
+    /// Whether every condition holds for `facts` (a host condition that needs the address
+    /// holds only when `addr` is known and in it): how a cap's matchers pick a transfer.
+    pub fn matches(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> bool {
+        self.matches_request(facts)
+            && self
+                .hosts
+                .as_ref()
+                .is_none_or(|hosts| matches!(hosts.matches(facts.host, addr), HostMatch::Yes))
+    }
+
     /// Whether every condition but the hosts holds.
     fn matches_request(&self, f: &Facts<'_>) -> bool {
         let client = f.client.to_canonical();

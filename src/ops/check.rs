@@ -559,6 +559,7 @@ mod tests {
             ProblemKind::TooSmall(8),
             ProblemKind::BadAddress("x".into()),
             ProblemKind::BadLogLevel("loud".into()),
+            ProblemKind::BadRate("x".into()),
             ProblemKind::BadClientName("10.0.0.1".parse().unwrap()),
             ProblemKind::BadHostPattern("bad".into()),
             ProblemKind::NotHostPort("x".into()),

@@ -122,6 +122,24 @@ pub enum Command {
         #[arg(value_name = "TARGET")]
         target: String,
     },
+    /// Who uses the link now, refreshed every second: bytes per second by client, port and
+    /// host, and each client's share when [shaping] shapes the link.
+    ///
+    /// Reads the admin listener's /status.json (the admin listener must be on, and allow
+    /// this address). Ctrl-C ends it.
+    ///
+    /// Example: portcullis top --admin 127.0.0.1:3129
+    Top {
+        /// The admin listener's address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3129")]
+        admin: std::net::SocketAddr,
+        /// Seconds between refreshes.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        interval: f64,
+        /// Print one screen (two readings an interval apart) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Print a shell completion script to standard output.
     ///
     /// For example: portcullis completions bash > /etc/bash_completion.d/portcullis, or

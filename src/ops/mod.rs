@@ -5,3 +5,4 @@ pub mod cli;
 pub mod explain;
 pub mod passwd;
 pub mod report;
+pub mod top;

@@ -23,6 +23,7 @@ use tokio::time::{Instant, Sleep};
 use crate::core::error::ErrorKind;
 use crate::observe::access::{PendingRecord, Traffic};
 use crate::proxy::conn::{BodyGuard, ConnState, InFlight};
+use crate::proxy::shaper::{Dir, Flow, Shaped};
 
 /// The error type of the bodies: hyper's, or a stall.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -246,6 +247,8 @@ pin_project_lite::pin_project! {
         traffic: Option<Arc<Traffic>>,
         record: Option<PendingRecord>,
         in_flight: Option<InFlight>,
+        // The shaping of an origin's body, when anything shapes it.
+        shaped: Option<Box<Shaped>>,
     }
 }
 
@@ -287,7 +290,13 @@ impl DownBody {
             traffic: None,
             record: None,
             in_flight: None,
+            shaped: None,
         }
+    }
+
+    /// Holds an origin's body to `flow` (`[shaping]`, `[[limits.rate]]`).
+    pub(crate) fn shape(&mut self, flow: Flow) {
+        self.shaped = Some(Box::new(Shaped::new(flow, Dir::Down)));
     }
 
     /// Attaches the exchange's record (an origin body's bytes are counted into the record's
@@ -313,10 +322,28 @@ impl Body for DownBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
         let frame = match this.content.project() {
-            ContentProj::Origin { body, stall } => {
-                let polled = body.poll_frame(cx);
-                ready!(stall.check(cx, polled))
-            }
+            ContentProj::Origin { body, stall } => match this.shaped.as_mut() {
+                None => {
+                    let polled = body.poll_frame(cx);
+                    ready!(stall.check(cx, polled))
+                }
+                Some(shaped) => {
+                    ready!(shaped.poll_ready(cx));
+                    match shaped.take_piece() {
+                        Some(piece) => Some(Ok(Frame::data(piece))),
+                        None => {
+                            let polled = body.poll_frame(cx);
+                            match ready!(stall.check(cx, polled)) {
+                                Some(Ok(frame)) => Some(Ok(match frame.into_data() {
+                                    Ok(data) => Frame::data(shaped.first_piece(data)),
+                                    Err(frame) => frame,
+                                })),
+                                other => other,
+                            }
+                        }
+                    }
+                }
+            },
             ContentProj::Own { data } => data.take().map(|d| Ok(Frame::data(d))),
         };
         match &frame {
@@ -347,7 +374,10 @@ impl Body for DownBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.content {
-            Content::Origin { body, .. } => body.is_end_stream(),
+            // A shaped body may still hold pieces of the last frame.
+            Content::Origin { body, .. } => {
+                body.is_end_stream() && self.shaped.as_ref().is_none_or(|s| s.is_done())
+            }
             Content::Own { data } => data.is_none(),
         }
     }

@@ -214,8 +214,12 @@ pub async fn forward(
     };
     let response = sent.inspect_err(|_| upload.give_up())?;
 
-    if let Some(info) = response.extensions().get::<HttpInfo>() {
-        ex.record.upstream(info.remote_addr());
+    let origin_ip = response
+        .extensions()
+        .get::<HttpInfo>()
+        .map(|info| info.remote_addr());
+    if let Some(addr) = origin_ip {
+        ex.record.upstream(addr);
     }
     if let Some(resolved) = response
         .extensions()
@@ -241,10 +245,21 @@ pub async fn forward(
     append_via(&mut parts.headers, parts.version, &ex.shared.via);
     parts.version = Version::HTTP_11;
     parts.extensions.clear();
-    Ok(Response::from_parts(
-        parts,
-        DownBody::origin(body, timeouts.response),
-    ))
+    let mut body = DownBody::origin(body, timeouts.response);
+    if let Some(shaper) = ex.shared.shaper.load_full() {
+        let facts = Facts {
+            client: ex.client.ip(),
+            user: ex.user.as_deref(),
+            method: ex.record.method(),
+            kind: Kind::Http,
+            host: &target.host,
+            port: target.port,
+        };
+        if let Some(flow) = shaper.flow(&facts, origin_ip.map(|a| a.ip())) {
+            body.shape(flow);
+        }
+    }
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Waits for an answer; the clock (`timeouts.response`) starts once the request body has

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod pages;
 pub mod respond;
 pub mod service;
+pub mod shaper;
 pub mod socks;
 pub mod socks_udp;
 pub mod state;

@@ -576,6 +576,8 @@ async fn connect(
         return;
     }
     ex.record.answered(200);
+    let dialled_ip = upstream.peer_addr().ok().map(|a| a.ip());
+    let flow = tunnel::flow(&ex, target, Kind::Socks, dialled_ip);
     let Exchange {
         record,
         shared,
@@ -593,7 +595,7 @@ async fn connect(
         tunnel::Client::Socket(stream),
         upstream,
         target.port,
-        settings.timeouts.tunnel_idle,
+        (settings.timeouts.tunnel_idle, flow),
         record,
         &shared,
         &slot,

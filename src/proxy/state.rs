@@ -47,6 +47,9 @@ pub struct ProxyState {
     /// This proxy's name in `Via`, with a token unique to this process: a request that
     /// already carries it has looped back.
     pub via: crate::core::headers::Via,
+    /// The shared link and the caps, when anything is shaped; rebuilt on reload (transfers
+    /// under way keep the one they started with).
+    pub shaper: ArcSwapOption<crate::proxy::shaper::Shaper>,
 }
 
 /// What authentication remembers between requests.
@@ -113,6 +116,7 @@ impl ProxyState {
             login: ArcSwap::from_pointee(Login::new(&settings)),
             admission: Arc::default(),
             via: crate::core::headers::Via::new(format!("portcullis-{:08x}", instance_token())),
+            shaper: ArcSwapOption::new(crate::proxy::shaper::Shaper::new(&settings.shaping)),
         })
     }
 
@@ -129,6 +133,8 @@ impl ProxyState {
         self.parents.store(parents_for(&settings, &outbound));
         self.outbound.store(outbound);
         self.login.store(Arc::new(Login::new(&settings)));
+        self.shaper
+            .store(crate::proxy::shaper::Shaper::new(&settings.shaping));
         self.live.store(Arc::new(settings));
         Ok(())
     }

@@ -36,6 +36,7 @@ use crate::egress::parent::Parents;
 use crate::observe::access::{PendingRecord, Traffic};
 use crate::proxy::body::UpBody;
 use crate::proxy::conn::{ConnState, WatchedIo};
+use crate::proxy::shaper::{Dir, Flow};
 use crate::proxy::{exchange::Exchange, state::ProxyState};
 
 /// Bytes a quiet direction of a tunnel reads at once, from a buffer inside the task: an idle
@@ -50,6 +51,27 @@ pub struct Dialled {
     upstream: TcpStream,
     port: u16,
     tunnel_idle: std::time::Duration,
+    flow: Option<Box<Flow>>,
+}
+
+/// The shaping of a tunnel to `target` (`[shaping]`, `[[limits.rate]]`), when anything
+/// shapes it; `upstream` is the address dialled.
+pub(crate) fn flow(
+    ex: &Exchange,
+    target: &Target,
+    kind: Kind,
+    upstream: Option<std::net::IpAddr>,
+) -> Option<Box<Flow>> {
+    let shaper = ex.shared.shaper.load_full()?;
+    let facts = Facts {
+        client: ex.client.ip(),
+        user: ex.user.as_deref(),
+        method: ex.record.method(),
+        kind,
+        host: &target.host,
+        port: target.port,
+    };
+    shaper.flow(&facts, upstream).map(Box::new)
 }
 
 /// Dials a CONNECT destination the plan allowed as `go` (through `parents` when it routes
@@ -63,11 +85,13 @@ pub async fn open(
 ) -> Result<Dialled, EdgeError> {
     let upstream = connect(ex, &target, &go, parents, Kind::Connect).await?;
     ex.record.answered(200);
+    let dialled_ip = upstream.peer_addr().ok().map(|a| a.ip());
     Ok(Dialled {
         upgrade: hyper::upgrade::on(&mut req),
         upstream,
         port: target.port,
         tunnel_idle: ex.settings.timeouts.tunnel_idle,
+        flow: flow(ex, &target, Kind::Connect, dialled_ip),
     })
 }
 
@@ -177,7 +201,7 @@ pub async fn relay(
         Client::Upgraded(upgraded),
         dialled.upstream,
         dialled.port,
-        dialled.tunnel_idle,
+        (dialled.tunnel_idle, dialled.flow),
         record,
         &shared,
         &slot,
@@ -200,7 +224,7 @@ pub(crate) async fn carry(
     client: Client,
     upstream: TcpStream,
     port: u16,
-    idle: Duration,
+    (idle, flow): (Duration, Option<Box<Flow>>),
     mut record: PendingRecord,
     shared: &ProxyState,
     slot: &crate::proxy::admission::Slot,
@@ -210,7 +234,7 @@ pub(crate) async fn carry(
     // Called inside select!, not bound first: a bound future is kept twice in this task's
     // state, and every idle tunnel holds that state.
     let end = tokio::select! {
-        result = relay_client(client, upstream, &traffic, idle, slot.conn()) => result,
+        result = relay_client(client, upstream, &traffic, (idle, flow.as_deref()), slot.conn()) => result,
         _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
     };
     shared.stats.tunnel_closed(port);
@@ -244,7 +268,7 @@ async fn relay_client(
     client: Client,
     mut upstream: TcpStream,
     traffic: &Traffic,
-    idle: Duration,
+    idle: (Duration, Option<&Flow>),
     conn: &ConnState,
 ) -> io::Result<End> {
     let upgraded = match client {
@@ -294,7 +318,7 @@ async fn both_ways<CR, CW, UR, UW>(
     (client_read, client_write): (CR, CW),
     (upstream_read, upstream_write): (UR, UW),
     traffic: &Traffic,
-    idle: Duration,
+    (idle, flow): (Duration, Option<&Flow>),
     conn: &ConnState,
 ) -> io::Result<End>
 where
@@ -303,9 +327,16 @@ where
     UR: AsyncRead + Socket + Unpin,
     UW: AsyncWrite + Socket + Unpin,
 {
-    let activity = Activity { conn };
-    let up = pump(client_read, upstream_write, &traffic.up, activity);
-    let down = pump(upstream_read, client_write, &traffic.down, activity);
+    let up = Activity {
+        conn,
+        flow: flow.map(|f| (f, Dir::Up)),
+    };
+    let down = Activity {
+        conn,
+        flow: flow.map(|f| (f, Dir::Down)),
+    };
+    let up = pump(client_read, upstream_write, &traffic.up, up);
+    let down = pump(upstream_read, client_write, &traffic.down, down);
     tokio::select! {
         result = async { tokio::try_join!(up, down) } => result.map(|_| End::Done),
         _ = idle_for(idle, conn) => Ok(End::Idle),
@@ -318,12 +349,29 @@ where
 #[derive(Clone, Copy)]
 struct Activity<'a> {
     conn: &'a ConnState,
+    /// The tunnel's shaping and this direction, when it is shaped.
+    flow: Option<(&'a Flow, Dir)>,
 }
 
 impl Activity<'_> {
     fn moved(&self, counter: &AtomicU64, n: usize) {
         Traffic::add(counter, n);
         self.conn.tunnel_moved();
+    }
+
+    /// After `n` bytes moved: waits as long as the shaping says before the next.
+    async fn paced(&self, n: usize) {
+        if let Some((flow, dir)) = self.flow {
+            let mut wait = flow.charge(dir, n);
+            // Until out of debt: the client's other connections may add to it meanwhile.
+            for _ in 0..1000 {
+                if wait.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                wait = flow.wait(dir);
+            }
+        }
     }
 }
 
@@ -421,6 +469,7 @@ where
             writer.shutdown().await?;
             return Ok(());
         }
+        activity.paced(n).await;
         // A full small read means more is waiting: go busy. A short read means the burst is
         // over: give the pipe or buffer back.
         if busy.is_none() && n == QUIET_BUFFER {
@@ -563,7 +612,7 @@ mod tests {
             tokio::io::split(proxy_side),
             upstream.into_split(),
             &traffic,
-            Duration::from_secs(30),
+            (Duration::from_secs(30), None),
             &conn,
         );
         // Sizes around the quiet buffer, a burst and a trickle: quiet, busy, quiet again.

@@ -92,6 +92,9 @@ pub struct Snapshot {
     pub errors: ErrorCounts,
     /// Recent refusals, newest first.
     pub recent_denials: Vec<RecentDenial>,
+    /// The clients using the link now (the last second or so), busiest first, with their
+    /// share when `[shaping]` shapes the link; empty when nothing is shaped.
+    pub link: Vec<crate::core::shaping::ClientRate>,
 }
 
 /// Bytes as people read them: `1.5 MiB`.
@@ -187,6 +190,27 @@ pub fn status_page(s: &Snapshot) -> String {
         );
     }
     h.push_str("</table>");
+
+    if !s.link.is_empty() {
+        h.push_str(
+            "<h2>The link now</h2><table id=\"link\"><tr><th>client</th><th class=\"n\">down</th>\
+             <th class=\"n\">up</th><th class=\"n\">share down</th><th class=\"n\">share up</th></tr>",
+        );
+        let rate =
+            |r: Option<f64>| r.map_or_else(|| "—".to_owned(), crate::core::shaping::show_rate);
+        for c in &s.link {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                escape_html(&c.client),
+                rate(Some(c.down)),
+                rate(Some(c.up)),
+                rate(c.share_down),
+                rate(c.share_up)
+            );
+        }
+        h.push_str("</table>");
+    }
 
     h.push_str(
         "<h2>Top clients</h2><table id=\"clients\"><tr><th>client</th><th class=\"n\">requests</th>\
@@ -368,7 +392,26 @@ mod tests {
             hosts: Vec::new(),
             errors: ErrorCounts(errors),
             recent_denials: Vec::new(),
+            link: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_link_now_is_tabled_when_shaped() {
+        let mut s = snapshot(Vec::new());
+        assert!(!status_page(&s).contains("The link now"));
+        s.link = vec![crate::core::shaping::ClientRate {
+            client: "192.168.1.20".into(),
+            down: 2_500_000.0,
+            up: 10_000.0,
+            share_down: Some(2_500_000.0),
+            share_up: None,
+        }];
+        let page = status_page(&s);
+        assert!(
+            page.contains("<td>192.168.1.20</td><td class=\"n\">2.5 MB/s</td>"),
+            "{page}"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ mod parsers;
 mod passwd;
 mod reload;
 mod report;
+mod shaping;
 mod socks;
 mod socks_clients;
 mod tunnel;

@@ -15,14 +15,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A proxy started from a file, as the binary starts it, with its reload handle.
-struct Running {
-    addr: SocketAddr,
-    reload: Reload,
-    path: PathBuf,
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
+    pub(crate) reload: Reload,
+    pub(crate) path: PathBuf,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-async fn free_port() -> u16 {
+pub(crate) async fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
@@ -31,7 +31,7 @@ async fn free_port() -> u16 {
         .port()
 }
 
-async fn start(dir: &Path, text: &str) -> Running {
+pub(crate) async fn start(dir: &Path, text: &str) -> Running {
     let path = dir.join("portcullis.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();

@@ -1,0 +1,384 @@
+//! The shared link at work (`[shaping]`, `[[limits.rate]]`): every transfer that is shaped
+//! holds a [`Flow`], charges it for the bytes it moves, and waits as long as it answers
+//! before moving more.
+//!
+//! - **The link**, per direction: each active client (or user, `shaping.per`) has a token
+//!   bucket whose rate is its weighted max-min fair share of the link
+//!   ([`crate::core::shaping::fair_shares`]), recomputed every [`EVERY`] from what each moved
+//!   and whether it was held back: a client held back wants more than it has, one that was
+//!   not wants what it moved, with room to grow. A lone client gets the whole link; a light
+//!   one gets what it asks at once (its bucket is not in debt), so its small exchanges do not
+//!   queue behind anyone's bulk bytes.
+//! - **The caps**: each `[[limits.rate]]` that matches a transfer holds it to the cap's rate,
+//!   one bucket per cap and client, shared by all that client's connections.
+//!
+//! A reload makes a new shaper; transfers under way keep the one they started with.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::schema::SharePer;
+use crate::config::settings::ShapingSettings;
+use crate::core::policy::Facts;
+use crate::core::shaping::{default_burst, fair_shares, Bucket, Claim, ClientRate};
+use crate::core::sync::lock;
+
+/// How often the shares are recomputed.
+const EVERY: Duration = Duration::from_millis(100);
+
+/// A client that moved nothing for this long no longer claims a share.
+const ACTIVE: Duration = Duration::from_secs(1);
+
+/// A client's state is forgotten after this long without a byte.
+const FORGET: Duration = Duration::from_secs(60);
+
+/// The most clients remembered at once (the oldest idle go first).
+const MAX_CLIENTS: usize = 16_384;
+
+/// Which way bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// Towards the client.
+    Down = 0,
+    /// From the client.
+    Up = 1,
+}
+
+/// One client's (or user's) place on the link.
+#[derive(Debug)]
+struct Share {
+    weight: f64,
+    /// Per direction: its bucket, when the link of that direction is shaped.
+    buckets: [Option<Bucket>; 2],
+    /// Bytes moved since the last recompute.
+    moved: [u64; 2],
+    /// Held back (told to wait) since the last recompute.
+    held: [bool; 2],
+    /// Its rate over the last recompute's span, bytes per second.
+    rate: [f64; 2],
+    /// When it last moved a byte.
+    last: Instant,
+}
+
+/// One cap's bucket for one client: per direction, when the cap has that direction.
+type CapBuckets = Arc<Mutex<[Option<Bucket>; 2]>>;
+
+/// The link and the caps, as configured when it was made.
+#[derive(Debug)]
+pub(crate) struct Shaper {
+    settings: ShapingSettings,
+    clients: Mutex<HashMap<String, Arc<Mutex<Share>>>>,
+    caps: Mutex<HashMap<(usize, String), CapBuckets>>,
+    recomputed: Mutex<Instant>,
+}
+
+/// What one transfer is held by.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    shaper: Arc<Shaper>,
+    share: Option<Arc<Mutex<Share>>>,
+    caps: Vec<CapBuckets>,
+}
+
+impl Shaper {
+    /// A shaper for `settings`; `None` when nothing is shaped.
+    pub(crate) fn new(settings: &ShapingSettings) -> Option<Arc<Shaper>> {
+        settings.is_on().then(|| {
+            Arc::new(Shaper {
+                settings: settings.clone(),
+                clients: Mutex::new(HashMap::new()),
+                caps: Mutex::new(HashMap::new()),
+                recomputed: Mutex::new(Instant::now()),
+            })
+        })
+    }
+
+    fn link(&self, dir: Dir) -> Option<f64> {
+        match dir {
+            Dir::Down => self.settings.down,
+            Dir::Up => self.settings.up,
+        }
+    }
+
+    /// The key of a client's share and caps: its address, or its user when shares are per
+    /// user and it logged in.
+    fn key(&self, client: IpAddr, user: Option<&str>) -> String {
+        match (self.settings.per, user) {
+            (SharePer::User, Some(user)) => format!("user:{user}"),
+            _ => client.to_canonical().to_string(),
+        }
+    }
+
+    /// The flow of a transfer described by `facts`; `None` when nothing holds it.
+    pub(crate) fn flow(self: &Arc<Self>, facts: &Facts<'_>, addr: Option<IpAddr>) -> Option<Flow> {
+        let key = self.key(facts.client, facts.user);
+        let now = Instant::now();
+        let share = (self.settings.down.is_some() || self.settings.up.is_some()).then(|| {
+            let mut clients = lock(&self.clients);
+            if clients.len() >= MAX_CLIENTS && !clients.contains_key(&key) {
+                let oldest = clients
+                    .iter()
+                    .min_by_key(|(_, s)| lock(s).last)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    clients.remove(&oldest);
+                }
+            }
+            clients
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let weight = self
+                        .settings
+                        .weights
+                        .get(facts.user.unwrap_or_default())
+                        .or_else(|| {
+                            self.settings
+                                .weights
+                                .get(&facts.client.to_canonical().to_string())
+                        })
+                        .copied()
+                        .unwrap_or(1.0);
+                    let bucket =
+                        |rate: Option<f64>| rate.map(|r| Bucket::new(r, default_burst(r), now));
+                    Arc::new(Mutex::new(Share {
+                        weight,
+                        buckets: [bucket(self.settings.down), bucket(self.settings.up)],
+                        moved: [0; 2],
+                        held: [false; 2],
+                        rate: [0.0; 2],
+                        last: now,
+                    }))
+                })
+                .clone()
+        });
+        let mut caps = Vec::new();
+        for (index, cap) in self.settings.caps.iter().enumerate() {
+            if !cap.matcher.matches(facts, addr) {
+                continue;
+            }
+            let bucket = |rate: Option<f64>| {
+                rate.map(|r| Bucket::new(r, cap.burst.unwrap_or_else(|| default_burst(r)), now))
+            };
+            let buckets = lock(&self.caps)
+                .entry((index, key.clone()))
+                .or_insert_with(|| Arc::new(Mutex::new([bucket(cap.down), bucket(cap.up)])))
+                .clone();
+            caps.push(buckets);
+        }
+        (share.is_some() || !caps.is_empty()).then(|| Flow {
+            shaper: self.clone(),
+            share,
+            caps,
+        })
+    }
+
+    /// Recomputes the shares when [`EVERY`] has passed since the last time.
+    fn maybe_recompute(&self, now: Instant) {
+        let Ok(mut at) = self.recomputed.try_lock() else {
+            return;
+        };
+        let span = now.saturating_duration_since(*at);
+        if span < EVERY {
+            return;
+        }
+        *at = now;
+        drop(at);
+        let span = span.as_secs_f64();
+        let mut clients = lock(&self.clients);
+        clients.retain(|_, s| now.saturating_duration_since(lock(s).last) < FORGET);
+        let active: Vec<Arc<Mutex<Share>>> = clients
+            .values()
+            .filter(|s| now.saturating_duration_since(lock(s).last) < ACTIVE)
+            .cloned()
+            .collect();
+        drop(clients);
+        for dir in [Dir::Down, Dir::Up] {
+            let d = dir as usize;
+            let Some(link) = self.link(dir) else {
+                continue;
+            };
+            let claims: Vec<Claim> = active
+                .iter()
+                .map(|s| {
+                    let mut s = lock(s);
+                    let rate = s.moved[d] as f64 / span;
+                    s.rate[d] = rate;
+                    // Held back (told to wait, or waiting now): it would take more.
+                    // Otherwise what it moved, with room to grow into before the next
+                    // recompute sees it held.
+                    let waiting = s.buckets[d]
+                        .as_mut()
+                        .is_some_and(|b| !b.wait(now).is_zero());
+                    let demand = if s.held[d] || waiting {
+                        f64::INFINITY
+                    } else {
+                        rate * 1.5 + 64.0 * 1024.0
+                    };
+                    s.moved[d] = 0;
+                    s.held[d] = false;
+                    Claim {
+                        weight: s.weight,
+                        demand,
+                    }
+                })
+                .collect();
+            let shares = fair_shares(link, &claims);
+            for (s, share) in active.iter().zip(shares) {
+                let mut s = lock(s);
+                if let Some(bucket) = s.buckets[d].as_mut() {
+                    bucket.set_rate(share, default_burst(share), now);
+                }
+            }
+        }
+    }
+
+    /// The clients that moved bytes lately, busiest first.
+    pub fn clients(&self) -> Vec<ClientRate> {
+        let now = Instant::now();
+        let clients = lock(&self.clients);
+        let mut out: Vec<ClientRate> = clients
+            .iter()
+            .filter_map(|(key, s)| {
+                let s = lock(s);
+                (now.saturating_duration_since(s.last) < ACTIVE * 5).then(|| ClientRate {
+                    client: key.clone(),
+                    down: s.rate[0],
+                    up: s.rate[1],
+                    share_down: s.buckets[0].as_ref().map(Bucket::rate),
+                    share_up: s.buckets[1].as_ref().map(Bucket::rate),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (b.down + b.up).total_cmp(&(a.down + a.up)));
+        out
+    }
+}
+
+impl Flow {
+    /// How long to wait before moving more in `dir`, now (another connection of the same
+    /// client may have moved bytes meanwhile).
+    pub(crate) fn wait(&self, dir: Dir) -> Duration {
+        let now = Instant::now();
+        let d = dir as usize;
+        let mut wait = Duration::ZERO;
+        if let Some(share) = &self.share {
+            if let Some(bucket) = lock(share).buckets[d].as_mut() {
+                wait = bucket.wait(now);
+            }
+        }
+        for cap in &self.caps {
+            if let Some(bucket) = lock(cap)[d].as_mut() {
+                wait = wait.max(bucket.wait(now));
+            }
+        }
+        wait
+    }
+
+    /// Charges `n` bytes moved in `dir`; answers how long to wait before moving more.
+    pub(crate) fn charge(&self, dir: Dir, n: usize) -> Duration {
+        let now = Instant::now();
+        let d = dir as usize;
+        let mut wait = Duration::ZERO;
+        if let Some(share) = &self.share {
+            let mut s = lock(share);
+            if now.saturating_duration_since(s.last) > ACTIVE {
+                // Back after a pause: the whole link until the next recompute says more.
+                if let (Some(bucket), Some(link)) = (s.buckets[d].as_mut(), self.shaper.link(dir)) {
+                    bucket.set_rate(link, default_burst(link), now);
+                }
+            }
+            s.last = now;
+            s.moved[d] += n as u64;
+            if let Some(bucket) = s.buckets[d].as_mut() {
+                wait = bucket.charge(n as u64, now);
+                if !wait.is_zero() {
+                    s.held[d] = true;
+                }
+            }
+        }
+        for cap in &self.caps {
+            if let Some(bucket) = lock(cap)[d].as_mut() {
+                wait = wait.max(bucket.charge(n as u64, now));
+            }
+        }
+        self.shaper.maybe_recompute(now);
+        wait
+    }
+}
+
+/// The most of a body frame sent at once while shaped: a larger frame (the origin's bytes
+/// that piled up while the body waited) goes in pieces, each waited for, so that a transfer
+/// overshoots its rate by no more than one piece.
+const PIECE: usize = 32 * 1024;
+
+/// A body's shaping: charged for each frame, and waited on before the next is read.
+#[derive(Debug)]
+pub(crate) struct Shaped {
+    flow: Flow,
+    dir: Dir,
+    delay: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The rest of a frame larger than [`PIECE`], still to send.
+    rest: bytes::Bytes,
+}
+
+impl Shaped {
+    pub(crate) fn new(flow: Flow, dir: Dir) -> Self {
+        Shaped {
+            flow,
+            dir,
+            delay: None,
+            rest: bytes::Bytes::new(),
+        }
+    }
+
+    /// Ready once the wait after the last frame is over, and the buckets are out of debt
+    /// (the client's other connections may have put them back in meanwhile).
+    pub(crate) fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        while let Some(delay) = self.delay.as_mut() {
+            std::task::ready!(delay.as_mut().poll(cx));
+            let more = self.flow.wait(self.dir);
+            if more.is_zero() {
+                self.delay = None;
+            } else {
+                delay.as_mut().reset(tokio::time::Instant::now() + more);
+            }
+        }
+        std::task::Poll::Ready(())
+    }
+
+    /// Whether no piece of a frame is left to send.
+    pub(crate) fn is_done(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    /// The next piece of a frame, once ready: what is left of the last one first, else
+    /// `None` (read the next frame).
+    pub(crate) fn take_piece(&mut self) -> Option<bytes::Bytes> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let piece = self.rest.split_to(self.rest.len().min(PIECE));
+        self.moved(piece.len());
+        Some(piece)
+    }
+
+    /// Sends `data` (a frame just read) a piece at a time: its first piece now.
+    pub(crate) fn first_piece(&mut self, mut data: bytes::Bytes) -> bytes::Bytes {
+        if data.len() > PIECE {
+            self.rest = data.split_off(PIECE);
+        }
+        self.moved(data.len());
+        data
+    }
+
+    /// A frame of `n` bytes went: the next waits as long as the shaping says.
+    fn moved(&mut self, n: usize) {
+        let wait = self.flow.charge(self.dir, n);
+        if !wait.is_zero() {
+            self.delay = Some(Box::pin(tokio::time::sleep(wait)));
+        }
+    }
+}

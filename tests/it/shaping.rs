@@ -1,0 +1,178 @@
+//! Sharing the link (`[shaping]`) and capping clients (`[[limits.rate]]`): functional checks
+//! with real downloads through the proxy, told apart by source address (127.0.0.x). The
+//! ratios the issue sets (fair shares within ±10%, caps within ±5%) are the benchmark's; here
+//! only what a person would notice: a capped download takes about as long as its cap says,
+//! others are not slowed, a reload applies new caps to new transfers.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::reload::{free_port, start};
+use crate::support::*;
+
+/// Downloads `/bytes/N` from `web` through `proxy` from the address `from`; the bytes of the
+/// body and how long it took.
+async fn download(proxy: SocketAddr, from: &str, web: SocketAddr, n: usize) -> (usize, Duration) {
+    let began = Instant::now();
+    let mut s = connect_from(from, proxy).await;
+    let request =
+        format!("GET http://{web}/bytes/{n} HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "the download from {from} did not end within 30 s"
+    );
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..head_end])
+    );
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    let body = &got[head_end..];
+    let n = if head.contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.len()
+    };
+    (n, began.elapsed())
+}
+
+/// The length of a chunked body's data.
+fn dechunk(mut body: &[u8]) -> usize {
+    let mut total = 0;
+    for _ in 0..100_000 {
+        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        if size == 0 {
+            break;
+        }
+        total += size;
+        body = &body[line_end + 2 + size + 2..];
+    }
+    total
+}
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_holds_a_client_across_its_connections_and_no_one_else() {
+    let web = HttpOrigin::start().await;
+    let p = Proxy::start(&format!(
+        "{}[[limits.rate]]\nname = \"slow pc\"\nclients = [\"127.0.0.2\"]\ndown = \"512KiB/s\"\n",
+        loopback_config(&[web.addr.port()], &[])
+    ))
+    .await;
+    // 2 MiB in two parallel downloads of 1 MiB from the capped address: the cap is theirs
+    // together (4 s at 512 KiB/s), while another address downloads 2 MiB at full speed.
+    let (capped_a, capped_b, free) = tokio::join!(
+        download(p.addr, "127.0.0.2", web.addr, MIB),
+        download(p.addr, "127.0.0.2", web.addr, MIB),
+        download(p.addr, "127.0.0.3", web.addr, 2 * MIB),
+    );
+    assert_eq!((capped_a.0, capped_b.0, free.0), (MIB, MIB, 2 * MIB));
+    let capped = capped_a.1.max(capped_b.1);
+    assert!(
+        capped >= Duration::from_millis(3500) && capped < Duration::from_secs(6),
+        "2 MiB through a 512 KiB/s cap took {capped:?}"
+    );
+    assert!(
+        free.1 < Duration::from_secs(2),
+        "the uncapped client took {:?}",
+        free.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_holds_tunnels_too() {
+    let web = HttpOrigin::start().await;
+    let p = Proxy::start(&format!(
+        "{}[[limits.rate]]\nname = \"tunnels\"\nmethods = [\"CONNECT\"]\ndown = \"512KiB/s\"\n",
+        loopback_config(&[], &[web.addr.port()])
+    ))
+    .await;
+    let began = Instant::now();
+    let (answer, mut tunnel) = connect(p.addr, &web.addr.to_string()).await;
+    assert_eq!(answer.status, 200);
+    let n = MIB + MIB / 2;
+    tunnel
+        .write_all(
+            format!(
+                "GET /bytes/{n} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                web.addr
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), tunnel.read_to_end(&mut got)).await;
+    let took = began.elapsed();
+    assert!(got.len() > n, "{} bytes", got.len());
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(5),
+        "1.5 MiB through a 512 KiB/s tunnel cap took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shaped_link_is_shared_by_the_clients_that_use_it() {
+    let web = HttpOrigin::start().await;
+    let p = Proxy::start(&format!(
+        "{}[shaping]\ndown = \"2MiB/s\"\n",
+        loopback_config(&[web.addr.port()], &[])
+    ))
+    .await;
+    // Alone, a client has the whole link: 2 MiB in about 1 s.
+    let (_, alone) = download(p.addr, "127.0.0.4", web.addr, 2 * MIB).await;
+    assert!(alone < Duration::from_millis(1800), "alone: {alone:?}");
+    // Two at once share it: 2 MiB each, about 2 s, and neither far behind the other.
+    let (a, b) = tokio::join!(
+        download(p.addr, "127.0.0.5", web.addr, 2 * MIB),
+        download(p.addr, "127.0.0.6", web.addr, 2 * MIB),
+    );
+    let (fast, slow) = (a.1.min(b.1), a.1.max(b.1));
+    assert!(slow >= Duration::from_millis(1600), "together: {a:?} {b:?}");
+    assert!(slow < Duration::from_secs(4), "together: {a:?} {b:?}");
+    assert!(
+        fast.as_secs_f64() >= slow.as_secs_f64() * 0.6,
+        "one client got much more of the link: {a:?} {b:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_new_caps_to_new_transfers() {
+    let web = HttpOrigin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().await;
+    let base = format!(
+        "listen = [\"127.0.0.1:{port}\"]\n{}",
+        loopback_config(&[web.addr.port()], &[])
+    );
+    let proxy = start(dir.path(), &base).await;
+    let (_, before) = download(proxy.addr, "127.0.0.1", web.addr, 2 * MIB).await;
+    assert!(before < Duration::from_secs(1), "uncapped: {before:?}");
+    std::fs::write(
+        &proxy.path,
+        format!("{base}[[limits.rate]]\nname = \"everyone\"\nclients = [\"127.0.0.0/8\"]\ndown = \"1MiB/s\"\n"),
+    )
+    .unwrap();
+    proxy.reload.request().await.unwrap();
+    let (_, after) = download(proxy.addr, "127.0.0.1", web.addr, 2 * MIB).await;
+    assert!(
+        after >= Duration::from_millis(1700) && after < Duration::from_secs(4),
+        "2 MiB at 1 MiB/s after the reload took {after:?}"
+    );
+}
