@@ -111,6 +111,27 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
             }
         }
     }
+    let shaping = &settings.shaping;
+    if !shaping.weights.is_empty() && shaping.down.is_none() && shaping.up.is_none() {
+        out.push(
+            "shaping.weights are set but the link is not (shaping.down, shaping.up): weights share a shaped link, so they do nothing".to_owned(),
+        );
+    }
+    for cap in &shaping.caps {
+        for (cap_rate, link, way) in [(cap.down, shaping.down, "down"), (cap.up, shaping.up, "up")]
+        {
+            if let (Some(cap_rate), Some(link)) = (cap_rate, link) {
+                if cap_rate >= link {
+                    out.push(format!(
+                        "limits.rate \"{}\" caps {way} at {}, no less than the link itself (shaping.{way} = {}): it never holds anyone back",
+                        cap.matcher.name,
+                        crate::core::shaping::show_rate(cap_rate),
+                        crate::core::shaping::show_rate(link)
+                    ));
+                }
+            }
+        }
+    }
     if settings.pac.socks && !socks.enabled && settings.pac.proxies.is_empty() {
         out.push(
             "pac.socks offers SOCKS5 on this proxy, but socks.enabled is off: clients that fall back to it are refused".to_owned(),
@@ -313,6 +334,14 @@ mod tests {
             (
                 "[[rules]]\nname = \"no tunnels to x\"\nhosts = [\"x.example\"]\nmethods = [\"CONNECT\"]\naction = \"deny\"\n",
                 "rule \"no tunnels to x\" refuses CONNECT but not SOCKS",
+            ),
+            (
+                "[shaping]\n[shaping.weights]\n\"192.168.1.10\" = 2\n",
+                "shaping.weights are set but the link is not",
+            ),
+            (
+                "[shaping]\ndown = \"10Mbit/s\"\n[[limits.rate]]\nname = \"big\"\ndown = \"20Mbit/s\"\n",
+                "limits.rate \"big\" caps down at 2.5 MB/s, no less than the link itself (shaping.down = 1.2 MB/s)",
             ),
             (
                 "[pac]\nsocks = true\n[socks]\nenabled = false\n",

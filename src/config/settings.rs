@@ -69,6 +69,55 @@ impl ShapingSettings {
     pub fn is_on(&self) -> bool {
         self.down.is_some() || self.up.is_some() || !self.caps.is_empty()
     }
+
+    /// What would hold a transfer described by `facts` back, one line each, as
+    /// `portcullis explain` says it: the link's share, and the caps that match.
+    pub fn explain(&self, facts: &crate::core::policy::Facts<'_>) -> Vec<String> {
+        use crate::core::shaping::show_rate;
+        let mut out = Vec::new();
+        if !self.is_on() {
+            return out;
+        }
+        let shown = |rate: Option<f64>| rate.map_or_else(|| "not shaped".to_owned(), show_rate);
+        if self.down.is_some() || self.up.is_some() {
+            let who = match (self.per, facts.user) {
+                (super::schema::SharePer::User, Some(user)) => format!("user {user}"),
+                _ => format!("client {}", facts.client),
+            };
+            let weight = facts
+                .user
+                .and_then(|u| self.weights.get(u))
+                .or_else(|| self.weights.get(&facts.client.to_canonical().to_string()))
+                .copied()
+                .unwrap_or(1.0);
+            out.push(format!(
+                "link: shared (shaping.down {}, up {}): {who} gets a share of weight {weight} when it is full, all of it when alone",
+                shown(self.down),
+                shown(self.up)
+            ));
+        }
+        let caps: Vec<String> = self
+            .caps
+            .iter()
+            .filter(|cap| cap.matcher.matches(facts, None))
+            .map(|cap| {
+                format!(
+                    "limits.rate \"{}\" (down {}, up {})",
+                    cap.matcher.name,
+                    cap.down.map_or_else(|| "-".to_owned(), show_rate),
+                    cap.up.map_or_else(|| "-".to_owned(), show_rate)
+                )
+            })
+            .collect();
+        out.push(match caps.is_empty() {
+            true => "caps: no [[limits.rate]] matches".to_owned(),
+            false => format!(
+                "caps: {} (across all this client's connections that match)",
+                caps.join(", ")
+            ),
+        });
+        out
+    }
 }
 
 /// One `[[limits.rate]]`.

@@ -132,6 +132,12 @@ async fn answer(
                 &shared.stats,
                 &names,
                 &shared.admission.counts(&settings.limits),
+                &shared
+                    .shaper
+                    .load()
+                    .as_ref()
+                    .map(|shaper| shaper.clients())
+                    .unwrap_or_default(),
             ),
             "text/plain; version=0.0.4; charset=utf-8",
         ),

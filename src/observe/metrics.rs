@@ -13,6 +13,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
+use crate::core::shaping::ClientRate;
 use crate::observe::stats::{ConnectionCounts, PortUse, Stats, Usage, DNS_BUCKETS};
 
 /// The Prometheus text exposition (format 0.0.4) of the statistics. `names` gives client
@@ -21,6 +22,7 @@ pub fn render_metrics(
     stats: &Stats,
     names: &dyn Fn(IpAddr) -> Option<String>,
     connections: &ConnectionCounts,
+    link: &[ClientRate],
 ) -> String {
     let mut out = String::with_capacity(4096);
     let ports = stats.ports();
@@ -259,6 +261,46 @@ pub fn render_metrics(
     ));
     family(
         &mut out,
+        "portcullis_client_rate_bytes",
+        "gauge",
+        "Bytes per second each client moved lately (the last 100 ms), while [shaping] is on: direction down (to the client) or up.",
+    );
+    for c in link {
+        for (direction, rate) in [("down", c.down), ("up", c.up)] {
+            out.push_str(&format!(
+                "portcullis_client_rate_bytes{{client=\"{}\",direction=\"{direction}\"}} {rate:.0}\n",
+                escape(&c.client)
+            ));
+        }
+    }
+    family(
+        &mut out,
+        "portcullis_client_share_bytes",
+        "gauge",
+        "Each active client's share of the shaped link now, bytes per second.",
+    );
+    for c in link {
+        for (direction, share) in [("down", c.share_down), ("up", c.share_up)] {
+            if let Some(share) = share {
+                out.push_str(&format!(
+                    "portcullis_client_share_bytes{{client=\"{}\",direction=\"{direction}\"}} {share:.0}\n",
+                    escape(&c.client)
+                ));
+            }
+        }
+    }
+    family(
+        &mut out,
+        "portcullis_throttled_seconds_total",
+        "counter",
+        "Time shaped transfers were told to wait by their share of the link or a cap, summed over transfers.",
+    );
+    let [down, up] = stats.throttled_seconds();
+    out.push_str(&format!(
+        "portcullis_throttled_seconds_total{{direction=\"down\"}} {down:.3}\nportcullis_throttled_seconds_total{{direction=\"up\"}} {up:.3}\n"
+    ));
+    family(
+        &mut out,
         "portcullis_access_log_dropped_total",
         "counter",
         "Access records dropped because the log could not keep up or could not be written.",
@@ -344,8 +386,18 @@ mod tests {
                 open: 3,
                 ..ConnectionCounts::default()
             },
+            &[ClientRate {
+                client: "192.168.1.2".into(),
+                down: 1500.0,
+                up: 10.0,
+                share_down: Some(2500.0),
+                share_up: None,
+            }],
         );
         for line in [
+            "portcullis_client_rate_bytes{client=\"192.168.1.2\",direction=\"down\"} 1500",
+            "portcullis_client_share_bytes{client=\"192.168.1.2\",direction=\"down\"} 2500",
+            "portcullis_throttled_seconds_total{direction=\"up\"} 0.000",
             "portcullis_requests_total{port=\"80\",service=\"http\",kind=\"http\"} 1",
             "portcullis_bytes_down_total{port=\"80\",service=\"http\"} 1000",
             "portcullis_client_requests_total{client=\"192.168.1.2\",name=\"kids-laptop\"} 1",
@@ -364,7 +416,7 @@ mod tests {
         r.status = 502;
         r.error = Some(ErrorKind::Refused);
         stats.record(&r);
-        let text = render_metrics(&stats, &|_| None, &ConnectionCounts::default());
+        let text = render_metrics(&stats, &|_| None, &ConnectionCounts::default(), &[]);
         assert!(
             text.contains("# TYPE portcullis_errors_total counter\n"),
             "{text}"

@@ -255,6 +255,8 @@ pub struct Stats {
     pub dropped_records: Arc<AtomicU64>,
     /// Name resolutions: how long they took, and how many the cache answered.
     dns: DnsStats,
+    /// Time shaped transfers were told to wait, microseconds, towards the clients and from.
+    throttled_us: [AtomicU64; 2],
 }
 
 /// The upper bounds, in seconds, of the resolution-time histogram's buckets: a cache hit
@@ -315,7 +317,20 @@ impl Stats {
             errors: Default::default(),
             dropped_records: Arc::default(),
             dns: DnsStats::default(),
+            throttled_us: Default::default(),
         }
+    }
+
+    /// A shaped transfer was told to wait `wait` (`up`: bytes from the client).
+    pub fn throttled(&self, up: bool, wait: std::time::Duration) {
+        self.throttled_us[usize::from(up)].fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Seconds shaped transfers were told to wait so far: towards the clients, and from.
+    pub fn throttled_seconds(&self) -> [f64; 2] {
+        self.throttled_us
+            .each_ref()
+            .map(|us| us.load(Ordering::Relaxed) as f64 / 1e6)
     }
 
     /// Empty statistics whose dropped-record count is `dropped` (shared with the log).

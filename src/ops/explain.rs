@@ -324,6 +324,9 @@ pub fn explain(
             return Ok(walk.denied(denial, refused_status));
         }
     };
+    for step in settings.shaping.explain(&facts) {
+        walk.step(step);
+    }
     let allowed_status = match (kind, socks) {
         (Kind::Connect, _) => {
             "200 Connection established, then the tunnel (if the destination answers)"
@@ -1178,5 +1181,31 @@ action = "allow"
                 "192.168.1.5 CONNECT git.lab.example:22 | denied auth | 407",
             ],
         );
+    }
+
+    #[test]
+    fn shaping_and_caps_are_named() {
+        let s = settings(
+            "[shaping]\ndown = \"100Mbit/s\"\n[shaping.weights]\n\"192.168.1.20\" = 2\n\
+             [[limits.rate]]\nname = \"kids\"\nclients = [\"192.168.1.20\"]\ndown = \"5Mbit/s\"\n",
+        );
+        let lookups = Lookups {
+            resolve: None,
+            is_local: &never_local,
+        };
+        let q = |client: &'static str| Question {
+            client: client.parse().unwrap(),
+            user: None,
+            method: "CONNECT",
+            target: "example.com:443",
+        };
+        let text = explain(&s, &q("192.168.1.20"), &lookups).unwrap().render();
+        assert!(text.contains("link: shared (shaping.down 12.5 MB/s, up not shaped): client 192.168.1.20 gets a share of weight 2"), "{text}");
+        assert!(
+            text.contains("caps: limits.rate \"kids\" (down 625 kB/s, up -)"),
+            "{text}"
+        );
+        let text = explain(&s, &q("192.168.1.21"), &lookups).unwrap().render();
+        assert!(text.contains("caps: no [[limits.rate]] matches"), "{text}");
     }
 }

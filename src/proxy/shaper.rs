@@ -67,16 +67,16 @@ struct Share {
 type CapBuckets = Arc<Mutex<[Option<Bucket>; 2]>>;
 
 /// The link and the caps, as configured when it was made.
-#[derive(Debug)]
 pub(crate) struct Shaper {
     settings: ShapingSettings,
+    /// Where the time transfers are told to wait is counted.
+    stats: Arc<crate::observe::stats::Stats>,
     clients: Mutex<HashMap<String, Arc<Mutex<Share>>>>,
     caps: Mutex<HashMap<(usize, String), CapBuckets>>,
     recomputed: Mutex<Instant>,
 }
 
 /// What one transfer is held by.
-#[derive(Debug)]
 pub(crate) struct Flow {
     shaper: Arc<Shaper>,
     share: Option<Arc<Mutex<Share>>>,
@@ -85,10 +85,14 @@ pub(crate) struct Flow {
 
 impl Shaper {
     /// A shaper for `settings`; `None` when nothing is shaped.
-    pub(crate) fn new(settings: &ShapingSettings) -> Option<Arc<Shaper>> {
+    pub(crate) fn new(
+        settings: &ShapingSettings,
+        stats: &Arc<crate::observe::stats::Stats>,
+    ) -> Option<Arc<Shaper>> {
         settings.is_on().then(|| {
             Arc::new(Shaper {
                 settings: settings.clone(),
+                stats: stats.clone(),
                 clients: Mutex::new(HashMap::new()),
                 caps: Mutex::new(HashMap::new()),
                 recomputed: Mutex::new(Instant::now()),
@@ -304,6 +308,9 @@ impl Flow {
                 wait = wait.max(bucket.charge(n as u64, now));
             }
         }
+        if !wait.is_zero() {
+            self.shaper.stats.throttled(dir == Dir::Up, wait);
+        }
         self.shaper.maybe_recompute(now);
         wait
     }
@@ -315,7 +322,6 @@ impl Flow {
 const PIECE: usize = 32 * 1024;
 
 /// A body's shaping: charged for each frame, and waited on before the next is read.
-#[derive(Debug)]
 pub(crate) struct Shaped {
     flow: Flow,
     dir: Dir,

@@ -104,6 +104,7 @@ impl ProxyState {
         let client =
             crate::egress::dial::pooled_client().build(Dialer::new(live.clone(), outbound.clone()));
         let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
+        let shaper = crate::proxy::shaper::Shaper::new(&settings.shaping, &stats);
         Ok(ProxyState {
             live,
             recorder: Arc::new(recorder.with_sink(stats.clone())),
@@ -116,7 +117,7 @@ impl ProxyState {
             login: ArcSwap::from_pointee(Login::new(&settings)),
             admission: Arc::default(),
             via: crate::core::headers::Via::new(format!("portcullis-{:08x}", instance_token())),
-            shaper: ArcSwapOption::new(crate::proxy::shaper::Shaper::new(&settings.shaping)),
+            shaper: ArcSwapOption::new(shaper),
         })
     }
 
@@ -133,8 +134,10 @@ impl ProxyState {
         self.parents.store(parents_for(&settings, &outbound));
         self.outbound.store(outbound);
         self.login.store(Arc::new(Login::new(&settings)));
-        self.shaper
-            .store(crate::proxy::shaper::Shaper::new(&settings.shaping));
+        self.shaper.store(crate::proxy::shaper::Shaper::new(
+            &settings.shaping,
+            &self.stats,
+        ));
         self.live.store(Arc::new(settings));
         Ok(())
     }
