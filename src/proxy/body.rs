@@ -104,6 +104,8 @@ pin_project_lite::pin_project! {
         // Keeps the client connection busy until the body's end; dropped unfinished, it
         // closes the connection after the exchange.
         guard: Option<BodyGuard>,
+        // The shaping of the upload, when anything shapes it.
+        shaped: Option<Box<Shaped>>,
     }
 }
 
@@ -130,7 +132,14 @@ impl UpBody {
             stall: Stall::new(stall, "the client's request body"),
             progress: Arc::default(),
             guard,
+            shaped: None,
         }
+    }
+
+    /// Holds the upload to `flow` (`[shaping]`, `[[limits.rate]]`): each frame is charged,
+    /// and the next read waits out the debt.
+    pub(crate) fn shape(&mut self, flow: Flow) {
+        self.shaped = Some(Box::new(Shaped::new(flow, Dir::Up)));
     }
 
     /// What the clock of an exchange needs to know of this body.
@@ -150,6 +159,7 @@ impl UpBody {
             stall: Stall::new(Duration::from_secs(3600), "nothing"),
             progress: Arc::default(),
             guard: None,
+            shaped: None,
         }
     }
 }
@@ -196,9 +206,17 @@ impl Body for UpBody {
         let Some(mut inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(shaped) = this.shaped.as_mut() {
+            ready!(shaped.poll_ready(cx));
+        }
         let polled = inner.as_mut().poll_frame(cx);
         let frame = ready!(this.stall.check(cx, polled));
         count(&frame, &this.traffic.up);
+        if let (Some(shaped), Some(Ok(frame))) = (this.shaped.as_mut(), &frame) {
+            if let Some(data) = frame.data_ref() {
+                shaped.moved(data.len());
+            }
+        }
         // hyper stops polling once a body says it has ended, so its end is noted after the
         // last frame as well as at `None`.
         let end = match &frame {

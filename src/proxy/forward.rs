@@ -161,12 +161,15 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
 
     let timeouts = &settings.timeouts;
-    let body = UpBody::new(
+    let mut body = UpBody::new(
         body,
         ex.record.traffic().clone(),
         timeouts.request_body,
         ex.body.take(),
     );
+    if let Some(flow) = shaping_flow(ex, &target, None) {
+        body.shape(flow);
+    }
     // Whatever fails from here on leaves the rest of the request body unread.
     let upload = body.upload();
     let mut retried = false;
@@ -246,21 +249,30 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     parts.extensions.clear();
     let mut body = DownBody::origin(body, timeouts.response);
-    // A load, not a clone of the Arc: nothing to count when nothing is shaped.
-    if let Some(shaper) = &*ex.shared.shaper.load() {
-        let facts = Facts {
-            client: ex.client.ip(),
-            user: ex.user.as_deref(),
-            method: ex.record.method(),
-            kind: Kind::Http,
-            host: &target.host,
-            port: target.port,
-        };
-        if let Some(flow) = shaper.flow(&facts, origin_ip.map(|a| a.ip())) {
-            body.shape(flow);
-        }
+    if let Some(flow) = shaping_flow(ex, &target, origin_ip.map(|a| a.ip())) {
+        body.shape(flow);
     }
     Ok(Response::from_parts(parts, body))
+}
+
+/// The shaping of a forwarded body to `target` (`origin`: the address dialled, when known).
+fn shaping_flow(
+    ex: &Exchange,
+    target: &Target,
+    origin: Option<std::net::IpAddr>,
+) -> Option<crate::proxy::shaper::Flow> {
+    // A load, not a clone of the Arc: nothing to count when nothing is shaped.
+    let shaper = ex.shared.shaper.load();
+    let shaper = shaper.as_ref()?;
+    let facts = Facts {
+        client: ex.client.ip(),
+        user: ex.user.as_deref(),
+        method: ex.record.method(),
+        kind: Kind::Http,
+        host: &target.host,
+        port: target.port,
+    };
+    shaper.flow(&facts, origin)
 }
 
 /// Waits for an answer; the clock (`timeouts.response`) starts once the request body has

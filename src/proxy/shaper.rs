@@ -77,6 +77,7 @@ pub(crate) struct Shaper {
 }
 
 /// What one transfer is held by.
+#[derive(Clone)]
 pub(crate) struct Flow {
     shaper: Arc<Shaper>,
     share: Option<Arc<Mutex<Share>>>,
@@ -381,7 +382,7 @@ impl Shaped {
     }
 
     /// A frame of `n` bytes went: the next waits as long as the shaping says.
-    fn moved(&mut self, n: usize) {
+    pub(crate) fn moved(&mut self, n: usize) {
         let wait = self.flow.charge(self.dir, n);
         if !wait.is_zero() {
             self.delay = Some(Box::pin(tokio::time::sleep(wait)));

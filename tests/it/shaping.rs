@@ -176,3 +176,38 @@ async fn a_reload_applies_new_caps_to_new_transfers() {
         "2 MiB at 1 MiB/s after the reload took {after:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_holds_uploads_through_plain_http() {
+    let web = HttpOrigin::start().await;
+    let p = Proxy::start(&format!(
+        "{}[[limits.rate]]\nname = \"uploads\"\nmethods = [\"POST\"]\nup = \"512KiB/s\"\n",
+        loopback_config(&[web.addr.port()], &[])
+    ))
+    .await;
+    let n = MIB + MIB / 2;
+    let began = Instant::now();
+    let mut s = connect_from("127.0.0.7", p.addr).await;
+    let head = format!(
+        "POST http://{0}/sha256 HTTP/1.1\r\nHost: {0}\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n",
+        web.addr
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let body: Vec<u8> = (0..n).map(pattern).collect();
+    for piece in body.chunks(64 * 1024) {
+        s.write_all(piece).await.unwrap();
+    }
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await;
+    let took = began.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with(&format!("{} {n}", pattern_sha256(n))),
+        "{text}"
+    );
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(5),
+        "1.5 MiB up through a 512 KiB/s cap took {took:?}"
+    );
+}
