@@ -70,6 +70,63 @@ impl ShapingSettings {
         self.down.is_some() || self.up.is_some() || !self.caps.is_empty()
     }
 
+    /// What holds a client at `client` (logged in as `user`) back, one line each, for the
+    /// person's own page: the link's share and its weight, and the caps whose client and
+    /// user conditions name them (with what else they match).
+    pub fn for_client(&self, client: std::net::IpAddr, user: Option<&str>) -> Vec<String> {
+        use crate::core::shaping::show_rate;
+        let mut out = Vec::new();
+        let client = client.to_canonical();
+        if self.down.is_some() || self.up.is_some() {
+            let weight = user
+                .and_then(|u| self.weights.get(u))
+                .or_else(|| self.weights.get(&client.to_string()))
+                .copied()
+                .unwrap_or(1.0);
+            let shown = |rate: Option<f64>| rate.map_or_else(|| "not shaped".to_owned(), show_rate);
+            out.push(format!(
+                "The link is shared (down {}, up {}): when it is full you get a share of weight {weight}, all of it when no one else uses it.",
+                shown(self.down),
+                shown(self.up)
+            ));
+        }
+        for cap in &self.caps {
+            let r = &cap.matcher;
+            let names_client = r
+                .clients
+                .as_ref()
+                .is_none_or(|nets| nets.iter().any(|n| n.contains(&client)));
+            let names_user = r
+                .users
+                .as_ref()
+                .is_none_or(|users| user.is_some_and(|u| users.iter().any(|x| x == u)));
+            if !(names_client && names_user) {
+                continue;
+            }
+            let mut what = Vec::new();
+            if r.hosts.is_some() {
+                what.push("some hosts".to_owned());
+            }
+            if let Some(methods) = &r.methods {
+                what.push(methods.join(", "));
+            }
+            if r.ports.is_some() {
+                what.push("some ports".to_owned());
+            }
+            let scope = match what.is_empty() {
+                true => "everything you do".to_owned(),
+                false => what.join("; "),
+            };
+            out.push(format!(
+                "Cap \"{}\" holds you to down {}, up {} for {scope}, across all your connections.",
+                r.name,
+                cap.down.map_or_else(|| "-".to_owned(), show_rate),
+                cap.up.map_or_else(|| "-".to_owned(), show_rate)
+            ));
+        }
+        out
+    }
+
     /// What would hold a transfer described by `facts` back, one line each, as
     /// `portcullis explain` says it: the link's share, and the caps that match.
     pub fn explain(&self, facts: &crate::core::policy::Facts<'_>) -> Vec<String> {

@@ -15,10 +15,32 @@ use crate::proxy::body::DownBody;
 use crate::proxy::exchange::Exchange;
 use crate::web::html::{accepts_html, own_answer};
 use crate::web::welcome::{
-    denials_html, denials_text, welcome_html, welcome_text, OwnPage, ICON_SVG, ROBOTS_TXT,
+    denials_html, denials_text, share_html, share_text, welcome_html, welcome_text, OwnPage,
+    ICON_SVG, ROBOTS_TXT,
 };
 
 /// Answers an origin-form request to the proxy itself.
+/// The asker's share of the link and caps, and its use of the link now, when anything is
+/// shaped (the own page shows them).
+type ShareLines = (Vec<String>, Option<(f64, f64)>);
+
+fn shared_link(ex: &Exchange) -> Option<ShareLines> {
+    let shaping = &ex.settings.shaping;
+    if !shaping.is_on() {
+        return None;
+    }
+    let lines = shaping.for_client(ex.client.ip(), ex.user.as_deref());
+    let me = ex.client.ip().to_canonical().to_string();
+    let now = ex.shared.shaper.load().as_ref().and_then(|shaper| {
+        shaper
+            .clients()
+            .into_iter()
+            .find(|c| c.client == me)
+            .map(|c| (c.down, c.up))
+    });
+    Some((lines, now))
+}
+
 pub fn own_page<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
     // An absolute URL names the proxy itself; otherwise the Host header does.
     let named = req.uri().authority().map(|a| a.as_str()).or_else(|| {
@@ -44,16 +66,21 @@ pub fn own_page<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
         OwnPage::Pac => return pac_file(ex, &proxy),
         OwnPage::Welcome => {
             let denials = ex.shared.stats.denials_of(ex.client.ip());
+            let share = shared_link(ex);
             if accepts_html(req.headers()) {
                 let mut page = welcome_html(&proxy);
-                page.insert_str(
-                    page.rfind("</body>").unwrap_or(page.len()),
-                    &denials_html(ex.client.ip(), &denials),
-                );
+                let mut extra = denials_html(ex.client.ip(), &denials);
+                if let Some((lines, now)) = &share {
+                    extra.push_str(&share_html(lines, *now));
+                }
+                page.insert_str(page.rfind("</body>").unwrap_or(page.len()), &extra);
                 (page, "text/html; charset=utf-8")
             } else {
                 let mut text = welcome_text(&proxy);
                 text.push_str(&denials_text(ex.client.ip(), &denials));
+                if let Some((lines, now)) = &share {
+                    text.push_str(&share_text(lines, *now));
+                }
                 (text, "text/plain; charset=utf-8")
             }
         }

@@ -121,6 +121,39 @@ pub(crate) fn welcome_html(proxy: &str) -> String {
 
 /// The self-service part of the page: this client's own recent refusals, and nobody else's.
 /// Browsers hide a proxy's answer to a refused CONNECT, so this is where people can see why.
+/// The person's share of the link and caps (`lines`, from
+/// [`crate::config::settings::ShapingSettings::for_client`]) and their use of it now.
+pub(crate) fn share_html(lines: &[String], now: Option<(f64, f64)>) -> String {
+    let mut out = String::from("<h2>Your share of the link</h2>");
+    if let Some((down, up)) = now {
+        out.push_str(&format!(
+            "<p>You use now: down {}, up {}.</p>",
+            crate::core::shaping::show_rate(down),
+            crate::core::shaping::show_rate(up)
+        ));
+    }
+    for line in lines {
+        out.push_str(&format!("<p>{}</p>", escape_html(line)));
+    }
+    out
+}
+
+/// The same as text.
+pub(crate) fn share_text(lines: &[String], now: Option<(f64, f64)>) -> String {
+    let mut out = String::from("\nYour share of the link:\n");
+    if let Some((down, up)) = now {
+        out.push_str(&format!(
+            "  you use now: down {}, up {}\n",
+            crate::core::shaping::show_rate(down),
+            crate::core::shaping::show_rate(up)
+        ));
+    }
+    for line in lines {
+        out.push_str(&format!("  {line}\n"));
+    }
+    out
+}
+
 pub(crate) fn denials_html(client: std::net::IpAddr, denials: &[RecentDenial]) -> String {
     let mut out = format!("<h2>Recently refused for your address ({client})</h2>");
     if denials.is_empty() {

@@ -211,3 +211,25 @@ async fn a_cap_holds_uploads_through_plain_http() {
         "1.5 MiB up through a 512 KiB/s cap took {took:?}"
     );
 }
+
+#[tokio::test]
+async fn the_own_page_tells_a_person_their_share_and_caps() {
+    let p = Proxy::start(
+        "[shaping]\ndown = \"100Mbit/s\"\n[shaping.weights]\n\"127.0.0.8\" = 2\n\
+         [[limits.rate]]\nname = \"kids\"\nclients = [\"127.0.0.8\"]\ndown = \"5Mbit/s\"\n\
+         [[limits.rate]]\nname = \"others\"\nclients = [\"10.0.0.0/8\"]\ndown = \"1Mbit/s\"\n",
+    )
+    .await;
+    let mut s = connect_from("127.0.0.8", p.addr).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let page = String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned();
+    assert!(page.contains("Your share of the link"), "{page}");
+    assert!(page.contains("share of weight 2"), "{page}");
+    assert!(
+        page.contains("Cap \"kids\" holds you to down 625 kB/s, up - for everything you do"),
+        "{page}"
+    );
+    assert!(!page.contains("others"), "{page}");
+}
