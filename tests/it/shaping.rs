@@ -233,3 +233,50 @@ async fn the_own_page_tells_a_person_their_share_and_caps() {
     );
     assert!(!page.contains("others"), "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_who_uses_the_link_now() {
+    let web = HttpOrigin::start().await;
+    let p = Proxy::start_observed(
+        settings_of(&format!(
+            "{}[shaping]\ndown = \"4MiB/s\"\n",
+            loopback_config(&[web.addr.port()], &[])
+        )),
+        true,
+        None,
+    )
+    .await;
+    let admin = p.admin.unwrap().to_string();
+    // A download of about 2 s from 127.0.0.9 while top reads the admin listener twice.
+    let download = tokio::spawn(download(p.addr, "127.0.0.9", web.addr, 8 * MIB));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let args = ["top", "--once", "--admin", &admin, "--interval", "0.5"].map(str::to_owned);
+    let ran = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        portcullis(&args, Vec::new())
+    })
+    .await
+    .unwrap();
+    let screen = String::from_utf8_lossy(&ran.stdout).into_owned();
+    assert!(ran.status.success(), "{screen}\n{}", ran.stderr);
+    assert!(
+        screen.contains(&format!("portcullis top — {admin}")),
+        "{screen}"
+    );
+    let client_line = screen
+        .lines()
+        .find(|l| l.starts_with("127.0.0.9"))
+        .unwrap_or_else(|| panic!("no line for the client: {screen}"));
+    assert!(client_line.contains("MB/s"), "{screen}");
+    assert!(screen.contains("LINK (shaped)"), "{screen}");
+    assert_eq!(download.await.unwrap().0, 8 * MIB);
+    // Without an admin listener there, a clear error.
+    let ran = portcullis(&["top", "--once", "--admin", "127.0.0.1:1"], Vec::new());
+    assert!(!ran.status.success());
+    assert!(
+        ran.stderr
+            .contains("cannot reach the admin listener at 127.0.0.1:1"),
+        "{}",
+        ran.stderr
+    );
+}
