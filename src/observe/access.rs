@@ -82,6 +82,9 @@ pub struct AccessRecord {
     /// How the destination's name was resolved, when this exchange resolved one (a
     /// request over a kept-alive origin connection did not).
     pub dns: Option<DnsLookup>,
+    /// How long shaping (`[shaping]`, `[[limits.rate]]`) told the transfer to wait, summed
+    /// over both directions; `None` when it never did.
+    pub throttled: Option<Duration>,
 }
 
 /// How long resolving a destination's name took, and whether a server was asked.
@@ -118,6 +121,7 @@ impl AccessRecord {
             bytes_down: 5120,
             duration: Duration::from_millis(105),
             dns: None,
+            throttled: None,
         }
     }
 }
@@ -166,6 +170,8 @@ pub struct Traffic {
     pub up: AtomicU64,
     /// Destination to client.
     pub down: AtomicU64,
+    /// Microseconds shaping told the transfer to wait, both directions.
+    pub throttled_us: AtomicU64,
 }
 
 impl Traffic {
@@ -211,6 +217,7 @@ impl PendingRecord {
                 bytes_down: 0,
                 duration: Duration::ZERO,
                 dns: None,
+                throttled: None,
             },
             started: Instant::now(),
             traffic: Arc::new(Traffic::default()),
@@ -310,6 +317,8 @@ impl Drop for PendingRecord {
         self.record.duration = self.started.elapsed();
         self.record.bytes_up = self.traffic.up.load(Ordering::Relaxed);
         self.record.bytes_down = self.traffic.down.load(Ordering::Relaxed);
+        let throttled = self.traffic.throttled_us.load(Ordering::Relaxed);
+        self.record.throttled = (throttled > 0).then(|| Duration::from_micros(throttled));
         self.recorder.emit(&self.record);
     }
 }

@@ -222,6 +222,10 @@ pub struct JsonRecord {
     pub bytes_up: u64,
     /// Payload bytes destination to client.
     pub bytes_down: u64,
+    /// Milliseconds shaping held the transfer back, `null` when it never did; absent from
+    /// lines written before the field existed.
+    #[serde(default)]
+    pub throttled_ms: Option<u64>,
 }
 
 /// A record's time as RFC 3339 in UTC with milliseconds (`2026-11-26T10:20:29.123Z`), the
@@ -334,6 +338,11 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &AccessRecord, name: Option<&str>
     line.num(r.bytes_up);
     key!("bytes_down");
     line.num(r.bytes_down);
+    key!("throttled_ms");
+    match r.throttled {
+        Some(held) => line.num(held.as_millis() as u64),
+        None => line.null(),
+    }
     line.out.extend_from_slice(b"}\n");
 }
 
@@ -507,6 +516,7 @@ mod tests {
             error: r.error.map(|k| k.as_str().to_owned()),
             bytes_up: r.bytes_up,
             bytes_down: r.bytes_down,
+            throttled_ms: r.throttled.map(|d| d.as_millis() as u64),
         }
     }
 

@@ -588,6 +588,7 @@ pub(crate) mod tests {
             bytes_down: down,
             duration: Duration::ZERO,
             dns: None,
+            throttled: None,
             ..AccessRecord::example()
         }
     }

@@ -272,7 +272,9 @@ fn shaping_flow(
         host: &target.host,
         port: target.port,
     };
-    shaper.flow(&facts, origin)
+    shaper
+        .flow(&facts, origin)
+        .map(|flow| flow.counted_in(ex.record.traffic().clone()))
 }
 
 /// Waits for an answer; the clock (`timeouts.response`) starts once the request body has

@@ -82,6 +82,8 @@ pub(crate) struct Flow {
     shaper: Arc<Shaper>,
     share: Option<Arc<Mutex<Share>>>,
     caps: Vec<CapBuckets>,
+    /// The exchange's counters, where the time it is told to wait goes (for its record).
+    traffic: Option<Arc<crate::observe::access::Traffic>>,
 }
 
 impl Shaper {
@@ -177,6 +179,7 @@ impl Shaper {
             shaper: self.clone(),
             share,
             caps,
+            traffic: None,
         })
     }
 
@@ -217,10 +220,15 @@ impl Shaper {
                     let waiting = s.buckets[d]
                         .as_mut()
                         .is_some_and(|b| !b.wait(now).is_zero());
+                    // A client that moved less than its share is given what it moved, with
+                    // room to grow, but at least half its last share: a moment of slowness
+                    // on its side (a busy CPU, a slow reader) does not cost it its share at
+                    // once.
+                    let last_share = s.buckets[d].as_ref().map_or(0.0, Bucket::rate);
                     let demand = if s.held[d] || waiting {
                         f64::INFINITY
                     } else {
-                        rate * 1.5 + 64.0 * 1024.0
+                        (rate * 1.5 + 64.0 * 1024.0).max(last_share / 2.0)
                     };
                     s.moved[d] = 0;
                     s.held[d] = false;
@@ -263,6 +271,12 @@ impl Shaper {
 }
 
 impl Flow {
+    /// Counts the time this flow is told to wait into `traffic` (the record's).
+    pub(crate) fn counted_in(mut self, traffic: Arc<crate::observe::access::Traffic>) -> Self {
+        self.traffic = Some(traffic);
+        self
+    }
+
     /// How long to wait before moving more in `dir`, now (another connection of the same
     /// client may have moved bytes meanwhile).
     pub(crate) fn wait(&self, dir: Dir) -> Duration {
@@ -311,6 +325,12 @@ impl Flow {
         }
         if !wait.is_zero() {
             self.shaper.stats.throttled(dir == Dir::Up, wait);
+            if let Some(traffic) = &self.traffic {
+                traffic.throttled_us.fetch_add(
+                    wait.as_micros() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
         }
         self.shaper.maybe_recompute(now);
         wait

@@ -72,7 +72,9 @@ pub(crate) fn flow(
         host: &target.host,
         port: target.port,
     };
-    shaper.flow(&facts, upstream).map(Box::new)
+    shaper
+        .flow(&facts, upstream)
+        .map(|flow| Box::new(flow.counted_in(ex.record.traffic().clone())))
 }
 
 /// Dials a CONNECT destination the plan allowed as `go` (through `parents` when it routes

@@ -125,6 +125,7 @@ fn records(n: usize, seed: u64) -> Vec<AccessRecord> {
                 },
                 duration: Duration::from_millis(rng.below(120_000)),
                 dns: None,
+                throttled: None,
             }
         })
         .collect()

@@ -93,6 +93,17 @@ async fn a_cap_holds_a_client_across_its_connections_and_no_one_else() {
         "the uncapped client took {:?}",
         free.1
     );
+    // The records say how long each was held back: the capped ones about 2 s of the 4.
+    let records = p.wait_records(3).await;
+    for r in &records {
+        match r.client.ip().to_string().as_str() {
+            "127.0.0.2" => assert!(
+                r.throttled.unwrap_or_default() >= Duration::from_millis(1000),
+                "{r:?}"
+            ),
+            _ => assert_eq!(r.throttled, None, "{r:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
