@@ -100,6 +100,7 @@ fn generate(file: &File, lines: u64, format: Format) -> anyhow::Result<()> {
             bytes_down: rng.below(2_000_000),
             duration: Duration::from_millis(rng.below(30_000)),
             dns: None,
+            throttled: None,
         };
         out.write_all(format_line(format, &record, None).as_bytes())?;
     }
