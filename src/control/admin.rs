@@ -191,6 +191,12 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
             .as_ref()
             .map(|shaper| shaper.clients())
             .unwrap_or_default(),
+        link_history: shared
+            .shaper
+            .load()
+            .as_ref()
+            .map(|shaper| shaper.history())
+            .unwrap_or_default(),
         connections: shared.admission.counts(&settings.limits),
         access_log_dropped: stats
             .dropped_records

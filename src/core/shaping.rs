@@ -233,6 +233,15 @@ pub struct ClientRate {
     pub share_up: Option<f64>,
 }
 
+/// One minute of the link's use: bytes each client moved (both ways), busiest first.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LinkMinute {
+    /// How many minutes ago it began (0: the minute under way).
+    pub minutes_ago: u32,
+    /// Bytes by client (its address, or `user:NAME`).
+    pub clients: Vec<(String, u64)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,7 +74,17 @@ pub(crate) struct Shaper {
     clients: Mutex<HashMap<String, Arc<Mutex<Share>>>>,
     caps: Mutex<HashMap<(usize, String), CapBuckets>>,
     recomputed: Mutex<Instant>,
+    /// The last hour of the link's use, a minute each (the newest last), from when the
+    /// shaper was made: the minute's index since then, and bytes by client.
+    history: Mutex<std::collections::VecDeque<(u64, HashMap<String, u64>)>>,
+    made: Instant,
 }
+
+/// Minutes of history kept (the status page's chart).
+const HISTORY_MINUTES: usize = 60;
+
+/// Clients kept apart per minute of history; the rest are added up as `other`.
+const HISTORY_CLIENTS: usize = 32;
 
 /// What one transfer is held by.
 #[derive(Clone)]
@@ -99,6 +109,8 @@ impl Shaper {
                 clients: Mutex::new(HashMap::new()),
                 caps: Mutex::new(HashMap::new()),
                 recomputed: Mutex::new(Instant::now()),
+                history: Mutex::new(std::collections::VecDeque::new()),
+                made: Instant::now(),
             })
         })
     }
@@ -195,6 +207,7 @@ impl Shaper {
         *at = now;
         drop(at);
         let span = span.as_secs_f64();
+        self.note_history(now);
         let mut clients = lock(&self.clients);
         clients.retain(|_, s| now.saturating_duration_since(lock(s).last) < FORGET);
         let active: Vec<Arc<Mutex<Share>>> = clients
@@ -246,6 +259,54 @@ impl Shaper {
                 }
             }
         }
+    }
+
+    /// Adds what each active client moved since the last recompute to the minute under way.
+    fn note_history(&self, now: Instant) {
+        let minute = now.saturating_duration_since(self.made).as_secs() / 60;
+        let moved: Vec<(String, u64)> = lock(&self.clients)
+            .iter()
+            .filter_map(|(key, s)| {
+                let s = lock(s);
+                let n = s.moved[0] + s.moved[1];
+                (n > 0).then(|| (key.clone(), n))
+            })
+            .collect();
+        let mut history = lock(&self.history);
+        if history.back().is_none_or(|(m, _)| *m != minute) {
+            history.push_back((minute, HashMap::new()));
+            while history.len() > HISTORY_MINUTES {
+                history.pop_front();
+            }
+        }
+        if let Some((_, clients)) = history.back_mut() {
+            for (key, n) in moved {
+                let key = if clients.len() < HISTORY_CLIENTS || clients.contains_key(&key) {
+                    key
+                } else {
+                    "other".to_owned()
+                };
+                *clients.entry(key).or_insert(0) += n;
+            }
+        }
+    }
+
+    /// The last hour of the link's use, oldest minute first.
+    pub fn history(&self) -> Vec<crate::core::shaping::LinkMinute> {
+        let minute = self.made.elapsed().as_secs() / 60;
+        lock(&self.history)
+            .iter()
+            .map(|(m, clients)| {
+                let mut clients: Vec<(String, u64)> =
+                    clients.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                clients.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                crate::core::shaping::LinkMinute {
+                    minutes_ago: minute.saturating_sub(*m) as u32,
+                    clients,
+                }
+            })
+            .filter(|m| (m.minutes_ago as usize) < HISTORY_MINUTES)
+            .collect()
     }
 
     /// The clients that moved bytes lately, busiest first.

@@ -95,6 +95,9 @@ pub struct Snapshot {
     /// The clients using the link now (the last second or so), busiest first, with their
     /// share when `[shaping]` shapes the link; empty when nothing is shaped.
     pub link: Vec<crate::core::shaping::ClientRate>,
+    /// The last hour of the shaped link's use, a minute each, oldest first (empty when the
+    /// link is not shaped).
+    pub link_history: Vec<crate::core::shaping::LinkMinute>,
 }
 
 /// Bytes as people read them: `1.5 MiB`.
@@ -211,6 +214,10 @@ pub fn status_page(s: &Snapshot) -> String {
         }
         h.push_str("</table>");
     }
+    if !s.link_history.is_empty() {
+        h.push_str("<h2>The link over the last hour</h2>");
+        link_chart(&mut h, &s.link_history);
+    }
 
     h.push_str(
         "<h2>Top clients</h2><table id=\"clients\"><tr><th>client</th><th class=\"n\">requests</th>\
@@ -303,6 +310,82 @@ fn usage_row(h: &mut String, shown: &str, u: &Usage) {
 }
 
 /// A horizontal bar chart (inline SVG) of bytes per port, busiest first.
+/// The colours of the link chart's clients, the last for `other`.
+const LINK_COLOURS: [&str; 7] = [
+    "#4f81bd", "#c0504d", "#9bbb59", "#8064a2", "#4bacc6", "#f79646", "#a6a6a6",
+];
+
+/// The last hour of the link, a column a minute (the newest on the right), stacked by the
+/// six busiest clients of the hour and `other`; the height is the minute's average rate.
+fn link_chart(h: &mut String, minutes: &[crate::core::shaping::LinkMinute]) {
+    let mut totals: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for m in minutes {
+        for (client, n) in &m.clients {
+            *totals.entry(client.as_str()).or_insert(0) += n;
+        }
+    }
+    let mut top: Vec<(&str, u64)> = totals.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    top.truncate(LINK_COLOURS.len() - 1);
+    let colour = |client: &str| {
+        top.iter()
+            .position(|(c, _)| *c == client)
+            .map_or(LINK_COLOURS[LINK_COLOURS.len() - 1], |i| LINK_COLOURS[i])
+    };
+    let most = minutes
+        .iter()
+        .map(|m| m.clients.iter().map(|(_, n)| n).sum::<u64>())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let (width, height, column) = (900.0, 160.0, 14.0);
+    let _ = write!(
+        h,
+        "<svg id=\"link-chart\" role=\"img\" aria-label=\"the link's use over the last hour, by client\" width=\"{width}\" height=\"{}\" viewBox=\"0 0 {width} {}\">",
+        height + 20.0,
+        height + 20.0
+    );
+    for m in minutes {
+        let x = 60.0 + (59.0 - f64::from(m.minutes_ago.min(59))) * column;
+        let mut y = height;
+        for (client, n) in &m.clients {
+            let tall = *n as f64 / most as f64 * (height - 10.0);
+            y -= tall;
+            let _ = write!(
+                h,
+                "<rect x=\"{x:.0}\" y=\"{y:.1}\" width=\"{:.0}\" height=\"{tall:.1}\" fill=\"{}\"><title>{} {}</title></rect>",
+                column - 2.0,
+                colour(client),
+                escape_html(client),
+                human_bytes(*n)
+            );
+        }
+    }
+    let _ = write!(
+        h,
+        "<text x=\"0\" y=\"14\">{}</text><text x=\"0\" y=\"{height}\">0</text>\
+         <text x=\"60\" y=\"{}\">an hour ago</text><text x=\"{}\" y=\"{}\">now</text></svg>",
+        crate::core::shaping::show_rate(most as f64 / 60.0),
+        height + 16.0,
+        60.0 + 58.0 * column,
+        height + 16.0
+    );
+    h.push_str("<p>");
+    for (client, _) in &top {
+        let _ = write!(
+            h,
+            "<span style=\"color:{}\">■</span> {} &nbsp; ",
+            colour(client),
+            escape_html(client)
+        );
+    }
+    let _ = write!(
+        h,
+        "<span style=\"color:{}\">■</span> others</p>",
+        LINK_COLOURS[LINK_COLOURS.len() - 1]
+    );
+}
+
 fn chart(h: &mut String, ports: &[PortUse]) {
     let mut rows: Vec<&PortUse> = ports.iter().filter(|p| p.total() > 0).collect();
     rows.sort_by_key(|p| std::cmp::Reverse((p.bytes_up + p.bytes_down, p.total())));
@@ -393,7 +476,32 @@ mod tests {
             errors: ErrorCounts(errors),
             recent_denials: Vec::new(),
             link: Vec::new(),
+            link_history: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_link_over_the_hour_is_a_stacked_chart() {
+        let mut s = snapshot(Vec::new());
+        assert!(!status_page(&s).contains("link-chart"));
+        s.link_history = vec![
+            crate::core::shaping::LinkMinute {
+                minutes_ago: 1,
+                clients: vec![("10.0.0.2".into(), 600_000_000), ("<b>".into(), 1_000)],
+            },
+            crate::core::shaping::LinkMinute {
+                minutes_ago: 0,
+                clients: vec![("10.0.0.3".into(), 300_000_000)],
+            },
+        ];
+        let page = status_page(&s);
+        assert!(page.contains("<svg id=\"link-chart\""), "{page}");
+        // The busiest minute's average rate heads the scale: 600 MB a minute, 10 MB/s.
+        assert!(page.contains(">10.0 MB/s</text>"), "{page}");
+        // One rectangle per client and minute: two in the older minute, one in the newer.
+        assert_eq!(page.matches("<rect x=\"").count(), 3, "{page}");
+        assert!(page.contains("<title>&lt;b&gt; "), "{page}");
+        assert!(!page.contains("<b>"), "a client name is escaped");
     }
 
     #[test]

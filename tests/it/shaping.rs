@@ -281,6 +281,10 @@ async fn top_shows_who_uses_the_link_now() {
     assert!(client_line.contains("MB/s"), "{screen}");
     assert!(screen.contains("LINK (shaped)"), "{screen}");
     assert_eq!(download.await.unwrap().0, 8 * MIB);
+    // The status page charts the minute: the client's bytes in the link's chart.
+    let page = admin_get(p.admin.unwrap(), "/status").await.text();
+    assert!(page.contains("<svg id=\"link-chart\""), "{page}");
+    assert!(page.contains("<title>127.0.0.9 "), "{page}");
     // Without an admin listener there, a clear error.
     let ran = portcullis(&["top", "--once", "--admin", "127.0.0.1:1"], Vec::new());
     assert!(!ran.status.success());
