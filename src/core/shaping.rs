@@ -159,6 +159,12 @@ impl Bucket {
         self.debt_wait()
     }
 
+    /// Whether it is full: a new bucket of the same rate and burst would be the same.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.level >= self.burst
+    }
+
     /// How long until the bucket is out of debt, at its rate.
     pub fn wait(&mut self, now: Instant) -> Duration {
         self.refill(now);

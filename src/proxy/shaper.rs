@@ -208,6 +208,15 @@ impl Shaper {
         drop(at);
         let span = span.as_secs_f64();
         self.note_history(now);
+        // A cap's bucket that no transfer holds and that is full again is as good as a new
+        // one: forgotten, so that the map stays as small as the clients using it now.
+        lock(&self.caps).retain(|_, buckets| {
+            Arc::strong_count(buckets) > 1
+                || lock(buckets)
+                    .iter_mut()
+                    .flatten()
+                    .any(|bucket| !bucket.is_full(now))
+        });
         let mut clients = lock(&self.clients);
         clients.retain(|_, s| now.saturating_duration_since(lock(s).last) < FORGET);
         let active: Vec<Arc<Mutex<Share>>> = clients
@@ -468,5 +477,61 @@ impl Shaped {
         if !wait.is_zero() {
             self.delay = Some(Box::pin(tokio::time::sleep(wait)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::target::Host;
+
+    fn shaper(toml: &str) -> Arc<Shaper> {
+        let settings = crate::config::Config::from_toml(toml, "t")
+            .unwrap()
+            .validate("t")
+            .unwrap();
+        Shaper::new(
+            &settings.shaping,
+            &Arc::new(crate::observe::stats::Stats::new()),
+        )
+        .unwrap()
+    }
+
+    fn facts<'a>(client: &str, host: &'a Host) -> Facts<'a> {
+        Facts {
+            client: client.parse().unwrap(),
+            user: None,
+            method: "GET",
+            kind: crate::core::policy::Kind::Http,
+            host,
+            port: 80,
+        }
+    }
+
+    #[test]
+    fn a_cap_holds_the_sum_of_a_clients_flows_and_is_forgotten_once_full_and_unheld() {
+        let s =
+            shaper("[[limits.rate]]\nname = \"c\"\nclients = [\"10.0.0.0/8\"]\ndown = \"1MB/s\"\n");
+        let host = Host::Name("example.com".into());
+        let (a, b) = (
+            s.flow(&facts("10.0.0.1", &host), None).unwrap(),
+            s.flow(&facts("10.0.0.1", &host), None).unwrap(),
+        );
+        assert!(
+            s.flow(&facts("192.168.1.1", &host), None).is_none(),
+            "not capped"
+        );
+        // 100 kB of burst, then each flow's bytes put the client's one bucket in debt.
+        assert_eq!(a.charge(Dir::Down, 100_000), Duration::ZERO);
+        let wait = b.charge(Dir::Down, 500_000);
+        assert!(wait >= Duration::from_millis(450), "{wait:?}");
+        assert!(a.wait(Dir::Down) >= Duration::from_millis(400));
+        assert_eq!(lock(&s.caps).len(), 1);
+        drop((a, b));
+        // Held by no flow, but in debt: kept; once full again: forgotten.
+        s.maybe_recompute(Instant::now() + Duration::from_millis(150));
+        assert_eq!(lock(&s.caps).len(), 1);
+        s.maybe_recompute(Instant::now() + Duration::from_secs(2));
+        assert_eq!(lock(&s.caps).len(), 0);
     }
 }
