@@ -12,6 +12,7 @@ pub(crate) mod locate;
 pub mod problem;
 pub mod schema;
 pub mod settings;
+mod shaping;
 mod validate;
 
 use std::fmt::Write;
