@@ -55,8 +55,10 @@ struct Share {
     buckets: [Option<Bucket>; 2],
     /// Bytes moved since the last recompute.
     moved: [u64; 2],
-    /// Held back (told to wait) since the last recompute.
+    /// Held back by its share (told to wait) since the last recompute.
     held: [bool; 2],
+    /// Held back by a cap since the last recompute: the lowest such cap's rate.
+    capped: [Option<f64>; 2],
     /// Its rate over the last recompute's span, bytes per second.
     rate: [f64; 2],
     /// When it last moved a byte.
@@ -167,6 +169,7 @@ impl Shaper {
                         buckets: [bucket(self.settings.down), bucket(self.settings.up)],
                         moved: [0; 2],
                         held: [false; 2],
+                        capped: [None; 2],
                         rate: [0.0; 2],
                         last: now,
                     }))
@@ -246,14 +249,18 @@ impl Shaper {
                     // room to grow, but at least half its last share: a moment of slowness
                     // on its side (a busy CPU, a slow reader) does not cost it its share at
                     // once.
+                    // A client a cap holds back wants what the cap allows, not more: the rest
+                    // of the link goes to others, and its share never falls below its cap.
                     let last_share = s.buckets[d].as_ref().map_or(0.0, Bucket::rate);
-                    let demand = if s.held[d] || waiting {
-                        f64::INFINITY
-                    } else {
-                        (rate * 1.5 + 64.0 * 1024.0).max(last_share / 2.0)
+                    let grown = (rate * 1.5 + 64.0 * 1024.0).max(last_share / 2.0);
+                    let demand = match s.capped[d] {
+                        Some(cap) => (cap * 1.1).max(rate * 1.5 + 64.0 * 1024.0),
+                        None if s.held[d] || waiting => f64::INFINITY,
+                        None => grown,
                     };
                     s.moved[d] = 0;
                     s.held[d] = false;
+                    s.capped[d] = None;
                     Claim {
                         weight: s.weight,
                         demand,
@@ -370,9 +377,24 @@ impl Flow {
     pub(crate) fn charge(&self, dir: Dir, n: usize) -> Duration {
         let now = Instant::now();
         let d = dir as usize;
+        // The caps first: the share must know whether a cap, not the link, holds the client.
+        let mut cap_wait = Duration::ZERO;
+        let mut capped_at: Option<f64> = None;
+        for cap in &self.caps {
+            if let Some(bucket) = lock(cap)[d].as_mut() {
+                let this = bucket.charge(n as u64, now);
+                if !this.is_zero() {
+                    capped_at = Some(capped_at.map_or(bucket.rate(), |r| r.min(bucket.rate())));
+                }
+                cap_wait = cap_wait.max(this);
+            }
+        }
         let mut wait = Duration::ZERO;
         if let Some(share) = &self.share {
             let mut s = lock(share);
+            if let Some(rate) = capped_at {
+                s.capped[d] = Some(s.capped[d].map_or(rate, |r: f64| r.min(rate)));
+            }
             if now.saturating_duration_since(s.last) > ACTIVE {
                 // Back after a pause: the whole link until the next recompute says more.
                 if let (Some(bucket), Some(link)) = (s.buckets[d].as_mut(), self.shaper.link(dir)) {
@@ -383,16 +405,12 @@ impl Flow {
             s.moved[d] += n as u64;
             if let Some(bucket) = s.buckets[d].as_mut() {
                 wait = bucket.charge(n as u64, now);
-                if !wait.is_zero() {
+                if !wait.is_zero() && wait >= cap_wait {
                     s.held[d] = true;
                 }
             }
         }
-        for cap in &self.caps {
-            if let Some(bucket) = lock(cap)[d].as_mut() {
-                wait = wait.max(bucket.charge(n as u64, now));
-            }
-        }
+        let wait = wait.max(cap_wait);
         if !wait.is_zero() {
             self.shaper.stats.throttled(dir == Dir::Up, wait);
             if let Some(traffic) = &self.traffic {
@@ -407,10 +425,14 @@ impl Flow {
     }
 }
 
-/// The most of a body frame sent at once while shaped: a larger frame (the origin's bytes
-/// that piled up while the body waited) goes in pieces, each waited for, so that a transfer
-/// overshoots its rate by no more than one piece.
-const PIECE: usize = 32 * 1024;
+/// The most of a body frame (or a tunnel's `splice`) sent at once while shaped: a larger
+/// frame (the origin's bytes that piled up while the body waited) goes in pieces, each
+/// waited for, so that a transfer overshoots its rate by no more than one piece.
+pub(crate) const PIECE: usize = 32 * 1024;
+
+/// A transfer told to wait looks at its buckets again at least this often: a share that grew
+/// meanwhile (a recompute) lets it go sooner than the wait it was first told.
+pub(crate) const RECHECK: Duration = Duration::from_millis(50);
 
 /// A body's shaping: charged for each frame, and waited on before the next is read.
 pub(crate) struct Shaped {
@@ -440,7 +462,9 @@ impl Shaped {
             if more.is_zero() {
                 self.delay = None;
             } else {
-                delay.as_mut().reset(tokio::time::Instant::now() + more);
+                delay
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + more.min(RECHECK));
             }
         }
         std::task::Poll::Ready(())
@@ -475,7 +499,7 @@ impl Shaped {
     pub(crate) fn moved(&mut self, n: usize) {
         let wait = self.flow.charge(self.dir, n);
         if !wait.is_zero() {
-            self.delay = Some(Box::pin(tokio::time::sleep(wait)));
+            self.delay = Some(Box::pin(tokio::time::sleep(wait.min(RECHECK))));
         }
     }
 }

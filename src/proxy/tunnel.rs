@@ -362,16 +362,26 @@ impl Activity<'_> {
         self.conn.tunnel_moved();
     }
 
-    /// After `n` bytes moved: waits as long as the shaping says before the next.
+    /// The most one `splice` moves at once: a shaped tunnel moves a piece at a time, so
+    /// that it overshoots its rate by no more than one.
+    fn most(&self) -> usize {
+        match self.flow {
+            Some(_) => crate::proxy::shaper::PIECE,
+            None => usize::MAX,
+        }
+    }
+
+    /// After `n` bytes moved: waits as long as the shaping says before the next, looking
+    /// again at least every [`crate::proxy::shaper::RECHECK`] (a share may have grown, or
+    /// the client's other connections added to the debt).
     async fn paced(&self, n: usize) {
         if let Some((flow, dir)) = self.flow {
             let mut wait = flow.charge(dir, n);
-            // Until out of debt: the client's other connections may add to it meanwhile.
-            for _ in 0..1000 {
+            for _ in 0..100_000 {
                 if wait.is_zero() {
                     break;
                 }
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(wait.min(crate::proxy::shaper::RECHECK)).await;
                 wait = flow.wait(dir);
             }
         }
@@ -536,7 +546,15 @@ mod splice {
             let n = loop {
                 poll_fn(|cx| from.poll_read_ready(cx)).await?;
                 let filled = from.try_io(Interest::READABLE, || {
-                    splice(from, None, &self.write, None, self.size, flags()).map_err(Into::into)
+                    splice(
+                        from,
+                        None,
+                        &self.write,
+                        None,
+                        self.size.min(activity.most()),
+                        flags(),
+                    )
+                    .map_err(Into::into)
                 });
                 match filled {
                     Ok(n) => break n,
