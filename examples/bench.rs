@@ -12,7 +12,9 @@
 //!
 //! 2. A quick look (about 40 seconds, and I): `cargo run --release --example bench -- --quick`
 //! 3. With 2,000 idle tunnels as well as 1,000 in D: `cargo run --release --example bench -- --full`
-//! 4. The SOCKS5 shapes alone, beside Dante (about 70 seconds; `apt-get install dante-server`
+//! 4. The shared link alone (F), against a binary from before shaping for the cost of
+//!    shaping when off: `cargo run --release --example bench -- --fair-only --baseline PATH`
+//! 5. The SOCKS5 shapes alone, beside Dante (about 70 seconds; `apt-get install dante-server`
 //!    first): `cargo run --release --example bench -- --socks-only` (with `--quick`, about
 //!    15 seconds)
 //!
@@ -84,6 +86,25 @@
 //!   95% answered with p95 at most 100 ms. `--flood-only` runs nothing else; `--no-flood`
 //!   leaves it out. It needs about 5,600 open files in this process.
 //!
+//! - F: the shared link (issue 18), with `--fair-only` alone (about three minutes; with
+//!   `--quick`, 4 s a sub-run). Each sub-run starts a proxy of its own with the `[shaping]`
+//!   and `[[limits.rate]]` it needs; its clients bind 127.0.0.2, .3 and .4 before they
+//!   connect (the proxy tells clients apart by address). A saturating client downloads
+//!   `GET /1m` again and again on keep-alive connections (or, for the cap, asks the sink
+//!   for a terabyte through CONNECT tunnels); its bytes are counted as they arrive, over a
+//!   window of 10 s after 2 s of warm-up (3 s after 1 s with `--quick`), not by finished
+//!   transfers. 1:1: two clients of 4 connections each on a 400 Mbit/s link, each one's
+//!   share of the bytes (target 50% ± 10%). 2:1: the same with `[shaping.weights]` 2 and 1
+//!   (67% ± 10% and 33% ± 10%). Cap: 127.0.0.2 capped at 5 Mbit/s over 8 connections beside
+//!   an uncapped client of 4, by GET and by CONNECT (±5% of 625 kB/s). Latency: a light
+//!   client sends a `GET /1k` every 20 ms on one keep-alive connection, alone and then beside
+//!   a client saturating the proxy, unshaped and shaped at 400 Mbit/s (p95 ≤ 3× its idle p95
+//!   and ≤ 10 ms). With `--baseline PATH`, a binary from before shaping: A and C through it
+//!   and through this one (neither with `[shaping]`), as three interleaved pairs (this one
+//!   first, then the baseline first, …), and the median of the pairs' ratios of CPU per
+//!   request and per GB (targets ≤ 1.03× and ≤ 1.05×). Every figure is printed beside its
+//!   target, met or NOT MET.
+//!
 //! `--no-names` leaves out the DNS server, the proxy's `[dns]` section and the runs by name
 //! (for a proxy binary from before the builtin resolver). `--serve-dns ADDR` runs nothing but
 //! that DNS server on ADDR (UDP), until interrupted: for counting instructions by hand, as in
@@ -153,6 +174,14 @@ struct Args {
     /// Leave out the SOCKS5 shapes.
     #[arg(long, conflicts_with = "socks_only")]
     no_socks: bool,
+    /// Run nothing but F, the shared link: fair shares, a cap, a light client's latency
+    /// beside a saturating one, and (with `--baseline`) what shaping's code costs when off.
+    #[arg(long)]
+    fair_only: bool,
+    /// A Portcullis binary from before shaping, for F's A and C against it (F leaves that
+    /// out without it).
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
     /// Dante's server, measured beside Portcullis in the SOCKS5 shapes (left out, with a
     /// note, when it is not there).
     #[arg(long, value_name = "PATH", default_value = "/usr/sbin/danted")]
@@ -298,13 +327,59 @@ async fn run(args: Args) -> anyhow::Result<()> {
         print_flood(&idle_flood(&binary, dir.path(), origin, visits).await?);
         return Ok(());
     }
+    if args.fair_only {
+        let t = if args.quick {
+            FairTimes {
+                warm_up: Duration::from_secs(1),
+                window: Duration::from_secs(3),
+            }
+        } else {
+            FairTimes {
+                warm_up: Duration::from_secs(2),
+                window: Duration::from_secs(10),
+            }
+        };
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let origin = start_origin().await?;
+        let sink = start_sink().await?;
+        let mut checks = Vec::new();
+        print_header(&binary, &durations, Shapes::Fair(&t));
+        if let Some(baseline) = &args.baseline {
+            println!("baseline (before shaping): {}", baseline.display());
+        }
+        let baseline = args.baseline.as_deref();
+        let rows = fair_shapes(
+            &binary,
+            baseline,
+            dir.path(),
+            origin,
+            sink,
+            &t,
+            &durations,
+            clock_ticks(),
+            &mut checks,
+        )
+        .await?;
+        print_fair(&rows, &t);
+        if !checks.is_empty() {
+            print_checks(&checks);
+        }
+        println!();
+        println!(
+            "loadavg_at_end: {}",
+            fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        );
+        return Ok(());
+    }
     if args.socks_only {
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
         let origin = start_origin().await?;
         let sink = start_sink().await?;
         let clk = clock_ticks();
         let mut checks = Vec::new();
-        print_header(&binary, &durations, None);
+        print_header(&binary, &durations, Shapes::Socks);
         let (proxy, _) = Proxy::logged(&binary, dir.path(), origin, sink, None)?;
         let dante = Dante::start_if_there(&args.dante, dir.path());
         let socks =
@@ -341,7 +416,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut table = Table::default();
     let mut checks = Vec::new();
 
-    print_header(&binary, &durations, Some(&steps));
+    print_header(&binary, &durations, Shapes::All(&steps));
     let (proxy, access_log) = Proxy::logged(&binary, dir.path(), origin, sink, dns_addr)?;
     let names = dns.is_some();
     preflight(proxy.addr, origin, sink, names).await?;
@@ -399,6 +474,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sink,
         Path::new("off"),
         dns_addr,
+        "",
     )?;
     http_load(
         Via::Proxy(quiet.addr),
@@ -726,6 +802,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sink,
         &access_log,
         dns_addr,
+        "",
     )?;
     let d = idle_tunnels(&fresh, sink, &steps).await?;
     drop(fresh);
@@ -872,12 +949,14 @@ impl Proxy {
         dns: Option<SocketAddr>,
     ) -> anyhow::Result<(Proxy, PathBuf)> {
         let access_log = dir.join("access.log");
-        let proxy = Proxy::start(binary, dir, "logged", origin, sink, &access_log, dns)?;
+        let proxy = Proxy::start(binary, dir, "logged", origin, sink, &access_log, dns, "")?;
         Ok((proxy, access_log))
     }
 
     /// Writes a configuration named `name` into `dir` and starts `binary` with it. `access` is
     /// the access log file, or `off`; `dns` the DNS server of its `[dns] servers`, if any.
+    /// `extra` goes at the end of the configuration (F's `[shaping]` and `[[limits.rate]]`).
+    #[allow(clippy::too_many_arguments)]
     fn start(
         binary: &Path,
         dir: &Path,
@@ -886,6 +965,7 @@ impl Proxy {
         sink: SocketAddr,
         access: &Path,
         dns: Option<SocketAddr>,
+        extra: &str,
     ) -> anyhow::Result<Proxy> {
         let addr = free_port()?;
         let mut config = format!(
@@ -915,6 +995,7 @@ listen = "off"
                 "[dns]\nservers = [\"{dns}\"]\nnegative_ttl = \"1h\"\n"
             ));
         }
+        config.push_str(extra);
         Proxy::launch(binary, dir, name, addr, &config)
     }
 
@@ -1213,7 +1294,15 @@ fn count_lines(path: &Path) -> (u64, u64) {
 
 /// The machine, the binary and the durations; `steps` are D's, and none in a run of the SOCKS5
 /// shapes alone.
-fn print_header(binary: &Path, d: &Durations, steps: Option<&[usize]>) {
+/// What a run measures, for its header: all the shapes (with D's steps), the SOCKS5 shapes
+/// or F.
+enum Shapes<'a> {
+    All(&'a [usize]),
+    Socks,
+    Fair(&'a FairTimes),
+}
+
+fn print_header(binary: &Path, d: &Durations, shapes: Shapes<'_>) {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
         .lines()
@@ -1242,13 +1331,18 @@ fn print_header(binary: &Path, d: &Durations, steps: Option<&[usize]>) {
         d.tunnel.as_secs_f64()
     );
     let (keep_alive, warm_up) = (d.keep_alive.as_secs_f64(), d.warm_up.as_secs_f64());
-    match steps {
-        Some(steps) => println!(
+    match shapes {
+        Shapes::All(steps) => println!(
             "durations: A B E T S {keep_alive} s, L {} s, {c}, warm-up {warm_up} s; D steps {steps:?}",
             d.latency.as_secs_f64(),
         ),
-        None => println!(
+        Shapes::Socks => println!(
             "durations: S {keep_alive} s, {c}, warm-up {warm_up} s; {SOCKS_ROUNDS} rounds"
+        ),
+        Shapes::Fair(t) => println!(
+            "durations: F {} s warm-up and {} s counted a sub-run; A {keep_alive} s, {c}, warm-up {warm_up} s; {F_COST_PAIRS} pairs",
+            t.warm_up.as_secs_f64(),
+            t.window.as_secs_f64(),
         ),
     }
     println!("```");
@@ -1741,8 +1835,18 @@ async fn open(
     Sender,
     hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>,
 )> {
-    let stream = tokio::time::timeout(OP_TIMEOUT, TcpStream::connect(addr)).await??;
-    stream.set_nodelay(true)?;
+    open_from(None, addr).await
+}
+
+/// [`open`] from the address `from` (F's clients), or any when `None`.
+async fn open_from(
+    from: Option<Ipv4Addr>,
+    addr: SocketAddr,
+) -> anyhow::Result<(
+    Sender,
+    hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>,
+)> {
+    let stream = connect_from(from, addr).await?;
     Ok(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
 }
 
@@ -1780,9 +1884,22 @@ async fn keep_alive_connection(
     size: u64,
     deadline: Instant,
 ) -> ConnLoad {
+    keep_alive_from(None, addr, req, size, deadline, None).await
+}
+
+/// [`keep_alive_connection`] from the address `from` (any when `None`), and with `tick`, a
+/// request at each of its ticks rather than one after another.
+async fn keep_alive_from(
+    from: Option<Ipv4Addr>,
+    addr: SocketAddr,
+    req: Request<Empty<Bytes>>,
+    size: u64,
+    deadline: Instant,
+    mut tick: Option<tokio::time::Interval>,
+) -> ConnLoad {
     let mut out = ConnLoad::default();
     while Instant::now() < deadline {
-        let (mut sender, conn) = match open(addr).await {
+        let (mut sender, conn) = match open_from(from, addr).await {
             Ok(opened) => opened,
             Err(_) => {
                 if !out.error() {
@@ -1794,6 +1911,12 @@ async fn keep_alive_connection(
         };
         let requests = async {
             while Instant::now() < deadline {
+                if let Some(tick) = tick.as_mut() {
+                    tick.tick().await;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
                 let started = Instant::now();
                 match exchange(&mut sender, clone_request(&req), size).await {
                     Ok(bytes) => out.done(started, bytes),
@@ -1884,28 +2007,33 @@ async fn open_tunnel_to(via: Via, sink: SocketAddr, authority: &str) -> anyhow::
             socks5_connect(&mut stream, sink).await?;
             return Ok(stream);
         }
-        stream
-            .write_all(
-                format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
-            )
-            .await?;
-        // The sink sends nothing before it reads a line, so nothing follows the head yet.
-        let mut head = Vec::with_capacity(256);
-        let mut buf = [0u8; 512];
-        while !head.ends_with(b"\r\n\r\n") {
-            let n = stream.read(&mut buf).await?;
-            ensure!(n > 0, "the proxy closed the tunnel before answering");
-            head.extend_from_slice(&buf[..n]);
-            ensure!(head.len() < 8192, "an answer head longer than 8 KiB");
-        }
-        ensure!(
-            head.starts_with(b"HTTP/1.1 200"),
-            "CONNECT answered {}",
-            String::from_utf8_lossy(&head[..head.len().min(40)])
-        );
+        connect_tunnel(&mut stream, authority).await?;
         Ok(stream)
     };
     tokio::time::timeout(OP_TIMEOUT, open).await?
+}
+
+/// Asks the proxy at the other end of `stream` for a CONNECT tunnel to `authority` and reads
+/// its answer's head.
+async fn connect_tunnel(stream: &mut TcpStream, authority: &str) -> anyhow::Result<()> {
+    stream
+        .write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await?;
+    // The sink sends nothing before it reads a line, so nothing follows the head yet.
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 512];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(OP_TIMEOUT, stream.read(&mut buf)).await??;
+        ensure!(n > 0, "the proxy closed the tunnel before answering");
+        head.extend_from_slice(&buf[..n]);
+        ensure!(head.len() < 8192, "an answer head longer than 8 KiB");
+    }
+    ensure!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "CONNECT answered {}",
+        String::from_utf8_lossy(&head[..head.len().min(40)])
+    );
+    Ok(())
 }
 
 /// A SOCKS5 client's side (RFC 1928) up to an open tunnel to `sink`: a greeting that offers
@@ -2969,4 +3097,585 @@ fn thousands(v: f64) -> String {
         out.insert(0, '-');
     }
     out
+}
+
+// ------------------------------------------------------------------ F: the shared link
+
+/// F's windows: each sub-run's clients run for `warm_up`, then their bytes are counted over
+/// `window`.
+#[derive(Debug, Clone, Copy)]
+struct FairTimes {
+    warm_up: Duration,
+    window: Duration,
+}
+
+/// The shaped link of F: 400 Mbit/s, in bytes per second.
+const F_LINK: f64 = 50e6;
+/// The cap of F: 5 Mbit/s, in bytes per second.
+const F_CAP: f64 = 625e3;
+/// Connections of each saturating client, and of the capped one.
+const F_CONNS: usize = 4;
+const F_CAPPED_CONNS: usize = 8;
+/// The light client sends a GET /1k this often.
+const F_LIGHT_EVERY: Duration = Duration::from_millis(20);
+/// A bulk connection is opened again after an error at most this many times.
+const F_MAX_CONNECTS: usize = 1_000;
+/// Requests on one bulk or light connection at most.
+const F_MAX_REQUESTS: usize = 100_000;
+/// Interleaved pairs of A and C against the binary from before shaping.
+const F_COST_PAIRS: usize = 3;
+
+/// F's client number `i`: 127.0.0.2, .3, … (the proxy tells clients apart by address).
+fn fair_client(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + i)
+}
+
+/// How a saturating client downloads: GET /1m again and again, or an endless download
+/// from the sink through a CONNECT tunnel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Bulk {
+    Http,
+    Tunnel,
+}
+
+/// One saturating client of F: its address, its connections and how it downloads.
+#[derive(Debug, Clone, Copy)]
+struct Heavy {
+    from: Ipv4Addr,
+    conns: usize,
+    bulk: Bulk,
+}
+
+/// What one sub-run of F measured.
+#[derive(Default)]
+struct FairOutcome {
+    /// Each heavy client's bytes per second over the window, in the order given.
+    rates: Vec<f64>,
+    /// The light client's requests over the window (latencies sorted).
+    light: Load,
+    errors: u64,
+}
+
+impl FairOutcome {
+    /// A heavy client's share of what all received, in percent.
+    fn share_pct(&self, i: usize) -> f64 {
+        let total: f64 = self.rates.iter().sum();
+        100.0 * self.rates.get(i).copied().unwrap_or(0.0) / total
+    }
+
+    fn light_p95_ms(&self) -> f64 {
+        self.light.percentile_ms(0.95)
+    }
+}
+
+/// A connection from `from` (any loopback address when `None`) to `to`, Nagle off.
+async fn connect_from(from: Option<Ipv4Addr>, to: SocketAddr) -> anyhow::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(from) = from {
+        socket.bind(SocketAddr::from((from, 0)))?;
+    }
+    let stream = tokio::time::timeout(OP_TIMEOUT, socket.connect(to)).await??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Runs `heavy` clients through `proxy` for the warm-up and the window, and with `light`,
+/// a light client from that address sending a GET /1k every [`F_LIGHT_EVERY`] during the
+/// window; the heavy clients' bytes are counted as they arrive, between the window's ends.
+async fn fair_run(
+    proxy: SocketAddr,
+    origin: SocketAddr,
+    sink: SocketAddr,
+    heavy: &[Heavy],
+    light: Option<Ipv4Addr>,
+    t: &FairTimes,
+) -> anyhow::Result<FairOutcome> {
+    let start = Instant::now();
+    let until = start + t.warm_up + t.window + Duration::from_millis(200);
+    let big = Target::new(origin, "/1m", ONE_MIB as u64);
+    let counters: Vec<Arc<AtomicU64>> = heavy.iter().map(|_| Arc::default()).collect();
+    let mut tasks = JoinSet::new();
+    for (h, got) in heavy.iter().zip(&counters) {
+        for _ in 0..h.conns {
+            let (from, got) = (h.from, got.clone());
+            match h.bulk {
+                Bulk::Http => {
+                    let req = big.request(Via::Proxy(proxy), false);
+                    tasks.spawn(bulk_http(from, proxy, req, got, until));
+                }
+                Bulk::Tunnel => {
+                    tasks.spawn(bulk_tunnel(from, proxy, sink, got, until));
+                }
+            }
+        }
+    }
+    let small = Target::new(origin, "/1k", 1024);
+    let light = light.map(|from| {
+        let req = small.request(Via::Proxy(proxy), false);
+        let (from_t, to_t) = (start + t.warm_up, start + t.warm_up + t.window);
+        tokio::spawn(light_client(from, proxy, req, from_t, to_t))
+    });
+    tokio::time::sleep_until((start + t.warm_up).into()).await;
+    let before: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let opened = Instant::now();
+    tokio::time::sleep_until((start + t.warm_up + t.window).into()).await;
+    let secs = opened.elapsed().as_secs_f64();
+    let mut out = FairOutcome {
+        rates: counters
+            .iter()
+            .zip(before)
+            .map(|(c, b)| c.load(Ordering::Relaxed).saturating_sub(b) as f64 / secs)
+            .collect(),
+        ..FairOutcome::default()
+    };
+    let ends = async {
+        while let Some(errors) = tasks.join_next().await {
+            out.errors += errors.unwrap_or(1);
+        }
+        if let Some(light) = light {
+            let (latencies, errors) = light.await.unwrap_or_default();
+            out.light.requests = latencies.len() as u64;
+            out.light.latencies = latencies;
+            out.errors += errors;
+        }
+    };
+    let left =
+        until.saturating_duration_since(Instant::now()) + OP_TIMEOUT + Duration::from_secs(5);
+    ensure!(
+        tokio::time::timeout(left, ends).await.is_ok(),
+        "F: a client did not end in time"
+    );
+    out.light.latencies.sort_unstable();
+    Ok(out)
+}
+
+/// The light client from `light` alone, then beside `heavy`.
+async fn light_beside(
+    proxy: SocketAddr,
+    origin: SocketAddr,
+    sink: SocketAddr,
+    heavy: Heavy,
+    light: Ipv4Addr,
+    t: &FairTimes,
+) -> anyhow::Result<(FairOutcome, FairOutcome)> {
+    let idle = fair_run(proxy, origin, sink, &[], Some(light), t).await?;
+    let loaded = fair_run(proxy, origin, sink, &[heavy], Some(light), t).await?;
+    Ok((idle, loaded))
+}
+
+/// One connection of a saturating client from `from`: `req` (a GET /1m) again and again
+/// until `until`, each body frame's bytes added to `got` as it arrives; opened again after
+/// an error. Its errors.
+async fn bulk_http(
+    from: Ipv4Addr,
+    proxy: SocketAddr,
+    req: Request<Empty<Bytes>>,
+    got: Arc<AtomicU64>,
+    until: Instant,
+) -> u64 {
+    let (req, got) = (&req, &got);
+    reconnecting(until, || async move {
+        let (mut sender, conn) = open_from(Some(from), proxy).await?;
+        let requests = async {
+            for _ in 0..F_MAX_REQUESTS {
+                if Instant::now() >= until {
+                    break;
+                }
+                sender.ready().await?;
+                let response = sender.send_request(clone_request(req)).await?;
+                ensure!(
+                    response.status() == StatusCode::OK,
+                    "status {}",
+                    response.status()
+                );
+                let mut body = response.into_body();
+                // Bounded by the time: no frame is waited for after `until`.
+                while let Ok(Some(frame)) =
+                    tokio::time::timeout_at(until.into(), body.frame()).await
+                {
+                    if let Some(data) = frame?.data_ref() {
+                        got.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        };
+        tokio::select! {
+            done = requests => done,
+            closed = conn => {
+                closed?;
+                bail!("the proxy closed the connection")
+            }
+        }
+    })
+    .await
+}
+
+/// One tunnel of a saturating client from `from`: a CONNECT to the sink, which is asked for
+/// a terabyte, read until `until` and counted in `got`; opened again after an error. Its
+/// errors.
+async fn bulk_tunnel(
+    from: Ipv4Addr,
+    proxy: SocketAddr,
+    sink: SocketAddr,
+    got: Arc<AtomicU64>,
+    until: Instant,
+) -> u64 {
+    let got = &got;
+    reconnecting(until, || async move {
+        let mut stream = connect_from(Some(from), proxy).await?;
+        connect_tunnel(&mut stream, &sink.to_string()).await?;
+        stream
+            .write_all(format!("{}\n", 1u64 << 40).as_bytes())
+            .await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        // Bounded by the time: nothing is read after `until`.
+        while let Ok(read) = tokio::time::timeout_at(until.into(), stream.read(&mut buf)).await {
+            let n = read?;
+            ensure!(n > 0, "the tunnel closed");
+            got.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `connection` (one connection's work until `until`), and again after an error, at
+/// most [`F_MAX_CONNECTS`] times and never after `until`; its errors.
+async fn reconnecting<F, Fut>(until: Instant, mut connection: F) -> u64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut errors = 0;
+    for _ in 0..F_MAX_CONNECTS {
+        if Instant::now() >= until {
+            break;
+        }
+        let left = until.saturating_duration_since(Instant::now()) + OP_TIMEOUT;
+        if !matches!(tokio::time::timeout(left, connection()).await, Ok(Ok(()))) {
+            errors += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    errors
+}
+
+/// The light client: from `start` to `end`, `req` (a GET /1k) every [`F_LIGHT_EVERY`] on one
+/// keep-alive connection from `from` (opened again after an error); the latencies in µs and
+/// the errors.
+async fn light_client(
+    from: Ipv4Addr,
+    proxy: SocketAddr,
+    req: Request<Empty<Bytes>>,
+    start: Instant,
+    end: Instant,
+) -> (Vec<u32>, u64) {
+    tokio::time::sleep_until(start.into()).await;
+    let mut tick = tokio::time::interval(F_LIGHT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let out = keep_alive_from(Some(from), proxy, req, 1024, end, Some(tick)).await;
+    (out.latencies, out.errors)
+}
+
+/// F's configuration: a link of 400 Mbit/s, with weights when given.
+fn shaped_link(weights: &[(Ipv4Addr, u32)]) -> String {
+    let mut config = format!("[shaping]\ndown = \"{}Mbit/s\"\n", F_LINK * 8.0 / 1e6);
+    if !weights.is_empty() {
+        config.push_str("[shaping.weights]\n");
+        for (client, weight) in weights {
+            config.push_str(&format!("\"{client}\" = {weight}\n"));
+        }
+    }
+    config
+}
+
+/// One line of F's table: a figure, its target and whether it is met.
+struct FairRow {
+    figure: String,
+    measured: String,
+    target: String,
+    met: Option<bool>,
+}
+
+/// F: the shared link. Shares of two saturating clients, 1:1 and 2:1; a cap over eight
+/// connections, by plain HTTP and by CONNECT; a light client's p95 alone and beside a
+/// saturating one, unshaped and shaped; and, with `baseline`, A and C against the binary
+/// from before shaping. Prints the table and returns nothing else.
+#[allow(clippy::too_many_arguments)]
+async fn fair_shapes(
+    binary: &Path,
+    baseline: Option<&Path>,
+    dir: &Path,
+    origin: SocketAddr,
+    sink: SocketAddr,
+    t: &FairTimes,
+    durations: &Durations,
+    clk: f64,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<Vec<FairRow>> {
+    let mut rows = Vec::new();
+    let mut row = |figure: String, measured: String, target: &str, met: Option<bool>| {
+        rows.push(FairRow {
+            figure,
+            measured,
+            target: target.to_owned(),
+            met,
+        });
+    };
+    let log = dir.join("fair-access.log");
+    let start = |name: &str, extra: &str, binary: &Path| {
+        Proxy::start(binary, dir, name, origin, sink, &log, None, extra)
+    };
+    let (a, b) = (fair_client(0), fair_client(1));
+    let light_from = fair_client(2);
+    let http = |from, conns| Heavy {
+        from,
+        conns,
+        bulk: Bulk::Http,
+    };
+    let within = |v: f64, want: f64, by: f64| (v - want).abs() <= by;
+    let mb = |rate: f64| format!("{:.2} MB/s", rate / 1e6);
+
+    // Two saturating clients, equal weights; then the light client on the same link.
+    let shaped = start("fair-link", &shaped_link(&[]), binary)?;
+    let two = [http(a, F_CONNS), http(b, F_CONNS)];
+    let even = fair_run(shaped.addr, origin, sink, &two, None, t).await?;
+    let total: f64 = even.rates.iter().sum();
+    eprintln!(
+        "F 1:1     {} + {} = {} ({} errors)",
+        mb(even.rates[0]),
+        mb(even.rates[1]),
+        mb(total),
+        even.errors
+    );
+    for (i, client) in [a, b].iter().enumerate() {
+        let pct = even.share_pct(i);
+        row(
+            format!("1:1, {client}'s share of the bytes ({})", mb(even.rates[i])),
+            format!("{pct:.1}%"),
+            "50% ± 10%",
+            Some(within(pct, 50.0, 10.0)),
+        );
+    }
+    row(
+        "1:1, both together, share of the 400 Mbit/s link".into(),
+        format!("{:.1}% ({})", 100.0 * total / F_LINK, mb(total)),
+        "(for reading the above)",
+        None,
+    );
+    let (idle_shaped, loaded_shaped) =
+        light_beside(shaped.addr, origin, sink, http(a, F_CONNS), light_from, t).await?;
+    drop(shaped);
+
+    // Weights 2:1.
+    let weighted = start("fair-weights", &shaped_link(&[(a, 2), (b, 1)]), binary)?;
+    let uneven = fair_run(weighted.addr, origin, sink, &two, None, t).await?;
+    drop(weighted);
+    eprintln!(
+        "F 2:1     {} + {} ({} errors)",
+        mb(uneven.rates[0]),
+        mb(uneven.rates[1]),
+        uneven.errors
+    );
+    for (i, (client, want)) in [(a, 200.0 / 3.0), (b, 100.0 / 3.0)].iter().enumerate() {
+        let pct = uneven.share_pct(i);
+        row(
+            format!(
+                "2:1, {client} (weight {}) share of the bytes ({})",
+                2 - i,
+                mb(uneven.rates[i])
+            ),
+            format!("{pct:.1}%"),
+            if i == 0 { "67% ± 10%" } else { "33% ± 10%" },
+            Some(within(pct, *want, 10.0)),
+        );
+    }
+
+    // A cap of 5 Mbit/s on one client's eight connections, beside an uncapped client.
+    let cap = format!(
+        "{}[[limits.rate]]\nname = \"capped\"\nclients = [\"{a}\"]\ndown = \"{}Mbit/s\"\n",
+        shaped_link(&[]),
+        F_CAP * 8.0 / 1e6
+    );
+    let capped = start("fair-cap", &cap, binary)?;
+    for bulk in [Bulk::Http, Bulk::Tunnel] {
+        let clients = [
+            Heavy {
+                from: a,
+                conns: F_CAPPED_CONNS,
+                bulk,
+            },
+            Heavy {
+                from: b,
+                conns: F_CONNS,
+                bulk,
+            },
+        ];
+        let run = fair_run(capped.addr, origin, sink, &clients, None, t).await?;
+        let how = if bulk == Bulk::Http {
+            "GET /1m"
+        } else {
+            "CONNECT"
+        };
+        eprintln!(
+            "F cap {how:<8} capped {} (of {}), uncapped {} ({} errors)",
+            mb(run.rates[0]),
+            mb(F_CAP),
+            mb(run.rates[1]),
+            run.errors
+        );
+        let off = 100.0 * (run.rates[0] / F_CAP - 1.0);
+        row(
+            format!("cap 5 Mbit/s, {a} over {F_CAPPED_CONNS} conns, {how}"),
+            format!("{} ({off:+.1}%)", mb(run.rates[0])),
+            "0.625 MB/s ± 5%",
+            Some(off.abs() <= 5.0),
+        );
+        row(
+            format!("  beside it, {b} uncapped, {F_CONNS} conns, {how}"),
+            mb(run.rates[1]),
+            "(the rest of the link)",
+            None,
+        );
+    }
+    drop(capped);
+
+    // The light client beside a saturating one, unshaped.
+    let open = start("fair-open", "", binary)?;
+    let (idle_open, loaded_open) =
+        light_beside(open.addr, origin, sink, http(a, F_CONNS), light_from, t).await?;
+    drop(open);
+    for (how, idle, loaded) in [
+        ("unshaped", &idle_open, &loaded_open),
+        ("shaped 400 Mbit/s", &idle_shaped, &loaded_shaped),
+    ] {
+        let (p_idle, p_loaded) = (idle.light_p95_ms(), loaded.light_p95_ms());
+        eprintln!(
+            "F light   {how}: p95 idle {p_idle:.2} ms ({} requests), beside {} {p_loaded:.2} ms ({} requests, {} errors)",
+            idle.light.requests,
+            mb(loaded.rates[0]),
+            loaded.light.requests,
+            idle.errors + loaded.errors
+        );
+        row(
+            format!("{light_from} GET /1k p95 idle, {how}"),
+            format!("{p_idle:.2} ms"),
+            "(the reference)",
+            None,
+        );
+        row(
+            format!(
+                "{light_from} GET /1k p95 beside {a} at {}, {how}",
+                mb(loaded.rates[0])
+            ),
+            format!("{p_loaded:.2} ms ({:.1}× idle)", p_loaded / p_idle),
+            "≤ 3× idle and ≤ 10 ms",
+            Some(p_loaded <= 3.0 * p_idle && p_loaded <= 10.0),
+        );
+    }
+
+    // Shaping off: A and C, this binary without [shaping] against the one from before it.
+    let Some(baseline) = baseline else {
+        row(
+            "shaping off, A and C against the binary before shaping".into(),
+            "not run (no --baseline)".into(),
+            "≤ 3% / ≤ 5%",
+            None,
+        );
+        return Ok(rows);
+    };
+    let now = start("fair-now", "", binary)?;
+    let before = start("fair-before", "", baseline)?;
+    let one_k = Target::new(origin, "/1k", 1024);
+    for proxy in [&now, &before] {
+        let via = Via::Proxy(proxy.addr);
+        http_load(via, &one_k, A_CONNS, false, durations.warm_up, None, clk).await?;
+    }
+    let (mut a_ratios, mut c_ratios) = (Vec::new(), Vec::new());
+    let (mut a_cpu, mut c_cpu) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for pair in 0..F_COST_PAIRS {
+        let mut order = [
+            (0, &now, "F A now", "F C now"),
+            (1, &before, "F A before", "F C before"),
+        ];
+        if pair % 2 == 1 {
+            order.reverse();
+        }
+        let mut a_pair = [None, None];
+        let mut c_pair = [None, None];
+        for (i, proxy, a_name, c_name) in order {
+            let via = Via::Proxy(proxy.addr);
+            let pid = Some(proxy.pid);
+            let load = measure(
+                a_name, via, &one_k, A_CONNS, false, durations, pid, clk, checks,
+            )
+            .await?;
+            a_pair[i] = load.cpu_us_per_request();
+            let load = tunnel_load(c_name, via, sink, durations.tunnel, pid, clk, checks).await?;
+            c_pair[i] = load.cpu_s_per_gb(load.bytes);
+        }
+        for (pair, ratios, cpu) in [
+            (a_pair, &mut a_ratios, &mut a_cpu),
+            (c_pair, &mut c_ratios, &mut c_cpu),
+        ] {
+            if let [Some(now), Some(before)] = pair {
+                ratios.push(now / before);
+                cpu[0].push(now);
+                cpu[1].push(before);
+            }
+        }
+    }
+    for (shape, unit, ratios, cpu, limit) in [
+        ("A", "µs per request", a_ratios, a_cpu, 1.03),
+        ("C", "CPU-s per GB", c_ratios, c_cpu, 1.05),
+    ] {
+        let [now, before] = cpu;
+        let median_ratio = median(ratios.clone());
+        row(
+            format!(
+                "shaping off, {shape}: {unit} now ÷ before shaping (now {}, before {}; pairs {})",
+                number(median(now)),
+                number(median(before)),
+                listed(&ratios)
+            ),
+            median_ratio.map_or("—".to_owned(), |r| format!("{r:.3}×")),
+            if shape == "A" {
+                "≤ 1.03×"
+            } else {
+                "≤ 1.05×"
+            },
+            median_ratio.map(|r| r <= limit),
+        );
+    }
+    Ok(rows)
+}
+
+/// F's table: each figure beside its target.
+fn print_fair(rows: &[FairRow], t: &FairTimes) {
+    println!();
+    println!(
+        "F: the shared link (issue 18). Each sub-run has its own proxy; the clients are \
+         127.0.0.2 (weight 2, capped), 127.0.0.3 and 127.0.0.4 (the light client); bytes are \
+         counted as they arrive over {} s after {} s of warm-up; the light client sends a \
+         GET /1k every {} ms on one keep-alive connection.",
+        t.window.as_secs_f64(),
+        t.warm_up.as_secs_f64(),
+        F_LIGHT_EVERY.as_millis()
+    );
+    let mut table = Table::default();
+    for r in rows {
+        let verdict = match r.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "—",
+        };
+        table.rows.push([
+            r.figure.clone(),
+            r.measured.clone(),
+            r.target.clone(),
+            verdict.to_owned(),
+        ]);
+    }
+    table.print_headed(["figure", "measured", "target", ""]);
 }
