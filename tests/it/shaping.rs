@@ -295,3 +295,33 @@ async fn top_shows_who_uses_the_link_now() {
         ran.stderr
     );
 }
+
+/// `portcullis top` in a pseudo-terminal (`script(1)`), as a person runs it: it redraws the
+/// screen in place each interval until interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_redraws_in_a_terminal() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var_os("CI").is_none(), "script(1) is missing");
+        return;
+    }
+    let p = Proxy::start_observed(settings_of("[shaping]\ndown = \"4MiB/s\"\n"), true, None).await;
+    let command = format!("{BIN} top --admin {} --interval 0.3", p.admin.unwrap());
+    let screen = tokio::task::spawn_blocking(move || {
+        let mut script = std::process::Command::new("script");
+        script.args(["-q", "-e", "-c", &command, "/dev/null"]);
+        // Killed after 2 s: top runs until interrupted.
+        let (output, killed) = run_bounded(script, Vec::new(), Duration::from_secs(2));
+        assert!(killed, "top ended by itself: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    })
+    .await
+    .unwrap();
+    // Several screens, each drawn from the top left of a cleared terminal.
+    let redraws = screen.matches("\x1b[H\x1b[2J").count();
+    assert!(redraws >= 3, "{redraws} redraws: {screen:?}");
+    assert!(screen.contains("portcullis top"), "{screen:?}");
+}
