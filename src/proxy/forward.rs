@@ -31,6 +31,7 @@ use crate::egress::dial::{self, DialError, DialInfo, PooledDialError};
 use crate::egress::parent::Parents;
 use crate::proxy::body::{DownBody, UpBody, Upload};
 use crate::proxy::exchange::Exchange;
+use crate::proxy::shaper::flow_of;
 
 /// The methods the proxy forwards, as listed in its answer to `OPTIONS` with `Max-Forwards: 0`.
 const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT";
@@ -167,7 +168,7 @@ pub async fn forward(
         timeouts.request_body,
         ex.body.take(),
     );
-    if let Some(flow) = shaping_flow(ex, &target, None) {
+    if let Some(flow) = flow_of(ex, &target, Kind::Http, None) {
         body.shape(flow);
     }
     // Whatever fails from here on leaves the rest of the request body unread.
@@ -249,32 +250,10 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     parts.extensions.clear();
     let mut body = DownBody::origin(body, timeouts.response);
-    if let Some(flow) = shaping_flow(ex, &target, origin_ip.map(|a| a.ip())) {
+    if let Some(flow) = flow_of(ex, &target, Kind::Http, origin_ip.map(|a| a.ip())) {
         body.shape(flow);
     }
     Ok(Response::from_parts(parts, body))
-}
-
-/// The shaping of a forwarded body to `target` (`origin`: the address dialled, when known).
-fn shaping_flow(
-    ex: &Exchange,
-    target: &Target,
-    origin: Option<std::net::IpAddr>,
-) -> Option<crate::proxy::shaper::Flow> {
-    // A load, not a clone of the Arc: nothing to count when nothing is shaped.
-    let shaper = ex.shared.shaper.load();
-    let shaper = shaper.as_ref()?;
-    let facts = Facts {
-        client: ex.client.ip(),
-        user: ex.user.as_deref(),
-        method: ex.record.method(),
-        kind: Kind::Http,
-        host: &target.host,
-        port: target.port,
-    };
-    shaper
-        .flow(&facts, origin)
-        .map(|flow| flow.counted_in(ex.record.traffic().clone()))
 }
 
 /// Waits for an answer; the clock (`timeouts.response`) starts once the request body has

@@ -30,14 +30,12 @@ fn shared_link(ex: &Exchange) -> Option<ShareLines> {
         return None;
     }
     let lines = shaping.for_client(ex.client.ip(), ex.user.as_deref());
-    let me = ex.client.ip().to_canonical().to_string();
-    let now = ex.shared.shaper.load().as_ref().and_then(|shaper| {
-        shaper
-            .clients()
-            .into_iter()
-            .find(|c| c.client == me)
-            .map(|c| (c.down, c.up))
-    });
+    let now = ex
+        .shared
+        .shaper
+        .load()
+        .as_ref()
+        .and_then(|shaper| shaper.rate_of(ex.client.ip(), ex.user.as_deref()));
     Some((lines, now))
 }
 

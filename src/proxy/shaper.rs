@@ -98,6 +98,31 @@ pub(crate) struct Flow {
     traffic: Option<Arc<crate::observe::access::Traffic>>,
 }
 
+/// The shaping of an exchange's transfer to `target` (of `kind`; `addr`: the address
+/// dialled, when known), its waits counted into the exchange's record; `None` when nothing
+/// shapes it. Asked once per response, upload and tunnel.
+pub(crate) fn flow_of(
+    ex: &crate::proxy::exchange::Exchange,
+    target: &crate::core::target::Target,
+    kind: crate::core::policy::Kind,
+    addr: Option<IpAddr>,
+) -> Option<Flow> {
+    // A load, not a clone of the Arc: nothing to count when nothing is shaped.
+    let shaper = ex.shared.shaper.load();
+    let shaper = shaper.as_ref()?;
+    let facts = Facts {
+        client: ex.client.ip(),
+        user: ex.user.as_deref(),
+        method: ex.record.method(),
+        kind,
+        host: &target.host,
+        port: target.port,
+    };
+    shaper
+        .flow(&facts, addr)
+        .map(|flow| flow.counted_in(ex.record.traffic().clone()))
+}
+
 impl Shaper {
     /// A shaper for `settings`; `None` when nothing is shaped.
     pub(crate) fn new(
@@ -323,6 +348,14 @@ impl Shaper {
             })
             .filter(|m| (m.minutes_ago as usize) < HISTORY_MINUTES)
             .collect()
+    }
+
+    /// What the client (or user) of `client` and `user` moved each way lately, bytes per
+    /// second, when it is on the link now.
+    pub(crate) fn rate_of(&self, client: IpAddr, user: Option<&str>) -> Option<(f64, f64)> {
+        let share = lock(&self.clients).get(&self.key(client, user))?.clone();
+        let s = lock(&share);
+        (s.last.elapsed() < ACTIVE * 5).then_some((s.rate[0], s.rate[1]))
     }
 
     /// The clients that moved bytes lately, busiest first.

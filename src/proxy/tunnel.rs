@@ -62,19 +62,7 @@ pub(crate) fn flow(
     kind: Kind,
     upstream: Option<std::net::IpAddr>,
 ) -> Option<Box<Flow>> {
-    let shaper = ex.shared.shaper.load();
-    let shaper = shaper.as_ref()?;
-    let facts = Facts {
-        client: ex.client.ip(),
-        user: ex.user.as_deref(),
-        method: ex.record.method(),
-        kind,
-        host: &target.host,
-        port: target.port,
-    };
-    shaper
-        .flow(&facts, upstream)
-        .map(|flow| Box::new(flow.counted_in(ex.record.traffic().clone())))
+    crate::proxy::shaper::flow_of(ex, target, kind, upstream).map(Box::new)
 }
 
 /// Dials a CONNECT destination the plan allowed as `go` (through `parents` when it routes
