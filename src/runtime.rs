@@ -159,7 +159,7 @@ async fn run_configured(
         Arc::new(move |ip| names.get(&ip.to_canonical()).cloned()),
     )
     .map_err(StartError::AccessLog)?
-    .map(Arc::new);
+    .map(|log| Arc::new(log.with_instance(&settings.instance)));
     let recorder = match &access_log {
         Some(log) => recorder.with_sink(log.clone()),
         None => recorder,

@@ -168,6 +168,9 @@ pub enum ProblemKind {
     BadRate(String),
     /// `clients.names`: a name that is not one line of text.
     BadClientName(IpAddr),
+    /// `instance`: empty, too long, or with characters other than letters, digits, `.`, `_`
+    /// and `-`.
+    BadInstance(String),
     /// A host pattern that does not parse (the pattern parser's words).
     BadHostPattern(String),
     /// `pac.proxies`: an entry that is not `host:port`.
@@ -259,6 +262,10 @@ impl fmt::Display for ProblemKind {
             ProblemKind::BadClientName(ip) => {
                 write!(f, "the name of {ip} must be one line of text")
             }
+            ProblemKind::BadInstance(text) => write!(
+                f,
+                "\"{text}\" is not an instance name: 1 to 64 letters, digits, '.', '_' or '-'"
+            ),
             ProblemKind::BadHostPattern(e)
             | ProblemKind::BadHostsFile(e)
             | ProblemKind::BadRate(e) => f.write_str(e),

@@ -19,6 +19,10 @@ use crate::core::ports::PortSpec;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// This proxy's name in its records, status and metrics, so that logs of several proxies
+    /// can be merged; unset, the machine's host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Addresses to accept proxy clients on.
     pub listen: Vec<SocketAddr>,
     /// Threads that serve connections: `"auto"` or a number.
@@ -53,6 +57,19 @@ pub struct Config {
     pub socks: SocksConfig,
     /// The shared link and each client's fair share of it.
     pub shaping: ShapingConfig,
+    /// Where the proxy keeps what must outlive it.
+    pub state: StateConfig,
+}
+
+/// `[state]`: what the proxy keeps across restarts (usage of byte budgets, the last good copy
+/// of downloaded lists).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// The folder, relative to the configuration file; unset, `state` beside it. Made when
+    /// something is first kept there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `[shaping]`: the link the LAN shares, split fairly among the clients that use it.
@@ -587,6 +604,7 @@ impl TimeoutsConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            instance: None,
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 3128))],
             workers: Workers::default(),
             clients: ClientsConfig::default(),
@@ -604,6 +622,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             socks: SocksConfig::default(),
             shaping: ShapingConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }

@@ -17,6 +17,10 @@ pub type Timeouts = TimeoutsConfig;
 /// The validated runtime state: what the request path reads.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// This proxy's name in records, status and metrics (`instance`, else the host name).
+    pub instance: String,
+    /// The folder for what outlives the process (`[state] dir`); made when first used.
+    pub state_dir: std::path::PathBuf,
     /// Threads that serve connections (read at start only).
     pub workers: usize,
     /// The decision data.

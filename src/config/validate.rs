@@ -266,6 +266,17 @@ impl Config {
                 }
             }),
         };
+        let instance = match &self.instance {
+            Some(name) if is_instance_name(name) => name.clone(),
+            Some(name) => {
+                problems.push(problem(
+                    KeyPath::keys(["instance"]),
+                    ProblemKind::BadInstance(name.clone()),
+                ));
+                String::new()
+            }
+            None => host_name(),
+        };
         let upstream = self.upstream_settings(&mut problems);
         let bind = self.bind_addresses(&mut problems);
         let dns = self.dns_settings(&mut problems);
@@ -296,6 +307,8 @@ impl Config {
             .flatten()
             .map(Arc::new);
         Ok(Settings {
+            instance,
+            state_dir: base.join(self.state.dir.as_deref().unwrap_or(Path::new("state"))),
             workers,
             policy,
             timeouts: self.timeouts.clone(),
@@ -737,4 +750,24 @@ fn parse_dns_server(text: &str) -> Option<SocketAddr> {
             .ok()
             .map(|ip| SocketAddr::new(ip, 53))
     })
+}
+
+/// Whether `name` may name this proxy in records and syslog headers: 1 to 64 letters, digits,
+/// `.`, `_` and `-`.
+fn is_instance_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The machine's host name, the default `instance` (`portcullis` when it cannot be read or
+/// is not a valid instance name).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| is_instance_name(name))
+        .unwrap_or_else(|| "portcullis".to_owned())
 }

@@ -182,6 +182,7 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
             .collect()
     };
     Snapshot {
+        instance: settings.instance.clone(),
         started: humantime::format_rfc3339_seconds(stats.started()).to_string(),
         uptime_seconds: stats.started().elapsed().map(|d| d.as_secs()).unwrap_or(0),
         connections_open: shared.admission.open(),

@@ -67,6 +67,7 @@ pub struct AccessLog {
     queue: Arc<Queue>,
     dropped: Arc<AtomicU64>,
     names: Arc<dyn Fn(std::net::IpAddr) -> Option<String> + Send + Sync>,
+    instance: Option<Box<str>>,
 }
 
 impl AccessLog {
@@ -94,7 +95,15 @@ impl AccessLog {
             queue,
             dropped,
             names,
+            instance: None,
         }))
+    }
+
+    /// Names the proxy in every JSON line (`"instance"`), so that logs of several proxies can
+    /// be merged; the Squid and Common formats have no place for it.
+    pub fn with_instance(mut self, instance: &str) -> AccessLog {
+        self.instance = Some(instance.into());
+        self
     }
 
     /// Asks the writer to reopen its file (after `logrotate` moved it).
@@ -148,7 +157,12 @@ impl AccessSink for AccessLog {
         }
         match line {
             Some(line) => pending.text.extend_from_slice(line.as_bytes()),
-            None => write_json(&mut pending.text, record, name.as_deref()),
+            None => write_json(
+                &mut pending.text,
+                record,
+                name.as_deref(),
+                self.instance.as_deref(),
+            ),
         }
         pending.lines += 1;
         if pending.lines == WAKE_LINES {

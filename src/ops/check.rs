@@ -560,6 +560,7 @@ mod tests {
             ProblemKind::BadAddress("x".into()),
             ProblemKind::BadLogLevel("loud".into()),
             ProblemKind::BadRate("x".into()),
+            ProblemKind::BadInstance("a b".into()),
             ProblemKind::BadClientName("10.0.0.1".parse().unwrap()),
             ProblemKind::BadHostPattern("bad".into()),
             ProblemKind::NotHostPort("x".into()),

@@ -70,6 +70,8 @@ pub fn error_meaning(kind: ErrorKind) -> &'static str {
 /// Everything `/status` and `/status.json` show.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
+    /// This proxy's name (`instance`).
+    pub instance: String,
     /// When counting started (RFC 3339).
     pub started: String,
     /// Seconds since.
@@ -139,7 +141,7 @@ pub fn status_page(s: &Snapshot) -> String {
          svg text{{font:13px system-ui,sans-serif}}\
          </style></head><body>\
          <h1>Portcullis: outbound port use</h1>\
-         <p class=\"muted\">Counting since {} ({}). This page refreshes every 15 s.</p>\
+         <p class=\"muted\">Proxy <b id=\"instance\">{}</b>. Counting since {} ({}). This page refreshes every 15 s.</p>\
          <div class=\"figures\">\
          <div class=\"figure\">requests and tunnels<b id=\"total-requests\">{total_requests}</b></div>\
          <div class=\"figure\">refused<b id=\"total-denied\">{total_denied}</b></div>\
@@ -149,6 +151,7 @@ pub fn status_page(s: &Snapshot) -> String {
          </div>\
          <p class=\"muted\" id=\"connections\">Connections: {} busy, {} kept alive, {} waiting for a \
          request, {} tunnels ({} quiet). Closed to make room at the connection limits: {}; shed: {}.</p>",
+        escape_html(&s.instance),
         escape_html(&s.started),
         uptime(s.uptime_seconds),
         human_bytes(total_bytes),
@@ -464,6 +467,7 @@ mod tests {
 
     fn snapshot(errors: Vec<(ErrorKind, u64)>) -> Snapshot {
         Snapshot {
+            instance: "proxy-a".into(),
             started: "2026-01-01T00:00:00Z".into(),
             uptime_seconds: 60,
             connections_open: 0,

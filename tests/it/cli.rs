@@ -7,7 +7,9 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{blocking_client, blocking_exchange, line_with, write_config, Running, BIN};
+use crate::support::{
+    blocking_client, blocking_exchange, line_with, portcullis, write_config, Running, BIN,
+};
 
 #[test]
 fn runs_from_a_config_file_logs_access_and_exits_0_on_sigterm() {
@@ -253,4 +255,60 @@ fn workers_sets_the_number_of_serving_threads() {
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(threads(running.child.id()), want, "{setting}");
     }
+}
+
+/// `instance` names the proxy in every JSON log line and on `/status.json`, so that logs of
+/// several proxies can be merged; left out, the machine's host name; a bad name is refused.
+#[test]
+fn the_instance_name_is_in_json_records_and_the_status() {
+    let admin = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = write_config(&format!(
+        "instance = \"proxy-a\"\nlisten = [\"127.0.0.1:0\"]\n[log]\nformat = \"json\"\n\
+         [admin]\nlisten = \"{admin}\"\n"
+    ));
+    let running = Running::start(&["--config", config.path().to_str().unwrap()]);
+    let addr = running.listening_addr();
+    let answer = blocking_exchange(
+        addr,
+        "GET / HTTP/1.1\r\nHost: portcullis\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let line = line_with(&running.stdout, &["\"method\":\"GET\""]);
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["instance"], "proxy-a", "{line}");
+    let status = blocking_exchange(
+        admin,
+        "GET /status.json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    );
+    let body = status.split_once("\r\n\r\n").unwrap().1;
+    let status: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(status["instance"], "proxy-a");
+    drop(running);
+
+    // Left out: the host name, as the kernel says it.
+    let config = write_config(
+        "listen = [\"127.0.0.1:0\"]\n[log]\nformat = \"json\"\n[admin]\nlisten = \"off\"\n",
+    );
+    let running = Running::start(&["--config", config.path().to_str().unwrap()]);
+    let addr = running.listening_addr();
+    blocking_exchange(
+        addr,
+        "GET / HTTP/1.1\r\nHost: portcullis\r\nConnection: close\r\n\r\n",
+    );
+    let line = line_with(&running.stdout, &["\"method\":\"GET\""]);
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(record["instance"], host.trim(), "{line}");
+
+    let bad = write_config("instance = \"proxy a\"\n");
+    let ran = portcullis(
+        &["check", "--config", bad.path().to_str().unwrap()],
+        Vec::new(),
+    );
+    let said = format!("{}{}", String::from_utf8_lossy(&ran.stdout), ran.stderr);
+    assert!(!ran.status.success(), "{said}");
+    assert!(said.contains("is not an instance name"), "{said}");
 }
