@@ -470,7 +470,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &binary,
         dir.path(),
         "unlogged",
-        origin,
+        &[origin],
         sink,
         Path::new("off"),
         dns_addr,
@@ -798,7 +798,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &binary,
         dir.path(),
         "fresh",
-        origin,
+        &[origin],
         sink,
         &access_log,
         dns_addr,
@@ -949,11 +949,12 @@ impl Proxy {
         dns: Option<SocketAddr>,
     ) -> anyhow::Result<(Proxy, PathBuf)> {
         let access_log = dir.join("access.log");
-        let proxy = Proxy::start(binary, dir, "logged", origin, sink, &access_log, dns, "")?;
+        let proxy = Proxy::start(binary, dir, "logged", &[origin], sink, &access_log, dns, "")?;
         Ok((proxy, access_log))
     }
 
-    /// Writes a configuration named `name` into `dir` and starts `binary` with it. `access` is
+    /// Writes a configuration named `name` into `dir` and starts `binary` with it; plain HTTP
+    /// may reach the ports of `origins`, CONNECT that of `sink`. `access` is
     /// the access log file, or `off`; `dns` the DNS server of its `[dns] servers`, if any.
     /// `extra` goes at the end of the configuration (F's `[shaping]` and `[[limits.rate]]`).
     #[allow(clippy::too_many_arguments)]
@@ -961,7 +962,7 @@ impl Proxy {
         binary: &Path,
         dir: &Path,
         name: &str,
-        origin: SocketAddr,
+        origins: &[SocketAddr],
         sink: SocketAddr,
         access: &Path,
         dns: Option<SocketAddr>,
@@ -971,7 +972,7 @@ impl Proxy {
         let mut config = format!(
             r#"listen = ["{addr}"]
 [ports]
-http = [{origin_port}]
+http = [{origin_ports}]
 connect = [{sink_port}]
 [destinations]
 allow_loopback = true
@@ -985,7 +986,11 @@ level = "warn"
 [admin]
 listen = "off"
 "#,
-            origin_port = origin.port(),
+            origin_ports = origins
+                .iter()
+                .map(|o| o.port().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             sink_port = sink.port(),
             access = access.display(),
         );
@@ -3187,7 +3192,7 @@ async fn fair_run(
     origin: SocketAddr,
     sink: SocketAddr,
     heavy: &[Heavy],
-    light: Option<Ipv4Addr>,
+    light: Option<(Ipv4Addr, &Apart)>,
     t: &FairTimes,
 ) -> anyhow::Result<FairOutcome> {
     let start = Instant::now();
@@ -3209,11 +3214,12 @@ async fn fair_run(
             }
         }
     }
-    let small = Target::new(origin, "/1k", 1024);
-    let light = light.map(|from| {
-        let req = small.request(Via::Proxy(proxy), false);
+    let light = light.map(|(from, apart)| {
         let (from_t, to_t) = (start + t.warm_up, start + t.warm_up + t.window);
-        tokio::spawn(light_client(from, proxy, req, from_t, to_t))
+        let req = Target::new(apart.origin, "/1k", 1024).request(Via::Proxy(proxy), false);
+        apart
+            .runtime
+            .spawn(light_client(from, proxy, req, from_t, to_t))
     });
     tokio::time::sleep_until((start + t.warm_up).into()).await;
     let before: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
@@ -3233,7 +3239,7 @@ async fn fair_run(
             out.errors += errors.unwrap_or(1);
         }
         if let Some(light) = light {
-            let (latencies, errors) = light.await.unwrap_or_default();
+            let (latencies, errors) = light.await.unwrap_or((Vec::new(), 1));
             out.light.requests = latencies.len() as u64;
             out.light.latencies = latencies;
             out.errors += errors;
@@ -3255,7 +3261,7 @@ async fn light_beside(
     origin: SocketAddr,
     sink: SocketAddr,
     heavy: Heavy,
-    light: Ipv4Addr,
+    light: (Ipv4Addr, &Apart),
     t: &FairTimes,
 ) -> anyhow::Result<(FairOutcome, FairOutcome)> {
     let idle = fair_run(proxy, origin, sink, &[], Some(light), t).await?;
@@ -3361,6 +3367,50 @@ where
     errors
 }
 
+/// A thread with a runtime of its own, for F's light client and an origin of its own, as
+/// another PC and another server are: the light client's latencies are then the proxy's and
+/// the machine's, not the queue of this process's runtime, busy with the saturating clients
+/// and their origin. The thread ends when this is dropped.
+struct Apart {
+    runtime: tokio::runtime::Handle,
+    origin: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Apart {
+    fn start() -> anyhow::Result<Apart> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("light".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::Error::from(e)));
+                        return;
+                    }
+                };
+                let origin = runtime.block_on(start_origin());
+                let _ = tx.send(origin.map(|origin| (runtime.handle().clone(), origin)));
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        let (runtime, origin) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("F: the light client's thread did not start")??;
+        Ok(Apart {
+            runtime,
+            origin,
+            _stop: stop,
+        })
+    }
+}
+
 /// The light client: from `start` to `end`, `req` (a GET /1k) every [`F_LIGHT_EVERY`] on one
 /// keep-alive connection from `from` (opened again after an error); the latencies in µs and
 /// the errors.
@@ -3424,8 +3474,10 @@ async fn fair_shapes(
         });
     };
     let log = dir.join("fair-access.log");
+    let apart = Apart::start()?;
+    let light_origin = apart.origin;
     let start = |name: &str, extra: &str, binary: &Path| {
-        Proxy::start(binary, dir, name, origin, sink, &log, None, extra)
+        Proxy::start(binary, dir, name, &[origin, light_origin], sink, &log, None, extra)
     };
     let (a, b) = (fair_client(0), fair_client(1));
     let light_from = fair_client(2);
@@ -3465,7 +3517,7 @@ async fn fair_shapes(
         None,
     );
     let (idle_shaped, loaded_shaped) =
-        light_beside(shaped.addr, origin, sink, http(a, F_CONNS), light_from, t).await?;
+        light_beside(shaped.addr, origin, sink, http(a, F_CONNS), (light_from, &apart), t).await?;
     drop(shaped);
 
     // Weights 2:1.
@@ -3544,7 +3596,7 @@ async fn fair_shapes(
     // The light client beside a saturating one, unshaped.
     let open = start("fair-open", "", binary)?;
     let (idle_open, loaded_open) =
-        light_beside(open.addr, origin, sink, http(a, F_CONNS), light_from, t).await?;
+        light_beside(open.addr, origin, sink, http(a, F_CONNS), (light_from, &apart), t).await?;
     drop(open);
     for (how, idle, loaded) in [
         ("unshaped", &idle_open, &loaded_open),
