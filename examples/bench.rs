@@ -3192,7 +3192,7 @@ async fn fair_run(
     origin: SocketAddr,
     sink: SocketAddr,
     heavy: &[Heavy],
-    light: Option<(Ipv4Addr, &Apart)>,
+    light: Option<Light<'_>>,
     t: &FairTimes,
 ) -> anyhow::Result<FairOutcome> {
     let start = Instant::now();
@@ -3214,12 +3214,17 @@ async fn fair_run(
             }
         }
     }
-    let light = light.map(|(from, apart)| {
+    let light = light.map(|light| {
         let (from_t, to_t) = (start + t.warm_up, start + t.warm_up + t.window);
-        let req = Target::new(apart.origin, "/1k", 1024).request(Via::Proxy(proxy), false);
+        let apart = light.apart;
+        let (via, to) = match light.direct {
+            false => (Via::Proxy(proxy), proxy),
+            true => (Via::Direct, apart.origin),
+        };
+        let req = Target::new(apart.origin, "/1k", 1024).request(via, false);
         apart
             .runtime
-            .spawn(light_client(from, proxy, req, from_t, to_t))
+            .spawn(light_client(light.from, to, req, from_t, to_t))
     });
     tokio::time::sleep_until((start + t.warm_up).into()).await;
     let before: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
@@ -3261,7 +3266,7 @@ async fn light_beside(
     origin: SocketAddr,
     sink: SocketAddr,
     heavy: Heavy,
-    light: (Ipv4Addr, &Apart),
+    light: Light<'_>,
     t: &FairTimes,
 ) -> anyhow::Result<(FairOutcome, FairOutcome)> {
     let idle = fair_run(proxy, origin, sink, &[], Some(light), t).await?;
@@ -3365,6 +3370,15 @@ where
         }
     }
     errors
+}
+
+/// F's light client: its address, its thread, and whether it goes through the proxy or
+/// straight to its origin (the reference for what the machine alone adds).
+#[derive(Clone, Copy)]
+struct Light<'a> {
+    from: Ipv4Addr,
+    apart: &'a Apart,
+    direct: bool,
 }
 
 /// A thread with a runtime of its own, for F's light client and an origin of its own, as
@@ -3477,10 +3491,24 @@ async fn fair_shapes(
     let apart = Apart::start()?;
     let light_origin = apart.origin;
     let start = |name: &str, extra: &str, binary: &Path| {
-        Proxy::start(binary, dir, name, &[origin, light_origin], sink, &log, None, extra)
+        Proxy::start(
+            binary,
+            dir,
+            name,
+            &[origin, light_origin],
+            sink,
+            &log,
+            None,
+            extra,
+        )
     };
     let (a, b) = (fair_client(0), fair_client(1));
     let light_from = fair_client(2);
+    let light = Light {
+        from: light_from,
+        apart: &apart,
+        direct: false,
+    };
     let http = |from, conns| Heavy {
         from,
         conns,
@@ -3517,7 +3545,7 @@ async fn fair_shapes(
         None,
     );
     let (idle_shaped, loaded_shaped) =
-        light_beside(shaped.addr, origin, sink, http(a, F_CONNS), (light_from, &apart), t).await?;
+        light_beside(shaped.addr, origin, sink, http(a, F_CONNS), light, t).await?;
     drop(shaped);
 
     // Weights 2:1.
@@ -3596,8 +3624,31 @@ async fn fair_shapes(
     // The light client beside a saturating one, unshaped.
     let open = start("fair-open", "", binary)?;
     let (idle_open, loaded_open) =
-        light_beside(open.addr, origin, sink, http(a, F_CONNS), (light_from, &apart), t).await?;
+        light_beside(open.addr, origin, sink, http(a, F_CONNS), light, t).await?;
     drop(open);
+    // The same light client straight to its origin beside the same load: what the machine
+    // (two cores shared by the proxy, the load generator and the origins) adds without a proxy.
+    let bare = start("fair-bare", "", binary)?;
+    let direct = Light {
+        direct: true,
+        ..light
+    };
+    let (idle_direct, loaded_direct) =
+        light_beside(bare.addr, origin, sink, http(a, F_CONNS), direct, t).await?;
+    drop(bare);
+    row(
+        format!(
+            "{light_from} GET /1k p95 straight to its origin beside {a} at {}, unshaped",
+            mb(loaded_direct.rates[0])
+        ),
+        format!(
+            "{:.2} ms (idle {:.2} ms)",
+            loaded_direct.light_p95_ms(),
+            idle_direct.light_p95_ms()
+        ),
+        "(the machine without the proxy)",
+        None,
+    );
     for (how, idle, loaded) in [
         ("unshaped", &idle_open, &loaded_open),
         ("shaped 400 Mbit/s", &idle_shaped, &loaded_shaped),
