@@ -124,11 +124,18 @@ pub(crate) fn flow_of(
 }
 
 impl Shaper {
-    /// A shaper for `settings`; `None` when nothing is shaped.
+    /// A shaper for `settings`; `None` when nothing is shaped. `before`, the shaper these
+    /// settings replace at a reload, passes on the link's last hour: the chart on `/status`
+    /// goes on where it was (shares and caps start afresh, as the settings say).
     pub(crate) fn new(
         settings: &ShapingSettings,
         stats: &Arc<crate::observe::stats::Stats>,
+        before: Option<&Shaper>,
     ) -> Option<Arc<Shaper>> {
+        let (history, made) = match before {
+            Some(before) => (lock(&before.history).clone(), before.made),
+            None => (std::collections::VecDeque::new(), Instant::now()),
+        };
         settings.is_on().then(|| {
             Arc::new(Shaper {
                 settings: settings.clone(),
@@ -136,8 +143,8 @@ impl Shaper {
                 clients: Mutex::new(HashMap::new()),
                 caps: Mutex::new(HashMap::new()),
                 recomputed: Mutex::new(Instant::now()),
-                history: Mutex::new(std::collections::VecDeque::new()),
-                made: Instant::now(),
+                history: Mutex::new(history),
+                made,
             })
         })
     }
@@ -550,6 +557,7 @@ mod tests {
         Shaper::new(
             &settings.shaping,
             &Arc::new(crate::observe::stats::Stats::new()),
+            None,
         )
         .unwrap()
     }
@@ -563,6 +571,27 @@ mod tests {
             host,
             port: 80,
         }
+    }
+
+    /// A reload builds a new shaper; the link's last hour goes on from the one it replaces.
+    #[test]
+    fn the_link_history_outlives_a_reload() {
+        let first = shaper("[shaping]\ndown = \"1MB/s\"\n");
+        lock(&first.history).push_back((0, HashMap::from([("10.0.0.7".to_owned(), 5_000)])));
+        let settings = crate::config::Config::from_toml("[shaping]\ndown = \"2MB/s\"\n", "t")
+            .unwrap()
+            .validate("t")
+            .unwrap();
+        let stats = Arc::new(crate::observe::stats::Stats::new());
+        let second = Shaper::new(&settings.shaping, &stats, Some(&first)).unwrap();
+        let history = second.history();
+        assert_eq!(history.len(), 1, "{history:?}");
+        assert_eq!(history[0].clients, vec![("10.0.0.7".to_owned(), 5_000)]);
+        // A shaper made afresh (at start) has none.
+        assert!(Shaper::new(&settings.shaping, &stats, None)
+            .unwrap()
+            .history()
+            .is_empty());
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl ProxyState {
         let client =
             crate::egress::dial::pooled_client().build(Dialer::new(live.clone(), outbound.clone()));
         let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
-        let shaper = crate::proxy::shaper::Shaper::new(&settings.shaping, &stats);
+        let shaper = crate::proxy::shaper::Shaper::new(&settings.shaping, &stats, None);
         Ok(ProxyState {
             live,
             recorder: Arc::new(recorder.with_sink(stats.clone())),
@@ -137,6 +137,7 @@ impl ProxyState {
         self.shaper.store(crate::proxy::shaper::Shaper::new(
             &settings.shaping,
             &self.stats,
+            self.shaper.load().as_deref(),
         ));
         self.live.store(Arc::new(settings));
         Ok(())
