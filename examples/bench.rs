@@ -178,6 +178,10 @@ struct Args {
     /// beside a saturating one, and (with `--baseline`) what shaping's code costs when off.
     #[arg(long)]
     fair_only: bool,
+    /// With `--fair-only`: only F's light client beside an unshaped saturating one, through
+    /// the proxy and straight to its origin (for working on the data path's latency).
+    #[arg(long, requires = "fair_only")]
+    light_only: bool,
     /// A Portcullis binary from before shaping, for F's A and C against it (F leaves that
     /// out without it).
     #[arg(long, value_name = "PATH")]
@@ -350,6 +354,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let baseline = args.baseline.as_deref();
         let rows = fair_shapes(
             &binary,
+            args.light_only,
             baseline,
             dir.path(),
             origin,
@@ -3469,6 +3474,7 @@ struct FairRow {
 #[allow(clippy::too_many_arguments)]
 async fn fair_shapes(
     binary: &Path,
+    light_only: bool,
     baseline: Option<&Path>,
     dir: &Path,
     origin: SocketAddr,
@@ -3517,6 +3523,9 @@ async fn fair_shapes(
     let within = |v: f64, want: f64, by: f64| (v - want).abs() <= by;
     let mb = |rate: f64| format!("{:.2} MB/s", rate / 1e6);
 
+    // The light client beside a saturating one on a shaped link, when measured.
+    let mut lights = Vec::new();
+    if !light_only {
     // Two saturating clients, equal weights; then the light client on the same link.
     let shaped = start("fair-link", &shaped_link(&[]), binary)?;
     let two = [http(a, F_CONNS), http(b, F_CONNS)];
@@ -3544,8 +3553,9 @@ async fn fair_shapes(
         "(for reading the above)",
         None,
     );
-    let (idle_shaped, loaded_shaped) =
+    let (idle, loaded) =
         light_beside(shaped.addr, origin, sink, http(a, F_CONNS), light, t).await?;
+    lights.push(("shaped 400 Mbit/s", idle, loaded));
     drop(shaped);
 
     // Weights 2:1.
@@ -3620,6 +3630,7 @@ async fn fair_shapes(
         );
     }
     drop(capped);
+    }
 
     // The light client beside a saturating one, unshaped.
     let open = start("fair-open", "", binary)?;
@@ -3649,10 +3660,8 @@ async fn fair_shapes(
         "(the machine without the proxy)",
         None,
     );
-    for (how, idle, loaded) in [
-        ("unshaped", &idle_open, &loaded_open),
-        ("shaped 400 Mbit/s", &idle_shaped, &loaded_shaped),
-    ] {
+    lights.insert(0, ("unshaped", idle_open, loaded_open));
+    for (how, idle, loaded) in &lights {
         let (p_idle, p_loaded) = (idle.light_p95_ms(), loaded.light_p95_ms());
         eprintln!(
             "F light   {how}: p95 idle {p_idle:.2} ms ({} requests), beside {} {p_loaded:.2} ms ({} requests, {} errors)",
@@ -3676,6 +3685,10 @@ async fn fair_shapes(
             "≤ 3× idle and ≤ 10 ms",
             Some(p_loaded <= 3.0 * p_idle && p_loaded <= 10.0),
         );
+    }
+
+    if light_only {
+        return Ok(rows);
     }
 
     // Shaping off: A and C, this binary without [shaping] against the one from before it.
