@@ -3526,110 +3526,110 @@ async fn fair_shapes(
     // The light client beside a saturating one on a shaped link, when measured.
     let mut lights = Vec::new();
     if !light_only {
-    // Two saturating clients, equal weights; then the light client on the same link.
-    let shaped = start("fair-link", &shaped_link(&[]), binary)?;
-    let two = [http(a, F_CONNS), http(b, F_CONNS)];
-    let even = fair_run(shaped.addr, origin, sink, &two, None, t).await?;
-    let total: f64 = even.rates.iter().sum();
-    eprintln!(
-        "F 1:1     {} + {} = {} ({} errors)",
-        mb(even.rates[0]),
-        mb(even.rates[1]),
-        mb(total),
-        even.errors
-    );
-    for (i, client) in [a, b].iter().enumerate() {
-        let pct = even.share_pct(i);
-        row(
-            format!("1:1, {client}'s share of the bytes ({})", mb(even.rates[i])),
-            format!("{pct:.1}%"),
-            "50% ± 10%",
-            Some(within(pct, 50.0, 10.0)),
-        );
-    }
-    row(
-        "1:1, both together, share of the 400 Mbit/s link".into(),
-        format!("{:.1}% ({})", 100.0 * total / F_LINK, mb(total)),
-        "(for reading the above)",
-        None,
-    );
-    let (idle, loaded) =
-        light_beside(shaped.addr, origin, sink, http(a, F_CONNS), light, t).await?;
-    lights.push(("shaped 400 Mbit/s", idle, loaded));
-    drop(shaped);
-
-    // Weights 2:1.
-    let weighted = start("fair-weights", &shaped_link(&[(a, 2), (b, 1)]), binary)?;
-    let uneven = fair_run(weighted.addr, origin, sink, &two, None, t).await?;
-    drop(weighted);
-    eprintln!(
-        "F 2:1     {} + {} ({} errors)",
-        mb(uneven.rates[0]),
-        mb(uneven.rates[1]),
-        uneven.errors
-    );
-    for (i, (client, want)) in [(a, 200.0 / 3.0), (b, 100.0 / 3.0)].iter().enumerate() {
-        let pct = uneven.share_pct(i);
-        row(
-            format!(
-                "2:1, {client} (weight {}) share of the bytes ({})",
-                2 - i,
-                mb(uneven.rates[i])
-            ),
-            format!("{pct:.1}%"),
-            if i == 0 { "67% ± 10%" } else { "33% ± 10%" },
-            Some(within(pct, *want, 10.0)),
-        );
-    }
-
-    // A cap of 5 Mbit/s on one client's eight connections, beside an uncapped client.
-    let cap = format!(
-        "{}[[limits.rate]]\nname = \"capped\"\nclients = [\"{a}\"]\ndown = \"{}Mbit/s\"\n",
-        shaped_link(&[]),
-        F_CAP * 8.0 / 1e6
-    );
-    let capped = start("fair-cap", &cap, binary)?;
-    for bulk in [Bulk::Http, Bulk::Tunnel] {
-        let clients = [
-            Heavy {
-                from: a,
-                conns: F_CAPPED_CONNS,
-                bulk,
-            },
-            Heavy {
-                from: b,
-                conns: F_CONNS,
-                bulk,
-            },
-        ];
-        let run = fair_run(capped.addr, origin, sink, &clients, None, t).await?;
-        let how = if bulk == Bulk::Http {
-            "GET /1m"
-        } else {
-            "CONNECT"
-        };
+        // Two saturating clients, equal weights; then the light client on the same link.
+        let shaped = start("fair-link", &shaped_link(&[]), binary)?;
+        let two = [http(a, F_CONNS), http(b, F_CONNS)];
+        let even = fair_run(shaped.addr, origin, sink, &two, None, t).await?;
+        let total: f64 = even.rates.iter().sum();
         eprintln!(
-            "F cap {how:<8} capped {} (of {}), uncapped {} ({} errors)",
-            mb(run.rates[0]),
-            mb(F_CAP),
-            mb(run.rates[1]),
-            run.errors
+            "F 1:1     {} + {} = {} ({} errors)",
+            mb(even.rates[0]),
+            mb(even.rates[1]),
+            mb(total),
+            even.errors
         );
-        let off = 100.0 * (run.rates[0] / F_CAP - 1.0);
+        for (i, client) in [a, b].iter().enumerate() {
+            let pct = even.share_pct(i);
+            row(
+                format!("1:1, {client}'s share of the bytes ({})", mb(even.rates[i])),
+                format!("{pct:.1}%"),
+                "50% ± 10%",
+                Some(within(pct, 50.0, 10.0)),
+            );
+        }
         row(
-            format!("cap 5 Mbit/s, {a} over {F_CAPPED_CONNS} conns, {how}"),
-            format!("{} ({off:+.1}%)", mb(run.rates[0])),
-            "0.625 MB/s ± 5%",
-            Some(off.abs() <= 5.0),
-        );
-        row(
-            format!("  beside it, {b} uncapped, {F_CONNS} conns, {how}"),
-            mb(run.rates[1]),
-            "(the rest of the link)",
+            "1:1, both together, share of the 400 Mbit/s link".into(),
+            format!("{:.1}% ({})", 100.0 * total / F_LINK, mb(total)),
+            "(for reading the above)",
             None,
         );
-    }
-    drop(capped);
+        let (idle, loaded) =
+            light_beside(shaped.addr, origin, sink, http(a, F_CONNS), light, t).await?;
+        lights.push(("shaped 400 Mbit/s", idle, loaded));
+        drop(shaped);
+
+        // Weights 2:1.
+        let weighted = start("fair-weights", &shaped_link(&[(a, 2), (b, 1)]), binary)?;
+        let uneven = fair_run(weighted.addr, origin, sink, &two, None, t).await?;
+        drop(weighted);
+        eprintln!(
+            "F 2:1     {} + {} ({} errors)",
+            mb(uneven.rates[0]),
+            mb(uneven.rates[1]),
+            uneven.errors
+        );
+        for (i, (client, want)) in [(a, 200.0 / 3.0), (b, 100.0 / 3.0)].iter().enumerate() {
+            let pct = uneven.share_pct(i);
+            row(
+                format!(
+                    "2:1, {client} (weight {}) share of the bytes ({})",
+                    2 - i,
+                    mb(uneven.rates[i])
+                ),
+                format!("{pct:.1}%"),
+                if i == 0 { "67% ± 10%" } else { "33% ± 10%" },
+                Some(within(pct, *want, 10.0)),
+            );
+        }
+
+        // A cap of 5 Mbit/s on one client's eight connections, beside an uncapped client.
+        let cap = format!(
+            "{}[[limits.rate]]\nname = \"capped\"\nclients = [\"{a}\"]\ndown = \"{}Mbit/s\"\n",
+            shaped_link(&[]),
+            F_CAP * 8.0 / 1e6
+        );
+        let capped = start("fair-cap", &cap, binary)?;
+        for bulk in [Bulk::Http, Bulk::Tunnel] {
+            let clients = [
+                Heavy {
+                    from: a,
+                    conns: F_CAPPED_CONNS,
+                    bulk,
+                },
+                Heavy {
+                    from: b,
+                    conns: F_CONNS,
+                    bulk,
+                },
+            ];
+            let run = fair_run(capped.addr, origin, sink, &clients, None, t).await?;
+            let how = if bulk == Bulk::Http {
+                "GET /1m"
+            } else {
+                "CONNECT"
+            };
+            eprintln!(
+                "F cap {how:<8} capped {} (of {}), uncapped {} ({} errors)",
+                mb(run.rates[0]),
+                mb(F_CAP),
+                mb(run.rates[1]),
+                run.errors
+            );
+            let off = 100.0 * (run.rates[0] / F_CAP - 1.0);
+            row(
+                format!("cap 5 Mbit/s, {a} over {F_CAPPED_CONNS} conns, {how}"),
+                format!("{} ({off:+.1}%)", mb(run.rates[0])),
+                "0.625 MB/s ± 5%",
+                Some(off.abs() <= 5.0),
+            );
+            row(
+                format!("  beside it, {b} uncapped, {F_CONNS} conns, {how}"),
+                mb(run.rates[1]),
+                "(the rest of the link)",
+                None,
+            );
+        }
+        drop(capped);
     }
 
     // The light client beside a saturating one, unshaped.

@@ -251,6 +251,7 @@ pub async fn serve(
         .unwrap_or_default();
     let reload_handle = reloadable.as_ref().map(|r| r.handle.clone());
     let shared = Arc::new(ProxyState::new(settings, recorder).map_err(io::Error::other)?);
+    crate::proxy::lists::start(&shared);
     let stop_accepting = CancellationToken::new();
     let tracker = shared.tracker.clone();
 

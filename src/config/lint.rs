@@ -15,6 +15,17 @@ use crate::core::policy::{Action, Rule, SOCKS_METHODS};
 pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
     let mut out = Vec::new();
     let policy = &settings.policy;
+    // Block lists with lines that gave no entry, or downloaded lists with no copy yet.
+    for list in &settings.lists {
+        if let Some(why) = &list.missing {
+            out.push(format!("rule \"{}\": {}: {why}", list.rule, list.what));
+        } else if let Some(first) = list.first_skipped.first() {
+            out.push(format!(
+                "rule \"{}\": {}: {} line(s) skipped, the first at {first}",
+                list.rule, list.what, list.skipped
+            ));
+        }
+    }
 
     let exposed: Vec<String> = config
         .listen
@@ -210,6 +221,7 @@ fn is_unconditional(rule: &Rule) -> bool {
     rule.clients.is_none()
         && rule.users.is_none()
         && rule.hosts.is_none()
+        && rule.list.is_none()
         && rule.ports.is_none()
         && rule.methods.is_none()
 }
@@ -245,11 +257,12 @@ fn subset(earlier: &Option<Vec<String>>, later: &Option<Vec<String>>) -> bool {
 }
 
 fn hosts_cover(earlier: &RuleConfig, later: &RuleConfig) -> bool {
-    if earlier.hosts.is_none() && earlier.hosts_file.is_none() {
+    if earlier.hosts.is_none() && earlier.hosts_file.is_none() && earlier.hosts_url.is_none() {
         return true;
     }
-    // A file's contents are not compared: only patterns written in the configuration.
-    if earlier.hosts_file.is_some() || later.hosts_file.is_some() {
+    // A list's contents are not compared: only patterns written in the configuration.
+    let listed = |r: &RuleConfig| r.hosts_file.is_some() || r.hosts_url.is_some();
+    if listed(earlier) || listed(later) {
         return false;
     }
     let parse = |r: &RuleConfig| -> Vec<HostPattern> {

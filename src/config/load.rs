@@ -103,7 +103,7 @@ pub fn load_text(
     }
     let mut config = Config::from_toml(&text, origin)?;
     override_listen(&mut config, listen);
-    let settings = match config.validate(origin) {
+    let mut settings = match config.validate(origin) {
         Ok(settings) => settings,
         Err(ConfigError::Invalid {
             origin,
@@ -114,6 +114,9 @@ pub fn load_text(
         }
         Err(other) => return Err(other),
     };
+    // The last good copy of each downloaded list: the proxy starts with it, `check` and
+    // `explain` see it; nothing is fetched here.
+    super::lists::read_disk_copies(&mut settings);
     Ok(Loaded {
         config,
         settings,

@@ -7,6 +7,7 @@
 //! Nothing here opens a socket; binding the listeners is `runtime`'s job.
 
 pub(crate) mod lint;
+pub mod lists;
 pub mod load;
 pub(crate) mod locate;
 pub mod problem;

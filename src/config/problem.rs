@@ -209,6 +209,8 @@ pub enum ProblemKind {
     UsersWithoutAuth,
     /// A rule's `hosts_file` does not parse (the parser's words, with its line).
     BadHostsFile(String),
+    /// A rule's `hosts_url` or `refresh` is wrong (the words say how).
+    BadHostsUrl(String),
     /// A rule's method that is not a method name.
     BadMethod(String),
     /// `upstream.bind` lists two addresses of one family.
@@ -268,6 +270,7 @@ impl fmt::Display for ProblemKind {
             ),
             ProblemKind::BadHostPattern(e)
             | ProblemKind::BadHostsFile(e)
+            | ProblemKind::BadHostsUrl(e)
             | ProblemKind::BadRate(e) => f.write_str(e),
             ProblemKind::NotHostPort(text) => write!(f, "\"{text}\" is not host:port"),
             ProblemKind::NotHostName(text) => {

@@ -142,6 +142,8 @@ impl RateCapConfig {
             users: self.users.clone(),
             hosts: self.hosts.clone(),
             hosts_file: None,
+            hosts_url: None,
+            refresh: None,
             ports: self.ports.clone(),
             methods: self.methods.clone(),
             action: RuleAction::Allow,
@@ -512,6 +514,17 @@ pub struct RuleConfig {
     /// A file of host patterns, one a line; relative to the configuration file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts_file: Option<PathBuf>,
+    /// A block list downloaded from an `http://` or `https://` URL, refreshed in the
+    /// background; its last good copy is kept in `[state] dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_url: Option<String>,
+    /// How often `hosts_url` is fetched again (default 1 day, at least 1 second).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub refresh: Option<std::time::Duration>,
     /// Destination ports, as in `[ports]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<PortSpec>>,

@@ -19,6 +19,9 @@ pub type Timeouts = TimeoutsConfig;
 pub struct Settings {
     /// This proxy's name in records, status and metrics (`instance`, else the host name).
     pub instance: String,
+    /// What was read of each block list (`hosts_file`, and the disk copy of each
+    /// `hosts_url`), for `portcullis check` and the start-up warnings.
+    pub lists: Vec<super::lists::ListReport>,
     /// The folder for what outlives the process (`[state] dir`); made when first used.
     pub state_dir: std::path::PathBuf,
     /// Threads that serve connections (read at start only).

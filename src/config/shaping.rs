@@ -61,7 +61,15 @@ impl Config {
             };
             let before = problems.len();
             let as_rule = c.as_rule();
-            let matcher = compile_rule(&as_rule, &path, &mut names, base, has_auth, problems);
+            let matcher = compile_rule(
+                &as_rule,
+                &path,
+                &mut names,
+                base,
+                has_auth,
+                problems,
+                &mut Vec::new(),
+            );
             let mut rate = |field: &str, text: &Option<String>, size: bool| {
                 let read = parse_amount(text.as_ref()?, size);
                 read.map_err(|e| {

@@ -281,7 +281,9 @@ impl Config {
         let bind = self.bind_addresses(&mut problems);
         let dns = self.dns_settings(&mut problems);
         let auth = self.auth_settings(base, &mut problems);
-        let rules = self.compile_rules(base, self.auth.htpasswd.is_some(), &mut problems);
+        let mut lists = Vec::new();
+        let has_auth = self.auth.htpasswd.is_some();
+        let rules = self.compile_rules(base, has_auth, &mut problems, &mut lists);
         let shaping = self.shaping_settings(base, self.auth.htpasswd.is_some(), &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -308,6 +310,7 @@ impl Config {
             .map(Arc::new);
         Ok(Settings {
             instance,
+            lists,
             state_dir: base.join(self.state.dir.as_deref().unwrap_or(Path::new("state"))),
             workers,
             policy,
@@ -497,12 +500,19 @@ impl Config {
         }
     }
 
-    fn compile_rules(&self, base: &Path, has_auth: bool, problems: &mut Vec<Problem>) -> Vec<Rule> {
+    fn compile_rules(
+        &self,
+        base: &Path,
+        has_auth: bool,
+        problems: &mut Vec<Problem>,
+        reports: &mut Vec<super::lists::ListReport>,
+    ) -> Vec<Rule> {
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(self.rules.len());
         for (index, r) in self.rules.iter().enumerate() {
             let key = |field: &str| KeyPath::rule(index, field);
-            if let Some(rule) = compile_rule(r, &key, &mut names, base, has_auth, problems) {
+            if let Some(rule) = compile_rule(r, &key, &mut names, base, has_auth, problems, reports)
+            {
                 rules.push(rule);
             }
         }
@@ -519,6 +529,7 @@ pub(super) fn compile_rule(
     base: &Path,
     has_auth: bool,
     problems: &mut Vec<Problem>,
+    reports: &mut Vec<super::lists::ListReport>,
 ) -> Option<Rule> {
     {
         {
@@ -544,38 +555,7 @@ pub(super) fn compile_rule(
                     problems.push(at("users", ProblemKind::UsersWithoutAuth));
                 }
             });
-            let hosts = if r.hosts.is_some() || r.hosts_file.is_some() {
-                let mut set = HostSet::new();
-                for text in r.hosts.iter().flatten() {
-                    match HostPattern::parse(text) {
-                        Ok(p) => set.insert(p),
-                        Err(e) => problems
-                            .push(at("hosts", ProblemKind::BadHostPattern(e)).entry(text.as_str())),
-                    }
-                }
-                if r.hosts.as_ref().is_some_and(|h| h.is_empty()) && r.hosts_file.is_none() {
-                    problems.push(at("hosts", ProblemKind::EmptyCondition));
-                }
-                if let Some(file) = &r.hosts_file {
-                    let path = base.join(file);
-                    match std::fs::read_to_string(&path) {
-                        Ok(text) => match HostSet::parse_file(&text, &path.display().to_string()) {
-                            Ok(loaded) => set.extend(loaded),
-                            Err(e) => problems.push(at("hosts_file", ProblemKind::BadHostsFile(e))),
-                        },
-                        Err(e) => problems.push(at(
-                            "hosts_file",
-                            ProblemKind::UnreadableFile {
-                                path,
-                                error: e.to_string(),
-                            },
-                        )),
-                    }
-                }
-                Some(Arc::new(set))
-            } else {
-                None
-            };
+            let (hosts, list) = super::lists::rule_hosts(r, base, &at, problems, reports);
             let ports = r
                 .ports
                 .as_ref()
@@ -609,6 +589,7 @@ pub(super) fn compile_rule(
                 clients,
                 users,
                 hosts,
+                list,
                 ports,
                 methods,
                 action: match r.action {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::control::reload::Reload;
-use crate::observe::metrics::render_metrics;
+use crate::observe::metrics::{render_lists, render_metrics};
 use crate::observe::stats::{Stats, Usage};
 use crate::proxy::state::ProxyState;
 use crate::web::html::own_answer;
@@ -128,17 +128,27 @@ async fn answer(
     let names = |ip: IpAddr| settings.client_name(ip).map(str::to_owned);
     match req.uri().path() {
         "/metrics" => with_type(
-            render_metrics(
-                &shared.stats,
-                &names,
-                &shared.admission.counts(&settings.limits),
-                &shared
-                    .shaper
-                    .load()
-                    .as_ref()
-                    .map(|shaper| shaper.clients())
-                    .unwrap_or_default(),
-            ),
+            {
+                let mut text = render_metrics(
+                    &shared.stats,
+                    &names,
+                    &shared.admission.counts(&settings.limits),
+                    &shared
+                        .shaper
+                        .load()
+                        .as_ref()
+                        .map(|shaper| shaper.clients())
+                        .unwrap_or_default(),
+                );
+                let lists: Vec<_> = settings
+                    .policy
+                    .rules
+                    .iter()
+                    .filter_map(|r| r.list.as_ref().map(|l| (&*r.name, l.status())))
+                    .collect();
+                render_lists(&mut text, &lists);
+                text
+            },
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/status.json" => with_type(

@@ -155,6 +155,7 @@ async fn reload(
 
     let summary = changes(config, &new);
     shared.swap(settings).map_err(|e| e.to_string())?;
+    crate::proxy::lists::start(shared);
     for (addr, listener) in bound {
         let stop = stop_accepting.child_token();
         let running = Running {

@@ -146,6 +146,17 @@ impl HostSet {
         }
     }
 
+    /// Makes room for `n` more names of the kind the set holds already (a list is most often
+    /// all names, or all `.domains`): a long list then loads without growing its table again
+    /// and again.
+    pub fn reserve_more(&mut self, n: usize) {
+        if !self.exact.is_empty() {
+            self.exact.reserve(n);
+        } else if !self.domains.is_empty() {
+            self.domains.reserve(n);
+        }
+    }
+
     /// Adds every pattern of `other`.
     pub fn extend(&mut self, other: HostSet) {
         self.count += other.count;
@@ -243,21 +254,6 @@ impl HostSet {
                 }
             }
         }
-    }
-
-    /// Parses a `hosts_file`: one pattern a line, `#` starts a comment. Errors name the line.
-    pub fn parse_file(text: &str, origin: &str) -> Result<HostSet, String> {
-        let mut set = HostSet::new();
-        for (number, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let pattern =
-                HostPattern::parse(line).map_err(|e| format!("{origin}:{}: {e}", number + 1))?;
-            set.insert(pattern);
-        }
-        Ok(set)
     }
 }
 
@@ -358,25 +354,12 @@ mod tests {
     }
 
     #[test]
-    fn files_skip_comments_and_name_bad_lines() {
-        let s = HostSet::parse_file(
-            "# block list\n\nads.example.com  # trailing comment\n.tracker.example\n10.0.0.0/8\n",
-            "f",
-        )
-        .unwrap();
-        assert_eq!(s.len(), 3);
-        assert!(s.matches_name("a.tracker.example"));
-        let err = HostSet::parse_file("ok.example\nnot valid\n", "block.txt").unwrap_err();
-        assert!(err.starts_with("block.txt:2: "), "{err}");
-    }
-
-    #[test]
     fn a_large_set_answers_every_query() {
         let mut text = String::new();
         for i in 0..100_000 {
             text.push_str(&format!("host{i}.example.com\n.domain{i}.example.org\n"));
         }
-        let s = HostSet::parse_file(&text, "big").unwrap();
+        let s = crate::core::blocklist::parse_list(&text).set;
         assert_eq!(s.len(), 200_000);
         assert!(s.matches_name("host99999.example.com"));
         assert!(s.matches_name("deep.sub.domain5.example.org"));

@@ -3,6 +3,7 @@
 //! core types only (the tests at the end of `src/lib.rs` hold it so).
 
 pub mod auth;
+pub mod blocklist;
 pub(crate) mod error;
 pub(crate) mod headers;
 pub mod hosts;

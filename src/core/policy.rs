@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use crate::core::blocklist::HostList;
 use crate::core::hosts::{HostMatch, HostSet};
 use crate::core::ports::{describe, PortSet};
 use crate::core::target::Host;
@@ -232,6 +233,8 @@ pub struct Rule {
     pub users: Option<Vec<String>>,
     /// Destination host patterns (`hosts` and `hosts_file` together).
     pub hosts: Option<Arc<HostSet>>,
+    /// The downloaded list (`hosts_url`): a host condition together with `hosts`.
+    pub list: Option<Arc<HostList>>,
     /// Destination ports.
     pub ports: Option<PortSet>,
     /// Request methods (`CONNECT`, `GET` …), upper case.
@@ -324,12 +327,10 @@ impl Policy {
             if !rule.matches_request(facts) {
                 continue;
             }
-            if let Some(hosts) = &rule.hosts {
-                match hosts.matches(facts.host, addr) {
-                    HostMatch::Yes => {}
-                    HostMatch::No => continue,
-                    HostMatch::NeedAddress => return Decision::NeedAddress,
-                }
+            match rule.host_match(facts.host, addr) {
+                None | Some(HostMatch::Yes) => {}
+                Some(HostMatch::No) => continue,
+                Some(HostMatch::NeedAddress) => return Decision::NeedAddress,
             }
             let decider = Decider::Rule(rule.name.clone());
             return match rule.action {
@@ -512,9 +513,13 @@ impl Rule {
     pub fn matches(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> bool {
         self.matches_request(facts)
             && self
-                .hosts
-                .as_ref()
-                .is_none_or(|hosts| matches!(hosts.matches(facts.host, addr), HostMatch::Yes))
+                .host_match(facts.host, addr)
+                .is_none_or(|m| m == HostMatch::Yes)
+    }
+
+    /// The host condition (`hosts`, `hosts_file`, `hosts_url`); `None` when there is none.
+    pub fn host_match(&self, host: &Host, addr: Option<IpAddr>) -> Option<HostMatch> {
+        crate::core::blocklist::rule_hosts(self.hosts.as_deref(), self.list.as_deref(), host, addr)
     }
 
     /// Whether every condition but the hosts holds.
@@ -871,6 +876,7 @@ mod tests {
             clients: None,
             users: None,
             hosts: None,
+            list: None,
             ports: None,
             methods: None,
             action,

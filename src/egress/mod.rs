@@ -2,5 +2,6 @@
 //! connect (to origins in [`dial`], to parent proxies in `parent`).
 
 pub mod dial;
+pub mod fetch;
 pub(crate) mod parent;
 pub mod resolve;

@@ -219,7 +219,7 @@ async fn dial_parent(parent: &Parent, outbound: &Outbound) -> Result<TcpStream, 
 
 /// CONNECT through `parent`: dial it, ask for `target`, and read its answer head exactly,
 /// leaving whatever follows for the tunnel.
-async fn connect_through(
+pub(crate) async fn connect_through(
     parent: &Parent,
     target: &Target,
     outbound: &Outbound,

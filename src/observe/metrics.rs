@@ -346,6 +346,51 @@ fn usage_families(out: &mut String, what: &str, label: &str, rows: &[(String, Us
     }
 }
 
+/// The downloaded block lists (`hosts_url`), each by its rule's name: entries in force,
+/// failed fetches, and when the copy in force was fetched.
+pub fn render_lists(out: &mut String, lists: &[(&str, crate::core::blocklist::ListStatus)]) {
+    if lists.is_empty() {
+        return;
+    }
+    let label = |rule: &str| format!("list=\"{}\"", escape(rule));
+    family(
+        out,
+        "portcullis_list_entries",
+        "gauge",
+        "Entries of each downloaded block list in force (hosts_url), by rule.",
+    );
+    for (rule, status) in lists {
+        sample(
+            out,
+            "portcullis_list_entries",
+            &label(rule),
+            status.entries as u64,
+        );
+    }
+    family(out, "portcullis_list_fetch_failures_total", "counter", "Fetches of a downloaded block list that failed or brought something that is not a list (the list in force stays).");
+    for (rule, status) in lists {
+        sample(
+            out,
+            "portcullis_list_fetch_failures_total",
+            &label(rule),
+            status.failures,
+        );
+    }
+    family(out, "portcullis_list_last_success_seconds", "gauge", "When the list in force was fetched (or its copy on disk written), in seconds since the Unix epoch; 0 when there is none yet.");
+    for (rule, status) in lists {
+        let at = status
+            .last_success
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        sample(
+            out,
+            "portcullis_list_last_success_seconds",
+            &label(rule),
+            at,
+        );
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
 }

@@ -81,6 +81,15 @@ fn outcome(loaded: Result<Loaded, ConfigError>, strict: bool) -> Outcome {
             let mut stdout = format!("{origin}: valid configuration\n\n");
             stdout.push_str(&summary(&config, &settings));
             stdout.push('\n');
+            // Each block list: entries loaded, lines skipped and the first of them (a
+            // downloaded list as its copy on disk: check fetches nothing).
+            if !settings.lists.is_empty() {
+                stdout.push_str("block lists:\n");
+                for line in settings.lists.iter().flat_map(|l| l.lines()) {
+                    let _ = writeln!(stdout, "  {line}");
+                }
+                stdout.push('\n');
+            }
             if warnings.is_empty() {
                 stdout.push_str("warnings: none\n");
             }
@@ -467,6 +476,14 @@ fn describe_rule(rule: &Rule, written: &RuleConfig) -> String {
             }
         };
         conditions.push(text);
+    }
+    if let Some(list) = &rule.list {
+        conditions.push(format!(
+            "hosts from {} ({} in force, fetched every {})",
+            list.url,
+            list.set().len(),
+            humantime::format_duration(list.refresh)
+        ));
     }
     if let Some(ports_set) = &rule.ports {
         conditions.push(format!("ports {}", ports(ports_set)));

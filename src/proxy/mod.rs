@@ -11,6 +11,7 @@ pub mod conn;
 pub mod exchange;
 pub mod forward;
 pub mod listener;
+pub mod lists;
 pub mod pages;
 pub mod respond;
 pub mod service;

@@ -139,6 +139,7 @@ impl ProxyState {
             &self.stats,
             self.shaper.load().as_deref(),
         ));
+        crate::proxy::lists::carry_over(&self.live.load(), &settings);
         self.live.store(Arc::new(settings));
         Ok(())
     }

@@ -24,6 +24,7 @@ mod ipv6;
 #[cfg(target_os = "linux")]
 mod lan;
 mod lifecycle;
+mod lists;
 mod observe;
 mod ops;
 mod own_page;
