@@ -143,6 +143,7 @@ impl Request {
             kind: self.kind,
             host: &self.host,
             port: self.port,
+            at: jiff::Timestamp::UNIX_EPOCH,
         }
     }
 }

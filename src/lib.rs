@@ -148,6 +148,8 @@ mod tests {
             "std::net::UdpSocket",
             "SystemTime::now",
             "Instant::now",
+            "Timestamp::now",
+            "try_system",
             "std::thread",
         ];
         let mut found = Vec::new();

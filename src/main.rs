@@ -17,6 +17,7 @@ fn main() -> ExitCode {
             client,
             user,
             resolve,
+            at,
             method,
             target,
         }) => {
@@ -27,8 +28,10 @@ fn main() -> ExitCode {
                     user: user.as_deref(),
                     method,
                     target,
+                    at: jiff::Timestamp::now(),
                 },
                 *resolve,
+                at.as_deref(),
             )
         }
         Some(Command::Completions { shell }) => return completions(*shell),
@@ -109,6 +112,7 @@ fn explain(
     config: Option<&std::path::Path>,
     question: &portcullis::ops::explain::Question<'_>,
     resolve: bool,
+    at: Option<&str>,
 ) -> ExitCode {
     const USAGE: u8 = 2;
     let source = portcullis::config::Source {
@@ -126,6 +130,17 @@ fn explain(
             return ExitCode::from(USAGE);
         }
     };
+    let mut question = *question;
+    if let Some(at) = at {
+        match portcullis::core::clock::parse_moment(at, &settings.policy.clock) {
+            Ok(at) => question.at = at,
+            Err(e) => {
+                eprintln!("portcullis explain: --at: {e}");
+                return ExitCode::from(USAGE);
+            }
+        }
+    }
+    let question = &question;
     // The resolver `[dns]` sets up, as the proxy's dialler asks it; only with --resolve.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -211,6 +211,10 @@ pub enum ProblemKind {
     BadHostsFile(String),
     /// A rule's `hosts_url` or `refresh` is wrong (the words say how).
     BadHostsUrl(String),
+    /// A rule's `times` window that does not read (the words say how).
+    BadTimes(String),
+    /// `clock.timezone` names no zone of the time zone database.
+    BadTimezone(String),
     /// A rule's method that is not a method name.
     BadMethod(String),
     /// `upstream.bind` lists two addresses of one family.
@@ -271,6 +275,8 @@ impl fmt::Display for ProblemKind {
             ProblemKind::BadHostPattern(e)
             | ProblemKind::BadHostsFile(e)
             | ProblemKind::BadHostsUrl(e)
+            | ProblemKind::BadTimes(e)
+            | ProblemKind::BadTimezone(e)
             | ProblemKind::BadRate(e) => f.write_str(e),
             ProblemKind::NotHostPort(text) => write!(f, "\"{text}\" is not host:port"),
             ProblemKind::NotHostName(text) => {

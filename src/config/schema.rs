@@ -59,6 +59,17 @@ pub struct Config {
     pub shaping: ShapingConfig,
     /// Where the proxy keeps what must outlive it.
     pub state: StateConfig,
+    /// The time zone schedules and budget periods are read in.
+    pub clock: ClockConfig,
+}
+
+/// `[clock]`: local time, for `times` of rules and the periods of budgets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockConfig {
+    /// A zone of the time zone database (`"Europe/Amsterdam"`); unset, the machine's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// `[state]`: what the proxy keeps across restarts (usage of byte budgets, the last good copy
@@ -144,6 +155,8 @@ impl RateCapConfig {
             hosts_file: None,
             hosts_url: None,
             refresh: None,
+            times: None,
+            times_cut: false,
             ports: self.ports.clone(),
             methods: self.methods.clone(),
             action: RuleAction::Allow,
@@ -531,6 +544,13 @@ pub struct RuleConfig {
     /// Request methods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
+    /// When the rule applies: windows of the week in local time (`"mon-fri 08:00-15:30"`,
+    /// `"sat,sun 10:00-12:00"`); left out, always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<Vec<String>>,
+    /// Cut tunnels when this rule's window turns them into refusals (default: they run on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub times_cut: bool,
     /// `allow` or `deny`.
     pub action: RuleAction,
 }
@@ -636,6 +656,7 @@ impl Default for Config {
             socks: SocksConfig::default(),
             shaping: ShapingConfig::default(),
             state: StateConfig::default(),
+            clock: ClockConfig::default(),
         }
     }
 }

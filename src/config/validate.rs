@@ -6,9 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::core::clock::Clock;
 use crate::core::hosts::{HostPattern, HostSet};
 use crate::core::policy::{Action, Policy, Rule};
 use crate::core::ports::{PortSet, PortSpec, PortSpecError};
+use crate::core::schedule::Schedule;
 
 use super::problem::{KeyPath, ParentError, Problem, ProblemKind};
 use super::schema::{Config, RuleAction, RuleConfig};
@@ -277,6 +279,16 @@ impl Config {
             }
             None => host_name(),
         };
+        let clock = match &self.clock.timezone {
+            Some(name) => Clock::named(name).unwrap_or_else(|e| {
+                problems.push(problem(
+                    KeyPath::keys(["clock", "timezone"]),
+                    ProblemKind::BadTimezone(e),
+                ));
+                Clock::default()
+            }),
+            None => Clock::new(jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC)),
+        };
         let upstream = self.upstream_settings(&mut problems);
         let bind = self.bind_addresses(&mut problems);
         let dns = self.dns_settings(&mut problems);
@@ -301,6 +313,7 @@ impl Config {
             listen: self.listen.clone(),
             admin: admin.as_ref().map(|(addr, _)| *addr),
             rules,
+            clock,
         };
         // SOCKS clients that do not log in while [auth] is on: what rules admit them by address.
         let without_login = auth
@@ -581,10 +594,29 @@ pub(super) fn compile_rule(
                     })
                     .collect::<Vec<_>>()
             });
+            let times = r.times.as_ref().and_then(|windows| {
+                if windows.is_empty() {
+                    problems.push(at("times", ProblemKind::EmptyCondition));
+                }
+                Schedule::parse(windows)
+                    .map_err(|e| problems.push(at("times", ProblemKind::BadTimes(e))))
+                    .ok()
+                    .map(Arc::new)
+            });
+            if r.times_cut && r.times.is_none() {
+                problems.push(at(
+                    "times_cut",
+                    ProblemKind::BadTimes(
+                        "applies to times only: add them, or leave it out".into(),
+                    ),
+                ));
+            }
             if problems.len() > before {
                 return None;
             }
             Some(Rule {
+                times,
+                times_cut: r.times_cut,
                 name: r.name.as_str().into(),
                 clients,
                 users,

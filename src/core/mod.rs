@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod blocklist;
+pub mod clock;
 pub(crate) mod error;
 pub(crate) mod headers;
 pub mod hosts;
@@ -11,6 +12,7 @@ pub(crate) mod limits;
 pub(crate) mod plan;
 pub mod policy;
 pub mod ports;
+pub mod schedule;
 pub mod shaping;
 pub(crate) mod socks;
 pub(crate) mod sync;

@@ -323,6 +323,7 @@ mod tests {
             listen: vec!["10.0.0.1:3128".parse().unwrap()],
             admin: None,
             rules: Vec::new(),
+            clock: Default::default(),
         }
     }
 
@@ -382,6 +383,7 @@ mod tests {
                     kind,
                     host: &target.host,
                     port: target.port,
+                    at: jiff::Timestamp::UNIX_EPOCH,
                 };
                 for parent in [false, true] {
                     let _ = destination(&p, &facts, &|_| parent, &|_| false, &mut trail);
@@ -492,6 +494,7 @@ mod tests {
             kind: Kind::Http,
             host: &host,
             port: 80,
+            at: jiff::Timestamp::UNIX_EPOCH,
         };
         let mut trail = Kept::default();
         let refused = destination(&p, &facts, &|_| true, &|_| false, &mut trail).unwrap_err();

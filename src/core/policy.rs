@@ -24,9 +24,13 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use jiff::Timestamp;
+
 use crate::core::blocklist::HostList;
+use crate::core::clock::Clock;
 use crate::core::hosts::{HostMatch, HostSet};
 use crate::core::ports::{describe, PortSet};
+use crate::core::schedule::Schedule;
 use crate::core::target::Host;
 
 /// How a request reaches its destination, which picks the port list that applies.
@@ -239,6 +243,11 @@ pub struct Rule {
     pub ports: Option<PortSet>,
     /// Request methods (`CONNECT`, `GET` …), upper case.
     pub methods: Option<Vec<String>>,
+    /// When the rule applies (`times`), in the policy's clock; `None`: always.
+    pub times: Option<Arc<Schedule>>,
+    /// Whether a tunnel is cut when this rule's window turns the decision to a refusal
+    /// (`times_cut`); otherwise tunnels open before then run on.
+    pub times_cut: bool,
     /// What happens on a match.
     pub action: Action,
 }
@@ -258,6 +267,8 @@ pub struct Facts<'a> {
     pub host: &'a Host,
     /// The destination port.
     pub port: u16,
+    /// The moment to decide for: now, or another (`explain --at`, a tunnel's window end).
+    pub at: Timestamp,
 }
 
 /// The outcome of [`Policy::decide`].
@@ -292,6 +303,8 @@ pub struct Policy {
     pub admin: Option<SocketAddr>,
     /// The `[[rules]]`, in order.
     pub rules: Vec<Rule>,
+    /// The time zone rules' `times` are read in (`[clock] timezone`).
+    pub clock: Clock,
 }
 
 /// Addresses of cloud instance-metadata services outside the link-local ranges.
@@ -318,14 +331,37 @@ impl Policy {
 
     /// Decides a request by the rules, then the port lists. `addr` is the address about to
     /// be dialled, when known (for IP-literal targets it is the literal itself).
+    /// A refusal while a rule's `times` decide says from when the request would be allowed.
     pub fn decide(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> Decision {
+        let mut decision = self.decide_now(facts, addr);
+        if let Decision::Deny(denial) = &mut decision {
+            if let Some(opens) = self.opens_at(facts, addr) {
+                denial.reason = format!(
+                    "{}; allowed from {}",
+                    denial.reason,
+                    self.clock.show(opens, facts.at)
+                );
+            }
+        }
+        decision
+    }
+
+    /// [`Policy::decide`] without looking ahead.
+    fn decide_now(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> Decision {
         let addr = match facts.host {
             Host::Ip(ip) => Some(*ip),
             Host::Name(_) => addr,
         };
+        let mut local = None;
         for rule in &self.rules {
             if !rule.matches_request(facts) {
                 continue;
+            }
+            if let Some(times) = &rule.times {
+                let now = *local.get_or_insert_with(|| self.clock.local(facts.at));
+                if !times.contains(now) {
+                    continue;
+                }
             }
             match rule.host_match(facts.host, addr) {
                 None | Some(HostMatch::Yes) => {}
@@ -350,6 +386,68 @@ impl Policy {
             Ok(rule) => Decision::Allow(Decider::Builtin(rule)),
             Err(denial) => Decision::Deny(denial),
         }
+    }
+
+    /// The first moment within a week after `facts.at` at which the rules' `times`
+    /// allow a request they refuse now; `None` when no rule has `times`, or none opens.
+    pub fn opens_at(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> Option<Timestamp> {
+        self.first_edge(
+            facts,
+            |_| true,
+            |at| {
+                let later = Facts { at, ..*facts };
+                matches!(self.decide_now(&later, addr), Decision::Allow(_))
+            },
+        )
+    }
+
+    /// For a tunnel the policy allows now: the first moment within a week at which a rule with
+    /// `times_cut` turns the decision to a refusal, when it is cut. `None` when no such rule
+    /// applies within the week (ask again by then).
+    pub fn closes_at(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> Option<Timestamp> {
+        self.first_edge(
+            facts,
+            |rule| rule.times_cut,
+            |at| {
+                let later = Facts { at, ..*facts };
+                matches!(self.decide_now(&later, addr), Decision::Deny(_))
+            },
+        )
+    }
+
+    /// Whether any rule cuts tunnels at the end of its window.
+    pub fn cuts_tunnels(&self) -> bool {
+        self.rules.iter().any(|r| r.times_cut && r.times.is_some())
+    }
+
+    /// The first edge of the `times` of the rules `chosen` picks, after `facts.at`, within a
+    /// week, at which `holds`.
+    fn first_edge(
+        &self,
+        facts: &Facts<'_>,
+        chosen: impl Fn(&Rule) -> bool,
+        holds: impl Fn(Timestamp) -> bool,
+    ) -> Option<Timestamp> {
+        let schedules: Vec<&Schedule> = self
+            .rules
+            .iter()
+            .filter(|r| chosen(r))
+            .filter_map(|r| r.times.as_deref())
+            .collect();
+        if schedules.is_empty() {
+            return None;
+        }
+        let now = facts.at;
+        let local = self.clock.local(now);
+        let mut edges: Vec<Timestamp> = schedules
+            .iter()
+            .flat_map(|s| s.edges(local, 7))
+            .map(|edge| self.clock.instant(edge))
+            .filter(|edge| *edge > now)
+            .collect();
+        edges.sort();
+        edges.dedup();
+        edges.into_iter().find(|edge| holds(*edge))
     }
 
     /// May a request of `kind` reach `port` by the base port lists? Answers the list's name.
@@ -625,6 +723,7 @@ mod tests {
             listen: vec![],
             admin: None,
             rules: vec![],
+            clock: Default::default(),
         };
         for (v6, rule) in [
             ("::127.0.0.1", Builtin::DestinationsLoopback),
@@ -661,6 +760,7 @@ mod tests {
             ],
             admin: Some("127.0.0.1:3129".parse().unwrap()),
             rules: Vec::new(),
+            clock: Default::default(),
         }
     }
 
@@ -880,6 +980,8 @@ mod tests {
             ports: None,
             methods: None,
             action,
+            times: None,
+            times_cut: false,
         }
     }
 
@@ -1145,6 +1247,7 @@ mod tests {
                 kind: c.kind,
                 host: &c.host,
                 port: c.port,
+                at: jiff::Timestamp::UNIX_EPOCH,
             };
             let got = p.decide(&facts, c.addr.map(|a| a.parse().unwrap()));
             let got = match &got {
@@ -1177,6 +1280,7 @@ mod tests {
             kind: Kind::Connect,
             host: &host,
             port: 443,
+            at: jiff::Timestamp::UNIX_EPOCH,
         };
         let Decision::Deny(d) = p.decide(&facts, None) else {
             panic!("not refused");

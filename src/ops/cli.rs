@@ -115,6 +115,11 @@ pub enum Command {
         /// Resolve a destination name with the resolver [dns] sets up and check each address.
         #[arg(long)]
         resolve: bool,
+        /// Decide as at this time, for rules with times: 2026-12-03T20:15 (local time, in
+        /// [clock] timezone or the machine's) or with an offset (2026-12-03T20:15+01:00).
+        /// Default: now.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
         /// The request method: CONNECT, GET, POST …, or SOCKS5, SOCKS4, SOCKS5-UDP.
         #[arg(value_name = "METHOD")]
         method: String,
@@ -294,6 +299,7 @@ mod tests {
             client,
             user,
             resolve,
+            at,
             method,
             target,
         }) = cli.command
@@ -303,6 +309,7 @@ mod tests {
         assert_eq!(config, None);
         assert_eq!(client, "192.168.1.20".parse::<IpAddr>().unwrap());
         assert_eq!(user.as_deref(), Some("alice"));
+        assert_eq!(at, None);
         assert!(resolve);
         assert_eq!(
             (method.as_str(), target.as_str()),

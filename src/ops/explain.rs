@@ -37,6 +37,8 @@ pub struct Question<'a> {
     /// `host:port` for CONNECT, an absolute `http://` URL otherwise (or a path, for the
     /// proxy's own pages).
     pub target: &'a str,
+    /// The moment asked about (`--at`; else now): rules with `times` decide by it.
+    pub at: jiff::Timestamp,
 }
 
 /// Resolves a name (and port) to addresses, as the proxy's resolver (`[dns]`) would, in the
@@ -304,7 +306,17 @@ pub fn explain(
         kind,
         host: &target.host,
         port: target.port,
+        at: question.at,
     };
+    if policy.rules.iter().any(|r| r.times.is_some()) {
+        let local = policy.clock.local(question.at);
+        walk.step(format!(
+            "time: {} {} ({}), for the rules with times",
+            crate::core::clock::short_day(local.weekday()),
+            local.strftime("%Y-%m-%d %H:%M:%S"),
+            policy.clock.name()
+        ));
+    }
     let via_parent = |host: &Host| settings.upstream.as_ref().is_some_and(|u| u.serves(host));
     let mut told = Told {
         walk: &mut walk,
@@ -850,6 +862,7 @@ action = "allow"
                 user,
                 method,
                 target,
+                at: jiff::Timestamp::UNIX_EPOCH,
             };
             let resolver: Resolver<'_> = &fake_dns;
             let lookups = Lookups {
@@ -1004,6 +1017,7 @@ action = "allow"
                 user: None,
                 method,
                 target,
+                at: jiff::Timestamp::UNIX_EPOCH,
             };
             explain(&s, &q, &lookups).unwrap()
         };
@@ -1031,7 +1045,8 @@ action = "allow"
                     client: "192.168.1.20".parse().unwrap(),
                     user: None,
                     method: "GE T",
-                    target: "http://x/"
+                    target: "http://x/",
+                    at: jiff::Timestamp::UNIX_EPOCH,
                 },
                 &lookups
             ),
@@ -1044,7 +1059,8 @@ action = "allow"
                     client: "192.168.1.20".parse().unwrap(),
                     user: None,
                     method: "GET",
-                    target: "http://exa mple/"
+                    target: "http://exa mple/",
+                    at: jiff::Timestamp::UNIX_EPOCH,
                 },
                 &lookups
             ),
@@ -1060,6 +1076,7 @@ action = "allow"
             user: None,
             method: "GET",
             target: "http://intranet.example/",
+            at: jiff::Timestamp::UNIX_EPOCH,
         };
         let lookups = Lookups {
             resolve: None,
@@ -1114,6 +1131,7 @@ action = "allow"
             user: None,
             method: "CONNECT",
             target: "example.com:443",
+            at: jiff::Timestamp::UNIX_EPOCH,
         };
         let text = explain(&s, &q, &lookups).unwrap().render();
         assert!(text.contains("needs a log-in (407, auth)"), "{text}");
@@ -1198,6 +1216,7 @@ action = "allow"
             user: None,
             method: "CONNECT",
             target: "example.com:443",
+            at: jiff::Timestamp::UNIX_EPOCH,
         };
         let text = explain(&s, &q("192.168.1.20"), &lookups).unwrap().render();
         assert!(text.contains("link: shared (shaping.down 12.5 MB/s, up not shaped): client 192.168.1.20 gets a share of weight 2"), "{text}");

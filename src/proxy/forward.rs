@@ -63,6 +63,7 @@ pub async fn forward(
             kind: Kind::Http,
             host: &target.host,
             port: target.port,
+            at: jiff::Timestamp::now(),
         };
         let outbound = ex.shared.outbound.load_full();
         let mut resolved = None;

@@ -232,6 +232,7 @@ impl ProxyService {
             kind,
             host: &target.host,
             port: target.port,
+            at: jiff::Timestamp::now(),
         };
         let via_parent = |host: &Host| parents.as_ref().is_some_and(|p| p.serves(host));
         let go = plan::destination(

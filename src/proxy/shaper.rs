@@ -117,6 +117,7 @@ pub(crate) fn flow_of(
         kind,
         host: &target.host,
         port: target.port,
+        at: jiff::Timestamp::now(),
     };
     shaper
         .flow(&facts, addr)
@@ -570,6 +571,7 @@ mod tests {
             kind: crate::core::policy::Kind::Http,
             host,
             port: 80,
+            at: jiff::Timestamp::now(),
         }
     }
 

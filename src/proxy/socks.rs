@@ -521,6 +521,7 @@ fn decide(
         kind: Kind::Socks,
         host: &target.host,
         port: target.port,
+        at: jiff::Timestamp::now(),
     };
     let via_parent = |host: &Host| parents.as_ref().is_some_and(|p| p.serves(host));
     let go = plan::destination(

@@ -320,6 +320,7 @@ async fn allow(ex: &mut Exchange, target: &Target) -> Result<(SocketAddr, Decide
         kind: Kind::SocksUdp,
         host: &target.host,
         port: target.port,
+        at: jiff::Timestamp::now(),
     };
     // Datagrams never go through a parent proxy.
     let go = plan::destination(

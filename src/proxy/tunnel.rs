@@ -105,6 +105,7 @@ pub(crate) async fn connect(
         kind,
         host: &target.host,
         port: target.port,
+        at: jiff::Timestamp::now(),
     };
     let per_address = go.decides_per_address().then_some(&facts);
     let outbound = ex.shared.outbound.load_full();

@@ -447,6 +447,7 @@ async fn agree(toml: &str, cases: &[(&str, &str, String)]) {
             user: None,
             method,
             target,
+            at: jiff::Timestamp::now(),
         };
         let lookups = Lookups {
             resolve: Some(resolver),
@@ -626,6 +627,7 @@ async fn agree_own_listener(toml: &str) {
             user: None,
             method,
             target,
+            at: jiff::Timestamp::now(),
         };
         let lookups = Lookups {
             resolve: None,

@@ -287,6 +287,7 @@ async fn a_literal_through_a_parent_meets_the_guards_first() {
             user: None,
             method,
             target,
+            at: jiff::Timestamp::now(),
         };
         let lookups = portcullis::ops::explain::Lookups {
             resolve: None,
