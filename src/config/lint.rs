@@ -167,6 +167,7 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
         }
     }
 
+    out.extend(times_findings(&policy.rules));
     for (j, later) in policy.rules.iter().enumerate() {
         if is_unconditional(later) && j + 1 < policy.rules.len() {
             out.push(format!(
@@ -185,6 +186,34 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
             out.push(format!(
                 "rule \"{}\" can never match: rule \"{}\" before it matches every request it would",
                 later.name, earlier.name
+            ));
+        }
+    }
+    out
+}
+
+/// Windows of `times` that are empty, overlap, or leave a rule that never applies.
+fn times_findings(rules: &[Rule]) -> Vec<String> {
+    let mut out = Vec::new();
+    for rule in rules {
+        let Some(times) = &rule.times else { continue };
+        if times.never() {
+            out.push(format!(
+                "rule \"{}\" can never match: none of its times windows ever holds (each starts when it ends)",
+                rule.name
+            ));
+            continue;
+        }
+        for empty in times.empty_windows() {
+            out.push(format!(
+                "rule \"{}\": times window \"{empty}\" is empty (it starts when it ends), so it never holds; 00:00-24:00 is a whole day",
+                rule.name
+            ));
+        }
+        for (a, b) in times.overlaps() {
+            out.push(format!(
+                "rule \"{}\": times windows \"{a}\" and \"{b}\" overlap: one of them is probably not what was meant",
+                rule.name
             ));
         }
     }
@@ -224,6 +253,7 @@ fn is_unconditional(rule: &Rule) -> bool {
         && rule.list.is_none()
         && rule.ports.is_none()
         && rule.methods.is_none()
+        && rule.times.is_none()
 }
 
 /// Whether `earlier` matches every request that `later` matches.
@@ -245,7 +275,10 @@ fn covers(
         (Some(_), None) => false,
         (Some(e), Some(l)) => l.is_subset(e),
     };
-    clients && users && methods && ports && hosts_cover(earlier_config, later_config)
+    // A rule with times covers another only when those hold whenever the other's do: said
+    // here only of a rule without times.
+    let times = earlier.times.is_none();
+    clients && users && methods && ports && times && hosts_cover(earlier_config, later_config)
 }
 
 fn subset(earlier: &Option<Vec<String>>, later: &Option<Vec<String>>) -> bool {
@@ -372,6 +405,22 @@ mod tests {
                 "[[rules]]\nname = \"lan\"\nclients = [\"192.168.0.0/16\"]\nmethods = [\"GET\", \"CONNECT\"]\naction = \"allow\"\n[[rules]]\nname = \"one\"\nclients = [\"192.168.1.5\"]\nmethods = [\"get\"]\naction = \"deny\"\n",
                 "rule \"one\" can never match: rule \"lan\"",
             ),
+            (
+                "[[rules]]\nname = \"never\"\ntimes = [\"mon 10:00-10:00\"]\naction = \"deny\"\n",
+                "rule \"never\" can never match: none of its times windows ever holds",
+            ),
+            (
+                "[[rules]]\nname = \"odd\"\ntimes = [\"mon 10:00-10:00\", \"tue 10:00-11:00\"]\naction = \"deny\"\n",
+                "rule \"odd\": times window \"mon 10:00-10:00\" is empty",
+            ),
+            (
+                "[[rules]]\nname = \"school\"\ntimes = [\"mon-fri 08:00-15:30\", \"wed 15:00-17:00\"]\naction = \"deny\"\n",
+                "rule \"school\": times windows \"mon-fri 08:00-15:30\" and \"wed 15:00-17:00\" overlap",
+            ),
+            (
+                "[[rules]]\nname = \"always\"\nhosts = [\".games.test\"]\naction = \"deny\"\n[[rules]]\nname = \"evenings\"\nhosts = [\"www.games.test\"]\ntimes = [\"daily 18:00-20:00\"]\naction = \"allow\"\n",
+                "rule \"evenings\" can never match: rule \"always\"",
+            ),
         ];
         for (text, fragment) in cases {
             let lines = lint_text(text);
@@ -384,9 +433,14 @@ mod tests {
         let lines = lint_text(
             "[[rules]]\nname = \"narrow\"\nhosts = [\"www.example.com\"]\naction = \"deny\"\n\
              [[rules]]\nname = \"wide\"\nhosts = [\".example.com\"]\naction = \"allow\"\n\
-             [[rules]]\nname = \"other clients\"\nclients = [\"10.0.0.0/8\"]\nhosts = [\".example.com\"]\nports = [80]\naction = \"deny\"\n",
+             [[rules]]\nname = \"other clients\"\nclients = [\"10.0.0.0/8\"]\nhosts = [\".example.com\"]\nports = [80]\naction = \"deny\"\n\
+             [[rules]]\nname = \"school\"\nhosts = [\"games.test\"]\ntimes = [\"mon-fri 08:00-15:30\"]\naction = \"deny\"\n\
+             [[rules]]\nname = \"after school\"\nhosts = [\"games.test\"]\ntimes = [\"mon-fri 15:30-21:00\"]\naction = \"allow\"\n",
         );
         assert!(!has(&lines, "\"wide\" can never match"), "{lines:#?}");
+        // A rule with times leaves the time outside its windows to the rules after it.
+        assert!(!has(&lines, "\"after school\" can never"), "{lines:#?}");
+        assert!(!has(&lines, "overlap"), "{lines:#?}");
         assert!(
             has(&lines, "\"other clients\" can never match: rule \"wide\""),
             "{lines:#?}"

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use jiff::civil::{DateTime, Weekday};
-use jiff::tz::TimeZone;
+use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::Timestamp;
 
 /// A time zone and its name, as configured.
@@ -51,14 +51,23 @@ impl Clock {
         self.zone.to_datetime(at)
     }
 
-    /// The instant a wall-clock time names. A time skipped by a change to summer time is
-    /// taken as the same distance past the change (02:30 on the day clocks go from 02:00 to
-    /// 03:00 is 03:30); a time that happens twice when clocks go back is the first.
+    /// The instant a wall-clock time names. A time skipped by a change to summer time (02:30
+    /// on the night clocks go from 02:00 to 03:00) is the moment of the change, when the
+    /// clock first reads past it; a time that happens twice when clocks go back is the first.
     pub fn instant(&self, local: DateTime) -> Timestamp {
-        self.zone
-            .to_ambiguous_timestamp(local)
-            .compatible()
-            .unwrap_or(Timestamp::MAX)
+        let ambiguous = self.zone.to_ambiguous_timestamp(local);
+        if let AmbiguousOffset::Gap { after, .. } = ambiguous.offset() {
+            // Read with the offset after the change, the time falls before it: the change is
+            // the next transition from there.
+            let change = after
+                .to_timestamp(local)
+                .ok()
+                .and_then(|before| self.zone.following(before).next());
+            if let Some(change) = change {
+                return change.timestamp();
+            }
+        }
+        ambiguous.compatible().unwrap_or(Timestamp::MAX)
     }
 
     /// `at` as a person reads it, to the minute: `Thu 15:30` within the coming week,
@@ -129,9 +138,14 @@ mod tests {
     #[test]
     fn wall_clock_times_in_a_gap_or_twice_are_read_as_people_mean_them() {
         let clock = amsterdam();
-        // 2026-03-29: 02:00 CET becomes 03:00 CEST. 02:30 does not exist: read as 03:30.
+        // 2026-03-29: 02:00 CET becomes 03:00 CEST. 02:30 does not exist: the change, when
+        // the clock first reads past 02:30.
         let gap = clock.instant("2026-03-29T02:30".parse().unwrap());
-        assert_eq!(gap.to_string(), "2026-03-29T01:30:00Z");
+        assert_eq!(gap.to_string(), "2026-03-29T01:00:00Z");
+        assert_eq!(
+            clock.local(gap),
+            "2026-03-29T03:00".parse::<DateTime>().unwrap()
+        );
         // 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:30 happens twice: the first.
         let twice = clock.instant("2026-10-25T02:30".parse().unwrap());
         assert_eq!(twice.to_string(), "2026-10-25T00:30:00Z");

@@ -402,17 +402,35 @@ impl Policy {
     }
 
     /// For a tunnel the policy allows now: the first moment within a week at which a rule with
-    /// `times_cut` turns the decision to a refusal, when it is cut. `None` when no such rule
-    /// applies within the week (ask again by then).
+    /// `times_cut` ends it, when it is cut: a `deny` rule whose window begins and refuses it,
+    /// or the `allow` rule that let it through, whose window ends and leaves it refused.
+    /// `None` when that happens to it nowhere within the week (ask again by then).
     pub fn closes_at(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> Option<Timestamp> {
+        let allowed_by_cutting = match self.decide_now(facts, addr) {
+            Decision::Allow(decider) => self.cuts(&decider),
+            _ => return None,
+        };
         self.first_edge(
             facts,
             |rule| rule.times_cut,
             |at| {
                 let later = Facts { at, ..*facts };
-                matches!(self.decide_now(&later, addr), Decision::Deny(_))
+                match self.decide_now(&later, addr) {
+                    Decision::Deny(denial) => allowed_by_cutting || self.cuts(&denial.rule),
+                    _ => false,
+                }
             },
         )
+    }
+
+    /// Whether `decider` is a rule with `times` and `times_cut`.
+    fn cuts(&self, decider: &Decider) -> bool {
+        let Decider::Rule(name) = decider else {
+            return false;
+        };
+        self.rules
+            .iter()
+            .any(|r| r.name == *name && r.times_cut && r.times.is_some())
     }
 
     /// Whether any rule cuts tunnels at the end of its window.
@@ -1290,5 +1308,78 @@ mod tests {
             "CONNECT to x.ads.example port 443 (https) is not allowed"
         );
         assert_eq!(d.rule.to_string(), "rule \"no ads\"");
+    }
+
+    #[test]
+    fn times_decide_by_the_moment_and_look_ahead_to_when_it_turns() {
+        let clock = Clock::named("Europe/Amsterdam").unwrap();
+        let at = |text: &str| clock.instant(text.parse().unwrap());
+        let schedule = |w: &[&str]| Some(Arc::new(Schedule::parse(w).unwrap()));
+        let mut p = policy(false);
+        p.clock = clock.clone();
+        p.rules = vec![
+            Rule {
+                hosts: hosts(&["social.example"]),
+                times: schedule(&["daily 12:00-12:30"]),
+                times_cut: true,
+                ..rule("breaks", Action::Allow)
+            },
+            Rule {
+                hosts: hosts(&["social.example"]),
+                ..rule("social", Action::Deny)
+            },
+            Rule {
+                hosts: hosts(&["games.example"]),
+                times: schedule(&["daily 21:00-07:00"]),
+                ..rule("bedtime", Action::Deny)
+            },
+        ];
+        let social = Host::Name("social.example".into());
+        let games = Host::Name("games.example".into());
+        let facts = |host, when: &str| Facts {
+            client: "192.168.1.20".parse().unwrap(),
+            user: None,
+            method: "CONNECT",
+            kind: Kind::Connect,
+            host,
+            port: 443,
+            at: at(when),
+        };
+        // In the break: allowed, and a tunnel is cut when the break ends.
+        let in_break = facts(&social, "2026-12-07T12:10");
+        assert_eq!(
+            p.decide(&in_break, None),
+            Decision::Allow(Decider::Rule("breaks".into()))
+        );
+        assert_eq!(p.closes_at(&in_break, None), Some(at("2026-12-07T12:30")));
+        // After it: refused, saying when the next break begins.
+        let Decision::Deny(d) = p.decide(&facts(&social, "2026-12-07T12:30"), None) else {
+            panic!("not refused after the break");
+        };
+        assert_eq!(d.rule.to_string(), "rule \"social\"");
+        assert!(
+            d.reason.ends_with("; allowed from Tue 12:00"),
+            "{}",
+            d.reason
+        );
+        // Bedtime does not cut (no times_cut): an evening tunnel is never cut by it.
+        let evening = facts(&games, "2026-12-07T20:00");
+        assert!(matches!(p.decide(&evening, None), Decision::Allow(_)));
+        assert_eq!(p.closes_at(&evening, None), None);
+        let Decision::Deny(d) = p.decide(&facts(&games, "2026-12-07T23:00"), None) else {
+            panic!("not refused at bedtime");
+        };
+        assert!(
+            d.reason.ends_with("; allowed from Tue 07:00"),
+            "{}",
+            d.reason
+        );
+        // A refusal no window changes says nothing of when.
+        let mut always = p.clone();
+        always.rules.remove(0);
+        let Decision::Deny(d) = always.decide(&facts(&social, "2026-12-07T12:10"), None) else {
+            panic!("not refused");
+        };
+        assert!(!d.reason.contains("allowed from"), "{}", d.reason);
     }
 }

@@ -337,6 +337,9 @@ pub fn summary(config: &Config, settings: &Settings) -> String {
         for (i, (rule, written)) in policy.rules.iter().zip(&config.rules).enumerate() {
             line("", format!("{}. {}", i + 1, describe_rule(rule, written)));
         }
+        if policy.rules.iter().any(|r| r.times.is_some()) {
+            line("", format!("times are read in {}", policy.clock.name()));
+        }
     }
     let (destination, format) = &settings.access_log;
     let access = match destination {
@@ -490,6 +493,14 @@ fn describe_rule(rule: &Rule, written: &RuleConfig) -> String {
     }
     if let Some(methods) = &rule.methods {
         conditions.push(format!("methods {}", methods.join(", ")));
+    }
+    if let Some(times) = &rule.times {
+        let cut = if rule.times_cut {
+            "; tunnels cut when a window turns them away (times_cut)"
+        } else {
+            ""
+        };
+        conditions.push(format!("times {times}{cut}"));
     }
     let action = match rule.action {
         Action::Allow => "allow",

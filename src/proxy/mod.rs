@@ -20,3 +20,4 @@ pub mod socks;
 pub mod socks_udp;
 pub mod state;
 pub mod tunnel;
+pub(crate) mod window;

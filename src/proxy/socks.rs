@@ -579,6 +579,7 @@ async fn connect(
     ex.record.answered(200);
     let dialled_ip = upstream.peer_addr().ok().map(|a| a.ip());
     let flow = tunnel::flow(&ex, target, Kind::Socks, dialled_ip);
+    let window = crate::proxy::window::of(&ex, target, Kind::Socks, dialled_ip);
     let Exchange {
         record,
         shared,
@@ -596,7 +597,7 @@ async fn connect(
         tunnel::Client::Socket(stream),
         upstream,
         target.port,
-        (settings.timeouts.tunnel_idle, flow),
+        (settings.timeouts.tunnel_idle, flow, window),
         record,
         &shared,
         &slot,

@@ -37,6 +37,7 @@ use crate::observe::access::{PendingRecord, Traffic};
 use crate::proxy::body::UpBody;
 use crate::proxy::conn::{ConnState, WatchedIo};
 use crate::proxy::shaper::{Dir, Flow};
+use crate::proxy::window::{self, Window};
 use crate::proxy::{exchange::Exchange, state::ProxyState};
 
 /// Bytes a quiet direction of a tunnel reads at once, from a buffer inside the task: an idle
@@ -52,6 +53,7 @@ pub struct Dialled {
     port: u16,
     tunnel_idle: std::time::Duration,
     flow: Option<Box<Flow>>,
+    window: Option<Box<Window>>,
 }
 
 /// The shaping of a tunnel to `target` (`[shaping]`, `[[limits.rate]]`), when anything
@@ -83,6 +85,7 @@ pub async fn open(
         port: target.port,
         tunnel_idle: ex.settings.timeouts.tunnel_idle,
         flow: flow(ex, &target, Kind::Connect, dialled_ip),
+        window: window::of(ex, &target, Kind::Connect, dialled_ip),
     })
 }
 
@@ -173,6 +176,17 @@ enum End {
     Shutdown,
     /// Closed while idle to make room for a new connection at the connection limits.
     Evicted,
+    /// Cut when a rule's window closed (`times_cut`), for this reason.
+    Closed(String),
+}
+
+/// Waits until `window` closes on the tunnel; never, without one. The wait lives on the heap,
+/// so that tunnels no rule can cut keep their small state.
+async fn closes(window: Option<&Window>) -> String {
+    match window {
+        Some(window) => Box::pin(window.closes()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Relays a dialled tunnel once the client's connection is handed over; ends the record.
@@ -193,7 +207,7 @@ pub async fn relay(
         Client::Upgraded(upgraded),
         dialled.upstream,
         dialled.port,
-        (dialled.tunnel_idle, dialled.flow),
+        (dialled.tunnel_idle, dialled.flow, dialled.window),
         record,
         &shared,
         &slot,
@@ -216,7 +230,7 @@ pub(crate) async fn carry(
     client: Client,
     upstream: TcpStream,
     port: u16,
-    (idle, flow): (Duration, Option<Box<Flow>>),
+    (idle, flow, window): (Duration, Option<Box<Flow>>, Option<Box<Window>>),
     mut record: PendingRecord,
     shared: &ProxyState,
     slot: &crate::proxy::admission::Slot,
@@ -228,6 +242,7 @@ pub(crate) async fn carry(
     let end = tokio::select! {
         result = relay_client(client, upstream, &traffic, (idle, flow.as_deref()), slot.conn()) => result,
         _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
+        why = closes(window.as_deref()) => Ok(End::Closed(why)),
     };
     shared.stats.tunnel_closed(port);
     match end {
@@ -240,6 +255,7 @@ pub(crate) async fn carry(
             "closed after {} without traffic, to make room for a new connection at the connection limits",
             humantime::format_duration(slot.conn().tunnel_quiet_for())
         )),
+        Ok(End::Closed(why)) => record.note(why),
         Ok(End::Shutdown) => record.note_failure(
             ErrorKind::Shutdown,
             "cut at the end of the shutdown grace period".into(),

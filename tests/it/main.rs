@@ -33,6 +33,7 @@ mod parsers;
 mod passwd;
 mod reload;
 mod report;
+mod schedules;
 mod shaping;
 mod socks;
 mod socks_clients;
