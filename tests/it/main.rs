@@ -36,5 +36,7 @@ mod report;
 mod shaping;
 mod socks;
 mod socks_clients;
+#[cfg(unix)]
+mod syslog;
 mod tunnel;
 mod upstream;
