@@ -327,6 +327,10 @@ pub async fn serve(
         // Cut tasks wind down at once; this bound only guards against a stuck one.
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     }
+    // The drain's last records go to syslog before the process ends (the writer thread
+    // may wait on the network: not on this runtime's thread).
+    let syslog = shared.syslog.clone();
+    let _ = tokio::task::spawn_blocking(move || syslog.close(Duration::from_secs(2))).await;
     info!("stopped");
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod problem;
 pub mod schema;
 pub mod settings;
 mod shaping;
+pub mod syslog;
 mod validate;
 
 use std::fmt::Write;

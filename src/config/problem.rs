@@ -171,6 +171,8 @@ pub enum ProblemKind {
     /// `instance`: empty, too long, or with characters other than letters, digits, `.`, `_`
     /// and `-`.
     BadInstance(String),
+    /// `[log] syslog` and its companions: what is wrong, in full.
+    BadSyslog(String),
     /// A host pattern that does not parse (the pattern parser's words).
     BadHostPattern(String),
     /// `pac.proxies`: an entry that is not `host:port`.
@@ -277,7 +279,8 @@ impl fmt::Display for ProblemKind {
             | ProblemKind::BadHostsUrl(e)
             | ProblemKind::BadTimes(e)
             | ProblemKind::BadTimezone(e)
-            | ProblemKind::BadRate(e) => f.write_str(e),
+            | ProblemKind::BadRate(e)
+            | ProblemKind::BadSyslog(e) => f.write_str(e),
             ProblemKind::NotHostPort(text) => write!(f, "\"{text}\" is not host:port"),
             ProblemKind::NotHostName(text) => {
                 write!(f, "\"{text}\" is not a host name or address")

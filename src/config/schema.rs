@@ -345,6 +345,15 @@ pub struct LogConfig {
     pub format: Format,
     /// The diagnostics level when `RUST_LOG` is not set (`error` … `trace`).
     pub level: String,
+    /// `"off"`, or where access records also go as syslog messages (RFC 5424):
+    /// `unix:/dev/log`, `udp://host:514` or `tcp://host:601`.
+    pub syslog: String,
+    /// The syslog messages' payload: `"json"`, `"squid"` or `"common"`.
+    pub syslog_format: Format,
+    /// The syslog facility by name (`local0` … `local7`, `daemon` …).
+    pub syslog_facility: String,
+    /// The syslog APP-NAME field.
+    pub syslog_app_name: String,
 }
 
 impl Default for LogConfig {
@@ -353,6 +362,10 @@ impl Default for LogConfig {
             access: "stdout".to_owned(),
             format: Format::Squid,
             level: "info".to_owned(),
+            syslog: "off".to_owned(),
+            syslog_format: Format::Json,
+            syslog_facility: "local0".to_owned(),
+            syslog_app_name: "portcullis".to_owned(),
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub admin: Option<(SocketAddr, Vec<IpNet>)>,
     /// Where the access log goes, and its format.
     pub access_log: (Destination, Format),
+    /// Where access records also go as syslog messages, if anywhere.
+    pub syslog: Option<super::syslog::SyslogSettings>,
     /// The PAC file's content settings.
     pub pac: PacSettings,
     /// Error pages.

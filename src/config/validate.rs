@@ -297,6 +297,7 @@ impl Config {
         let has_auth = self.auth.htpasswd.is_some();
         let rules = self.compile_rules(base, has_auth, &mut problems, &mut lists);
         let shaping = self.shaping_settings(base, self.auth.htpasswd.is_some(), &mut problems);
+        let syslog = self.syslog_settings(base, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 origin: origin.to_owned(),
@@ -339,6 +340,7 @@ impl Config {
             ),
             admin,
             access_log: (self.log.destination(base), self.log.format),
+            syslog,
             pac,
             pages,
             upstream,

@@ -234,10 +234,10 @@ pub struct JsonRecord {
 
 /// A record's time as RFC 3339 in UTC with milliseconds (`2026-11-26T10:20:29.123Z`), the
 /// form `humantime` writes, built from digits without the formatting machinery.
-struct Rfc3339Millis([u8; 24]);
+pub(crate) struct Rfc3339Millis([u8; 24]);
 
 impl Rfc3339Millis {
-    fn new(t: SystemTime) -> Self {
+    pub(crate) fn new(t: SystemTime) -> Self {
         let (secs, millis) = unix_seconds(t);
         let (days, rem) = (secs / 86_400, secs % 86_400);
         let (year, month, day) = civil_from_days(days as i64);
@@ -258,7 +258,7 @@ impl Rfc3339Millis {
         Rfc3339Millis(text)
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever written.
         std::str::from_utf8(&self.0).unwrap_or("1970-01-01T00:00:00.000Z")
     }

@@ -299,16 +299,18 @@ pub fn render_metrics(
     out.push_str(&format!(
         "portcullis_throttled_seconds_total{{direction=\"down\"}} {down:.3}\nportcullis_throttled_seconds_total{{direction=\"up\"}} {up:.3}\n"
     ));
-    family(
+    counter(
         &mut out,
         "portcullis_access_log_dropped_total",
-        "counter",
         "Access records dropped because the log could not keep up or could not be written.",
+        stats.dropped_records.load(Ordering::Relaxed),
     );
-    out.push_str(&format!(
-        "portcullis_access_log_dropped_total {}\n",
-        stats.dropped_records.load(Ordering::Relaxed)
-    ));
+    counter(
+        &mut out,
+        "portcullis_syslog_dropped_total",
+        "Access records not sent to syslog ([log] syslog): it could not keep up or could not be reached.",
+        stats.syslog_dropped.load(Ordering::Relaxed),
+    );
     family(
         &mut out,
         "portcullis_start_time_seconds",
@@ -393,6 +395,12 @@ pub fn render_lists(out: &mut String, lists: &[(&str, crate::core::blocklist::Li
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+}
+
+/// A counter family of one sample without labels.
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    family(out, name, "counter", help);
+    out.push_str(&format!("{name} {value}\n"));
 }
 
 fn sample(out: &mut String, name: &str, labels: &str, value: u64) {

@@ -7,3 +7,4 @@ pub mod format;
 pub mod log;
 pub(crate) mod metrics;
 pub(crate) mod stats;
+pub mod syslog;

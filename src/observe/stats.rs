@@ -253,6 +253,8 @@ pub struct Stats {
     errors: [AtomicU64; ErrorKind::ALL.len()],
     /// Access records the log dropped: it could not keep up, or could not write them.
     pub dropped_records: Arc<AtomicU64>,
+    /// Access records syslog dropped: it could not keep up, or could not be reached.
+    pub syslog_dropped: Arc<AtomicU64>,
     /// Name resolutions: how long they took, and how many the cache answered.
     dns: DnsStats,
     /// Time shaped transfers were told to wait, microseconds, towards the clients and from.
@@ -316,6 +318,7 @@ impl Stats {
             denials: Mutex::new(Denials::default()),
             errors: Default::default(),
             dropped_records: Arc::default(),
+            syslog_dropped: Arc::default(),
             dns: DnsStats::default(),
             throttled_us: Default::default(),
         }

@@ -589,6 +589,7 @@ mod tests {
             ProblemKind::BadLogLevel("loud".into()),
             ProblemKind::BadRate("x".into()),
             ProblemKind::BadInstance("a b".into()),
+            ProblemKind::BadSyslog("x".into()),
             ProblemKind::BadClientName("10.0.0.1".parse().unwrap()),
             ProblemKind::BadHostPattern("bad".into()),
             ProblemKind::NotHostPort("x".into()),

@@ -50,6 +50,9 @@ pub struct ProxyState {
     /// The shared link and the caps, when anything is shaped; rebuilt on reload (transfers
     /// under way keep the one they started with).
     pub shaper: ArcSwapOption<crate::proxy::shaper::Shaper>,
+    /// Access records as syslog messages (`[log] syslog`), among the recorder's sinks; the
+    /// proxy's exit lets it send what it holds.
+    pub syslog: Arc<crate::observe::syslog::Syslog>,
 }
 
 /// What authentication remembers between requests.
@@ -105,9 +108,14 @@ impl ProxyState {
             crate::egress::dial::pooled_client().build(Dialer::new(live.clone(), outbound.clone()));
         let stats = Arc::new(Stats::with_dropped_counter(recorder.dropped_counter()));
         let shaper = crate::proxy::shaper::Shaper::new(&settings.shaping, &stats, None);
+        let syslog = Arc::new(crate::observe::syslog::Syslog::new(
+            &settings,
+            stats.syslog_dropped.clone(),
+        ));
         Ok(ProxyState {
             live,
-            recorder: Arc::new(recorder.with_sink(stats.clone())),
+            recorder: Arc::new(recorder.with_sink(stats.clone()).with_sink(syslog.clone())),
+            syslog,
             stats,
             client,
             outbound,

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    blocking_client, blocking_exchange, line_with, portcullis, write_config, Running, BIN,
+    blocking_client, blocking_exchange, check_refuses, line_with, write_config, Running, BIN,
 };
 
 #[test]
@@ -303,12 +303,6 @@ fn the_instance_name_is_in_json_records_and_the_status() {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(record["instance"], host.trim(), "{line}");
 
-    let bad = write_config("instance = \"proxy a\"\n");
-    let ran = portcullis(
-        &["check", "--config", bad.path().to_str().unwrap()],
-        Vec::new(),
-    );
-    let said = format!("{}{}", String::from_utf8_lossy(&ran.stdout), ran.stderr);
-    assert!(!ran.status.success(), "{said}");
+    let said = check_refuses("instance = \"proxy a\"\n");
     assert!(said.contains("is not an instance name"), "{said}");
 }

@@ -37,5 +37,7 @@ mod schedules;
 mod shaping;
 mod socks;
 mod socks_clients;
+#[cfg(unix)]
+mod syslog;
 mod tunnel;
 mod upstream;

@@ -145,6 +145,19 @@ pub fn portcullis(args: &[&str], stdin: impl Into<Vec<u8>>) -> Ran {
     }
 }
 
+/// What `portcullis check` says (stdout, then stderr) of a configuration file holding
+/// `text`; fails the test unless it refuses the file.
+pub fn check_refuses(text: &str) -> String {
+    let file = write_config(text);
+    let ran = portcullis(
+        &["check", "--config", file.path().to_str().unwrap()],
+        Vec::new(),
+    );
+    let said = format!("{}{}", String::from_utf8_lossy(&ran.stdout), ran.stderr);
+    assert!(!ran.status.success(), "{said}");
+    said
+}
+
 /// The lines of the file at `path` once it has at least `n` (an access log being written),
 /// or what it has after `WAIT`.
 pub async fn file_lines(path: &Path, n: usize) -> Vec<String> {
