@@ -10,6 +10,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Passwd { file, user }) => return passwd(file, user),
+        Some(Command::Cert { names, ips, out }) => {
+            let request = portcullis::ops::cert::Request {
+                names: names.clone(),
+                ips: ips.clone(),
+                out: out.clone(),
+            };
+            return match portcullis::ops::cert::run(&request) {
+                Ok(made) => {
+                    print!("{}", portcullis::ops::cert::instructions(&made));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis cert: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Report(options)) => return report(options),
         Some(Command::Check { config, strict }) => return check(config.as_deref(), *strict),
         Some(Command::Explain {

@@ -238,10 +238,21 @@ pub async fn serve(
     reloadable: Option<Reloadable>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    // TLS listeners (`listen_tls`): bound here, at start only; a reload reads their
+    // certificate again but does not bind or close them.
+    let mut tls_listeners = Vec::new();
+    for addr in settings.tls.iter().flat_map(|t| &t.listen) {
+        let listener = crate::proxy::listener::bind(*addr, settings.limits.listen_backlog)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        tls_listeners.push(listener);
+    }
     // The addresses as bound (a port may have been 0): the policy must know the real ones,
     // and the admin listener is never a destination either.
     settings.set_bound(
-        listeners.iter().filter_map(|l| l.local_addr().ok()),
+        listeners
+            .iter()
+            .chain(&tls_listeners)
+            .filter_map(|l| l.local_addr().ok()),
         admin.as_ref().and_then(|l| l.local_addr().ok()),
     );
     let admin_allow = settings
@@ -278,6 +289,17 @@ pub async fn serve(
             shared.clone(),
             stop,
             stop_accepting.clone(),
+            false,
+        ));
+    }
+    for listener in tls_listeners {
+        info!(addr = %listener.local_addr()?, "listening for TLS");
+        tracker.spawn(listener::accept_loop(
+            listener,
+            shared.clone(),
+            stop_accepting.child_token(),
+            stop_accepting.clone(),
+            true,
         ));
     }
     if let Some(admin) = admin {
@@ -297,6 +319,7 @@ pub async fn serve(
                 for_loops.clone(),
                 stop,
                 drain.clone(),
+                false,
             ));
         });
         // Not tracked: it ends when the channel does, and shutdown need not wait for it.

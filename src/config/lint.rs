@@ -167,6 +167,7 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
         }
     }
 
+    out.extend(tls_findings(config, settings));
     out.extend(times_findings(&policy.rules));
     for (j, later) in policy.rules.iter().enumerate() {
         if is_unconditional(later) && j + 1 < policy.rules.len() {
@@ -186,6 +187,45 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
             out.push(format!(
                 "rule \"{}\" can never match: rule \"{}\" before it matches every request it would",
                 later.name, earlier.name
+            ));
+        }
+    }
+    out
+}
+
+/// Passwords in clear, and a certificate that does not name what the PAC gives.
+fn tls_findings(config: &Config, settings: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    let exposed = config.listen.iter().any(|a| !a.ip().is_loopback());
+    if settings.auth.is_some() && config.listen_tls.is_empty() && exposed {
+        out.push(
+            "[auth] is on and every listener is plain: passwords cross the LAN base64-encoded, readable by anyone on it; add listen_tls and [tls] (portcullis cert makes a certificate) and pac.tls".to_owned(),
+        );
+    }
+    if config.listen_tls.is_empty() && (config.tls.cert.is_some() || config.pac.tls) {
+        out.push(
+            "[tls] or pac.tls is set but listen_tls is empty: no TLS listener is opened".to_owned(),
+        );
+    }
+    let Some(tls) = &settings.tls else {
+        return out;
+    };
+    if !config.pac.tls {
+        return out;
+    }
+    let named = config.pac.proxy_host.iter().cloned().chain(
+        config
+            .pac
+            .proxies
+            .iter()
+            .filter_map(|p| crate::core::target::parse_authority(p, None).ok())
+            .map(|t| t.host.to_string()),
+    );
+    for host in named {
+        if tls.covers(&host) == Some(false) {
+            out.push(format!(
+                "pac.tls offers HTTPS {host}, but the certificate in {} does not name {host}: browsers will refuse it (portcullis cert --name {host})",
+                tls.cert_path.display()
             ));
         }
     }
@@ -390,6 +430,10 @@ mod tests {
                 "limits.rate \"big\" caps down at 2.5 MB/s, no less than the link itself (shaping.down = 1.2 MB/s)",
             ),
             (
+                "[pac]\ntls = true\n",
+                "[tls] or pac.tls is set but listen_tls is empty",
+            ),
+            (
                 "[pac]\nsocks = true\n[socks]\nenabled = false\n",
                 "pac.socks offers SOCKS5 on this proxy, but socks.enabled is off",
             ),
@@ -459,13 +503,28 @@ mod tests {
         std::fs::write(dir.path().join("users"), format!("alice:{hash}\n")).unwrap();
         let origin = dir.path().join("portcullis.toml");
         let lint_auth = |extra: &str| {
-            let text = format!("[auth]\nhtpasswd = \"users\"\n{extra}");
+            let text = format!("{extra}[auth]\nhtpasswd = \"users\"\n");
             let config = Config::from_toml(&text, "t").unwrap();
             let settings = config.validate(&origin.display().to_string()).unwrap();
             lint(&config, &settings)
         };
         let lines = lint_auth("[socks]\nv4 = true\n");
         assert!(has(&lines, "every SOCKS4 request is refused"), "{lines:#?}");
+        // Passwords over plain listeners only; and a certificate that does not name the
+        // PAC's host.
+        assert!(has(&lines, "every listener is plain"), "{lines:#?}");
+        let made = crate::ops::cert::run(&crate::ops::cert::Request {
+            names: vec!["proxy.lan".into()],
+            ips: vec![],
+            out: dir.path().join("tls"),
+        });
+        assert!(made.is_ok(), "{made:?}");
+        let tls = "listen_tls = [\"0.0.0.0:3443\"]\n[tls]\ncert = \"tls/proxy.pem\"\nkey = \"tls/proxy.key\"\n[pac]\ntls = true\n";
+        let lines = lint_auth(&format!("{tls}proxy_host = \"proxy.lan\"\n"));
+        assert!(!has(&lines, "every listener is plain"), "{lines:#?}");
+        assert!(!has(&lines, "does not name"), "{lines:#?}");
+        let lines = lint_auth(&format!("{tls}proxy_host = \"gateway.lan\"\n"));
+        assert!(has(&lines, "does not name gateway.lan"), "{lines:#?}");
         // A log-in keeps SOCKS to 25 from strangers: no SMTP warning for the port list.
         let lines = lint_auth("[socks]\nports = [25]\n");
         assert!(!has(&lines, "SMTP"), "{lines:#?}");

@@ -15,7 +15,9 @@ pub mod schema;
 pub mod settings;
 mod shaping;
 pub mod syslog;
+pub mod tls;
 mod validate;
+pub(crate) use validate::host_name;
 
 use std::fmt::Write;
 

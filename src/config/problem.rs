@@ -217,6 +217,8 @@ pub enum ProblemKind {
     BadTimes(String),
     /// `clock.timezone` names no zone of the time zone database.
     BadTimezone(String),
+    /// `[tls]` is missing or its files do not make a certificate and key (the words say how).
+    BadTls(String),
     /// A rule's method that is not a method name.
     BadMethod(String),
     /// `upstream.bind` lists two addresses of one family.
@@ -279,6 +281,7 @@ impl fmt::Display for ProblemKind {
             | ProblemKind::BadHostsUrl(e)
             | ProblemKind::BadTimes(e)
             | ProblemKind::BadTimezone(e)
+            | ProblemKind::BadTls(e)
             | ProblemKind::BadRate(e)
             | ProblemKind::BadSyslog(e) => f.write_str(e),
             ProblemKind::NotHostPort(text) => write!(f, "\"{text}\" is not host:port"),

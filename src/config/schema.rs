@@ -25,6 +25,9 @@ pub struct Config {
     pub instance: Option<String>,
     /// Addresses to accept proxy clients on.
     pub listen: Vec<SocketAddr>,
+    /// Addresses to accept proxy clients on over TLS (`[tls]` names the certificate).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listen_tls: Vec<SocketAddr>,
     /// Threads that serve connections: `"auto"` or a number.
     pub workers: Workers,
     /// Which clients may use the proxy.
@@ -61,6 +64,20 @@ pub struct Config {
     pub state: StateConfig,
     /// The time zone schedules and budget periods are read in.
     pub clock: ClockConfig,
+    /// The certificate of the TLS listeners.
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: the certificate clients see on `listen_tls`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM: the proxy's certificate first, then the intermediates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// `[clock]`: local time, for `times` of rules and the periods of budgets.
@@ -247,6 +264,9 @@ pub struct PacConfig {
     /// Offer `SOCKS5 host:port` after the `PROXY` entries, for clients that send non-HTTP
     /// traffic through the PAC's proxies (this proxy answers SOCKS5 on the same port).
     pub socks: bool,
+    /// Offer `HTTPS host:port` (this proxy's first `listen_tls` port) before the `PROXY`
+    /// entries, so that browsers speak TLS to the proxy.
+    pub tls: bool,
 }
 
 /// `[pages]`
@@ -652,6 +672,7 @@ impl Default for Config {
         Config {
             instance: None,
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 3128))],
+            listen_tls: Vec::new(),
             workers: Workers::default(),
             clients: ClientsConfig::default(),
             ports: PortsConfig::default(),
@@ -670,6 +691,7 @@ impl Default for Config {
             shaping: ShapingConfig::default(),
             state: StateConfig::default(),
             clock: ClockConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct Settings {
     pub socks: SocksSettings,
     /// The shared link and the caps.
     pub shaping: ShapingSettings,
+    /// The TLS listeners' addresses and certificate (`listen_tls`, `[tls]`), when set.
+    pub tls: Option<super::tls::TlsSettings>,
 }
 
 /// `[shaping]` and `[[limits.rate]]` as the data path uses them: rates in bytes per second.
@@ -250,6 +252,8 @@ pub struct PacSettings {
     pub proxy_host: Option<String>,
     /// `SOCKS5` entries after the `PROXY` ones.
     pub socks: bool,
+    /// `HTTPS host:port` entries before the `PROXY` ones: this proxy's TLS port, when set.
+    pub tls_port: Option<u16>,
 }
 
 /// `[pages]` as the request path uses it.

@@ -226,6 +226,11 @@ impl Config {
             proxies: self.pac.proxies.clone(),
             proxy_host: self.pac.proxy_host.clone(),
             socks: self.pac.socks,
+            tls_port: self
+                .pac
+                .tls
+                .then(|| self.listen_tls.first().map(|a| a.port()))
+                .flatten(),
         };
         for proxy in &pac.proxies {
             if crate::core::target::parse_authority(proxy, None).is_err() {
@@ -289,6 +294,7 @@ impl Config {
             }),
             None => Clock::new(jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC)),
         };
+        let tls = self.tls_settings(base, &mut problems);
         let upstream = self.upstream_settings(&mut problems);
         let bind = self.bind_addresses(&mut problems);
         let dns = self.dns_settings(&mut problems);
@@ -311,7 +317,12 @@ impl Config {
             socks_ports,
             udp_ports,
             allow_loopback: self.destinations.allow_loopback,
-            listen: self.listen.clone(),
+            listen: self
+                .listen
+                .iter()
+                .chain(&self.listen_tls)
+                .copied()
+                .collect(),
             admin: admin.as_ref().map(|(addr, _)| *addr),
             rules,
             clock,
@@ -353,6 +364,7 @@ impl Config {
                 without_login,
             },
             shaping,
+            tls,
         })
     }
 
@@ -778,7 +790,7 @@ fn is_instance_name(name: &str) -> bool {
 
 /// The machine's host name, the default `instance` (`portcullis` when it cannot be read or
 /// is not a valid instance name).
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

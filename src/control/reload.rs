@@ -150,8 +150,17 @@ async fn reload(
     for (_, listener) in &bound {
         actual.push(listener.local_addr().map_err(|e| e.to_string())?);
     }
+    // The TLS listeners bound at start run on (`listen_tls` is read at start only): their
+    // addresses stay the proxy's own, and they keep a certificate even if [tls] went away.
+    let old = shared.settings();
+    let plain: Vec<SocketAddr> = listeners.values().map(|r| r.actual).collect();
+    actual.extend(old.policy.listen.iter().filter(|a| !plain.contains(a)));
+    if settings.tls.is_none() {
+        settings.tls = old.tls.clone();
+    }
     // The admin listener is not bound again on reload: the running one stays the proxy's own.
-    settings.set_bound(actual, shared.settings().policy.admin);
+    settings.set_bound(actual, old.policy.admin);
+    drop(old);
 
     let summary = changes(config, &new);
     shared.swap(settings).map_err(|e| e.to_string())?;
@@ -177,7 +186,7 @@ async fn reload(
 }
 
 /// Sections read at start-up only.
-const NEED_RESTART: [&str; 3] = ["log", "admin", "workers"];
+const NEED_RESTART: [&str; 4] = ["log", "admin", "workers", "listen_tls"];
 
 /// Reads the file and validates it ([`crate::config::load()`]: a file that holds no settings
 /// is refused); errors carry file, line and column.

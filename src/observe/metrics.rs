@@ -311,6 +311,12 @@ pub fn render_metrics(
         "Access records not sent to syslog ([log] syslog): it could not keep up or could not be reached.",
         stats.syslog_dropped.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "portcullis_tls_handshake_failures_total",
+        "TLS handshakes on listen_tls that failed (an untrusted certificate, not TLS at all) or did not finish within timeouts.request_header.",
+        stats.tls_failed.load(Ordering::Relaxed),
+    );
     family(
         &mut out,
         "portcullis_start_time_seconds",

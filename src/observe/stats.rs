@@ -255,6 +255,8 @@ pub struct Stats {
     pub dropped_records: Arc<AtomicU64>,
     /// Access records syslog dropped: it could not keep up, or could not be reached.
     pub syslog_dropped: Arc<AtomicU64>,
+    /// TLS handshakes on `listen_tls` that failed or did not finish in time.
+    pub tls_failed: AtomicU64,
     /// Name resolutions: how long they took, and how many the cache answered.
     dns: DnsStats,
     /// Time shaped transfers were told to wait, microseconds, towards the clients and from.
@@ -319,6 +321,7 @@ impl Stats {
             errors: Default::default(),
             dropped_records: Arc::default(),
             syslog_dropped: Arc::default(),
+            tls_failed: AtomicU64::new(0),
             dns: DnsStats::default(),
             throttled_us: Default::default(),
         }

@@ -49,6 +49,26 @@ pub enum Command {
         #[arg(value_name = "USER")]
         user: String,
     },
+    /// Make a certificate for the proxy's TLS listeners (listen_tls) on a LAN without a public
+    /// name: a small local certificate authority (made once, then reused) and a server
+    /// certificate it signs for the given names and addresses.
+    ///
+    /// Writes ca.pem (install it on the clients), ca.key (keep it here), proxy.pem (the chain
+    /// [tls] cert names) and proxy.key ([tls] key) into DIR; keys with mode 0600. Prints how to
+    /// trust ca.pem on Windows, macOS, Linux, Firefox and Android.
+    ///
+    /// Example: portcullis cert --name proxy.lan --ip 192.168.1.2 --out /etc/portcullis/tls
+    Cert {
+        /// A host name clients use for the proxy (repeat for more).
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// An address clients use for the proxy (repeat for more).
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<IpAddr>,
+        /// The folder for the files (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Print usage per destination port, client, host, user or failure kind, read from access logs.
     ///
     /// Reads access logs in the `squid` or `json` format (told apart line by line), plain or

@@ -343,15 +343,32 @@ impl Drop for BodyGuard {
 
 /// The client socket as hyper sees it: notes when a request head starts to arrive and ends
 /// the connection when the watchdog says so.
-pub(crate) struct WatchedIo {
-    inner: TcpStream,
+pub(crate) struct WatchedIo<S = TcpStream> {
+    inner: S,
     state: Arc<ConnState>,
     scan: HeadScan,
 }
 
-impl WatchedIo {
+/// What a client connection is carried on: a plain socket, or TLS over one.
+pub(crate) trait Wire: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Writes `bytes` now if the transport can, as they are (a short refusal before the
+    /// connection closes); best effort, and nothing at all over TLS.
+    fn answer_now(&self, bytes: &[u8]);
+}
+
+impl Wire for TcpStream {
+    fn answer_now(&self, bytes: &[u8]) {
+        let _ = self.try_write(bytes);
+    }
+}
+
+impl Wire for tokio_rustls::server::TlsStream<TcpStream> {
+    fn answer_now(&self, _: &[u8]) {}
+}
+
+impl<S: Wire> WatchedIo<S> {
     /// Watches `inner` for the connection whose state is `state`.
-    pub(crate) fn new(inner: TcpStream, state: Arc<ConnState>) -> Self {
+    pub(crate) fn new(inner: S, state: Arc<ConnState>) -> Self {
         WatchedIo {
             inner,
             state,
@@ -573,7 +590,7 @@ impl HeadScan {
 
 const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 50\r\nConnection: close\r\n\r\nthe request head did not arrive in time; closing\n";
 
-impl AsyncRead for WatchedIo {
+impl<S: Wire> AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -583,7 +600,7 @@ impl AsyncRead for WatchedIo {
             0 => {}
             e if e == Expiry::SlowHead as u8 => {
                 // Best effort: the socket's send buffer is empty while a head is awaited.
-                let _ = self.inner.try_write(REQUEST_TIMEOUT_RESPONSE);
+                self.inner.answer_now(REQUEST_TIMEOUT_RESPONSE);
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "request head timed out",
@@ -591,7 +608,7 @@ impl AsyncRead for WatchedIo {
             }
             e if e == Expiry::Evicted as u8 && self.state.head_begun() => {
                 // A head had begun: its sender is told why, as when no slot was free.
-                let _ = self.inner.try_write(crate::core::limits::NO_ROOM_RESPONSE);
+                self.inner.answer_now(crate::core::limits::NO_ROOM_RESPONSE);
                 return Poll::Ready(Err(io::Error::other("closed to make room")));
             }
             _ => return Poll::Ready(Ok(())),
@@ -625,7 +642,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: Wire> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

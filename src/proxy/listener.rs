@@ -36,7 +36,7 @@ use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::policy::Builtin;
 use crate::observe::access::PendingRecord;
 use crate::proxy::admission::{Admit, Slot};
-use crate::proxy::conn::{ConnState, Expiry, WatchedIo};
+use crate::proxy::conn::{ConnState, Expiry, WatchedIo, Wire};
 use crate::proxy::service::ProxyService;
 use crate::proxy::socks;
 use crate::proxy::state::ProxyState;
@@ -62,6 +62,7 @@ pub(crate) async fn accept_loop(
     shared: Arc<ProxyState>,
     stop: CancellationToken,
     drain: CancellationToken,
+    tls: bool,
 ) {
     let socket = AcceptedSocket::for_listener(&listener);
     let mut backoff = Duration::from_millis(5);
@@ -116,6 +117,7 @@ pub(crate) async fn accept_loop(
                         admitted,
                         shared_for_task,
                         stop_for_task,
+                        tls,
                     )
                     .instrument(tracing::info_span!(
                         "conn",
@@ -204,6 +206,7 @@ async fn serve_connection(
     (slot, refusal): (Slot, Option<EdgeError>),
     shared: Arc<ProxyState>,
     stop: CancellationToken,
+    tls: bool,
 ) {
     let Some(local) = socket.prepare(&stream) else {
         return;
@@ -211,6 +214,43 @@ async fn serve_connection(
     let settings = shared.settings();
     let timeouts = settings.timeouts.clone();
     let state = slot.conn().clone();
+    if tls {
+        let Some(server) = settings.tls.as_ref().map(|t| t.server.clone()) else {
+            return;
+        };
+        drop(settings);
+        // The handshake is bounded like a request head: a client that sends nothing, or
+        // stalls half-way, is cut at `request_header`, and its slot goes with it.
+        let handshake = tokio_rustls::TlsAcceptor::from(server).accept(stream);
+        let done = tokio::select! {
+            done = handshake => done.map_err(|e| e.to_string()),
+            _ = tokio::time::sleep(timeouts.request_header) => Err(format!(
+                "no TLS handshake within {} (timeouts.request_header)",
+                humantime::format_duration(timeouts.request_header)
+            )),
+            _ = state.evicted() => return,
+            _ = stop.cancelled() => return,
+        };
+        match done {
+            Ok(stream) => {
+                let service = ProxyService::new(
+                    shared.clone(),
+                    peer,
+                    local,
+                    state.clone(),
+                    refusal,
+                    Arc::new(slot),
+                );
+                // Boxed: a TLS connection's state is large, and plain ones need not carry it.
+                Box::pin(serve_http(stream, peer, service, state, shared, stop)).await;
+            }
+            Err(e) => {
+                shared.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "TLS handshake failed");
+            }
+        }
+        return;
+    }
     if settings.socks.enabled {
         // The first byte tells SOCKS from HTTP; it is peeked, so hyper still reads it. A
         // client that sends nothing is closed quietly after `request_header`, as the
@@ -245,9 +285,25 @@ async fn serve_connection(
             return Box::pin(socks::serve(accepted, shared, stop)).await;
         }
     }
+    drop(settings);
     // Tunnels opened on this connection hold its slot too: a tunnel counts in the limits.
     let slot = Arc::new(slot);
     let service = ProxyService::new(shared.clone(), peer, local, state.clone(), refusal, slot);
+    serve_http(stream, peer, service, state, shared, stop).await
+}
+
+/// Serves HTTP/1.1 on `stream` (a socket, or TLS over one) until the connection ends: heads
+/// timed by the watchdog, closed to make room, drained at shutdown.
+async fn serve_http<S: Wire>(
+    stream: S,
+    peer: SocketAddr,
+    service: ProxyService,
+    state: Arc<ConnState>,
+    shared: Arc<ProxyState>,
+    stop: CancellationToken,
+) {
+    let settings = shared.settings();
+    let timeouts = settings.timeouts.clone();
     let limits = &settings.limits;
     let io = TokioIo::new(WatchedIo::new(stream, state.clone()));
     let conn = http1::Builder::new()

@@ -151,12 +151,28 @@ fn proxy_list(settings: &PacSettings, arrived_on: &str) -> String {
         settings.proxies.clone()
     };
     let socks: &[&str] = if settings.socks { &["SOCKS5"] } else { &[] };
-    ["PROXY"]
-        .iter()
-        .chain(socks)
-        .flat_map(|kind| proxies.iter().map(move |p| format!("{kind} {p}")))
-        .collect::<Vec<_>>()
-        .join("; ")
+    // With `pac.tls`, each proxy's TLS port first: the same host, this proxy's TLS port.
+    let tls = settings.tls_port.into_iter().flat_map(|port| {
+        proxies
+            .iter()
+            .map(move |p| format!("HTTPS {}", on_port(p, port)))
+    });
+    tls.chain(
+        ["PROXY"]
+            .iter()
+            .chain(socks)
+            .flat_map(|kind| proxies.iter().map(move |p| format!("{kind} {p}"))),
+    )
+    .collect::<Vec<_>>()
+    .join("; ")
+}
+
+/// `proxy` (`host:port`) with `port` instead of its own.
+fn on_port(proxy: &str, port: u16) -> String {
+    match parse_authority(proxy, None) {
+        Ok(target) => display(&Target { port, ..target }),
+        Err(_) => proxy.to_owned(),
+    }
 }
 
 /// `host` (from `[pac] proxy_host`) with its own port, or else the port of `arrived_on`.
@@ -258,7 +274,25 @@ mod tests {
             proxies: proxies.iter().map(|p| p.to_string()).collect(),
             proxy_host: proxy_host.map(str::to_owned),
             socks: false,
+            tls_port: None,
         }
+    }
+
+    #[test]
+    fn tls_entries_come_first_on_the_tls_port() {
+        let mut s = settings(&[], &[], None);
+        s.tls_port = Some(3443);
+        assert_eq!(
+            proxy_list(&s, "10.0.0.1:3128"),
+            "HTTPS 10.0.0.1:3443; PROXY 10.0.0.1:3128"
+        );
+        let mut s = settings(&[], &["a.lan:3128", "[fd00::2]:8080"], None);
+        s.tls_port = Some(3443);
+        s.socks = true;
+        assert_eq!(
+            proxy_list(&s, "x:3128"),
+            "HTTPS a.lan:3443; HTTPS [fd00::2]:3443; PROXY a.lan:3128; PROXY [fd00::2]:8080; SOCKS5 a.lan:3128; SOCKS5 [fd00::2]:8080"
+        );
     }
 
     #[test]

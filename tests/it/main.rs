@@ -39,5 +39,6 @@ mod socks;
 mod socks_clients;
 #[cfg(unix)]
 mod syslog;
+mod tls;
 mod tunnel;
 mod upstream;

@@ -1,0 +1,245 @@
+//! TLS to the proxy (`listen_tls`), as people use it: the binary with a certificate made by
+//! `portcullis cert`, curl with `--proxy https://…` for http:// and https:// targets, a client
+//! that does not trust the certificate, a client that sends nothing, and a certificate
+//! renewed by a reload while a connection made before goes on.
+//!
+//! curl is skipped when this machine has none, except when `CI` is set.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::curl::have_curl;
+use crate::support::running::{line_with, Running};
+use crate::support::*;
+
+/// `portcullis cert --name proxy.lan --ip 127.0.0.1 --out DIR`.
+fn make_cert(dir: &Path) {
+    let ran = portcullis(
+        &[
+            "cert",
+            "--name",
+            "proxy.lan",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(ran.status.success(), "{}", ran.stderr);
+}
+
+/// The proxy binary with a plain and a TLS listener on loopback, the certificate of `tls`;
+/// answers it and the TLS listener's address.
+fn start(dir: &Path, tls: &Path, extra: &str) -> (Running, std::net::SocketAddr) {
+    let config = dir.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"127.0.0.1:0\"]\nlisten_tls = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n[timeouts]\nrequest_header = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            tls.join("proxy.pem").display(),
+            tls.join("proxy.key").display(),
+        ),
+    )
+    .unwrap();
+    let running = Running::start(&["--config", config.to_str().unwrap()]);
+    let line = line_with(&running.stderr, &["listening for TLS"]);
+    let addr = line.rsplit("addr=").next().unwrap().trim().parse().unwrap();
+    (running, addr)
+}
+
+/// curl through the TLS proxy at `proxy`: its status code (0 when it failed), body and
+/// exit status.
+fn curl(proxy: std::net::SocketAddr, args: &[&str]) -> (u16, String, Option<i32>) {
+    let output = Command::new("curl")
+        .args(["--silent", "--noproxy", "", "--max-time", "10"])
+        .args(["--write-out", "\n%{http_code}"])
+        .args(["--proxy", &format!("https://{proxy}")])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_owned(),
+        output.status.code(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_speaks_tls_to_the_proxy_for_http_and_https_targets() {
+    if !have_curl() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    make_cert(&tls);
+    let web = HttpOrigin::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (secure, secure_pem) = HttpOrigin::start_tls_on(listener, &["localhost"]);
+    std::fs::write(dir.path().join("origin.pem"), &secure_pem).unwrap();
+    let (running, proxy) = start(
+        dir.path(),
+        &tls,
+        &loopback_config(&[web.addr.port()], &[secure.addr.port()]),
+    );
+    let ca = tls.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    let (code, body, _) = curl(
+        proxy,
+        &[
+            "--proxy-cacert",
+            ca,
+            &format!("http://127.0.0.1:{}/over-tls", web.addr.port()),
+        ],
+    );
+    assert_eq!((code, body.as_str()), (200, "hello GET /over-tls"));
+    let origin_pem = dir.path().join("origin.pem");
+    let (code, body, _) = curl(
+        proxy,
+        &[
+            "--proxy-cacert",
+            ca,
+            "--cacert",
+            origin_pem.to_str().unwrap(),
+            &format!("https://localhost:{}/tls-in-tls", secure.addr.port()),
+        ],
+    );
+    assert_eq!((code, body.as_str()), (200, "hello GET /tls-in-tls"));
+    // The access log (stdout) has both: a request forwarded and a tunnel.
+    line_with(&running.stdout, &["GET http://127.0.0.1", "/over-tls"]);
+    line_with(&running.stdout, &["CONNECT localhost:"]);
+
+    // A client that does not trust the certificate fails: there is no plaintext fallback.
+    let (code, _, status) = curl(
+        proxy,
+        &[&format!("http://127.0.0.1:{}/untrusted", web.addr.port())],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(status, Some(60), "curl: certificate problem");
+    assert_eq!(web.accepts(), 1, "the untrusted request reached the origin");
+    let line = line_with(&running.stderr, &["admin listening"]);
+    let admin = line.rsplit("addr=").next().unwrap().trim().parse().unwrap();
+    let failures = || async {
+        crate::support::admin::Metrics::scrape(admin)
+            .await
+            .value("portcullis_tls_handshake_failures_total", &[])
+            .unwrap_or(0.0)
+    };
+    assert_eq!(failures().await, 1.0, "the failed handshake is counted");
+
+    // A client that connects and says nothing is cut at timeouts.request_header (1 s).
+    let mut silent = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, silent.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // Plain HTTP sent to the TLS port is no handshake: the connection just closes.
+    let mut plain = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    plain
+        .write_all(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut answer)).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        failures().await,
+        3.0,
+        "the silent and the plain client are counted"
+    );
+}
+
+/// A TLS client trusting only `ca` (PEM file), for `proxy.lan`.
+fn connector(ca: &Path) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_renewed_by_a_reload_serves_new_connections_and_old_ones_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second, live) = (
+        dir.path().join("first"),
+        dir.path().join("second"),
+        dir.path().join("live"),
+    );
+    make_cert(&first);
+    make_cert(&second);
+    std::fs::create_dir_all(&live).unwrap();
+    let install = |from: &Path| {
+        for file in ["proxy.pem", "proxy.key"] {
+            std::fs::copy(from.join(file), live.join(file)).unwrap();
+        }
+    };
+    install(&first);
+    let web = HttpOrigin::start().await;
+    let (running, proxy) = start(dir.path(), &live, &loopback_config(&[web.addr.port()], &[]));
+    let name = ServerName::try_from("proxy.lan").unwrap();
+    let request = |path: &str| {
+        format!(
+            "GET http://127.0.0.1:{}/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            web.addr.port()
+        )
+    };
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let mut old = connector(&first.join("ca.pem"))
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+    let answer = exchange(&mut old, request("before").as_bytes()).await;
+    assert_eq!(answer.status, 200);
+
+    install(&second);
+    let pid = running.child.id().to_string();
+    let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(status.success());
+    line_with(&running.stderr, &["configuration reloaded"]);
+
+    // New connections get the new certificate: a client trusting the first authority only
+    // fails, one trusting the second succeeds.
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    assert!(connector(&first.join("ca.pem"))
+        .connect(name.clone(), tcp)
+        .await
+        .is_err());
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let mut new = connector(&second.join("ca.pem"))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        exchange(&mut new, request("after").as_bytes()).await.status,
+        200
+    );
+    // The connection made before the reload goes on.
+    assert_eq!(
+        exchange(&mut old, request("still").as_bytes()).await.status,
+        200
+    );
+}
