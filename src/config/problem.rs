@@ -168,8 +168,8 @@ pub enum ProblemKind {
     BadRate(String),
     /// `clients.names`: a name that is not one line of text.
     BadClientName(IpAddr),
-    /// `instance`: empty, too long, or with characters other than letters, digits, `.`, `_`
-    /// and `-`.
+    /// `instance`: empty, too long, `-` alone, or with characters other than letters, digits,
+    /// `.`, `_` and `-`.
     BadInstance(String),
     /// `[log] syslog` and its companions: what is wrong, in full.
     BadSyslog(String),
@@ -274,7 +274,7 @@ impl fmt::Display for ProblemKind {
             }
             ProblemKind::BadInstance(text) => write!(
                 f,
-                "\"{text}\" is not an instance name: 1 to 64 letters, digits, '.', '_' or '-'"
+                "\"{text}\" is not an instance name: 1 to 64 letters, digits, '.', '_' or '-', but not '-' alone (reports count records without a name as -)"
             ),
             ProblemKind::BadHostPattern(e)
             | ProblemKind::BadHostsFile(e)

@@ -780,9 +780,11 @@ fn parse_dns_server(text: &str) -> Option<SocketAddr> {
 }
 
 /// Whether `name` may name this proxy in records and syslog headers: 1 to 64 letters, digits,
-/// `.`, `_` and `-`.
+/// `.`, `_` and `-`, but not `-` alone (`portcullis report` counts records without a name as
+/// `-`).
 fn is_instance_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
+        && name != "-"
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))

@@ -69,11 +69,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Print usage per destination port, client, host, user or failure kind, read from access logs.
+    /// Print usage per destination port, client, host, user, failure kind or proxy, read from access logs.
     ///
     /// Reads access logs in the `squid` or `json` format (told apart line by line), plain or
     /// gzip-compressed, and prints per group: requests, denied, bytes up, bytes down, distinct
     /// clients, first and last seen. It streams: memory stays flat however large the logs.
+    /// Several proxies' logs make one report; the table names the proxies (the JSON format's
+    /// `instance`) when there is more than one, and `--by instance` has a row for each.
     ///
     /// Times are request arrival times, in UTC. The Squid format does not record bytes up:
     /// its lines count 0 there. Distinct clients are exact up to 10 000 per group, estimated
@@ -273,17 +275,13 @@ mod tests {
             until,
             Some(humantime::parse_rfc3339("2025-11-26T12:00:00Z").unwrap())
         );
-        let cli = Cli::try_parse_from(["portcullis", "report", "--by", "error"]).unwrap();
-        assert!(
-            matches!(
-                cli.command,
-                Some(Command::Report(ReportOptions {
-                    by: GroupBy::Error,
-                    ..
-                }))
-            ),
-            "{cli:?}"
-        );
+        for (by, want) in [("error", GroupBy::Error), ("instance", GroupBy::Instance)] {
+            let cli = Cli::try_parse_from(["portcullis", "report", "--by", by]).unwrap();
+            assert!(
+                matches!(cli.command, Some(Command::Report(ReportOptions { by, .. })) if by == want),
+                "{cli:?}"
+            );
+        }
         for bad in [
             &["portcullis", "report", "--by", "mood"][..],
             &["portcullis", "report", "--format", "xml"],

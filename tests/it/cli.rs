@@ -305,4 +305,7 @@ fn the_instance_name_is_in_json_records_and_the_status() {
 
     let said = check_refuses("instance = \"proxy a\"\n");
     assert!(said.contains("is not an instance name"), "{said}");
+    // `-` alone is what `portcullis report` calls records that name no proxy.
+    let said = check_refuses("instance = \"-\"\n");
+    assert!(said.contains("but not '-' alone"), "{said}");
 }

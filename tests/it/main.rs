@@ -34,6 +34,8 @@ mod passwd;
 mod reload;
 mod report;
 mod schedules;
+#[cfg(unix)]
+mod several_proxies;
 mod shaping;
 mod socks;
 mod socks_clients;

@@ -3,7 +3,9 @@
 //! `log::format_line`. Every total of the JSON output is checked against totals computed here
 //! from the records themselves; CSV, the table, standard input, time windows, malformed lines
 //! and unreadable inputs are checked too. Records of the proxy's own pages are in the logs,
-//! and in no total: they are no traffic through the proxy.
+//! and in no total: they are no traffic through the proxy. The logs of two proxies (their
+//! JSON lines naming each its `instance`) and an older log without the field make one report
+//! whose table names both proxies, and `--by instance` a row for each.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -159,6 +161,8 @@ fn key(r: &AccessRecord, by: &str) -> String {
         "host" if r.host.is_empty() => "-".into(),
         "host" => r.host.clone(),
         "user" => r.user.clone().unwrap_or_else(|| "-".into()),
+        // Every record in one group, whose totals a test renames.
+        "all" => String::new(),
         _ => unreachable!(),
     }
 }
@@ -657,4 +661,150 @@ fn malformed_lines_are_counted_and_located_and_unreadable_inputs_reported() {
         out.stderr
     );
     assert!(out.stderr.contains("not common"), "{}", out.stderr);
+}
+
+/// The JSON lines of `records` as a proxy named `instance` writes them; with `None`, as a
+/// version from before the `instance` field wrote them (without it).
+fn json_log(records: &[AccessRecord], instance: Option<&str>) -> Vec<u8> {
+    let mut text = Vec::new();
+    for r in records {
+        let line = format_line(Format::Json, r, None);
+        let unnamed = ",\"instance\":null}\n";
+        assert!(line.ends_with(unnamed), "{line}");
+        let head = &line[..line.len() - unnamed.len()];
+        let line = match instance {
+            Some(name) => format!("{head},\"instance\":\"{name}\"}}\n"),
+            None => format!("{head}}}\n"),
+        };
+        text.extend(line.bytes());
+    }
+    text
+}
+
+/// The totals `--by instance` should print for logs of (instance, records): `-` for those
+/// that name none.
+fn expected_by_instance(logs: &[(Option<&str>, &[AccessRecord])]) -> BTreeMap<String, Want> {
+    let mut groups: BTreeMap<String, Want> = BTreeMap::new();
+    for (instance, records) in logs {
+        let all = records.iter().map(|r| (r, Format::Json));
+        let Some(w) = expected(all, "all", 0, u64::MAX).remove("") else {
+            continue;
+        };
+        let g = groups
+            .entry(instance.unwrap_or("-").to_owned())
+            .or_default();
+        if g.requests == 0 {
+            (g.first, g.last) = (w.first, w.last);
+        }
+        g.requests += w.requests;
+        g.denied += w.denied;
+        g.bytes_up += w.bytes_up;
+        g.bytes_down += w.bytes_down;
+        g.clients.extend(w.clients);
+        g.first = g.first.min(w.first);
+        g.last = g.last.max(w.last);
+    }
+    groups
+}
+
+/// Two proxies' JSON logs and an older one without `instance`: `--by instance` totals each
+/// proxy (older lines as `-`), the table first names the proxies, totals stay over all.
+#[test]
+fn several_proxies_logs_by_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = records(3_000, 21);
+    let b = records(2_000, 22);
+    let old = records(700, 23);
+    let write = |name: &str, text: Vec<u8>| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let a_log = write("proxy-a.log", json_log(&a, Some("proxy-a")));
+    let b_log = write("proxy-b.log", json_log(&b, Some("proxy-b")));
+    let old_log = write("older.log", json_log(&old, None));
+
+    // `--by instance --format json` over these files.
+    let json_by_instance = |files: &[&Path]| {
+        let mut args = vec!["--by", "instance", "--format", "json"];
+        args.extend(files.iter().map(|f| path(f)));
+        report(&args)
+    };
+
+    // Two proxies: one row each, totals right.
+    let out = json_by_instance(&[&a_log, &b_log]);
+    assert_eq!(out.stderr, "");
+    let both = [(Some("proxy-a"), &a[..]), (Some("proxy-b"), &b[..])];
+    check_json(&out.stdout, "instance", &expected_by_instance(&both));
+
+    // The table names both before its columns, whatever it is grouped by; TOTAL is over all.
+    let total_of = |text: &str| -> String {
+        let line = text.lines().find(|l| l.starts_with("TOTAL")).unwrap();
+        line.split_whitespace().nth(1).unwrap().to_owned()
+    };
+    let all = (counted(&a) + counted(&b)).to_string();
+    for by in ["port", "instance"] {
+        let out = report(&["--by", by, path(&a_log), path(&b_log)]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "2 proxies: proxy-a, proxy-b", "{text}");
+        assert!(lines[1].starts_with(&by.to_ascii_uppercase()), "{text}");
+        assert_eq!(total_of(&text), all, "{text}");
+    }
+    let text = String::from_utf8(report(&["--by", "instance", path(&b_log), path(&a_log)]).stdout)
+        .unwrap();
+    let rows: Vec<(&str, &str)> = text
+        .lines()
+        .skip(2)
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next().unwrap(), f.next().unwrap())
+        })
+        .collect();
+    let (na, nb) = (counted(&a).to_string(), counted(&b).to_string());
+    assert_eq!(
+        rows,
+        [
+            ("proxy-a", &na[..]),
+            ("proxy-b", &nb[..]),
+            ("TOTAL", &all[..])
+        ],
+        "{text}"
+    );
+
+    // Both proxies' lines in one stream (as a log shipper writes them): the same.
+    let mut merged = std::fs::read(&a_log).unwrap();
+    merged.extend(std::fs::read(&b_log).unwrap());
+    let out = portcullis(&["report", "--by", "instance", "--format", "json"], merged);
+    assert!(out.status.success(), "{}", out.stderr);
+    check_json(&out.stdout, "instance", &expected_by_instance(&both));
+
+    // An older log without the field: its lines are `-`, and the table says how many.
+    let out = json_by_instance(&[&a_log, &b_log, &old_log]);
+    let three = [both[0], both[1], (None, &old[..])];
+    check_json(&out.stdout, "instance", &expected_by_instance(&three));
+    let text =
+        String::from_utf8(report(&[path(&old_log), path(&a_log), path(&b_log)]).stdout).unwrap();
+    assert_eq!(
+        text.lines().next(),
+        Some(&*format!(
+            "2 proxies: proxy-a, proxy-b; {} records name no proxy (-)",
+            counted(&old)
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        total_of(&text),
+        (counted(&a) + counted(&b) + counted(&old)).to_string()
+    );
+    // The older log alone: one group `-`, and no line on proxies.
+    let out = report(&["--by", "instance", path(&old_log)]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("INSTANCE "), "{text}");
+    assert!(lines[1].starts_with("-  "), "{text}");
+    assert!(lines[2].starts_with("TOTAL "), "{text}");
+    // One proxy alone: no line on proxies either.
+    let text = String::from_utf8(report(&[path(&a_log)]).stdout).unwrap();
+    assert!(text.starts_with("PORT "), "{text}");
 }

@@ -1,14 +1,15 @@
-//! The aggregation: one [`Group`] of running totals per port, client, host or user, read
-//! line by line from an input with bounded memory.
+//! The aggregation: one [`Group`] of running totals per port, client, host, user, failure
+//! kind or proxy, read line by line from an input with bounded memory, and the names of the
+//! proxies whose records were counted ([`Proxies`]).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, BufRead, Read};
 use std::time::SystemTime;
 
 use super::distinct::{client_hash, Distinct};
 use super::parse::{parse_line, time_of, BadLine, Entry, LineFormat, Window};
-use super::{GroupBy, ReportError, MAX_GROUPS, MAX_LINE_BYTES};
+use super::{GroupBy, ReportError, MAX_GROUPS, MAX_LINE_BYTES, MAX_PROXY_NAMES};
 
 /// The running totals of one group.
 #[derive(Debug, Clone, Default)]
@@ -58,7 +59,7 @@ impl Group {
 pub enum RowKey {
     /// A destination port.
     Port(u16),
-    /// A client address, host or user.
+    /// A client address, host, user, failure kind or proxy.
     Name(String),
     /// Every key past [`MAX_GROUPS`].
     Other,
@@ -131,6 +132,38 @@ pub struct Counts {
     pub first_bad: Option<BadLineAt>,
 }
 
+/// The proxies whose records a report counted (the JSON format's `instance`), whatever it is
+/// grouped by: a report over several proxies' logs names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proxies {
+    /// Their names, sorted; at most [`MAX_PROXY_NAMES`] are kept.
+    pub names: BTreeSet<String>,
+    /// Whether further names were seen and not kept.
+    pub more: bool,
+    /// Counted records that name no proxy: Squid lines, and JSON lines written before the
+    /// field existed (`-` in `--by instance`).
+    pub unnamed: u64,
+}
+
+impl Proxies {
+    fn add(&mut self, instance: Option<&str>) {
+        match instance {
+            None => self.unnamed += 1,
+            Some(name) if self.names.contains(name) => {}
+            Some(name) if self.names.len() < MAX_PROXY_NAMES => {
+                self.names.insert(name.to_owned());
+            }
+            Some(_) => self.more = true,
+        }
+    }
+
+    /// Whether the counted records came from more than one proxy (records that name none
+    /// counting as one more).
+    pub fn several(&self) -> bool {
+        self.more || self.names.len() + usize::from(self.unnamed > 0) > 1
+    }
+}
+
 /// Usage aggregated from access log records, grouped by one key.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -140,6 +173,7 @@ pub struct Report {
     names: HashMap<String, Group>,
     other: Option<Group>,
     total: Group,
+    proxies: Proxies,
     pub(super) counts: Counts,
 }
 
@@ -156,6 +190,7 @@ impl Report {
             names: HashMap::new(),
             other: None,
             total: Group::default(),
+            proxies: Proxies::default(),
             counts: Counts::default(),
         }
     }
@@ -163,6 +198,11 @@ impl Report {
     /// What was read so far.
     pub fn counts(&self) -> &Counts {
         &self.counts
+    }
+
+    /// The proxies whose records were counted.
+    pub fn proxies(&self) -> &Proxies {
+        &self.proxies
     }
 
     /// Whether some keys were counted together in the `(other)` row.
@@ -186,6 +226,7 @@ impl Report {
         self.counts.counted += 1;
         let client = client_hash(&e.client);
         self.total.add(e, client);
+        self.proxies.add(e.instance.as_deref());
         let key: &str = match self.by {
             GroupBy::Port => {
                 self.ports.entry(e.port).or_default().add(e, client);
@@ -195,6 +236,7 @@ impl Report {
             GroupBy::Host => &e.host,
             GroupBy::User => e.user.as_deref().unwrap_or("-"),
             GroupBy::Error => e.error.as_deref().unwrap_or("-"),
+            GroupBy::Instance => e.instance.as_deref().unwrap_or("-"),
         };
         if let Some(group) = self.names.get_mut(key) {
             group.add(e, client);
@@ -334,6 +376,7 @@ mod tests {
             GroupBy::Host,
             GroupBy::User,
             GroupBy::Error,
+            GroupBy::Instance,
         ] {
             let mut report = Report::new(by, Window::default());
             for format in [Format::Squid, Format::Json] {
@@ -456,6 +499,8 @@ mod tests {
                     s("refused", 1, 0, 30, 3000, 1),
                 ],
             ),
+            // No record names its proxy: all are `-`.
+            (GroupBy::Instance, vec![s("-", 6, 2, 100, 10_000, 3)]),
         ];
         for (by, want) in cases {
             let report = report(by, Window::default());
@@ -539,5 +584,61 @@ mod tests {
         assert_eq!((rows[0].key.clone(), rows[0].requests), (RowKey::Other, 3));
         assert_eq!(report.total().unwrap().requests, MAX_GROUPS as u64 + 3);
         assert!(summary(&report)[0].contains("(other)"));
+    }
+
+    #[test]
+    fn records_of_several_proxies_are_told_apart() {
+        let mut report = Report::new(GroupBy::Instance, Window::default());
+        let named = |instance: Option<&'static str>, port| Entry {
+            instance: instance.map(Cow::Borrowed),
+            ..entry("example.com", port, None, false)
+        };
+        for (instance, port) in [
+            (Some("proxy-b"), 80),
+            (Some("proxy-a"), 443),
+            (Some("proxy-b"), 443),
+            (None, 80),
+        ] {
+            report.add(&named(instance, port));
+        }
+        let keys: Vec<(String, u64)> = report
+            .rows()
+            .iter()
+            .map(|r| (r.key.text().into_owned(), r.requests))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("proxy-b".into(), 2),
+                ("-".into(), 1),
+                ("proxy-a".into(), 1)
+            ]
+        );
+        assert_eq!(report.total().unwrap().requests, 4);
+        let proxies = report.proxies();
+        assert_eq!(
+            proxies.names.iter().collect::<Vec<_>>(),
+            ["proxy-a", "proxy-b"]
+        );
+        assert_eq!(
+            (proxies.unnamed, proxies.more, proxies.several()),
+            (1, false, true)
+        );
+        // Whatever the grouping, the proxies are known; one alone is not "several".
+        let mut one = Report::new(GroupBy::Port, Window::default());
+        one.add(&named(Some("proxy-a"), 80));
+        one.add(&named(Some("proxy-a"), 443));
+        assert!(!one.proxies().several());
+        one.add(&named(None, 443));
+        assert!(one.proxies().several(), "a record naming none is another");
+        // Past the cap, names are not kept but noticed.
+        let mut many = Report::new(GroupBy::Port, Window::default());
+        let mut e = named(None, 80);
+        for i in 0..MAX_PROXY_NAMES + 2 {
+            e.instance = Some(Cow::Owned(format!("p{i}")));
+            many.add(&e);
+        }
+        assert_eq!(many.proxies().names.len(), MAX_PROXY_NAMES);
+        assert!(many.proxies().more);
     }
 }

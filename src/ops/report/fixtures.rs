@@ -54,6 +54,7 @@ pub fn entry(
         bytes_up: 300,
         bytes_down: 5120,
         error: None,
+        instance: None,
         format: LineFormat::Json,
     }
 }
@@ -145,6 +146,7 @@ pub fn report(by: GroupBy, window: Window) -> Report {
             bytes_up: up,
             bytes_down: down,
             error: error.map(Cow::Borrowed),
+            instance: None,
             format: LineFormat::Json,
         });
     }

@@ -1,9 +1,11 @@
-//! `portcullis report [FILES…]`: usage per destination port, client, host, user or kind of
-//! failure (`--by error`, the JSON format's `error` field), read back
-//! from access logs in the `squid` and `json` formats that [`crate::observe::log`] writes.
+//! `portcullis report [FILES…]`: usage per destination port, client, host, user, kind of
+//! failure (`--by error`, the JSON format's `error` field) or proxy (`--by instance`, the JSON
+//! format's `instance` field), read back from access logs in the `squid` and `json` formats
+//! that [`crate::observe::log`] writes; several proxies' logs make one report, whose table
+//! names the proxies when there is more than one.
 //!
 //! The core is pure: [`parse_line`] turns one line into an [`Entry`], [`Report`] aggregates
-//! entries into one [`Row`] per port, client, host, user or failure kind, and [`Report::render`] prints
+//! entries into one [`Row`] per port, client, host, user, failure kind or proxy, and [`Report::render`] prints
 //! the rows as a table, CSV or JSON. The thin outer part ([`collect`], [`run`]) opens the
 //! inputs (files or standard input, gzip or plain, told apart by the gzip magic bytes), reads
 //! them line by line with a bounded buffer and draws a progress line on a terminal. Memory does
@@ -33,7 +35,8 @@
 //! or `TCP_MEM_HIT` (the proxy's own pages), so "denied" here equals `"decision": "deny"` in the
 //! JSON format. Lines of the JSON format are read by their fields: `time` (arrival),
 //! `client`, `user`, `host`, `port`, `decision`, `rule` (whether it is `local`), `bytes_up`,
-//! `bytes_down` and `error` (absent in older lines; Squid lines have no failure kind).
+//! `bytes_down`, `error` and `instance` (both absent in older lines; Squid lines have
+//! neither: they count as `-`).
 //!
 //! Times are arrival times in both formats, so `--since`, `--until`, "first seen" and "last
 //! seen" mean the same whichever format a line is in. An empty host is reported as `-`, and a
@@ -57,7 +60,7 @@ use std::time::SystemTime;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub use aggregate::{BadLineAt, Counts, Report, Row, RowKey};
+pub use aggregate::{BadLineAt, Counts, Proxies, Report, Row, RowKey};
 pub use parse::{parse_line, parse_since, parse_until, BadLine, Entry, LineFormat, Window};
 pub use render::human_bytes;
 
@@ -71,6 +74,9 @@ pub const EXACT_CLIENTS: usize = 10_000;
 /// At most this many groups are kept; records of further keys are counted in one `(other)`
 /// row (ports never reach it: there are 65 536).
 pub const MAX_GROUPS: usize = 250_000;
+
+/// At most this many proxy names (`instance`) are kept for the report's header.
+pub const MAX_PROXY_NAMES: usize = 1000;
 
 /// Inputs whose files add up to more than this show a progress line (on a terminal).
 pub const PROGRESS_BYTES: u64 = 50 * 1024 * 1024;
@@ -90,10 +96,13 @@ pub enum GroupBy {
     /// The failure's kind (`refused`, `dns` …; `-`: no failure). Only the JSON format records
     /// it: Squid lines all count as `-`.
     Error,
+    /// The proxy that wrote the record (`instance`; `-`: none named). Only the JSON format
+    /// records it: Squid lines, and JSON lines written before the field existed, count as `-`.
+    Instance,
 }
 
 impl GroupBy {
-    /// The name of the key column: `port`, `client`, `host`, `user` or `error`.
+    /// The name of the key column: `port`, `client`, `host`, `user`, `error` or `instance`.
     pub fn key_name(self) -> &'static str {
         match self {
             GroupBy::Port => "port",
@@ -101,6 +110,7 @@ impl GroupBy {
             GroupBy::Host => "host",
             GroupBy::User => "user",
             GroupBy::Error => "error",
+            GroupBy::Instance => "instance",
         }
     }
 }

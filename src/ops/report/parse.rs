@@ -41,6 +41,10 @@ pub struct Entry<'a> {
     /// `None` when the exchange did not fail, and for every Squid line (the format has no
     /// such field). A name this version does not know is kept as it is.
     pub error: Option<Cow<'a, str>>,
+    /// The proxy that wrote the line (the JSON format's `instance` field); `None` for JSON
+    /// lines written before the field existed and for every Squid line (the format has no
+    /// such field).
+    pub instance: Option<Cow<'a, str>>,
     /// The format the line was in.
     pub format: LineFormat,
 }
@@ -87,6 +91,7 @@ fn parse_squid(line: &str) -> Result<Entry<'_>, BadLine> {
         bytes_up: 0,
         bytes_down,
         error: None,
+        instance: None,
         format: LineFormat::Squid,
     })
 }
@@ -217,6 +222,8 @@ struct JsonLine<'a> {
     bytes_down: u64,
     #[serde(borrow, default)]
     error: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    instance: Option<Cow<'a, str>>,
 }
 
 fn parse_json(line: &str) -> Result<Entry<'_>, BadLine> {
@@ -243,6 +250,7 @@ fn parse_json(line: &str) -> Result<Entry<'_>, BadLine> {
         bytes_up: record.bytes_up,
         bytes_down: record.bytes_down,
         error: record.error.filter(|e| !e.is_empty()),
+        instance: record.instance.filter(|i| !i.is_empty() && i != "-"),
         format: LineFormat::Json,
     })
 }
@@ -477,6 +485,25 @@ mod tests {
         let mut want = entry("example.com", 80, Some("alice"), false);
         want.client = "fd00::20".into();
         check(&r, want);
+    }
+
+    #[test]
+    fn the_proxys_instance_is_read_from_json_lines_only() {
+        let mut line = Vec::new();
+        crate::observe::format::write_json(&mut line, &record(), None, Some("proxy-a"));
+        let text = std::str::from_utf8(&line).unwrap().trim_end();
+        assert_eq!(
+            parse_line(text).unwrap().instance.as_deref(),
+            Some("proxy-a")
+        );
+        // Written without a name (null), and by versions before the field (absent).
+        let null = format_line(Format::Json, &record(), None);
+        assert!(null.contains("\"instance\":null"), "{null}");
+        assert_eq!(parse_line(null.trim_end()).unwrap().instance, None);
+        let older = null.replace(",\"instance\":null", "");
+        assert_eq!(parse_line(older.trim_end()).unwrap().instance, None);
+        let squid = format_line(Format::Squid, &record(), None);
+        assert_eq!(parse_line(squid.trim_end()).unwrap().instance, None);
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! The report printed: an aligned table with totals, CSV (RFC 4180) or JSON.
+//! The report printed: an aligned table with totals (after a line naming the proxies when the
+//! records came from several), CSV (RFC 4180) or JSON.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use super::aggregate::{Report, Row, RowKey};
+use super::aggregate::{Proxies, Report, Row, RowKey};
 use super::{GroupBy, OutputFormat};
 
 impl Report {
@@ -73,6 +74,11 @@ impl Report {
             }
         }
         let columns = lines[0].len();
+        let mut out = String::new();
+        if let Some(proxies) = proxies_line(self.proxies()) {
+            out.push_str(&proxies);
+            out.push('\n');
+        }
         let widths: Vec<usize> = (0..columns)
             .map(|c| {
                 lines
@@ -84,7 +90,6 @@ impl Report {
             .collect();
         // Numbers right-aligned; keys, services and times left-aligned.
         let right = |c: usize| c >= numeric_from && c < numeric_from + 5;
-        let mut out = String::new();
         for line in &lines {
             let mut text = String::new();
             for (c, cell) in line.iter().enumerate() {
@@ -165,6 +170,44 @@ impl Report {
         out.push_str(if rows.is_empty() { "]\n" } else { "\n]\n" });
         out
     }
+}
+
+/// Names listed in the line on the proxies; the rest are counted.
+const LISTED_PROXIES: usize = 20;
+
+/// `2 proxies: proxy-a, proxy-b` (with `; 12 records name no proxy (-)` when some records
+/// have no `instance`), for a report whose records came from more than one proxy; `None`
+/// otherwise.
+fn proxies_line(proxies: &Proxies) -> Option<String> {
+    if !proxies.several() {
+        return None;
+    }
+    let n = proxies.names.len();
+    let mut line = match (proxies.more, n) {
+        (true, _) => format!("more than {n} proxies: "),
+        (false, 1) => "1 proxy: ".to_owned(),
+        (false, _) => format!("{n} proxies: "),
+    };
+    let listed: Vec<&str> = proxies
+        .names
+        .iter()
+        .take(LISTED_PROXIES)
+        .map(String::as_str)
+        .collect();
+    line.push_str(&listed.join(", "));
+    if proxies.more {
+        line.push_str(" and more");
+    } else if n > listed.len() {
+        let _ = write!(line, " and {} more", n - listed.len());
+    }
+    match proxies.unnamed {
+        0 => {}
+        1 => line.push_str("; 1 record names no proxy (-)"),
+        u => {
+            let _ = write!(line, "; {u} records name no proxy (-)");
+        }
+    }
+    Some(line)
 }
 
 fn json_string(text: Option<&str>) -> String {
@@ -317,5 +360,53 @@ TOTAL          0       0       0 B         0 B        0  -           -
             .map(|r| r.key.text().into_owned())
             .collect();
         assert_eq!(keys, ["-", "refused"]);
+    }
+
+    #[test]
+    fn a_table_of_several_proxies_names_them_first() {
+        let mut report = Report::new(GroupBy::Port, Window::default());
+        let mut line = Vec::new();
+        for instance in ["proxy-b", "proxy-a", "proxy-b"] {
+            crate::observe::format::write_json(&mut line, &record(), None, Some(instance));
+        }
+        scan(&mut report, &line);
+        let table = report.render(OutputFormat::Table);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "2 proxies: proxy-a, proxy-b", "{table}");
+        assert!(lines[1].starts_with("PORT "), "{table}");
+        assert!(lines[3].starts_with("TOTAL  "), "{table}");
+        assert_eq!(lines[3].split_whitespace().nth(1), Some("3"), "{table}");
+        // CSV and JSON stay rows only.
+        assert!(report.render(OutputFormat::Csv).starts_with("port,"));
+        assert!(report.render(OutputFormat::Json).starts_with("[\n  {"));
+        // Older lines without a name are counted, and said to be.
+        let unnamed = |format| format_line(format, &record(), None);
+        scan(&mut report, unnamed(Format::Json).as_bytes());
+        scan(&mut report, unnamed(Format::Squid).as_bytes());
+        let table = report.render(OutputFormat::Table);
+        assert!(
+            table.starts_with("2 proxies: proxy-a, proxy-b; 2 records name no proxy (-)\n"),
+            "{table}"
+        );
+        let mut one = Report::new(GroupBy::Instance, Window::default());
+        scan(&mut one, &line[..line.len() / 3]);
+        assert!(one.render(OutputFormat::Table).starts_with("INSTANCE "));
+        scan(&mut one, unnamed(Format::Json).as_bytes());
+        let table = one.render(OutputFormat::Table);
+        assert!(
+            table.starts_with("1 proxy: proxy-b; 1 record names no proxy (-)\nINSTANCE "),
+            "{table}"
+        );
+        let mut names = Proxies::default();
+        for i in 0..25 {
+            names.names.insert(format!("p{i:02}"));
+        }
+        let text = proxies_line(&names).unwrap();
+        assert!(text.starts_with("25 proxies: p00, p01, "), "{text}");
+        assert!(text.ends_with(", p19 and 5 more"), "{text}");
+        names.more = true;
+        assert!(proxies_line(&names)
+            .unwrap()
+            .starts_with("more than 25 proxies: "));
     }
 }
