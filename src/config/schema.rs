@@ -78,6 +78,10 @@ pub struct TlsConfig {
     /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// A certificate authority (PEM) offered for download on the proxy's own page, so that
+    /// clients can trust the certificate (`ca.pem` of `portcullis cert`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 /// `[clock]`: local time, for `times` of rules and the periods of budgets.

@@ -27,6 +27,17 @@ pub struct TlsSettings {
     pub cert_path: PathBuf,
     /// The proxy's own certificate (the chain's first), for `check`'s look at its names.
     pub leaf: CertificateDer<'static>,
+    /// The certificate authority offered for download on the proxy's own page (`[tls] ca`).
+    pub ca: Option<Arc<CaFile>>,
+}
+
+/// A certificate authority's certificate, as the own page serves it.
+#[derive(Debug)]
+pub struct CaFile {
+    /// PEM, as read (`/ca.pem`).
+    pub pem: bytes::Bytes,
+    /// DER, the first certificate of the file (`/ca.crt`).
+    pub der: bytes::Bytes,
 }
 
 impl std::fmt::Debug for TlsSettings {
@@ -131,11 +142,32 @@ impl Config {
             }
         };
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        let ca = self.tls.ca.as_ref().and_then(|ca| {
+            let path = base.join(ca);
+            let read = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    let der = CertificateDer::from_pem_slice(&pem).map_err(|e| e.to_string())?;
+                    Ok(CaFile {
+                        der: bytes::Bytes::copy_from_slice(&der),
+                        pem: pem.into(),
+                    })
+                });
+            read.map_err(|e| {
+                bad(
+                    "ca",
+                    format!("cannot read a PEM certificate from {}: {e}", path.display()),
+                )
+            })
+            .ok()
+            .map(Arc::new)
+        });
         Some(TlsSettings {
             listen: self.listen_tls.clone(),
             server: Arc::new(server),
             cert_path,
             leaf,
+            ca,
         })
     }
 }

@@ -194,6 +194,7 @@ In portcullis.toml:
   [tls]
   cert = \"{dir}/proxy.pem\"
   key = \"{dir}/proxy.key\"
+  ca = \"{dir}/ca.pem\"     # offered for download on the proxy's own page
   [pac]
   tls = true        # the PAC offers HTTPS first
 

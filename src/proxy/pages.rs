@@ -68,6 +68,9 @@ pub fn own_page<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
             if accepts_html(req.headers()) {
                 let mut page = welcome_html(&proxy);
                 let mut extra = denials_html(ex.client.ip(), &denials);
+                if has_ca(ex) {
+                    extra.push_str(&crate::web::welcome::ca_html(&proxy));
+                }
                 if let Some((lines, now)) = &share {
                     extra.push_str(&share_html(lines, *now));
                 }
@@ -76,6 +79,9 @@ pub fn own_page<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
             } else {
                 let mut text = welcome_text(&proxy);
                 text.push_str(&denials_text(ex.client.ip(), &denials));
+                if has_ca(ex) {
+                    text.push_str(&crate::web::welcome::ca_text(&proxy));
+                }
                 if let Some((lines, now)) = &share {
                     text.push_str(&share_text(lines, *now));
                 }
@@ -92,6 +98,25 @@ pub fn own_page<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
             return response;
         }
         OwnPage::Robots => (ROBOTS_TXT.to_owned(), "text/plain; charset=utf-8"),
+        OwnPage::Ca { der } => {
+            let ca = ex.settings.tls.as_ref().and_then(|t| t.ca.clone());
+            let Some(ca) = ca else {
+                let reason = "no certificate authority is offered here ([tls] ca)".to_owned();
+                ex.record.answered(404);
+                ex.record.note(reason.clone());
+                return own_answer(
+                    StatusCode::NOT_FOUND,
+                    "text/plain; charset=utf-8",
+                    DownBody::text(reason + "\n"),
+                );
+            };
+            let (bytes, content_type) = if der {
+                (ca.der.clone(), "application/x-x509-ca-cert")
+            } else {
+                (ca.pem.clone(), "application/x-pem-file")
+            };
+            return own_answer(status, content_type, DownBody::text(bytes));
+        }
         OwnPage::NotFound | OwnPage::NotAllowed => {
             let reason = page
                 .missing(req.method(), req.uri().path())
@@ -108,6 +133,11 @@ pub fn own_page<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     response
+}
+
+/// Whether `[tls] ca` offers a certificate authority for download.
+fn has_ca(ex: &Exchange) -> bool {
+    ex.settings.tls.as_ref().is_some_and(|t| t.ca.is_some())
 }
 
 /// `/proxy.pac` and `/wpad.dat`: the PAC file naming this proxy as the client reached it

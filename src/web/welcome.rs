@@ -23,6 +23,12 @@ pub(crate) enum OwnPage {
     Icon,
     /// `/robots.txt`: nothing here is for crawlers ([`ROBOTS_TXT`]).
     Robots,
+    /// `/ca.pem` (PEM) and `/ca.crt` (DER): the certificate authority of `[tls] ca`, for
+    /// clients to install (`404` when none is set).
+    Ca {
+        /// Whether DER (`/ca.crt`, what Windows and Android install with a tap).
+        der: bool,
+    },
     /// Any other path: `404`.
     NotFound,
     /// A method other than `GET` and `HEAD`: `405`.
@@ -39,6 +45,8 @@ impl OwnPage {
             "/" => OwnPage::Welcome,
             "/favicon.ico" => OwnPage::Icon,
             "/robots.txt" => OwnPage::Robots,
+            "/ca.pem" => OwnPage::Ca { der: false },
+            "/ca.crt" => OwnPage::Ca { der: true },
             p if crate::web::pac::PATHS.contains(&p) => OwnPage::Pac,
             _ => OwnPage::NotFound,
         }
@@ -49,7 +57,11 @@ impl OwnPage {
         match self {
             OwnPage::NotFound => StatusCode::NOT_FOUND,
             OwnPage::NotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            OwnPage::Welcome | OwnPage::Pac | OwnPage::Icon | OwnPage::Robots => StatusCode::OK,
+            OwnPage::Welcome
+            | OwnPage::Pac
+            | OwnPage::Icon
+            | OwnPage::Robots
+            | OwnPage::Ca { .. } => StatusCode::OK,
         }
     }
 
@@ -60,7 +72,11 @@ impl OwnPage {
             OwnPage::NotAllowed => Some(format!(
                 "{method} is not supported on the proxy's own pages"
             )),
-            OwnPage::Welcome | OwnPage::Pac | OwnPage::Icon | OwnPage::Robots => None,
+            OwnPage::Welcome
+            | OwnPage::Pac
+            | OwnPage::Icon
+            | OwnPage::Robots
+            | OwnPage::Ca { .. } => None,
         }
     }
 }
@@ -116,6 +132,22 @@ pub(crate) fn welcome_html(proxy: &str) -> String {
          <p>Or let the system or browser set itself up: automatic configuration \
          (&ldquo;setup script&rdquo;) <code id=\"pac\">{pac}</code></p>\
          </body></html>\n"
+    )
+}
+
+/// The part of the page that offers this network's certificate authority (`[tls] ca`), for
+/// the proxy's TLS listener.
+pub(crate) fn ca_html(proxy: &str) -> String {
+    let host = escape_html(proxy);
+    format!(
+        "<h2>Encrypted connections to the proxy</h2><p>This proxy also speaks TLS. To use it,          install this network's certificate authority once, as a trusted root:          <a id=\"ca\" href=\"http://{host}/ca.crt\">ca.crt</a> (Windows, Android: open it to          install) or <a href=\"http://{host}/ca.pem\">ca.pem</a> (macOS, Linux, Firefox).</p>"
+    )
+}
+
+/// [`ca_html`] as text.
+pub(crate) fn ca_text(proxy: &str) -> String {
+    format!(
+        "This proxy also speaks TLS: install this network's certificate authority once,          as a trusted root: http://{proxy}/ca.crt (Windows, Android) or http://{proxy}/ca.pem          (macOS, Linux, Firefox).\n"
     )
 }
 

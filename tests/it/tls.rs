@@ -39,10 +39,15 @@ fn make_cert(dir: &Path) {
 /// answers it and the TLS listener's address.
 fn start(dir: &Path, tls: &Path, extra: &str) -> (Running, std::net::SocketAddr) {
     let config = dir.join("portcullis.toml");
+    // The authority offered on the own page, when the folder has one.
+    let ca = match tls.join("ca.pem") {
+        ca if ca.exists() => format!("ca = \"{}\"\n", ca.display()),
+        _ => String::new(),
+    };
     std::fs::write(
         &config,
         format!(
-            "listen = [\"127.0.0.1:0\"]\nlisten_tls = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n[timeouts]\nrequest_header = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            "listen = [\"127.0.0.1:0\"]\nlisten_tls = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n{ca}[timeouts]\nrequest_header = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
             tls.join("proxy.pem").display(),
             tls.join("proxy.key").display(),
         ),
@@ -120,6 +125,29 @@ async fn curl_speaks_tls_to_the_proxy_for_http_and_https_targets() {
     // The access log (stdout) has both: a request forwarded and a tunnel.
     line_with(&running.stdout, &["GET http://127.0.0.1", "/over-tls"]);
     line_with(&running.stdout, &["CONNECT localhost:"]);
+
+    // The proxy's own page offers the authority to install, as PEM and as DER.
+    let own = |path: &str| {
+        Command::new("curl")
+            .args([
+                "--silent",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "10",
+                "--cacert",
+                ca,
+            ])
+            .arg(format!("https://127.0.0.1:{}{path}", proxy.port()))
+            .output()
+            .expect("curl runs")
+            .stdout
+    };
+    let page = String::from_utf8_lossy(&own("/")).into_owned();
+    assert!(page.contains("/ca.crt"), "{page}");
+    assert_eq!(own("/ca.pem"), std::fs::read(tls.join("ca.pem")).unwrap());
+    let der = CertificateDer::from_pem_file(tls.join("ca.pem")).unwrap();
+    assert_eq!(own("/ca.crt"), der.as_ref());
 
     // A client that does not trust the certificate fails: there is no plaintext fallback.
     let (code, _, status) = curl(
