@@ -14,7 +14,7 @@ use super::problem::{KeyPath, Problem, ProblemKind};
 use super::schema::Config;
 
 /// The protocols offered by ALPN, in order of preference.
-pub const ALPN: [&[u8]; 1] = [b"http/1.1"];
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The TLS listeners as the proxy runs them.
 #[derive(Clone)]

@@ -13,8 +13,9 @@
 //! waits 1 s, then twice as long each time up to a minute. Like the rest of `[log]`, the
 //! settings are read at start-up only.
 //!
-//! The framing is a few lines, written here: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID
-//! - MSG`, with the instance name as HOSTNAME and `access` as MSGID. Every message has the
+//! The framing is a few lines, written here:
+//! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - MSG`, with the instance name as HOSTNAME
+//! and `access` as MSGID. Every message has the
 //! severity `info`. A datagram carries at most [`DATAGRAM_LIMIT`] bytes: a longer message is
 //! cut there and ends in [`TRUNCATED`] (a JSON payload cut so no longer parses).
 

@@ -36,7 +36,7 @@ use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::policy::Builtin;
 use crate::observe::access::PendingRecord;
 use crate::proxy::admission::{Admit, Slot};
-use crate::proxy::conn::{ConnState, Expiry, WatchedIo, Wire};
+use crate::proxy::conn::{ConnState, Expiry, Standing, WatchedIo, Wire};
 use crate::proxy::service::ProxyService;
 use crate::proxy::socks;
 use crate::proxy::state::ProxyState;
@@ -242,7 +242,11 @@ async fn serve_connection(
                     Arc::new(slot),
                 );
                 // Boxed: a TLS connection's state is large, and plain ones need not carry it.
-                Box::pin(serve_http(stream, peer, service, state, shared, stop)).await;
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Box::pin(serve_h2(stream, service, state, shared, stop)).await;
+                } else {
+                    Box::pin(serve_http(stream, peer, service, state, shared, stop)).await;
+                }
             }
             Err(e) => {
                 shared.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
@@ -421,6 +425,56 @@ async fn serve_http<S: Wire>(
                 EdgeError::refusal(kind, Builtin::Request, reason).with_status(status),
             );
         }
+    }
+}
+
+/// Requests and tunnels a client may have open at once on one HTTP/2 connection.
+pub(crate) const H2_STREAMS: u32 = 100;
+
+/// Serves HTTP/2 (negotiated by ALPN on a TLS listener) until the connection ends: each
+/// stream an exchange of its own (a request, or a `CONNECT` tunnel, RFC 9113 §8.5), at most
+/// [`H2_STREAMS`] at once; pings keep a quiet connection honest; closed to make room, drained
+/// at shutdown like an HTTP/1.1 connection.
+async fn serve_h2(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    service: ProxyService,
+    state: Arc<ConnState>,
+    shared: Arc<ProxyState>,
+    stop: CancellationToken,
+) {
+    let keep_alive = shared.settings().timeouts.keep_alive;
+    let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut draining = false;
+    let mut stop = Signal::new(&stop);
+    let mut hard_stop = Signal::new(&shared.hard_stop);
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = &mut stop, if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = state.evicted() => break Ok(()),
+            _ = &mut hard_stop => break Ok(()),
+            // No stream for `keep_alive`: close, as an idle HTTP/1.1 connection is closed.
+            _ = tokio::time::sleep(keep_alive), if !draining => {
+                if let Standing::KeptAlive(since) | Standing::Silent(since) = state.standing() {
+                    if since.elapsed() >= keep_alive {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "HTTP/2 connection ended with an error");
     }
 }
 

@@ -161,10 +161,16 @@ impl ProxyService {
         req: Request<Incoming>,
         head: HeadFlags,
     ) -> Result<Reply, EdgeError> {
-        let classified = classify(req.method(), req.uri());
+        let mut classified = classify(req.method(), req.uri());
+        if req.version() == http::Version::HTTP_2 && addresses_this_listener(&req, ex.local) {
+            // Over HTTP/2 every request names scheme and authority: `https` with this TLS
+            // listener's port is a browser asking the proxy itself, as `GET /` over HTTP/1.1.
+            classified = Ok(Classified::Local);
+        }
         let version = match req.version() {
             http::Version::HTTP_10 => "HTTP/1.0",
             http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_2 => "HTTP/2",
             _ => "HTTP/1.1",
         };
         let path = matches!(classified, Ok(Classified::Forward(_) | Classified::Local))
@@ -293,4 +299,13 @@ fn request_head<B>(req: &Request<B>) -> Request<()> {
     *head.version_mut() = req.version();
     *head.headers_mut() = req.headers().clone();
     head
+}
+
+/// Whether an HTTP/2 request (`:scheme https`, `:authority host:port`) is for the proxy's own
+/// pages: no `CONNECT`, and the port of the TLS listener it arrived on.
+fn addresses_this_listener<B>(req: &Request<B>, local: std::net::SocketAddr) -> bool {
+    let uri = req.uri();
+    req.method() != http::Method::CONNECT
+        && uri.scheme() == Some(&http::uri::Scheme::HTTPS)
+        && uri.port_u16().unwrap_or(443) == local.port()
 }

@@ -271,3 +271,89 @@ async fn a_certificate_renewed_by_a_reload_serves_new_connections_and_old_ones_g
         200
     );
 }
+
+/// A TLS connection to the proxy at `proxy` offering only HTTP/2 by ALPN, trusting `ca`.
+async fn h2_connection(
+    proxy: std::net::SocketAddr,
+    ca: &Path,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("proxy.lan").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_carries_requests_and_several_tunnels_on_one_connection() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    make_cert(&tls);
+    let web = HttpOrigin::start().await;
+    let echo = echo_origin().await;
+    let (running, proxy) = start(
+        dir.path(),
+        &tls,
+        &loopback_config(&[web.addr.port()], &[echo.port()]),
+    );
+    let mut sender = h2_connection(proxy, &tls.join("ca.pem")).await;
+
+    // A plain-HTTP request as an HTTP/2 stream.
+    let request = http::Request::get(format!("http://127.0.0.1:{}/over-h2", web.addr.port()))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello GET /over-h2");
+
+    // Three tunnels at once on the same connection (RFC 9113 section 8.5), each its own echo.
+    let mut tunnels = Vec::new();
+    for i in 0..3u8 {
+        let mut sender = sender.clone();
+        tunnels.push(tokio::spawn(async move {
+            let request = http::Request::connect(echo.to_string())
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut stream =
+                hyper_util::rt::TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+            let message = [b't', b'0' + i, b'\n'];
+            stream.write_all(&message).await.unwrap();
+            let mut back = [0u8; 3];
+            tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(back, message);
+        }));
+    }
+    for tunnel in tunnels {
+        tunnel.await.unwrap();
+    }
+    // The access log has the request and each tunnel, as for HTTP/1.1.
+    line_with(&running.stdout, &["GET http://127.0.0.1", "/over-h2"]);
+    drop(sender);
+    for _ in 0..3 {
+        line_with(&running.stdout, &["CONNECT 127.0.0.1:"]);
+    }
+}
