@@ -11,6 +11,7 @@ pub mod lists;
 pub mod load;
 pub(crate) mod locate;
 pub mod problem;
+pub mod quotas;
 pub mod schema;
 pub mod settings;
 mod shaping;

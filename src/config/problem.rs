@@ -166,6 +166,8 @@ pub enum ProblemKind {
     BadLogLevel(String),
     /// A rate or size of `[shaping]` or `[[limits.rate]]` that does not parse (its words).
     BadRate(String),
+    /// A `[[quotas]]` entry's `bytes`, `per` or `key` that is not acceptable (its words).
+    BadBudget(String),
     /// `clients.names`: a name that is not one line of text.
     BadClientName(IpAddr),
     /// `instance`: empty, too long, `-` alone, or with characters other than letters, digits,
@@ -283,7 +285,8 @@ impl fmt::Display for ProblemKind {
             | ProblemKind::BadTimezone(e)
             | ProblemKind::BadTls(e)
             | ProblemKind::BadRate(e)
-            | ProblemKind::BadSyslog(e) => f.write_str(e),
+            | ProblemKind::BadSyslog(e)
+            | ProblemKind::BadBudget(e) => f.write_str(e),
             ProblemKind::NotHostPort(text) => write!(f, "\"{text}\" is not host:port"),
             ProblemKind::NotHostName(text) => {
                 write!(f, "\"{text}\" is not a host name or address")

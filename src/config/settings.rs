@@ -58,6 +58,8 @@ pub struct Settings {
     pub shaping: ShapingSettings,
     /// The TLS listeners' addresses and certificate (`listen_tls`, `[tls]`), when set.
     pub tls: Option<super::tls::TlsSettings>,
+    /// The byte budgets (`[[quotas]]`), in order; empty: nothing is counted.
+    pub quotas: Arc<[crate::core::quota::Quota]>,
 }
 
 /// `[shaping]` and `[[limits.rate]]` as the data path uses them: rates in bytes per second.

@@ -304,6 +304,7 @@ impl Config {
         let rules = self.compile_rules(base, has_auth, &mut problems, &mut lists);
         let shaping = self.shaping_settings(base, self.auth.htpasswd.is_some(), &mut problems);
         let syslog = self.syslog_settings(base, &mut problems);
+        let quotas = self.quota_settings(base, has_auth, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 origin: origin.to_owned(),
@@ -365,6 +366,7 @@ impl Config {
             },
             shaping,
             tls,
+            quotas: quotas.into(),
         })
     }
 

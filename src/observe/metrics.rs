@@ -354,6 +354,44 @@ fn usage_families(out: &mut String, what: &str, label: &str, rows: &[(String, Us
     }
 }
 
+/// The byte budgets (`[[quotas]]`): bytes used by each key in the period under way, and
+/// each budget. Rows are `(quota, key, used, budget)`; written only when quotas exist.
+pub fn render_budgets(out: &mut String, rows: &[(&str, &str, u64, u64)]) {
+    if rows.is_empty() {
+        return;
+    }
+    family(
+        out,
+        "portcullis_quota_used_bytes",
+        "gauge",
+        "Bytes used of a byte budget ([[quotas]]) in the period under way, both ways, by quota and key (a client address or a user).",
+    );
+    let labels =
+        |quota: &str, key: &str| format!("quota=\"{}\",key=\"{}\"", escape(quota), escape(key));
+    for (quota, key, used, _) in rows {
+        sample(
+            out,
+            "portcullis_quota_used_bytes",
+            &labels(quota, key),
+            *used,
+        );
+    }
+    family(
+        out,
+        "portcullis_quota_limit_bytes",
+        "gauge",
+        "The size of a byte budget ([[quotas]]), by quota and key.",
+    );
+    for (quota, key, _, bytes) in rows {
+        sample(
+            out,
+            "portcullis_quota_limit_bytes",
+            &labels(quota, key),
+            *bytes,
+        );
+    }
+}
+
 /// The downloaded block lists (`hosts_url`), each by its rule's name: entries in force,
 /// failed fetches, and when the copy in force was fetched.
 pub fn render_lists(out: &mut String, lists: &[(&str, crate::core::blocklist::ListStatus)]) {

@@ -53,6 +53,9 @@ pub struct ProxyState {
     /// Access records as syslog messages (`[log] syslog`), among the recorder's sinks; the
     /// proxy's exit lets it send what it holds.
     pub syslog: Arc<crate::observe::syslog::Syslog>,
+    /// The counts of the byte budgets (`[[quotas]]`), kept in `[state] dir`; one for the
+    /// process, whatever reloads change.
+    pub budgets: Arc<crate::observe::budget::Budgets>,
 }
 
 /// What authentication remembers between requests.
@@ -112,6 +115,10 @@ impl ProxyState {
             &settings,
             stats.syslog_dropped.clone(),
         ));
+        let budgets = Arc::new(crate::observe::budget::Budgets::open(
+            &settings.state_dir,
+            jiff::Timestamp::now(),
+        ));
         Ok(ProxyState {
             live,
             recorder: Arc::new(recorder.with_sink(stats.clone()).with_sink(syslog.clone())),
@@ -126,6 +133,7 @@ impl ProxyState {
             admission: Arc::default(),
             via: crate::core::headers::Via::new(format!("portcullis-{:08x}", instance_token())),
             shaper: ArcSwapOption::new(shaper),
+            budgets,
         })
     }
 
@@ -148,6 +156,7 @@ impl ProxyState {
             self.shaper.load().as_deref(),
         ));
         crate::proxy::lists::carry_over(&self.live.load(), &settings);
+        self.budgets.keep_in(&settings.state_dir);
         self.live.store(Arc::new(settings));
         Ok(())
     }

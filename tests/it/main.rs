@@ -31,6 +31,7 @@ mod own_page;
 mod pac;
 mod parsers;
 mod passwd;
+mod quotas;
 mod reload;
 mod report;
 mod schedules;
