@@ -19,6 +19,7 @@ pub mod syslog;
 pub mod tls;
 mod validate;
 pub(crate) use validate::host_name;
+pub(crate) use validate::mask_credentials;
 
 use std::fmt::Write;
 

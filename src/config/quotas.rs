@@ -68,6 +68,31 @@ impl QuotaConfig {
 }
 
 impl Config {
+    /// `[state] store`: a `redis://` URL the client can use.
+    pub(super) fn store_url(&self, problems: &mut Vec<Problem>) -> Option<String> {
+        let url = self.state.store.as_ref()?;
+        let shown = super::validate::mask_credentials(url);
+        let problem = if !url.starts_with("redis://") {
+            Some(format!(
+                "\"{shown}\" is not a store: write redis://host:6379/0 (Redis or Valkey; redis://:password@host:6379/0 with a password)"
+            ))
+        } else {
+            redis::Client::open(url.as_str())
+                .err()
+                .map(|e| format!("\"{shown}\": {e}"))
+        };
+        match problem {
+            Some(words) => {
+                problems.push(Problem::new(
+                    KeyPath::keys(["state", "store"]),
+                    ProblemKind::BadStore(words),
+                ));
+                None
+            }
+            None => Some(url.clone()),
+        }
+    }
+
     /// `[[quotas]]`: sizes and periods read, matchers compiled as a rule's.
     pub(super) fn quota_settings(
         &self,

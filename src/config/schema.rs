@@ -100,6 +100,10 @@ pub struct StateConfig {
     /// something is first kept there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// A Redis (or Valkey) store the counts of byte budgets are shared through by every
+    /// proxy that names it (`"redis://host:6379/0"`); unset, each proxy counts alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// `[shaping]`: the link the LAN shares, split fairly among the clients that use it.

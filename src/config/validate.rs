@@ -305,6 +305,7 @@ impl Config {
         let shaping = self.shaping_settings(base, self.auth.htpasswd.is_some(), &mut problems);
         let syslog = self.syslog_settings(base, &mut problems);
         let quotas = self.quota_settings(base, has_auth, &mut problems);
+        let store = self.store_url(&mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 origin: origin.to_owned(),
@@ -367,6 +368,7 @@ impl Config {
             shaping,
             tls,
             quotas: quotas.into(),
+            store,
         })
     }
 
@@ -698,7 +700,7 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 /// A parent URL with its password replaced, for messages.
-pub(super) fn mask_credentials(url: &str) -> String {
+pub(crate) fn mask_credentials(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

@@ -152,7 +152,7 @@ async fn answer(
                     .iter()
                     .map(|b| (b.quota.as_str(), b.key.as_str(), b.used, b.bytes))
                     .collect();
-                render_budgets(&mut text, &rows);
+                render_budgets(&mut text, &rows, shared.budgets.store.state());
                 text
             },
             "text/plain; version=0.0.4; charset=utf-8",
@@ -237,6 +237,10 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
         errors: ErrorCounts(stats.errors()),
         recent_denials: stats.recent_denials(),
         budgets: budget_rows(shared, &settings),
+        budget_store: shared.store.load().as_ref().map(|store| {
+            let up = shared.budgets.store.state().is_some_and(|(up, _)| up);
+            (store.shown().to_owned(), up)
+        }),
     }
 }
 

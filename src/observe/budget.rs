@@ -14,9 +14,10 @@
 //!   every few seconds when something changed, and at shutdown. A file that cannot be read
 //!   is set aside as `quotas.json.corrupt` with a warning, and counting starts afresh.
 //!
-//! What is shared with other proxies through a store (`[state] store`) is
-//! `crate::proxy::store`'s; a count keeps apart the bytes this proxy counted (`mine`) and
-//! the total it knows of, so that each proxy's own part can be written again whole.
+//! What is shared with other proxies through a store (`[state] store`) is written and read
+//! by `crate::proxy::budget` through `crate::egress::store`; a count keeps apart the bytes
+//! this proxy counted (`mine`) and the total it knows of, so that this proxy's own part can
+//! be written again whole (and merged back after the store was away).
 
 use std::collections::HashMap;
 use std::io;
@@ -54,8 +55,6 @@ pub struct Count {
     mine: AtomicU64,
     /// Whether anything changed since the last save.
     changed: AtomicBool,
-    /// Whether anything this proxy counted is not yet in the store.
-    unshared: AtomicBool,
 }
 
 impl Count {
@@ -64,7 +63,6 @@ impl Count {
         self.used.fetch_add(n, Ordering::Relaxed);
         self.mine.fetch_add(n, Ordering::Relaxed);
         self.changed.store(true, Ordering::Relaxed);
-        self.unshared.store(true, Ordering::Relaxed);
     }
 
     /// Bytes used in the period.
@@ -87,25 +85,21 @@ impl Count {
         self.end.load(Ordering::Relaxed)
     }
 
-    /// The total the store holds for this period (all proxies): the count follows it, with
-    /// what this proxy counted since it was read.
-    pub fn set_shared_total(&self, total: u64, mine_then: u64) {
-        let since = self.mine().saturating_sub(mine_then);
+    /// What the shared store answered for this count, when this proxy had sent `sent` of
+    /// its own bytes: its own part as the store holds it (`stored`, at least `sent`: more
+    /// when this proxy's kept counts were lost since it last wrote) and every proxy's parts
+    /// together (`total`). The count follows the total, with what this proxy counted since
+    /// it sent.
+    pub fn shared(&self, sent: u64, stored: u64, total: u64) {
+        if stored > sent {
+            self.mine.fetch_add(stored - sent, Ordering::Relaxed);
+        }
+        let since = self.mine().saturating_sub(stored.max(sent));
         let known = total.saturating_add(since);
         if known != self.used() {
             self.used.store(known, Ordering::Relaxed);
             self.changed.store(true, Ordering::Relaxed);
         }
-    }
-
-    /// Takes the mark of bytes not yet in the store (set again if writing fails).
-    pub fn take_unshared(&self) -> bool {
-        self.unshared.swap(false, Ordering::Relaxed)
-    }
-
-    /// Marks the count as not yet in the store.
-    pub fn mark_unshared(&self) {
-        self.unshared.store(true, Ordering::Relaxed);
     }
 
     /// Starts the period of `span` when the count is still in an earlier one.
@@ -174,6 +168,44 @@ pub struct Budgets {
     file: Mutex<Option<PathBuf>>,
     /// Whether a save failed last time (warned once until it works again).
     failing: AtomicBool,
+    /// How the shared store (`[state] store`) answers, when there is one.
+    pub store: StoreHealth,
+}
+
+/// How the shared store answers: for the metrics, the status page and the warnings.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    /// Whether a store is configured.
+    pub configured: AtomicBool,
+    /// Whether the last sync worked.
+    pub up: AtomicBool,
+    /// Syncs that failed.
+    pub failures: AtomicU64,
+}
+
+impl StoreHealth {
+    /// Notes a sync that worked; answers whether the store was failing before (it is back).
+    pub fn worked(&self) -> bool {
+        let was_up = self.up.swap(true, Ordering::Relaxed);
+        !was_up && self.failures.load(Ordering::Relaxed) > 0
+    }
+
+    /// Notes a sync that failed; answers whether it worked before (the failing starts now).
+    pub fn failed(&self) -> bool {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let was_up = self.up.swap(false, Ordering::Relaxed);
+        was_up || self.failures.load(Ordering::Relaxed) == 1
+    }
+
+    /// `(up, failures)` when a store is configured.
+    pub fn state(&self) -> Option<(bool, u64)> {
+        self.configured.load(Ordering::Relaxed).then(|| {
+            (
+                self.up.load(Ordering::Relaxed),
+                self.failures.load(Ordering::Relaxed),
+            )
+        })
+    }
 }
 
 /// The file as written.
@@ -202,6 +234,7 @@ impl Budgets {
             counts: RwLock::default(),
             file: Mutex::new(None),
             failing: AtomicBool::new(false),
+            store: StoreHealth::default(),
         }
     }
 
@@ -262,7 +295,6 @@ impl Budgets {
             count.end.store(k.end, Ordering::Relaxed);
             count.used.store(k.used, Ordering::Relaxed);
             count.mine.store(k.mine.min(k.used), Ordering::Relaxed);
-            count.unshared.store(true, Ordering::Relaxed);
             counts.insert((k.quota.into(), k.key), Arc::new(count));
         }
     }
@@ -293,7 +325,7 @@ impl Budgets {
         count
     }
 
-    /// The budget step of the plan ([`crate::core::plan::budget`]) for a request described
+    /// The budget step of the plan (`crate::core::plan::budget`) for a request described
     /// by `facts`, under `policy` (its clock): refused when a budget of `quotas` that counts
     /// it is used up; otherwise the meter its bytes go to, when any counts it.
     pub fn admit(

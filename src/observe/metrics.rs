@@ -356,7 +356,31 @@ fn usage_families(out: &mut String, what: &str, label: &str, rows: &[(String, Us
 
 /// The byte budgets (`[[quotas]]`): bytes used by each key in the period under way, and
 /// each budget. Rows are `(quota, key, used, budget)`; written only when quotas exist.
-pub fn render_budgets(out: &mut String, rows: &[(&str, &str, u64, u64)]) {
+/// `store`: whether the shared store answered its last sync, and its failed syncs, when one
+/// is configured.
+pub fn render_budgets(
+    out: &mut String,
+    rows: &[(&str, &str, u64, u64)],
+    store: Option<(bool, u64)>,
+) {
+    if let Some((up, failures)) = store {
+        family(
+            out,
+            "portcullis_quota_store_up",
+            "gauge",
+            "1 when the store of byte budgets ([state] store) answered the last sync, 0 while budgets are counted here alone.",
+        );
+        out.push_str(&format!("portcullis_quota_store_up {}\n", u64::from(up)));
+        family(
+            out,
+            "portcullis_quota_store_failures_total",
+            "counter",
+            "Syncs with the store of byte budgets that failed (every 500 ms while it is away).",
+        );
+        out.push_str(&format!(
+            "portcullis_quota_store_failures_total {failures}\n"
+        ));
+    }
     if rows.is_empty() {
         return;
     }

@@ -56,6 +56,9 @@ pub struct ProxyState {
     /// The counts of the byte budgets (`[[quotas]]`), kept in `[state] dir`; one for the
     /// process, whatever reloads change.
     pub budgets: Arc<crate::observe::budget::Budgets>,
+    /// The store the budgets are shared through (`[state] store`), when there is one;
+    /// rebuilt on reload when its URL or `instance` changes.
+    pub store: ArcSwapOption<crate::egress::store::Store>,
 }
 
 /// What authentication remembers between requests.
@@ -134,6 +137,7 @@ impl ProxyState {
             via: crate::core::headers::Via::new(format!("portcullis-{:08x}", instance_token())),
             shaper: ArcSwapOption::new(shaper),
             budgets,
+            store: ArcSwapOption::new(crate::proxy::budget::store_for(&settings, None)),
         })
     }
 
@@ -157,6 +161,10 @@ impl ProxyState {
         ));
         crate::proxy::lists::carry_over(&self.live.load(), &settings);
         self.budgets.keep_in(&settings.state_dir);
+        self.store.store(crate::proxy::budget::store_for(
+            &settings,
+            self.store.load_full(),
+        ));
         self.live.store(Arc::new(settings));
         Ok(())
     }

@@ -103,6 +103,10 @@ pub struct Snapshot {
     /// Every byte budget counted in its period under way, by quota and key (empty when no
     /// `[[quotas]]` is configured).
     pub budgets: Vec<BudgetRow>,
+    /// The store the budgets are shared through (`[state] store`, its password hidden),
+    /// and whether it answered the last sync; `None` without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_store: Option<(String, bool)>,
 }
 
 /// One budget of one key (a client's address or a user), in the period under way.
@@ -255,6 +259,18 @@ pub fn status_page(s: &Snapshot) -> String {
             );
         }
         h.push_str("</table>");
+        if let Some((store, up)) = &s.budget_store {
+            let _ = write!(
+                h,
+                "<p>Shared through {}: {}</p>",
+                escape_html(store),
+                if *up {
+                    "in step"
+                } else {
+                    "not answering; counted here alone until it does, then merged"
+                }
+            );
+        }
     }
 
     h.push_str(
@@ -517,6 +533,7 @@ mod tests {
             link: Vec::new(),
             link_history: Vec::new(),
             budgets: Vec::new(),
+            budget_store: None,
         }
     }
 

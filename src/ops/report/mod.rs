@@ -180,11 +180,11 @@ pub struct Options {
     /// The output: an aligned table with a totals row, CSV (RFC 4180) or a JSON array.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
-    /// Print the byte budgets ([[quotas]]) as the proxy last kept them in [state] dir
+    /// Print the byte budgets (`[[quotas]]`) as the proxy last kept them in `[state] dir`
     /// (used, budget, left, when each is full again) instead of reading access logs.
     #[arg(long, conflicts_with_all = ["files", "by", "since", "until"])]
     pub quotas: bool,
-    /// With --quotas: the configuration file (its [[quotas]] and [state] dir); without it,
+    /// With --quotas: the configuration file (its `[[quotas]]` and `[state] dir`); without it,
     /// the built-in defaults.
     #[arg(short, long, value_name = "FILE", requires = "quotas")]
     pub config: Option<PathBuf>,
