@@ -263,6 +263,7 @@ pub async fn serve(
     let reload_handle = reloadable.as_ref().map(|r| r.handle.clone());
     let shared = Arc::new(ProxyState::new(settings, recorder).map_err(io::Error::other)?);
     crate::proxy::lists::start(&shared);
+    crate::proxy::budget::start(&shared);
     let stop_accepting = CancellationToken::new();
     let tracker = shared.tracker.clone();
 
@@ -350,6 +351,7 @@ pub async fn serve(
         // Cut tasks wind down at once; this bound only guards against a stuck one.
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     }
+    crate::proxy::budget::save_now(&shared);
     // The drain's last records go to syslog before the process ends (the writer thread
     // may wait on the network: not on this runtime's thread).
     let syslog = shared.syslog.clone();

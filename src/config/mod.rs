@@ -11,6 +11,7 @@ pub mod lists;
 pub mod load;
 pub(crate) mod locate;
 pub mod problem;
+pub mod quotas;
 pub mod schema;
 pub mod settings;
 mod shaping;
@@ -18,6 +19,7 @@ pub mod syslog;
 pub mod tls;
 mod validate;
 pub(crate) use validate::host_name;
+pub(crate) use validate::mask_credentials;
 
 use std::fmt::Write;
 

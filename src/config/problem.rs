@@ -166,6 +166,10 @@ pub enum ProblemKind {
     BadLogLevel(String),
     /// A rate or size of `[shaping]` or `[[limits.rate]]` that does not parse (its words).
     BadRate(String),
+    /// A `[[quotas]]` entry's `bytes`, `per` or `key` that is not acceptable (its words).
+    BadBudget(String),
+    /// `state.store` is not a `redis://` URL (the words say why).
+    BadStore(String),
     /// `clients.names`: a name that is not one line of text.
     BadClientName(IpAddr),
     /// `instance`: empty, too long, `-` alone, or with characters other than letters, digits,
@@ -283,7 +287,9 @@ impl fmt::Display for ProblemKind {
             | ProblemKind::BadTimezone(e)
             | ProblemKind::BadTls(e)
             | ProblemKind::BadRate(e)
-            | ProblemKind::BadSyslog(e) => f.write_str(e),
+            | ProblemKind::BadSyslog(e)
+            | ProblemKind::BadBudget(e)
+            | ProblemKind::BadStore(e) => f.write_str(e),
             ProblemKind::NotHostPort(text) => write!(f, "\"{text}\" is not host:port"),
             ProblemKind::NotHostName(text) => {
                 write!(f, "\"{text}\" is not a host name or address")

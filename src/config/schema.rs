@@ -66,6 +66,8 @@ pub struct Config {
     pub clock: ClockConfig,
     /// The certificate of the TLS listeners.
     pub tls: TlsConfig,
+    /// Byte budgets, per client or per user, for a day, a week or a month.
+    pub quotas: Vec<super::quotas::QuotaConfig>,
 }
 
 /// `[tls]`: the certificate clients see on `listen_tls`.
@@ -102,6 +104,10 @@ pub struct StateConfig {
     /// something is first kept there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// A Redis (or Valkey) store the counts of byte budgets are shared through by every
+    /// proxy that names it (`"redis://host:6379/0"`); unset, each proxy counts alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// `[shaping]`: the link the LAN shares, split fairly among the clients that use it.
@@ -168,18 +174,41 @@ pub struct RateCapConfig {
 impl RateCapConfig {
     /// Its matchers as a rule's, for the rule compiler (`hosts_file` is not offered here).
     pub(crate) fn as_rule(&self) -> RuleConfig {
+        RuleConfig::of_matchers(
+            &self.name,
+            (&self.clients, &self.users, &self.hosts),
+            (&self.ports, &self.methods),
+        )
+    }
+}
+
+/// The matchers a cap or a quota shares with a rule: clients, users, hosts; ports, methods.
+type Matchers<'a> = (
+    &'a Option<Vec<Network>>,
+    &'a Option<Vec<String>>,
+    &'a Option<Vec<String>>,
+);
+
+impl RuleConfig {
+    /// A rule named `name` of only these matchers (the rest left out, action `allow`): what
+    /// the rule compiler checks of a cap's or a quota's matchers.
+    pub(crate) fn of_matchers(
+        name: &str,
+        (clients, users, hosts): Matchers<'_>,
+        (ports, methods): (&Option<Vec<PortSpec>>, &Option<Vec<String>>),
+    ) -> RuleConfig {
         RuleConfig {
-            name: self.name.clone(),
-            clients: self.clients.clone(),
-            users: self.users.clone(),
-            hosts: self.hosts.clone(),
+            name: name.to_owned(),
+            clients: clients.clone(),
+            users: users.clone(),
+            hosts: hosts.clone(),
             hosts_file: None,
             hosts_url: None,
             refresh: None,
             times: None,
             times_cut: false,
-            ports: self.ports.clone(),
-            methods: self.methods.clone(),
+            ports: ports.clone(),
+            methods: methods.clone(),
             action: RuleAction::Allow,
         }
     }
@@ -696,6 +725,7 @@ impl Default for Config {
             state: StateConfig::default(),
             clock: ClockConfig::default(),
             tls: TlsConfig::default(),
+            quotas: Vec::new(),
         }
     }
 }

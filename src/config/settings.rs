@@ -58,6 +58,10 @@ pub struct Settings {
     pub shaping: ShapingSettings,
     /// The TLS listeners' addresses and certificate (`listen_tls`, `[tls]`), when set.
     pub tls: Option<super::tls::TlsSettings>,
+    /// The byte budgets (`[[quotas]]`), in order; empty: nothing is counted.
+    pub quotas: Arc<[crate::core::quota::Quota]>,
+    /// The store the counts are shared through (`[state] store`), a checked URL.
+    pub store: Option<String>,
 }
 
 /// `[shaping]` and `[[limits.rate]]` as the data path uses them: rates in bytes per second.

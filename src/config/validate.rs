@@ -304,6 +304,8 @@ impl Config {
         let rules = self.compile_rules(base, has_auth, &mut problems, &mut lists);
         let shaping = self.shaping_settings(base, self.auth.htpasswd.is_some(), &mut problems);
         let syslog = self.syslog_settings(base, &mut problems);
+        let quotas = self.quota_settings(base, has_auth, &mut problems);
+        let store = self.store_url(&mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 origin: origin.to_owned(),
@@ -365,6 +367,8 @@ impl Config {
             },
             shaping,
             tls,
+            quotas: quotas.into(),
+            store,
         })
     }
 
@@ -696,7 +700,7 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 /// A parent URL with its password replaced, for messages.
-pub(super) fn mask_credentials(url: &str) -> String {
+pub(crate) fn mask_credentials(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

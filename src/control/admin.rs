@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::control::reload::Reload;
-use crate::observe::metrics::{render_lists, render_metrics};
+use crate::observe::metrics::{render_budgets, render_lists, render_metrics};
 use crate::observe::stats::{Stats, Usage};
 use crate::proxy::state::ProxyState;
 use crate::web::html::own_answer;
-use crate::web::status::{status_page, ClientRow, ErrorCounts, KeyRow, Snapshot};
+use crate::web::status::{status_page, BudgetRow, ClientRow, ErrorCounts, KeyRow, Snapshot};
 
 /// Serves the admin listener until `stop` is cancelled.
 pub async fn serve(
@@ -147,6 +147,12 @@ async fn answer(
                     .filter_map(|r| r.list.as_ref().map(|l| (&*r.name, l.status())))
                     .collect();
                 render_lists(&mut text, &lists);
+                let budgets = budget_rows(shared, &settings);
+                let rows: Vec<_> = budgets
+                    .iter()
+                    .map(|b| (b.quota.as_str(), b.key.as_str(), b.used, b.bytes))
+                    .collect();
+                render_budgets(&mut text, &rows, shared.budgets.store.state());
                 text
             },
             "text/plain; version=0.0.4; charset=utf-8",
@@ -230,5 +236,38 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
         hosts: keyed(hosts, other_hosts, 100),
         errors: ErrorCounts(stats.errors()),
         recent_denials: stats.recent_denials(),
+        budgets: budget_rows(shared, &settings),
+        budget_store: shared.store.load().as_ref().map(|store| {
+            let up = shared.budgets.store.state().is_some_and(|(up, _)| up);
+            (store.shown().to_owned(), up)
+        }),
     }
+}
+
+/// Every budget counted in its period under way, for `/status` and `/metrics`.
+fn budget_rows(shared: &ProxyState, settings: &crate::config::Settings) -> Vec<BudgetRow> {
+    if settings.quotas.is_empty() {
+        return Vec::new();
+    }
+    let now = jiff::Timestamp::now();
+    let clock = &settings.policy.clock;
+    shared
+        .budgets
+        .standings(&settings.quotas, clock, now)
+        .into_iter()
+        .map(|s| BudgetRow {
+            name: s
+                .key
+                .parse::<IpAddr>()
+                .ok()
+                .and_then(|ip| settings.client_name(ip).map(str::to_owned)),
+            quota: s.quota.to_string(),
+            key: s.key,
+            used: s.used,
+            bytes: s.bytes,
+            per: s.per.to_string(),
+            resets: s.resets.to_string(),
+            resets_shown: clock.show(s.resets, now),
+        })
+        .collect()
 }

@@ -12,6 +12,7 @@ pub(crate) mod limits;
 pub(crate) mod plan;
 pub mod policy;
 pub mod ports;
+pub mod quota;
 pub mod schedule;
 pub mod shaping;
 pub(crate) mod socks;

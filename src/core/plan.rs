@@ -20,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::policy::{Builtin, Decider, Decision, Denial, Facts, Kind, Policy};
+use crate::core::quota::Quota;
 use crate::core::target::{Classified, Host, Target, TargetError};
 
 /// One check of the plan.
@@ -41,13 +42,15 @@ pub enum Step {
     Route,
     /// The rules in order, then the port list of the request's kind.
     Decide,
+    /// The byte budgets (`[[quotas]]`) that count the request: none may be used up.
+    Budget,
     /// The guards on each address the proxy is about to connect to (`destinations.*`), and the
     /// rules again when they need the address.
     Addresses,
 }
 
 /// The checks in the order every front door takes them.
-pub const ORDER: [Step; 9] = [
+pub const ORDER: [Step; 10] = [
     Step::Admission,
     Step::Client,
     Step::Head,
@@ -56,6 +59,7 @@ pub const ORDER: [Step; 9] = [
     Step::LogIn,
     Step::Route,
     Step::Decide,
+    Step::Budget,
     Step::Addresses,
 ];
 
@@ -145,6 +149,8 @@ pub enum Event<'a> {
     Decided(&'a Decider, bool),
     /// A rule matches destinations by address, and the target is a name.
     NeedsAddress,
+    /// A byte budget counts the request: its name, whose count, and the bytes used.
+    Budget(&'a Quota, &'a str, u64),
 }
 
 /// Whatever keeps the events of the plan: `()` keeps nothing.
@@ -214,7 +220,7 @@ pub fn front<'a>(
                 }
             }
             // The front ends where the log-in begins: that is the front door's to do.
-            Step::LogIn | Step::Route | Step::Decide | Step::Addresses => break,
+            Step::LogIn | Step::Route | Step::Decide | Step::Budget | Step::Addresses => break,
         }
     }
     match asked {
@@ -278,6 +284,39 @@ pub fn destination(
             })
         }
     }
+}
+
+/// What the budget step asks of the counts the proxy keeps.
+pub trait Counts {
+    /// The bytes used of `quota` by `key` in the period holding the moment of the facts.
+    fn used(&mut self, quota: &Quota, key: &str) -> u64;
+}
+
+impl<F: FnMut(&Quota, &str) -> u64> Counts for F {
+    fn used(&mut self, quota: &Quota, key: &str) -> u64 {
+        self(quota, key)
+    }
+}
+
+/// The budget step, after the decision allowed a request (before any dial): every byte
+/// budget whose matchers pick the request counts it under its key (the client's address,
+/// or the user); one that is used up refuses it, naming the quota and when it resets.
+pub fn budget(
+    policy: &Policy,
+    quotas: &[Quota],
+    facts: &Facts<'_>,
+    counts: &mut dyn Counts,
+    trail: &mut dyn Trail,
+) -> Result<(), Denial> {
+    for quota in quotas {
+        let Some(key) = quota.key(facts) else {
+            continue;
+        };
+        let used = counts.used(quota, &key);
+        trail.note(Event::Budget(quota, &key, used));
+        quota.check(used, &policy.clock, facts.at)?;
+    }
+    Ok(())
 }
 
 /// The last step, for one address `addr` of `target` that the proxy is about to connect to:
@@ -347,6 +386,7 @@ mod tests {
                 Event::Route(..) => Step::Route,
                 Event::Literal(..) => Step::Route,
                 Event::Decided(..) | Event::NeedsAddress => Step::Decide,
+                Event::Budget(..) => Step::Budget,
             }
         }
     }

@@ -167,6 +167,8 @@ pub enum Decider {
     Builtin(Builtin),
     /// A `[[rules]]` entry, by name.
     Rule(Arc<str>),
+    /// A `[[quotas]]` entry whose budget is used up, by name.
+    Quota(Arc<str>),
 }
 
 impl fmt::Display for Decider {
@@ -174,6 +176,7 @@ impl fmt::Display for Decider {
         match self {
             Decider::Builtin(check) => f.write_str(check.as_str()),
             Decider::Rule(name) => write!(f, "rule \"{name}\""),
+            Decider::Quota(name) => write!(f, "quota \"{name}\""),
         }
     }
 }
@@ -186,6 +189,10 @@ impl PartialEq<&str> for Decider {
             Decider::Builtin(check) => check.as_str() == *other,
             Decider::Rule(name) => other
                 .strip_prefix("rule \"")
+                .and_then(|rest| rest.strip_suffix('"'))
+                .is_some_and(|written| written == &**name),
+            Decider::Quota(name) => other
+                .strip_prefix("quota \"")
                 .and_then(|rest| rest.strip_suffix('"'))
                 .is_some_and(|written| written == &**name),
         }

@@ -172,12 +172,24 @@ pub struct Traffic {
     pub down: AtomicU64,
     /// Microseconds shaping told the transfer to wait, both directions.
     pub throttled_us: AtomicU64,
+    /// The byte budgets the exchange counts against (`[[quotas]]`), once they admitted it.
+    pub meter: crate::observe::budget::MeterSlot,
 }
 
 impl Traffic {
-    /// Counts `n` bytes in the given direction.
-    pub fn add(counter: &AtomicU64, n: usize) {
+    /// Counts `n` bytes in the given direction (`up` or `down` of this traffic), and into
+    /// the byte budgets the exchange counts against.
+    pub fn add(&self, counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(meter) = self.meter.get() {
+            meter.add(n);
+        }
+    }
+
+    /// The quota (with `cut = true`) whose budget this exchange has used up, if any: the
+    /// transfer stops.
+    pub fn cut_by(&self) -> Option<&std::sync::Arc<str>> {
+        self.meter.get()?.cut_by()
     }
 }
 

@@ -354,6 +354,68 @@ fn usage_families(out: &mut String, what: &str, label: &str, rows: &[(String, Us
     }
 }
 
+/// The byte budgets (`[[quotas]]`): bytes used by each key in the period under way, and
+/// each budget. Rows are `(quota, key, used, budget)`; written only when quotas exist.
+/// `store`: whether the shared store answered its last sync, and its failed syncs, when one
+/// is configured.
+pub fn render_budgets(
+    out: &mut String,
+    rows: &[(&str, &str, u64, u64)],
+    store: Option<(bool, u64)>,
+) {
+    if let Some((up, failures)) = store {
+        family(
+            out,
+            "portcullis_quota_store_up",
+            "gauge",
+            "1 when the store of byte budgets ([state] store) answered the last sync, 0 while budgets are counted here alone.",
+        );
+        out.push_str(&format!("portcullis_quota_store_up {}\n", u64::from(up)));
+        family(
+            out,
+            "portcullis_quota_store_failures_total",
+            "counter",
+            "Syncs with the store of byte budgets that failed (every 500 ms while it is away).",
+        );
+        out.push_str(&format!(
+            "portcullis_quota_store_failures_total {failures}\n"
+        ));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    family(
+        out,
+        "portcullis_quota_used_bytes",
+        "gauge",
+        "Bytes used of a byte budget ([[quotas]]) in the period under way, both ways, by quota and key (a client address or a user).",
+    );
+    let labels =
+        |quota: &str, key: &str| format!("quota=\"{}\",key=\"{}\"", escape(quota), escape(key));
+    for (quota, key, used, _) in rows {
+        sample(
+            out,
+            "portcullis_quota_used_bytes",
+            &labels(quota, key),
+            *used,
+        );
+    }
+    family(
+        out,
+        "portcullis_quota_limit_bytes",
+        "gauge",
+        "The size of a byte budget ([[quotas]]), by quota and key.",
+    );
+    for (quota, key, _, bytes) in rows {
+        sample(
+            out,
+            "portcullis_quota_limit_bytes",
+            &labels(quota, key),
+            *bytes,
+        );
+    }
+}
+
 /// The downloaded block lists (`hosts_url`), each by its rule's name: entries in force,
 /// failed fetches, and when the copy in force was fetched.
 pub fn render_lists(out: &mut String, lists: &[(&str, crate::core::blocklist::ListStatus)]) {

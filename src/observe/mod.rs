@@ -3,8 +3,10 @@
 //! exposition.
 
 pub mod access;
+pub mod budget;
 pub mod format;
 pub mod log;
 pub(crate) mod metrics;
+pub mod state_file;
 pub(crate) mod stats;
 pub mod syslog;

@@ -233,6 +233,7 @@ mod tests {
             since,
             until,
             format,
+            ..
         })) = cli.command
         else {
             panic!("not a report: {cli:?}");
@@ -261,6 +262,7 @@ mod tests {
             since,
             until,
             format,
+            ..
         })) = cli.command
         else {
             panic!("not a report: {cli:?}");

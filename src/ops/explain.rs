@@ -336,6 +336,22 @@ pub fn explain(
             return Ok(walk.denied(denial, refused_status));
         }
     };
+    if !settings.quotas.is_empty() {
+        let kept = crate::observe::budget::Budgets::read(&settings.state_dir, question.at);
+        let mut counts = |quota: &crate::core::quota::Quota, key: &str| {
+            kept.count(quota, key, &policy.clock, question.at).used()
+        };
+        let mut told = Told {
+            walk: &mut walk,
+            shown_client: &shown_client,
+            method: &method,
+            uri: &uri,
+        };
+        if let Err(denial) = plan::budget(policy, &settings.quotas, &facts, &mut counts, &mut told)
+        {
+            return Ok(walk.denied(denial, refused_status));
+        }
+    }
     for step in settings.shaping.explain(&facts) {
         walk.step(step);
     }
@@ -473,6 +489,13 @@ impl Trail for Told<'_, '_> {
                 format!("address {ip}: passes the destination guards (destinations.*)")
             }
             Event::Literal(ip, Err(denial)) => format!("address {ip}: refused by {}", denial.rule),
+            Event::Budget(quota, key, used) => format!(
+                "budget: quota \"{}\" counts it for {key}: {} of {} a {} used, as last kept in [state] dir",
+                quota.name,
+                crate::core::quota::human_bytes(used),
+                crate::core::quota::human_bytes(quota.bytes),
+                quota.per
+            ),
             Event::Decided(decider, allowed) => {
                 self.walk
                     .decided(decider, if allowed { "allowed" } else { "denied" });
@@ -545,6 +568,7 @@ impl<'a> Walk<'a> {
         let rules = self.policy.rules.len();
         let text = match decider {
             Decider::Rule(_) => format!("rules: {how} by {decider} (first match wins)"),
+            Decider::Quota(_) => format!("budgets: {how} by {decider}"),
             Decider::Builtin(list) if rules == 0 => {
                 format!("rules: none, so {list} decides: {how}")
             }

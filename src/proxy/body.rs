@@ -206,12 +206,17 @@ impl Body for UpBody {
         let Some(mut inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
+        // A budget with `cut = true` used up (by this upload or the exchange's other bytes):
+        // nothing more is read.
+        if let Some(quota) = this.traffic.cut_by() {
+            return Poll::Ready(Some(Err(cut_error(quota))));
+        }
         if let Some(shaped) = this.shaped.as_mut() {
             ready!(shaped.poll_ready(cx));
         }
         let polled = inner.as_mut().poll_frame(cx);
         let frame = ready!(this.stall.check(cx, polled));
-        count(&frame, &this.traffic.up);
+        count(&frame, this.traffic, &this.traffic.up);
         if let (Some(shaped), Some(Ok(frame))) = (this.shaped.as_mut(), &frame) {
             if let Some(data) = frame.data_ref() {
                 shaped.moved(data.len());
@@ -249,12 +254,19 @@ impl Body for UpBody {
     }
 }
 
-fn count(frame: &Option<Result<Frame<Bytes>, BodyError>>, counter: &AtomicU64) {
+fn count(frame: &Option<Result<Frame<Bytes>, BodyError>>, traffic: &Traffic, counter: &AtomicU64) {
     if let Some(Ok(frame)) = frame {
         if let Some(data) = frame.data_ref() {
-            Traffic::add(counter, data.len());
+            traffic.add(counter, data.len());
         }
     }
+}
+
+/// The error that ends a body when a byte budget with `cut = true` is used up.
+fn cut_error(quota: &str) -> BodyError {
+    Box::new(std::io::Error::other(format!(
+        "quota \"{quota}\" is used up: the transfer was cut"
+    )))
 }
 
 pin_project_lite::pin_project! {
@@ -339,6 +351,17 @@ impl Body for DownBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
+        // A budget with `cut = true` used up: the frame that used it up went; no more is
+        // read, and the client sees the body end early.
+        if let Some(quota) = this.traffic.as_ref().and_then(|t| t.cut_by()) {
+            let e = cut_error(quota);
+            if let Some(record) = this.record.as_mut() {
+                record.note_failure(ErrorKind::Denied, e.to_string());
+            }
+            this.record.take();
+            this.in_flight.take();
+            return Poll::Ready(Some(Err(e)));
+        }
         let frame = match this.content.project() {
             ContentProj::Origin { body, stall } => match this.shaped.as_mut() {
                 None => {
@@ -367,7 +390,7 @@ impl Body for DownBody {
         match &frame {
             Some(Ok(_)) => {
                 if let Some(traffic) = this.traffic.as_ref() {
-                    count(&frame, &traffic.down);
+                    count(&frame, traffic, &traffic.down);
                 }
             }
             Some(Err(e)) => {

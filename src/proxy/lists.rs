@@ -8,7 +8,6 @@
 //! reload hands each list over to the new settings when its rule and URL stay the same
 //! ([`carry_over`]); the old settings' tasks end when their lists are dropped.
 
-use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +15,7 @@ use crate::config::lists::disk_copy;
 use crate::config::Settings;
 use crate::core::blocklist::{parse_list, HostList, ListSource, ListStatus};
 use crate::egress::fetch::{fetch, Bounds, Fetched};
+use crate::observe::state_file::write_whole;
 use crate::proxy::state::ProxyState;
 
 /// The longest a fetch may take, dialing and the whole body included.
@@ -120,7 +120,7 @@ async fn refresh(list: &HostList, shared: &ProxyState) {
                 let load = parse_list(&text);
                 let kept = load
                     .looks_valid()
-                    .then(|| write_copy(&copy, &text).map_err(|e| (copy, e)));
+                    .then(|| write_whole(&copy, text.as_bytes()).map_err(|e| (copy, e)));
                 (load, kept)
             })
             .await;
@@ -150,15 +150,6 @@ async fn refresh(list: &HostList, shared: &ProxyState) {
     } else {
         list.note_attempt(now, None);
     }
-}
-
-/// Writes `text` to `path` whole or not at all: a file beside it, then a rename.
-fn write_copy(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let temporary = path.with_extension("part");
-    std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, path)
 }
 
 #[cfg(test)]

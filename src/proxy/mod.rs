@@ -1,12 +1,13 @@
 //! The data path: listeners, connections, the hyper service, forwarding, tunnels and bodies.
 //!
 //! The order inside: `listener` → {`service`, `socks` → `socks_udp`} → {`forward`, `tunnel`,
-//! `pages`, `authenticate`, `respond`} → {`exchange`, `body`} → {`conn`, `admission`, `state`}; nothing imports
+//! `pages`, `authenticate`, `respond`, `budget`} → {`exchange`, `body`} → {`conn`, `admission`, `state`}; nothing imports
 //! upward.
 
 pub mod admission;
 pub mod authenticate;
 pub mod body;
+pub mod budget;
 pub mod conn;
 pub mod exchange;
 pub mod forward;

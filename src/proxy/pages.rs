@@ -15,11 +15,10 @@ use crate::proxy::body::DownBody;
 use crate::proxy::exchange::Exchange;
 use crate::web::html::{accepts_html, own_answer};
 use crate::web::welcome::{
-    denials_html, denials_text, share_html, share_text, welcome_html, welcome_text, OwnPage,
-    ICON_SVG, ROBOTS_TXT,
+    budgets_html, budgets_text, denials_html, denials_text, share_html, share_text, welcome_html,
+    welcome_text, OwnPage, ICON_SVG, ROBOTS_TXT,
 };
 
-/// Answers an origin-form request to the proxy itself.
 /// The asker's share of the link and caps, and its use of the link now, when anything is
 /// shaped (the own page shows them).
 type ShareLines = (Vec<String>, Option<(f64, f64)>);
@@ -39,6 +38,24 @@ fn shared_link(ex: &Exchange) -> Option<ShareLines> {
     Some((lines, now))
 }
 
+/// The asker's byte budgets, when any is configured, and the moment they were read at.
+fn budgets_of(ex: &Exchange) -> Option<(Vec<crate::core::quota::Standing>, jiff::Timestamp)> {
+    let quotas = &ex.settings.quotas;
+    if quotas.is_empty() {
+        return None;
+    }
+    let now = jiff::Timestamp::now();
+    let standings = ex.shared.budgets.standings_of(
+        quotas,
+        ex.client.ip(),
+        ex.user.as_deref(),
+        &ex.settings.policy.clock,
+        now,
+    );
+    Some((standings, now))
+}
+
+/// Answers an origin-form request to the proxy itself.
 pub fn own_page<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
     // An absolute URL names the proxy itself; otherwise the Host header does.
     let named = req.uri().authority().map(|a| a.as_str()).or_else(|| {
@@ -65,9 +82,14 @@ pub fn own_page<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
         OwnPage::Welcome => {
             let denials = ex.shared.stats.denials_of(ex.client.ip());
             let share = shared_link(ex);
+            let budgets = budgets_of(ex);
+            let clock = &ex.settings.policy.clock;
             if accepts_html(req.headers()) {
                 let mut page = welcome_html(&proxy);
                 let mut extra = denials_html(ex.client.ip(), &denials);
+                if let Some((standings, now)) = &budgets {
+                    extra.push_str(&budgets_html(standings, clock, *now));
+                }
                 if has_ca(ex) {
                     extra.push_str(&crate::web::welcome::ca_html(&proxy));
                 }
@@ -79,6 +101,9 @@ pub fn own_page<B>(ex: &mut Exchange, req: &Request<B>) -> Response<DownBody> {
             } else {
                 let mut text = welcome_text(&proxy);
                 text.push_str(&denials_text(ex.client.ip(), &denials));
+                if let Some((standings, now)) = &budgets {
+                    text.push_str(&budgets_text(standings, clock, *now));
+                }
                 if has_ca(ex) {
                     text.push_str(&crate::web::welcome::ca_text(&proxy));
                 }

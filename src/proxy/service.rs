@@ -251,6 +251,7 @@ impl ProxyService {
         if let Some(decider) = &go.decider {
             ex.record.allow(decider.clone());
         }
+        crate::proxy::budget::admit(ex, &facts)?;
         let parents = match go.route {
             Route::Parent => parents,
             Route::Direct => None,

@@ -30,7 +30,7 @@ use crate::core::socks::{
 use crate::core::target::{Classified, Host, Target};
 use crate::egress::dial::is_local_address;
 use crate::egress::parent::Parents;
-use crate::observe::access::{PendingRecord, Traffic};
+use crate::observe::access::PendingRecord;
 use crate::proxy::admission::Slot;
 use crate::proxy::authenticate::{log_in, not_blocked};
 use crate::proxy::body::UpBody;
@@ -531,6 +531,7 @@ fn decide(
         &is_local_address,
         &mut (),
     )?;
+    crate::proxy::budget::admit(ex, &facts)?;
     let parents = match go.route {
         Route::Parent => parents,
         Route::Direct => None,
@@ -590,7 +591,7 @@ async fn connect(
         if upstream.write_all(&early).await.is_err() {
             return;
         }
-        Traffic::add(&record.traffic().up, early.len());
+        record.traffic().add(&record.traffic().up, early.len());
     }
     slot.conn().tunnel_opened();
     tunnel::carry(

@@ -22,7 +22,6 @@ use crate::core::policy::{Builtin, Decider, Facts, Kind};
 use crate::core::socks::{self as wire, Reply};
 use crate::core::target::{Host, Target};
 use crate::egress::dial::{allowed_addresses, is_local_address};
-use crate::observe::access::Traffic;
 use crate::observe::stats::Relayed;
 use crate::proxy::admission::Slot;
 use crate::proxy::exchange::Exchange;
@@ -200,7 +199,7 @@ pub(crate) async fn associate(
                         }
                         counts.up += 1;
                         counts.port(to.port()).add_up(data.len());
-                        Traffic::add(&traffic.up, data.len());
+                        traffic.add(&traffic.up, data.len());
                         conn.tunnel_moved();
                         if first {
                             first = false;
@@ -232,7 +231,7 @@ pub(crate) async fn associate(
                 if relay.send_to(&back, to).await.is_ok() {
                     counts.down += 1;
                     counts.port(from.port()).add_down(n);
-                    Traffic::add(&traffic.down, n);
+                    traffic.add(&traffic.down, n);
                     conn.tunnel_moved();
                 }
             }
@@ -330,6 +329,7 @@ async fn allow(ex: &mut Exchange, target: &Target) -> Result<(SocketAddr, Decide
         &is_local_address,
         &mut (),
     )?;
+    crate::proxy::budget::admit(ex, &facts)?;
     let outbound = ex.shared.outbound.load_full();
     let mut dns = None;
     let checked = allowed_addresses(&outbound, &settings.policy, target, &facts, &mut dns).await?;

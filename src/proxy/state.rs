@@ -53,6 +53,12 @@ pub struct ProxyState {
     /// Access records as syslog messages (`[log] syslog`), among the recorder's sinks; the
     /// proxy's exit lets it send what it holds.
     pub syslog: Arc<crate::observe::syslog::Syslog>,
+    /// The counts of the byte budgets (`[[quotas]]`), kept in `[state] dir`; one for the
+    /// process, whatever reloads change.
+    pub budgets: Arc<crate::observe::budget::Budgets>,
+    /// The store the budgets are shared through (`[state] store`), when there is one;
+    /// rebuilt on reload when its URL or `instance` changes.
+    pub store: ArcSwapOption<crate::egress::store::Store>,
 }
 
 /// What authentication remembers between requests.
@@ -112,6 +118,10 @@ impl ProxyState {
             &settings,
             stats.syslog_dropped.clone(),
         ));
+        let budgets = Arc::new(crate::observe::budget::Budgets::open(
+            &settings.state_dir,
+            jiff::Timestamp::now(),
+        ));
         Ok(ProxyState {
             live,
             recorder: Arc::new(recorder.with_sink(stats.clone()).with_sink(syslog.clone())),
@@ -126,6 +136,8 @@ impl ProxyState {
             admission: Arc::default(),
             via: crate::core::headers::Via::new(format!("portcullis-{:08x}", instance_token())),
             shaper: ArcSwapOption::new(shaper),
+            budgets,
+            store: ArcSwapOption::new(crate::proxy::budget::store_for(&settings, None)),
         })
     }
 
@@ -148,6 +160,11 @@ impl ProxyState {
             self.shaper.load().as_deref(),
         ));
         crate::proxy::lists::carry_over(&self.live.load(), &settings);
+        self.budgets.keep_in(&settings.state_dir);
+        self.store.store(crate::proxy::budget::store_for(
+            &settings,
+            self.store.load_full(),
+        ));
         self.live.store(Arc::new(settings));
         Ok(())
     }

@@ -260,12 +260,20 @@ pub(crate) async fn carry(
             ErrorKind::Shutdown,
             "cut at the end of the shutdown grace period".into(),
         ),
-        Err(e) => {
-            debug!(error = %e, "tunnel ended with an error");
-            record.note(format!("the tunnel ended with an error: {e}"));
-        }
+        Err(e) => match e.get_ref().and_then(|e| e.downcast_ref::<QuotaCut>()) {
+            Some(cut) => record.note_failure(ErrorKind::Denied, cut.to_string()),
+            None => {
+                debug!(error = %e, "tunnel ended with an error");
+                record.note(format!("the tunnel ended with an error: {e}"));
+            }
+        },
     }
 }
+
+/// A tunnel cut because a byte budget with `cut = true` is used up.
+#[derive(Debug, thiserror::Error)]
+#[error("cut: quota \"{0}\" is used up")]
+struct QuotaCut(Arc<str>);
 
 /// Relays between the client's end (a SOCKS socket, or an upgraded connection) and the
 /// destination. An upgraded connection's own
@@ -299,7 +307,7 @@ async fn relay_client(
             let early: Bytes = parts.read_buf;
             if !early.is_empty() {
                 upstream.write_all(&early).await?;
-                Traffic::add(&traffic.up, early.len());
+                traffic.add(&traffic.up, early.len());
             }
             drop(early);
             let client = parts.io.into_inner().into_stream().into_split();
@@ -337,10 +345,12 @@ where
 {
     let up = Activity {
         conn,
+        traffic,
         flow: flow.map(|f| (f, Dir::Up)),
     };
     let down = Activity {
         conn,
+        traffic,
         flow: flow.map(|f| (f, Dir::Down)),
     };
     let up = pump(client_read, upstream_write, &traffic.up, up);
@@ -357,14 +367,24 @@ where
 #[derive(Clone, Copy)]
 struct Activity<'a> {
     conn: &'a ConnState,
+    /// The record's counters (and the byte budgets they count into).
+    traffic: &'a Traffic,
     /// The tunnel's shaping and this direction, when it is shaped.
     flow: Option<(&'a Flow, Dir)>,
 }
 
 impl Activity<'_> {
     fn moved(&self, counter: &AtomicU64, n: usize) {
-        Traffic::add(counter, n);
+        self.traffic.add(counter, n);
         self.conn.tunnel_moved();
+    }
+
+    /// An error that ends the tunnel when a byte budget with `cut = true` is used up.
+    fn cut(&self) -> io::Result<()> {
+        match self.traffic.cut_by() {
+            Some(quota) => Err(io::Error::other(QuotaCut(quota.clone()))),
+            None => Ok(()),
+        }
     }
 
     /// The most one `splice` moves at once: a shaped tunnel moves a piece at a time, so
@@ -487,6 +507,7 @@ where
             writer.shutdown().await?;
             return Ok(());
         }
+        activity.cut()?;
         activity.paced(n).await;
         // A full small read means more is waiting: go busy. A short read means the burst is
         // over: give the pipe or buffer back.

@@ -100,23 +100,39 @@ pub struct Snapshot {
     /// The last hour of the shaped link's use, a minute each, oldest first (empty when the
     /// link is not shaped).
     pub link_history: Vec<crate::core::shaping::LinkMinute>,
+    /// Every byte budget counted in its period under way, by quota and key (empty when no
+    /// `[[quotas]]` is configured).
+    pub budgets: Vec<BudgetRow>,
+    /// The store the budgets are shared through (`[state] store`, its password hidden),
+    /// and whether it answered the last sync; `None` without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_store: Option<(String, bool)>,
+}
+
+/// One budget of one key (a client's address or a user), in the period under way.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetRow {
+    /// The quota's name.
+    pub quota: String,
+    /// Whose budget: an address or a user name.
+    pub key: String,
+    /// The friendly name of an address key (`clients.names`), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Bytes used in this period.
+    pub used: u64,
+    /// The budget.
+    pub bytes: u64,
+    /// `day`, `week` or `month`.
+    pub per: String,
+    /// When it is full again (RFC 3339).
+    pub resets: String,
+    /// The same, as people read it (`Thu 00:00`).
+    pub resets_shown: String,
 }
 
 /// Bytes as people read them: `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use crate::core::quota::human_bytes;
 
 /// The HTML status page.
 pub fn status_page(s: &Snapshot) -> String {
@@ -220,6 +236,41 @@ pub fn status_page(s: &Snapshot) -> String {
     if !s.link_history.is_empty() {
         h.push_str("<h2>The link over the last hour</h2>");
         link_chart(&mut h, &s.link_history);
+    }
+    if !s.budgets.is_empty() {
+        h.push_str(
+            "<h2>Byte budgets</h2><table id=\"budgets\"><tr><th>quota</th><th>for</th>\
+             <th class=\"n\">used</th><th class=\"n\">of</th><th class=\"n\">left</th><th>full again</th></tr>",
+        );
+        for b in &s.budgets {
+            let who = match &b.name {
+                Some(name) => format!("{} ({})", escape_html(name), escape_html(&b.key)),
+                None => escape_html(&b.key).to_string(),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{who}</td><td class=\"n\">{}</td><td class=\"n\">{} a {}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+                escape_html(&b.quota),
+                human_bytes(b.used),
+                human_bytes(b.bytes),
+                b.per,
+                human_bytes(b.bytes.saturating_sub(b.used)),
+                escape_html(&b.resets_shown)
+            );
+        }
+        h.push_str("</table>");
+        if let Some((store, up)) = &s.budget_store {
+            let _ = write!(
+                h,
+                "<p>Shared through {}: {}</p>",
+                escape_html(store),
+                if *up {
+                    "in step"
+                } else {
+                    "not answering; counted here alone until it does, then merged"
+                }
+            );
+        }
     }
 
     h.push_str(
@@ -481,6 +532,8 @@ mod tests {
             recent_denials: Vec::new(),
             link: Vec::new(),
             link_history: Vec::new(),
+            budgets: Vec::new(),
+            budget_store: None,
         }
     }
 

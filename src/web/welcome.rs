@@ -4,6 +4,10 @@
 
 use http::{Method, StatusCode};
 
+use jiff::Timestamp;
+
+use crate::core::clock::Clock;
+use crate::core::quota::{human_bytes, Standing};
 use crate::observe::stats::RecentDenial;
 use crate::web::html::escape_html;
 
@@ -182,6 +186,53 @@ pub(crate) fn share_text(lines: &[String], now: Option<(f64, f64)>) -> String {
     }
     for line in lines {
         out.push_str(&format!("  {line}\n"));
+    }
+    out
+}
+
+/// The person's own byte budgets (`[[quotas]]`): used, left, and when each is full again.
+pub(crate) fn budgets_html(standings: &[Standing], clock: &Clock, now: Timestamp) -> String {
+    let mut out = String::from("<h2>Your byte budgets</h2>");
+    if standings.is_empty() {
+        out.push_str("<p>No byte budget counts your traffic.</p>");
+        return out;
+    }
+    out.push_str(
+        "<table id=\"budgets\"><tr><th>budget</th><th>for</th><th>used</th><th>of</th><th>left</th><th>full again</th></tr>",
+    );
+    for s in standings {
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} a {}</td><td>{}</td><td>{}</td></tr>",
+            escape_html(&s.quota),
+            escape_html(&s.key),
+            human_bytes(s.used),
+            human_bytes(s.bytes),
+            s.per,
+            human_bytes(s.left()),
+            clock.show(s.resets, now)
+        ));
+    }
+    out.push_str("</table><p>Once a budget is used up, new requests it counts are refused until it is full again.</p>");
+    out
+}
+
+/// The same as text.
+pub(crate) fn budgets_text(standings: &[Standing], clock: &Clock, now: Timestamp) -> String {
+    let mut out = String::from("\nYour byte budgets:\n");
+    if standings.is_empty() {
+        out.push_str("  none counts your traffic\n");
+    }
+    for s in standings {
+        out.push_str(&format!(
+            "  {} ({}): used {} of {} a {}, {} left; full again {}\n",
+            s.quota,
+            s.key,
+            human_bytes(s.used),
+            human_bytes(s.bytes),
+            s.per,
+            human_bytes(s.left()),
+            clock.show(s.resets, now)
+        ));
     }
     out
 }

@@ -31,6 +31,8 @@ mod own_page;
 mod pac;
 mod parsers;
 mod passwd;
+mod quota_store;
+mod quotas;
 mod reload;
 mod report;
 mod schedules;

@@ -51,6 +51,7 @@ mod distinct;
 #[cfg(test)]
 mod fixtures;
 mod parse;
+mod quotas;
 mod render;
 
 use std::fs::File;
@@ -154,6 +155,9 @@ pub enum ReportError {
     /// The report could not be written.
     #[error("cannot write the report: {0}")]
     Write(#[source] io::Error),
+    /// `--quotas`: the configuration cannot be used (its words).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// What `portcullis report` was asked for: its command-line arguments, as clap reads them.
@@ -176,6 +180,14 @@ pub struct Options {
     /// The output: an aligned table with a totals row, CSV (RFC 4180) or a JSON array.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+    /// Print the byte budgets (`[[quotas]]`) as the proxy last kept them in `[state] dir`
+    /// (used, budget, left, when each is full again) instead of reading access logs.
+    #[arg(long, conflicts_with_all = ["files", "by", "since", "until"])]
+    pub quotas: bool,
+    /// With --quotas: the configuration file (its `[[quotas]]` and `[state] dir`); without it,
+    /// the built-in defaults.
+    #[arg(short, long, value_name = "FILE", requires = "quotas")]
+    pub config: Option<PathBuf>,
 }
 
 /// `input` decompressed if it starts with the gzip magic bytes (`1f 8b`), as it is otherwise.
@@ -308,6 +320,22 @@ pub fn summary(report: &Report) -> Vec<String> {
 /// standard error (with a progress line when standard error is a terminal). Returns whether
 /// every input was read whole.
 pub fn run(options: &Options) -> Result<bool, ReportError> {
+    if options.quotas {
+        let text = quotas::render(
+            options.config.as_ref(),
+            options.format,
+            jiff::Timestamp::now(),
+        )
+        .map_err(ReportError::Config)?;
+        let mut stdout = io::stdout().lock();
+        return match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(ReportError::Write(e)),
+            _ => Ok(true),
+        };
+    }
     let collected = collect(options, io::stderr().is_terminal())?;
     let text = collected.report.render(options.format);
     let mut stdout = io::stdout().lock();
