@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::control::reload::Reload;
-use crate::observe::metrics::{render_lists, render_metrics};
+use crate::observe::metrics::{render_helpers, render_lists, render_metrics};
 use crate::observe::stats::{Stats, Usage};
 use crate::proxy::state::ProxyState;
 use crate::web::html::own_answer;
@@ -147,6 +147,7 @@ async fn answer(
                     .filter_map(|r| r.list.as_ref().map(|l| (&*r.name, l.status())))
                     .collect();
                 render_lists(&mut text, &lists);
+                render_helpers(&mut text, &shared.helpers.load().health());
                 text
             },
             "text/plain; version=0.0.4; charset=utf-8",
@@ -230,5 +231,6 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
         hosts: keyed(hosts, other_hosts, 100),
         errors: ErrorCounts(stats.errors()),
         recent_denials: stats.recent_denials(),
+        helpers: shared.helpers.load().health(),
     }
 }

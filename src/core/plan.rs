@@ -379,6 +379,7 @@ mod tests {
                 let facts = Facts {
                     client: request.client,
                     user: None,
+                    groups: &[],
                     method,
                     kind,
                     host: &target.host,
@@ -490,6 +491,7 @@ mod tests {
         let facts = Facts {
             client: "10.0.0.2".parse().unwrap(),
             user: None,
+            groups: &[],
             method: "GET",
             kind: Kind::Http,
             host: &host,
