@@ -139,6 +139,7 @@ impl Request {
         Facts {
             client: self.client,
             user: self.user,
+            groups: &[],
             method: self.method,
             kind: self.kind,
             host: &self.host,

@@ -199,7 +199,22 @@ fn explain(
                 })
         })
     };
+    // The group helper, asked as the proxy asks it: only when a user is named and rules
+    // name groups.
+    let group_helper = settings
+        .auth
+        .as_ref()
+        .and_then(|a| a.groups.clone())
+        .filter(|_| question.user.is_some() && !settings.policy.group_names().is_empty())
+        .map(|spec| runtime.block_on(async { portcullis::egress::helper::Helpers::start(spec) }));
+    let ask_group = |user: &str, group: &str| -> Result<bool, String> {
+        let helper = group_helper.as_ref().ok_or("no group helper")?;
+        runtime.block_on(helper.member(user, group))
+    };
     let lookups = portcullis::ops::explain::Lookups {
+        groups: group_helper
+            .is_some()
+            .then_some(&ask_group as portcullis::ops::explain::GroupLookup<'_>),
         resolve: resolve.then_some(&configured as portcullis::ops::explain::Resolver<'_>),
         is_local: &portcullis::egress::dial::is_local_address,
     };

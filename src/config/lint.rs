@@ -156,8 +156,9 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
 
     if let Some(auth) = &settings.auth {
         for rule in &policy.rules {
+            // Users a helper checks are not known beforehand.
             for user in rule.users.iter().flatten() {
-                if !auth.users.users().any(|u| u == user) {
+                if auth.program.is_none() && !auth.in_file(user) {
                     out.push(format!(
                         "rule \"{}\" names user \"{user}\", who is not in the htpasswd file",
                         rule.name
@@ -289,6 +290,7 @@ fn is_private_network(net: &IpNet) -> bool {
 fn is_unconditional(rule: &Rule) -> bool {
     rule.clients.is_none()
         && rule.users.is_none()
+        && rule.groups.is_none()
         && rule.hosts.is_none()
         && rule.list.is_none()
         && rule.ports.is_none()
@@ -308,7 +310,7 @@ fn covers(
         (Some(_), None) => false,
         (Some(e), Some(l)) => l.iter().all(|ln| e.iter().any(|en| en.contains(ln))),
     };
-    let users = subset(&earlier.users, &later.users);
+    let users = subset(&earlier.users, &later.users) && subset(&earlier.groups, &later.groups);
     let methods = subset(&earlier.methods, &later.methods);
     let ports = match (&earlier.ports, &later.ports) {
         (None, _) => true,

@@ -27,12 +27,12 @@ pub use load::{load, LoadError, Loaded, Purpose, Source};
 pub use problem::{KeyPath, ParentError, Place, Problem, ProblemKind, Segment, WorkersError};
 pub use schema::{
     AdminConfig, AuthConfig, ClientsConfig, Config, Destination, DestinationsConfig, DnsConfig,
-    Format, LimitsConfig, LogConfig, Network, OneOrMany, PacConfig, PagesConfig, PortsConfig,
-    RuleAction, RuleConfig, TimeoutsConfig, UpstreamConfig, Workers,
+    Format, GroupsConfig, LimitsConfig, LogConfig, Network, OneOrMany, PacConfig, PagesConfig,
+    PortsConfig, RuleAction, RuleConfig, TimeoutsConfig, UpstreamConfig, Workers,
 };
 pub use settings::{
-    AuthSettings, DnsSettings, PacSettings, PagesSettings, Parent, ResolverKind, Settings,
-    Timeouts, UpstreamSettings,
+    AuthSettings, DnsSettings, HelperSpec, PacSettings, PagesSettings, Parent, ResolverKind,
+    Settings, Timeouts, UpstreamSettings,
 };
 
 /// What is wrong with a configuration.

@@ -213,6 +213,12 @@ pub enum ProblemKind {
     EmptyCondition,
     /// A rule with `users` but no `[auth]`.
     UsersWithoutAuth,
+    /// A rule with `groups` but no `[auth.groups] program`.
+    GroupsWithoutHelper,
+    /// `[auth.groups] program` without a log-in to name the user (`htpasswd` or `program`).
+    GroupsWithoutLogIn,
+    /// A helper program that cannot be run (the words say why).
+    BadHelper(String),
     /// A rule's `hosts_file` does not parse (the parser's words, with its line).
     BadHostsFile(String),
     /// A rule's `hosts_url` or `refresh` is wrong (the words say how).
@@ -312,8 +318,15 @@ impl fmt::Display for ProblemKind {
                 "is an empty list, which matches nothing; leave the key out to match everything",
             ),
             ProblemKind::UsersWithoutAuth => {
-                f.write_str("needs [auth] htpasswd, or no request would have a user")
+                f.write_str("needs [auth] htpasswd or program, or no request would have a user")
             }
+            ProblemKind::GroupsWithoutHelper => f.write_str(
+                "needs [auth.groups] program (a Squid external ACL helper) to tell who is in a group",
+            ),
+            ProblemKind::GroupsWithoutLogIn => f.write_str(
+                "needs [auth] htpasswd or program: groups are asked about logged-in users",
+            ),
+            ProblemKind::BadHelper(why) => f.write_str(why),
             ProblemKind::BadMethod(m) => write!(f, "\"{m}\" is not a method name"),
             ProblemKind::BindFamilyTwice => {
                 f.write_str("give at most one IPv4 and one IPv6 address")
@@ -400,7 +413,9 @@ impl fmt::Display for Problem {
         match &self.kind {
             ProblemKind::EmptyRuleName => write!(f, "rules[{n}]: {}", self.kind),
             ProblemKind::DuplicateRuleName => write!(f, "rules[{n}] \"{name}\": {}", self.kind),
-            ProblemKind::EmptyCondition | ProblemKind::UsersWithoutAuth => {
+            ProblemKind::EmptyCondition
+            | ProblemKind::UsersWithoutAuth
+            | ProblemKind::GroupsWithoutHelper => {
                 write!(f, "rules[{n}] \"{name}\": {field} {}", self.kind)
             }
             kind => write!(f, "rules[{n}] \"{name}\": {field}: {kind}"),

@@ -201,6 +201,7 @@ impl RuleConfig {
             name: name.to_owned(),
             clients: clients.clone(),
             users: users.clone(),
+            groups: None,
             hosts: hosts.clone(),
             hosts_file: None,
             hosts_url: None,
@@ -560,6 +561,59 @@ pub struct AuthConfig {
     /// How long a blocked address stays blocked.
     #[serde(with = "humantime_serde")]
     pub block_for: Duration,
+    /// A Squid basic authentication helper and its arguments (`auth_param basic program`):
+    /// it reads `user password` lines and answers `OK` or `ERR`. With `htpasswd` too, users
+    /// of the file are checked there and everyone else by the helper.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<Vec<String>>,
+    /// Helper processes kept running.
+    pub children: usize,
+    /// Requests one helper process takes at once, with Squid's channel IDs; 0: one at a
+    /// time, without IDs (the helpers' default).
+    pub concurrency: usize,
+    /// How long a helper may take to answer; then the log-in fails (407) and the process is
+    /// killed and started again.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Groups of users, asked of a Squid external ACL helper (`[auth.groups]`).
+    pub groups: GroupsConfig,
+}
+
+/// `[auth.groups]`: a Squid external ACL helper (`external_acl_type … %LOGIN %g`) that says
+/// whether a user is in a group, for `[[rules]] groups`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// The helper and its arguments: it reads `user group` lines and answers `OK` (a
+    /// member) or `ERR` (not a member).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<Vec<String>>,
+    /// Helper processes kept running.
+    pub children: usize,
+    /// Requests one process takes at once (channel IDs); 0: one at a time.
+    pub concurrency: usize,
+    /// How long the helper may take to answer.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a "member" answer is remembered.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long a "not a member" answer is remembered.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            program: None,
+            children: 5,
+            concurrency: 0,
+            timeout: Duration::from_secs(5),
+            ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(3600),
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -571,6 +625,11 @@ impl Default for AuthConfig {
             max_failures: 10,
             failure_window: Duration::from_secs(60),
             block_for: Duration::from_secs(300),
+            program: None,
+            children: 5,
+            concurrency: 0,
+            timeout: Duration::from_secs(5),
+            groups: GroupsConfig::default(),
         }
     }
 }
@@ -587,6 +646,9 @@ pub struct RuleConfig {
     /// Authenticated users (needs `[auth]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users: Option<Vec<String>>,
+    /// Groups of authenticated users, as `[auth.groups] program` answers (any of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
     /// Host patterns: `example.com`, `.example.com`, `10.0.0.0/8`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts: Option<Vec<String>>,

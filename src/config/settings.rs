@@ -312,10 +312,47 @@ impl Settings {
 /// Authentication as the request path uses it.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
-    /// The users and their password hashes.
-    pub users: Arc<crate::core::auth::Htpasswd>,
+    /// The users and their password hashes (`htpasswd`), when a file is set.
+    pub users: Option<Arc<crate::core::auth::Htpasswd>>,
+    /// The basic authentication helper (`program`), when set: it checks the users the file
+    /// does not list.
+    pub program: Option<HelperSpec>,
+    /// The group helper (`[auth.groups] program`), when set.
+    pub groups: Option<HelperSpec>,
     /// The configuration (realm, cache and failure settings).
     pub config: AuthConfig,
+}
+
+impl AuthSettings {
+    /// Whether the htpasswd file lists `user`.
+    pub fn in_file(&self, user: &str) -> bool {
+        self.users
+            .as_ref()
+            .is_some_and(|users| users.users().any(|u| u == user))
+    }
+}
+
+/// A pool of Squid-protocol helper processes, as configured: what starts them and how many
+/// requests they take. Two specs that are equal run the same processes (a reload keeps them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperSpec {
+    /// `auth` (log-ins) or `groups`: how logs, metrics and pages name the pool.
+    pub name: &'static str,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Processes kept running.
+    pub children: usize,
+    /// Requests one process takes at once, with channel IDs; 0: one at a time, without.
+    pub concurrency: usize,
+    /// How long an answer may take.
+    pub timeout: std::time::Duration,
+}
+
+impl HelperSpec {
+    /// The requests one process takes at once (1 without channel IDs).
+    pub fn per_process(&self) -> usize {
+        self.concurrency.max(1)
+    }
 }
 
 impl Settings {

@@ -15,8 +15,8 @@ use crate::core::schedule::Schedule;
 use super::problem::{KeyPath, ParentError, Problem, ProblemKind};
 use super::schema::{Config, RuleAction, RuleConfig};
 use super::settings::{
-    AuthSettings, DnsSettings, PacSettings, PagesSettings, Parent, ResolverKind, Settings,
-    UpstreamSettings,
+    AuthSettings, DnsSettings, HelperSpec, PacSettings, PagesSettings, Parent, ResolverKind,
+    Settings, UpstreamSettings,
 };
 use super::ConfigError;
 
@@ -300,9 +300,10 @@ impl Config {
         let dns = self.dns_settings(&mut problems);
         let auth = self.auth_settings(base, &mut problems);
         let mut lists = Vec::new();
-        let has_auth = self.auth.htpasswd.is_some();
-        let rules = self.compile_rules(base, has_auth, &mut problems, &mut lists);
-        let shaping = self.shaping_settings(base, self.auth.htpasswd.is_some(), &mut problems);
+        let has_auth = self.auth.htpasswd.is_some() || self.auth.program.is_some();
+        let has_groups = has_auth && self.auth.groups.program.is_some();
+        let rules = self.compile_rules(base, has_auth, has_groups, &mut problems, &mut lists);
+        let shaping = self.shaping_settings(base, has_auth, &mut problems);
         let syslog = self.syslog_settings(base, &mut problems);
         let quotas = self.quota_settings(base, has_auth, &mut problems);
         let store = self.store_url(&mut problems);
@@ -502,8 +503,45 @@ impl Config {
     }
 
     fn auth_settings(&self, base: &Path, problems: &mut Vec<Problem>) -> Option<AuthSettings> {
-        let path = self.auth.htpasswd.as_ref()?;
         let a = &self.auth;
+        let groups = a.groups.program.as_ref().and_then(|command| {
+            let g = &a.groups;
+            if a.htpasswd.is_none() && a.program.is_none() {
+                problems.push(Problem::new(
+                    KeyPath::keys(["auth", "groups", "program"]),
+                    ProblemKind::GroupsWithoutLogIn,
+                ));
+            }
+            for (key, value) in [("ttl", g.ttl), ("negative_ttl", g.negative_ttl)] {
+                if value.is_zero() {
+                    problems.push(Problem::new(
+                        KeyPath::keys(["auth", "groups", key]),
+                        ProblemKind::ZeroDuration,
+                    ));
+                }
+            }
+            helper_spec(
+                "groups",
+                &["auth", "groups"],
+                command,
+                (g.children, g.concurrency, g.timeout),
+                base,
+                problems,
+            )
+        });
+        let program = a.program.as_ref().and_then(|command| {
+            helper_spec(
+                "auth",
+                &["auth"],
+                command,
+                (a.children, a.concurrency, a.timeout),
+                base,
+                problems,
+            )
+        });
+        if a.htpasswd.is_none() && a.program.is_none() {
+            return None;
+        }
         if a.realm.is_empty() || a.realm.chars().any(|c| c.is_control()) {
             problems.push(Problem::new(
                 KeyPath::keys(["auth", "realm"]),
@@ -516,25 +554,32 @@ impl Config {
                 ProblemKind::ZeroAuthSetting,
             ));
         }
-        match crate::core::auth::Htpasswd::load(&base.join(path)) {
-            Ok(users) => Some(AuthSettings {
-                users: Arc::new(users),
-                config: a.clone(),
-            }),
-            Err(e) => {
-                problems.push(Problem::new(
-                    KeyPath::keys(["auth", "htpasswd"]),
-                    ProblemKind::BadHtpasswd(e),
-                ));
-                None
-            }
-        }
+        let users = match &a.htpasswd {
+            None => None,
+            Some(path) => match crate::core::auth::Htpasswd::load(&base.join(path)) {
+                Ok(users) => Some(Arc::new(users)),
+                Err(e) => {
+                    problems.push(Problem::new(
+                        KeyPath::keys(["auth", "htpasswd"]),
+                        ProblemKind::BadHtpasswd(e),
+                    ));
+                    return None;
+                }
+            },
+        };
+        Some(AuthSettings {
+            users,
+            program,
+            groups,
+            config: a.clone(),
+        })
     }
 
     fn compile_rules(
         &self,
         base: &Path,
         has_auth: bool,
+        has_groups: bool,
         problems: &mut Vec<Problem>,
         reports: &mut Vec<super::lists::ListReport>,
     ) -> Vec<Rule> {
@@ -542,12 +587,115 @@ impl Config {
         let mut rules = Vec::with_capacity(self.rules.len());
         for (index, r) in self.rules.iter().enumerate() {
             let key = |field: &str| KeyPath::rule(index, field);
-            if let Some(rule) = compile_rule(r, &key, &mut names, base, has_auth, problems, reports)
+            let groups = r.groups.as_ref().map(|groups| {
+                let at = |kind| Problem::new(key("groups"), kind).in_rule(&r.name);
+                if groups.is_empty() {
+                    problems.push(at(ProblemKind::EmptyCondition));
+                }
+                if !has_groups {
+                    problems.push(at(ProblemKind::GroupsWithoutHelper));
+                }
+                for g in groups {
+                    if g.trim().is_empty() || g.chars().any(char::is_control) {
+                        problems.push(
+                            at(ProblemKind::BadHelper(format!("{g:?} is not a group name")))
+                                .entry(g.as_str()),
+                        );
+                    }
+                }
+                groups.clone()
+            });
+            let before = problems.len();
+            if let Some(mut rule) =
+                compile_rule(r, &key, &mut names, base, has_auth, problems, reports)
             {
-                rules.push(rule);
+                if problems.len() == before {
+                    rule.groups = groups;
+                    rules.push(rule);
+                }
             }
         }
         rules
+    }
+}
+
+/// A helper pool's settings at `key` (`auth`, `auth.groups`): the command must name a
+/// program that exists and may be run (a bare name is looked up in `PATH`), `children` 1 to
+/// 64, `concurrency` 0 to 1000, `timeout` above zero.
+fn helper_spec(
+    name: &'static str,
+    key: &[&str],
+    command: &[String],
+    (children, concurrency, timeout): (usize, usize, std::time::Duration),
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<HelperSpec> {
+    let at = |field: &str| match key {
+        [a, b] => KeyPath::keys([a, b, field]),
+        _ => KeyPath::keys([key.first().copied().unwrap_or("auth"), field]),
+    };
+    let before = problems.len();
+    if !(1..=64).contains(&children) {
+        problems.push(Problem::new(at("children"), ProblemKind::OutOfRange(1, 64)));
+    }
+    if concurrency > 1000 {
+        problems.push(Problem::new(
+            at("concurrency"),
+            ProblemKind::OutOfRange(0, 1000),
+        ));
+    }
+    if timeout.is_zero() {
+        problems.push(Problem::new(at("timeout"), ProblemKind::ZeroDuration));
+    }
+    let mut command = command.to_vec();
+    match command.first() {
+        None => problems.push(Problem::new(
+            at("program"),
+            ProblemKind::BadHelper(
+                "the list is empty; give the program and its arguments, such as [\"/usr/lib/squid/basic_ldap_auth\", \"-b\", \"dc=example,dc=lan\"]".into(),
+            ),
+        )),
+        Some(program) => match find_program(program, base) {
+            Ok(path) => command[0] = path.display().to_string(),
+            Err(why) => problems.push(
+                Problem::new(at("program"), ProblemKind::BadHelper(why)).entry(program.as_str()),
+            ),
+        },
+    }
+    (problems.len() == before).then_some(HelperSpec {
+        name,
+        command,
+        children,
+        concurrency,
+        timeout,
+    })
+}
+
+/// The file a helper's program names: a path (relative to the configuration's directory)
+/// or a bare name looked up in `PATH`; it must be a file someone may execute.
+fn find_program(program: &str, base: &Path) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.trim().is_empty() {
+        return Err("the program's name is empty".into());
+    }
+    if !program.contains('/') {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        return std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| runnable(p))
+            .ok_or_else(|| format!("{program:?} is not a program found in PATH"));
+    }
+    let path = base.join(program);
+    match std::fs::metadata(&path) {
+        Err(e) => Err(format!("cannot run {}: {e}", path.display())),
+        Ok(_) if !runnable(&path) => Err(format!(
+            "cannot run {}: not an executable file (chmod +x?)",
+            path.display()
+        )),
+        Ok(_) => Ok(path),
     }
 }
 
@@ -638,6 +786,7 @@ pub(super) fn compile_rule(
                 name: r.name.as_str().into(),
                 clients,
                 users,
+                groups: None,
                 hosts,
                 list,
                 ports,

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::control::reload::Reload;
-use crate::observe::metrics::{render_budgets, render_lists, render_metrics};
+use crate::observe::metrics::{render_budgets, render_helpers, render_lists, render_metrics};
 use crate::observe::stats::{Stats, Usage};
 use crate::proxy::state::ProxyState;
 use crate::web::html::own_answer;
@@ -153,6 +153,7 @@ async fn answer(
                     .map(|b| (b.quota.as_str(), b.key.as_str(), b.used, b.bytes))
                     .collect();
                 render_budgets(&mut text, &rows, shared.budgets.store.state());
+                render_helpers(&mut text, &shared.helpers.load().health());
                 text
             },
             "text/plain; version=0.0.4; charset=utf-8",
@@ -241,6 +242,7 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
             let up = shared.budgets.store.state().is_some_and(|(up, _)| up);
             (store.shown().to_owned(), up)
         }),
+        helpers: shared.helpers.load().health(),
     }
 }
 

@@ -419,6 +419,7 @@ mod tests {
                 let facts = Facts {
                     client: request.client,
                     user: None,
+                    groups: &[],
                     method,
                     kind,
                     host: &target.host,
@@ -530,6 +531,7 @@ mod tests {
         let facts = Facts {
             client: "10.0.0.2".parse().unwrap(),
             user: None,
+            groups: &[],
             method: "GET",
             kind: Kind::Http,
             host: &host,

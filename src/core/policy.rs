@@ -74,6 +74,8 @@ pub enum Builtin {
     Auth,
     /// `auth.max_failures`: too many failed log-ins.
     AuthMaxFailures,
+    /// `auth.groups`: a rule's groups, which the group helper could not answer for.
+    AuthGroups,
     /// `local`: the proxy's own pages.
     Local,
     /// `request`: the request itself is malformed or cannot be served.
@@ -104,7 +106,7 @@ pub enum Builtin {
 
 impl Builtin {
     /// Every built-in check.
-    pub const ALL: [Builtin; 20] = [
+    pub const ALL: [Builtin; 21] = [
         Builtin::Nothing,
         Builtin::ClientsAllow,
         Builtin::PortsHttp,
@@ -112,6 +114,7 @@ impl Builtin {
         Builtin::Rules,
         Builtin::Auth,
         Builtin::AuthMaxFailures,
+        Builtin::AuthGroups,
         Builtin::Local,
         Builtin::Request,
         Builtin::RequestHeader,
@@ -137,6 +140,7 @@ impl Builtin {
             Builtin::Rules => "rules",
             Builtin::Auth => "auth",
             Builtin::AuthMaxFailures => "auth.max_failures",
+            Builtin::AuthGroups => "auth.groups",
             Builtin::Local => "local",
             Builtin::Request => "request",
             Builtin::RequestHeader => "request_header",
@@ -242,6 +246,8 @@ pub struct Rule {
     pub clients: Option<Vec<IpNet>>,
     /// Authenticated user names.
     pub users: Option<Vec<String>>,
+    /// Groups of authenticated users (any of them), as the group helper answers.
+    pub groups: Option<Vec<String>>,
     /// Destination host patterns (`hosts` and `hosts_file` together).
     pub hosts: Option<Arc<HostSet>>,
     /// The downloaded list (`hosts_url`): a host condition together with `hosts`.
@@ -266,6 +272,9 @@ pub struct Facts<'a> {
     pub client: IpAddr,
     /// The authenticated user, if any.
     pub user: Option<&'a str>,
+    /// What the group helper answered about the user and the groups rules name (empty
+    /// without a user or without `[auth.groups]`).
+    pub groups: &'a [GroupAnswer],
     /// The request method.
     pub method: &'a str,
     /// Plain HTTP or CONNECT.
@@ -276,6 +285,25 @@ pub struct Facts<'a> {
     pub port: u16,
     /// The moment to decide for: now, or another (`explain --at`, a tunnel's window end).
     pub at: Timestamp,
+}
+
+/// Whether the logged-in user is in one group a rule names, as the group helper answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupAnswer {
+    /// The group.
+    pub group: String,
+    /// A member or not; or why the helper could not tell.
+    pub member: Result<bool, String>,
+}
+
+/// Whether a rule's `groups` condition holds.
+enum GroupMatch {
+    /// It holds (or the rule has none).
+    Yes,
+    /// It does not.
+    No,
+    /// The helper could not tell for any group that might hold: why.
+    Unknown(String),
 }
 
 /// The outcome of [`Policy::decide`].
@@ -364,6 +392,11 @@ impl Policy {
             if !rule.matches_request(facts) {
                 continue;
             }
+            let unknown = match rule.group_match(facts) {
+                GroupMatch::Yes => None,
+                GroupMatch::No => continue,
+                GroupMatch::Unknown(why) => Some(why),
+            };
             if let Some(times) = &rule.times {
                 let now = *local.get_or_insert_with(|| self.clock.local(facts.at));
                 if !times.contains(now) {
@@ -374,6 +407,18 @@ impl Policy {
                 None | Some(HostMatch::Yes) => {}
                 Some(HostMatch::No) => continue,
                 Some(HostMatch::NeedAddress) => return Decision::NeedAddress,
+            }
+            // The rule would decide if the user is in its groups, and no one can say: refuse
+            // rather than guess (an `allow` must not let through, a `deny` must not be skipped).
+            if let Some(why) = unknown {
+                return Decision::Deny(Denial::new(
+                    Builtin::AuthGroups,
+                    format!(
+                        "rule \"{}\" depends on the groups of user {:?}, and the group helper could not tell: {why}",
+                        rule.name,
+                        facts.user.unwrap_or("-")
+                    ),
+                ));
             }
             let decider = Decider::Rule(rule.name.clone());
             return match rule.action {
@@ -582,6 +627,22 @@ impl Policy {
         Some(policy)
     }
 
+    /// The groups the rules name, each once, in the order they first appear.
+    pub fn group_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for group in self
+            .rules
+            .iter()
+            .filter_map(|r| r.groups.as_ref())
+            .flatten()
+        {
+            if !names.contains(group) {
+                names.push(group.clone());
+            }
+        }
+        names
+    }
+
     /// Whether a rule admits a SOCKS client at `client` using `method` without a log-in.
     pub fn admits_without_login(&self, client: IpAddr, method: &str) -> bool {
         let client = client.to_canonical();
@@ -625,6 +686,7 @@ impl Rule {
     pub fn admits_socks_without_login(&self) -> bool {
         self.action == Action::Allow
             && self.users.is_none()
+            && self.groups.is_none()
             && self.clients.is_some()
             && self.methods.as_ref().is_some_and(|methods| {
                 !methods.is_empty() && methods.iter().all(|m| SOCKS_METHODS.contains(&m.as_str()))
@@ -635,6 +697,7 @@ impl Rule {
     /// holds only when `addr` is known and in it): how a cap's matchers pick a transfer.
     pub fn matches(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> bool {
         self.matches_request(facts)
+            && matches!(self.group_match(facts), GroupMatch::Yes)
             && self
                 .host_match(facts.host, addr)
                 .is_none_or(|m| m == HostMatch::Yes)
@@ -645,7 +708,38 @@ impl Rule {
         crate::core::blocklist::rule_hosts(self.hosts.as_deref(), self.list.as_deref(), host, addr)
     }
 
-    /// Whether every condition but the hosts holds.
+    /// The `groups` condition: the user is in one of them (by `facts.groups`); a group the
+    /// facts do not answer for is one the helper was not asked about, as unknown as a failed
+    /// answer.
+    fn group_match(&self, f: &Facts<'_>) -> GroupMatch {
+        let Some(groups) = &self.groups else {
+            return GroupMatch::Yes;
+        };
+        if f.user.is_none() {
+            return GroupMatch::No;
+        }
+        let mut unknown = None;
+        for group in groups {
+            match f
+                .groups
+                .iter()
+                .find(|a| a.group == *group)
+                .map(|a| &a.member)
+            {
+                Some(Ok(true)) => return GroupMatch::Yes,
+                Some(Ok(false)) => {}
+                Some(Err(why)) => {
+                    unknown.get_or_insert_with(|| format!("group {group:?}: {why}"));
+                }
+                None => {
+                    unknown.get_or_insert_with(|| format!("group {group:?} was not asked about"));
+                }
+            }
+        }
+        unknown.map_or(GroupMatch::No, GroupMatch::Unknown)
+    }
+
+    /// Whether every condition but the hosts and the groups holds.
     fn matches_request(&self, f: &Facts<'_>) -> bool {
         let client = f.client.to_canonical();
         self.clients
@@ -786,6 +880,102 @@ mod tests {
             admin: Some("127.0.0.1:3129".parse().unwrap()),
             rules: Vec::new(),
             clock: Default::default(),
+        }
+    }
+
+    #[test]
+    fn groups_match_by_the_helpers_answers_and_refuse_when_it_cannot_tell() {
+        let rule = |name: &str, groups: &[&str], action| Rule {
+            name: name.into(),
+            clients: None,
+            users: None,
+            groups: Some(groups.iter().map(|g| (*g).to_owned()).collect()),
+            hosts: None,
+            list: None,
+            ports: None,
+            methods: None,
+            times: None,
+            times_cut: false,
+            action,
+        };
+        let mut p = policy(false);
+        p.rules = vec![
+            rule("pupils: no games", &["pupils"], Action::Deny),
+            rule("staff", &["teachers", "admins"], Action::Allow),
+        ];
+        assert_eq!(p.group_names(), ["pupils", "teachers", "admins"]);
+        let answer = |group: &str, member: Result<bool, &str>| GroupAnswer {
+            group: group.into(),
+            member: member.map_err(str::to_owned),
+        };
+        let host = Host::Name("example.com".into());
+        // (user, answers, decider or refusal's decider)
+        let cases: Vec<(Option<&str>, Vec<GroupAnswer>, &str)> = vec![
+            (
+                Some("mia"),
+                vec![answer("pupils", Ok(false)), answer("teachers", Ok(true))],
+                "rule \"staff\"",
+            ),
+            (
+                Some("tom"),
+                vec![answer("pupils", Ok(true)), answer("teachers", Ok(false))],
+                "rule \"pupils: no games\"",
+            ),
+            // Neither: the port list decides (25 is not in it).
+            (
+                Some("eve"),
+                vec![
+                    answer("pupils", Ok(false)),
+                    answer("teachers", Ok(false)),
+                    answer("admins", Ok(false)),
+                ],
+                "ports.http",
+            ),
+            // Unknown for a deny rule: refused, never skipped.
+            (
+                Some("tom"),
+                vec![
+                    answer("pupils", Err("timeout")),
+                    answer("teachers", Ok(true)),
+                ],
+                "auth.groups",
+            ),
+            // One known membership is enough; the unknown one does not matter.
+            (
+                Some("mia"),
+                vec![
+                    answer("pupils", Ok(false)),
+                    answer("teachers", Err("BH")),
+                    answer("admins", Ok(true)),
+                ],
+                "rule \"staff\"",
+            ),
+            // A group never asked about is as unknown as a failed answer.
+            (
+                Some("mia"),
+                vec![answer("pupils", Ok(false))],
+                "auth.groups",
+            ),
+            // Without a user no group holds.
+            (None, vec![], "ports.http"),
+        ];
+        for (user, groups, want) in cases {
+            let facts = Facts {
+                client: "192.168.1.20".parse().unwrap(),
+                user,
+                groups: &groups,
+                method: "GET",
+                kind: Kind::Http,
+                host: &host,
+                port: 25,
+                at: Timestamp::UNIX_EPOCH,
+            };
+            let got = match p.decide(&facts, None) {
+                Decision::Allow(d) => d.to_string(),
+                Decision::Deny(d) => d.rule.to_string(),
+                Decision::NeedAddress => "need address".into(),
+            };
+            assert_eq!(got, want, "{user:?} {groups:?}");
         }
     }
 
@@ -1000,6 +1190,7 @@ mod tests {
             name: name.into(),
             clients: None,
             users: None,
+            groups: None,
             hosts: None,
             list: None,
             ports: None,
@@ -1034,6 +1225,7 @@ mod tests {
             },
             Rule {
                 users: Some(vec!["alice".into()]),
+                groups: None,
                 ports: Some(PortSet::from_specs(&["ssh".into()]).unwrap()),
                 ..rule("alice may ssh", Action::Allow)
             },
@@ -1268,6 +1460,7 @@ mod tests {
             let facts = Facts {
                 client: c.client.parse().unwrap(),
                 user: c.user,
+                groups: &[],
                 method: c.method,
                 kind: c.kind,
                 host: &c.host,
@@ -1301,6 +1494,7 @@ mod tests {
         let facts = Facts {
             client: "192.168.1.20".parse().unwrap(),
             user: None,
+            groups: &[],
             method: "CONNECT",
             kind: Kind::Connect,
             host: &host,
@@ -1346,6 +1540,7 @@ mod tests {
         let facts = |host, when: &str| Facts {
             client: "192.168.1.20".parse().unwrap(),
             user: None,
+            groups: &[],
             method: "CONNECT",
             kind: Kind::Connect,
             host,

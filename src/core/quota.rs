@@ -339,6 +339,7 @@ mod tests {
                 name: "kids".into(),
                 clients: Some(vec!["10.0.0.0/24".parse().unwrap()]),
                 users: None,
+                groups: None,
                 hosts: None,
                 list: None,
                 ports: None,
@@ -376,6 +377,7 @@ mod tests {
         let facts = |client: &str, user: Option<&'static str>| Facts {
             client: client.parse().unwrap(),
             user,
+            groups: &[],
             method: "GET",
             kind: Kind::Http,
             host: &host,

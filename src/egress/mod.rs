@@ -1,9 +1,11 @@
 //! The only place sockets open outbound: resolve, check each address against the guards,
-//! connect (to origins in [`dial`], to parent proxies in `parent`), and the connection to the
-//! shared store of byte budgets ([`store`]).
+//! connect (to origins in [`dial`], to parent proxies in `parent`), the connection to the
+//! shared store of byte budgets ([`store`]); and the other way the proxy asks the world
+//! something, the helper programs of `[auth]` ([`helper`]).
 
 pub mod dial;
 pub mod fetch;
+pub mod helper;
 pub(crate) mod parent;
 pub mod resolve;
 pub mod store;

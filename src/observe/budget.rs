@@ -509,6 +509,7 @@ mod tests {
         Facts {
             client: client.parse().unwrap(),
             user: None,
+            groups: &[],
             method: "GET",
             kind: Kind::Http,
             host,

@@ -461,6 +461,59 @@ pub fn render_lists(out: &mut String, lists: &[(&str, crate::core::blocklist::Li
     }
 }
 
+/// The helper programs of `[auth]` (`auth`: log-ins, `groups`), each by its name: processes
+/// running, requests waiting, answers by verdict, timeouts, requests that found no process,
+/// restarts, and the time answers took.
+pub fn render_helpers(out: &mut String, helpers: &[crate::core::auth::helper::HelperHealth]) {
+    if helpers.is_empty() {
+        return;
+    }
+    let label = |name: &str| format!("helper=\"{}\"", escape(name));
+    type Pick = fn(&crate::core::auth::helper::HelperHealth) -> u64;
+    let families: [(&str, &str, &str, Pick); 7] = [
+        ("portcullis_helper_children", "gauge", "Helper processes configured (children).", |h| h.children as u64),
+        ("portcullis_helper_running", "gauge", "Helper processes running now; 0 means every log-in (or group check) through this helper fails.", |h| h.running as u64),
+        ("portcullis_helper_queue", "gauge", "Requests waiting for a helper process.", |h| h.queued as u64),
+        ("portcullis_helper_in_flight", "gauge", "Requests written to a helper process and not answered yet.", |h| h.in_flight as u64),
+        ("portcullis_helper_restarts_total", "counter", "Helper processes started again after one ended, hung or could not start.", |h| h.restarts),
+        ("portcullis_helper_timeouts_total", "counter", "Requests a helper did not answer within its timeout.", |h| h.timeouts),
+        ("portcullis_helper_unavailable_total", "counter", "Requests that found no helper process running, or the queue full.", |h| h.unavailable),
+    ];
+    for (name, kind, help, pick) in families {
+        family(out, name, kind, help);
+        for h in helpers {
+            sample(out, name, &label(&h.name), pick(h));
+        }
+    }
+    family(
+        out,
+        "portcullis_helper_answers_total",
+        "counter",
+        "Helper answers by result: ok, err (wrong password, not in the group), bh (the helper could not tell).",
+    );
+    for h in helpers {
+        for (result, n) in [("ok", h.ok), ("err", h.err), ("bh", h.bh)] {
+            let labels = format!("{},result=\"{result}\"", label(&h.name));
+            sample(out, "portcullis_helper_answers_total", &labels, n);
+        }
+    }
+    family(
+        out,
+        "portcullis_helper_answer_seconds",
+        "summary",
+        "Time helpers took to answer, from the request written to the answer read.",
+    );
+    for h in helpers {
+        out.push_str(&format!(
+            "portcullis_helper_answer_seconds_sum{{{}}} {}\nportcullis_helper_answer_seconds_count{{{}}} {}\n",
+            label(&h.name),
+            h.answer_seconds,
+            label(&h.name),
+            h.answers
+        ));
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
 }

@@ -45,6 +45,51 @@ pub fn run(path: Option<&Path>, strict: bool) -> Outcome {
     outcome(load(&source, Purpose::Check), strict)
 }
 
+/// How long a helper must stay up after it starts for `check` to call it healthy.
+const HELPER_TRIAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts a helper program once, with nothing to read yet: it must still be running after
+/// [`HELPER_TRIAL`] (helpers wait for requests on stdin). It is then stopped.
+fn try_helper(command: &[String]) -> Result<(), String> {
+    use std::process::{Command, Stdio};
+    let (program, args) = command.split_first().ok_or("no program")?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{program} cannot be started: {e}"))?;
+    let began = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if began.elapsed() >= HELPER_TRIAL => break None,
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(25)),
+            Err(e) => return Err(format!("{program}: {e}")),
+        }
+    };
+    match status {
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Ok(())
+        }
+        Some(status) => {
+            let mut said = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                use std::io::Read;
+                let _ = (&mut stderr).take(4096).read_to_string(&mut said);
+            }
+            let said = said.lines().next().unwrap_or("").trim().to_owned();
+            Err(format!(
+                "{program} ended at once ({status}){}: the proxy would start it again and again, and log-ins through it would fail",
+                if said.is_empty() { String::new() } else { format!(", saying {said:?}") }
+            ))
+        }
+    }
+}
+
 /// Checks configuration `text`; `origin` names it in messages, and files it names are read
 /// relative to its directory.
 pub fn check_text(text: &str, origin: &str, strict: bool) -> Outcome {
@@ -78,11 +123,37 @@ fn outcome(loaded: Result<Loaded, ConfigError>, strict: bool) -> Outcome {
                     ));
                 }
             }
+            // Each helper program: started once, it must stay up (it waits for requests).
+            let mut helpers_seen = Vec::new();
+            for spec in settings
+                .auth
+                .iter()
+                .flat_map(|a| a.program.iter().chain(&a.groups))
+            {
+                let key = match spec.name {
+                    "groups" => "auth.groups.program",
+                    _ => "auth.program",
+                };
+                match try_helper(&spec.command) {
+                    Ok(()) => helpers_seen.push(format!(
+                        "  {key}: {} starts and stays up",
+                        spec.command.first().map_or("", String::as_str)
+                    )),
+                    Err(why) => warnings.push(format!("{key}: {why}")),
+                }
+            }
             let mut stdout = format!("{origin}: valid configuration\n\n");
             stdout.push_str(&summary(&config, &settings));
             stdout.push('\n');
             // Each block list: entries loaded, lines skipped and the first of them (a
             // downloaded list as its copy on disk: check fetches nothing).
+            if !helpers_seen.is_empty() {
+                stdout.push_str("helpers:\n");
+                for line in &helpers_seen {
+                    let _ = writeln!(stdout, "{line}");
+                }
+                stdout.push('\n');
+            }
             if !settings.lists.is_empty() {
                 stdout.push_str("block lists:\n");
                 for line in settings.lists.iter().flat_map(|l| l.lines()) {
@@ -311,17 +382,41 @@ pub fn summary(config: &Config, settings: &Settings) -> String {
     );
     line(
         "auth",
-        match (&settings.auth, &config.auth.htpasswd) {
-            (Some(auth), Some(path)) => {
-                let users = auth.users.len();
-                format!(
-                    "on: {users} user{} in {}, realm {:?}",
-                    if users == 1 { "" } else { "s" },
-                    path.display(),
-                    auth.config.realm
-                )
+        match &settings.auth {
+            Some(auth) => {
+                let mut sources = Vec::new();
+                if let (Some(users), Some(path)) = (&auth.users, &config.auth.htpasswd) {
+                    let n = users.users().count();
+                    sources.push(format!(
+                        "{n} user{} in {}",
+                        if n == 1 { "" } else { "s" },
+                        path.display()
+                    ));
+                }
+                if let Some(program) = &auth.program {
+                    sources.push(format!(
+                        "{}the helper {} ({} processes, concurrency {}, timeout {})",
+                        if auth.users.is_some() {
+                            "others by "
+                        } else {
+                            ""
+                        },
+                        program.command.first().map_or("", String::as_str),
+                        program.children,
+                        program.concurrency,
+                        humantime::format_duration(program.timeout)
+                    ));
+                }
+                if let Some(groups) = &auth.groups {
+                    sources.push(format!(
+                        "groups by the helper {} (answers kept {})",
+                        groups.command.first().map_or("", String::as_str),
+                        humantime::format_duration(auth.config.groups.ttl)
+                    ));
+                }
+                format!("on: {}, realm {:?}", sources.join("; "), auth.config.realm)
             }
-            _ => "off: no log-in asked".to_owned(),
+            None => "off: no log-in asked".to_owned(),
         },
     );
     if policy.rules.is_empty() {
@@ -455,6 +550,9 @@ fn describe_rule(rule: &Rule, written: &RuleConfig) -> String {
     }
     if let Some(users) = &rule.users {
         conditions.push(format!("users {}", users.join(", ")));
+    }
+    if let Some(groups) = &rule.groups {
+        conditions.push(format!("groups {}", groups.join(", ")));
     }
     if let Some(hosts) = &rule.hosts {
         let written_hosts = written.hosts.as_deref().unwrap_or_default();

@@ -131,7 +131,8 @@ pub enum Command {
         #[arg(long, value_name = "IP")]
         client: IpAddr,
         /// The user the client logs in as (taken as logged in if the htpasswd file has that
-        /// user; passwords are not asked).
+        /// user, or an [auth] program checks log-ins; passwords are not asked). With
+        /// [auth.groups], the group helper is asked about the groups the rules name.
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
         /// Resolve a destination name with the resolver [dns] sets up and check each address.

@@ -45,9 +45,15 @@ pub struct Question<'a> {
 /// order its dial tries them.
 pub type Resolver<'a> = &'a dyn Fn(&str, u16) -> Result<Vec<IpAddr>, String>;
 
+/// Asks the group helper (`[auth.groups] program`) whether a user is in a group.
+pub type GroupLookup<'a> = &'a dyn Fn(&str, &str) -> Result<bool, String>;
+
 /// What `explain` may ask of the world.
 #[derive(Clone, Copy)]
 pub struct Lookups<'a> {
+    /// Asks the group helper; `None`: groups are not asked (rules with `groups` then refuse
+    /// as the proxy does when the helper cannot tell).
+    pub groups: Option<GroupLookup<'a>>,
     /// Resolves destination names; `None`: names are not resolved (no `--resolve`).
     pub resolve: Option<Resolver<'a>>,
     /// Whether an address belongs to this machine ([`crate::egress::dial::is_local_address`]); asked
@@ -282,9 +288,18 @@ pub fn explain(
                 );
                 return Ok(walk.denied(denial, login_status));
             }
-            Some(user) if auth.users.users().any(|u| u == user) => {
+            Some(user) if auth.in_file(user) => {
                 walk.step(format!(
                     "log-in: {user} is in the htpasswd file, taken as logged in (passwords are not checked here)"
+                ));
+                Some(user)
+            }
+            Some(user) if auth.program.is_some() => {
+                let program = auth.program.as_ref().and_then(|p| p.command.first());
+                walk.step(format!(
+                    "log-in: {user}{} is checked by the helper {}, taken as logged in (passwords are not checked here)",
+                    if auth.users.is_some() { " is not in the htpasswd file, so" } else { "" },
+                    program.map_or("", String::as_str)
                 ));
                 Some(user)
             }
@@ -299,9 +314,43 @@ pub fn explain(
 
     // The destination part of the plan: parent or direct, the guards on a literal a parent
     // would carry, the rules and the port list.
+    // The groups the rules name, as the group helper answers for the user.
+    let names = policy.group_names();
+    let mut groups = Vec::new();
+    if let (Some(user), false) = (user, names.is_empty()) {
+        let program = settings
+            .auth
+            .as_ref()
+            .and_then(|a| a.groups.as_ref())
+            .and_then(|g| g.command.first())
+            .map_or("", String::as_str);
+        let mut told = Vec::new();
+        for group in names {
+            let member = match lookups.groups {
+                Some(ask) => ask(user, &group),
+                None => Err("the group helper is not asked here".to_owned()),
+            };
+            told.push(match &member {
+                Ok(true) => format!("in {group:?}"),
+                Ok(false) => format!("not in {group:?}"),
+                Err(why) => format!("{group:?} unknown ({why})"),
+            });
+            groups.push(crate::core::policy::GroupAnswer { group, member });
+        }
+        walk.step(format!(
+            "groups: {} the group helper {program}: {user} is {}",
+            if lookups.groups.is_some() {
+                "asked"
+            } else {
+                "not asked of"
+            },
+            told.join(", ")
+        ));
+    }
     let facts = Facts {
         client,
         user,
+        groups: &groups,
         method: method.as_str(),
         kind,
         host: &target.host,
@@ -890,6 +939,7 @@ action = "allow"
             };
             let resolver: Resolver<'_> = &fake_dns;
             let lookups = Lookups {
+                groups: None,
                 resolve: resolve.then_some(resolver),
                 is_local: &never_local,
             };
@@ -1032,6 +1082,7 @@ action = "allow"
     fn the_text_names_decider_reason_and_steps() {
         let s = settings("");
         let lookups = Lookups {
+            groups: None,
             resolve: None,
             is_local: &never_local,
         };
@@ -1103,6 +1154,7 @@ action = "allow"
             at: jiff::Timestamp::UNIX_EPOCH,
         };
         let lookups = Lookups {
+            groups: None,
             resolve: None,
             is_local: &never_local,
         };
@@ -1147,6 +1199,7 @@ action = "allow"
             ],
         );
         let lookups = Lookups {
+            groups: None,
             resolve: None,
             is_local: &never_local,
         };
@@ -1232,6 +1285,7 @@ action = "allow"
              [[limits.rate]]\nname = \"kids\"\nclients = [\"192.168.1.20\"]\ndown = \"5Mbit/s\"\n",
         );
         let lookups = Lookups {
+            groups: None,
             resolve: None,
             is_local: &never_local,
         };

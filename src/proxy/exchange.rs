@@ -20,6 +20,8 @@ pub struct Exchange {
     pub local: SocketAddr,
     /// The authenticated user, when `[auth]` is on.
     pub user: Option<String>,
+    /// What the group helper said about the user and the groups the rules name.
+    pub groups: Vec<crate::core::policy::GroupAnswer>,
     /// The record, filled in as the request goes.
     pub record: PendingRecord,
     /// Held while the request's body is unread; forwarding takes it into the body it sends.

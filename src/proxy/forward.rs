@@ -56,9 +56,11 @@ pub async fn forward(
     let mut own_connection = None;
     if go.decides_per_address() {
         let user = ex.user.clone();
+        let groups = ex.groups.clone();
         let facts = Facts {
             client: ex.client.ip(),
             user: user.as_deref(),
+            groups: &groups,
             method: req.method().as_str(),
             kind: Kind::Http,
             host: &target.host,

@@ -100,6 +100,7 @@ impl ProxyService {
             client: self.client,
             local: self.local,
             user: None,
+            groups: Vec::new(),
             record: PendingRecord::open(
                 self.shared.recorder.clone(),
                 self.client,
@@ -234,6 +235,7 @@ impl ProxyService {
         let facts = Facts {
             client: self.client.ip(),
             user: ex.user.as_deref(),
+            groups: &ex.groups,
             method: req.method().as_str(),
             kind,
             host: &target.host,

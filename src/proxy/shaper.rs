@@ -113,6 +113,7 @@ pub(crate) fn flow_of(
     let facts = Facts {
         client: ex.client.ip(),
         user: ex.user.as_deref(),
+        groups: &ex.groups,
         method: ex.record.method(),
         kind,
         host: &target.host,
@@ -567,6 +568,7 @@ mod tests {
         Facts {
             client: client.parse().unwrap(),
             user: None,
+            groups: &[],
             method: "GET",
             kind: crate::core::policy::Kind::Http,
             host,

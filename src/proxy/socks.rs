@@ -129,6 +129,7 @@ pub(crate) async fn serve(accepted: Accepted, shared: Arc<ProxyState>, stop: Can
         client: peer,
         local,
         user: None,
+        groups: Vec::new(),
         record: PendingRecord::open(shared.recorder.clone(), peer, method),
         body: None,
     };
@@ -517,6 +518,7 @@ fn decide(
     let facts = Facts {
         client: ex.client.ip(),
         user: ex.user.as_deref(),
+        groups: &ex.groups,
         method: ex.record.method(),
         kind: Kind::Socks,
         host: &target.host,

@@ -315,6 +315,7 @@ async fn allow(ex: &mut Exchange, target: &Target) -> Result<(SocketAddr, Decide
     let facts = Facts {
         client: ex.client.ip(),
         user: ex.user.as_deref(),
+        groups: &ex.groups,
         method: METHOD,
         kind: Kind::SocksUdp,
         host: &target.host,

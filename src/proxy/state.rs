@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::core::auth::helper::GroupCache;
 use crate::core::auth::{CredentialCache, FailureTracker};
 use crate::egress::dial::{Dialer, Outbound, OutboundError};
 use crate::observe::access::Recorder;
@@ -42,6 +43,8 @@ pub struct ProxyState {
     pub hard_stop: CancellationToken,
     /// Verified credentials and failed log-ins; rebuilt on reload.
     pub login: ArcSwap<Login>,
+    /// The helper programs of `[auth]`; a reload keeps those whose command is unchanged.
+    pub helpers: ArcSwap<crate::egress::helper::Pools>,
     /// Open client connections, for `[limits]`.
     pub admission: Arc<crate::proxy::admission::Admission>,
     /// This proxy's name in `Via`, with a token unique to this process: a request that
@@ -67,6 +70,8 @@ pub struct Login {
     pub credentials: CredentialCache,
     /// Failed log-ins per client address (`[auth] max_failures`).
     pub failures: FailureTracker,
+    /// Group answers (`[auth.groups] ttl`, `negative_ttl`).
+    pub groups: GroupCache,
 }
 
 impl Login {
@@ -77,6 +82,11 @@ impl Login {
             .map(|a| a.config.clone())
             .unwrap_or_default();
         Login {
+            groups: GroupCache::new(
+                auth.groups.ttl,
+                auth.groups.negative_ttl,
+                GROUP_CACHE_ENTRIES,
+            ),
             credentials: CredentialCache::new(auth.cache, CREDENTIAL_CACHE_ENTRIES),
             failures: FailureTracker::new(
                 auth.max_failures,
@@ -133,6 +143,9 @@ impl ProxyState {
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             login: ArcSwap::from_pointee(Login::new(&settings)),
+            helpers: ArcSwap::from_pointee(crate::egress::helper::Pools::for_settings(
+                &settings, None,
+            )),
             admission: Arc::default(),
             via: crate::core::headers::Via::new(format!("portcullis-{:08x}", instance_token())),
             shaper: ArcSwapOption::new(shaper),
@@ -154,6 +167,9 @@ impl ProxyState {
         self.parents.store(parents_for(&settings, &outbound));
         self.outbound.store(outbound);
         self.login.store(Arc::new(Login::new(&settings)));
+        let helpers =
+            crate::egress::helper::Pools::for_settings(&settings, Some(&self.helpers.load()));
+        self.helpers.store(Arc::new(helpers));
         self.shaper.store(crate::proxy::shaper::Shaper::new(
             &settings.shaping,
             &self.stats,
@@ -172,6 +188,8 @@ impl ProxyState {
 
 /// Verified credentials remembered at most (each a hash and a user name).
 const CREDENTIAL_CACHE_ENTRIES: usize = 4096;
+/// Group answers remembered at most (each a user, a group and a verdict).
+const GROUP_CACHE_ENTRIES: usize = 16_384;
 /// Client addresses whose failed log-ins are remembered at most.
 const FAILURE_TRACKER_ENTRIES: usize = 16_384;
 

@@ -100,10 +100,12 @@ pub(crate) async fn connect(
 ) -> Result<TcpStream, EdgeError> {
     let settings = ex.settings.clone();
     let user = ex.user.clone();
+    let groups = ex.groups.clone();
     let method = ex.record.method().to_owned();
     let facts = Facts {
         client: ex.client.ip(),
         user: user.as_deref(),
+        groups: &groups,
         method: &method,
         kind,
         host: &target.host,

@@ -26,6 +26,7 @@ pub(crate) struct Window {
     settings: Arc<Settings>,
     client: IpAddr,
     user: Option<String>,
+    groups: Vec<crate::core::policy::GroupAnswer>,
     method: String,
     kind: Kind,
     target: Target,
@@ -44,6 +45,7 @@ pub(crate) fn of(
             settings: ex.settings.clone(),
             client: ex.client.ip(),
             user: ex.user.clone(),
+            groups: ex.groups.clone(),
             method: ex.record.method().to_owned(),
             kind,
             target: target.clone(),
@@ -57,6 +59,7 @@ impl Window {
         Facts {
             client: self.client,
             user: self.user.as_deref(),
+            groups: &self.groups,
             method: &self.method,
             kind: self.kind,
             host: &self.target.host,

@@ -94,6 +94,9 @@ pub struct Snapshot {
     pub errors: ErrorCounts,
     /// Recent refusals, newest first.
     pub recent_denials: Vec<RecentDenial>,
+    /// The helper programs of `[auth]` (log-ins, groups), when any run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub helpers: Vec<crate::core::auth::helper::HelperHealth>,
     /// The clients using the link now (the last second or so), busiest first, with their
     /// share when `[shaping]` shapes the link; empty when nothing is shaped.
     pub link: Vec<crate::core::shaping::ClientRate>,
@@ -289,6 +292,48 @@ pub fn status_page(s: &Snapshot) -> String {
         usage_row(&mut h, &shown, &c.usage);
     }
     h.push_str("</table>");
+
+    if !s.helpers.is_empty() {
+        h.push_str(
+            "<h2>Log-in helpers</h2><table id=\"helpers\"><tr><th>helper</th><th>program</th>\
+             <th class=\"n\">running</th><th class=\"n\">waiting</th><th class=\"n\">OK</th>\
+             <th class=\"n\">ERR</th><th class=\"n\">BH</th><th class=\"n\">timeouts</th>\
+             <th class=\"n\">unavailable</th><th class=\"n\">restarts</th>\
+             <th class=\"n\">mean answer</th><th>last problem</th></tr>",
+        );
+        for p in &s.helpers {
+            let mean = match p.answers {
+                0 => "-".to_owned(),
+                n => format!("{:.1} ms", p.answer_seconds * 1000.0 / n as f64),
+            };
+            let health = if p.running == 0 {
+                " class=\"down\""
+            } else {
+                ""
+            };
+            let _ = write!(
+                h,
+                "<tr{health} data-helper=\"{}\"><td>{}</td><td>{}</td><td class=\"n\">{} of {}</td>\
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td><td class=\"n\">{mean}</td><td>{}</td></tr>",
+                escape_html(&p.name),
+                escape_html(&p.name),
+                escape_html(&p.program),
+                p.running,
+                p.children,
+                p.queued,
+                p.ok,
+                p.err,
+                p.bh,
+                p.timeouts,
+                p.unavailable,
+                p.restarts,
+                escape_html(p.last_problem.as_deref().unwrap_or("-"))
+            );
+        }
+        h.push_str("</table>");
+    }
 
     if !s.users.is_empty() {
         h.push_str(
@@ -530,6 +575,7 @@ mod tests {
             hosts: Vec::new(),
             errors: ErrorCounts(errors),
             recent_denials: Vec::new(),
+            helpers: Vec::new(),
             link: Vec::new(),
             link_history: Vec::new(),
             budgets: Vec::new(),

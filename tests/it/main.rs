@@ -19,6 +19,8 @@ mod forward;
 #[cfg(target_os = "linux")]
 mod full_disk;
 mod guard;
+#[cfg(unix)]
+mod helpers;
 mod hostile;
 mod ipv6;
 #[cfg(target_os = "linux")]

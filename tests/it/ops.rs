@@ -450,6 +450,7 @@ async fn agree(toml: &str, cases: &[(&str, &str, String)]) {
             at: jiff::Timestamp::now(),
         };
         let lookups = Lookups {
+            groups: None,
             resolve: Some(resolver),
             is_local: &portcullis::egress::dial::is_local_address,
         };
@@ -630,6 +631,7 @@ async fn agree_own_listener(toml: &str) {
             at: jiff::Timestamp::now(),
         };
         let lookups = Lookups {
+            groups: None,
             resolve: None,
             is_local: &portcullis::egress::dial::is_local_address,
         };

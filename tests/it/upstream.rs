@@ -290,6 +290,7 @@ async fn a_literal_through_a_parent_meets_the_guards_first() {
             at: jiff::Timestamp::now(),
         };
         let lookups = portcullis::ops::explain::Lookups {
+            groups: None,
             resolve: None,
             is_local: &|_| false,
         };

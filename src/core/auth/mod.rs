@@ -1,6 +1,7 @@
 //! Proxy authentication: `Proxy-Authorization: Basic` credentials, the htpasswd file they are
 //! checked against, and the two small memories around that check — a cache of recently
-//! verified credentials and a tracker of clients that keep failing.
+//! verified credentials and a tracker of clients that keep failing; and the text of Squid's
+//! helper protocol ([`helper`]), for log-ins and groups a helper program checks.
 //!
 //! Everything here is pure: no sockets, no tasks, no clock. Callers pass the current
 //! [`Instant`] in, so tests drive time by hand. Verification is slow on purpose (bcrypt and
@@ -43,6 +44,7 @@ const SUPPORTED: &str =
     "use bcrypt ($2y$), SHA-256-crypt ($5$), SHA-512-crypt ($6$) or Apache MD5 ($apr1$)";
 
 mod basic;
+pub mod helper;
 mod htpasswd;
 mod memory;
 
