@@ -6,12 +6,15 @@
 //! and validation reports every problem at once, each naming the key and entry at fault.
 //! Nothing here opens a socket; binding the listeners is `runtime`'s job.
 
+mod helper_spec;
 pub(crate) mod lint;
 pub mod lists;
 pub mod load;
 pub(crate) mod locate;
 pub mod problem;
 pub mod quotas;
+mod rule_schema;
+mod rules;
 pub mod schema;
 pub mod settings;
 mod shaping;

@@ -11,8 +11,8 @@ use crate::core::ports::PortSpec;
 use crate::core::quota::{parse_bytes, Keyed, Period, Quota};
 
 use super::problem::{KeyPath, Problem, ProblemKind};
+use super::rules::compile_rule;
 use super::schema::{Config, Network, RuleConfig};
-use super::validate::compile_rule;
 
 /// `[[quotas]]`: a byte budget for the requests its matchers pick, per client or per user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

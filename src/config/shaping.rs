@@ -8,9 +8,9 @@ use std::path::Path;
 use crate::core::shaping::parse_amount;
 
 use super::problem::{KeyPath, Problem, ProblemKind};
+use super::rules::compile_rule;
 use super::schema::Config;
 use super::settings::{RateCap, ShapingSettings};
-use super::validate::compile_rule;
 
 impl Config {
     /// `[shaping]` and `[[limits.rate]]`: rates read, each cap's matchers compiled as a rule's.

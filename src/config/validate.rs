@@ -8,15 +8,16 @@ use std::sync::Arc;
 
 use crate::core::clock::Clock;
 use crate::core::hosts::{HostPattern, HostSet};
-use crate::core::policy::{Action, Policy, Rule};
+use crate::core::policy::{Policy, Rule};
 use crate::core::ports::{PortSet, PortSpec, PortSpecError};
-use crate::core::schedule::Schedule;
 
+use super::helper_spec::helper_spec;
 use super::problem::{KeyPath, ParentError, Problem, ProblemKind};
-use super::schema::{Config, RuleAction, RuleConfig};
+use super::rules::compile_rule;
+use super::schema::Config;
 use super::settings::{
-    AuthSettings, DnsSettings, HelperSpec, PacSettings, PagesSettings, Parent, ResolverKind,
-    Settings, UpstreamSettings,
+    AuthSettings, DnsSettings, PacSettings, PagesSettings, Parent, ResolverKind, Settings,
+    UpstreamSettings,
 };
 use super::ConfigError;
 
@@ -619,187 +620,6 @@ impl Config {
     }
 }
 
-/// A helper pool's settings at `key` (`auth`, `auth.groups`): the command must name a
-/// program that exists and may be run (a bare name is looked up in `PATH`), `children` 1 to
-/// 64, `concurrency` 0 to 1000, `timeout` above zero.
-fn helper_spec(
-    name: &'static str,
-    key: &[&str],
-    command: &[String],
-    (children, concurrency, timeout): (usize, usize, std::time::Duration),
-    base: &Path,
-    problems: &mut Vec<Problem>,
-) -> Option<HelperSpec> {
-    let at = |field: &str| match key {
-        [a, b] => KeyPath::keys([a, b, field]),
-        _ => KeyPath::keys([key.first().copied().unwrap_or("auth"), field]),
-    };
-    let before = problems.len();
-    if !(1..=64).contains(&children) {
-        problems.push(Problem::new(at("children"), ProblemKind::OutOfRange(1, 64)));
-    }
-    if concurrency > 1000 {
-        problems.push(Problem::new(
-            at("concurrency"),
-            ProblemKind::OutOfRange(0, 1000),
-        ));
-    }
-    if timeout.is_zero() {
-        problems.push(Problem::new(at("timeout"), ProblemKind::ZeroDuration));
-    }
-    let mut command = command.to_vec();
-    match command.first() {
-        None => problems.push(Problem::new(
-            at("program"),
-            ProblemKind::BadHelper(
-                "the list is empty; give the program and its arguments, such as [\"/usr/lib/squid/basic_ldap_auth\", \"-b\", \"dc=example,dc=lan\"]".into(),
-            ),
-        )),
-        Some(program) => match find_program(program, base) {
-            Ok(path) => command[0] = path.display().to_string(),
-            Err(why) => problems.push(
-                Problem::new(at("program"), ProblemKind::BadHelper(why)).entry(program.as_str()),
-            ),
-        },
-    }
-    (problems.len() == before).then_some(HelperSpec {
-        name,
-        command,
-        children,
-        concurrency,
-        timeout,
-    })
-}
-
-/// The file a helper's program names: a path (relative to the configuration's directory)
-/// or a bare name looked up in `PATH`; it must be a file someone may execute.
-fn find_program(program: &str, base: &Path) -> Result<std::path::PathBuf, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let runnable = |path: &Path| {
-        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.trim().is_empty() {
-        return Err("the program's name is empty".into());
-    }
-    if !program.contains('/') {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        return std::env::split_paths(&path)
-            .map(|dir| dir.join(program))
-            .find(|p| runnable(p))
-            .ok_or_else(|| format!("{program:?} is not a program found in PATH"));
-    }
-    let path = base.join(program);
-    match std::fs::metadata(&path) {
-        Err(e) => Err(format!("cannot run {}: {e}", path.display())),
-        Ok(_) if !runnable(&path) => Err(format!(
-            "cannot run {}: not an executable file (chmod +x?)",
-            path.display()
-        )),
-        Ok(_) => Ok(path),
-    }
-}
-
-/// Compiles one rule (or a cap's matchers, which are a rule's), its problems at `key(field)`;
-/// `names` holds the names seen so far among its kind. `None` when it has problems.
-pub(super) fn compile_rule(
-    r: &RuleConfig,
-    key: &dyn Fn(&str) -> KeyPath,
-    names: &mut HashSet<String>,
-    base: &Path,
-    has_auth: bool,
-    problems: &mut Vec<Problem>,
-    reports: &mut Vec<super::lists::ListReport>,
-) -> Option<Rule> {
-    {
-        {
-            let at =
-                |field: &str, kind: ProblemKind| Problem::new(key(field), kind).in_rule(&r.name);
-            let before = problems.len();
-            if r.name.trim().is_empty() {
-                problems.push(at("name", ProblemKind::EmptyRuleName));
-            } else if !names.insert(r.name.clone()) {
-                problems.push(at("name", ProblemKind::DuplicateRuleName));
-            }
-            let clients = r.clients.as_ref().map(|c| {
-                if c.is_empty() {
-                    problems.push(at("clients", ProblemKind::EmptyCondition));
-                }
-                c.iter().map(|n| n.0).collect::<Vec<_>>()
-            });
-            let users = r.users.clone().inspect(|u| {
-                if u.is_empty() {
-                    problems.push(at("users", ProblemKind::EmptyCondition));
-                }
-                if !has_auth {
-                    problems.push(at("users", ProblemKind::UsersWithoutAuth));
-                }
-            });
-            let (hosts, list) = super::lists::rule_hosts(r, base, &at, problems, reports);
-            let ports = r
-                .ports
-                .as_ref()
-                .map(|specs| port_set(key("ports"), Some(&r.name), specs, problems));
-            let methods = r.methods.as_ref().map(|methods| {
-                if methods.is_empty() {
-                    problems.push(at("methods", ProblemKind::EmptyCondition));
-                }
-                methods
-                    .iter()
-                    .map(|m| {
-                        let upper = m.trim().to_ascii_uppercase();
-                        if upper.is_empty()
-                            || !upper
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        {
-                            problems.push(
-                                at("methods", ProblemKind::BadMethod(m.clone())).entry(m.as_str()),
-                            );
-                        }
-                        upper
-                    })
-                    .collect::<Vec<_>>()
-            });
-            let times = r.times.as_ref().and_then(|windows| {
-                if windows.is_empty() {
-                    problems.push(at("times", ProblemKind::EmptyCondition));
-                }
-                Schedule::parse(windows)
-                    .map_err(|e| problems.push(at("times", ProblemKind::BadTimes(e))))
-                    .ok()
-                    .map(Arc::new)
-            });
-            if r.times_cut && r.times.is_none() {
-                problems.push(at(
-                    "times_cut",
-                    ProblemKind::BadTimes(
-                        "applies to times only: add them, or leave it out".into(),
-                    ),
-                ));
-            }
-            if problems.len() > before {
-                return None;
-            }
-            Some(Rule {
-                times,
-                times_cut: r.times_cut,
-                name: r.name.as_str().into(),
-                clients,
-                users,
-                groups: None,
-                hosts,
-                list,
-                ports,
-                methods,
-                action: match r.action {
-                    RuleAction::Allow => Action::Allow,
-                    RuleAction::Deny => Action::Deny,
-                },
-            })
-        }
-    }
-}
-
 /// `http://[user:password@]host:port` → a [`Parent`]. The password may be percent-encoded.
 pub(super) fn parse_parent(url: &str) -> Result<Parent, ParentError> {
     let rest = url.strip_prefix("http://").ok_or(ParentError::NotHttp)?;
@@ -879,7 +699,7 @@ fn valid_log_level(text: &str) -> bool {
 
 /// The ports of a list at `key` (in the rule named `rule`, if any), with a problem for each
 /// bad entry.
-fn port_set(
+pub(super) fn port_set(
     key: KeyPath,
     rule: Option<&str>,
     specs: &[PortSpec],

@@ -382,7 +382,7 @@ impl Policy {
     }
 
     /// [`Policy::decide`] without looking ahead.
-    fn decide_now(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> Decision {
+    pub(crate) fn decide_now(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> Decision {
         let addr = match facts.host {
             Host::Ip(ip) => Some(*ip),
             Host::Name(_) => addr,
@@ -438,86 +438,6 @@ impl Policy {
             Ok(rule) => Decision::Allow(Decider::Builtin(rule)),
             Err(denial) => Decision::Deny(denial),
         }
-    }
-
-    /// The first moment within a week after `facts.at` at which the rules' `times`
-    /// allow a request they refuse now; `None` when no rule has `times`, or none opens.
-    pub fn opens_at(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> Option<Timestamp> {
-        self.first_edge(
-            facts,
-            |_| true,
-            |at| {
-                let later = Facts { at, ..*facts };
-                matches!(self.decide_now(&later, addr), Decision::Allow(_))
-            },
-        )
-    }
-
-    /// For a tunnel the policy allows now: the first moment within a week at which a rule with
-    /// `times_cut` ends it, when it is cut: a `deny` rule whose window begins and refuses it,
-    /// or the `allow` rule that let it through, whose window ends and leaves it refused.
-    /// `None` when that happens to it nowhere within the week (ask again by then).
-    pub fn closes_at(&self, facts: &Facts<'_>, addr: Option<IpAddr>) -> Option<Timestamp> {
-        let allowed_by_cutting = match self.decide_now(facts, addr) {
-            Decision::Allow(decider) => self.cuts(&decider),
-            _ => return None,
-        };
-        self.first_edge(
-            facts,
-            |rule| rule.times_cut,
-            |at| {
-                let later = Facts { at, ..*facts };
-                match self.decide_now(&later, addr) {
-                    Decision::Deny(denial) => allowed_by_cutting || self.cuts(&denial.rule),
-                    _ => false,
-                }
-            },
-        )
-    }
-
-    /// Whether `decider` is a rule with `times` and `times_cut`.
-    fn cuts(&self, decider: &Decider) -> bool {
-        let Decider::Rule(name) = decider else {
-            return false;
-        };
-        self.rules
-            .iter()
-            .any(|r| r.name == *name && r.times_cut && r.times.is_some())
-    }
-
-    /// Whether any rule cuts tunnels at the end of its window.
-    pub fn cuts_tunnels(&self) -> bool {
-        self.rules.iter().any(|r| r.times_cut && r.times.is_some())
-    }
-
-    /// The first edge of the `times` of the rules `chosen` picks, after `facts.at`, within a
-    /// week, at which `holds`.
-    fn first_edge(
-        &self,
-        facts: &Facts<'_>,
-        chosen: impl Fn(&Rule) -> bool,
-        holds: impl Fn(Timestamp) -> bool,
-    ) -> Option<Timestamp> {
-        let schedules: Vec<&Schedule> = self
-            .rules
-            .iter()
-            .filter(|r| chosen(r))
-            .filter_map(|r| r.times.as_deref())
-            .collect();
-        if schedules.is_empty() {
-            return None;
-        }
-        let now = facts.at;
-        let local = self.clock.local(now);
-        let mut edges: Vec<Timestamp> = schedules
-            .iter()
-            .flat_map(|s| s.edges(local, 7))
-            .map(|edge| self.clock.instant(edge))
-            .filter(|edge| *edge > now)
-            .collect();
-        edges.sort();
-        edges.dedup();
-        edges.into_iter().find(|edge| holds(*edge))
     }
 
     /// May a request of `kind` reach `port` by the base port lists? Answers the list's name.
