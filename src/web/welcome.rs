@@ -155,8 +155,6 @@ pub(crate) fn ca_text(proxy: &str) -> String {
     )
 }
 
-/// The self-service part of the page: this client's own recent refusals, and nobody else's.
-/// Browsers hide a proxy's answer to a refused CONNECT, so this is where people can see why.
 /// The person's share of the link and caps (`lines`, from
 /// [`crate::config::settings::ShapingSettings::for_client`]) and their use of it now.
 pub(crate) fn share_html(lines: &[String], now: Option<(f64, f64)>) -> String {
@@ -237,6 +235,8 @@ pub(crate) fn budgets_text(standings: &[Standing], clock: &Clock, now: Timestamp
     out
 }
 
+/// The self-service part of the page: this client's own recent refusals, and nobody else's.
+/// Browsers hide a proxy's answer to a refused CONNECT, so this is where people can see why.
 pub(crate) fn denials_html(client: std::net::IpAddr, denials: &[RecentDenial]) -> String {
     let mut out = format!("<h2>Recently refused for your address ({client})</h2>");
     if denials.is_empty() {
