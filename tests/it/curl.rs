@@ -10,6 +10,14 @@ use crate::support::*;
 
 /// curl's stdout and the status it reports (`-w %{http_code}` as the last line).
 fn curl(args: &[String]) -> (String, u16) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (body, code, _) = curl_exit(&args);
+    (body, code)
+}
+
+/// curl's stdout, the HTTP status it reports (0 when there was none) and its exit status;
+/// no proxy from the environment.
+pub(crate) fn curl_exit(args: &[&str]) -> (String, u16, Option<i32>) {
     let output = Command::new("curl")
         .args([
             "--silent",
@@ -30,7 +38,11 @@ fn curl(args: &[String]) -> (String, u16) {
         .expect("curl runs");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (body.to_owned(), code.trim().parse().unwrap_or(0))
+    (
+        body.to_owned(),
+        code.trim().parse().unwrap_or(0),
+        output.status.code(),
+    )
 }
 
 /// Whether curl is here (it must be when `CI` is set); says so when it is not.

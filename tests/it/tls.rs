@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::curl::have_curl;
+use crate::curl::{curl_exit, have_curl};
 use crate::support::running::{line_with, Running};
 use crate::support::*;
 
@@ -62,23 +62,13 @@ fn start(dir: &Path, tls: &Path, extra: &str) -> (Running, std::net::SocketAddr)
 /// curl through the TLS proxy at `proxy`: its status code (0 when it failed), body and
 /// exit status.
 fn curl(proxy: std::net::SocketAddr, args: &[&str]) -> (u16, String, Option<i32>) {
-    let output = Command::new("curl")
-        .args(["--silent", "--noproxy", "", "--max-time", "10"])
-        .args(["--write-out", "\n%{http_code}"])
-        .args(["--proxy", &format!("https://{proxy}")])
-        .args(args)
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("ALL_PROXY")
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        body.to_owned(),
-        output.status.code(),
-    )
+    let proxy = format!("https://{proxy}");
+    let args: Vec<&str> = ["--proxy", proxy.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let (body, code, status) = curl_exit(&args);
+    (code, body, status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
