@@ -405,6 +405,10 @@ pub struct LimitsConfig {
     /// of the network's idle ones; when all are busy it gets `503`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_network: Option<usize>,
+    /// Streams (requests and `CONNECT` tunnels) open at once on one HTTP/2 connection. Each
+    /// stream also takes a place in the connection limits above, as the HTTP/1.1 connection
+    /// it stands for would.
+    pub max_streams_per_connection: u32,
     /// The length of an IPv4 client's network prefix, for the per-network limit and for
     /// choosing whose idle connection makes room.
     pub network_prefix_v4: u8,
@@ -454,6 +458,7 @@ impl Default for LimitsConfig {
             max_connections: 4096,
             max_connections_per_client: 256,
             max_connections_per_network: None,
+            max_streams_per_connection: 100,
             network_prefix_v4: 24,
             network_prefix_v6: 64,
             idle_tunnel_after: Duration::from_secs(60),

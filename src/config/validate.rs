@@ -153,6 +153,11 @@ impl Config {
             ("network_prefix_v4", usize::from(l.network_prefix_v4), 32),
             ("network_prefix_v6", usize::from(l.network_prefix_v6), 128),
             ("listen_backlog", l.listen_backlog as usize, 65535),
+            (
+                "max_streams_per_connection",
+                l.max_streams_per_connection as usize,
+                1000,
+            ),
         ] {
             if !(1..=most).contains(&value) {
                 problems.push(problem(

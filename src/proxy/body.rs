@@ -22,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::core::error::ErrorKind;
 use crate::observe::access::{PendingRecord, Traffic};
+use crate::proxy::admission::Slot;
 use crate::proxy::conn::{BodyGuard, ConnState, InFlight};
 use crate::proxy::shaper::{Dir, Flow, Shaped};
 
@@ -269,6 +270,10 @@ fn cut_error(quota: &str) -> BodyError {
     )))
 }
 
+/// What an exchange holds until its answer is sent: its connection's in-flight guard, and
+/// over HTTP/2 its stream's place in the connection limits.
+pub type Held = (InFlight, Option<Arc<Slot>>);
+
 pin_project_lite::pin_project! {
     /// Every response body the proxy sends.
     pub struct DownBody {
@@ -276,7 +281,7 @@ pin_project_lite::pin_project! {
         content: Content,
         traffic: Option<Arc<Traffic>>,
         record: Option<PendingRecord>,
-        in_flight: Option<InFlight>,
+        in_flight: Option<Held>,
         // The shaping of an origin's body, when anything shapes it.
         shaped: Option<Box<Shaped>>,
     }
@@ -330,9 +335,9 @@ impl DownBody {
     }
 
     /// Attaches the exchange's record (an origin body's bytes are counted into the record's
-    /// traffic) and the connection's in-flight guard; both are released when the body ends
-    /// or is dropped.
-    pub fn finish_with(&mut self, record: Option<PendingRecord>, in_flight: Option<InFlight>) {
+    /// traffic) and what the exchange holds; both are released when the body ends or is
+    /// dropped.
+    pub fn finish_with(&mut self, record: Option<PendingRecord>, in_flight: Option<Held>) {
         // Only bytes from the destination count as its traffic, not the proxy's own texts.
         if let (Some(record), Content::Origin { .. }) = (&record, &self.content) {
             self.traffic = Some(record.traffic().clone());

@@ -428,13 +428,11 @@ async fn serve_http<S: Wire>(
     }
 }
 
-/// Requests and tunnels a client may have open at once on one HTTP/2 connection.
-pub(crate) const H2_STREAMS: u32 = 100;
-
 /// Serves HTTP/2 (negotiated by ALPN on a TLS listener) until the connection ends: each
 /// stream an exchange of its own (a request, or a `CONNECT` tunnel, RFC 9113 §8.5), at most
-/// [`H2_STREAMS`] at once; pings keep a quiet connection honest; closed to make room, drained
-/// at shutdown like an HTTP/1.1 connection.
+/// `limits.max_streams_per_connection` at once, each with its own place in the connection
+/// limits (see the service); pings keep a quiet connection honest; closed to make room when
+/// it has no stream, drained at shutdown like an HTTP/1.1 connection.
 async fn serve_h2(
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     service: ProxyService,
@@ -442,10 +440,16 @@ async fn serve_h2(
     shared: Arc<ProxyState>,
     stop: CancellationToken,
 ) {
-    let keep_alive = shared.settings().timeouts.keep_alive;
+    let (keep_alive, streams) = {
+        let settings = shared.settings();
+        (
+            settings.timeouts.keep_alive,
+            settings.limits.max_streams_per_connection,
+        )
+    };
     let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_STREAMS)
+        .max_concurrent_streams(streams)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20))
         .serve_connection(TokioIo::new(stream), service);

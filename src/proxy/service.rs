@@ -19,6 +19,7 @@ use crate::core::policy::{Builtin, Decider, Facts, Kind};
 use crate::core::target::{classify, Classified, Host};
 use crate::egress::dial::is_local_address;
 use crate::observe::access::PendingRecord;
+use crate::proxy::admission::{Admit, Slot};
 use crate::proxy::authenticate::authenticate;
 use crate::proxy::body::DownBody;
 use crate::proxy::conn::{ConnState, HeadFlags};
@@ -26,6 +27,12 @@ use crate::proxy::exchange::Exchange;
 use crate::proxy::respond::refusal;
 use crate::proxy::state::ProxyState;
 use crate::proxy::{forward, pages, tunnel};
+
+/// An HTTP/2 stream's own place in the connection limits, or the refusal that answers it.
+struct StreamPlace {
+    place: Option<Arc<Slot>>,
+    refusal: Option<EdgeError>,
+}
 
 /// How a request is answered.
 // A short-lived value moved once per request: boxing the response would cost more than the
@@ -48,7 +55,7 @@ pub struct ProxyService {
     /// A refusal for every request of this connection (over the connection limits).
     refusal: Option<EdgeError>,
     /// The connection's place in the connection limits, kept by its tunnels as well.
-    slot: Arc<crate::proxy::admission::Slot>,
+    slot: Arc<Slot>,
 }
 
 impl ProxyService {
@@ -60,7 +67,7 @@ impl ProxyService {
         local: SocketAddr,
         conn: Arc<ConnState>,
         refusal: Option<EdgeError>,
-        slot: Arc<crate::proxy::admission::Slot>,
+        slot: Arc<Slot>,
     ) -> Self {
         if let Err(denial) = shared.settings().policy.admit_client(client.ip()) {
             info!(reason = %denial.reason, "client refused");
@@ -92,6 +99,13 @@ impl ProxyService {
         let in_flight = self.conn.begin();
         let head = self.conn.take_head_flags();
         let connect = req.method() == http::Method::CONNECT;
+        let h2 = req.version() == http::Version::HTTP_2;
+        let stream = h2.then(|| self.admit_stream(connect));
+        // A tunnel stream is busy until its tunnel opens: it cannot be chosen to make room.
+        let stream_busy = stream
+            .as_ref()
+            .filter(|_| connect)
+            .and_then(|s| Some(s.place.as_ref()?.conn().begin()));
         let body = (!connect && !http_body::Body::is_end_stream(req.body()))
             .then(|| self.conn.request_body());
         let mut ex = Exchange {
@@ -112,9 +126,13 @@ impl ProxyService {
         let page = crate::web::errorpage::Asked::for_page(&req);
         // An exchange still waiting for its answer when the shutdown grace period ends is
         // answered 503 rather than cut without a word.
+        let refused = self
+            .refusal
+            .as_ref()
+            .or(stream.as_ref().and_then(|s| s.refusal.as_ref()));
         let routed = tokio::select! {
             biased;
-            routed = self.route(&mut ex, req, head) => routed,
+            routed = self.route(&mut ex, req, head, refused) => routed,
             _ = self.conn.cut() => Err(EdgeError::new(
                 ErrorKind::Shutdown,
                 "the proxy is shutting down, and the answer did not come within timeouts.shutdown_grace",
@@ -123,20 +141,28 @@ impl ProxyService {
         // A body that was not forwarded is left unread: its rest could not be told from a
         // next request, so this connection ends with this exchange, and says so.
         drop(ex.body.take());
-        if connect && !matches!(routed, Ok(Reply::Tunnel(_))) {
+        if connect && !h2 && !matches!(routed, Ok(Reply::Tunnel(_))) {
             // The bytes behind a refused CONNECT are the tunnel's the client hoped for, not
-            // requests: none is read after this answer.
+            // requests: none is read after this answer. (Over HTTP/2 they are the stream's
+            // only, which ends with the answer.)
             self.conn.close_after();
         }
+        let mut place = stream.and_then(|s| s.place);
         let (mut response, record) = match routed {
             Ok(Reply::Response(response)) => (response, Some(ex.record)),
             Ok(Reply::Tunnel(dialled)) => {
                 // The tunnel task owns the record from here: it ends when the tunnel does.
-                // The connection stands as a tunnel before this exchange ends.
-                self.conn.tunnel_opened();
+                // It holds the connection's place (over HTTP/2, its stream's place, and keeps
+                // its connection busy), and stands as a tunnel before this exchange ends.
+                let (place, busy) = match place.take() {
+                    Some(place) => (place, Some(self.conn.begin())),
+                    None => (self.slot.clone(), None),
+                };
+                place.conn().tunnel_opened();
+                drop(stream_busy);
                 let shared = self.shared.clone();
                 self.shared.tracker.spawn(
-                    tunnel::relay(dialled, ex.record, shared, self.slot.clone()).in_current_span(),
+                    tunnel::relay(dialled, ex.record, shared, (place, busy)).in_current_span(),
                 );
                 (Response::new(DownBody::empty()), None)
             }
@@ -150,8 +176,44 @@ impl ProxyService {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        response.body_mut().finish_with(record, Some(in_flight));
         response
+            .body_mut()
+            .finish_with(record, Some((in_flight, place)));
+        response
+    }
+
+    /// Over HTTP/2 a stream takes a place in the connection limits of its own, as the
+    /// HTTP/1.1 connection it stands for would (the connection holds one more). A tunnel's
+    /// place has a state of its own, so that a quiet tunnel makes room alone; a request's is
+    /// its connection's, busy while the request is. At a limit, the stream is refused as a
+    /// connection would be, and its connection's other streams go on.
+    fn admit_stream(&self, tunnel: bool) -> StreamPlace {
+        let state = if tunnel {
+            Arc::new(ConnState::new())
+        } else {
+            self.conn.clone()
+        };
+        let settings = self.shared.settings();
+        match self
+            .shared
+            .admission
+            .admit(self.client.ip(), state, &settings.limits)
+        {
+            Admit::Yes(slot) => StreamPlace {
+                place: Some(Arc::new(slot)),
+                refusal: None,
+            },
+            Admit::Refuse(refusal, _) => StreamPlace {
+                place: None,
+                refusal: Some(refusal),
+            },
+            Admit::Shed => StreamPlace {
+                place: None,
+                refusal: Some(crate::core::limits::refuse_total(
+                    settings.limits.max_connections,
+                )),
+            },
+        }
     }
 
     /// Runs the plan ([`plan`]) for one request: the front checks, the log-in, the
@@ -161,6 +223,7 @@ impl ProxyService {
         ex: &mut Exchange,
         req: Request<Incoming>,
         head: HeadFlags,
+        refused: Option<&EdgeError>,
     ) -> Result<Reply, EdgeError> {
         let mut classified = classify(req.method(), req.uri());
         if req.version() == http::Version::HTTP_2 && addresses_this_listener(&req, ex.local) {
@@ -203,7 +266,7 @@ impl ProxyService {
         let head = check_head(&req, raw, &settings.limits.head(), self.shared.via.name()).err();
         let request = plan::Request {
             client: self.client.ip(),
-            admission: self.refusal.as_ref(),
+            admission: refused,
             head: head.as_ref(),
             target: &classified,
             login: if settings.auth.is_some() {

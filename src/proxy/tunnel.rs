@@ -34,8 +34,9 @@ use crate::core::target::Target;
 use crate::egress::dial::{allowed_addresses, dial, Resolved};
 use crate::egress::parent::Parents;
 use crate::observe::access::{PendingRecord, Traffic};
+use crate::proxy::admission::Slot;
 use crate::proxy::body::UpBody;
-use crate::proxy::conn::{ConnState, WatchedIo};
+use crate::proxy::conn::{ConnState, InFlight, WatchedIo};
 use crate::proxy::shaper::{Dir, Flow};
 use crate::proxy::window::{self, Window};
 use crate::proxy::{exchange::Exchange, state::ProxyState};
@@ -196,7 +197,7 @@ pub async fn relay(
     dialled: Dialled,
     mut record: PendingRecord,
     shared: Arc<ProxyState>,
-    slot: Arc<crate::proxy::admission::Slot>,
+    (slot, _connection_busy): (Arc<Slot>, Option<InFlight>),
 ) {
     let upgraded = match dialled.upgrade.await {
         Ok(upgraded) => upgraded,
@@ -235,7 +236,7 @@ pub(crate) async fn carry(
     (idle, flow, window): (Duration, Option<Box<Flow>>, Option<Box<Window>>),
     mut record: PendingRecord,
     shared: &ProxyState,
-    slot: &crate::proxy::admission::Slot,
+    slot: &Slot,
 ) {
     let traffic = record.traffic().clone();
     shared.stats.tunnel_opened(port);

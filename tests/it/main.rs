@@ -46,5 +46,6 @@ mod socks_clients;
 #[cfg(unix)]
 mod syslog;
 mod tls;
+mod tls_streams;
 mod tunnel;
 mod upstream;

@@ -19,7 +19,7 @@ use crate::support::running::{line_with, Running};
 use crate::support::*;
 
 /// `portcullis cert --name proxy.lan --ip 127.0.0.1 --out DIR`.
-fn make_cert(dir: &Path) {
+pub(crate) fn make_cert(dir: &Path) {
     let ran = portcullis(
         &[
             "cert",
@@ -37,7 +37,7 @@ fn make_cert(dir: &Path) {
 
 /// The proxy binary with a plain and a TLS listener on loopback, the certificate of `tls`;
 /// answers it and the TLS listener's address.
-fn start(dir: &Path, tls: &Path, extra: &str) -> (Running, std::net::SocketAddr) {
+pub(crate) fn start(dir: &Path, tls: &Path, extra: &str) -> (Running, std::net::SocketAddr) {
     let config = dir.join("portcullis.toml");
     // The authority offered on the own page, when the folder has one.
     let ca = match tls.join("ca.pem") {
@@ -263,7 +263,7 @@ async fn a_certificate_renewed_by_a_reload_serves_new_connections_and_old_ones_g
 }
 
 /// A TLS connection to the proxy at `proxy` offering only HTTP/2 by ALPN, trusting `ca`.
-async fn h2_connection(
+pub(crate) async fn h2_connection(
     proxy: std::net::SocketAddr,
     ca: &Path,
 ) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
