@@ -2,8 +2,10 @@
 //!
 //! Printed as warnings when the proxy starts (and by a `check` command later): an open proxy,
 //! SMTP reachable through CONNECT, Happy Eyeballs switched off by its timeouts, a rule that can never match because an earlier rule
-//! matches everything it would, and a rule with no conditions. Pure: reads the configuration
-//! and its validated settings, returns one line per finding.
+//! matches everything it would, a rule with no conditions, and a TLS certificate that has
+//! expired, is not valid yet or ends within 30 days. Pure but for the clock, read once for
+//! the certificate's dates: reads the configuration and its validated settings, returns one
+//! line per finding.
 
 use ipnet::IpNet;
 
@@ -194,7 +196,8 @@ pub fn lint(config: &Config, settings: &Settings) -> Vec<String> {
     out
 }
 
-/// Passwords in clear, and a certificate that does not name what the PAC gives.
+/// Passwords in clear, a certificate out of its dates (at this moment), and one that does
+/// not name what the PAC gives.
 fn tls_findings(config: &Config, settings: &Settings) -> Vec<String> {
     let mut out = Vec::new();
     let exposed = config.listen.iter().any(|a| !a.ip().is_loopback());
@@ -211,6 +214,7 @@ fn tls_findings(config: &Config, settings: &Settings) -> Vec<String> {
     let Some(tls) = &settings.tls else {
         return out;
     };
+    out.extend(tls.date_findings(jiff::Timestamp::now()));
     if !config.pac.tls {
         return out;
     }

@@ -11,8 +11,9 @@
 //!
 //! Not reloaded (they need a restart): `[log]` (the access log's destination and format, the
 //! diagnostics level), `[admin]` (its address and `allow`) and `workers`; the summary says so
-//! when they changed. Files the configuration names (htpasswd, `hosts_file`, `error.html`) are read
-//! again on every reload.
+//! when they changed. Files the configuration names (htpasswd, `hosts_file`, `error.html`,
+//! the `[tls]` certificate) are read again on every reload; a certificate that has expired, is
+//! not valid yet or ends soon is warned of, as at start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, Purpose, Source};
 use crate::proxy::state::ProxyState;
@@ -158,6 +159,12 @@ async fn reload(
     if settings.tls.is_none() {
         settings.tls = old.tls.clone();
     }
+    // The certificate's dates, warned of as at start once the reload has taken.
+    let cert_warnings = settings
+        .tls
+        .as_ref()
+        .map(|tls| tls.date_findings(jiff::Timestamp::now()))
+        .unwrap_or_default();
     // The admin listener is not bound again on reload: the running one stays the proxy's own.
     settings.set_bound(actual, old.policy.admin);
     drop(old);
@@ -182,6 +189,9 @@ async fn reload(
         }
     }
     *config = new;
+    for warning in cert_warnings {
+        warn!(target: "portcullis::lint", "{warning}");
+    }
     Ok(summary)
 }
 

@@ -204,6 +204,8 @@ Make each client trust {dir}/ca.pem once:
   macOS:    sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain ca.pem
   Linux:    Debian/Ubuntu: sudo cp ca.pem /usr/local/share/ca-certificates/portcullis.crt && sudo update-ca-certificates
             Fedora: sudo cp ca.pem /etc/pki/ca-trust/source/anchors/portcullis.pem && sudo update-ca-trust
+            Chrome and Chromium on Linux trust what the user's NSS database holds (libnss3-tools):
+            certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"Portcullis LAN CA\" -i ca.pem
   Firefox:  Settings, Privacy & Security, Certificates, View Certificates, Authorities, Import
             (or set security.enterprise_roots.enabled to use the system's on Windows and macOS)
   Android:  copy ca.pem to the device; Settings, Security, Encryption & credentials, Install a

@@ -1,14 +1,21 @@
 //! Portcullis in a real browser (headless Chromium): pages loaded through the proxy over
-//! HTTP and HTTPS, the HTML error page for a refused port, the PAC file, and the status page
-//! (a screenshot of it is what the README shows).
+//! HTTP and HTTPS, the HTML error page for a refused port, the PAC file, the proxy spoken to
+//! over TLS through the PAC's `HTTPS` entry (with the LAN's authority trusted the way a
+//! user's Chromium trusts it: its NSS database), and the status page (a screenshot of it is
+//! what the README shows).
 //!
-//! Without Chromium the test is skipped, except when `CI` is set: then it fails, since
-//! `.ci/run` installs Chromium.
+//! Without Chromium (or, for the TLS test, NSS's certutil) a test is skipped, except when
+//! `CI` is set: then it fails, since `.ci/run` installs them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::support::dns::{Answer, DnsServer, Zone};
+use crate::support::running::line_with;
 use crate::support::*;
 
 /// The Chromium binary, if this machine has one.
@@ -35,7 +42,16 @@ fn run_chromium(binary: &Path, args: &[String]) -> String {
 /// Runs headless Chromium with `args` and the profile in `profile` (which a later run may
 /// take up again, as a browser that comes back); returns its stdout.
 pub fn run_chromium_in(binary: &Path, profile: &Path, args: &[String]) -> String {
+    run_chromium_as(binary, profile, None, args)
+}
+
+/// [`run_chromium_in`] with `HOME` set to `home` when given: the user whose NSS database
+/// (`~/.pki/nssdb`) Chromium reads its own trusted authorities from.
+fn run_chromium_as(binary: &Path, profile: &Path, home: Option<&Path>, args: &[String]) -> String {
     let mut command = Command::new(binary);
+    if let Some(home) = home {
+        command.env("HOME", home);
+    }
     command
         .args([
             "--headless",
@@ -76,13 +92,18 @@ pub(crate) async fn chromium_async(binary: &Path, args: Vec<String>) -> String {
         .unwrap()
 }
 
+/// The answer of an origin that serves the HTML `page`.
+fn page_answer(page: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+        page.len()
+    )
+}
+
 /// An origin that serves `page` for every request (at most 64 on one connection), over TLS
 /// with a self-signed certificate when `tls`.
 async fn page_origin(page: &str, tls: bool) -> std::net::SocketAddr {
-    let answer = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
-        page.len()
-    );
+    let answer = page_answer(page);
     let script = vec![answer.as_bytes(); 64];
     if tls {
         tls_origin(&script).await.0
@@ -276,4 +297,172 @@ async fn chromium_renders_the_status_page_with_the_traffic_sent() {
         png.len()
     );
     eprintln!("screenshot: {}", shot.display());
+}
+
+/// NSS's certutil, if this machine has it.
+fn certutil_or_skip() -> Option<PathBuf> {
+    let found = ["/usr/bin/certutil", "/usr/local/bin/certutil"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    tool_here(found, "certutil (NSS)", "libnss3-tools")
+}
+
+/// Makes `ca` a trusted authority for websites in the NSS database of the user whose home is
+/// `home`, as `certutil` does it for a person: `~/.pki/nssdb`, the store Chromium on Linux
+/// reads.
+fn trust_in_nss(certutil: &Path, home: &Path, ca: &Path) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db = format!("sql:{}", db.display());
+    let ca = ca.display().to_string();
+    for args in [
+        vec!["-d", &db, "-N", "--empty-password"],
+        vec![
+            "-d",
+            &db,
+            "-A",
+            "-t",
+            "C,,",
+            "-n",
+            "Portcullis test CA",
+            "-i",
+            &ca,
+        ],
+    ] {
+        let mut command = Command::new(certutil);
+        command.args(&args).env("HOME", home);
+        let (out, killed) = run_bounded(command, Vec::new(), Duration::from_secs(20));
+        assert!(
+            out.status.success() && !killed,
+            "certutil {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_speaks_tls_to_the_proxy_through_the_pac_https_entry() {
+    let Some(binary) = chromium_or_skip() else {
+        return;
+    };
+    let Some(certutil) = certutil_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // One authority, made by `portcullis cert`, certifies the origin (origin.test) and then
+    // the proxy (proxy.lan, 127.0.0.1); Chromium is made to trust it, and nothing else.
+    let tls = dir.path().join("tls");
+    crate::tls::cert_for(&tls, &["--name", "origin.test"]);
+    let (origin_pem, origin_key) = (tls.join("origin.pem"), tls.join("origin.key"));
+    std::fs::rename(tls.join("proxy.pem"), &origin_pem).unwrap();
+    std::fs::rename(tls.join("proxy.key"), &origin_key).unwrap();
+    crate::tls::make_cert(&tls);
+    let home = dir.path().join("home");
+    trust_in_nss(&certutil, &home, &tls.join("ca.pem"));
+
+    let http = page_origin(
+        "<html><body><h1 id=m>plain-page-through-the-tls-proxy</h1></body></html>",
+        false,
+    )
+    .await;
+    let answer =
+        page_answer("<html><body><h1 id=m>tls-page-through-the-tls-proxy</h1></body></html>");
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&origin_pem)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&origin_key).unwrap();
+    let https = tls_origin_with(&vec![answer.as_bytes(); 64], chain, key).await;
+    // origin.test is a name (a loopback address would go DIRECT under any PAC), which the
+    // proxy alone resolves, through a DNS server of the test's.
+    let localhost = std::net::Ipv4Addr::LOCALHOST;
+    let dns = DnsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Zone::new().with("origin.test", Answer::v4(&[localhost])),
+    )
+    .await;
+    // The PAC names listen_tls's port as written, so the port is chosen here.
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!(
+        "{}[pac]\ntls = true\n[dns]\nservers = [\"{}\"]\n[log]\nformat = \"common\"\n",
+        loopback_config(&[http.port()], &[https.port()]),
+        dns.addr
+    );
+    let (running, plain, proxy) =
+        crate::tls::start_on(dir.path(), &tls, &format!("127.0.0.1:{tls_port}"), &extra);
+    let admin = crate::tls::admin_of(&running);
+
+    // The PAC offers the TLS listener first.
+    let pac = raw(
+        plain,
+        format!("GET /proxy.pac HTTP/1.1\r\nHost: {plain}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(pac.status, 200);
+    assert!(
+        pac.text()
+            .contains(&format!("return \"HTTPS {proxy}; PROXY {plain}\";")),
+        "{}",
+        pac.text()
+    );
+    line_with(&running.stdout, &["/proxy.pac HTTP/1.1\" 200"]);
+
+    let profile = dir.path().join("profile");
+    let browse = |url: String| {
+        let (binary, profile, home) = (binary.clone(), profile.clone(), home.clone());
+        let args = vec![
+            format!("--proxy-pac-url=http://{plain}/proxy.pac"),
+            "--dump-dom".to_owned(),
+            url,
+        ];
+        tokio::task::spawn_blocking(move || run_chromium_as(&binary, &profile, Some(&home), &args))
+    };
+    let failures = || async move {
+        crate::support::admin::Metrics::scrape(admin)
+            .await
+            .value("portcullis_tls_handshake_failures_total", &[])
+    };
+    for (url, page) in [
+        (
+            format!("http://origin.test:{}/plain", http.port()),
+            "plain-page-through-the-tls-proxy",
+        ),
+        (
+            format!("https://origin.test:{}/secure", https.port()),
+            "tls-page-through-the-tls-proxy",
+        ),
+    ] {
+        let dom = browse(url.clone()).await.unwrap();
+        assert!(
+            dom.contains(page),
+            "Chromium did not show {url} through the HTTPS proxy; the proxy counts {:?} failed TLS handshakes (Chromium refuses a proxy whose certificate it does not trust: is the authority in {}/.pki/nssdb?); the DOM: {dom:?}",
+            failures().await,
+            home.display()
+        );
+    }
+
+    // Both went to the TLS listener: over HTTP/2, which only a TLS listener speaks (a plain
+    // one is HTTP/1.1 only), the page as a request and the https:// site as a tunnel. (The
+    // pages alone do not tell: a Chromium that does not trust the proxy falls back to the
+    // PAC's PROXY entry for the http:// page, and shows it.)
+    let page = line_with(
+        &running.stdout,
+        &[&format!("\"GET http://origin.test:{}/plain ", http.port())],
+    );
+    assert!(page.contains(" HTTP/2\" 200 "), "{page}");
+    let tunnel = line_with(
+        &running.stdout,
+        &[&format!("\"CONNECT origin.test:{} ", https.port())],
+    );
+    assert!(tunnel.contains(" HTTP/2\" 200 "), "{tunnel}");
+    assert_eq!(
+        failures().await,
+        Some(0.0),
+        "Chromium trusted the proxy's certificate"
+    );
 }

@@ -1,11 +1,14 @@
 //! TLS to the proxy (`listen_tls`), as people use it: the binary with a certificate made by
 //! `portcullis cert`, curl with `--proxy https://…` for http:// and https:// targets, a client
-//! that does not trust the certificate, a client that sends nothing, and a certificate
-//! renewed by a reload while a connection made before goes on.
+//! that does not trust the certificate, a client that sends nothing, a certificate that has
+//! expired or names another host, a certificate renewed by a reload while a connection made
+//! before goes on, and the warnings of `check`, the start and a reload about a certificate's
+//! dates.
 //!
 //! curl is skipped when this machine has none, except when `CI` is set.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,24 +23,69 @@ use crate::support::*;
 
 /// `portcullis cert --name proxy.lan --ip 127.0.0.1 --out DIR`.
 pub(crate) fn make_cert(dir: &Path) {
-    let ran = portcullis(
-        &[
-            "cert",
-            "--name",
-            "proxy.lan",
-            "--ip",
-            "127.0.0.1",
-            "--out",
-            dir.to_str().unwrap(),
-        ],
-        "",
-    );
+    cert_for(dir, &["--name", "proxy.lan", "--ip", "127.0.0.1"]);
+}
+
+/// `portcullis cert NAMES --out DIR` (`--name` and `--ip` options), which must succeed.
+pub(crate) fn cert_for(dir: &Path, names: &[&str]) {
+    let out = ["--out", dir.to_str().unwrap()];
+    let args: Vec<&str> = ["cert"].iter().chain(names).chain(&out).copied().collect();
+    let ran = portcullis(&args, "");
     assert!(ran.status.success(), "{}", ran.stderr);
 }
 
-/// The proxy binary with a plain and a TLS listener on loopback, the certificate of `tls`;
-/// answers it and the TLS listener's address.
-pub(crate) fn start(dir: &Path, tls: &Path, extra: &str) -> (Running, std::net::SocketAddr) {
+/// A certificate authority made here (`ca.pem`) and, signed by it, a certificate for `names`
+/// (host names or addresses) valid from `from` to `until` seconds from now (negative: in the
+/// past), as `portcullis cert` lays them out in `dir`: `proxy.pem` (the certificate, then the
+/// authority's) and `proxy.key`. Answers the certificate's start and end.
+pub(crate) fn make_dated_cert(
+    dir: &Path,
+    names: &[&str],
+    from: i64,
+    until: i64,
+) -> (jiff::Timestamp, jiff::Timestamp) {
+    let now = jiff::Timestamp::now().as_second();
+    let at = |offset: i64| {
+        let seconds = u64::try_from(now + offset).expect("after 1970");
+        rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(seconds)
+    };
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Portcullis test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.not_before = at(from);
+    params.not_after = at(until);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(
+        dir.join("proxy.pem"),
+        format!("{}{}", cert.pem(), ca_cert.pem()),
+    )
+    .unwrap();
+    std::fs::write(dir.join("proxy.key"), key.serialize_pem()).unwrap();
+    let moment = |offset: i64| jiff::Timestamp::from_second(now + offset).unwrap();
+    (moment(from), moment(until))
+}
+
+/// A day and an hour, in seconds.
+const DAY: i64 = 86_400;
+const HOUR: i64 = 3_600;
+
+/// A moment as the proxy's warnings show it.
+fn shown(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// Writes `dir/portcullis.toml`: a plain listener on loopback, a TLS listener on
+/// `listen_tls` with the certificate of `tls`, an admin listener, then `extra`.
+fn write_tls_config(dir: &Path, tls: &Path, listen_tls: &str, extra: &str) -> PathBuf {
     let config = dir.join("portcullis.toml");
     // The authority offered on the own page, when the folder has one.
     let ca = match tls.join("ca.pem") {
@@ -47,21 +95,74 @@ pub(crate) fn start(dir: &Path, tls: &Path, extra: &str) -> (Running, std::net::
     std::fs::write(
         &config,
         format!(
-            "listen = [\"127.0.0.1:0\"]\nlisten_tls = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n{ca}[timeouts]\nrequest_header = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            "listen = [\"127.0.0.1:0\"]\nlisten_tls = [\"{listen_tls}\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n{ca}[timeouts]\nrequest_header = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
             tls.join("proxy.pem").display(),
             tls.join("proxy.key").display(),
         ),
     )
     .unwrap();
+    config
+}
+
+/// The address at the end of a diagnostic line (`… addr=127.0.0.1:3128`).
+fn addr_in(line: &str) -> SocketAddr {
+    line.rsplit("addr=").next().unwrap().trim().parse().unwrap()
+}
+
+/// The proxy binary with a plain and a TLS listener on loopback, the certificate of `tls`;
+/// answers it and the TLS listener's address.
+pub(crate) fn start(dir: &Path, tls: &Path, extra: &str) -> (Running, SocketAddr) {
+    let (running, _, tls) = start_on(dir, tls, "127.0.0.1:0", extra);
+    (running, tls)
+}
+
+/// [`start`] with the TLS listener on `listen_tls`; answers the proxy, its plain listener's
+/// address and its TLS listener's. The admin listener's line is left for [`admin_of`].
+pub(crate) fn start_on(
+    dir: &Path,
+    tls: &Path,
+    listen_tls: &str,
+    extra: &str,
+) -> (Running, SocketAddr, SocketAddr) {
+    let config = write_tls_config(dir, tls, listen_tls, extra);
     let running = Running::start(&["--config", config.to_str().unwrap()]);
-    let line = line_with(&running.stderr, &["listening for TLS"]);
-    let addr = line.rsplit("addr=").next().unwrap().trim().parse().unwrap();
-    (running, addr)
+    let plain = addr_in(&line_with(&running.stderr, &["listening addr="]));
+    let tls = addr_in(&line_with(&running.stderr, &["listening for TLS"]));
+    (running, plain, tls)
+}
+
+/// Sends the proxy SIGHUP: reload.
+fn sighup(running: &Running) {
+    let pid = running.child.id().to_string();
+    let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(status.success());
+}
+
+/// The admin listener of a proxy [`start`]ed, from its diagnostics.
+pub(crate) fn admin_of(running: &Running) -> SocketAddr {
+    addr_in(&line_with(&running.stderr, &["admin listening"]))
+}
+
+/// `portcullis_tls_handshake_failures_total` once it reaches `want` (the proxy counts a
+/// failure when it reads the client's alert, which may be after the client has gone), or
+/// as it is after `WAIT`.
+pub(crate) async fn handshake_failures(admin: SocketAddr, want: f64) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = crate::support::admin::Metrics::scrape(admin)
+            .await
+            .value("portcullis_tls_handshake_failures_total", &[])
+            .unwrap_or(0.0);
+        if now >= want || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// curl through the TLS proxy at `proxy`: its status code (0 when it failed), body and
 /// exit status.
-fn curl(proxy: std::net::SocketAddr, args: &[&str]) -> (u16, String, Option<i32>) {
+fn curl(proxy: SocketAddr, args: &[&str]) -> (u16, String, Option<i32>) {
     let proxy = format!("https://{proxy}");
     let args: Vec<&str> = ["--proxy", proxy.as_str()]
         .into_iter()
@@ -147,15 +248,12 @@ async fn curl_speaks_tls_to_the_proxy_for_http_and_https_targets() {
     assert_eq!(code, 0);
     assert_eq!(status, Some(60), "curl: certificate problem");
     assert_eq!(web.accepts(), 1, "the untrusted request reached the origin");
-    let line = line_with(&running.stderr, &["admin listening"]);
-    let admin = line.rsplit("addr=").next().unwrap().trim().parse().unwrap();
-    let failures = || async {
-        crate::support::admin::Metrics::scrape(admin)
-            .await
-            .value("portcullis_tls_handshake_failures_total", &[])
-            .unwrap_or(0.0)
-    };
-    assert_eq!(failures().await, 1.0, "the failed handshake is counted");
+    let admin = admin_of(&running);
+    assert_eq!(
+        handshake_failures(admin, 1.0).await,
+        1.0,
+        "the failed handshake is counted"
+    );
 
     // A client that connects and says nothing is cut at timeouts.request_header (1 s).
     let mut silent = tokio::net::TcpStream::connect(proxy).await.unwrap();
@@ -181,7 +279,7 @@ async fn curl_speaks_tls_to_the_proxy_for_http_and_https_targets() {
         "{answer:?}"
     );
     assert_eq!(
-        failures().await,
+        handshake_failures(admin, 3.0).await,
         3.0,
         "the silent and the plain client are counted"
     );
@@ -234,9 +332,7 @@ async fn a_certificate_renewed_by_a_reload_serves_new_connections_and_old_ones_g
     assert_eq!(answer.status, 200);
 
     install(&second);
-    let pid = running.child.id().to_string();
-    let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-    assert!(status.success());
+    sighup(&running);
     line_with(&running.stderr, &["configuration reloaded"]);
 
     // New connections get the new certificate: a client trusting the first authority only
@@ -264,7 +360,7 @@ async fn a_certificate_renewed_by_a_reload_serves_new_connections_and_old_ones_g
 
 /// A TLS connection to the proxy at `proxy` offering only HTTP/2 by ALPN, trusting `ca`.
 pub(crate) async fn h2_connection(
-    proxy: std::net::SocketAddr,
+    proxy: SocketAddr,
     ca: &Path,
 ) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
     let mut roots = rustls::RootCertStore::empty();
@@ -346,4 +442,158 @@ async fn http2_carries_requests_and_several_tunnels_on_one_connection() {
     for _ in 0..3 {
         line_with(&running.stdout, &["CONNECT 127.0.0.1:"]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_refuses_an_expired_certificate_and_one_for_another_name() {
+    if !have_curl() {
+        return;
+    }
+    let web = HttpOrigin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Ended two days ago; for the address curl uses, from an authority curl trusts.
+    let expired = dir.path().join("expired");
+    make_dated_cert(&expired, &["proxy.lan", "127.0.0.1"], -400 * DAY, -2 * DAY);
+    // Valid, made by `portcullis cert`, but for another name only.
+    let other = dir.path().join("other");
+    cert_for(&other, &["--name", "other.lan"]);
+
+    let url = format!("http://127.0.0.1:{}/refused", web.addr.port());
+    let refused = |proxy: SocketAddr, ca: &Path| {
+        let (code, body, status) = curl(proxy, &["--proxy-cacert", ca.to_str().unwrap(), &url]);
+        assert_eq!(
+            (code, status),
+            (0, Some(60)),
+            "{}: curl refuses the proxy's certificate (60: the peer's certificate failed verification): {body}",
+            ca.display()
+        );
+    };
+
+    let (running, proxy) = start(
+        &expired,
+        &expired,
+        &loopback_config(&[web.addr.port()], &[]),
+    );
+    refused(proxy, &expired.join("ca.pem"));
+    assert_eq!(
+        handshake_failures(admin_of(&running), 1.0).await,
+        1.0,
+        "the proxy counts the handshake curl broke off"
+    );
+    drop(running);
+
+    let (running, proxy) = start(&other, &other, &loopback_config(&[web.addr.port()], &[]));
+    let ca = other.join("ca.pem");
+    refused(proxy, &ca);
+    // curl checks the name once the handshake is over: the proxy sees a handshake that
+    // succeeded and a connection closed before any request, with nothing to count. A client
+    // that checks the name within the handshake, as rustls does, breaks it off: that counts.
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let by_address = ServerName::try_from("127.0.0.1").unwrap();
+    assert!(connector(&ca).connect(by_address, tcp).await.is_err());
+    assert_eq!(
+        handshake_failures(admin_of(&running), 1.0).await,
+        1.0,
+        "the proxy counts the handshake rustls broke off, and only that"
+    );
+    // The same certificate is good for the name it names: only the name was wrong.
+    let (body, code, _) = curl_exit(&[
+        "--proxy",
+        &format!("https://other.lan:{}", proxy.port()),
+        "--resolve",
+        &format!("other.lan:{}:127.0.0.1", proxy.port()),
+        "--proxy-cacert",
+        ca.to_str().unwrap(),
+        &format!("http://127.0.0.1:{}/named", web.addr.port()),
+    ]);
+    assert_eq!((code, body.as_str()), (200, "hello GET /named"));
+    assert_eq!(
+        web.accepts(),
+        1,
+        "only the request through the right name got through"
+    );
+}
+
+/// What `portcullis check [--strict]` says of a proxy whose TLS listener has the
+/// certificate of `tls`: its exit status and stdout.
+fn check_tls(tls: &Path, strict: bool) -> (Option<i32>, String) {
+    let config = write_tls_config(tls, tls, "127.0.0.1:3443", "");
+    let mut args = vec!["check", "--config", config.to_str().unwrap()];
+    if strict {
+        args.push("--strict");
+    }
+    let ran = portcullis(&args, "");
+    let said = String::from_utf8_lossy(&ran.stdout).into_owned();
+    (ran.status.code(), format!("{said}{}", ran.stderr))
+}
+
+#[test]
+fn check_warns_of_a_certificate_expired_not_yet_valid_or_ending_within_30_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["proxy.lan", "127.0.0.1"];
+    let case = |name: &str, from: i64, until: i64| {
+        let tls = dir.path().join(name);
+        let (starts, ends) = make_dated_cert(&tls, &names, from, until);
+        let file = tls.join("proxy.pem").display().to_string();
+        (tls, file, shown(starts), shown(ends))
+    };
+
+    // (Made to live 400 days and more: a certificate is warned of in its last 30 days, or in
+    // the last third of its life when that is shorter.)
+    for (name, from, until, want) in [
+        (
+            "expired",
+            -400 * DAY,
+            -2 * DAY - HOUR,
+            "expired on {ends} (2 days ago)",
+        ),
+        (
+            "early",
+            3 * DAY + HOUR,
+            400 * DAY,
+            "is not valid until {starts} (in 3 days)",
+        ),
+        (
+            "soon",
+            -400 * DAY,
+            10 * DAY + HOUR,
+            "expires on {ends}, in 10 days",
+        ),
+    ] {
+        let (tls, file, starts, ends) = case(name, from, until);
+        let want = want.replace("{starts}", &starts).replace("{ends}", &ends);
+        let (code, said) = check_tls(&tls, false);
+        assert_eq!(code, Some(0), "{name}: a warning, not an error: {said}");
+        assert!(
+            said.contains(&format!(
+                "warning: [tls] cert: the certificate in {file} {want}"
+            )),
+            "{name}: {said}"
+        );
+        assert_eq!(check_tls(&tls, true).0, Some(2), "{name}: --strict fails");
+    }
+    let (tls, _, _, _) = case("fine", -400 * DAY, 31 * DAY + HOUR);
+    let (code, said) = check_tls(&tls, true);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("warnings: none"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_warns_of_the_certificate_dates_at_start_and_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let names = ["proxy.lan", "127.0.0.1"];
+    let file = live.join("proxy.pem").display().to_string();
+    let (_, ends) = make_dated_cert(&live, &names, -400 * DAY, 10 * DAY + HOUR);
+    let config = write_tls_config(dir.path(), &live, "127.0.0.1:0", "");
+    let running = Running::start(&["--config", config.to_str().unwrap()]);
+    let warned = |what: String| line_with(&running.stderr, &["WARN", &file, &what]);
+    warned(format!("expires on {}, in 10 days", shown(ends)));
+    line_with(&running.stderr, &["listening for TLS"]);
+
+    // The certificate is replaced by one that has already ended, and the proxy reloaded.
+    let (_, ended) = make_dated_cert(&live, &names, -400 * DAY, -2 * DAY - HOUR);
+    sighup(&running);
+    warned(format!("expired on {} (2 days ago)", shown(ended)));
+    line_with(&running.stderr, &["configuration reloaded"]);
 }

@@ -457,9 +457,22 @@ pub async fn tls_origin(responses: &[&[u8]]) -> (SocketAddr, CertificateDer<'sta
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert = certified.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    (
+        tls_origin_with(responses, vec![cert.clone()], key).await,
+        cert,
+    )
+}
+
+/// [`tls_origin`] serving the certificate `chain` with `key` (a certificate made for the
+/// test by an authority a client trusts, say); returns its address.
+pub async fn tls_origin_with(
+    responses: &[&[u8]],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> SocketAddr {
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
+        .with_single_cert(chain, key)
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let responses = script(responses);
@@ -472,7 +485,7 @@ pub async fn tls_origin(responses: &[&[u8]]) -> (SocketAddr, CertificateDer<'sta
         }
     })
     .await;
-    (origin.detach(), cert)
+    origin.detach()
 }
 
 /// An origin that reads a request head and then nothing: not the body, and it never answers.
