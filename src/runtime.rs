@@ -249,10 +249,8 @@ pub async fn serve(
     // The addresses as bound (a port may have been 0): the policy must know the real ones,
     // and the admin listener is never a destination either.
     settings.set_bound(
-        listeners
-            .iter()
-            .chain(&tls_listeners)
-            .filter_map(|l| l.local_addr().ok()),
+        listeners.iter().filter_map(|l| l.local_addr().ok()),
+        tls_listeners.iter().filter_map(|l| l.local_addr().ok()),
         admin.as_ref().and_then(|l| l.local_addr().ok()),
     );
     let admin_allow = settings

@@ -256,8 +256,13 @@ pub struct PacSettings {
     pub proxy_host: Option<String>,
     /// `SOCKS5` entries after the `PROXY` ones.
     pub socks: bool,
-    /// `HTTPS host:port` entries before the `PROXY` ones: this proxy's TLS port, when set.
+    /// `HTTPS host:port` entries before the `PROXY` ones (`pac.tls`).
+    pub tls: bool,
+    /// The port of this proxy's first TLS listener, as bound.
     pub tls_port: Option<u16>,
+    /// The port of this proxy's first plain listener, as bound: the `PROXY` entries' port
+    /// when the file was fetched over a TLS listener.
+    pub plain_port: Option<u16>,
 }
 
 /// `[pages]` as the request path uses it.
@@ -361,10 +366,18 @@ impl Settings {
     /// validated settings; start-up and reload both call it.
     pub fn set_bound(
         &mut self,
-        listen: impl IntoIterator<Item = SocketAddr>,
+        plain: impl IntoIterator<Item = SocketAddr>,
+        tls: impl IntoIterator<Item = SocketAddr>,
         admin: Option<SocketAddr>,
     ) {
-        self.policy.listen = listen.into_iter().collect();
+        let plain: Vec<SocketAddr> = plain.into_iter().collect();
+        let tls: Vec<SocketAddr> = tls.into_iter().collect();
+        self.pac.plain_port = plain.first().map(SocketAddr::port);
+        self.pac.tls_port = tls.first().map(SocketAddr::port);
+        if let Some(settings) = self.tls.as_mut() {
+            settings.listen = tls.clone();
+        }
+        self.policy.listen = plain.into_iter().chain(tls).collect();
         self.policy.admin = admin;
     }
 }

@@ -232,11 +232,9 @@ impl Config {
             proxies: self.pac.proxies.clone(),
             proxy_host: self.pac.proxy_host.clone(),
             socks: self.pac.socks,
-            tls_port: self
-                .pac
-                .tls
-                .then(|| self.listen_tls.first().map(|a| a.port()))
-                .flatten(),
+            tls: self.pac.tls,
+            tls_port: self.listen_tls.first().map(|a| a.port()),
+            plain_port: self.listen.first().map(|a| a.port()),
         };
         for proxy in &pac.proxies {
             if crate::core::target::parse_authority(proxy, None).is_err() {

@@ -154,8 +154,11 @@ async fn reload(
     // The TLS listeners bound at start run on (`listen_tls` is read at start only): their
     // addresses stay the proxy's own, and they keep a certificate even if [tls] went away.
     let old = shared.settings();
-    let plain: Vec<SocketAddr> = listeners.values().map(|r| r.actual).collect();
-    actual.extend(old.policy.listen.iter().filter(|a| !plain.contains(a)));
+    let tls_bound = old
+        .tls
+        .as_ref()
+        .map(|t| t.listen.clone())
+        .unwrap_or_default();
     if settings.tls.is_none() {
         settings.tls = old.tls.clone();
     }
@@ -166,7 +169,7 @@ async fn reload(
         .map(|tls| tls.date_findings(jiff::Timestamp::now()))
         .unwrap_or_default();
     // The admin listener is not bound again on reload: the running one stays the proxy's own.
-    settings.set_bound(actual, old.policy.admin);
+    settings.set_bound(actual, tls_bound, old.policy.admin);
     drop(old);
 
     let summary = changes(config, &new);

@@ -140,20 +140,35 @@ fn header(out: &mut String) {
 }
 
 /// `PROXY a:1; PROXY b:2`: the configured proxies, or this proxy as clients reach it; with
-/// `pac.socks`, then `SOCKS5 a:1; SOCKS5 b:2` (the same ports answer SOCKS5).
+/// `pac.socks`, then `SOCKS5 a:1; SOCKS5 b:2` (the same ports answer SOCKS5); with `pac.tls`,
+/// `HTTPS a:T; HTTPS b:T` first (this proxy's TLS port). A file fetched over a TLS listener
+/// offers this proxy's plain port in its `PROXY` entries, or none when it has no plain
+/// listener.
 fn proxy_list(settings: &PacSettings, arrived_on: &str) -> String {
+    let over_tls = settings.tls_port.is_some() && port_of(arrived_on) == settings.tls_port;
     let proxies = if settings.proxies.is_empty() {
-        vec![match &settings.proxy_host {
+        let this = match &settings.proxy_host {
             Some(host) => with_port(host, arrived_on),
             None => arrived_on.to_owned(),
-        }]
+        };
+        match (over_tls, settings.plain_port) {
+            (false, _) => vec![this],
+            (true, Some(plain)) => vec![on_port(&this, plain)],
+            (true, None) => Vec::new(),
+        }
     } else {
         settings.proxies.clone()
     };
     let socks: &[&str] = if settings.socks { &["SOCKS5"] } else { &[] };
     // With `pac.tls`, each proxy's TLS port first: the same host, this proxy's TLS port.
-    let tls = settings.tls_port.into_iter().flat_map(|port| {
-        proxies
+    let tls_port = settings.tls_port.filter(|_| settings.tls);
+    let tls_hosts = match (&proxies[..], over_tls) {
+        // Only a TLS listener: the host the file was fetched from.
+        ([], true) => vec![arrived_on.to_owned()],
+        _ => proxies.clone(),
+    };
+    let tls = tls_port.into_iter().flat_map(|port| {
+        tls_hosts
             .iter()
             .map(move |p| format!("HTTPS {}", on_port(p, port)))
     });
@@ -165,6 +180,11 @@ fn proxy_list(settings: &PacSettings, arrived_on: &str) -> String {
     )
     .collect::<Vec<_>>()
     .join("; ")
+}
+
+/// The port of `authority` (`host:port`), if it names one.
+fn port_of(authority: &str) -> Option<u16> {
+    parse_authority(authority, None).ok().map(|t| t.port)
 }
 
 /// `proxy` (`host:port`) with `port` instead of its own.
@@ -274,7 +294,9 @@ mod tests {
             proxies: proxies.iter().map(|p| p.to_string()).collect(),
             proxy_host: proxy_host.map(str::to_owned),
             socks: false,
+            tls: false,
             tls_port: None,
+            plain_port: Some(3128),
         }
     }
 
@@ -282,12 +304,23 @@ mod tests {
     fn tls_entries_come_first_on_the_tls_port() {
         let mut s = settings(&[], &[], None);
         s.tls_port = Some(3443);
+        // A TLS listener without `pac.tls`: no HTTPS entries.
+        assert_eq!(proxy_list(&s, "10.0.0.1:3128"), "PROXY 10.0.0.1:3128");
+        s.tls = true;
         assert_eq!(
             proxy_list(&s, "10.0.0.1:3128"),
             "HTTPS 10.0.0.1:3443; PROXY 10.0.0.1:3128"
         );
+        // Fetched over the TLS listener: the PROXY entries have the plain listener's port.
+        assert_eq!(
+            proxy_list(&s, "proxy.lan:3443"),
+            "HTTPS proxy.lan:3443; PROXY proxy.lan:3128"
+        );
+        s.plain_port = None;
+        assert_eq!(proxy_list(&s, "proxy.lan:3443"), "HTTPS proxy.lan:3443");
         let mut s = settings(&[], &["a.lan:3128", "[fd00::2]:8080"], None);
         s.tls_port = Some(3443);
+        s.tls = true;
         s.socks = true;
         assert_eq!(
             proxy_list(&s, "x:3128"),

@@ -597,3 +597,44 @@ async fn the_proxy_warns_of_the_certificate_dates_at_start_and_on_reload() {
     warned(format!("expired on {} (2 days ago)", shown(ended)));
     line_with(&running.stderr, &["configuration reloaded"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pac_names_the_ports_as_bound_whichever_listener_served_it() {
+    if !have_curl() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    make_cert(&tls);
+    // Both listeners on port 0: the file must name the ports the system gave.
+    let (running, plain, secure) = start_on(dir.path(), &tls, "127.0.0.1:0", "[pac]\ntls = true\n");
+    let want = format!(
+        "return \"HTTPS 127.0.0.1:{}; PROXY 127.0.0.1:{}\";",
+        secure.port(),
+        plain.port()
+    );
+    let ca = tls.join("ca.pem");
+    let fetch = || {
+        let over_plain = curl_exit(&[&format!("http://{plain}/proxy.pac")]);
+        let over_tls = curl_exit(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            &format!("https://{secure}/proxy.pac"),
+        ]);
+        [over_plain, over_tls]
+    };
+    for (body, code, _) in fetch() {
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(&want), "want {want} in:\n{body}");
+    }
+    // A reload keeps the TLS listener, and the file still names its port.
+    sighup(&running);
+    line_with(&running.stderr, &["reloaded"]);
+    for (body, code, _) in fetch() {
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains(&want),
+            "after the reload, want {want} in:\n{body}"
+        );
+    }
+}
