@@ -10,6 +10,14 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::ops::report::Options as ReportOptions;
+/// A number of seconds above 0 (`top --interval`), as written: `1`, `0.5`.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(format!("{text:?} is not a number of seconds above 0")),
+    }
+}
+
 #[cfg(test)]
 use crate::ops::report::{GroupBy, OutputFormat};
 
@@ -153,18 +161,25 @@ pub enum Command {
     /// Who uses the link now, refreshed every second: bytes per second by client, port and
     /// host, and each client's share when [shaping] shapes the link.
     ///
-    /// Reads the admin listener's /status.json (the admin listener must be on, and allow
-    /// this address). Ctrl-C ends it.
+    /// Reads the admin listener's /status.json (the admin listener must be on, and its allow
+    /// list must hold this address). On a terminal, a full-screen view redrawn at each
+    /// reading and when the terminal is resized; q, Esc or Ctrl-C ends it and puts the
+    /// terminal back. While the admin listener cannot be reached, the view says so and tries
+    /// again at every interval.
+    ///
+    /// With --once, or when standard output is not a terminal, one screen of plain text from
+    /// two readings an interval apart; exit status 1 when the admin listener cannot be read.
     ///
     /// Example: portcullis top --admin 127.0.0.1:3129
     Top {
         /// The admin listener's address.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3129")]
         admin: std::net::SocketAddr,
-        /// Seconds between refreshes.
-        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        /// Seconds between readings (0.2 to 3600).
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = seconds)]
         interval: f64,
-        /// Print one screen (two readings an interval apart) and exit.
+        /// Print one screen of plain text (two readings an interval apart) and exit, even on
+        /// a terminal.
         #[arg(long)]
         once: bool,
     },
@@ -222,6 +237,27 @@ mod tests {
             &["portcullis", "--config", "p.toml", "passwd", "f", "u"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn top_takes_an_interval_above_zero() {
+        let interval = |args: &[&str]| {
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Some(Command::Top { interval, .. }) => interval,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(interval(&["portcullis", "top"]).unwrap(), 1.0);
+        assert_eq!(
+            interval(&["portcullis", "top", "--interval", "0.5"]).unwrap(),
+            0.5
+        );
+        for bad in ["0", "-1", "nan", "inf", "soon"] {
+            assert!(
+                interval(&["portcullis", "top", "--interval", bad]).is_err(),
+                "{bad}"
+            );
         }
     }
 

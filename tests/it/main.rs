@@ -47,5 +47,7 @@ mod socks_clients;
 mod syslog;
 mod tls;
 mod tls_streams;
+#[cfg(target_os = "linux")]
+mod top;
 mod tunnel;
 mod upstream;

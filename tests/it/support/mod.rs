@@ -2,8 +2,8 @@
 //! TLS, scripted, strict) on loopback ([`origin`]), clients that speak raw bytes so tests can
 //! assert exactly what a user sees ([`raw`]), the admin listener's pages and metrics as
 //! scrapers read them ([`admin`]), and the `portcullis` binary run as a user runs it, for one
-//! command or as a server ([`running`]), and a small DNS server for names ([`dns`]). Every
-//! wait is bounded.
+//! command or as a server ([`running`]), or in a pseudo-terminal whose screen is read back
+//! ([`pty`]), and a small DNS server for names ([`dns`]). Every wait is bounded.
 
 pub mod admin;
 pub mod dns;
@@ -11,6 +11,8 @@ pub mod dns;
 pub mod netns;
 pub mod origin;
 pub mod proxy;
+#[cfg(target_os = "linux")]
+pub mod pty;
 pub mod raw;
 pub mod running;
 
