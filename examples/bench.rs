@@ -4354,9 +4354,13 @@ fn print_tls(t: &Tls) {
         let shown: Vec<String> = rounds
             .iter()
             .map(|d| {
+                let kib = d.steps.last().and_then(|s| s.kib_per_tunnel(d.rss0_kib));
                 format!(
-                    "{} held, {} failed, {} answered 1 byte",
-                    d.after_use.ok, d.fails, d.echo_ok
+                    "{} KiB a tunnel ({} held, {} failed, {} answered 1 byte)",
+                    number(kib),
+                    d.after_use.ok,
+                    d.fails,
+                    d.echo_ok
                 )
             })
             .collect();
