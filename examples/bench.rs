@@ -17,7 +17,7 @@
 //! 5. The SOCKS5 shapes alone, beside Dante (about 70 seconds; `apt-get install dante-server`
 //!    first): `cargo run --release --example bench -- --socks-only` (with `--quick`, about
 //!    15 seconds)
-//! 6. The TLS shapes alone (A over TLS, D over HTTP/2; about 60 seconds, 30 with `--quick`):
+//! 6. The TLS shapes alone (A over TLS, D over HTTP/2; about 50 seconds, 20 with `--quick`):
 //!    `cargo run --release --example bench -- --tls-only`
 //!
 //! It builds nothing itself: it runs `target/release/portcullis` (or `--binary PATH`) as a
