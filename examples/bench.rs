@@ -17,6 +17,8 @@
 //! 5. The SOCKS5 shapes alone, beside Dante (about 70 seconds; `apt-get install dante-server`
 //!    first): `cargo run --release --example bench -- --socks-only` (with `--quick`, about
 //!    15 seconds)
+//! 6. The TLS shapes alone (A over TLS, D over HTTP/2; about 50 seconds, 20 with `--quick`):
+//!    `cargo run --release --example bench -- --tls-only`
 //!
 //! It builds nothing itself: it runs `target/release/portcullis` (or `--binary PATH`) as a
 //! child process, so that the proxy's CPU time (utime + stime of /proc/PID/stat) and memory
@@ -75,6 +77,24 @@
 //!   Dante runs once, for comparison. The target: Portcullis's CPU per connection ≤ 0.5×
 //!   Dante's (median of the rounds' ratios). `--socks-only` runs nothing else (with
 //!   `--quick`, 1 s a run); `--no-socks` leaves them out.
+//!
+//! - A over TLS (issue 20): shape A through the TLS listener (`listen_tls`) of a proxy that
+//!   also has a plain listener: HTTP/1.1 over TLS to the proxy (ALPN `http/1.1` alone), plain
+//!   HTTP to the origin; beside A through the plain listener of the same proxy, as three
+//!   interleaved pairs (plain first, then TLS first, …), each run opening its 50 connections
+//!   (and so its 50 handshakes) anew. Proxy CPU µs per request of each, and TLS ÷ plain as the
+//!   median of the pairs' ratios. The target: ≤ 1.5×. The certificate is the binary's own:
+//!   `portcullis cert --ip 127.0.0.1 --out DIR` in the temporary directory; the client trusts
+//!   its `ca.pem` alone.
+//! - D over HTTP/2 (issue 20): idle CONNECT tunnels as streams of HTTP/2 connections over TLS
+//!   (ALPN `h2`), 100 streams a connection (the most the proxy allows at once), so 10
+//!   connections for D's 1,000 tunnels (20 for 2,000); beside D over HTTP/1.1 (plain, a
+//!   connection a tunnel), each on a freshly started proxy with both listeners, in three
+//!   rounds (HTTP/1.1 first, then HTTP/2 first, …). RSS per tunnel as in D, from the RSS
+//!   before the connections were opened (their memory is in it); also the RSS with the
+//!   connections alone, and per stream beyond it. The target: ≤ 4 KiB per idle tunnel (the
+//!   median of the rounds). `--tls-only` runs nothing else; `--no-tls` leaves them out (for a
+//!   binary from before `listen_tls`).
 //!
 //! - I: an idle flood. A third proxy, with the default `[limits]` and an admin listener,
 //!   serves a normal client from 127.0.0.1 (one `GET /1k` on a connection of its own every
@@ -140,6 +160,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 /// Runs the A–E shapes directly and through Portcullis and prints one table; then the SOCKS5
 /// shapes, beside Dante.
@@ -190,6 +212,13 @@ struct Args {
     /// note, when it is not there).
     #[arg(long, value_name = "PATH", default_value = "/usr/sbin/danted")]
     dante: PathBuf,
+    /// Run nothing but the TLS shapes: A over TLS beside A over the plain listener, and D
+    /// over HTTP/2 beside D over HTTP/1.1.
+    #[arg(long)]
+    tls_only: bool,
+    /// Leave out the TLS shapes (for a binary from before `listen_tls`).
+    #[arg(long, conflicts_with = "tls_only")]
+    no_tls: bool,
 }
 
 /// The DNS server this benchmark runs, from the integration tests.
@@ -406,6 +435,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
              the limit is {}: raise it with `ulimit -n {needed}`",
             limit.unwrap_or(0)
         );
+    }
+    if args.tls_only {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let origin = start_origin().await?;
+        let sink = start_sink().await?;
+        let mut checks = Vec::new();
+        print_header(&binary, &durations, Shapes::Tls(&steps));
+        let tls = tls_shapes(
+            &binary,
+            dir.path(),
+            (origin, sink),
+            &steps,
+            &durations,
+            clock_ticks(),
+            &mut checks,
+        )
+        .await?;
+        print_tls(&tls);
+        print_checks(&checks);
+        return Ok(());
     }
 
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
@@ -811,6 +860,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let d = idle_tunnels(&fresh, sink, &steps).await?;
     drop(fresh);
+    // The TLS shapes, on proxies of their own with a TLS listener beside the plain one.
+    let tls = if args.no_tls {
+        None
+    } else {
+        Some(
+            tls_shapes(
+                &binary,
+                dir.path(),
+                (origin, sink),
+                &steps,
+                &durations,
+                clk,
+                &mut checks,
+            )
+            .await?,
+        )
+    };
     table.row(
         "D proxy RSS at start, MiB",
         None,
@@ -878,6 +944,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     if let Some(socks) = &socks {
         print_socks(socks);
+    }
+    if let Some(tls) = &tls {
+        print_tls(tls);
     }
     print_checks(&checks);
     println!(
@@ -974,6 +1043,19 @@ impl Proxy {
         extra: &str,
     ) -> anyhow::Result<Proxy> {
         let addr = free_port()?;
+        let mut config = Proxy::config(addr, origins, sink, access, dns);
+        config.push_str(extra);
+        Proxy::launch(binary, dir, name, addr, &config)
+    }
+
+    /// The configuration of [`Proxy::start`], without its `extra`: a plain listener on `addr`.
+    fn config(
+        addr: SocketAddr,
+        origins: &[SocketAddr],
+        sink: SocketAddr,
+        access: &Path,
+        dns: Option<SocketAddr>,
+    ) -> String {
         let mut config = format!(
             r#"listen = ["{addr}"]
 [ports]
@@ -1005,8 +1087,7 @@ listen = "off"
                 "[dns]\nservers = [\"{dns}\"]\nnegative_ttl = \"1h\"\n"
             ));
         }
-        config.push_str(extra);
-        Proxy::launch(binary, dir, name, addr, &config)
+        config
     }
 
     /// Starts `binary` with `config` (written into `dir` as `name`.toml), which makes it
@@ -1310,6 +1391,7 @@ enum Shapes<'a> {
     All(&'a [usize]),
     Socks,
     Fair(&'a FairTimes),
+    Tls(&'a [usize]),
 }
 
 fn print_header(binary: &Path, d: &Durations, shapes: Shapes<'_>) {
@@ -1353,6 +1435,9 @@ fn print_header(binary: &Path, d: &Durations, shapes: Shapes<'_>) {
             "durations: F {} s warm-up and {} s counted a sub-run; A {keep_alive} s, {c}, warm-up {warm_up} s; {F_COST_PAIRS} pairs",
             t.warm_up.as_secs_f64(),
             t.window.as_secs_f64(),
+        ),
+        Shapes::Tls(steps) => println!(
+            "durations: A {keep_alive} s a run, {TLS_PAIRS} pairs, warm-up {warm_up} s; D steps {steps:?}, {TLS_D_ROUNDS} rounds"
         ),
     }
     println!("```");
@@ -1470,12 +1555,14 @@ async fn listen() -> io::Result<TcpListener> {
 
 // ------------------------------------------------------------------ load generator
 
-/// Straight to the origin, through the proxy at this address, or (tunnels only) through the
-/// SOCKS5 server at this address, named for the reports.
-#[derive(Debug, Clone, Copy)]
+/// Straight to the origin, through the proxy at this address, through the proxy's TLS
+/// listener at this address (HTTP/1.1 over TLS, with this client side of TLS; the HTTP shapes
+/// only), or (tunnels only) through the SOCKS5 server at this address, named for the reports.
+#[derive(Clone, Copy)]
 enum Via {
     Direct,
     Proxy(SocketAddr),
+    ProxyTls(SocketAddr, &'static TlsConnector),
     Socks(SocketAddr, &'static str),
 }
 
@@ -1487,9 +1574,23 @@ impl Via {
     fn name(self) -> &'static str {
         match self {
             Via::Direct => "direct",
-            Via::Proxy(_) => "portcullis",
+            Via::Proxy(_) | Via::ProxyTls(..) => "portcullis",
             Via::Socks(_, name) => name,
         }
+    }
+}
+
+/// Where one load-generator connection goes: an address, and the client side of TLS when it
+/// is the proxy's TLS listener (then HTTP/1.1 over TLS, offered alone by ALPN).
+#[derive(Clone, Copy)]
+struct Dial {
+    addr: SocketAddr,
+    tls: Option<&'static TlsConnector>,
+}
+
+impl From<SocketAddr> for Dial {
+    fn from(addr: SocketAddr) -> Dial {
+        Dial { addr, tls: None }
     }
 }
 
@@ -1534,7 +1635,7 @@ impl Target {
     fn request(&self, via: Via, close: bool) -> Request<Empty<Bytes>> {
         let uri = match via {
             Via::Direct | Via::Socks(..) => self.path.clone(),
-            Via::Proxy(_) => self.absolute.clone(),
+            Via::Proxy(_) | Via::ProxyTls(..) => self.absolute.clone(),
         };
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = uri;
@@ -1546,10 +1647,14 @@ impl Target {
         req
     }
 
-    fn connect_to(&self, via: Via) -> SocketAddr {
+    fn connect_to(&self, via: Via) -> Dial {
         match via {
-            Via::Direct => self.origin,
-            Via::Proxy(proxy) => proxy,
+            Via::Direct => self.origin.into(),
+            Via::Proxy(proxy) => proxy.into(),
+            Via::ProxyTls(proxy, tls) => Dial {
+                addr: proxy,
+                tls: Some(tls),
+            },
             Via::Socks(..) => unreachable!("the HTTP shapes do not speak SOCKS"),
         }
     }
@@ -1763,13 +1868,13 @@ async fn http_load(
     let deadline = Instant::now() + duration;
     let mut tasks = JoinSet::new();
     for _ in 0..conns {
-        let addr = target.connect_to(via);
+        let to = target.connect_to(via);
         let req = target.request(via, close);
         let size = target.size;
         if close {
-            tasks.spawn(close_connection(addr, req, size, deadline));
+            tasks.spawn(close_connection(to, req, size, deadline));
         } else {
-            tasks.spawn(keep_alive_connection(addr, req, size, deadline));
+            tasks.spawn(keep_alive_connection(to, req, size, deadline));
         }
     }
     gather(tasks, duration, mark, pid, clk).await
@@ -1837,26 +1942,23 @@ impl ConnLoad {
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+/// A load-generator connection: a socket, or TLS over one (to the proxy's TLS listener).
+type Stream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+/// The future that drives an HTTP/1.1 client connection.
+type Driver = hyper::client::conn::http1::Connection<TokioIo<Stream>, Empty<Bytes>>;
 
 /// Opens an HTTP/1.1 client connection; its driver future runs beside the requests.
-async fn open(
-    addr: SocketAddr,
-) -> anyhow::Result<(
-    Sender,
-    hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>,
-)> {
-    open_from(None, addr).await
+async fn open(to: Dial) -> anyhow::Result<(Sender, Driver)> {
+    open_from(None, to).await
 }
 
 /// [`open`] from the address `from` (F's clients), or any when `None`.
-async fn open_from(
-    from: Option<Ipv4Addr>,
-    addr: SocketAddr,
-) -> anyhow::Result<(
-    Sender,
-    hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>,
-)> {
-    let stream = connect_from(from, addr).await?;
+async fn open_from(from: Option<Ipv4Addr>, to: Dial) -> anyhow::Result<(Sender, Driver)> {
+    let stream = connect_from(from, to.addr).await?;
+    let stream = match to.tls {
+        None => Either::Left(stream),
+        Some(tls) => Either::Right(tls_to_proxy(tls, stream, b"http/1.1").await?),
+    };
     Ok(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
 }
 
@@ -1889,19 +1991,19 @@ async fn exchange(
 
 /// One keep-alive connection sending requests until `deadline`, reconnecting after errors.
 async fn keep_alive_connection(
-    addr: SocketAddr,
+    to: Dial,
     req: Request<Empty<Bytes>>,
     size: u64,
     deadline: Instant,
 ) -> ConnLoad {
-    keep_alive_from(None, addr, req, size, deadline, None).await
+    keep_alive_from(None, to, req, size, deadline, None).await
 }
 
 /// [`keep_alive_connection`] from the address `from` (any when `None`), and with `tick`, a
 /// request at each of its ticks rather than one after another.
 async fn keep_alive_from(
     from: Option<Ipv4Addr>,
-    addr: SocketAddr,
+    to: Dial,
     req: Request<Empty<Bytes>>,
     size: u64,
     deadline: Instant,
@@ -1909,7 +2011,7 @@ async fn keep_alive_from(
 ) -> ConnLoad {
     let mut out = ConnLoad::default();
     while Instant::now() < deadline {
-        let (mut sender, conn) = match open_from(from, addr).await {
+        let (mut sender, conn) = match open_from(from, to).await {
             Ok(opened) => opened,
             Err(_) => {
                 if !out.error() {
@@ -1948,14 +2050,14 @@ async fn keep_alive_from(
 
 /// Requests with `Connection: close`: a new TCP connection for each, until `deadline`.
 async fn close_connection(
-    addr: SocketAddr,
+    to: Dial,
     req: Request<Empty<Bytes>>,
     size: u64,
     deadline: Instant,
 ) -> ConnLoad {
     let mut out = ConnLoad::default();
     while Instant::now() < deadline {
-        let (mut sender, conn) = match open(addr).await {
+        let (mut sender, conn) = match open(to).await {
             Ok(opened) => opened,
             Err(_) => {
                 if !out.error() {
@@ -2010,6 +2112,7 @@ async fn open_tunnel_to(via: Via, sink: SocketAddr, authority: &str) -> anyhow::
                 return Ok(stream);
             }
             Via::Proxy(proxy) | Via::Socks(proxy, _) => proxy,
+            Via::ProxyTls(..) => bail!("the tunnel shapes do not speak TLS to the proxy"),
         };
         let mut stream = TcpStream::connect(proxy).await?;
         stream.set_nodelay(true)?;
@@ -2088,8 +2191,12 @@ async fn socks5_connect(stream: &mut TcpStream, sink: SocketAddr) -> anyhow::Res
 }
 
 /// Asks the sink for `n` bytes and reads them all.
-async fn download(stream: &mut TcpStream, n: u64) -> anyhow::Result<()> {
+async fn download<S>(stream: &mut S, n: u64) -> anyhow::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream.write_all(format!("{n}\n").as_bytes()).await?;
+    stream.flush().await?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0;
     while got < n {
@@ -2431,17 +2538,47 @@ struct Tunnels {
     echo_ok: usize,
 }
 
+/// How long D lets the proxy settle before it reads its memory.
+const D_SETTLE: Duration = Duration::from_millis(500);
+
+/// A process's resident memory now, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:").unwrap_or(0)
+}
+
+/// A process's threads now.
+fn thread_count(pid: u32) -> u64 {
+    status_field(pid, "Threads:").unwrap_or(0)
+}
+
 /// D: opens tunnels up to each step (64 at a time), holds them idle and reads the proxy's
 /// RSS; then sends one byte through each and reads it again.
 async fn idle_tunnels(proxy: &Proxy, sink: SocketAddr, steps: &[usize]) -> anyhow::Result<Tunnels> {
-    let settle = Duration::from_millis(500);
-    tokio::time::sleep(settle).await;
-    let pid = proxy.pid;
-    let rss = || status_field(pid, "VmRSS:").unwrap_or(0);
-    let threads = || status_field(pid, "Threads:").unwrap_or(0);
-    let rss0_kib = rss();
+    tokio::time::sleep(D_SETTLE).await;
+    let rss0_kib = rss_kib(proxy.pid);
     let via = Via::Proxy(proxy.addr);
-    let mut open: Vec<TcpStream> = Vec::new();
+    hold_tunnels(proxy.pid, rss0_kib, steps, "D", || open_tunnel(via, sink)).await
+}
+
+/// D's steps from a proxy (`pid`) whose RSS was `rss0_kib` before: tunnels opened by `open`
+/// up to each step ([`D_CONCURRENCY`] at a time), held idle while the proxy's RSS is read;
+/// then a byte through each (the sink answers "1\n" with one byte) and the RSS again.
+async fn hold_tunnels<T, F, Fut>(
+    pid: u32,
+    rss0_kib: u64,
+    steps: &[usize],
+    shape: &str,
+    mut open_one: F,
+) -> anyhow::Result<Tunnels>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let settle = D_SETTLE;
+    let rss = || rss_kib(pid);
+    let threads = || thread_count(pid);
+    let mut open: Vec<T> = Vec::new();
     let mut fails = 0;
     let mut out = Vec::new();
     let started = Instant::now();
@@ -2450,7 +2587,7 @@ async fn idle_tunnels(proxy: &Proxy, sink: SocketAddr, steps: &[usize]) -> anyho
             let batch = (n - open.len() - fails).min(D_CONCURRENCY);
             let mut set = JoinSet::new();
             for _ in 0..batch {
-                set.spawn(open_tunnel(via, sink));
+                set.spawn(open_one());
             }
             while let Some(done) = set.join_next().await {
                 match done {
@@ -2467,7 +2604,7 @@ async fn idle_tunnels(proxy: &Proxy, sink: SocketAddr, steps: &[usize]) -> anyho
             threads: threads(),
         });
         eprintln!(
-            "D         portcullis {} of {n} tunnels open in {:.1} s, RSS {:.1} MiB",
+            "{shape:<9} portcullis {} of {n} tunnels open in {:.1} s, RSS {:.1} MiB",
             open.len(),
             started.elapsed().as_secs_f64(),
             rss() as f64 / 1024.0
@@ -2477,6 +2614,7 @@ async fn idle_tunnels(proxy: &Proxy, sink: SocketAddr, steps: &[usize]) -> anyho
     for stream in &mut open {
         let one = async {
             stream.write_all(b"1\n").await?;
+            stream.flush().await?;
             let mut byte = [0u8; 1];
             stream.read_exact(&mut byte).await?;
             Ok::<_, io::Error>(())
@@ -2521,7 +2659,7 @@ async fn preflight(
         tunnels.push(format!("{BENCH_NAME}:{}", sink.port()));
     }
     for target in &gets {
-        let (mut sender, conn) = open(proxy).await?;
+        let (mut sender, conn) = open(proxy.into()).await?;
         let driver = tokio::spawn(conn);
         let bytes = exchange(&mut sender, target.request(via, false), target.size)
             .await
@@ -2894,9 +3032,7 @@ fn print_socks(s: &Socks) {
             ("S p99 from the TCP connect to the first byte, ms", p99),
             ("S proxy CPU per connection, µs", per_conn),
         ];
-        for (figure, f) in rows {
-            t.row(figure, median_of(a, f), median_of(b, f));
-        }
+        t.medians(&rows, a, b);
     };
 
     println!();
@@ -3019,6 +3155,13 @@ impl Table {
         };
         self.rows
             .push([figure.to_owned(), number(direct), number(proxy), ratio]);
+    }
+
+    /// A row for each figure of `rows`: its median over the loads `a` and over `b`.
+    fn medians(&mut self, rows: &[(&str, Figure)], a: &[Load], b: &[Load]) {
+        for &(figure, f) in rows {
+            self.row(figure, median_of(a, f), median_of(b, f));
+        }
     }
 
     /// A count of the proxy's alone.
@@ -3291,7 +3434,7 @@ async fn bulk_http(
 ) -> u64 {
     let (req, got) = (&req, &got);
     reconnecting(until, || async move {
-        let (mut sender, conn) = open_from(Some(from), proxy).await?;
+        let (mut sender, conn) = open_from(Some(from), proxy.into()).await?;
         let requests = async {
             for _ in 0..F_MAX_REQUESTS {
                 if Instant::now() >= until {
@@ -3443,7 +3586,7 @@ async fn light_client(
     tokio::time::sleep_until(start.into()).await;
     let mut tick = tokio::time::interval(F_LIGHT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let out = keep_alive_from(Some(from), proxy, req, 1024, end, Some(tick)).await;
+    let out = keep_alive_from(Some(from), proxy.into(), req, 1024, end, Some(tick)).await;
     (out.latencies, out.errors)
 }
 
@@ -3794,4 +3937,457 @@ fn print_fair(rows: &[FairRow], t: &FairTimes) {
         ]);
     }
     table.print_headed(["figure", "measured", "target", ""]);
+}
+
+// ------------------------------------------------------------------ TLS to the proxy
+
+/// Interleaved pairs of A through the plain listener and the TLS listener of one proxy.
+const TLS_PAIRS: usize = 3;
+/// Rounds of D over HTTP/1.1 and over HTTP/2, each on a freshly started proxy.
+const TLS_D_ROUNDS: usize = 3;
+/// Streams the proxy allows at once on one HTTP/2 connection (`H2_STREAMS` in
+/// `src/proxy/listener.rs`): D over HTTP/2 fills each connection up to it.
+const H2_STREAMS: usize = 100;
+/// Issue 20's targets: the proxy's CPU per request over TLS at most this many times that
+/// over the plain listener; its RSS growth per idle tunnel over HTTP/2 at most this many KiB.
+const TLS_CPU_TARGET: f64 = 1.5;
+const H2_KIB_TARGET: f64 = 4.0;
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+/// What the TLS shapes measured, pair by pair and round by round.
+struct Tls {
+    /// A through the plain listener and through the TLS listener of the same proxy.
+    a_plain: Vec<Load>,
+    a_tls: Vec<Load>,
+    /// D over HTTP/1.1 (a connection a tunnel, plain) and over HTTP/2 (streams of a few TLS
+    /// connections), each on a freshly started proxy.
+    d_plain: Vec<Tunnels>,
+    d_h2: Vec<H2Tunnels>,
+    /// The TLS the proxy chose: version and cipher suite.
+    session: String,
+}
+
+/// D over HTTP/2: the tunnels, and the proxy's memory with their connections alone.
+struct H2Tunnels {
+    tunnels: Tunnels,
+    conns: Step,
+}
+
+/// The TLS shapes: a certificate from the binary's own `portcullis cert`; A through the plain
+/// and the TLS listener of one proxy (which logs every request, like the main one) in
+/// [`TLS_PAIRS`] interleaved pairs; then D over HTTP/1.1 and over HTTP/2 in [`TLS_D_ROUNDS`]
+/// rounds, each on a freshly started proxy and each round starting with the other.
+async fn tls_shapes(
+    binary: &Path,
+    dir: &Path,
+    (origin, sink): (SocketAddr, SocketAddr),
+    steps: &[usize],
+    d: &Durations,
+    clk: f64,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<Tls> {
+    let certs = dir.join("tls");
+    make_certificate(binary, &certs)?;
+    // Leaked, once a run: `Via` is `Copy` and names it.
+    let client: &'static TlsConnector = Box::leak(Box::new(tls_client(&certs.join("ca.pem"))?));
+    let log = dir.join("tls-access.log");
+    let (proxy, tls_addr) = Proxy::start_tls(binary, dir, "tls", (origin, sink), &log, &certs)?;
+    let session = tls_preflight(tls_addr, client, origin, sink).await?;
+    let mut out = Tls {
+        a_plain: Vec::new(),
+        a_tls: Vec::new(),
+        d_plain: Vec::new(),
+        d_h2: Vec::new(),
+        session,
+    };
+    let one_k = Target::new(origin, "/1k", 1024);
+    let (plain, tls) = (Via::Proxy(proxy.addr), Via::ProxyTls(tls_addr, client));
+    for via in [plain, tls] {
+        http_load(via, &one_k, A_CONNS, false, d.warm_up, None, clk).await?;
+    }
+    for pair in 0..TLS_PAIRS {
+        let mut order = [("A plain", plain), ("A TLS", tls)];
+        if pair % 2 == 1 {
+            order.reverse();
+        }
+        for (shape, via) in order {
+            let pid = Some(proxy.pid);
+            let load = measure(shape, via, &one_k, A_CONNS, false, d, pid, clk, checks).await?;
+            match via {
+                Via::ProxyTls(..) => out.a_tls.push(load),
+                _ => out.a_plain.push(load),
+            }
+        }
+    }
+    drop(proxy);
+
+    for round in 0..TLS_D_ROUNDS {
+        let mut order = [false, true];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for h2 in order {
+            let (fresh, tls_addr) =
+                Proxy::start_tls(binary, dir, "tls-fresh", (origin, sink), &log, &certs)?;
+            if h2 {
+                out.d_h2
+                    .push(idle_h2_tunnels(&fresh, tls_addr, client, sink, steps).await?);
+            } else {
+                out.d_plain.push(idle_tunnels(&fresh, sink, steps).await?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `portcullis cert --ip 127.0.0.1 --out DIR` with the binary under test: an authority
+/// (`ca.pem`) and the proxy's certificate for 127.0.0.1 signed by it (`proxy.pem`,
+/// `proxy.key`).
+fn make_certificate(binary: &Path, out: &Path) -> anyhow::Result<()> {
+    let made = Command::new(binary)
+        .args(["cert", "--ip", "127.0.0.1", "--out"])
+        .arg(out)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {} cert", binary.display()))?;
+    ensure!(
+        made.status.success(),
+        "`portcullis cert` failed ({}): {}",
+        made.status,
+        String::from_utf8_lossy(&made.stderr)
+    );
+    Ok(())
+}
+
+/// The client side of TLS to the proxy, trusting the authority in `ca` alone.
+fn tls_client(ca: &Path) -> anyhow::Result<TlsConnector> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("cannot read {}", ca.display()))?;
+    for cert in certs {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// TLS over `stream` to the proxy's TLS listener, offering `alpn` alone by ALPN; fails unless
+/// the proxy chose it.
+async fn tls_to_proxy(
+    tls: &TlsConnector,
+    stream: TcpStream,
+    alpn: &[u8],
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = rustls::pki_types::ServerName::from(stream.peer_addr()?.ip());
+    let handshake = tls.with_alpn(vec![alpn.to_vec()]).connect(name, stream);
+    let stream = tokio::time::timeout(OP_TIMEOUT, handshake).await??;
+    ensure!(
+        stream.get_ref().1.alpn_protocol() == Some(alpn),
+        "the proxy did not choose {} by ALPN",
+        String::from_utf8_lossy(alpn)
+    );
+    Ok(stream)
+}
+
+impl Proxy {
+    /// A proxy with a plain listener and a TLS one (`listen_tls`; `[tls]` with the
+    /// certificate in `certs`): plain HTTP to `origin`, CONNECT to `sink`, its JSON access
+    /// log in `access`. The address of its TLS listener with it.
+    fn start_tls(
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        (origin, sink): (SocketAddr, SocketAddr),
+        access: &Path,
+        certs: &Path,
+    ) -> anyhow::Result<(Proxy, SocketAddr)> {
+        let (addr, tls) = (free_port()?, free_port()?);
+        // `listen_tls` is a key of the file's top level: before the tables.
+        let config = format!(
+            "listen_tls = [\"{tls}\"]\n{}[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            Proxy::config(addr, &[origin], sink, access, None),
+            certs.join("proxy.pem").display(),
+            certs.join("proxy.key").display(),
+        );
+        let mut proxy = Proxy::launch(binary, dir, name, addr, &config)?;
+        let said = dir.join(format!("{name}.stderr"));
+        wait_until_listening(&mut proxy.child, "the proxy's TLS listener", tls, &[&said])?;
+        Ok((proxy, tls))
+    }
+}
+
+/// Checks the TLS listener before anything is measured: a GET /1k over HTTP/1.1 over TLS,
+/// and a tunnel over HTTP/2 with 100 kB through it. What TLS the proxy chose.
+async fn tls_preflight(
+    tls_addr: SocketAddr,
+    client: &'static TlsConnector,
+    origin: SocketAddr,
+    sink: SocketAddr,
+) -> anyhow::Result<String> {
+    let probe = tls_to_proxy(client, connect_from(None, tls_addr).await?, b"h2")
+        .await
+        .context("preflight: TLS to the proxy")?;
+    let session = probe.get_ref().1;
+    let chose = format!(
+        "{:?}, {:?}",
+        session.protocol_version().context("no TLS version")?,
+        session
+            .negotiated_cipher_suite()
+            .context("no cipher suite")?
+            .suite()
+    );
+    drop(probe);
+
+    let via = Via::ProxyTls(tls_addr, client);
+    let target = Target::new(origin, "/1k", 1024);
+    let (mut sender, conn) = open(target.connect_to(via)).await?;
+    let driver = tokio::spawn(conn);
+    exchange(&mut sender, target.request(via, false), target.size)
+        .await
+        .context("preflight: GET /1k over HTTP/1.1 over TLS")?;
+    drop(sender);
+    let _ = driver.await;
+
+    let (sender, driver) = open_h2(tls_addr, client).await?;
+    let mut tunnel = h2_tunnel(Some(sender), sink.to_string())
+        .await
+        .context("preflight: CONNECT over HTTP/2")?;
+    download(&mut tunnel, 100_000)
+        .await
+        .context("preflight: 100 kB through a tunnel over HTTP/2")?;
+    drop(tunnel);
+    driver.abort();
+    eprintln!("preflight: PASS (GET 1k over TLS, CONNECT over HTTP/2 + 100 kB; {chose})");
+    Ok(chose)
+}
+
+/// An HTTP/2 connection over TLS to the proxy's TLS listener (ALPN `h2` alone); its driver
+/// runs as a task until the connection ends or the handle is aborted.
+async fn open_h2(
+    tls_addr: SocketAddr,
+    client: &TlsConnector,
+) -> anyhow::Result<(H2Sender, tokio::task::JoinHandle<()>)> {
+    let stream = tls_to_proxy(client, connect_from(None, tls_addr).await?, b"h2").await?;
+    let handshake = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    );
+    let (sender, conn) = tokio::time::timeout(OP_TIMEOUT, handshake).await??;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((sender, driver))
+}
+
+/// A CONNECT tunnel to `authority` as a stream of the HTTP/2 connection of `sender` (RFC 9113
+/// §8.5); none when there is no connection for it.
+async fn h2_tunnel(
+    sender: Option<H2Sender>,
+    authority: String,
+) -> anyhow::Result<TokioIo<hyper::upgrade::Upgraded>> {
+    let mut sender = sender.context("no HTTP/2 connection has room for another stream")?;
+    let open = async {
+        sender.ready().await?;
+        let mut req = Request::new(Empty::new());
+        *req.method_mut() = http::Method::CONNECT;
+        *req.uri_mut() = authority.parse()?;
+        let response = sender.send_request(req).await?;
+        ensure!(
+            response.status() == StatusCode::OK,
+            "CONNECT over HTTP/2 answered {}",
+            response.status()
+        );
+        Ok(TokioIo::new(hyper::upgrade::on(response).await?))
+    };
+    tokio::time::timeout(OP_TIMEOUT, open).await?
+}
+
+/// D over HTTP/2: after the proxy's RSS at rest, enough TLS connections to its TLS listener
+/// (ALPN `h2`) for D's last step at [`H2_STREAMS`] streams each, and the RSS with them alone;
+/// then D's steps, each tunnel a CONNECT stream, the connections filled one after another.
+async fn idle_h2_tunnels(
+    proxy: &Proxy,
+    tls_addr: SocketAddr,
+    client: &TlsConnector,
+    sink: SocketAddr,
+    steps: &[usize],
+) -> anyhow::Result<H2Tunnels> {
+    tokio::time::sleep(D_SETTLE).await;
+    let rss0_kib = rss_kib(proxy.pid);
+    let wanted = steps.last().copied().unwrap_or(0).div_ceil(H2_STREAMS);
+    let (mut senders, mut drivers) = (Vec::new(), Vec::new());
+    for _ in 0..wanted {
+        let (sender, driver) = open_h2(tls_addr, client).await?;
+        senders.push(sender);
+        drivers.push(driver);
+    }
+    tokio::time::sleep(D_SETTLE).await;
+    let conns = Step {
+        n: wanted,
+        ok: wanted,
+        rss_kib: rss_kib(proxy.pid),
+        threads: thread_count(proxy.pid),
+    };
+    eprintln!(
+        "D HTTP/2  portcullis {wanted} TLS connections open, RSS {:.1} MiB",
+        conns.rss_kib as f64 / 1024.0
+    );
+    let authority = sink.to_string();
+    let mut next = 0;
+    let tunnels = hold_tunnels(proxy.pid, rss0_kib, steps, "D HTTP/2", || {
+        let sender = senders.get(next / H2_STREAMS).cloned();
+        next += 1;
+        h2_tunnel(sender, authority.clone())
+    })
+    .await;
+    for driver in drivers {
+        driver.abort();
+    }
+    Ok(H2Tunnels {
+        tunnels: tunnels?,
+        conns,
+    })
+}
+
+/// The TLS shapes' tables: A through the TLS listener beside the plain one, D over HTTP/2
+/// beside D over HTTP/1.1; each with its target, met or NOT MET.
+fn print_tls(t: &Tls) {
+    let rps: Figure = |l| Some(l.rps());
+    let p50: Figure = |l| Some(l.percentile_ms(0.50));
+    let p99: Figure = |l| Some(l.percentile_ms(0.99));
+    let per_request: Figure = Load::cpu_us_per_request;
+    println!();
+    println!(
+        "A over TLS: keep-alive GET /1k, {A_CONNS} connections, HTTP/1.1 over TLS to the \
+         proxy's TLS listener ({}), plain HTTP to the origin, beside the same through the plain \
+         listener of the same proxy: medians of {TLS_PAIRS} interleaved pairs (each run opens \
+         its {A_CONNS} connections anew); ratio TLS ÷ plain",
+        t.session
+    );
+    let mut table = Table::default();
+    let rows: [(&str, Figure); 4] = [
+        ("A keep-alive 1 KiB, 50 conns, req/s", rps),
+        ("A p50, ms", p50),
+        ("A p99, ms", p99),
+        ("A proxy CPU per request, µs", per_request),
+    ];
+    table.medians(&rows, &t.a_plain, &t.a_tls);
+    let cpu = ratios(&t.a_plain, &t.a_tls, per_request);
+    let ratio = median(cpu.clone());
+    table.ratio_row("A TLS ÷ plain, CPU per request (median of pairs)", ratio);
+    table.print_headed(["figure", "plain", "TLS", "ratio"]);
+    println!(
+        "A over TLS target (proxy CPU per request over TLS ≤ {TLS_CPU_TARGET}× over the plain \
+         listener): {} by pair, median {}: {}",
+        listed(&cpu),
+        ratio.map_or("—".to_owned(), |r| format!("{r:.2}×")),
+        verdict(ratio.is_some_and(|r| r <= TLS_CPU_TARGET))
+    );
+
+    let h2: Vec<&Tunnels> = t.d_h2.iter().map(|d| &d.tunnels).collect();
+    let plain: Vec<&Tunnels> = t.d_plain.iter().collect();
+    let of = |rounds: &[&Tunnels], f: &dyn Fn(&Tunnels) -> Option<f64>| {
+        median(rounds.iter().filter_map(|d| f(d)).collect())
+    };
+    let conns = t.d_h2.first().map_or(0, |d| d.conns.n);
+    println!();
+    println!(
+        "D over HTTP/2: idle CONNECT tunnels as streams of {conns} TLS connections ({H2_STREAMS} \
+         each at most), beside D over HTTP/1.1 (a plain connection a tunnel), each on a freshly \
+         started proxy with both listeners: medians of {TLS_D_ROUNDS} rounds; ratio HTTP/2 ÷ \
+         HTTP/1.1. Per tunnel = (RSS with the tunnels − RSS at start) ÷ tunnels held: over \
+         HTTP/2 their connections' memory is in it."
+    );
+    let mut table = Table::default();
+    table.row(
+        "D proxy RSS at start, MiB",
+        of(&plain, &|d| Some(d.rss0_kib as f64 / 1024.0)),
+        of(&h2, &|d| Some(d.rss0_kib as f64 / 1024.0)),
+    );
+    table.row(
+        &format!("D RSS with the {conns} TLS connections alone, no stream, MiB"),
+        None,
+        median(
+            t.d_h2
+                .iter()
+                .map(|d| d.conns.rss_kib as f64 / 1024.0)
+                .collect(),
+        ),
+    );
+    let steps = t.d_h2.first().map_or(0, |d| d.tunnels.steps.len());
+    let mut last = Vec::new();
+    for i in 0..steps {
+        let n = t.d_h2[0].tunnels.steps[i].n;
+        let per = |d: &Tunnels| d.steps.get(i)?.kib_per_tunnel(d.rss0_kib);
+        table.row(
+            &format!("D RSS per idle tunnel at {}, KiB", thousands(n as f64)),
+            of(&plain, &per),
+            of(&h2, &per),
+        );
+        table.row(
+            &format!(
+                "D HTTP/2 RSS per stream at {}, beyond its connections, KiB",
+                thousands(n as f64)
+            ),
+            None,
+            median(
+                t.d_h2
+                    .iter()
+                    .filter_map(|d| d.tunnels.steps.get(i)?.kib_per_tunnel(d.conns.rss_kib))
+                    .collect(),
+            ),
+        );
+        last = h2.iter().filter_map(|d| per(d)).collect();
+    }
+    let after: &dyn Fn(&Tunnels) -> Option<f64> = &|d| d.after_use.kib_per_tunnel(d.rss0_kib);
+    table.row(
+        "D RSS per tunnel after 1 byte through each, KiB",
+        of(&plain, after),
+        of(&h2, after),
+    );
+    table.print_headed(["figure", "HTTP/1.1", "HTTP/2", "ratio"]);
+    let held = |rounds: &[&Tunnels]| -> String {
+        let shown: Vec<String> = rounds
+            .iter()
+            .map(|d| {
+                let kib = d.steps.last().and_then(|s| s.kib_per_tunnel(d.rss0_kib));
+                format!(
+                    "{} KiB a tunnel ({} held, {} failed, {} answered 1 byte)",
+                    number(kib),
+                    d.after_use.ok,
+                    d.fails,
+                    d.echo_ok
+                )
+            })
+            .collect();
+        shown.join("; ")
+    };
+    println!("D over HTTP/1.1 by round: {}", held(&plain));
+    println!("D over HTTP/2 by round: {}", held(&h2));
+    let kib = median(last.clone());
+    println!(
+        "D over HTTP/2 target (RSS growth per idle tunnel ≤ {H2_KIB_TARGET} KiB, its share of \
+         the connections included, at the last step): {} KiB by round, median {}: {}",
+        listed(&last),
+        kib.map_or("—".to_owned(), |k| format!("{k:.2} KiB")),
+        verdict(kib.is_some_and(|k| k <= H2_KIB_TARGET))
+    );
+    let a_errors: u64 = t.a_plain.iter().chain(&t.a_tls).map(|l| l.errors).sum();
+    let d_fails: usize = plain.iter().chain(&h2).map(|d| d.fails).sum();
+    if a_errors > 0 || d_fails > 0 {
+        println!("WARNING: {a_errors} request errors in A and {d_fails} failed tunnels in D: the TLS figures are suspect.");
+    }
+}
+
+/// "met" or "NOT MET".
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT MET"
+    }
 }
