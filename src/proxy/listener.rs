@@ -215,45 +215,18 @@ async fn serve_connection(
     let timeouts = settings.timeouts.clone();
     let state = slot.conn().clone();
     if tls {
-        let Some(server) = settings.tls.as_ref().map(|t| t.server.clone()) else {
-            return;
-        };
         drop(settings);
-        // The handshake is bounded like a request head: a client that sends nothing, or
-        // stalls half-way, is cut at `request_header`, and its slot goes with it.
-        let handshake = tokio_rustls::TlsAcceptor::from(server).accept(stream);
-        let done = tokio::select! {
-            done = handshake => done.map_err(|e| e.to_string()),
-            _ = tokio::time::sleep(timeouts.request_header) => Err(format!(
-                "no TLS handshake within {} (timeouts.request_header)",
-                humantime::format_duration(timeouts.request_header)
-            )),
-            _ = state.evicted() => return,
-            _ = stop.cancelled() => return,
-        };
-        match done {
-            Ok(stream) => {
-                let service = ProxyService::new(
-                    shared.clone(),
-                    peer,
-                    local,
-                    state.clone(),
-                    refusal,
-                    Arc::new(slot),
-                );
-                // Boxed: a TLS connection's state is large, and plain ones need not carry it.
-                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    Box::pin(serve_h2(stream, service, state, shared, stop)).await;
-                } else {
-                    Box::pin(serve_http(stream, peer, service, state, shared, stop)).await;
-                }
-            }
-            Err(e) => {
-                shared.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
-                debug!(error = %e, "TLS handshake failed");
-            }
-        }
-        return;
+        // Boxed: the handshake and a TLS connection's state are large, and plain
+        // connections, which never take this branch, need not carry them in their task.
+        return Box::pin(serve_tls(
+            stream,
+            peer,
+            local,
+            (slot, refusal),
+            shared,
+            stop,
+        ))
+        .await;
     }
     if settings.socks.enabled {
         // The first byte tells SOCKS from HTTP; it is peeked, so hyper still reads it. A
@@ -294,6 +267,58 @@ async fn serve_connection(
     let slot = Arc::new(slot);
     let service = ProxyService::new(shared.clone(), peer, local, state.clone(), refusal, slot);
     serve_http(stream, peer, service, state, shared, stop).await
+}
+
+/// Serves a connection accepted on a TLS listener: the handshake, bounded like a request
+/// head, then HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    (slot, refusal): (Slot, Option<EdgeError>),
+    shared: Arc<ProxyState>,
+    stop: CancellationToken,
+) {
+    let settings = shared.settings();
+    let timeouts = settings.timeouts.clone();
+    let state = slot.conn().clone();
+    let Some(server) = settings.tls.as_ref().map(|t| t.server.clone()) else {
+        return;
+    };
+    drop(settings);
+    // The handshake is bounded like a request head: a client that sends nothing, or
+    // stalls half-way, is cut at `request_header`, and its slot goes with it.
+    let handshake = tokio_rustls::TlsAcceptor::from(server).accept(stream);
+    let done = tokio::select! {
+        done = handshake => done.map_err(|e| e.to_string()),
+        _ = tokio::time::sleep(timeouts.request_header) => Err(format!(
+            "no TLS handshake within {} (timeouts.request_header)",
+            humantime::format_duration(timeouts.request_header)
+        )),
+        _ = state.evicted() => return,
+        _ = stop.cancelled() => return,
+    };
+    match done {
+        Ok(stream) => {
+            let service = ProxyService::new(
+                shared.clone(),
+                peer,
+                local,
+                state.clone(),
+                refusal,
+                Arc::new(slot),
+            );
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(stream, service, state, shared, stop).await;
+            } else {
+                serve_http(stream, peer, service, state, shared, stop).await;
+            }
+        }
+        Err(e) => {
+            shared.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+            debug!(error = %e, "TLS handshake failed");
+        }
+    }
 }
 
 /// Serves HTTP/1.1 on `stream` (a socket, or TLS over one) until the connection ends: heads
