@@ -34,31 +34,10 @@ pub async fn shutdown() {
 /// future it answers runs. The handler is installed at the call, not when the future is
 /// first polled: from then on SIGUSR1 cannot end the proxy (its default action would).
 pub fn on_reopen(reopen: impl Fn()) -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    let usr1 = {
-        use tokio::signal::unix::{signal, SignalKind};
-        signal(SignalKind::user_defined1())
-    };
-    async move {
-        #[cfg(unix)]
-        {
-            let Ok(mut usr1) = usr1 else {
-                tracing::warn!(
-                    "cannot install the SIGUSR1 handler; the access log will not reopen"
-                );
-                return;
-            };
-            while usr1.recv().await.is_some() {
-                tracing::info!("SIGUSR1: reopening the access log");
-                reopen();
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = reopen;
-            std::future::pending::<()>().await;
-        }
-    }
+    on_each(Each::Reopen, move || {
+        reopen();
+        std::future::ready(())
+    })
 }
 
 /// Calls `reload` on every SIGHUP, for as long as the future it answers runs. The handler is
@@ -69,28 +48,65 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    on_each(Each::Reload, reload)
+}
+
+/// The signals handled for as long as the proxy runs.
+#[derive(Clone, Copy)]
+enum Each {
+    /// SIGUSR1: reopen the access log.
+    Reopen,
+    /// SIGHUP: reload the configuration.
+    Reload,
+}
+
+impl Each {
+    /// What is logged when the handler cannot be installed, and on each signal.
+    fn texts(self) -> (&'static str, &'static str) {
+        match self {
+            Each::Reopen => (
+                "cannot install the SIGUSR1 handler; the access log will not reopen",
+                "SIGUSR1: reopening the access log",
+            ),
+            Each::Reload => (
+                "cannot install the SIGHUP handler; use POST /reload on the admin listener",
+                "SIGHUP: reloading the configuration",
+            ),
+        }
+    }
+}
+
+/// Installs the handler of `each` now, and answers the future that runs `act` on every such
+/// signal.
+fn on_each<F, Fut>(each: Each, act: F) -> impl std::future::Future<Output = ()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     #[cfg(unix)]
-    let hup = {
+    let stream = {
         use tokio::signal::unix::{signal, SignalKind};
-        signal(SignalKind::hangup())
+        signal(match each {
+            Each::Reopen => SignalKind::user_defined1(),
+            Each::Reload => SignalKind::hangup(),
+        })
     };
     async move {
+        let (missing, received) = each.texts();
         #[cfg(unix)]
         {
-            let Ok(mut hup) = hup else {
-                tracing::warn!(
-                    "cannot install the SIGHUP handler; use POST /reload on the admin listener"
-                );
+            let Ok(mut stream) = stream else {
+                tracing::warn!("{missing}");
                 return;
             };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the configuration");
-                reload().await;
+            while stream.recv().await.is_some() {
+                tracing::info!("{received}");
+                act().await;
             }
         }
         #[cfg(not(unix))]
         {
-            let _ = reload;
+            let _ = (act, missing, received);
             std::future::pending::<()>().await;
         }
     }

@@ -28,12 +28,6 @@ use crate::proxy::respond::refusal;
 use crate::proxy::state::ProxyState;
 use crate::proxy::{forward, pages, tunnel};
 
-/// An HTTP/2 stream's own place in the connection limits, or the refusal that answers it.
-struct StreamPlace {
-    place: Option<Arc<Slot>>,
-    refusal: Option<EdgeError>,
-}
-
 /// How a request is answered.
 // A short-lived value moved once per request: boxing the response would cost more than the
 // size difference does.
@@ -105,7 +99,7 @@ impl ProxyService {
         let stream_busy = stream
             .as_ref()
             .filter(|_| connect)
-            .and_then(|s| Some(s.place.as_ref()?.conn().begin()));
+            .and_then(|s| Some(s.as_ref().ok()?.conn().begin()));
         let body = (!connect && !http_body::Body::is_end_stream(req.body()))
             .then(|| self.conn.request_body());
         let mut ex = Exchange {
@@ -129,7 +123,7 @@ impl ProxyService {
         let refused = self
             .refusal
             .as_ref()
-            .or(stream.as_ref().and_then(|s| s.refusal.as_ref()));
+            .or(stream.as_ref().and_then(|s| s.as_ref().err()));
         let routed = tokio::select! {
             biased;
             routed = self.route(&mut ex, req, head, refused) => routed,
@@ -147,7 +141,7 @@ impl ProxyService {
             // only, which ends with the answer.)
             self.conn.close_after();
         }
-        let mut place = stream.and_then(|s| s.place);
+        let mut place = stream.and_then(Result::ok);
         let (mut response, record) = match routed {
             Ok(Reply::Response(response)) => (response, Some(ex.record)),
             Ok(Reply::Tunnel(dialled)) => {
@@ -187,7 +181,7 @@ impl ProxyService {
     /// place has a state of its own, so that a quiet tunnel makes room alone; a request's is
     /// its connection's, busy while the request is. At a limit, the stream is refused as a
     /// connection would be, and its connection's other streams go on.
-    fn admit_stream(&self, tunnel: bool) -> StreamPlace {
+    fn admit_stream(&self, tunnel: bool) -> Result<Arc<Slot>, EdgeError> {
         let state = if tunnel {
             Arc::new(ConnState::new())
         } else {
@@ -199,20 +193,11 @@ impl ProxyService {
             .admission
             .admit(self.client.ip(), state, &settings.limits)
         {
-            Admit::Yes(slot) => StreamPlace {
-                place: Some(Arc::new(slot)),
-                refusal: None,
-            },
-            Admit::Refuse(refusal, _) => StreamPlace {
-                place: None,
-                refusal: Some(refusal),
-            },
-            Admit::Shed => StreamPlace {
-                place: None,
-                refusal: Some(crate::core::limits::refuse_total(
-                    settings.limits.max_connections,
-                )),
-            },
+            Admit::Yes(slot) => Ok(Arc::new(slot)),
+            Admit::Refuse(refusal, _) => Err(refusal),
+            Admit::Shed => Err(crate::core::limits::refuse_total(
+                settings.limits.max_connections,
+            )),
         }
     }
 

@@ -145,30 +145,26 @@ fn header(out: &mut String) {
 /// offers this proxy's plain port in its `PROXY` entries, or none when it has no plain
 /// listener.
 fn proxy_list(settings: &PacSettings, arrived_on: &str) -> String {
-    let over_tls = settings.tls_port.is_some() && port_of(arrived_on) == settings.tls_port;
-    let proxies = if settings.proxies.is_empty() {
-        let this = match &settings.proxy_host {
+    let hosts = if settings.proxies.is_empty() {
+        vec![match &settings.proxy_host {
             Some(host) => with_port(host, arrived_on),
             None => arrived_on.to_owned(),
-        };
-        match (over_tls, settings.plain_port) {
-            (false, _) => vec![this],
-            (true, Some(plain)) => vec![on_port(&this, plain)],
-            (true, None) => Vec::new(),
-        }
+        }]
     } else {
         settings.proxies.clone()
+    };
+    // This proxy reached on its TLS port: the plain entries name its plain port, if any.
+    let over_tls = settings.tls_port.is_some() && port_of(arrived_on) == settings.tls_port;
+    let proxies = match (settings.proxies.is_empty() && over_tls, settings.plain_port) {
+        (false, _) => hosts.clone(),
+        (true, Some(plain)) => hosts.iter().map(|h| on_port(h, plain)).collect(),
+        (true, None) => Vec::new(),
     };
     let socks: &[&str] = if settings.socks { &["SOCKS5"] } else { &[] };
     // With `pac.tls`, each proxy's TLS port first: the same host, this proxy's TLS port.
     let tls_port = settings.tls_port.filter(|_| settings.tls);
-    let tls_hosts = match (&proxies[..], over_tls) {
-        // Only a TLS listener: the host the file was fetched from.
-        ([], true) => vec![arrived_on.to_owned()],
-        _ => proxies.clone(),
-    };
     let tls = tls_port.into_iter().flat_map(|port| {
-        tls_hosts
+        hosts
             .iter()
             .map(move |p| format!("HTTPS {}", on_port(p, port)))
     });
