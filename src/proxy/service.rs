@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use tracing::{info, Instrument};
+use tracing::info;
 
 use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::limits::{check_head, RawHead};
@@ -155,9 +155,7 @@ impl ProxyService {
                 place.conn().tunnel_opened();
                 drop(stream_busy);
                 let shared = self.shared.clone();
-                self.shared.tracker.spawn(
-                    tunnel::relay(dialled, ex.record, shared, (place, busy)).in_current_span(),
-                );
+                tunnel::spawn_relay(dialled, ex.record, shared, (place, busy), h2);
                 (Response::new(DownBody::empty()), None)
             }
             Err(error) => {

@@ -561,7 +561,7 @@ async fn connect(
         Err(e) => Err(e),
     };
     let dialled = dialled.map_err(|e| as_login_refusal(&ex, e, target));
-    let mut upstream = match dialled {
+    let upstream = match dialled {
         Ok(upstream) => upstream,
         Err(e) => {
             let _ = stream
@@ -584,26 +584,19 @@ async fn connect(
     let flow = tunnel::flow(&ex, target, Kind::Socks, dialled_ip);
     let window = crate::proxy::window::of(&ex, target, Kind::Socks, dialled_ip);
     let Exchange {
-        record,
+        mut record,
         shared,
         settings,
         ..
     } = ex;
-    if !early.is_empty() {
-        if upstream.write_all(&early).await.is_err() {
-            return;
-        }
-        record.traffic().add(&record.traffic().up, early.len());
-    }
     slot.conn().tunnel_opened();
-    tunnel::carry(
-        tunnel::Client::Socket(stream),
+    let tunnel = tunnel::Tunnel {
         upstream,
-        target.port,
-        (settings.timeouts.tunnel_idle, flow, window),
-        record,
-        &shared,
-        &slot,
-    )
-    .await;
+        port: target.port,
+        idle: settings.timeouts.tunnel_idle,
+        flow,
+        window,
+    };
+    let client = stream.into_split();
+    tunnel::carry(client, early.into(), tunnel, &mut record, &shared, &slot).await;
 }

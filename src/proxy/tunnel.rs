@@ -6,8 +6,9 @@
 //! record is right however the tunnel ends: both sides done, an error, `tunnel_idle` with no
 //! byte either way, or the end of the shutdown grace period.
 //!
-//! A quiet direction reads into a small buffer on the task's stack, so an idle tunnel holds
-//! no buffer of its own. Once a read fills it, the direction is busy: on Linux its bytes then
+//! A quiet direction waits for bytes without a buffer, then reads them into a small one it
+//! lets go after passing them on, so an idle tunnel holds no buffer of its own. Once a read
+//! fills it, the direction is busy: on Linux its bytes then
 //! move socket → pipe → socket with `splice(2)` and never enter the proxy's memory; elsewhere,
 //! or when no pipe can be had, through a 64 KiB heap buffer. A short read ends the burst and
 //! gives the pipe or buffer back.
@@ -25,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::plan::Go;
@@ -41,8 +42,8 @@ use crate::proxy::shaper::{Dir, Flow};
 use crate::proxy::window::{self, Window};
 use crate::proxy::{exchange::Exchange, state::ProxyState};
 
-/// Bytes a quiet direction of a tunnel reads at once, from a buffer inside the task: an idle
-/// tunnel holds no heap buffer of its own.
+/// Bytes a quiet direction of a tunnel reads at once, into a buffer taken once bytes are
+/// there and given back once they are passed on: an idle tunnel holds no buffer.
 const QUIET_BUFFER: usize = 512;
 /// Bytes a busy direction reads at once, from a heap buffer it holds only while busy.
 const BUSY_BUFFER: usize = 64 * 1024;
@@ -50,11 +51,17 @@ const BUSY_BUFFER: usize = 64 * 1024;
 /// A destination dialled for a CONNECT request, waiting for the client's side to upgrade.
 pub struct Dialled {
     upgrade: OnUpgrade,
-    upstream: TcpStream,
-    port: u16,
-    tunnel_idle: std::time::Duration,
-    flow: Option<Box<Flow>>,
-    window: Option<Box<Window>>,
+    tunnel: Tunnel,
+}
+
+/// A dialled tunnel's destination end and what applies to it.
+pub(crate) struct Tunnel {
+    pub(crate) upstream: TcpStream,
+    pub(crate) port: u16,
+    /// `timeouts.tunnel_idle`.
+    pub(crate) idle: Duration,
+    pub(crate) flow: Option<Box<Flow>>,
+    pub(crate) window: Option<Box<Window>>,
 }
 
 /// The shaping of a tunnel to `target` (`[shaping]`, `[[limits.rate]]`), when anything
@@ -82,11 +89,13 @@ pub async fn open(
     let dialled_ip = upstream.peer_addr().ok().map(|a| a.ip());
     Ok(Dialled {
         upgrade: hyper::upgrade::on(&mut req),
-        upstream,
-        port: target.port,
-        tunnel_idle: ex.settings.timeouts.tunnel_idle,
-        flow: flow(ex, &target, Kind::Connect, dialled_ip),
-        window: window::of(ex, &target, Kind::Connect, dialled_ip),
+        tunnel: Tunnel {
+            upstream,
+            port: target.port,
+            idle: ex.settings.timeouts.tunnel_idle,
+            flow: flow(ex, &target, Kind::Connect, dialled_ip),
+            window: window::of(ex, &target, Kind::Connect, dialled_ip),
+        },
     })
 }
 
@@ -192,84 +201,158 @@ async fn closes(window: Option<&Window>) -> String {
     }
 }
 
-/// Relays a dialled tunnel once the client's connection is handed over; ends the record.
-pub async fn relay(
+/// Starts the relay of a dialled tunnel, as a task of its own that ends the record. Over
+/// HTTP/1.1 the client's end is its connection's socket, taken back from hyper; over HTTP/2 it
+/// is a stream of a connection. Each kind has a task of its own size: every idle tunnel
+/// holds one, and a task is as large as the largest of the states it could be in.
+pub fn spawn_relay(
+    dialled: Dialled,
+    record: PendingRecord,
+    shared: Arc<ProxyState>,
+    place: (Arc<Slot>, Option<InFlight>),
+    over_h2: bool,
+) {
+    let tracker = shared.tracker.clone();
+    if over_h2 {
+        tracker.spawn(relay_stream(dialled, record, shared, place).in_current_span());
+    } else {
+        tracker.spawn(relay_connection(dialled, record, shared, place).in_current_span());
+    }
+}
+
+/// Waits for hyper to hand the client's end over; `None` (noted in the record) if the client
+/// left first.
+async fn upgraded(upgrade: OnUpgrade, record: &mut PendingRecord) -> Option<Upgraded> {
+    match upgrade.await {
+        Ok(upgraded) => Some(upgraded),
+        Err(e) => {
+            record.note(format!("the client left before the tunnel opened: {e}"));
+            None
+        }
+    }
+}
+
+/// The relay of a tunnel over an HTTP/1.1 connection. The connection's own socket is taken
+/// back from hyper when it can be (always, with this server), so that both directions work on
+/// plain sockets; bytes hyper had already read behind the CONNECT head go first.
+///
+/// Not an `async fn`, and the arguments used where they are, not bound again: an `async fn`
+/// keeps each argument twice in its state, and every idle tunnel holds that state.
+fn relay_connection(
     dialled: Dialled,
     mut record: PendingRecord,
     shared: Arc<ProxyState>,
-    (slot, _connection_busy): (Arc<Slot>, Option<InFlight>),
-) {
-    let upgraded = match dialled.upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            record.note(format!("the client left before the tunnel opened: {e}"));
+    place: (Arc<Slot>, Option<InFlight>),
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let Some(upgraded) = upgraded(dialled.upgrade, &mut record).await else {
             return;
-        }
-    };
-    carry(
-        Client::Upgraded(upgraded),
-        dialled.upstream,
-        dialled.port,
-        (dialled.tunnel_idle, dialled.flow, dialled.window),
-        record,
-        &shared,
-        &slot,
-    )
-    .await
-}
-
-/// The client's end of a tunnel.
-pub(crate) enum Client {
-    /// A CONNECT's connection, handed over by hyper.
-    Upgraded(Upgraded),
-    /// A SOCKS connection's own socket.
-    Socket(TcpStream),
-}
-
-/// Relays between `client` and `upstream` (a tunnel to `port`) until both are done, the
-/// tunnel idles for `idle`, its connection is closed to make room, or the shutdown grace
-/// period ends; notes how it ended in the record, which ends with it.
-pub(crate) async fn carry(
-    client: Client,
-    upstream: TcpStream,
-    port: u16,
-    (idle, flow, window): (Duration, Option<Box<Flow>>, Option<Box<Window>>),
-    mut record: PendingRecord,
-    shared: &ProxyState,
-    slot: &Slot,
-) {
-    let traffic = record.traffic().clone();
-    shared.stats.tunnel_opened(port);
-    // Called inside select!, not bound first: a bound future is kept twice in this task's
-    // state, and every idle tunnel holds that state.
-    let end = tokio::select! {
-        result = relay_client(client, upstream, &traffic, (idle, flow.as_deref()), slot.conn()) => result,
-        _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
-        why = closes(window.as_deref()) => Ok(End::Closed(why)),
-    };
-    shared.stats.tunnel_closed(port);
-    match end {
-        Ok(End::Done) => {}
-        Ok(End::Idle) => record.note(format!(
-            "closed after {} without traffic",
-            humantime::format_duration(idle)
-        )),
-        Ok(End::Evicted) => record.note(format!(
-            "closed after {} without traffic, to make room for a new connection at the connection limits",
-            humantime::format_duration(slot.conn().tunnel_quiet_for())
-        )),
-        Ok(End::Closed(why)) => record.note(why),
-        Ok(End::Shutdown) => record.note_failure(
-            ErrorKind::Shutdown,
-            "cut at the end of the shutdown grace period".into(),
-        ),
-        Err(e) => match e.get_ref().and_then(|e| e.downcast_ref::<QuotaCut>()) {
-            Some(cut) => record.note_failure(ErrorKind::Denied, cut.to_string()),
-            None => {
-                debug!(error = %e, "tunnel ended with an error");
-                record.note(format!("the tunnel ended with an error: {e}"));
+        };
+        match upgraded.downcast::<TokioIo<WatchedIo>>() {
+            Ok(parts) => {
+                let client = parts.io.into_inner().into_stream().into_split();
+                let early = parts.read_buf;
+                carry(client, early, dialled.tunnel, &mut record, &shared, &place.0).await
             }
-        },
+            Err(upgraded) => {
+                // Boxed: not taken with this server; inline, its state would enlarge every
+                // tunnel.
+                let client = tokio::io::split(TokioIo::new(upgraded));
+                let tunnel = dialled.tunnel;
+                Box::pin(carry(client, Bytes::new(), tunnel, &mut record, &shared, &place.0))
+                    .await
+            }
+        }
+    }
+}
+
+/// The relay of a tunnel over an HTTP/2 stream (RFC 9113 §8.5): its DATA frames both ways.
+/// Not an `async fn`, as [`relay_connection`].
+fn relay_stream(
+    dialled: Dialled,
+    mut record: PendingRecord,
+    shared: Arc<ProxyState>,
+    place: (Arc<Slot>, Option<InFlight>),
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let Some(upgraded) = upgraded(dialled.upgrade, &mut record).await else {
+            return;
+        };
+        let client = tokio::io::split(TokioIo::new(upgraded));
+        carry(client, Bytes::new(), dialled.tunnel, &mut record, &shared, &place.0).await
+    }
+}
+
+/// Relays between the client's end of a tunnel (its read and write halves) and the dialled
+/// destination until both are done, the tunnel idles for `tunnel_idle`, its connection is
+/// closed to make room, a rule's window closes, or the shutdown grace period ends; notes how
+/// it ended in `record`. `early` (bytes the client sent behind its request, already read)
+/// goes to the destination first.
+///
+/// Not an `async fn`: one would keep each argument twice in its state (the argument and the
+/// local it is moved into), and every idle tunnel holds that state.
+pub(crate) fn carry<'a, CR, CW>(
+    client: (CR, CW),
+    early: Bytes,
+    tunnel: Tunnel,
+    record: &'a mut PendingRecord,
+    shared: &'a ProxyState,
+    slot: &'a Slot,
+) -> impl std::future::Future<Output = ()> + Send + 'a
+where
+    CR: AsyncRead + Socket + Unpin + Send + 'a,
+    CW: AsyncWrite + Socket + Unpin + Send + 'a,
+{
+    async move {
+        let Tunnel {
+            mut upstream,
+            port,
+            idle,
+            flow,
+            window,
+        } = tunnel;
+        let traffic = record.traffic().clone();
+        shared.stats.tunnel_opened(port);
+        // Called inside select!, not bound first: a bound future is kept twice in this
+        // task's state, and every idle tunnel holds that state.
+        let end = tokio::select! {
+            result = async {
+                if !early.is_empty() {
+                    upstream.write_all(&early).await?;
+                    traffic.add(&traffic.up, early.len());
+                }
+                // A slice of hyper's read buffer, which lives as long as it does: let go at
+                // once, so that an idle tunnel does not keep kilobytes of it.
+                drop(early);
+                both_ways(client, upstream.into_split(), &traffic, (idle, flow.as_deref()), slot.conn()).await
+            } => result,
+            _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
+            why = closes(window.as_deref()) => Ok(End::Closed(why)),
+        };
+        shared.stats.tunnel_closed(port);
+        match end {
+            Ok(End::Done) => {}
+            Ok(End::Idle) => record.note(format!(
+                "closed after {} without traffic",
+                humantime::format_duration(idle)
+            )),
+            Ok(End::Evicted) => record.note(format!(
+                "closed after {} without traffic, to make room for a new connection at the connection limits",
+                humantime::format_duration(slot.conn().tunnel_quiet_for())
+            )),
+            Ok(End::Closed(why)) => record.note(why),
+            Ok(End::Shutdown) => record.note_failure(
+                ErrorKind::Shutdown,
+                "cut at the end of the shutdown grace period".into(),
+            ),
+            Err(e) => match e.get_ref().and_then(|e| e.downcast_ref::<QuotaCut>()) {
+                Some(cut) => record.note_failure(ErrorKind::Denied, cut.to_string()),
+                None => {
+                    debug!(error = %e, "tunnel ended with an error");
+                    record.note(format!("the tunnel ended with an error: {e}"));
+                }
+            },
+        }
     }
 }
 
@@ -277,59 +360,6 @@ pub(crate) async fn carry(
 #[derive(Debug, thiserror::Error)]
 #[error("cut: quota \"{0}\" is used up")]
 struct QuotaCut(Arc<str>);
-
-/// Relays between the client's end (a SOCKS socket, or an upgraded connection) and the
-/// destination. An upgraded connection's own
-/// socket is taken back from hyper when it can be (always, with this server), so that both
-/// directions work on plain sockets; bytes hyper had already read behind the CONNECT head go
-/// first.
-async fn relay_client(
-    client: Client,
-    mut upstream: TcpStream,
-    traffic: &Traffic,
-    idle: (Duration, Option<&Flow>),
-    conn: &ConnState,
-) -> io::Result<End> {
-    let upgraded = match client {
-        Client::Upgraded(upgraded) => upgraded,
-        Client::Socket(socket) => {
-            return both_ways(
-                socket.into_split(),
-                upstream.into_split(),
-                traffic,
-                idle,
-                conn,
-            )
-            .await
-        }
-    };
-    match upgraded.downcast::<TokioIo<WatchedIo>>() {
-        Ok(parts) => {
-            // These bytes are a slice of hyper's read buffer, which lives as long as they do:
-            // send them and let go at once, so an idle tunnel does not keep kilobytes of it.
-            let early: Bytes = parts.read_buf;
-            if !early.is_empty() {
-                upstream.write_all(&early).await?;
-                traffic.add(&traffic.up, early.len());
-            }
-            drop(early);
-            let client = parts.io.into_inner().into_stream().into_split();
-            both_ways(client, upstream.into_split(), traffic, idle, conn).await
-        }
-        Err(upgraded) => {
-            // Boxed: not taken with this server; inline, its state would enlarge every tunnel.
-            let client = tokio::io::split(TokioIo::new(upgraded));
-            Box::pin(both_ways(
-                client,
-                upstream.into_split(),
-                traffic,
-                idle,
-                conn,
-            ))
-            .await
-        }
-    }
-}
 
 /// Copies both ways until both directions are done, or no byte moved for `idle`, or the
 /// connection is closed to make room (an idle tunnel, at the connection limits).
@@ -356,10 +386,14 @@ where
         traffic,
         flow: flow.map(|f| (f, Dir::Down)),
     };
-    let up = pump(client_read, upstream_write, &traffic.up, up);
-    let down = pump(upstream_read, client_write, &traffic.down, down);
+    // The pumps are made inside the join, not bound first: bound, each would be kept twice.
     tokio::select! {
-        result = async { tokio::try_join!(up, down) } => result.map(|_| End::Done),
+        result = async {
+            tokio::try_join!(
+                pump(client_read, upstream_write, &traffic.up, up),
+                pump(upstream_read, client_write, &traffic.down, down),
+            )
+        } => result.map(|_| End::Done),
         _ = idle_for(idle, conn) => Ok(End::Idle),
         _ = conn.evicted() => Ok(End::Evicted),
     }
@@ -409,7 +443,8 @@ impl Activity<'_> {
                 if wait.is_zero() {
                     break;
                 }
-                tokio::time::sleep(wait.min(crate::proxy::shaper::RECHECK)).await;
+                // Boxed: inline, the timer would enlarge every tunnel, shaped or not.
+                Box::pin(tokio::time::sleep(wait.min(crate::proxy::shaper::RECHECK))).await;
                 wait = flow.wait(dir);
             }
         }
@@ -417,7 +452,7 @@ impl Activity<'_> {
 }
 
 /// One end of a tunnel direction, and the plain socket under it, if it is one.
-trait Socket {
+pub(crate) trait Socket {
     fn socket(&self) -> Option<&TcpStream>;
 }
 
@@ -476,7 +511,6 @@ where
     W: AsyncWrite + Socket + Unpin,
 {
     let sockets = reader.socket().is_some() && writer.socket().is_some();
-    let mut quiet = [0u8; QUIET_BUFFER];
     let mut busy: Option<Busy> = None;
     loop {
         let n = match busy.as_mut() {
@@ -494,14 +528,19 @@ where
                     }
                 }
             }
-            // The small buffer while quiet, the big one while busy without a pipe.
-            buffer => {
-                let buf: &mut [u8] = match buffer {
-                    Some(Busy::Buffer(big)) => big,
-                    _ => &mut quiet,
-                };
-                let n = reader.read(buf).await?;
-                writer.write_all(&buf[..n]).await?;
+            // The big buffer while busy without a pipe.
+            Some(Busy::Buffer(big)) => {
+                let n = reader.read(big).await?;
+                writer.write_all(&big[..n]).await?;
+                activity.moved(counter, n);
+                n
+            }
+            // Quiet: a small buffer, only once bytes (or the end) are there.
+            None => {
+                readable(&mut reader).await?;
+                let mut quiet = vec![0u8; QUIET_BUFFER];
+                let n = reader.read(&mut quiet).await?;
+                writer.write_all(&quiet[..n]).await?;
                 activity.moved(counter, n);
                 n
             }
@@ -518,6 +557,21 @@ where
             busy = Some(Busy::start(sockets));
         } else if busy.is_some() && n < QUIET_BUFFER {
             busy = None;
+        }
+    }
+}
+
+/// Waits until `reader` has bytes or has ended, without a buffer: a socket by its readiness;
+/// another end (an HTTP/2 stream hyper hands over) by a read with no room, which such an end
+/// answers once it holds bytes of a frame, or its end. An end that answered at once would
+/// only make the read that follows wait, with its small buffer.
+async fn readable<R: AsyncRead + Socket + Unpin>(reader: &mut R) -> io::Result<()> {
+    match reader.socket() {
+        Some(socket) => socket.readable().await,
+        None => {
+            let mut room = tokio::io::ReadBuf::new(&mut []);
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut *reader).poll_read(cx, &mut room))
+                .await
         }
     }
 }
