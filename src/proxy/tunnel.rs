@@ -238,6 +238,7 @@ async fn upgraded(upgrade: OnUpgrade, record: &mut PendingRecord) -> Option<Upgr
 ///
 /// Not an `async fn`, and the arguments used where they are, not bound again: an `async fn`
 /// keeps each argument twice in its state, and every idle tunnel holds that state.
+#[allow(clippy::manual_async_fn, reason = "argument kept twice")]
 fn relay_connection(
     dialled: Dialled,
     mut record: PendingRecord,
@@ -252,15 +253,30 @@ fn relay_connection(
             Ok(parts) => {
                 let client = parts.io.into_inner().into_stream().into_split();
                 let early = parts.read_buf;
-                carry(client, early, dialled.tunnel, &mut record, &shared, &place.0).await
+                carry(
+                    client,
+                    early,
+                    dialled.tunnel,
+                    &mut record,
+                    &shared,
+                    &place.0,
+                )
+                .await
             }
             Err(upgraded) => {
                 // Boxed: not taken with this server; inline, its state would enlarge every
                 // tunnel.
                 let client = tokio::io::split(TokioIo::new(upgraded));
                 let tunnel = dialled.tunnel;
-                Box::pin(carry(client, Bytes::new(), tunnel, &mut record, &shared, &place.0))
-                    .await
+                Box::pin(carry(
+                    client,
+                    Bytes::new(),
+                    tunnel,
+                    &mut record,
+                    &shared,
+                    &place.0,
+                ))
+                .await
             }
         }
     }
@@ -268,6 +284,7 @@ fn relay_connection(
 
 /// The relay of a tunnel over an HTTP/2 stream (RFC 9113 §8.5): its DATA frames both ways.
 /// Not an `async fn`, as [`relay_connection`].
+#[allow(clippy::manual_async_fn, reason = "argument kept twice")]
 fn relay_stream(
     dialled: Dialled,
     mut record: PendingRecord,
@@ -279,7 +296,15 @@ fn relay_stream(
             return;
         };
         let client = tokio::io::split(TokioIo::new(upgraded));
-        carry(client, Bytes::new(), dialled.tunnel, &mut record, &shared, &place.0).await
+        carry(
+            client,
+            Bytes::new(),
+            dialled.tunnel,
+            &mut record,
+            &shared,
+            &place.0,
+        )
+        .await
     }
 }
 
@@ -291,6 +316,7 @@ fn relay_stream(
 ///
 /// Not an `async fn`: one would keep each argument twice in its state (the argument and the
 /// local it is moved into), and every idle tunnel holds that state.
+#[allow(clippy::manual_async_fn, reason = "argument kept twice")]
 pub(crate) fn carry<'a, CR, CW>(
     client: (CR, CW),
     early: Bytes,
