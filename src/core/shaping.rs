@@ -237,6 +237,9 @@ pub struct ClientRate {
     pub share_down: Option<f64>,
     /// From it.
     pub share_up: Option<f64>,
+    /// The caps (`[[limits.rate]]` names) holding its transfers now, in configuration order.
+    #[serde(default)]
+    pub caps: Vec<String>,
 }
 
 /// One minute of the link's use: bytes each client moved (both ways), busiest first.

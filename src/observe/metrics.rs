@@ -566,6 +566,7 @@ mod tests {
                 up: 10.0,
                 share_down: Some(2500.0),
                 share_up: None,
+                caps: Vec::new(),
             }],
         );
         for line in [

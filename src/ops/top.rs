@@ -153,6 +153,8 @@ struct ClientNow {
     flow: Flow,
     share_down: Option<f64>,
     share_up: Option<f64>,
+    /// The caps (`[[limits.rate]]` names) holding it now, joined by commas; `-` for none.
+    caps: String,
 }
 
 /// What `top` shows: the rates of one reading against the one before.
@@ -203,6 +205,7 @@ impl Rates {
                 flow,
                 share_down: None,
                 share_up: None,
+                caps: "-".to_owned(),
             })
             .chain(now.link.iter().map(|c| ClientNow {
                 flow: Flow {
@@ -212,6 +215,10 @@ impl Rates {
                 },
                 share_down: c.share_down,
                 share_up: c.share_up,
+                caps: match c.caps.is_empty() {
+                    true => "-".to_owned(),
+                    false => c.caps.join(","),
+                },
             }))
             .collect();
         for c in &mut clients {
@@ -302,20 +309,21 @@ fn plain(admin: SocketAddr, rates: &Rates) -> String {
         rates.link_line()
     );
     out.push_str(&format!(
-        "\n{:<40} {:>12} {:>12} {:>12} {:>12}\n",
-        "CLIENT", "DOWN", "UP", "SHARE DOWN", "SHARE UP"
+        "\n{:<40} {:>12} {:>12} {:>12} {:>12}  {}\n",
+        "CLIENT", "DOWN", "UP", "SHARE DOWN", "SHARE UP", "CAPS"
     ));
     if rates.clients.is_empty() {
         out.push_str("  (nothing moving)\n");
     }
     for c in rates.clients.iter().take(ROWS) {
         out.push_str(&format!(
-            "{:<40} {:>12} {:>12} {:>12} {:>12}\n",
+            "{:<40} {:>12} {:>12} {:>12} {:>12}  {}\n",
             c.flow.key,
             moving(c.flow.down),
             moving(c.flow.up),
             cell(c.share_down),
-            cell(c.share_up)
+            cell(c.share_up),
+            c.caps
         ));
     }
     for (title, rows) in [("PORT", &rates.ports), ("HOST", &rates.hosts)] {
@@ -380,7 +388,7 @@ mod tests {
             ],
             "ports": [{"port": 443, "service": "https", "bytes_up": 4100, "bytes_down": 601_000}],
             "hosts": [{"key": "example.com", "usage": {"bytes_up": 4000, "bytes_down": 600_000}}],
-            "link": [{"client": "192.168.1.20", "down": 1_000_000.0, "up": 0.0, "share_down": 2_500_000.0, "share_up": null}],
+            "link": [{"client": "192.168.1.20", "down": 1_000_000.0, "up": 0.0, "share_down": 2_500_000.0, "share_up": null, "caps": ["kids", "evenings"]}],
         }));
         (before, now)
     }
@@ -435,6 +443,15 @@ mod tests {
             kid.contains("1.0 MB/s") && kid.contains("2.5 MB/s"),
             "{text}"
         );
+        assert!(
+            kid.ends_with("  kids,evenings"),
+            "the caps holding it: {text}"
+        );
+        let other = text
+            .lines()
+            .find(|l| l.starts_with("192.168.1.31"))
+            .unwrap();
+        assert!(other.ends_with("  -"), "no cap holds it: {text}");
         assert!(text.contains("443 (https)"), "{text}");
         assert!(text.contains("example.com"), "{text}");
         let idle = plain("127.0.0.1:3129".parse().unwrap(), &Rates::default());

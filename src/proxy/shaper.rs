@@ -92,7 +92,8 @@ const HISTORY_CLIENTS: usize = 32;
 #[derive(Clone)]
 pub(crate) struct Flow {
     shaper: Arc<Shaper>,
-    share: Option<Arc<Mutex<Share>>>,
+    /// The client's place: its rates, and its bucket of the link when the link is set.
+    share: Arc<Mutex<Share>>,
     caps: Vec<CapBuckets>,
     /// The exchange's counters, where the time it is told to wait goes (for its record).
     traffic: Option<Arc<crate::observe::access::Traffic>>,
@@ -171,7 +172,9 @@ impl Shaper {
     pub(crate) fn flow(self: &Arc<Self>, facts: &Facts<'_>, addr: Option<IpAddr>) -> Option<Flow> {
         let key = self.key(facts.client, facts.user);
         let now = Instant::now();
-        let share = (self.settings.down.is_some() || self.settings.up.is_some()).then(|| {
+        // Every client the shaper holds has a share: its rates and the chart are kept
+        // whether a link, a cap or both hold it; the buckets are the link's, when it is set.
+        let share = {
             let mut clients = lock(&self.clients);
             if clients.len() >= MAX_CLIENTS && !clients.contains_key(&key) {
                 let oldest = clients
@@ -209,7 +212,7 @@ impl Shaper {
                     }))
                 })
                 .clone()
-        });
+        };
         let mut caps = Vec::new();
         for (index, cap) in self.settings.caps.iter().enumerate() {
             if !cap.matcher.matches(facts, addr) {
@@ -224,7 +227,8 @@ impl Shaper {
                 .clone();
             caps.push(buckets);
         }
-        (share.is_some() || !caps.is_empty()).then(|| Flow {
+        let linked = self.settings.down.is_some() || self.settings.up.is_some();
+        (linked || !caps.is_empty()).then(|| Flow {
             shaper: self.clone(),
             share,
             caps,
@@ -265,6 +269,14 @@ impl Shaper {
         for dir in [Dir::Down, Dir::Up] {
             let d = dir as usize;
             let Some(link) = self.link(dir) else {
+                // No link this way: only the rates, for the status page and `top`.
+                for s in &active {
+                    let mut s = lock(s);
+                    s.rate[d] = s.moved[d] as f64 / span;
+                    s.moved[d] = 0;
+                    s.held[d] = false;
+                    s.capped[d] = None;
+                }
                 continue;
             };
             let claims: Vec<Claim> = active
@@ -367,9 +379,14 @@ impl Shaper {
         (s.last.elapsed() < ACTIVE * 5).then_some((s.rate[0], s.rate[1]))
     }
 
-    /// The clients that moved bytes lately, busiest first.
+    /// The clients that moved bytes lately, busiest first, with the caps holding them.
     pub fn clients(&self) -> Vec<ClientRate> {
         let now = Instant::now();
+        let mut capped: HashMap<&str, Vec<usize>> = HashMap::new();
+        let caps = lock(&self.caps);
+        for (index, key) in caps.keys() {
+            capped.entry(key.as_str()).or_default().push(*index);
+        }
         let clients = lock(&self.clients);
         let mut out: Vec<ClientRate> = clients
             .iter()
@@ -381,11 +398,25 @@ impl Shaper {
                     up: s.rate[1],
                     share_down: s.buckets[0].as_ref().map(Bucket::rate),
                     share_up: s.buckets[1].as_ref().map(Bucket::rate),
+                    caps: self.cap_names(capped.get(key.as_str())),
                 })
             })
             .collect();
         out.sort_by(|a, b| (b.down + b.up).total_cmp(&(a.down + a.up)));
         out
+    }
+}
+
+impl Shaper {
+    /// The names of the caps at `indices`, in configuration order.
+    fn cap_names(&self, indices: Option<&Vec<usize>>) -> Vec<String> {
+        let mut indices = indices.cloned().unwrap_or_default();
+        indices.sort_unstable();
+        indices
+            .into_iter()
+            .filter_map(|i| self.settings.caps.get(i))
+            .map(|cap| cap.matcher.name.to_string())
+            .collect()
     }
 }
 
@@ -402,10 +433,8 @@ impl Flow {
         let now = Instant::now();
         let d = dir as usize;
         let mut wait = Duration::ZERO;
-        if let Some(share) = &self.share {
-            if let Some(bucket) = lock(share).buckets[d].as_mut() {
-                wait = bucket.wait(now);
-            }
+        if let Some(bucket) = lock(&self.share).buckets[d].as_mut() {
+            wait = bucket.wait(now);
         }
         for cap in &self.caps {
             if let Some(bucket) = lock(cap)[d].as_mut() {
@@ -432,8 +461,8 @@ impl Flow {
             }
         }
         let mut wait = Duration::ZERO;
-        if let Some(share) = &self.share {
-            let mut s = lock(share);
+        {
+            let mut s = lock(&self.share);
             if let Some(rate) = capped_at {
                 s.capped[d] = Some(s.capped[d].map_or(rate, |r: f64| r.min(rate)));
             }

@@ -98,10 +98,11 @@ pub struct Snapshot {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub helpers: Vec<crate::core::auth::helper::HelperHealth>,
     /// The clients using the link now (the last second or so), busiest first, with their
-    /// share when `[shaping]` shapes the link; empty when nothing is shaped.
+    /// share when `[shaping]` shapes the link and the caps holding them; empty when nothing
+    /// is shaped or capped.
     pub link: Vec<crate::core::shaping::ClientRate>,
-    /// The last hour of the shaped link's use, a minute each, oldest first (empty when the
-    /// link is not shaped).
+    /// The last hour of the link's use by the clients shaping or a cap holds, a minute each,
+    /// oldest first (empty when nothing is shaped or capped).
     pub link_history: Vec<crate::core::shaping::LinkMinute>,
     /// Every byte budget counted in its period under way, by quota and key (empty when no
     /// `[[quotas]]` is configured).
@@ -219,19 +220,24 @@ pub fn status_page(s: &Snapshot) -> String {
     if !s.link.is_empty() {
         h.push_str(
             "<h2>The link now</h2><table id=\"link\"><tr><th>client</th><th class=\"n\">down</th>\
-             <th class=\"n\">up</th><th class=\"n\">share down</th><th class=\"n\">share up</th></tr>",
+             <th class=\"n\">up</th><th class=\"n\">share down</th><th class=\"n\">share up</th>\
+             <th>caps</th></tr>",
         );
         let rate =
             |r: Option<f64>| r.map_or_else(|| "—".to_owned(), crate::core::shaping::show_rate);
         for c in &s.link {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
                 escape_html(&c.client),
                 rate(Some(c.down)),
                 rate(Some(c.up)),
                 rate(c.share_down),
-                rate(c.share_up)
+                rate(c.share_up),
+                match c.caps.is_empty() {
+                    true => "—".to_owned(),
+                    false => escape_html(&c.caps.join(", ")).to_string(),
+                }
             );
         }
         h.push_str("</table>");
@@ -617,12 +623,19 @@ mod tests {
             up: 10_000.0,
             share_down: Some(2_500_000.0),
             share_up: None,
+            caps: vec!["kids <pcs>".into(), "ftp".into()],
         }];
         let page = status_page(&s);
         assert!(
             page.contains("<td>192.168.1.20</td><td class=\"n\">2.5 MB/s</td>"),
             "{page}"
         );
+        assert!(
+            page.contains("<td class=\"n\">—</td><td>kids &lt;pcs&gt;, ftp</td></tr>"),
+            "the caps holding the client are named, escaped: {page}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["link"][0]["caps"][1], "ftp");
     }
 
     #[test]

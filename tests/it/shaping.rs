@@ -310,3 +310,46 @@ async fn top_shows_who_uses_the_link_now() {
         ran.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_names_the_cap_holding_a_client_without_a_link() {
+    let web = HttpOrigin::start().await;
+    let p = Proxy::start_observed(
+        settings_of(&format!(
+            "{}[[limits.rate]]\nname = \"kids pcs\"\nclients = [\"127.0.0.2\"]\ndown = \"1MiB/s\"\n\
+             [[limits.rate]]\nname = \"evenings\"\nclients = [\"127.0.0.3\"]\ndown = \"1MiB/s\"\n",
+            loopback_config(&[web.addr.port()], &[])
+        )),
+        true,
+        None,
+    )
+    .await;
+    let admin = p.admin.unwrap();
+    // About 2 s of download at the cap, read while it runs (a recompute every 0.1 s).
+    let download = tokio::spawn(download(p.addr, "127.0.0.2", web.addr, 2 * MIB));
+    let mut seen = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status: serde_json::Value =
+            serde_json::from_str(&admin_get(admin, "/status.json").await.text()).unwrap();
+        let row = status["link"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["client"] == "127.0.0.2"))
+            .cloned();
+        if let Some(row) = row.filter(|r| r["down"].as_f64().unwrap_or(0.0) > 0.0) {
+            seen = Some(row);
+            break;
+        }
+    }
+    let row = seen.expect("the capped client and its rate in /status.json within 4 s");
+    assert_eq!(row["caps"], serde_json::json!(["kids pcs"]), "{row}");
+    assert!(row["share_down"].is_null(), "no link, no share: {row}");
+    let down = row["down"].as_f64().unwrap();
+    assert!(
+        down > 100_000.0 && down < 2.0 * 1024.0 * 1024.0,
+        "about the cap's 1 MiB/s: {row}"
+    );
+    let page = admin_get(admin, "/status").await.text();
+    assert!(page.contains("<td>kids pcs</td></tr>"), "{page}");
+    assert_eq!(download.await.unwrap().0, 2 * MIB);
+}

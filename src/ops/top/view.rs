@@ -30,6 +30,10 @@ const RATE: u16 = 9;
 
 /// The width of a share's column (its title, `share down`).
 const SHARE: u16 = 10;
+/// The width of the caps' column: the names of the caps holding a client.
+const CAPS: u16 = 16;
+/// Its title, on the left as the names are.
+const CAPS_TITLE: &str = " caps";
 
 /// One reading as the reading thread hands it over: when it was taken, and it or its error.
 type Taken = (Instant, Result<Reading, String>);
@@ -219,13 +223,14 @@ impl View {
     }
 }
 
-/// A table's header row: the first column's title on the left, the numbers' on the right.
+/// A table's header row: the titles of the first column and of the caps on the left, the
+/// numbers' on the right.
 fn header<const N: usize>(titles: [&'static str; N]) -> Row<'static> {
     let style = Style::default()
         .add_modifier(Modifier::BOLD)
         .add_modifier(Modifier::UNDERLINED);
     Row::new(titles.into_iter().enumerate().map(|(i, title)| {
-        if i == 0 {
+        if i == 0 || title == CAPS_TITLE {
             Cell::from(title)
         } else {
             number(title.to_owned())
@@ -247,14 +252,15 @@ fn clients_table(clients: &[ClientNow]) -> Table<'static> {
             number(moving(c.flow.up)),
             number(cell(c.share_down)),
             number(cell(c.share_up)),
+            Cell::from(format!(" {}", c.caps)),
         ])
     });
-    let titles = ["client", "down", "up", "share down", "share up"];
+    let titles = ["client", "down", "up", "share down", "share up", CAPS_TITLE];
     table(
         " Clients ",
         header(titles),
         rows,
-        &[RATE, RATE, SHARE, SHARE],
+        &[RATE, RATE, SHARE, SHARE, CAPS],
     )
 }
 
