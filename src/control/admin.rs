@@ -215,6 +215,10 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
             .as_ref()
             .map(|shaper| shaper.history())
             .unwrap_or_default(),
+        link_speed: crate::web::status::LinkSpeed {
+            down: settings.shaping.down,
+            up: settings.shaping.up,
+        },
         connections: shared.admission.counts(&settings.limits),
         access_log_dropped: stats
             .dropped_records

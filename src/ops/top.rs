@@ -53,6 +53,9 @@ struct Reading {
     hosts: HashMap<String, Bytes>,
     /// The clients on the shaped link now, with their rates and shares.
     link: Vec<ClientRate>,
+    /// The link's speed as configured, down and up (`None`: not shaped that way, or a proxy
+    /// that does not say).
+    speed: (Option<f64>, Option<f64>),
     connections: u64,
     instance: String,
 }
@@ -133,6 +136,10 @@ fn read(status: &Value) -> Reading {
             .into_iter()
             .filter_map(|c| serde_json::from_value(c).ok())
             .collect(),
+        speed: (
+            status["link_speed"]["down"].as_f64(),
+            status["link_speed"]["up"].as_f64(),
+        ),
         connections: status["connections_open"].as_u64().unwrap_or(0),
         instance: status["instance"].as_str().unwrap_or_default().to_owned(),
     }
@@ -168,6 +175,8 @@ struct Rates {
     secs: f64,
     /// Whether the link is shaped now (a client on it has a share).
     shaped: bool,
+    /// The link's speed as configured, down and up.
+    speed: (Option<f64>, Option<f64>),
     /// Busiest first.
     clients: Vec<ClientNow>,
     ports: Vec<Flow>,
@@ -235,6 +244,7 @@ impl Rates {
                 .link
                 .iter()
                 .any(|c| c.share_down.is_some() || c.share_up.is_some()),
+            speed: now.speed,
             clients,
             ports: differences(|r| &r.ports),
             hosts: differences(|r| &r.hosts),
@@ -259,10 +269,24 @@ impl Rates {
         (sum(|c| c.share_down), sum(|c| c.share_up))
     }
 
-    /// The line about the link: what moves in all, and the shares when it is shaped.
+    /// The line about the link: what moves in all (and how much of the link it is, when the
+    /// link is set), and the shares when it is shaped.
     fn link_line(&self) -> String {
         let (down, up) = self.total();
-        let mut line = format!("down {}, up {}", cell(Some(down)), cell(Some(up)));
+        let of = |rate: f64, speed: Option<f64>| match speed {
+            Some(speed) if speed > 0.0 => format!(
+                "{} of {} ({:.0}%)",
+                cell(Some(rate)),
+                show_rate(speed),
+                rate / speed * 100.0
+            ),
+            _ => cell(Some(rate)),
+        };
+        let mut line = format!(
+            "down {}, up {}",
+            of(down, self.speed.0),
+            of(up, self.speed.1)
+        );
         if self.shaped {
             let (share_down, share_up) = self.shares();
             line.push_str(&format!(
@@ -389,6 +413,7 @@ mod tests {
             "ports": [{"port": 443, "service": "https", "bytes_up": 4100, "bytes_down": 601_000}],
             "hosts": [{"key": "example.com", "usage": {"bytes_up": 4000, "bytes_down": 600_000}}],
             "link": [{"client": "192.168.1.20", "down": 1_000_000.0, "up": 0.0, "share_down": 2_500_000.0, "share_up": null, "caps": ["kids", "evenings"]}],
+            "link_speed": {"down": 2_600_000.0, "up": null},
         }));
         (before, now)
     }
@@ -431,7 +456,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "LINK down 1.3 MB/s, up 2.0 kB/s; shaped, shares handed out: down 2.5 MB/s, up -"
+                "LINK down 1.3 MB/s of 2.6 MB/s (50%), up 2.0 kB/s; shaped, shares handed out: down 2.5 MB/s, up -"
             ),
             "{text}"
         );

@@ -104,6 +104,8 @@ pub struct Snapshot {
     /// The last hour of the link's use by the clients shaping or a cap holds, a minute each,
     /// oldest first (empty when nothing is shaped or capped).
     pub link_history: Vec<crate::core::shaping::LinkMinute>,
+    /// The link's speed as configured (`[shaping] down` and `up`), bytes per second.
+    pub link_speed: LinkSpeed,
     /// Every byte budget counted in its period under way, by quota and key (empty when no
     /// `[[quotas]]` is configured).
     pub budgets: Vec<BudgetRow>,
@@ -139,6 +141,13 @@ pub struct BudgetRow {
 pub use crate::core::quota::human_bytes;
 
 /// The HTML status page.
+/// The shared link's speed each way, bytes per second; `None` when that way is not shaped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LinkSpeed {
+    pub down: Option<f64>,
+    pub up: Option<f64>,
+}
+
 pub fn status_page(s: &Snapshot) -> String {
     let mut h = String::with_capacity(16 * 1024);
     let total_requests: u64 = s.ports.iter().map(PortUse::total).sum();
@@ -218,8 +227,20 @@ pub fn status_page(s: &Snapshot) -> String {
     h.push_str("</table>");
 
     if !s.link.is_empty() {
+        h.push_str("<h2>The link now</h2>");
+        if s.link_speed != LinkSpeed::default() {
+            let speed = |r: Option<f64>| {
+                r.map_or_else(|| "not shaped".to_owned(), crate::core::shaping::show_rate)
+            };
+            let _ = write!(
+                h,
+                "<p id=\"link-speed\">The link: down {}, up {}.</p>",
+                speed(s.link_speed.down),
+                speed(s.link_speed.up)
+            );
+        }
         h.push_str(
-            "<h2>The link now</h2><table id=\"link\"><tr><th>client</th><th class=\"n\">down</th>\
+            "<table id=\"link\"><tr><th>client</th><th class=\"n\">down</th>\
              <th class=\"n\">up</th><th class=\"n\">share down</th><th class=\"n\">share up</th>\
              <th>caps</th></tr>",
         );
@@ -584,6 +605,7 @@ mod tests {
             helpers: Vec::new(),
             link: Vec::new(),
             link_history: Vec::new(),
+            link_speed: LinkSpeed::default(),
             budgets: Vec::new(),
             budget_store: None,
         }
@@ -634,8 +656,21 @@ mod tests {
             page.contains("<td class=\"n\">—</td><td>kids &lt;pcs&gt;, ftp</td></tr>"),
             "the caps holding the client are named, escaped: {page}"
         );
+        assert!(!page.contains("link-speed"), "no link set: {page}");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["link"][0]["caps"][1], "ftp");
+        s.link_speed = LinkSpeed {
+            down: Some(12_500_000.0),
+            up: None,
+        };
+        let page = status_page(&s);
+        assert!(
+            page.contains("<p id=\"link-speed\">The link: down 12.5 MB/s, up not shaped.</p>"),
+            "{page}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["link_speed"]["down"], 12_500_000.0);
+        assert!(json["link_speed"]["up"].is_null());
     }
 
     #[test]

@@ -333,13 +333,14 @@ mod tests {
             "{text}"
         );
         assert!(
-            wide[1].contains("link: down 1.3 MB/s, up 2.0 kB/s; shaped"),
+            wide[1].contains("link: down 1.3 MB/s of 2.6 MB/s (50%), up 2.0 kB/s; shaped"),
             "{text}"
         );
         let kid = wide
             .iter()
             .find(|l| l.contains("192.168.1.20 (kid)"))
             .unwrap();
+        assert!(kid.contains(" kids,evenings "), "its caps: {text}");
         assert!(
             kid.contains("1.0 MB/s") && kid.contains("2.5 MB/s"),
             "{text}"
