@@ -776,4 +776,74 @@ mod tests {
         assert_eq!(traffic.up.load(Ordering::Relaxed), total as u64);
         assert_eq!(traffic.down.load(Ordering::Relaxed), total as u64);
     }
+
+    /// A client end that counts how often it is asked for bytes.
+    struct Counted<R> {
+        inner: R,
+        polls: Arc<AtomicU64>,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<R> Socket for Counted<R> {
+        fn socket(&self) -> Option<&TcpStream> {
+            None
+        }
+    }
+
+    /// A quiet direction of a non-socket end waits for bytes without asking again and
+    /// again: idle for half a second, its end is polled a handful of times, not thousands;
+    /// bytes that come afterwards still go through, and so does the end.
+    #[tokio::test]
+    async fn a_quiet_end_that_is_not_a_socket_is_waited_on_not_polled_in_a_loop() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sink = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let upstream = TcpStream::connect(addr).await.unwrap();
+        let (mut client, proxy_side) = tokio::io::duplex(4096);
+        let (read, write) = tokio::io::split(proxy_side);
+        let polls = Arc::new(AtomicU64::new(0));
+        let read = Counted {
+            inner: read,
+            polls: polls.clone(),
+        };
+        let traffic = Traffic::default();
+        let conn = ConnState::new();
+        let relay = both_ways(
+            (read, write),
+            upstream.into_split(),
+            &traffic,
+            (Duration::from_secs(30), None),
+            &conn,
+        );
+        let talk = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let idle_polls = polls.load(Ordering::Relaxed);
+            client.write_all(b"after a quiet while").await.unwrap();
+            client.shutdown().await.unwrap();
+            idle_polls
+        };
+        let (end, idle_polls) =
+            tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(relay, talk) })
+                .await
+                .expect("the relay ends in time");
+        assert!(idle_polls <= 4, "polled {idle_polls} times while quiet");
+        assert!(matches!(end, Ok(End::Done)), "{end:?}");
+        assert_eq!(sink.await.unwrap(), b"after a quiet while");
+        assert_eq!(traffic.up.load(Ordering::Relaxed), 19);
+    }
 }
