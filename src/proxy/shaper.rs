@@ -172,6 +172,24 @@ impl Shaper {
     pub(crate) fn flow(self: &Arc<Self>, facts: &Facts<'_>, addr: Option<IpAddr>) -> Option<Flow> {
         let key = self.key(facts.client, facts.user);
         let now = Instant::now();
+        let mut caps = Vec::new();
+        for (index, cap) in self.settings.caps.iter().enumerate() {
+            if !cap.matcher.matches(facts, addr) {
+                continue;
+            }
+            let bucket = |rate: Option<f64>| {
+                rate.map(|r| Bucket::new(r, cap.burst.unwrap_or_else(|| default_burst(r)), now))
+            };
+            let buckets = lock(&self.caps)
+                .entry((index, key.clone()))
+                .or_insert_with(|| Arc::new(Mutex::new([bucket(cap.down), bucket(cap.up)])))
+                .clone();
+            caps.push(buckets);
+        }
+        let linked = self.settings.down.is_some() || self.settings.up.is_some();
+        if !linked && caps.is_empty() {
+            return None;
+        }
         // Every client the shaper holds has a share: its rates and the chart are kept
         // whether a link, a cap or both hold it; the buckets are the link's, when it is set.
         let share = {
@@ -213,22 +231,7 @@ impl Shaper {
                 })
                 .clone()
         };
-        let mut caps = Vec::new();
-        for (index, cap) in self.settings.caps.iter().enumerate() {
-            if !cap.matcher.matches(facts, addr) {
-                continue;
-            }
-            let bucket = |rate: Option<f64>| {
-                rate.map(|r| Bucket::new(r, cap.burst.unwrap_or_else(|| default_burst(r)), now))
-            };
-            let buckets = lock(&self.caps)
-                .entry((index, key.clone()))
-                .or_insert_with(|| Arc::new(Mutex::new([bucket(cap.down), bucket(cap.up)])))
-                .clone();
-            caps.push(buckets);
-        }
-        let linked = self.settings.down.is_some() || self.settings.up.is_some();
-        (linked || !caps.is_empty()).then(|| Flow {
+        Some(Flow {
             shaper: self.clone(),
             share,
             caps,
@@ -382,10 +385,9 @@ impl Shaper {
     /// The clients that moved bytes lately, busiest first, with the caps holding them.
     pub fn clients(&self) -> Vec<ClientRate> {
         let now = Instant::now();
-        let mut capped: HashMap<&str, Vec<usize>> = HashMap::new();
-        let caps = lock(&self.caps);
-        for (index, key) in caps.keys() {
-            capped.entry(key.as_str()).or_default().push(*index);
+        let mut capped: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, key) in lock(&self.caps).keys() {
+            capped.entry(key.clone()).or_default().push(*index);
         }
         let clients = lock(&self.clients);
         let mut out: Vec<ClientRate> = clients
@@ -398,7 +400,7 @@ impl Shaper {
                     up: s.rate[1],
                     share_down: s.buckets[0].as_ref().map(Bucket::rate),
                     share_up: s.buckets[1].as_ref().map(Bucket::rate),
-                    caps: self.cap_names(capped.get(key.as_str())),
+                    caps: self.cap_names(capped.get(key)),
                 })
             })
             .collect();
