@@ -14,6 +14,7 @@ pub mod forward;
 pub mod listener;
 pub mod lists;
 pub mod pages;
+pub(crate) mod relay;
 pub mod respond;
 pub mod service;
 pub mod shaper;

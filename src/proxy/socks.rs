@@ -597,6 +597,5 @@ async fn connect(
         flow,
         window,
     };
-    let client = stream.into_split();
-    tunnel::carry(client, early.into(), tunnel, &mut record, &shared, &slot).await;
+    tunnel::carry(stream, early.into(), tunnel, &mut record, &shared, &slot).await;
 }
