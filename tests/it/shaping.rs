@@ -329,7 +329,9 @@ async fn the_status_names_the_cap_holding_a_client_without_a_link() {
     let admin = p.admin.unwrap();
     // About 2 s of download at the cap, read while it runs (a recompute every 0.1 s).
     let download = tokio::spawn(download(p.addr, "127.0.0.2", web.addr, 2 * MIB));
-    let mut seen = None;
+    // The rows with a rate, from the first one on: five more looks after it, since the
+    // first span may have caught only the transfer's start.
+    let mut seen = Vec::new();
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let status: serde_json::Value =
@@ -339,19 +341,27 @@ async fn the_status_names_the_cap_holding_a_client_without_a_link() {
             .and_then(|rows| rows.iter().find(|r| r["client"] == "127.0.0.2"))
             .cloned();
         if let Some(row) = row.filter(|r| r["down"].as_f64().unwrap_or(0.0) > 0.0) {
-            seen = Some(row);
+            seen.push(row);
+        }
+        if seen.len() == 6 {
             break;
         }
     }
-    let row = seen.expect("the capped client and its rate in /status.json within 4 s");
+    let row = seen
+        .first()
+        .cloned()
+        .expect("the capped client and its rate in /status.json within 4 s");
     assert_eq!(row["caps"], serde_json::json!(["kids pcs"]), "{row}");
     assert!(row["share_down"].is_null(), "no link, no share: {row}");
-    let down = row["down"].as_f64().unwrap();
-    // A rate over the last 100 ms: the cap's 1 MiB/s give or take a burst, far below what
-    // loopback moves uncapped (hundreds of MB/s).
+    let fastest = seen
+        .iter()
+        .filter_map(|r| r["down"].as_f64())
+        .fold(0.0, f64::max);
+    // Rates over 100 ms spans: at their fastest the cap's 1 MiB/s give or take a burst, far
+    // below what loopback moves uncapped (hundreds of MB/s).
     assert!(
-        down > 100_000.0 && down < 8.0 * 1024.0 * 1024.0,
-        "about the cap's 1 MiB/s: {row}"
+        fastest > 100_000.0 && fastest < 8.0 * 1024.0 * 1024.0,
+        "about the cap's 1 MiB/s: {seen:?}"
     );
     let page = admin_get(admin, "/status").await.text();
     assert!(page.contains("<td>kids pcs</td></tr>"), "{page}");
