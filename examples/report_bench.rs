@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use portcullis::core::policy::{Builtin, Decider};
 use portcullis::core::ports::service_name;
-use portcullis::observe::access::{AccessRecord, Verdict};
+use portcullis::observe::access::{AccessRecord, Moved, Verdict};
 use portcullis::observe::log::{format_line, Format};
 use portcullis::ops::report::{decode, GroupBy, OutputFormat, Report, Window};
 
@@ -101,6 +101,7 @@ fn generate(file: &File, lines: u64, format: Format) -> anyhow::Result<()> {
             duration: Duration::from_millis(rng.below(30_000)),
             dns: None,
             throttled: None,
+            progressed: Moved::default(),
         };
         out.write_all(format_line(format, &record, None).as_bytes())?;
     }

@@ -192,7 +192,7 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
         rows.into_iter()
             .take(limit)
             .map(|(key, usage)| KeyRow { key, usage })
-            .chain((other.requests > 0).then(|| KeyRow {
+            .chain((other != Usage::default()).then(|| KeyRow {
                 key: "other".into(),
                 usage: other,
             }))
@@ -231,7 +231,7 @@ fn snapshot(shared: &ProxyState) -> Snapshot {
                 name: settings.client_name(ip).map(str::to_owned),
                 usage,
             })
-            .chain((other_clients.requests > 0).then(|| ClientRow {
+            .chain((other_clients != Usage::default()).then(|| ClientRow {
                 client: "other".into(),
                 name: None,
                 usage: other_clients,

@@ -85,6 +85,18 @@ pub struct AccessRecord {
     /// How long shaping (`[shaping]`, `[[limits.rate]]`) told the transfer to wait, summed
     /// over both directions; `None` when it never did.
     pub throttled: Option<Duration>,
+    /// Of `bytes_up` and `bytes_down`, what the sinks were already told of while the exchange
+    /// went on ([`AccessSink::progress`]); zero for an exchange too short to report any.
+    pub progressed: Moved,
+}
+
+/// Payload bytes moved each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Client to destination.
+    pub up: u64,
+    /// Destination to client.
+    pub down: u64,
 }
 
 /// How long resolving a destination's name took, and whether a server was asked.
@@ -122,6 +134,7 @@ impl AccessRecord {
             duration: Duration::from_millis(105),
             dns: None,
             throttled: None,
+            progressed: Moved::default(),
         }
     }
 }
@@ -130,7 +143,18 @@ impl AccessRecord {
 pub trait AccessSink: Send + Sync + 'static {
     /// Takes one record. Must not block: it runs on the request path.
     fn record(&self, record: &AccessRecord);
+
+    /// Takes the bytes an exchange still going on moved since it last reported, at most
+    /// every [`PROGRESS_EVERY`] while bytes move; `ongoing` is its record so far. The final
+    /// record's `progressed` says how much of its bytes came this way. Must not block.
+    fn progress(&self, ongoing: &AccessRecord, moved: Moved) {
+        let _ = (ongoing, moved);
+    }
 }
+
+/// How often an exchange that moves bytes reports them to the sinks before it ends
+/// ([`AccessSink::progress`]): live counters without a report per read.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Every sink a record goes to.
 #[derive(Clone, Default)]
@@ -159,6 +183,12 @@ impl Recorder {
     fn emit(&self, record: &AccessRecord) {
         for sink in &self.sinks {
             sink.record(record);
+        }
+    }
+
+    fn progress(&self, ongoing: &AccessRecord, moved: Moved) {
+        for sink in &self.sinks {
+            sink.progress(ongoing, moved);
         }
     }
 }
@@ -202,6 +232,10 @@ pub struct PendingRecord {
     started: Instant,
     traffic: Arc<Traffic>,
     recorder: Arc<Recorder>,
+    /// The bytes of `traffic` reported so far, up and down ([`PendingRecord::progress`]).
+    reported: [AtomicU64; 2],
+    /// When the next report is due, in milliseconds from `started`.
+    next_report_ms: AtomicU64,
 }
 
 impl PendingRecord {
@@ -230,10 +264,41 @@ impl PendingRecord {
                 duration: Duration::ZERO,
                 dns: None,
                 throttled: None,
+                progressed: Moved::default(),
             },
             started: Instant::now(),
             traffic: Arc::new(Traffic::default()),
             recorder,
+            reported: [AtomicU64::new(0), AtomicU64::new(0)],
+            next_report_ms: AtomicU64::new(PROGRESS_EVERY.as_millis() as u64),
+        }
+    }
+
+    /// Called as bytes move: when a report is due, tells the sinks what moved since the last
+    /// one, so that counters by client, port and host grow during a long download or tunnel,
+    /// not only at its end.
+    pub fn progress(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        if now < self.next_report_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        self.next_report_ms
+            .store(now + PROGRESS_EVERY.as_millis() as u64, Ordering::Relaxed);
+        let moved = self.unreported();
+        if moved != Moved::default() {
+            self.recorder.progress(&self.record, moved);
+        }
+    }
+
+    /// The bytes moved since the last report, now counted as reported.
+    fn unreported(&self) -> Moved {
+        let since = |counter: &AtomicU64, reported: &AtomicU64| {
+            let now = counter.load(Ordering::Relaxed);
+            now.saturating_sub(reported.swap(now, Ordering::Relaxed))
+        };
+        Moved {
+            up: since(&self.traffic.up, &self.reported[0]),
+            down: since(&self.traffic.down, &self.reported[1]),
         }
     }
 
@@ -331,6 +396,10 @@ impl Drop for PendingRecord {
         self.record.bytes_down = self.traffic.down.load(Ordering::Relaxed);
         let throttled = self.traffic.throttled_us.load(Ordering::Relaxed);
         self.record.throttled = (throttled > 0).then(|| Duration::from_micros(throttled));
+        self.record.progressed = Moved {
+            up: self.reported[0].load(Ordering::Relaxed),
+            down: self.reported[1].load(Ordering::Relaxed),
+        };
         self.recorder.emit(&self.record);
     }
 }

@@ -133,14 +133,16 @@ pub fn render_metrics(
             let name = names(ip).unwrap_or_default();
             (format!("client=\"{ip}\",name=\"{}\"", escape(&name)), u)
         })
-        .chain((other.requests > 0).then(|| ("client=\"other\",name=\"\"".to_owned(), other)))
+        .chain(
+            (other != Usage::default()).then(|| ("client=\"other\",name=\"\"".to_owned(), other)),
+        )
         .collect();
     usage_families(&mut out, "client", "client address", &client_rows);
     let (users, other) = stats.users();
     let user_rows: Vec<(String, Usage)> = users
         .into_iter()
         .map(|(user, u)| (format!("user=\"{}\"", escape(&user)), u))
-        .chain((other.requests > 0).then(|| ("user=\"other\"".to_owned(), other)))
+        .chain((other != Usage::default()).then(|| ("user=\"other\"".to_owned(), other)))
         .collect();
     usage_families(&mut out, "user", "authenticated user", &user_rows);
 

@@ -22,7 +22,7 @@ use crate::core::policy::{Builtin, Decider};
 use crate::core::ports::service_name;
 use crate::core::socks::UDP_METHOD;
 use crate::core::sync::lock;
-use crate::observe::access::{AccessRecord, AccessSink, Verdict};
+use crate::observe::access::{AccessRecord, AccessSink, Moved, Verdict};
 
 /// Clients tracked one by one; more are counted together as `other`.
 pub const CLIENT_CAP: usize = 1024;
@@ -155,9 +155,14 @@ impl PortUse {
         self.http_denied + self.connect_denied + self.socks_denied
     }
 
-    /// Whether anything went to this port: a request, a tunnel or a datagram.
+    /// Whether anything went to this port: a request, a tunnel, a datagram, or the bytes of
+    /// a download still going on.
     pub fn used(&self) -> bool {
-        self.total() > 0 || self.datagrams_up > 0 || self.datagrams_down > 0
+        self.total() > 0
+            || self.datagrams_up > 0
+            || self.datagrams_down > 0
+            || self.bytes_up > 0
+            || self.bytes_down > 0
     }
 }
 
@@ -175,13 +180,18 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn add(&mut self, r: &AccessRecord) {
+    /// Counts the exchange of `r`, whose bytes not yet counted are `bytes`.
+    fn add(&mut self, r: &AccessRecord, bytes: Moved) {
         self.requests += 1;
         if r.verdict == Verdict::Deny {
             self.denied += 1;
         }
-        self.bytes_up += r.bytes_up;
-        self.bytes_down += r.bytes_down;
+        self.add_bytes(bytes);
+    }
+
+    fn add_bytes(&mut self, bytes: Moved) {
+        self.bytes_up += bytes.up;
+        self.bytes_down += bytes.down;
     }
 }
 
@@ -202,14 +212,16 @@ impl<K: Hash + Eq + Clone> Table<K> {
         }
     }
 
-    fn add(&mut self, key: &K, r: &AccessRecord) {
-        if let Some(row) = self.rows.get_mut(key) {
-            row.add(r);
-        } else if self.rows.len() < self.cap {
-            self.rows.entry(key.clone()).or_default().add(r);
-        } else {
-            self.other.add(r);
+    /// The row of `key`, made when there is room; `other` when there is not.
+    fn row(&mut self, key: &K) -> &mut Usage {
+        if !self.rows.contains_key(key) {
+            if self.rows.len() >= self.cap {
+                return &mut self.other;
+            }
+            // The key is copied only for a new row.
+            self.rows.insert(key.clone(), Usage::default());
         }
+        self.rows.get_mut(key).expect("the row is there")
     }
 
     fn snapshot(&self) -> (Vec<(K, Usage)>, Usage) {
@@ -478,7 +490,38 @@ impl Stats {
     }
 }
 
+impl Stats {
+    /// Adds `bytes` of the exchange of `r` to its destination port's counters.
+    fn port_bytes(&self, r: &AccessRecord, bytes: Moved) {
+        // A UDP association's bytes were counted per destination port as relayed
+        // (`udp_relayed`); its record's port is only the first destination's.
+        if r.port != 0 && r.method != UDP_METHOD {
+            let cell = self.port(r.port);
+            cell.bytes_up.fetch_add(bytes.up, Ordering::Relaxed);
+            cell.bytes_down.fetch_add(bytes.down, Ordering::Relaxed);
+        }
+    }
+}
+
 impl AccessSink for Stats {
+    /// The bytes of a download or tunnel still going on, into its port, client, user and
+    /// host: what `/status`, the metrics and `portcullis top` read grows while it runs.
+    fn progress(&self, r: &AccessRecord, bytes: Moved) {
+        if r.rule == Decider::Builtin(Builtin::Local) {
+            return;
+        }
+        self.port_bytes(r, bytes);
+        lock(&self.clients)
+            .row(&r.client.ip().to_canonical())
+            .add_bytes(bytes);
+        if let Some(user) = &r.user {
+            lock(&self.users).row(user).add_bytes(bytes);
+        }
+        if !r.host.is_empty() {
+            lock(&self.hosts).row(&r.host).add_bytes(bytes);
+        }
+    }
+
     fn record(&self, r: &AccessRecord) {
         // The proxy's own pages (rule `local`: its page, PAC file, icon) are the proxy answering
         // for itself, not traffic through it, nor anyone's refusal: the access log keeps them,
@@ -500,13 +543,13 @@ impl AccessSink for Stats {
             if denied {
                 refused.fetch_add(1, Ordering::Relaxed);
             }
-            // A UDP association's bytes were counted per destination port as relayed
-            // (`udp_relayed`); its record's port is only the first destination's.
-            if r.method != UDP_METHOD {
-                cell.bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
-                cell.bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
-            }
         }
+        // The bytes the exchange did not report while it went on.
+        let bytes = Moved {
+            up: r.bytes_up.saturating_sub(r.progressed.up),
+            down: r.bytes_down.saturating_sub(r.progressed.down),
+        };
+        self.port_bytes(r, bytes);
         if let Some(dns) = r.dns {
             let seconds = dns.took.as_secs_f64();
             let bucket = DNS_BUCKETS
@@ -531,12 +574,12 @@ impl AccessSink for Stats {
             }
         }
         let client = r.client.ip().to_canonical();
-        lock(&self.clients).add(&client, r);
+        lock(&self.clients).row(&client).add(r, bytes);
         if let Some(user) = &r.user {
-            lock(&self.users).add(user, r);
+            lock(&self.users).row(user).add(r, bytes);
         }
         if !r.host.is_empty() {
-            lock(&self.hosts).add(&r.host, r);
+            lock(&self.hosts).row(&r.host).add(r, bytes);
         }
         if r.verdict == Verdict::Deny {
             let denial = RecentDenial {
@@ -597,6 +640,52 @@ pub(crate) mod tests {
             throttled: None,
             ..AccessRecord::example()
         }
+    }
+
+    /// A long exchange's bytes reach the counters while it goes on, at most every
+    /// `PROGRESS_EVERY`, and its end adds only the rest: every byte counted once.
+    #[tokio::test]
+    async fn bytes_count_while_an_exchange_goes_on_and_once_in_all() {
+        use crate::observe::access::{PendingRecord, Recorder, PROGRESS_EVERY};
+        let stats = Arc::new(Stats::new());
+        let recorder = Arc::new(Recorder::default().with_sink(stats.clone()));
+        let mut pending =
+            PendingRecord::open(recorder, "192.168.1.7:40000".parse().unwrap(), "CONNECT");
+        pending.destination("example.com".into(), 443);
+        pending.allow(Builtin::PortsConnect);
+        let host = |stats: &Stats| stats.hosts().0.first().map(|(_, u)| *u);
+        let port_down = |stats: &Stats| {
+            let ports = stats.ports();
+            ports.iter().find(|p| p.port == 443).map(|p| p.bytes_down)
+        };
+        let traffic = pending.traffic().clone();
+        traffic.add(&traffic.down, 1000);
+        traffic.add(&traffic.up, 10);
+        // Not due yet: nothing counted.
+        pending.progress();
+        assert_eq!(host(&stats), None);
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        pending.progress();
+        let usage = host(&stats).expect("the host counted while the tunnel runs");
+        assert_eq!(
+            (usage.requests, usage.bytes_up, usage.bytes_down),
+            (0, 10, 1000)
+        );
+        assert_eq!(port_down(&stats), Some(1000));
+        assert_eq!(stats.clients().0[0].1.bytes_down, 1000);
+        // Reported a moment ago: the next bytes wait for the next report, or the end.
+        traffic.add(&traffic.down, 500);
+        pending.progress();
+        assert_eq!(port_down(&stats), Some(1000));
+        drop(pending);
+        let usage = host(&stats).unwrap();
+        assert_eq!(
+            (usage.requests, usage.bytes_up, usage.bytes_down),
+            (1, 10, 1500)
+        );
+        assert_eq!(port_down(&stats), Some(1500));
+        let client = stats.clients().0[0].1;
+        assert_eq!((client.requests, client.bytes_down), (1, 1500));
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!
 //! Where a rate comes from: a client on the shaped link (`/status.json`'s `link`) has the rate
 //! the proxy measured over its last moment, live; every other row is the difference between
-//! two readings, and the proxy counts a client's, port's or host's bytes when an exchange
-//! ends, so a long download shows there when it ends.
+//! two readings of counters that the proxy adds an exchange's bytes to as they move (at most
+//! every `PROGRESS_EVERY` while it goes on, the rest when it ends).
 
 mod view;
 
@@ -101,7 +101,7 @@ fn read(status: &Value) -> Reading {
             .iter()
             .map(|c| {
                 let client = c["client"].as_str().unwrap_or("?").to_owned();
-                (client, Bytes::of(&c["usage"]))
+                (client, Bytes::of(c))
             })
             .collect(),
         names: clients
@@ -125,12 +125,7 @@ fn read(status: &Value) -> Reading {
             .collect(),
         hosts: rows("hosts")
             .iter()
-            .map(|h| {
-                (
-                    h["key"].as_str().unwrap_or("?").to_owned(),
-                    Bytes::of(&h["usage"]),
-                )
-            })
+            .map(|h| (h["key"].as_str().unwrap_or("?").to_owned(), Bytes::of(h)))
             .collect(),
         link: rows("link")
             .into_iter()
@@ -392,26 +387,66 @@ pub fn run(admin: SocketAddr, interval: Duration, once: bool) -> Result<(), Stri
 mod tests {
     use super::*;
 
+    /// Rows as `/status.json` writes them: made from the status page's own types, so that
+    /// what `top` reads cannot drift from what the proxy serves.
+    fn client(ip: &str, name: Option<&str>, up: u64, down: u64) -> Value {
+        serde_json::to_value(crate::web::status::ClientRow {
+            client: ip.to_owned(),
+            name: name.map(str::to_owned),
+            usage: usage(up, down),
+        })
+        .unwrap()
+    }
+
+    fn host(key: &str, up: u64, down: u64) -> Value {
+        serde_json::to_value(crate::web::status::KeyRow {
+            key: key.to_owned(),
+            usage: usage(up, down),
+        })
+        .unwrap()
+    }
+
+    fn port(port: u16, up: u64, down: u64) -> Value {
+        serde_json::to_value(crate::observe::stats::PortUse {
+            port,
+            service: crate::core::ports::service_name(port),
+            connect_requests: 1,
+            bytes_up: up,
+            bytes_down: down,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn usage(up: u64, down: u64) -> crate::observe::stats::Usage {
+        crate::observe::stats::Usage {
+            requests: 1,
+            denied: 0,
+            bytes_up: up,
+            bytes_down: down,
+        }
+    }
+
     pub(super) fn two_readings() -> (Reading, Reading) {
         let before = read(&serde_json::json!({
             "instance": "gateway",
             "connections_open": 3,
             "clients": [
-                {"client": "192.168.1.20", "name": "kid", "usage": {"bytes_up": 100, "bytes_down": 1000}},
-                {"client": "192.168.1.31", "usage": {"bytes_up": 0, "bytes_down": 0}},
+                client("192.168.1.20", Some("kid"), 100, 1000),
+                client("192.168.1.31", None, 0, 0),
             ],
-            "ports": [{"port": 443, "service": "https", "bytes_up": 100, "bytes_down": 1000}],
-            "hosts": [{"key": "example.com", "usage": {"bytes_up": 0, "bytes_down": 0}}],
+            "ports": [port(443, 100, 1000)],
+            "hosts": [host("example.com", 0, 0)],
         }));
         let now = read(&serde_json::json!({
             "instance": "gateway",
             "connections_open": 4,
             "clients": [
-                {"client": "192.168.1.20", "name": "kid", "usage": {"bytes_up": 100, "bytes_down": 1000}},
-                {"client": "192.168.1.31", "usage": {"bytes_up": 4000, "bytes_down": 600_000}},
+                client("192.168.1.20", Some("kid"), 100, 1000),
+                client("192.168.1.31", None, 4000, 600_000),
             ],
-            "ports": [{"port": 443, "service": "https", "bytes_up": 4100, "bytes_down": 601_000}],
-            "hosts": [{"key": "example.com", "usage": {"bytes_up": 4000, "bytes_down": 600_000}}],
+            "ports": [port(443, 4100, 601_000)],
+            "hosts": [host("example.com", 4000, 600_000)],
             "link": [{"client": "192.168.1.20", "down": 1_000_000.0, "up": 0.0, "share_down": 2_500_000.0, "share_up": null, "caps": ["kids", "evenings"]}],
             "link_speed": {"down": 2_600_000.0, "up": null},
         }));

@@ -396,6 +396,9 @@ impl Body for DownBody {
             Some(Ok(_)) => {
                 if let Some(traffic) = this.traffic.as_ref() {
                     count(&frame, traffic, &traffic.down);
+                    if let Some(record) = this.record.as_ref() {
+                        record.progress();
+                    }
                 }
             }
             Some(Err(e)) => {

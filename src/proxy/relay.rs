@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::observe::access::Traffic;
+use crate::observe::access::PendingRecord;
 use crate::proxy::conn::ConnState;
 use crate::proxy::shaper::{Dir, Flow, PIECE, RECHECK};
 
@@ -64,25 +64,28 @@ pub(crate) struct QuotaCut(Arc<str>);
 pub(crate) struct Activity<'a> {
     /// The connection's state, which the idle timer and the admission read.
     pub(crate) conn: &'a ConnState,
-    /// The record's counters (and the byte budgets they count into).
-    pub(crate) traffic: &'a Traffic,
+    /// The tunnel's record: its counters (and the byte budgets they count into), reported
+    /// to the statistics while the tunnel runs.
+    pub(crate) record: &'a PendingRecord,
     /// The tunnel's shaping, when anything shapes it.
     pub(crate) flow: Option<&'a Flow>,
 }
 
 impl Activity<'_> {
     fn moved(&self, dir: Dir, n: usize) {
+        let traffic = self.record.traffic();
         let counter = match dir {
-            Dir::Up => &self.traffic.up,
-            Dir::Down => &self.traffic.down,
+            Dir::Up => &traffic.up,
+            Dir::Down => &traffic.down,
         };
-        self.traffic.add(counter, n);
+        traffic.add(counter, n);
         self.conn.tunnel_moved();
+        self.record.progress();
     }
 
     /// An error that ends the tunnel when a byte budget with `cut = true` is used up.
     fn cut(&self) -> io::Result<()> {
-        match self.traffic.cut_by() {
+        match self.record.traffic().cut_by() {
             Some(quota) => Err(io::Error::other(QuotaCut(quota.clone()))),
             None => Ok(()),
         }
@@ -552,11 +555,17 @@ mod tests {
         (back, data)
     }
 
+    /// A tunnel's record, reported nowhere.
+    fn record() -> PendingRecord {
+        let recorder = Arc::new(crate::observe::access::Recorder::default());
+        PendingRecord::open(recorder, "127.0.0.1:50000".parse().unwrap(), "CONNECT")
+    }
+
     /// What an unshaped tunnel counts into.
-    fn unshaped<'a>(conn: &'a ConnState, traffic: &'a Traffic) -> Activity<'a> {
+    fn unshaped<'a>(conn: &'a ConnState, record: &'a PendingRecord) -> Activity<'a> {
         Activity {
             conn,
-            traffic,
+            record,
             flow: None,
         }
     }
@@ -571,9 +580,10 @@ mod tests {
     async fn a_client_end_that_is_not_a_socket_is_relayed_through_buffers() {
         let (upstream, echo) = echo().await;
         let (client, proxy_side) = tokio::io::duplex(4096);
-        let traffic = Traffic::default();
+        let record = record();
+        let traffic = record.traffic();
         let conn = ConnState::new();
-        let relay = both_ways(proxy_side, upstream, unshaped(&conn, &traffic));
+        let relay = both_ways(proxy_side, upstream, unshaped(&conn, &record));
         let ((end, (back, data)), total) = (
             tokio::time::timeout(Duration::from_secs(10), async {
                 tokio::join!(relay, talk(client, &SIZES))
@@ -600,9 +610,10 @@ mod tests {
             .await
             .unwrap();
         let (proxy_side, _) = listener.accept().await.unwrap();
-        let traffic = Traffic::default();
+        let record = record();
+        let traffic = record.traffic();
         let conn = ConnState::new();
-        let relay = both_ways(proxy_side, upstream, unshaped(&conn, &traffic));
+        let relay = both_ways(proxy_side, upstream, unshaped(&conn, &record));
         let sizes = [1, 512, 1_000_000, 7, 512, 300_000, 2];
         let total = sizes.iter().sum::<usize>() as u64;
         let (end, (back, data)) = tokio::time::timeout(Duration::from_secs(10), async {
@@ -678,9 +689,10 @@ mod tests {
             inner: proxy_side,
             polls: polls.clone(),
         };
-        let traffic = Traffic::default();
+        let record = record();
+        let traffic = record.traffic();
         let conn = ConnState::new();
-        let relay = both_ways(proxy_side, upstream, unshaped(&conn, &traffic));
+        let relay = both_ways(proxy_side, upstream, unshaped(&conn, &record));
         let talk = async {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let idle_polls = polls.load(Ordering::Relaxed);

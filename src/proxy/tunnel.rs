@@ -321,21 +321,22 @@ where
             flow,
             window,
         } = tunnel;
-        let traffic = record.traffic().clone();
         let conn = slot.conn();
         shared.stats.tunnel_opened(port);
         // Called inside select!, not bound first: a bound future is kept twice in this
         // task's state, and every idle tunnel holds that state.
         let end = tokio::select! {
             result = async {
+                let record = &*record;
                 if !early.is_empty() {
                     upstream.write_all(&early).await?;
+                    let traffic = record.traffic();
                     traffic.add(&traffic.up, early.len());
                 }
                 // A slice of hyper's read buffer, which lives as long as it does: let go at
                 // once, so that an idle tunnel does not keep kilobytes of it.
                 drop(early);
-                let activity = Activity { conn, traffic: &traffic, flow: flow.as_deref() };
+                let activity = Activity { conn, record, flow: flow.as_deref() };
                 relay::both_ways(client, upstream, activity).await
             } => result.map(|()| End::Done),
             _ = idle_for(idle, conn) => Ok(End::Idle),

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use portcullis::core::policy::{Builtin, Decider};
 use portcullis::core::ports::service_name;
-use portcullis::observe::access::{AccessRecord, Verdict};
+use portcullis::observe::access::{AccessRecord, Moved, Verdict};
 use portcullis::observe::log::{format_line, Format};
 
 use crate::support::{portcullis, Ran};
@@ -128,6 +128,7 @@ fn records(n: usize, seed: u64) -> Vec<AccessRecord> {
                 duration: Duration::from_millis(rng.below(120_000)),
                 dns: None,
                 throttled: None,
+                progressed: Moved::default(),
             }
         })
         .collect()

@@ -266,14 +266,10 @@ pub(crate) async fn shaped_link() -> (HttpOrigin, Proxy) {
     (web, p)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn top_shows_who_uses_the_link_now() {
-    let (web, p) = shaped_link().await;
-    let admin = p.admin.unwrap().to_string();
-    // A download of about 2 s from 127.0.0.9 while top reads the admin listener twice.
-    let download = tokio::spawn(download(p.addr, "127.0.0.9", web.addr, 8 * MIB));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let args = ["top", "--once", "--admin", &admin, "--interval", "0.5"].map(str::to_owned);
+/// One screen of `portcullis top --once` against the admin listener, half a second apart;
+/// fails the test when top does not succeed.
+async fn top_once(admin: &str) -> String {
+    let args = ["top", "--once", "--admin", admin, "--interval", "0.5"].map(str::to_owned);
     let ran = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         portcullis(&args, Vec::new())
@@ -282,6 +278,17 @@ async fn top_shows_who_uses_the_link_now() {
     .unwrap();
     let screen = String::from_utf8_lossy(&ran.stdout).into_owned();
     assert!(ran.status.success(), "{screen}\n{}", ran.stderr);
+    screen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_who_uses_the_link_now() {
+    let (web, p) = shaped_link().await;
+    let admin = p.admin.unwrap().to_string();
+    // A download of about 2 s from 127.0.0.9 while top reads the admin listener twice.
+    let download = tokio::spawn(download(p.addr, "127.0.0.9", web.addr, 8 * MIB));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let screen = top_once(&admin).await;
     assert!(
         screen.contains(&format!("portcullis top — {admin}")),
         "{screen}"
@@ -291,6 +298,19 @@ async fn top_shows_who_uses_the_link_now() {
         .find(|l| l.starts_with("127.0.0.9"))
         .unwrap_or_else(|| panic!("no line for the client: {screen}"));
     assert!(client_line.contains("MB/s"), "{screen}");
+    // The download's port and host move while it runs, not only once it has ended.
+    let web_port = web.addr.port().to_string();
+    for (what, starts) in [("port", web_port.as_str()), ("host", "127.0.0.1")] {
+        let line = screen
+            .lines()
+            .find(|l| l.starts_with(starts))
+            .unwrap_or_else(|| panic!("no line for the {what}: {screen}"));
+        assert!(line.contains("MB/s"), "{what}: {screen}");
+    }
+    assert!(
+        !download.is_finished(),
+        "the download was to outlast the readings"
+    );
     assert!(
         screen.contains("\nLINK down ")
             && screen.contains(" of 4.2 MB/s (")
@@ -311,6 +331,83 @@ async fn top_shows_who_uses_the_link_now() {
         "{}",
         ran.stderr
     );
+}
+
+/// Without `[shaping]`, a tunnel that runs for a while shows in `top` (client, port, host)
+/// and in `/status.json` while it runs: the proxy counts its bytes as they move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_an_unshaped_tunnel_while_it_runs() {
+    let echo = echo_origin().await;
+    let p = Proxy::start_observed(
+        settings_of(&loopback_config(&[], &[echo.port()])),
+        true,
+        None,
+    )
+    .await;
+    let admin = p.admin.unwrap();
+    let mut tunnel = connect_from("127.0.0.5", p.addr).await;
+    tunnel
+        .write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut tunnel, &mut buf).await.expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // 64 KiB each way every 20 ms, for at most 10 s: until top has read twice.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pump = tokio::spawn(async move {
+        let piece = vec![7u8; 64 << 10];
+        let mut back = vec![0u8; 64 << 10];
+        let mut stopped = stopped;
+        let mut moved = 0usize;
+        for _ in 0..500 {
+            if stopped.try_recv().is_ok() {
+                break;
+            }
+            tunnel.write_all(&piece).await.unwrap();
+            tunnel.read_exact(&mut back).await.unwrap();
+            moved += piece.len();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        moved
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(admin, "/status.json").await.text()).unwrap();
+    let row = status["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["port"] == echo.port())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        row["bytes_down"].as_u64().unwrap_or(0) > 0 && row["active_tunnels"] == 1,
+        "the tunnel's port counts bytes while it runs: {row}"
+    );
+    let screen = top_once(&admin.to_string()).await;
+    let echo_port = format!("{} ", echo.port());
+    for (what, starts) in [
+        ("client", "127.0.0.5 "),
+        ("port", echo_port.as_str()),
+        ("host", "127.0.0.1 "),
+    ] {
+        let line = screen
+            .lines()
+            .find(|l| l.starts_with(starts))
+            .unwrap_or_else(|| panic!("no line for the {what}: {screen}"));
+        // About 3 MB/s each way; kB/s at the least.
+        assert!(
+            line.contains("kB/s") || line.contains("MB/s"),
+            "{what}: {screen}"
+        );
+    }
+    assert!(
+        !pump.is_finished(),
+        "the tunnel was to outlast the readings"
+    );
+    let _ = stop.send(());
+    assert!(pump.await.unwrap() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
