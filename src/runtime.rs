@@ -262,6 +262,7 @@ pub async fn serve(
     let shared = Arc::new(ProxyState::new(settings, recorder).map_err(io::Error::other)?);
     crate::proxy::lists::start(&shared);
     crate::proxy::budget::start(&shared);
+    crate::proxy::tunnel::start_idle_sweep(&shared);
     let stop_accepting = CancellationToken::new();
     let tracker = shared.tracker.clone();
 
@@ -346,6 +347,8 @@ pub async fn serve(
             "grace period over: cutting {tunnels} open tunnels and what else is still open"
         );
         shared.hard_stop.cancel();
+        // Tunnels look at the token when woken: they are, all at once.
+        shared.admission.wake_tunnels();
         // Cut tasks wind down at once; this bound only guards against a stuck one.
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     }

@@ -245,6 +245,30 @@ impl Admission {
         self.total.load(Ordering::Acquire)
     }
 
+    /// Tells the relay of each tunnel that has moved no byte for its `tunnel_idle` to end
+    /// ([`ConnState::poll_tunnel_end`]); how many were told. Called every
+    /// [`crate::proxy::tunnel::sweep_every`]: one look over the table instead of a timer in
+    /// every tunnel.
+    pub fn wake_idle_tunnels(&self) -> usize {
+        let inner = lock(&self.inner);
+        let mut told = 0;
+        for (_, entry) in inner.conns.iter() {
+            if entry.conn.tunnel_idle_over() {
+                entry.conn.wake_tunnel();
+                told += 1;
+            }
+        }
+        told
+    }
+
+    /// Tells every tunnel's relay to look whether it must end (at the end of the shutdown
+    /// grace period).
+    pub fn wake_tunnels(&self) {
+        for (_, entry) in lock(&self.inner).conns.iter() {
+            entry.conn.wake_tunnel();
+        }
+    }
+
     /// What the open connections are doing, and how many made room or were shed.
     pub fn counts(&self, limits: &LimitsConfig) -> ConnectionCounts {
         let mut counts = ConnectionCounts {
@@ -347,5 +371,71 @@ mod tests {
         };
         assert_eq!(network(&narrow, "192.168.1.77"), "192.168.1.77/32");
         assert_eq!(network(&narrow, "2001:db8::1"), "2001:db8::1/128");
+    }
+
+    /// The sweep wakes a tunnel quiet past its `tunnel_idle`, and only such a one; the
+    /// relay then finds it idle. Eviction and shutdown wake it as well.
+    #[tokio::test]
+    async fn the_sweep_wakes_only_tunnels_quiet_past_their_timeout() {
+        use std::future::poll_fn;
+        use tokio_util::sync::CancellationToken;
+
+        use crate::proxy::conn::TunnelEnd;
+
+        let admission = Arc::new(Admission::default());
+        let limits = LimitsConfig::default();
+        let admit = |ip: &str| {
+            let conn = Arc::new(ConnState::new());
+            match admission.admit(ip.parse().unwrap(), conn, &limits) {
+                Admit::Yes(slot) => slot,
+                _ => panic!("admitted under the default limits"),
+            }
+        };
+        let (quiet, busy, plain) = (admit("10.0.0.1"), admit("10.0.0.2"), admit("10.0.0.3"));
+        for (slot, idle) in [(&quiet, 50), (&busy, 60_000)] {
+            slot.conn().tunnel_opened();
+            slot.conn().tunnel_relays(Duration::from_millis(idle));
+        }
+        let stop = CancellationToken::new();
+        // What the relay does when polled: Pending registers its waker.
+        let end = |slot: &Slot| {
+            let (conn, stop) = (slot.conn().clone(), stop.clone());
+            tokio::spawn(async move { poll_fn(|cx| conn.poll_tunnel_end(cx, &stop)).await })
+        };
+        let (quiet_end, busy_end) = (end(&quiet), end(&busy));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            admission.wake_idle_tunnels(),
+            0,
+            "none is past its timeout yet"
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Only the tunnel quiet past its 50 ms: not the one with a minute, nor a connection
+        // without a tunnel.
+        assert_eq!(admission.wake_idle_tunnels(), 1);
+        let woken = tokio::time::timeout(Duration::from_secs(5), quiet_end).await;
+        assert_eq!(woken.expect("woken by the sweep").unwrap(), TunnelEnd::Idle);
+        assert!(!busy_end.is_finished());
+        // Shutdown: the token is cancelled, then every tunnel woken.
+        stop.cancel();
+        admission.wake_tunnels();
+        let woken = tokio::time::timeout(Duration::from_secs(5), busy_end).await;
+        assert_eq!(
+            woken.expect("woken at shutdown").unwrap(),
+            TunnelEnd::Shutdown
+        );
+        // Made room for: woken by the eviction itself.
+        let conn = plain.conn().clone();
+        let evicted = tokio::spawn(async move {
+            poll_fn(|cx| conn.poll_tunnel_end(cx, &CancellationToken::new())).await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!evicted.is_finished());
+        plain.conn().evict();
+        let woken = tokio::time::timeout(Duration::from_secs(5), evicted).await;
+        assert_eq!(
+            woken.expect("woken by the eviction").unwrap(),
+            TunnelEnd::Evicted
+        );
     }
 }

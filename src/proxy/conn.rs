@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -78,6 +79,23 @@ pub struct ConnState {
     tunnel: AtomicBool,
     /// When the tunnel last moved a byte (ms since `start`).
     tunnel_activity: AtomicU64,
+    /// The tunnel's `timeouts.tunnel_idle` in ms (0 until its relay starts).
+    tunnel_idle: AtomicU64,
+    /// The relay of the tunnel, to be told when it may have to end: made room for
+    /// ([`ConnState::evict`]), idle ([`crate::proxy::admission::Admission::wake_idle_tunnels`])
+    /// or cut at shutdown. A waker, not a timer per tunnel: every idle tunnel holds its state.
+    tunnel_end: AtomicWaker,
+}
+
+/// Why a tunnel's relay must end, besides its two sides being done ([`ConnState::poll_tunnel_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TunnelEnd {
+    /// No byte either way for its `tunnel_idle`.
+    Idle,
+    /// Closed to make room for a new connection at the connection limits.
+    Evicted,
+    /// The shutdown grace period ran out.
+    Shutdown,
 }
 
 impl ConnState {
@@ -98,6 +116,48 @@ impl ConnState {
             evict_told: AtomicBool::new(false),
             tunnel: AtomicBool::new(false),
             tunnel_activity: AtomicU64::new(0),
+            tunnel_idle: AtomicU64::new(0),
+            tunnel_end: AtomicWaker::new(),
+        }
+    }
+
+    /// The tunnel's relay starts: it ends after `idle` without a byte either way.
+    pub(crate) fn tunnel_relays(&self, idle: Duration) {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.tunnel_idle.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the tunnel has moved no byte for its `tunnel_idle` (false before its relay
+    /// starts).
+    pub(crate) fn tunnel_idle_over(&self) -> bool {
+        let idle = self.tunnel_idle.load(Ordering::Relaxed);
+        idle != 0 && self.tunnel_quiet_for() >= Duration::from_millis(idle)
+    }
+
+    /// Tells the tunnel's relay to look whether it must end ([`ConnState::poll_tunnel_end`]).
+    pub(crate) fn wake_tunnel(&self) {
+        self.tunnel_end.wake();
+    }
+
+    /// Ready with the reason the tunnel's relay must end, if any: made room for, the
+    /// shutdown grace period over (`hard_stop`), or idle for its `tunnel_idle`. Pending
+    /// otherwise, to be polled again when [`ConnState::wake_tunnel`] is called (by
+    /// [`ConnState::evict`], by the admission's sweep over idle tunnels, and at shutdown).
+    pub(crate) fn poll_tunnel_end(
+        &self,
+        cx: &mut Context<'_>,
+        hard_stop: &tokio_util::sync::CancellationToken,
+    ) -> Poll<TunnelEnd> {
+        // Registered first, then looked at: a wake between the two is not lost.
+        self.tunnel_end.register(cx.waker());
+        if self.evict_told.load(Ordering::Acquire) {
+            Poll::Ready(TunnelEnd::Evicted)
+        } else if hard_stop.is_cancelled() {
+            Poll::Ready(TunnelEnd::Shutdown)
+        } else if self.tunnel_idle_over() {
+            Poll::Ready(TunnelEnd::Idle)
+        } else {
+            Poll::Pending
         }
     }
 
@@ -161,6 +221,7 @@ impl ConnState {
     pub(crate) fn evict(&self) {
         self.evict_told.store(true, Ordering::Release);
         self.evicted.notify_waiters();
+        self.tunnel_end.wake();
     }
 
     /// Completes once the connection has been told to make room, whenever that was.

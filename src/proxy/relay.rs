@@ -104,30 +104,25 @@ impl Activity<'_> {
 /// Moves bytes both ways between `client` and `upstream` until both directions have ended;
 /// fails with the first error of either, or with [`QuotaCut`] once a byte budget with
 /// `cut = true` is used up.
+#[cfg(test)]
 pub(crate) fn both_ways<C>(client: C, upstream: TcpStream, activity: Activity<'_>) -> Relay<'_, C>
 where
     C: AsyncRead + AsyncWrite + Socket + Unpin,
 {
     Relay {
-        client,
-        upstream,
-        up: Leg::new(Dir::Up),
-        down: Leg::new(Dir::Down),
+        ends: Ends::new(client, upstream),
         activity,
     }
 }
 
 /// The future of [`both_ways`].
+#[cfg(test)]
 pub(crate) struct Relay<'a, C> {
-    client: C,
-    upstream: TcpStream,
-    /// From the client to the destination.
-    up: Leg,
-    /// From the destination to the client.
-    down: Leg,
+    ends: Ends<C>,
     activity: Activity<'a>,
 }
 
+#[cfg(test)]
 impl<C> Future for Relay<'_, C>
 where
     C: AsyncRead + AsyncWrite + Socket + Unpin,
@@ -136,13 +131,55 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let activity = &this.activity;
-        let up = this
+        this.ends.poll_relay(cx, &this.activity)
+    }
+}
+
+/// A tunnel's two ends and where each direction between them is: the relay's whole state,
+/// moved on by [`Ends::poll_relay`] with what it counts into given at each poll, so that its
+/// owner can keep the record, the connection's state and the shaping beside it (the
+/// tunnel's task, [`crate::proxy::tunnel::Carry`]) rather than borrowed from elsewhere.
+pub(crate) struct Ends<C> {
+    client: C,
+    upstream: TcpStream,
+    /// From the client to the destination.
+    up: Leg,
+    /// From the destination to the client.
+    down: Leg,
+}
+
+impl<C> Ends<C>
+where
+    C: AsyncRead + AsyncWrite + Socket + Unpin,
+{
+    pub(crate) fn new(client: C, upstream: TcpStream) -> Self {
+        Ends {
+            client,
+            upstream,
+            up: Leg::new(Dir::Up),
+            down: Leg::new(Dir::Down),
+        }
+    }
+
+    /// The destination's end, for bytes to go first (those the client sent behind its
+    /// request).
+    pub(crate) fn upstream(&mut self) -> &mut TcpStream {
+        &mut self.upstream
+    }
+
+    /// Moves bytes both ways; ready once both directions have ended, or with the first error
+    /// of either, or with [`QuotaCut`] once a byte budget with `cut = true` is used up.
+    pub(crate) fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+        activity: &Activity<'_>,
+    ) -> Poll<io::Result<()>> {
+        let up = self
             .up
-            .poll(cx, &mut this.client, &mut this.upstream, activity)?;
-        let down = this
+            .poll(cx, &mut self.client, &mut self.upstream, activity)?;
+        let down = self
             .down
-            .poll(cx, &mut this.upstream, &mut this.client, activity)?;
+            .poll(cx, &mut self.upstream, &mut self.client, activity)?;
         if up.is_ready() && down.is_ready() {
             Poll::Ready(Ok(()))
         } else {

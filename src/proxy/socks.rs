@@ -7,7 +7,7 @@
 //! [`crate::proxy::authenticate`]; then `plan::front` and `plan::destination` with the kind
 //! [`Kind::Socks`] (port list `socks.ports`, else `ports.connect`; rules see the method
 //! `SOCKS5` or `SOCKS4`); the dial is the tunnel's (`tunnel::connect`: parents, Happy
-//! Eyeballs, the guards on every address); the relay is the tunnel's (`tunnel::carry`). The
+//! Eyeballs, the guards on every address); the relay is the tunnel's (`tunnel::Carry`). The
 //! reply code says what happened ([`crate::core::socks::reply_code`]), and every SOCKS
 //! connection makes one access record. UDP ASSOCIATE is `crate::proxy::socks_udp`'s; BIND is
 //! refused with 0x07. The wire formats are `crate::core::socks`'s.
@@ -584,7 +584,7 @@ async fn connect(
     let flow = tunnel::flow(&ex, target, Kind::Socks, dialled_ip);
     let window = crate::proxy::window::of(&ex, target, Kind::Socks, dialled_ip);
     let Exchange {
-        mut record,
+        record,
         shared,
         settings,
         ..
@@ -597,5 +597,6 @@ async fn connect(
         flow,
         window,
     };
-    tunnel::carry(stream, early.into(), tunnel, &mut record, &shared, &slot).await;
+    let conn = slot.conn().clone();
+    tunnel::Carry::new(stream, early.into(), tunnel, record, shared, conn, ()).await;
 }

@@ -7,15 +7,18 @@
 //! done, an error, `tunnel_idle` with no byte either way, or the end of the shutdown grace
 //! period.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::Request;
 use hyper::body::Incoming;
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{debug, Instrument};
 
@@ -28,8 +31,8 @@ use crate::egress::parent::Parents;
 use crate::observe::access::PendingRecord;
 use crate::proxy::admission::Slot;
 use crate::proxy::body::UpBody;
-use crate::proxy::conn::{ConnState, InFlight, WatchedIo};
-use crate::proxy::relay::{self, Activity, QuotaCut, Socket};
+use crate::proxy::conn::{ConnState, InFlight, TunnelEnd, WatchedIo};
+use crate::proxy::relay::{Activity, Ends, QuotaCut, Socket};
 use crate::proxy::shaper::Flow;
 use crate::proxy::window::{self, Window};
 use crate::proxy::{exchange::Exchange, state::ProxyState};
@@ -168,29 +171,21 @@ pub(crate) fn note_resolved(ex: &mut Exchange, resolved: Option<Resolved>) {
 enum End {
     /// Both sides finished.
     Done,
-    /// No byte either way for `tunnel_idle`.
-    Idle,
-    /// The shutdown grace period ran out.
-    Shutdown,
-    /// Closed while idle to make room for a new connection at the connection limits.
-    Evicted,
+    /// Ended by the connection's state: idle, made room for, or cut at shutdown.
+    By(TunnelEnd),
     /// Cut when a rule's window closed (`times_cut`), for this reason.
     Closed(String),
 }
 
-/// Waits until `window` closes on the tunnel; never, without one. The wait lives on the heap,
-/// so that tunnels no rule can cut keep their small state.
-async fn closes(window: Option<&Window>) -> String {
-    match window {
-        Some(window) => Box::pin(window.closes()).await,
-        None => std::future::pending().await,
-    }
-}
+/// The wait for a rule's window to close on a tunnel (`times_cut`), answering why. On the
+/// heap, and only for a tunnel a rule can cut: the others keep their small state.
+type Closes = Pin<Box<dyn Future<Output = String> + Send>>;
 
-/// Starts the relay of a dialled tunnel, as a task of its own that ends the record. Over
-/// HTTP/1.1 the client's end is its connection's socket, taken back from hyper; over HTTP/2 it
-/// is a stream of a connection. Each kind has a task of its own size: every idle tunnel
-/// holds one, and a task is as large as the largest of the states it could be in.
+/// Starts the relay of a dialled tunnel once the client's side has upgraded. Over HTTP/1.1
+/// the client's end is its connection's socket, taken back from hyper; over HTTP/2 it is a
+/// stream of a connection. The wait for the upgrade is a short task of its own, which hands
+/// everything to the tunnel's task ([`Carry`]) and ends: every idle tunnel holds that task,
+/// and a task is as large as the largest of the states it could be in.
 pub fn spawn_relay(
     dialled: Dialled,
     record: PendingRecord,
@@ -199,167 +194,199 @@ pub fn spawn_relay(
     over_h2: bool,
 ) {
     let tracker = shared.tracker.clone();
-    if over_h2 {
-        tracker.spawn(relay_stream(dialled, record, shared, place).in_current_span());
-    } else {
-        tracker.spawn(relay_connection(dialled, record, shared, place).in_current_span());
-    }
+    tracker.spawn(upgraded(dialled, record, shared, place, over_h2).in_current_span());
 }
 
-/// Waits for hyper to hand the client's end over; `None` (noted in the record) if the client
-/// left first.
-async fn upgraded(upgrade: OnUpgrade, record: &mut PendingRecord) -> Option<Upgraded> {
-    match upgrade.await {
-        Ok(upgraded) => Some(upgraded),
-        Err(e) => {
-            record.note(format!("the client left before the tunnel opened: {e}"));
-            None
-        }
-    }
-}
-
-/// The relay of a tunnel over an HTTP/1.1 connection. The connection's own socket is taken
-/// back from hyper when it can be (always, with this server), so that both directions work on
-/// plain sockets; bytes hyper had already read behind the CONNECT head go first.
-///
-/// Not an `async fn`, and the arguments used where they are, not bound again: an `async fn`
-/// keeps each argument twice in its state, and every idle tunnel holds that state.
-#[allow(clippy::manual_async_fn, reason = "argument kept twice")]
-fn relay_connection(
+/// Waits for hyper to hand the client's end over, then spawns the tunnel's task; notes in
+/// the record if the client left first. Over HTTP/1.1 the connection's own socket is taken
+/// back from hyper when it can be (always, with this server), so that both directions work
+/// on plain sockets; bytes hyper had already read behind the CONNECT head go first.
+async fn upgraded(
     dialled: Dialled,
     mut record: PendingRecord,
     shared: Arc<ProxyState>,
     place: (Arc<Slot>, Option<InFlight>),
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let Some(upgraded) = upgraded(dialled.upgrade, &mut record).await else {
+    over_h2: bool,
+) {
+    let upgraded = match dialled.upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            record.note(format!("the client left before the tunnel opened: {e}"));
             return;
-        };
+        }
+    };
+    let tracker = shared.tracker.clone();
+    let conn = place.0.conn().clone();
+    let tunnel = dialled.tunnel;
+    // Over HTTP/1.1 the connection's socket; over HTTP/2 (and, not with this server, an
+    // HTTP/1.1 connection hyper keeps) a stream, relayed through buffers.
+    let upgraded = if over_h2 {
+        upgraded
+    } else {
         match upgraded.downcast::<TokioIo<WatchedIo>>() {
             Ok(parts) => {
                 let client = parts.io.into_inner().into_stream();
-                let early = parts.read_buf;
-                carry(
-                    client,
-                    early,
-                    dialled.tunnel,
-                    &mut record,
-                    &shared,
-                    &place.0,
-                )
-                .await
+                let carry = Carry::new(client, parts.read_buf, tunnel, record, shared, conn, place);
+                tracker.spawn(carry.in_current_span());
+                return;
             }
-            Err(upgraded) => {
-                // Boxed: not taken with this server; inline, its state would enlarge every
-                // tunnel.
-                let client = TokioIo::new(upgraded);
-                let tunnel = dialled.tunnel;
-                Box::pin(carry(
-                    client,
-                    Bytes::new(),
-                    tunnel,
-                    &mut record,
-                    &shared,
-                    &place.0,
-                ))
-                .await
-            }
+            Err(upgraded) => upgraded,
         }
-    }
+    };
+    let client = TokioIo::new(upgraded);
+    let carry = Carry::new(client, Bytes::new(), tunnel, record, shared, conn, place);
+    tracker.spawn(carry.in_current_span());
 }
 
-/// The relay of a tunnel over an HTTP/2 stream (RFC 9113 §8.5): its DATA frames both ways.
-/// Not an `async fn`, as [`relay_connection`].
-#[allow(clippy::manual_async_fn, reason = "argument kept twice")]
-fn relay_stream(
-    dialled: Dialled,
-    mut record: PendingRecord,
-    shared: Arc<ProxyState>,
-    place: (Arc<Slot>, Option<InFlight>),
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let Some(upgraded) = upgraded(dialled.upgrade, &mut record).await else {
-            return;
-        };
-        let client = TokioIo::new(upgraded);
-        carry(
-            client,
-            Bytes::new(),
-            dialled.tunnel,
-            &mut record,
-            &shared,
-            &place.0,
-        )
-        .await
-    }
+/// How often the admitted tunnels are looked over for those quiet past their `tunnel_idle`
+/// ([`start_idle_sweep`]): a quarter of `timeouts.tunnel_idle`, between 100 ms and a second.
+/// An idle tunnel closes at most that much later than its timeout.
+pub fn sweep_every(tunnel_idle: Duration) -> Duration {
+    (tunnel_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
-/// Relays between the client's end of a tunnel and the dialled destination until both are
-/// done, the tunnel idles for `tunnel_idle`, its connection is closed to make room, a rule's
-/// window closes, or the shutdown grace period ends; notes how it ended in `record`. `early`
-/// (bytes the client sent behind its request, already read) goes to the destination first.
-///
-/// Not an `async fn`: one would keep each argument twice in its state (the argument and the
-/// local it is moved into), and every idle tunnel holds that state.
-#[allow(clippy::manual_async_fn, reason = "argument kept twice")]
-pub(crate) fn carry<'a, C>(
-    client: C,
+/// Starts the look over the admitted tunnels that wakes each one quiet for its
+/// `tunnel_idle`, every [`sweep_every`]: one timer for all the tunnels rather than one in
+/// each. It ends with the proxy's state.
+pub fn start_idle_sweep(shared: &Arc<ProxyState>) {
+    let shared = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        loop {
+            let Some(every) = shared
+                .upgrade()
+                .map(|state| sweep_every(state.settings().timeouts.tunnel_idle))
+            else {
+                return;
+            };
+            tokio::time::sleep(every).await;
+            let Some(state) = shared.upgrade() else {
+                return;
+            };
+            state.admission.wake_idle_tunnels();
+        }
+    });
+}
+
+/// A tunnel's relay and all it needs, owned in one future: the task of every open tunnel
+/// (and the end of a SOCKS5 connection's). It relays between the client's end and the
+/// dialled destination until both are done, the tunnel idles for `tunnel_idle`, its
+/// connection is closed to make room, a rule's window closes, or the shutdown grace period
+/// ends; then notes how it ended in the record, which goes to the sinks when the future is
+/// dropped. Written by hand rather than as an `async` block, which would keep each moved
+/// value twice (where it came from and where it went), and without a timer: the idle
+/// timeout, the eviction and the shutdown wake it through the connection's state
+/// ([`ConnState::poll_tunnel_end`]).
+pub(crate) struct Carry<C, P> {
+    ends: Ends<C>,
+    /// Bytes the client sent behind its request, already read: they go to the destination
+    /// first. A slice of hyper's read buffer, let go of once written.
     early: Bytes,
-    tunnel: Tunnel,
-    record: &'a mut PendingRecord,
-    shared: &'a ProxyState,
-    slot: &'a Slot,
-) -> impl std::future::Future<Output = ()> + Send + 'a
+    record: PendingRecord,
+    conn: Arc<ConnState>,
+    shared: Arc<ProxyState>,
+    flow: Option<Box<Flow>>,
+    closes: Option<Closes>,
+    idle: Duration,
+    port: u16,
+    /// Held as long as the tunnel: its place in the admission, and the request it stands for.
+    _place: P,
+}
+
+impl<C, P> Carry<C, P>
 where
-    C: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'a,
+    C: AsyncRead + AsyncWrite + Socket + Unpin,
 {
-    async move {
+    /// The relay of `tunnel` for `client`, counted into `record` and the connection's state
+    /// `conn`; `early` goes to the destination first; `place` is held until the tunnel ends.
+    pub(crate) fn new(
+        client: C,
+        early: Bytes,
+        tunnel: Tunnel,
+        record: PendingRecord,
+        shared: Arc<ProxyState>,
+        conn: Arc<ConnState>,
+        place: P,
+    ) -> Self {
         let Tunnel {
-            mut upstream,
+            upstream,
             port,
             idle,
             flow,
             window,
         } = tunnel;
-        let conn = slot.conn();
         shared.stats.tunnel_opened(port);
-        // Called inside select!, not bound first: a bound future is kept twice in this
-        // task's state, and every idle tunnel holds that state.
-        let end = tokio::select! {
-            result = async {
-                let record = &*record;
-                if !early.is_empty() {
-                    upstream.write_all(&early).await?;
-                    let traffic = record.traffic();
-                    traffic.add(&traffic.up, early.len());
-                }
-                // A slice of hyper's read buffer, which lives as long as it does: let go at
-                // once, so that an idle tunnel does not keep kilobytes of it.
-                drop(early);
-                let activity = Activity { conn, record, flow: flow.as_deref() };
-                relay::both_ways(client, upstream, activity).await
-            } => result.map(|()| End::Done),
-            _ = idle_for(idle, conn) => Ok(End::Idle),
-            _ = conn.evicted() => Ok(End::Evicted),
-            _ = shared.hard_stop.cancelled() => Ok(End::Shutdown),
-            why = closes(window.as_deref()) => Ok(End::Closed(why)),
+        conn.tunnel_relays(idle);
+        let closes =
+            window.map(|window| -> Closes { Box::pin(async move { window.closes().await }) });
+        Carry {
+            ends: Ends::new(client, upstream),
+            early,
+            record,
+            conn,
+            shared,
+            flow,
+            closes,
+            idle,
+            port,
+            _place: place,
+        }
+    }
+
+    /// The bytes: first `early`, then both ways.
+    fn poll_bytes(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.early.is_empty() {
+            let n = ready!(Pin::new(self.ends.upstream()).poll_write(cx, &self.early))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            let traffic = self.record.traffic();
+            traffic.add(&traffic.up, n);
+            self.early.advance(n);
+        }
+        // Let go of hyper's buffer, which the slice keeps, whether or not it was empty.
+        self.early = Bytes::new();
+        let activity = Activity {
+            conn: &self.conn,
+            record: &self.record,
+            flow: self.flow.as_deref(),
         };
-        shared.stats.tunnel_closed(port);
+        self.ends.poll_relay(cx, &activity)
+    }
+
+    /// How the tunnel ends, once it does.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<End>> {
+        if let Poll::Ready(done) = self.poll_bytes(cx) {
+            return Poll::Ready(done.map(|()| End::Done));
+        }
+        if let Poll::Ready(why) = self.conn.poll_tunnel_end(cx, &self.shared.hard_stop) {
+            return Poll::Ready(Ok(End::By(why)));
+        }
+        if let Some(closes) = self.closes.as_mut() {
+            if let Poll::Ready(why) = closes.as_mut().poll(cx) {
+                return Poll::Ready(Ok(End::Closed(why)));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Notes in the record how the tunnel ended.
+    fn note(&mut self, end: std::io::Result<End>) {
+        let record = &mut self.record;
         match end {
             Ok(End::Done) => {}
-            Ok(End::Idle) => record.note(format!(
+            Ok(End::By(TunnelEnd::Idle)) => record.note(format!(
                 "closed after {} without traffic",
-                humantime::format_duration(idle)
+                humantime::format_duration(self.idle)
             )),
-            Ok(End::Evicted) => record.note(format!(
+            Ok(End::By(TunnelEnd::Evicted)) => record.note(format!(
                 "closed after {} without traffic, to make room for a new connection at the connection limits",
-                humantime::format_duration(conn.tunnel_quiet_for())
+                humantime::format_duration(self.conn.tunnel_quiet_for())
             )),
-            Ok(End::Closed(why)) => record.note(why),
-            Ok(End::Shutdown) => record.note_failure(
+            Ok(End::By(TunnelEnd::Shutdown)) => record.note_failure(
                 ErrorKind::Shutdown,
                 "cut at the end of the shutdown grace period".into(),
             ),
+            Ok(End::Closed(why)) => record.note(why),
             Err(e) => match e.get_ref().and_then(|e| e.downcast_ref::<QuotaCut>()) {
                 Some(cut) => record.note_failure(ErrorKind::Denied, cut.to_string()),
                 None => {
@@ -371,13 +398,24 @@ where
     }
 }
 
-/// Completes once no byte has moved for `idle`.
-async fn idle_for(idle: Duration, conn: &ConnState) {
-    loop {
-        let quiet = conn.tunnel_quiet_for();
-        if quiet >= idle {
-            return;
-        }
-        tokio::time::sleep(idle - quiet).await;
+impl<C, P> Future for Carry<C, P>
+where
+    C: AsyncRead + AsyncWrite + Socket + Unpin,
+    P: Unpin,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let end = ready!(this.poll_end(cx));
+        this.note(end);
+        Poll::Ready(())
+    }
+}
+
+impl<C, P> Drop for Carry<C, P> {
+    fn drop(&mut self) {
+        // Then the record, dropped with the rest, goes to the sinks.
+        self.shared.stats.tunnel_closed(self.port);
     }
 }
