@@ -204,6 +204,18 @@ pub struct Traffic {
     pub throttled_us: AtomicU64,
     /// The byte budgets the exchange counts against (`[[quotas]]`), once they admitted it.
     pub meter: crate::observe::budget::MeterSlot,
+    /// When the bytes moved are next due to be reported to the sinks, in ms of
+    /// [`clock_ms`]; 0 until the first look ([`Traffic::report_due`]).
+    report_at: AtomicU64,
+}
+
+/// Milliseconds on the process's monotonic clock (from its first reading).
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl Traffic {
@@ -214,6 +226,26 @@ impl Traffic {
         if let Some(meter) = self.meter.get() {
             meter.add(n);
         }
+    }
+
+    /// Whether the bytes moved are due to be reported ([`PendingRecord::report`]): true at
+    /// most once every [`PROGRESS_EVERY`], the first time that long after the first look.
+    /// Looked at as bytes move, by whatever moves them.
+    pub fn report_due(&self) -> bool {
+        let now = clock_ms();
+        let at = self.report_at.load(Ordering::Relaxed);
+        let next = now + PROGRESS_EVERY.as_millis() as u64;
+        if at == 0 {
+            self.report_at.store(next, Ordering::Relaxed);
+            return false;
+        }
+        if now < at {
+            return false;
+        }
+        // One of several movers looking at once wins the report.
+        self.report_at
+            .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// The quota (with `cut = true`) whose budget this exchange has used up, if any: the
@@ -232,10 +264,8 @@ pub struct PendingRecord {
     started: Instant,
     traffic: Arc<Traffic>,
     recorder: Arc<Recorder>,
-    /// The bytes of `traffic` reported so far, up and down ([`PendingRecord::progress`]).
+    /// The bytes of `traffic` reported so far, up and down ([`PendingRecord::report`]).
     reported: [AtomicU64; 2],
-    /// When the next report is due, in milliseconds from `started`.
-    next_report_ms: AtomicU64,
 }
 
 impl PendingRecord {
@@ -270,20 +300,22 @@ impl PendingRecord {
             traffic: Arc::new(Traffic::default()),
             recorder,
             reported: [AtomicU64::new(0), AtomicU64::new(0)],
-            next_report_ms: AtomicU64::new(PROGRESS_EVERY.as_millis() as u64),
         }
     }
 
-    /// Called as bytes move: when a report is due, tells the sinks what moved since the last
-    /// one, so that counters by client, port and host grow during a long download or tunnel,
-    /// not only at its end.
+    /// Called as bytes move: when a report is due ([`Traffic::report_due`]), tells the sinks
+    /// what moved since the last one, so that counters by client, port and host grow during
+    /// a long download or tunnel, not only at its end.
     pub fn progress(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        if now < self.next_report_ms.load(Ordering::Relaxed) {
-            return;
+        if self.traffic.report_due() {
+            self.report();
         }
-        self.next_report_ms
-            .store(now + PROGRESS_EVERY.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Tells the sinks what moved since the last report, now: for whoever holds the record
+    /// while another task moves the bytes and finds the report due (a request body's upload,
+    /// [`crate::proxy::body::Upload::report_due`]).
+    pub fn report(&self) {
         let moved = self.unreported();
         if moved != Moved::default() {
             self.recorder.progress(&self.record, moved);

@@ -116,6 +116,8 @@ struct Progress {
     /// Told when the body has been read to its end (or failed).
     ended: Notify,
     ended_flag: AtomicBool,
+    /// Told when the bytes sent so far are due to be reported ([`Upload::report_due`]).
+    report: Notify,
 }
 
 impl UpBody {
@@ -183,6 +185,16 @@ impl Upload {
         }
     }
 
+    /// Completes when the bytes of the body sent so far are due to be reported (at most
+    /// every [`crate::observe::access::PROGRESS_EVERY`] while they move); never for an
+    /// empty body.
+    pub async fn report_due(&self) {
+        if self.empty {
+            return std::future::pending().await;
+        }
+        self.progress.report.notified().await
+    }
+
     /// Completes once the body has been read to its end (at once for an empty body).
     pub async fn sent(&self) {
         if self.empty {
@@ -218,9 +230,15 @@ impl Body for UpBody {
         let polled = inner.as_mut().poll_frame(cx);
         let frame = ready!(this.stall.check(cx, polled));
         count(&frame, this.traffic, &this.traffic.up);
-        if let (Some(shaped), Some(Ok(frame))) = (this.shaped.as_mut(), &frame) {
+        if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
-                shaped.moved(data.len());
+                if let Some(shaped) = this.shaped.as_mut() {
+                    shaped.moved(data.len());
+                }
+                // The record is held by whoever waits for the answer: told, it reports.
+                if this.traffic.report_due() {
+                    this.progress.report.notify_waiters();
+                }
             }
         }
         // hyper stops polling once a body says it has ended, so its end is noted after the

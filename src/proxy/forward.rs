@@ -29,6 +29,7 @@ use crate::core::policy::{Facts, Kind};
 use crate::core::target::Target;
 use crate::egress::dial::{self, DialError, DialInfo, PooledDialError};
 use crate::egress::parent::Parents;
+use crate::observe::access::PendingRecord;
 use crate::proxy::body::{DownBody, UpBody, Upload};
 use crate::proxy::exchange::Exchange;
 use crate::proxy::shaper::flow_of;
@@ -186,6 +187,7 @@ pub async fn forward(
             timeouts.response,
             &target,
             &upload,
+            Some(&ex.record),
             Box::pin(send_once(
                 dial::OriginIo::new(stream, stall, false),
                 upstream,
@@ -201,6 +203,7 @@ pub async fn forward(
             timeouts.response,
             &target,
             &upload,
+            Some(&ex.record),
             ex.shared.client.request(upstream),
         )
         .await;
@@ -262,26 +265,37 @@ pub async fn forward(
 /// Waits for an answer; the clock (`timeouts.response`) starts once the request body has
 /// been written out to the origin's connection, so a long upload is timed by
 /// `timeouts.request_body` alone (and an origin that stops taking it, by the connection's own
-/// write timeout: see [`dial::OriginIo`]).
+/// write timeout: see [`dial::OriginIo`]). Meanwhile the body's bytes are reported to the
+/// statistics through `record` as they go (a long upload shows in `/status` and `top` while
+/// it runs), when the record is at hand.
 async fn within<T>(
     limit: std::time::Duration,
     target: &Target,
     upload: &Upload,
+    record: Option<&PendingRecord>,
     answer: impl std::future::Future<Output = T>,
 ) -> Result<T, EdgeError> {
     let clock = async {
         upload.sent().await;
         tokio::time::sleep(limit).await;
     };
-    tokio::select! {
-        answer = answer => Ok(answer),
-        _ = clock => Err(EdgeError::new(
-            ErrorKind::Timeout,
-            format!(
-                "the origin {target} did not answer within {} (timeouts.response)",
-                humantime::format_duration(limit)
-            ),
-        )),
+    let (mut answer, mut clock) = (std::pin::pin!(answer), std::pin::pin!(clock));
+    loop {
+        tokio::select! {
+            answer = &mut answer => return Ok(answer),
+            _ = &mut clock => return Err(EdgeError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the origin {target} did not answer within {} (timeouts.response)",
+                    humantime::format_duration(limit)
+                ),
+            )),
+            _ = upload.report_due(), if record.is_some() => {
+                if let Some(record) = record {
+                    record.report();
+                }
+            }
+        }
     }
 }
 
@@ -363,11 +377,18 @@ async fn through_parent(
                     .await
                     .map_err(|e| (false, upstream_error(target, &e)))
             };
-            within(limit, target, &upload, own).await?
+            // The record is the dial's; OPTIONS * hardly has a body to report.
+            within(limit, target, &upload, None, own).await?
         } else {
-            within(limit, target, &upload, route.client.request(request))
-                .await?
-                .map_err(|e| (e.is_connect(), upstream_error(target, &e)))
+            within(
+                limit,
+                target,
+                &upload,
+                Some(&ex.record),
+                route.client.request(request),
+            )
+            .await?
+            .map_err(|e| (e.is_connect(), upstream_error(target, &e)))
         };
         match sent {
             Ok(response) if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
@@ -537,6 +558,7 @@ async fn retry_fresh(
         timeouts.response,
         target,
         &upload,
+        None,
         send_once(
             dial::OriginIo::new(connected.stream, timeouts.origin_write(), false),
             request,

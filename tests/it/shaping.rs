@@ -464,3 +464,82 @@ async fn the_status_names_the_cap_holding_a_client_without_a_link() {
     assert!(page.contains("<td>kids pcs</td></tr>"), "{page}");
     assert_eq!(download.await.unwrap().0, 2 * MIB);
 }
+
+/// A request body sent through plain HTTP counts while it goes up, before any answer, in
+/// its client's and its port's rows; and once in all when the exchange ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_counts_while_it_goes_up() {
+    const PIECE: usize = 64 << 10;
+    const PIECES: usize = 40;
+    let web = HttpOrigin::start().await;
+    let p = Proxy::start_observed(
+        settings_of(&loopback_config(&[web.addr.port()], &[])),
+        true,
+        None,
+    )
+    .await;
+    let admin = p.admin.unwrap();
+    let status = || async {
+        let text = admin_get(admin, "/status.json").await.text();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    // The row of `table` whose `key` is `value`, or null.
+    let row = |status: &serde_json::Value, table: &str, key: &str, value: serde_json::Value| {
+        status[table]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r[key] == value)
+            .cloned()
+            .unwrap_or_default()
+    };
+    // The client's and the port's bytes up, and the client's requests.
+    let bytes_up = |status: &serde_json::Value| {
+        let client = row(status, "clients", "client", "127.0.0.6".into());
+        let port = row(status, "ports", "port", web.addr.port().into());
+        let up = |r: &serde_json::Value| r["bytes_up"].as_u64().unwrap_or(0);
+        (
+            up(&client),
+            up(&port),
+            client["requests"].as_u64().unwrap_or(0),
+        )
+    };
+    let mut up = connect_from("127.0.0.6", p.addr).await;
+    let head = format!(
+        "POST http://{0}/sha256 HTTP/1.1\r\nHost: {0}\r\nContent-Length: {1}\r\n\r\n",
+        web.addr,
+        PIECE * PIECES
+    );
+    up.write_all(head.as_bytes()).await.unwrap();
+    // Half the body, 64 KiB every 20 ms (about 0.5 s, past the first report at 250 ms).
+    let piece = vec![3u8; PIECE];
+    for _ in 0..PIECES / 2 {
+        up.write_all(&piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The origin answers only once it has the whole body: none of it is answered yet.
+    let now = status().await;
+    let (client, port, _) = bytes_up(&now);
+    assert!(
+        client > 0 && port > 0 && client <= (PIECE * PIECES / 2) as u64,
+        "the upload counts while it goes up: client {client}, port {port}: {now}"
+    );
+    for _ in 0..PIECES / 2 {
+        up.write_all(&piece).await.unwrap();
+    }
+    let mut buf = Vec::new();
+    let answer = read_head(&mut up, &mut buf).await.expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(up);
+    // Once the record is in: every byte counted, once.
+    let total = (PIECE * PIECES) as u64;
+    let mut last = (0, 0, 0);
+    for _ in 0..100 {
+        last = bytes_up(&status().await);
+        if last.2 == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, (total, total, 1));
+}
