@@ -228,24 +228,38 @@ impl Traffic {
         }
     }
 
-    /// Whether the bytes moved are due to be reported ([`PendingRecord::report`]): true at
-    /// most once every [`PROGRESS_EVERY`], the first time that long after the first look.
-    /// Looked at as bytes move, by whatever moves them.
+    /// Whether the bytes moved are due to be reported, [`PROGRESS_EVERY`] after the last
+    /// report (or after the first look), without taking the report: for a mover that does
+    /// not hold the record and tells its holder ([`crate::proxy::body::UpBody`]). It stays
+    /// due until the holder reports ([`Traffic::report_due`]).
+    pub fn report_pending(&self) -> bool {
+        self.due_since().is_some()
+    }
+
+    /// Whether the bytes moved are due to be reported ([`PendingRecord::progress`]), taking
+    /// the report if so: true at most once every [`PROGRESS_EVERY`], the first time that
+    /// long after the first look. Called by whoever holds the record as bytes move.
     pub fn report_due(&self) -> bool {
-        let now = clock_ms();
-        let at = self.report_at.load(Ordering::Relaxed);
+        let Some((at, now)) = self.due_since() else {
+            return false;
+        };
+        // Of several looking at once, one takes the report.
         let next = now + PROGRESS_EVERY.as_millis() as u64;
-        if at == 0 {
-            self.report_at.store(next, Ordering::Relaxed);
-            return false;
-        }
-        if now < at {
-            return false;
-        }
-        // One of several movers looking at once wins the report.
         self.report_at
             .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
+    }
+
+    /// When the report fell due, and now, if it is due; the first look starts the clock.
+    fn due_since(&self) -> Option<(u64, u64)> {
+        let now = clock_ms();
+        let at = self.report_at.load(Ordering::Relaxed);
+        if at == 0 {
+            let next = now + PROGRESS_EVERY.as_millis() as u64;
+            self.report_at.store(next, Ordering::Relaxed);
+            return None;
+        }
+        (now >= at).then_some((at, now))
     }
 
     /// The quota (with `cut = true`) whose budget this exchange has used up, if any: the
@@ -312,10 +326,8 @@ impl PendingRecord {
         }
     }
 
-    /// Tells the sinks what moved since the last report, now: for whoever holds the record
-    /// while another task moves the bytes and finds the report due (a request body's upload,
-    /// [`crate::proxy::body::Upload::report_due`]).
-    pub fn report(&self) {
+    /// Tells the sinks what moved since the last report, now.
+    fn report(&self) {
         let moved = self.unreported();
         if moved != Moved::default() {
             self.recorder.progress(&self.record, moved);

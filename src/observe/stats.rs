@@ -642,17 +642,30 @@ pub(crate) mod tests {
         }
     }
 
+    /// An exchange with `method` to example.com at `port`, allowed by `rule`, going on and
+    /// recorded into `stats`.
+    fn going_on(
+        stats: &Arc<Stats>,
+        method: &'static str,
+        port: u16,
+        rule: Builtin,
+    ) -> crate::observe::access::PendingRecord {
+        use crate::observe::access::{PendingRecord, Recorder};
+        let recorder = Arc::new(Recorder::default().with_sink(stats.clone()));
+        let mut pending =
+            PendingRecord::open(recorder, "192.168.1.7:40000".parse().unwrap(), method);
+        pending.destination("example.com".into(), port);
+        pending.allow(rule);
+        pending
+    }
+
     /// A long exchange's bytes reach the counters while it goes on, at most every
     /// `PROGRESS_EVERY`, and its end adds only the rest: every byte counted once.
     #[tokio::test]
     async fn bytes_count_while_an_exchange_goes_on_and_once_in_all() {
-        use crate::observe::access::{PendingRecord, Recorder, PROGRESS_EVERY};
+        use crate::observe::access::PROGRESS_EVERY;
         let stats = Arc::new(Stats::new());
-        let recorder = Arc::new(Recorder::default().with_sink(stats.clone()));
-        let mut pending =
-            PendingRecord::open(recorder, "192.168.1.7:40000".parse().unwrap(), "CONNECT");
-        pending.destination("example.com".into(), 443);
-        pending.allow(Builtin::PortsConnect);
+        let pending = going_on(&stats, "CONNECT", 443, Builtin::PortsConnect);
         let host = |stats: &Stats| stats.hosts().0.first().map(|(_, u)| *u);
         let port_down = |stats: &Stats| {
             let ports = stats.ports();
@@ -686,6 +699,37 @@ pub(crate) mod tests {
         assert_eq!(port_down(&stats), Some(1500));
         let client = stats.clients().0[0].1;
         assert_eq!((client.requests, client.bytes_down), (1, 1500));
+    }
+
+    /// An upload that goes on while the answer streams (nobody left to tell of its reports
+    /// once the answer's head is in) does not keep the answer's body from reporting.
+    #[tokio::test]
+    async fn an_upload_beside_the_answer_leaves_the_reports_to_the_answer() {
+        let stats = Arc::new(Stats::new());
+        let pending = going_on(&stats, "POST", 80, Builtin::PortsHttp);
+        let traffic = pending.traffic().clone();
+        let port_down = |stats: &Stats| {
+            let ports = stats.ports();
+            ports
+                .iter()
+                .find(|p| p.port == 80)
+                .map_or(0, |p| p.bytes_down)
+        };
+        // 0.8 s: a request body frame every 10 ms (which finds reports due and tells
+        // nobody), an answer frame every 50 ms (which reports when due).
+        for tick in 0..80 {
+            traffic.add(&traffic.up, 16 << 10);
+            let _ = traffic.report_pending();
+            if tick % 5 == 2 {
+                traffic.add(&traffic.down, 64 << 10);
+                pending.progress();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            port_down(&stats) > 0,
+            "the answer reported while it went on"
+        );
     }
 
     #[test]

@@ -246,19 +246,24 @@ impl Admission {
     }
 
     /// Tells the relay of each tunnel that has moved no byte for its `tunnel_idle` to end
-    /// ([`ConnState::poll_tunnel_end`]); how many were told. Called every
-    /// [`crate::proxy::tunnel::sweep_every`]: one look over the table instead of a timer in
-    /// every tunnel.
-    pub fn wake_idle_tunnels(&self) -> usize {
+    /// ([`ConnState::poll_tunnel_end`]). Called every [`crate::proxy::tunnel::sweep_every`]:
+    /// one look over the table instead of a timer in every tunnel. Answers how many were
+    /// told, and the shortest `tunnel_idle` among the open tunnels (which may be a reloaded
+    /// configuration's), to time the next look by.
+    pub fn wake_idle_tunnels(&self) -> (usize, Option<Duration>) {
         let inner = lock(&self.inner);
-        let mut told = 0;
+        let (mut told, mut shortest) = (0, None::<Duration>);
         for (_, entry) in inner.conns.iter() {
+            let Some(idle) = entry.conn.tunnel_idle() else {
+                continue;
+            };
+            shortest = Some(shortest.map_or(idle, |s| s.min(idle)));
             if entry.conn.tunnel_idle_over() {
                 entry.conn.wake_tunnel();
                 told += 1;
             }
         }
-        told
+        (told, shortest)
     }
 
     /// Tells every tunnel's relay to look whether it must end (at the end of the shutdown
@@ -392,7 +397,7 @@ mod tests {
             }
         };
         let (quiet, busy, plain) = (admit("10.0.0.1"), admit("10.0.0.2"), admit("10.0.0.3"));
-        for (slot, idle) in [(&quiet, 50), (&busy, 60_000)] {
+        for (slot, idle) in [(&quiet, 200), (&busy, 60_000)] {
             slot.conn().tunnel_opened();
             slot.conn().tunnel_relays(Duration::from_millis(idle));
         }
@@ -406,13 +411,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(
             admission.wake_idle_tunnels(),
-            0,
-            "none is past its timeout yet"
+            (0, Some(Duration::from_millis(200))),
+            "none is past its timeout yet; the shortest timeout is the quiet one's"
         );
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        // Only the tunnel quiet past its 50 ms: not the one with a minute, nor a connection
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Only the tunnel quiet past its 200 ms: not the one with a minute, nor a connection
         // without a tunnel.
-        assert_eq!(admission.wake_idle_tunnels(), 1);
+        assert_eq!(admission.wake_idle_tunnels().0, 1);
         let woken = tokio::time::timeout(Duration::from_secs(5), quiet_end).await;
         assert_eq!(woken.expect("woken by the sweep").unwrap(), TunnelEnd::Idle);
         assert!(!busy_end.is_finished());

@@ -235,8 +235,10 @@ impl Body for UpBody {
                 if let Some(shaped) = this.shaped.as_mut() {
                     shaped.moved(data.len());
                 }
-                // The record is held by whoever waits for the answer: told, it reports.
-                if this.traffic.report_due() {
+                // The record is held by whoever waits for the answer: told, it reports (and
+                // until then, or once nobody waits, the report stays due for the answer's
+                // body to take).
+                if this.traffic.report_pending() {
                     this.progress.report.notify_waiters();
                 }
             }

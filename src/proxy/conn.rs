@@ -127,11 +127,17 @@ impl ConnState {
         self.tunnel_idle.store(ms, Ordering::Relaxed);
     }
 
+    /// The tunnel's `tunnel_idle`, once its relay has started.
+    pub(crate) fn tunnel_idle(&self) -> Option<Duration> {
+        let idle = self.tunnel_idle.load(Ordering::Relaxed);
+        (idle != 0).then(|| Duration::from_millis(idle))
+    }
+
     /// Whether the tunnel has moved no byte for its `tunnel_idle` (false before its relay
     /// starts).
     pub(crate) fn tunnel_idle_over(&self) -> bool {
-        let idle = self.tunnel_idle.load(Ordering::Relaxed);
-        idle != 0 && self.tunnel_quiet_for() >= Duration::from_millis(idle)
+        self.tunnel_idle()
+            .is_some_and(|idle| self.tunnel_quiet_for() >= idle)
     }
 
     /// Tells the tunnel's relay to look whether it must end ([`ConnState::poll_tunnel_end`]).

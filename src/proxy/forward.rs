@@ -292,7 +292,7 @@ async fn within<T>(
             )),
             _ = upload.report_due(), if record.is_some() => {
                 if let Some(record) = record {
-                    record.report();
+                    record.progress();
                 }
             }
         }

@@ -208,6 +208,9 @@ pub(crate) async fn associate(
                             ex.record.upstream(to);
                             ex.record.allow(decider);
                         }
+                        // The client's, user's and host's rows grow as datagrams go; the
+                        // ports' at the end (`udp_relayed`).
+                        ex.record.progress();
                     }
                     Err(e) => {
                         let e = crate::proxy::socks::as_login_refusal(&ex, e, &header.target);
@@ -233,6 +236,7 @@ pub(crate) async fn associate(
                     counts.port(from.port()).add_down(n);
                     traffic.add(&traffic.down, n);
                     conn.tunnel_moved();
+                    ex.record.progress();
                 }
             }
         }

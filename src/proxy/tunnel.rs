@@ -239,30 +239,33 @@ async fn upgraded(
 }
 
 /// How often the admitted tunnels are looked over for those quiet past their `tunnel_idle`
-/// ([`start_idle_sweep`]): a quarter of `timeouts.tunnel_idle`, between 100 ms and a second.
-/// An idle tunnel closes at most that much later than its timeout.
+/// ([`start_idle_sweep`]): a quarter of the shortest `tunnel_idle` in force, between 100 ms
+/// and a second. An idle tunnel closes at most that much later than its timeout.
 pub fn sweep_every(tunnel_idle: Duration) -> Duration {
     (tunnel_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 /// Starts the look over the admitted tunnels that wakes each one quiet for its
-/// `tunnel_idle`, every [`sweep_every`]: one timer for all the tunnels rather than one in
-/// each. It ends with the proxy's state.
+/// `tunnel_idle`, every [`sweep_every`] of the shortest `tunnel_idle` in force (the
+/// configuration's, or an open tunnel's from before a reload): one timer for all the
+/// tunnels rather than one in each. It ends with the proxy's state.
 pub fn start_idle_sweep(shared: &Arc<ProxyState>) {
     let shared = Arc::downgrade(shared);
     tokio::spawn(async move {
+        let mut shortest_open = None::<Duration>;
         loop {
-            let Some(every) = shared
+            let Some(configured) = shared
                 .upgrade()
-                .map(|state| sweep_every(state.settings().timeouts.tunnel_idle))
+                .map(|state| state.settings().timeouts.tunnel_idle)
             else {
                 return;
             };
-            tokio::time::sleep(every).await;
+            let shortest = shortest_open.map_or(configured, |open| open.min(configured));
+            tokio::time::sleep(sweep_every(shortest)).await;
             let Some(state) = shared.upgrade() else {
                 return;
             };
-            state.admission.wake_idle_tunnels();
+            shortest_open = state.admission.wake_idle_tunnels().1;
         }
     });
 }

@@ -285,9 +285,10 @@ async fn top_once(admin: &str) -> String {
 async fn top_shows_who_uses_the_link_now() {
     let (web, p) = shaped_link().await;
     let admin = p.admin.unwrap().to_string();
-    // A download of about 2 s from 127.0.0.9 while top reads the admin listener twice.
-    let download = tokio::spawn(download(p.addr, "127.0.0.9", web.addr, 8 * MIB));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A download of about 3 s from 127.0.0.9 while top reads the admin listener twice,
+    // once the download has reported its bytes a few times (every 250 ms).
+    let download = tokio::spawn(download(p.addr, "127.0.0.9", web.addr, 12 * MIB));
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let screen = top_once(&admin).await;
     assert!(
         screen.contains(&format!("portcullis top — {admin}")),
@@ -317,7 +318,7 @@ async fn top_shows_who_uses_the_link_now() {
             && screen.contains("; shaped, shares handed out: down "),
         "{screen}"
     );
-    assert_eq!(download.await.unwrap().0, 8 * MIB);
+    assert_eq!(download.await.unwrap().0, 12 * MIB);
     // The status page charts the minute: the client's bytes in the link's chart.
     let page = admin_get(p.admin.unwrap(), "/status").await.text();
     assert!(page.contains("<svg id=\"link-chart\""), "{page}");
@@ -371,7 +372,8 @@ async fn top_shows_an_unshaped_tunnel_while_it_runs() {
         }
         moved
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past the tunnel's first reports (every 250 ms from its first bytes).
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let status: serde_json::Value =
         serde_json::from_str(&admin_get(admin, "/status.json").await.text()).unwrap();
     let row = status["ports"]
@@ -511,22 +513,24 @@ async fn an_upload_counts_while_it_goes_up() {
         PIECE * PIECES
     );
     up.write_all(head.as_bytes()).await.unwrap();
-    // Half the body, 64 KiB every 20 ms (about 0.5 s, past the first report at 250 ms).
+    // 64 KiB every 20 ms (about 0.8 s in all), looking at the counters between pieces
+    // from the tenth on, until they show the upload. The origin answers only once it has
+    // the whole body: what they show before the last piece is the upload going on.
     let piece = vec![3u8; PIECE];
-    for _ in 0..PIECES / 2 {
+    let mut seen = None;
+    for i in 0..PIECES {
         up.write_all(&piece).await.unwrap();
+        if seen.is_none() && (10..PIECES - 1).contains(&i) {
+            let (client, port, _) = bytes_up(&status().await);
+            if client > 0 && port > 0 {
+                seen = Some((client, port));
+            }
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The origin answers only once it has the whole body: none of it is answered yet.
-    let now = status().await;
-    let (client, port, _) = bytes_up(&now);
-    assert!(
-        client > 0 && port > 0 && client <= (PIECE * PIECES / 2) as u64,
-        "the upload counts while it goes up: client {client}, port {port}: {now}"
-    );
-    for _ in 0..PIECES / 2 {
-        up.write_all(&piece).await.unwrap();
-    }
+    let (client, port) =
+        seen.expect("the upload counts in its client's and port's rows while it goes up");
+    assert!(client <= (PIECE * (PIECES - 1)) as u64, "{client} {port}");
     let mut buf = Vec::new();
     let answer = read_head(&mut up, &mut buf).await.expect("an answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
