@@ -230,7 +230,7 @@ impl Traffic {
 
     /// Whether the bytes moved are due to be reported, [`PROGRESS_EVERY`] after the last
     /// report (or after the first look), without taking the report: for a mover that does
-    /// not hold the record and tells its holder ([`crate::proxy::body::UpBody`]). It stays
+    /// not hold the record and tells its holder (a request body). It stays
     /// due until the holder reports ([`Traffic::report_due`]).
     pub fn report_pending(&self) -> bool {
         self.due_since().is_some()
