@@ -488,9 +488,18 @@ impl Stats {
     pub fn recent_denials(&self) -> Vec<RecentDenial> {
         lock(&self.denials).recent.iter().cloned().collect()
     }
-}
 
-impl Stats {
+    /// Counts into the rows of `r`'s client, user (when logged in) and host (when known).
+    fn rows_of(&self, r: &AccessRecord, count: impl Fn(&mut Usage)) {
+        count(lock(&self.clients).row(&r.client.ip().to_canonical()));
+        if let Some(user) = &r.user {
+            count(lock(&self.users).row(user));
+        }
+        if !r.host.is_empty() {
+            count(lock(&self.hosts).row(&r.host));
+        }
+    }
+
     /// Adds `bytes` of the exchange of `r` to its destination port's counters.
     fn port_bytes(&self, r: &AccessRecord, bytes: Moved) {
         // A UDP association's bytes were counted per destination port as relayed
@@ -511,15 +520,7 @@ impl AccessSink for Stats {
             return;
         }
         self.port_bytes(r, bytes);
-        lock(&self.clients)
-            .row(&r.client.ip().to_canonical())
-            .add_bytes(bytes);
-        if let Some(user) = &r.user {
-            lock(&self.users).row(user).add_bytes(bytes);
-        }
-        if !r.host.is_empty() {
-            lock(&self.hosts).row(&r.host).add_bytes(bytes);
-        }
+        self.rows_of(r, |row| row.add_bytes(bytes));
     }
 
     fn record(&self, r: &AccessRecord) {
@@ -573,15 +574,9 @@ impl AccessSink for Stats {
                 n.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let client = r.client.ip().to_canonical();
-        lock(&self.clients).row(&client).add(r, bytes);
-        if let Some(user) = &r.user {
-            lock(&self.users).row(user).add(r, bytes);
-        }
-        if !r.host.is_empty() {
-            lock(&self.hosts).row(&r.host).add(r, bytes);
-        }
+        self.rows_of(r, |row| row.add(r, bytes));
         if r.verdict == Verdict::Deny {
+            let client = r.client.ip().to_canonical();
             let denial = RecentDenial {
                 time: humantime::format_rfc3339_seconds(r.time).to_string(),
                 client,
@@ -659,6 +654,12 @@ pub(crate) mod tests {
         pending
     }
 
+    /// The bytes down counted for `port`, if it has a row.
+    fn port_down(stats: &Stats, port: u16) -> Option<u64> {
+        let ports = stats.ports();
+        ports.iter().find(|p| p.port == port).map(|p| p.bytes_down)
+    }
+
     /// A long exchange's bytes reach the counters while it goes on, at most every
     /// `PROGRESS_EVERY`, and its end adds only the rest: every byte counted once.
     #[tokio::test]
@@ -667,10 +668,7 @@ pub(crate) mod tests {
         let stats = Arc::new(Stats::new());
         let pending = going_on(&stats, "CONNECT", 443, Builtin::PortsConnect);
         let host = |stats: &Stats| stats.hosts().0.first().map(|(_, u)| *u);
-        let port_down = |stats: &Stats| {
-            let ports = stats.ports();
-            ports.iter().find(|p| p.port == 443).map(|p| p.bytes_down)
-        };
+        let port_down = |stats: &Stats| port_down(stats, 443);
         let traffic = pending.traffic().clone();
         traffic.add(&traffic.down, 1000);
         traffic.add(&traffic.up, 10);
@@ -708,13 +706,6 @@ pub(crate) mod tests {
         let stats = Arc::new(Stats::new());
         let pending = going_on(&stats, "POST", 80, Builtin::PortsHttp);
         let traffic = pending.traffic().clone();
-        let port_down = |stats: &Stats| {
-            let ports = stats.ports();
-            ports
-                .iter()
-                .find(|p| p.port == 80)
-                .map_or(0, |p| p.bytes_down)
-        };
         // 0.8 s: a request body frame every 10 ms (which finds reports due and tells
         // nobody), an answer frame every 50 ms (which reports when due).
         for tick in 0..80 {
@@ -727,7 +718,7 @@ pub(crate) mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(
-            port_down(&stats) > 0,
+            port_down(&stats, 80).is_some_and(|down| down > 0),
             "the answer reported while it went on"
         );
     }

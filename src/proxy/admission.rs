@@ -258,7 +258,7 @@ impl Admission {
                 continue;
             };
             shortest = Some(shortest.map_or(idle, |s| s.min(idle)));
-            if entry.conn.tunnel_idle_over() {
+            if entry.conn.tunnel_quiet_for() >= idle {
                 entry.conn.wake_tunnel();
                 told += 1;
             }

@@ -289,7 +289,6 @@ pub(crate) struct Carry<C, P> {
     shared: Arc<ProxyState>,
     flow: Option<Box<Flow>>,
     closes: Option<Closes>,
-    idle: Duration,
     port: u16,
     /// Held as long as the tunnel: its place in the admission, and the request it stands for.
     _place: P,
@@ -323,13 +322,17 @@ where
             window.map(|window| -> Closes { Box::pin(async move { window.closes().await }) });
         Carry {
             ends: Ends::new(client, upstream),
-            early,
+            // An empty slice may still keep hyper's buffer: let go of it at once.
+            early: if early.is_empty() {
+                Bytes::new()
+            } else {
+                early
+            },
             record,
             conn,
             shared,
             flow,
             closes,
-            idle,
             port,
             _place: place,
         }
@@ -337,17 +340,19 @@ where
 
     /// The bytes: first `early`, then both ways.
     fn poll_bytes(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while !self.early.is_empty() {
-            let n = ready!(Pin::new(self.ends.upstream()).poll_write(cx, &self.early))?;
-            if n == 0 {
-                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        if !self.early.is_empty() {
+            while !self.early.is_empty() {
+                let n = ready!(Pin::new(self.ends.upstream()).poll_write(cx, &self.early))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                let traffic = self.record.traffic();
+                traffic.add(&traffic.up, n);
+                self.early.advance(n);
             }
-            let traffic = self.record.traffic();
-            traffic.add(&traffic.up, n);
-            self.early.advance(n);
+            // Let go of hyper's buffer, which the drained slice still keeps.
+            self.early = Bytes::new();
         }
-        // Let go of hyper's buffer, which the slice keeps, whether or not it was empty.
-        self.early = Bytes::new();
         let activity = Activity {
             conn: &self.conn,
             record: &self.record,
@@ -379,7 +384,7 @@ where
             Ok(End::Done) => {}
             Ok(End::By(TunnelEnd::Idle)) => record.note(format!(
                 "closed after {} without traffic",
-                humantime::format_duration(self.idle)
+                humantime::format_duration(self.conn.tunnel_idle().unwrap_or_default())
             )),
             Ok(End::By(TunnelEnd::Evicted)) => record.note(format!(
                 "closed after {} without traffic, to make room for a new connection at the connection limits",
