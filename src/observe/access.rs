@@ -356,6 +356,11 @@ impl PendingRecord {
         method.clone_into(&mut self.record.method);
     }
 
+    /// The client the record is of.
+    pub fn client(&self) -> SocketAddr {
+        self.record.client
+    }
+
     /// The counters that bodies and tunnels add to.
     pub fn traffic(&self) -> &Arc<Traffic> {
         &self.traffic
