@@ -38,6 +38,7 @@ use crate::core::error::{EdgeError, ErrorKind};
 use crate::core::plan;
 use crate::core::policy::{Decider, Denial, Facts, Policy};
 use crate::core::target::{parse_authority, Host, Target};
+use crate::egress::express::{Express, STEP};
 use crate::egress::resolve::{
     Family, LookupError, Lookups, Resolver, ResolverError, RESOLUTION_DELAY,
 };
@@ -121,6 +122,9 @@ pub struct Outbound {
     pub attempt: Duration,
     /// `upstream.bind`: the source address of each family.
     pub bind: Vec<IpAddr>,
+    /// The light exchanges in flight, which origin reads make room for; one for the
+    /// process, handed on by each rebuild.
+    pub express: Arc<Express>,
 }
 
 /// Why [`Outbound::new`] failed.
@@ -155,6 +159,7 @@ impl Outbound {
             connect: settings.timeouts.connect,
             attempt: settings.timeouts.connect_attempt,
             bind: settings.bind.clone(),
+            express: previous.map_or_else(Arc::default, |p| p.express.clone()),
         })
     }
 
@@ -588,17 +593,21 @@ pub struct OriginIo {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A connection to a parent proxy (requests go in absolute form).
     proxy: bool,
+    /// While a light exchange is in flight, a read moves at most [`STEP`] bytes.
+    express: Arc<Express>,
 }
 
 impl OriginIo {
-    /// Wraps `stream`; writes may wait `stall` at most.
-    pub fn new(stream: TcpStream, stall: Duration, proxy: bool) -> Self {
+    /// Wraps `stream`; writes may wait `stall` at most; reads make room for the light
+    /// exchanges of `outbound`'s [`Express`].
+    pub fn new(stream: TcpStream, stall: Duration, proxy: bool, outbound: &Outbound) -> Self {
         OriginIo {
             inner: TokioIo::new(stream),
             info: None,
             stall,
             timer: None,
             proxy,
+            express: outbound.express.clone(),
         }
     }
 
@@ -646,8 +655,21 @@ impl hyper::rt::Read for OriginIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
+        if buf.remaining() > STEP && self.express.waiting() {
+            // A short read, so that the bulk transfer it feeds takes a short turn. Through a
+            // buffer on the stack: hyper's cursor cannot be narrowed without `unsafe`.
+            let mut step = [0u8; STEP];
+            let mut read = tokio::io::ReadBuf::new(&mut step);
+            std::task::ready!(tokio::io::AsyncRead::poll_read(
+                Pin::new(self.inner.inner_mut()),
+                cx,
+                &mut read
+            ))?;
+            buf.put_slice(read.filled());
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -712,7 +734,12 @@ impl tower_service::Service<http::Uri> for Dialer {
             let connected = dial(&outbound, &settings.policy, &target, None, &mut resolved)
                 .await
                 .map_err(|error| PooledDialError { error, resolved })?;
-            let mut io = OriginIo::new(connected.stream, settings.timeouts.origin_write(), false);
+            let mut io = OriginIo::new(
+                connected.stream,
+                settings.timeouts.origin_write(),
+                false,
+                &outbound,
+            );
             io.info = Some(DialInfo {
                 resolved,
                 taken: Arc::default(),

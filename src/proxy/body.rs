@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::core::error::ErrorKind;
+use crate::egress::express::{step_aside, Lane};
 use crate::observe::access::{PendingRecord, Traffic};
 use crate::proxy::admission::Slot;
 use crate::proxy::conn::{BodyGuard, ConnState, InFlight};
@@ -290,9 +291,10 @@ fn cut_error(quota: &str) -> BodyError {
     )))
 }
 
-/// What an exchange holds until its answer is sent: its connection's in-flight guard, and
-/// over HTTP/2 its stream's place in the connection limits.
-pub type Held = (InFlight, Option<Arc<Slot>>);
+/// What an exchange holds until its answer is sent: its connection's in-flight guard, over
+/// HTTP/2 its stream's place in the connection limits, and its lane (light or bulk, see
+/// [`crate::egress::express`]).
+pub type Held = (InFlight, Option<Arc<Slot>>, Option<Lane>);
 
 pin_project_lite::pin_project! {
     /// Every response body the proxy sends.
@@ -304,6 +306,8 @@ pin_project_lite::pin_project! {
         in_flight: Option<Held>,
         // The shaping of an origin's body, when anything shapes it.
         shaped: Option<Box<Shaped>>,
+        // Stepped aside for light exchanges since the last frame (`egress::express`).
+        stepped: bool,
     }
 }
 
@@ -346,6 +350,7 @@ impl DownBody {
             record: None,
             in_flight: None,
             shaped: None,
+            stepped: false,
         }
     }
 
@@ -387,6 +392,17 @@ impl Body for DownBody {
             this.in_flight.take();
             return Poll::Ready(Some(Err(e)));
         }
+        let lane = this.in_flight.as_mut().and_then(|held| held.2.as_mut());
+        // A bulk body lets light exchanges go first: one step aside before each frame while
+        // one is in flight.
+        if !*this.stepped
+            && lane
+                .as_ref()
+                .is_some_and(|l| l.is_bulk() && l.express().waiting())
+        {
+            *this.stepped = true;
+            ready!(step_aside(cx));
+        }
         let frame = match this.content.project() {
             ContentProj::Origin { body, stall } => match this.shaped.as_mut() {
                 None => {
@@ -414,10 +430,14 @@ impl Body for DownBody {
         };
         match &frame {
             Some(Ok(_)) => {
+                *this.stepped = false;
                 if let Some(traffic) = this.traffic.as_ref() {
                     count(&frame, traffic, &traffic.down);
                     if let Some(record) = this.record.as_ref() {
                         record.progress();
+                    }
+                    if let Some(lane) = this.in_flight.as_mut().and_then(|held| held.2.as_mut()) {
+                        lane.moved(traffic.down.load(Ordering::Relaxed));
                     }
                 }
             }

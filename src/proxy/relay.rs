@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::egress::express::{step_aside, Express, STEP};
 use crate::observe::access::PendingRecord;
 use crate::proxy::conn::ConnState;
 use crate::proxy::shaper::{Dir, Flow, PIECE, RECHECK};
@@ -69,6 +70,8 @@ pub(crate) struct Activity<'a> {
     pub(crate) record: &'a PendingRecord,
     /// The tunnel's shaping, when anything shapes it.
     pub(crate) flow: Option<&'a Flow>,
+    /// The light exchanges in flight, for which a busy tunnel takes short turns.
+    pub(crate) express: &'a Express,
 }
 
 impl Activity<'_> {
@@ -94,9 +97,14 @@ impl Activity<'_> {
     /// The most one read or `splice` moves at once: a shaped tunnel moves a piece at a time,
     /// so that it overshoots its rate by no more than one.
     fn most(&self) -> usize {
-        match self.flow {
+        let most = match self.flow {
             Some(_) => PIECE,
             None => usize::MAX,
+        };
+        if self.express.waiting() {
+            most.min(STEP)
+        } else {
+            most
         }
     }
 }
@@ -269,7 +277,12 @@ impl Leg {
         R: AsyncRead + Socket + Unpin,
         W: AsyncWrite + Socket + Unpin,
     {
-        for _ in 0..TURN {
+        for step in 0..TURN {
+            if step > 0 && self.room.is_busy() && activity.express.waiting() {
+                // A light exchange is in flight: a busy direction takes one step a turn, then
+                // the thread looks for the I/O that became ready before it comes back.
+                ready!(step_aside(cx));
+            }
             match self.stage {
                 Stage::Done => return Poll::Ready(Ok(())),
                 Stage::Shut => {
@@ -604,8 +617,12 @@ mod tests {
             conn,
             record,
             flow: None,
+            express: &NO_LIGHT,
         }
     }
+
+    /// No light exchange in flight.
+    static NO_LIGHT: std::sync::LazyLock<Express> = std::sync::LazyLock::new(Express::default);
 
     /// Sizes around the quiet buffer, a burst and a trickle: quiet, busy, quiet again.
     const SIZES: [usize; 8] = [1, 511, 512, 513, 200_000, 3, 70_000, 1];

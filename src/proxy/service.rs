@@ -93,6 +93,8 @@ impl ProxyService {
         let in_flight = self.conn.begin();
         let head = self.conn.take_head_flags();
         let connect = req.method() == http::Method::CONNECT;
+        // Light until it moves more than a little, if its client moves little now.
+        let lane = (!connect).then(|| self.shared.express.enter(self.client.ip()));
         let h2 = req.version() == http::Version::HTTP_2;
         let stream = h2.then(|| self.admit_stream(connect));
         // A tunnel stream is busy until its tunnel opens: it cannot be chosen to make room.
@@ -170,7 +172,7 @@ impl ProxyService {
         }
         response
             .body_mut()
-            .finish_with(record, Some((in_flight, place)));
+            .finish_with(record, Some((in_flight, place, lane)));
         response
     }
 

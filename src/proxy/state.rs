@@ -62,6 +62,9 @@ pub struct ProxyState {
     /// The store the budgets are shared through (`[state] store`), when there is one;
     /// rebuilt on reload when its URL or `instance` changes.
     pub store: ArcSwapOption<crate::egress::store::Store>,
+    /// The light exchanges in flight, for which bulk transfers take short turns (the same
+    /// counts as the outbound side's, which origin reads act on).
+    pub express: Arc<crate::egress::express::Express>,
 }
 
 /// What authentication remembers between requests.
@@ -119,6 +122,7 @@ impl ProxyState {
         let live = Arc::new(ArcSwap::from_pointee(settings));
         let settings = live.load_full();
         let parents = parents_for(&settings, &outbound);
+        let express = outbound.express.clone();
         let outbound = Arc::new(ArcSwap::new(outbound));
         let client =
             crate::egress::dial::pooled_client().build(Dialer::new(live.clone(), outbound.clone()));
@@ -151,6 +155,7 @@ impl ProxyState {
             shaper: ArcSwapOption::new(shaper),
             budgets,
             store: ArcSwapOption::new(crate::proxy::budget::store_for(&settings, None)),
+            express,
         })
     }
 

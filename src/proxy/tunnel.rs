@@ -377,6 +377,7 @@ where
         }
         let activity = Activity {
             conn: &self.conn,
+            express: &self.shared.express,
             record: &self.record,
             flow: self.extras.as_ref().and_then(|x| x.flow.as_deref()),
         };

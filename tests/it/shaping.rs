@@ -52,22 +52,8 @@ pub(crate) async fn download(
 }
 
 /// The length of a chunked body's data.
-fn dechunk(mut body: &[u8]) -> usize {
-    let mut total = 0;
-    for _ in 0..100_000 {
-        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap().trim(), 16)
-                .unwrap();
-        if size == 0 {
-            break;
-        }
-        total += size;
-        body = &body[line_end + 2 + size + 2..];
-    }
-    total
+fn dechunk(body: &[u8]) -> usize {
+    dechunked(body).len()
 }
 
 const MIB: usize = 1024 * 1024;
@@ -546,4 +532,133 @@ async fn an_upload_counts_while_it_goes_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(last, (total, total, 1));
+}
+
+/// The data of a chunked body, in order.
+fn dechunked(mut body: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for _ in 0..100_000 {
+        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        if size == 0 {
+            break;
+        }
+        data.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
+        body = &body[line_end + 2 + size + 2..];
+    }
+    data
+}
+
+/// Whether `data` is the first bytes of a `/bytes/N` body, byte for byte.
+fn is_pattern(data: &[u8]) -> bool {
+    data.iter().enumerate().all(|(i, b)| *b == pattern(i))
+}
+
+/// `GET /bytes/n` over `stream` (through the proxy in absolute form, or inside a tunnel in
+/// origin form) with `Connection: close`: the body's data.
+async fn fetch_pattern(
+    mut stream: tokio::net::TcpStream,
+    target: &str,
+    web: SocketAddr,
+) -> Vec<u8> {
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "{target}: no end within 30 s");
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{target}");
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        dechunked(&got[head_end..])
+    } else {
+        got[head_end..].to_vec()
+    }
+}
+
+/// While a light client's requests are in flight, the bulk transfers beside them take short
+/// turns (origin reads of 16 KiB through a buffer of their own, a step aside before each
+/// frame, a tunnel one step a turn): every byte of a download and of a tunnel still arrives,
+/// in order, and the download's record counts each byte once. The light client is answered
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_bytes_beside_a_light_client_arrive_whole_and_in_order() {
+    let web = HttpOrigin::start().await;
+    let p = Proxy::start(&loopback_config(&[web.addr.port()], &[web.addr.port()])).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The light client: small GETs from 127.0.0.3, one after another, until the bulk ends.
+    let light = {
+        let done = done.clone();
+        let (proxy, origin) = (p.addr, web.addr);
+        tokio::spawn(async move {
+            let mut answered = 0;
+            for _ in 0..5_000 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let (n, _) = download(proxy, "127.0.0.3", origin, 1000).await;
+                assert_eq!(n, 1000);
+                answered += 1;
+            }
+            answered
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let n = 8 * MIB;
+    let plain = async {
+        let stream = connect_from("127.0.0.2", p.addr).await;
+        fetch_pattern(stream, &format!("http://{}/bytes/{n}", web.addr), web.addr).await
+    };
+    let tunnelled = async {
+        let mut stream = connect_from("127.0.0.2", p.addr).await;
+        let authority = web.addr.to_string();
+        stream
+            .write_all(
+                format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        fetch_pattern(stream, &format!("/bytes/{n}"), web.addr).await
+    };
+    let (plain, tunnelled) = tokio::join!(plain, tunnelled);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(plain.len(), n);
+    assert!(
+        is_pattern(&plain),
+        "the download's bytes differ from the origin's"
+    );
+    assert_eq!(tunnelled.len(), n);
+    assert!(
+        is_pattern(&tunnelled),
+        "the tunnel's bytes differ from the origin's"
+    );
+    let answered = light.await.unwrap();
+    assert!(answered > 0, "the light client was never answered");
+    let records = p
+        .wait_until("the download's record", |records| {
+            records
+                .iter()
+                .any(|r| r.client.ip().to_string() == "127.0.0.2" && r.method == "GET")
+        })
+        .await;
+    let download = records
+        .iter()
+        .find(|r| r.client.ip().to_string() == "127.0.0.2" && r.method == "GET")
+        .unwrap();
+    assert_eq!(download.bytes_down, n as u64, "{download:?}");
 }
