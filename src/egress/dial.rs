@@ -122,8 +122,7 @@ pub struct Outbound {
     pub attempt: Duration,
     /// `upstream.bind`: the source address of each family.
     pub bind: Vec<IpAddr>,
-    /// The light exchanges in flight, which origin reads make room for; one for the
-    /// process, handed on by each rebuild.
+    /// The light exchanges origin reads make room for; one per process, kept by rebuilds.
     pub express: Arc<Express>,
 }
 
@@ -658,8 +657,8 @@ impl hyper::rt::Read for OriginIo {
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         if buf.remaining() > STEP && self.express.waiting() {
-            // A short read, so that the bulk transfer it feeds takes a short turn. Through a
-            // buffer on the stack: hyper's cursor cannot be narrowed without `unsafe`.
+            // A short turn for the bulk transfer it feeds; through a buffer on the stack, as
+            // hyper's cursor cannot be narrowed without `unsafe`.
             let mut step = [0u8; STEP];
             let mut read = tokio::io::ReadBuf::new(&mut step);
             std::task::ready!(tokio::io::AsyncRead::poll_read(
