@@ -598,15 +598,15 @@ pub struct OriginIo {
 
 impl OriginIo {
     /// Wraps `stream`; writes may wait `stall` at most; reads make room for the light
-    /// exchanges of `outbound`'s [`Express`].
-    pub fn new(stream: TcpStream, stall: Duration, proxy: bool, outbound: &Outbound) -> Self {
+    /// exchanges `express` counts.
+    pub fn new(stream: TcpStream, stall: Duration, proxy: bool, express: &Arc<Express>) -> Self {
         OriginIo {
             inner: TokioIo::new(stream),
             info: None,
             stall,
             timer: None,
             proxy,
-            express: outbound.express.clone(),
+            express: express.clone(),
         }
     }
 
@@ -737,7 +737,7 @@ impl tower_service::Service<http::Uri> for Dialer {
                 connected.stream,
                 settings.timeouts.origin_write(),
                 false,
-                &outbound,
+                &outbound.express,
             );
             io.info = Some(DialInfo {
                 resolved,

@@ -317,7 +317,7 @@ impl tower_service::Service<http::Uri> for ParentConnector {
         let (parent, outbound, stall) = (self.parent.clone(), self.outbound.clone(), self.stall);
         Box::pin(async move {
             let stream = dial_parent(&parent, &outbound).await?;
-            Ok(OriginIo::new(stream, stall, true, &outbound))
+            Ok(OriginIo::new(stream, stall, true, &outbound.express))
         })
     }
 }

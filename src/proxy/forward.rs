@@ -189,7 +189,7 @@ pub async fn forward(
             &upload,
             Some(&ex.record),
             Box::pin(send_once(
-                dial::OriginIo::new(stream, stall, false, &ex.shared.outbound.load()),
+                dial::OriginIo::new(stream, stall, false, &ex.shared.express),
                 upstream,
             )),
         )
@@ -364,7 +364,7 @@ async fn through_parent(
         // Whether the parent could not be reached, and what the client is told.
         let sent = if asterisk {
             let record = &mut ex.record;
-            let outbound = ex.shared.outbound.load_full();
+            let express = ex.shared.express.clone();
             let own = async move {
                 let stream = parents
                     .dial(route)
@@ -373,7 +373,7 @@ async fn through_parent(
                 if let Ok(addr) = stream.peer_addr() {
                     record.upstream(addr);
                 }
-                let io = DropSlash::new(dial::OriginIo::new(stream, stall, true, &outbound), slash);
+                let io = DropSlash::new(dial::OriginIo::new(stream, stall, true, &express), slash);
                 send_once(io, request)
                     .await
                     .map_err(|e| (false, upstream_error(target, &e)))
@@ -561,7 +561,12 @@ async fn retry_fresh(
         &upload,
         None,
         send_once(
-            dial::OriginIo::new(connected.stream, timeouts.origin_write(), false, &outbound),
+            dial::OriginIo::new(
+                connected.stream,
+                timeouts.origin_write(),
+                false,
+                &ex.shared.express,
+            ),
             request,
         ),
     )

@@ -584,7 +584,7 @@ async fn fetch_pattern(
 /// turns (origin reads of 16 KiB through a buffer of their own, a step aside before each
 /// frame, a tunnel one step a turn): every byte of a download and of a tunnel still arrives,
 /// in order, and the download's record counts each byte once. The light client is answered
-/// throughout.
+/// meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_bytes_beside_a_light_client_arrive_whole_and_in_order() {
     let web = HttpOrigin::start().await;
