@@ -592,7 +592,8 @@ pub struct OriginIo {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A connection to a parent proxy (requests go in absolute form).
     proxy: bool,
-    /// While a light exchange is in flight, a read moves at most [`STEP`] bytes.
+    /// While a light exchange waits and a bulk one is in flight, a read moves at most
+    /// [`STEP`] bytes.
     express: Arc<Express>,
 }
 
@@ -656,11 +657,11 @@ impl hyper::rt::Read for OriginIo {
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        if buf.remaining() > STEP && self.express.waiting() {
-            // A short turn for the bulk transfer it feeds; through a buffer on the stack, as
-            // hyper's cursor cannot be narrowed without `unsafe`.
-            let mut step = [0u8; STEP];
-            let mut read = tokio::io::ReadBuf::new(&mut step);
+        if buf.remaining() > STEP && self.express.shortening() {
+            // A short turn for the bulk transfer it may feed; through a buffer on the stack
+            // (not zeroed first), as hyper's cursor cannot be narrowed without `unsafe`.
+            let mut step = [std::mem::MaybeUninit::<u8>::uninit(); STEP];
+            let mut read = tokio::io::ReadBuf::uninit(&mut step);
             std::task::ready!(tokio::io::AsyncRead::poll_read(
                 Pin::new(self.inner.inner_mut()),
                 cx,

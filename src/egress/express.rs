@@ -8,7 +8,8 @@
 //! step. [`Express`] counts the exchanges of light clients in flight; while there is one,
 //! or one ended less than [`LINGER`] ago (the next request must be noticed as it arrives,
 //! before it is known to be light), the bulk transfers take short turns: an origin read
-//! moves at most [`STEP`], and a bulk body or a busy tunnel steps aside ([`step_aside`])
+//! moves at most [`STEP`] (when some exchange is bulk: light ones have nothing to shorten,
+//! and their reads skip the copy), and a bulk body or a busy tunnel steps aside ([`step_aside`])
 //! after each piece, until the thread has looked for I/O that became ready (tokio runs tasks
 //! deferred that way after the ones woken by the I/O driver). A client whose own light
 //! exchange lingers and that then downloads ends the linger: there is no one else to make
@@ -44,6 +45,9 @@ pub const LINGER: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Express {
     light: AtomicUsize,
+    /// Bulk exchanges in flight, of all clients: while there are none, a new exchange is
+    /// light without a look at the clients, and origin reads have nothing to shorten.
+    bulk: AtomicUsize,
     /// Until when (ms since `start`, 0: never) a light exchange that ended lingers.
     linger_until: AtomicU64,
     start: Instant,
@@ -64,6 +68,7 @@ impl Default for Express {
     fn default() -> Self {
         Express {
             light: AtomicUsize::new(0),
+            bulk: AtomicUsize::new(0),
             linger_until: AtomicU64::new(0),
             start: Instant::now(),
             clients: Mutex::default(),
@@ -80,6 +85,12 @@ impl Express {
         }
         let until = self.linger_until.load(Ordering::Relaxed);
         until != 0 && self.now_ms() < until
+    }
+
+    /// Whether a bulk exchange's origin reads take short turns: a light exchange is waiting
+    /// and some client has a bulk exchange in flight.
+    pub fn shortening(&self) -> bool {
+        self.bulk.load(Ordering::Relaxed) > 0 && self.waiting()
     }
 
     fn now_ms(&self) -> u64 {
@@ -99,7 +110,8 @@ impl Express {
     /// The lane of a new exchange of `client`: light, unless the client has a bulk exchange
     /// in flight.
     pub fn enter(self: &Arc<Self>, client: IpAddr) -> Lane {
-        let state = if lock(&self.clients).bulk.contains_key(&client) {
+        let some_bulk = self.bulk.load(Ordering::Relaxed) > 0;
+        let state = if some_bulk && lock(&self.clients).bulk.contains_key(&client) {
             State::Other
         } else {
             self.light.fetch_add(1, Ordering::Relaxed);
@@ -159,6 +171,7 @@ impl Lane {
         }
         let mut clients = lock(&self.express.clients);
         *clients.bulk.entry(self.client).or_insert(0) += 1;
+        self.express.bulk.fetch_add(1, Ordering::Relaxed);
         if clients.lingering == Some(self.client) {
             // The light client of late is this one, downloading now: no one to wait for.
             clients.lingering = None;
@@ -178,6 +191,7 @@ impl Drop for Lane {
             }
             State::Bulk => {
                 let mut clients = lock(&self.express.clients);
+                self.express.bulk.fetch_sub(1, Ordering::Relaxed);
                 if let Some(count) = clients.bulk.get_mut(&self.client) {
                     *count -= 1;
                     if *count == 0 {
@@ -248,6 +262,26 @@ mod tests {
         );
         drop(again);
         assert!(lock(&express.clients).bulk.is_empty());
+    }
+
+    #[test]
+    fn origin_reads_are_shortened_only_beside_a_bulk_exchange() {
+        let express = Arc::new(Express::default());
+        let light = express.enter(A);
+        assert!(
+            express.waiting() && !express.shortening(),
+            "only light ones"
+        );
+        let mut download = express.enter(B);
+        download.moved(LIGHT_BYTES + 1);
+        assert!(
+            express.shortening(),
+            "B's download beside A's light request"
+        );
+        drop(download);
+        assert!(!express.shortening(), "B's download ended");
+        drop(light);
+        assert_eq!(express.bulk.load(Ordering::Relaxed), 0);
     }
 
     #[test]
