@@ -12,8 +12,8 @@
 //!
 //! 2. A quick look (about 40 seconds, and I): `cargo run --release --example bench -- --quick`
 //! 3. With 2,000 idle tunnels as well as 1,000 in D: `cargo run --release --example bench -- --full`
-//! 4. The shared link alone (F), against a binary from before shaping for the cost of
-//!    shaping when off: `cargo run --release --example bench -- --fair-only --baseline PATH`
+//! 4. The shared link alone (F), against a binary without shaping (built with
+//!    `benches/shaping-off.patch` applied) for the cost of shaping when off: `cargo run --release --example bench -- --fair-only --baseline PATH`
 //! 5. The SOCKS5 shapes alone, beside Dante (about 70 seconds; `apt-get install dante-server`
 //!    first): `cargo run --release --example bench -- --socks-only` (with `--quick`, about
 //!    15 seconds)
@@ -127,7 +127,9 @@
 //!   an uncapped client of 4, by GET and by CONNECT (±5% of 625 kB/s). Latency: a light
 //!   client sends a `GET /1k` every 20 ms on one keep-alive connection, alone and then beside
 //!   a client saturating the proxy, unshaped and shaped at 400 Mbit/s (p95 ≤ 3× its idle p95
-//!   and ≤ 10 ms). With `--baseline PATH`, a binary from before shaping: A and C through it
+//!   and ≤ 10 ms). With `--baseline PATH`, a binary without shaping (this code with
+//!   `benches/shaping-off.patch` applied, which takes issue 18's hooks out of the data path;
+//!   or one from before shaping): A and C through it
 //!   and through this one (neither with `[shaping]`), as three interleaved pairs (this one
 //!   first, then the baseline first, …), and the median of the pairs' ratios of CPU per
 //!   request and per GB (targets ≤ 1.03× and ≤ 1.05×); C starts 1.2 s after A, once the
@@ -213,8 +215,8 @@ struct Args {
     /// the proxy and straight to its origin (for working on the data path's latency).
     #[arg(long, requires = "fair_only")]
     light_only: bool,
-    /// A Portcullis binary from before shaping, for F's A and C against it (F leaves that
-    /// out without it).
+    /// A Portcullis binary without shaping (`benches/shaping-off.patch`), for F's A and C
+    /// against it (F leaves that out without it).
     #[arg(long, value_name = "PATH")]
     baseline: Option<PathBuf>,
     /// Dante's server, measured beside Portcullis in the SOCKS5 shapes (left out, with a
@@ -387,7 +389,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut checks = Vec::new();
         print_header(&binary, &durations, Shapes::Fair(&t));
         if let Some(baseline) = &args.baseline {
-            println!("baseline (before shaping): {}", baseline.display());
+            println!("baseline (without shaping): {}", baseline.display());
         }
         let baseline = args.baseline.as_deref();
         let rows = fair_shapes(
@@ -3880,7 +3882,7 @@ async fn fair_shapes(
     // Shaping off: A and C, this binary without [shaping] against the one from before it.
     let Some(baseline) = baseline else {
         row(
-            "shaping off, A and C against the binary before shaping".into(),
+            "shaping off, A and C against a binary without shaping".into(),
             "not run (no --baseline)".into(),
             "≤ 3% / ≤ 5%",
             None,
@@ -3937,7 +3939,7 @@ async fn fair_shapes(
         let median_ratio = median(ratios.clone());
         row(
             format!(
-                "shaping off, {shape}: {unit} now ÷ before shaping (now {}, before {}; pairs {})",
+                "shaping off, {shape}: {unit} now ÷ without shaping (now {}, without {}; pairs {})",
                 number(median(now)),
                 number(median(before)),
                 listed(&ratios)
