@@ -592,8 +592,7 @@ pub struct OriginIo {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A connection to a parent proxy (requests go in absolute form).
     proxy: bool,
-    /// While a light exchange waits and a bulk one is in flight, a read moves at most
-    /// [`STEP`] bytes.
+    /// While a light exchange waits beside a bulk one, a read moves at most [`STEP`] bytes.
     express: Arc<Express>,
 }
 
