@@ -662,3 +662,20 @@ async fn bulk_bytes_beside_a_light_client_arrive_whole_and_in_order() {
         .unwrap();
     assert_eq!(download.bytes_down, n as u64, "{download:?}");
 }
+
+/// Scenario F measures shaping's cost when off against this code built with
+/// `benches/shaping-off.patch` (issue 18's hooks taken out): the recipe must keep applying.
+#[test]
+fn the_shaping_off_patch_still_applies() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("git")
+        .args(["apply", "--check", "benches/shaping-off.patch"])
+        .current_dir(root)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "benches/shaping-off.patch no longer applies; take the hooks out again: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
