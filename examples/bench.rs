@@ -13,7 +13,8 @@
 //! 2. A quick look (about 40 seconds, and I): `cargo run --release --example bench -- --quick`
 //! 3. With 2,000 idle tunnels as well as 1,000 in D: `cargo run --release --example bench -- --full`
 //! 4. The shared link alone (F), against a binary without shaping (built with
-//!    `benches/shaping-off.patch` applied) for the cost of shaping when off: `cargo run --release --example bench -- --fair-only --baseline PATH`
+//!    `benches/shaping-off.patch` applied) for the cost of shaping when off:
+//!    `cargo run --release --example bench -- --fair-only --baseline PATH`
 //! 5. The SOCKS5 shapes alone, beside Dante (about 70 seconds; `apt-get install dante-server`
 //!    first): `cargo run --release --example bench -- --socks-only` (with `--quick`, about
 //!    15 seconds)
