@@ -392,14 +392,10 @@ impl Body for DownBody {
             this.in_flight.take();
             return Poll::Ready(Some(Err(e)));
         }
-        let lane = this.in_flight.as_mut().and_then(|held| held.2.as_mut());
+        let lane = this.in_flight.as_ref().and_then(|held| held.2.as_ref());
         // A bulk body lets light exchanges go first: one step aside before each frame while
         // one is in flight.
-        if !*this.stepped
-            && lane
-                .as_ref()
-                .is_some_and(|l| l.is_bulk() && l.express().waiting())
-        {
+        if !*this.stepped && lane.is_some_and(|l| l.is_bulk() && l.express().waiting()) {
             *this.stepped = true;
             ready!(step_aside(cx));
         }

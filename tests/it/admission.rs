@@ -14,20 +14,6 @@ use tokio::net::TcpStream;
 
 const OWN_PAGE: &[u8] = b"GET / HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n";
 
-/// A tunnel through `proxy` from `from` to `target`, open and answered 200: a busy
-/// connection that cannot make room.
-async fn tunnel_from(from: &str, proxy: std::net::SocketAddr, target: &str) -> TcpStream {
-    let mut s = connect_from(from, proxy).await;
-    let head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let answer = read_head(&mut s, &mut buf)
-        .await
-        .expect("an answer to CONNECT");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    s
-}
-
 /// Connections from `from` that sent nothing, each given a moment so their ages differ, and
 /// all silent for longer than the grace a new connection has before it can make room.
 async fn silent_from(from: &str, proxy: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {

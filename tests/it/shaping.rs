@@ -614,25 +614,7 @@ async fn bulk_bytes_beside_a_light_client_arrive_whole_and_in_order() {
         fetch_pattern(stream, &format!("http://{}/bytes/{n}", web.addr), web.addr).await
     };
     let tunnelled = async {
-        let mut stream = connect_from("127.0.0.2", p.addr).await;
-        let authority = web.addr.to_string();
-        stream
-            .write_all(
-                format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
-            )
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
-            stream.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        let stream = tunnel_from("127.0.0.2", p.addr, &web.addr.to_string()).await;
         fetch_pattern(stream, &format!("/bytes/{n}"), web.addr).await
     };
     let (plain, tunnelled) = tokio::join!(plain, tunnelled);

@@ -208,6 +208,21 @@ pub async fn connect_from(from: &str, proxy: SocketAddr) -> TcpStream {
         .unwrap()
 }
 
+/// A tunnel through `proxy` from the loopback address `from` to `target`, open and answered
+/// 200 (an open tunnel is a busy connection: it cannot make room).
+pub async fn tunnel_from(from: &str, proxy: SocketAddr, target: &str) -> TcpStream {
+    let mut s = connect_from(from, proxy).await;
+    let head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let answer = read_head(&mut s, &mut buf)
+        .await
+        .expect("an answer to CONNECT");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(buf.is_empty(), "no bytes may follow a 200 to CONNECT");
+    s
+}
+
 /// Reads from `stream` until it closes or `WAIT` passes; returns what came.
 pub async fn read_to_close<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
     let mut out = Vec::new();
